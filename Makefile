@@ -1,0 +1,89 @@
+# weir: build, generate, test, run.
+# Heavy tools and downloads are cached under $(CACHE), outside the clone.
+
+SHELL        := /bin/bash
+CACHE        ?= $(HOME)/.cache/weir
+TOOLS        := $(CACHE)/bin
+BIN          := $(CURDIR)/bin
+GO           ?= go
+MODULES      := proto collector reducer test
+PKGS         := $(foreach m,$(MODULES),github.com/weir-project/weir/$(m)/...)
+
+BUF_VERSION           := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GRPC_VER   := v1.6.2
+
+REDUCER_GRPC ?= 127.0.0.1:7000
+REDUCER_HTTP ?= :7010
+INTERVAL     ?= 5s
+
+.PHONY: all build generate generate-bpf generate-proto test test-unit run bench lint tools-apt tools-go clean
+
+all: build
+
+## build: compile every binary into bin/
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ \
+	  github.com/weir-project/weir/collector/cmd/weir-collector \
+	  github.com/weir-project/weir/reducer/cmd/weir-reducer \
+	  github.com/weir-project/weir/test/cmd/flowsrv \
+	  github.com/weir-project/weir/test/cmd/flowcli
+
+## generate: rebuild the bpf2go output and the protobuf Go code
+generate: generate-bpf generate-proto
+
+tools-apt:
+	@command -v clang >/dev/null && command -v bpftool >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm bpftool libbpf-dev; }
+
+tools-go:
+	@mkdir -p $(TOOLS)
+	@test -x $(TOOLS)/buf || GOWORK=off GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@test -x $(TOOLS)/protoc-gen-go || GOWORK=off GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@test -x $(TOOLS)/protoc-gen-go-grpc || GOWORK=off GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VER)
+
+generate-bpf: tools-apt
+	cd collector && $(GO) generate ./internal/probe/
+
+generate-proto: tools-go
+	cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate
+
+## test: unit, privileged (real BPF on this kernel) and end-to-end tests; benchmarks run once so they keep compiling
+test: build
+	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
+	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $(PKGS)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS) >/dev/null
+
+## run: start a reducer and a collector on this machine; Ctrl-C stops both
+run: build
+	@if [ "$$(id -u)" != 0 ]; then \
+	  if command -v sudo >/dev/null; then exec sudo $(MAKE) run; fi; \
+	  echo "make run: the collector loads eBPF programs and needs root" >&2; exit 1; \
+	fi; \
+	trap 'kill $$R $$C 2>/dev/null; wait $$R $$C 2>/dev/null; echo; echo "weir stopped"' EXIT; \
+	trap 'exit 0' INT TERM; \
+	$(BIN)/weir-reducer --grpc-addr $(REDUCER_GRPC) --http-addr $(REDUCER_HTTP) & R=$$!; \
+	$(BIN)/weir-collector --reducer $(REDUCER_GRPC) --interval $(INTERVAL) & C=$$!; \
+	sleep 1; \
+	echo; \
+	echo "weir is running (reducer pid $$R, collector pid $$C)"; \
+	echo "  reducer   http://localhost:7010/metrics  http://localhost:7010/healthz"; \
+	echo "  collector http://127.0.0.1:7011/metrics  http://127.0.0.1:7011/healthz"; \
+	echo "  try:      curl -s localhost:7010/metrics | grep weir_tcp"; \
+	echo "Ctrl-C stops both."; \
+	wait -n $$R $$C; echo "a weir process exited" >&2; exit 1
+
+## bench: the hot-path benchmarks; results also land in bench/results.txt
+bench:
+	@mkdir -p bench
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/results.txt
+
+## lint: go vet, gofmt, buf lint
+lint: tools-go
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	cd proto && PATH=$(TOOLS):$$PATH buf lint
+
+clean:
+	rm -rf $(BIN)
