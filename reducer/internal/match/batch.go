@@ -1,0 +1,106 @@
+package match
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Role is which side of a TCP connection a socket is.
+type Role uint8
+
+// Roles of a socket.
+const (
+	RoleUnspecified Role = iota
+	RoleClient
+	RoleServer
+)
+
+// Hello opens a session for a node.
+type Hello struct {
+	Node   string
+	BootID string
+	Epoch  uint64
+}
+
+// Process is a process announced under a new handle.
+type Process struct {
+	Handle uint32
+	PID    uint32
+	Comm   string
+	Cgroup string
+}
+
+// Socket is one end of a TCP connection announced under a new handle.
+type Socket struct {
+	Handle        uint32
+	Process       uint32
+	Role          Role
+	Local         netip.AddrPort
+	Remote        netip.AddrPort
+	Netns         uint32
+	NewConnection bool
+}
+
+// Owner sets the owning process of a socket; process 0 means unknown.
+type Owner struct {
+	Socket  uint32
+	Process uint32
+}
+
+// Stats holds counter deltas in columns; entry i of every column belongs to
+// the socket Handles[i].
+type Stats struct {
+	Handles          []uint32
+	BytesSent        []uint64
+	BytesReceived    []uint64
+	SegmentsSent     []uint64
+	SegmentsReceived []uint64
+}
+
+// Batch is one decoded batch of a session, applied as a whole or not at all.
+// Its parts apply in field order.
+type Batch struct {
+	Sequence  uint64
+	Processes []Process
+	Sockets   []Socket
+	Owners    []Owner
+	Stats     Stats
+	Closed    []uint32
+	Forgotten []uint32
+}
+
+// Reset empties the batch and keeps its capacity for the next one.
+func (b *Batch) Reset() {
+	*b = Batch{
+		Processes: b.Processes[:0],
+		Sockets:   b.Sockets[:0],
+		Owners:    b.Owners[:0],
+		Stats:     Stats{Handles: b.Stats.Handles[:0]},
+		Closed:    b.Closed[:0],
+		Forgotten: b.Forgotten[:0],
+	}
+}
+
+// Reason classifies why the engine refused a hello or a batch.
+type Reason string
+
+// Reasons for refusing input.
+const (
+	ReasonStaleEpoch      Reason = "stale_epoch"
+	ReasonUnknownHandle   Reason = "unknown_handle"
+	ReasonDuplicateHandle Reason = "duplicate_handle"
+	ReasonInvalidHandle   Reason = "invalid_handle"
+	ReasonSessionReplaced Reason = "session_replaced"
+)
+
+// Error is a refusal of input that names the problem.
+type Error struct {
+	Reason Reason
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func refuse(r Reason, format string, args ...any) *Error {
+	return &Error{Reason: r, Msg: fmt.Sprintf(format, args...)}
+}
