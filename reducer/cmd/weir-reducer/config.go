@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Config is the reducer's whole configuration.
+type Config struct {
+	GRPCAddr        string
+	HTTPAddr        string
+	MaxMessageBytes int
+	SeriesTTL       time.Duration
+	SessionTTL      time.Duration
+	Loopback        bool
+	TLSCert         string
+	TLSKey          string
+	TLSCA           string
+	LogLevel        slog.Level
+}
+
+// defaultConfig returns the defaults of every setting.
+func defaultConfig() Config {
+	return Config{
+		GRPCAddr:        ":7000",
+		HTTPAddr:        ":7010",
+		MaxMessageBytes: 4 << 20,
+		SeriesTTL:       5 * time.Minute,
+		SessionTTL:      2 * time.Minute,
+		Loopback:        true,
+		LogLevel:        slog.LevelInfo,
+	}
+}
+
+// bind declares the flags of c on fs.
+func (c *Config) bind(fs *flag.FlagSet) {
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "address of the gRPC ingest server")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "address of the HTTP server (/metrics, /healthz, /readyz)")
+	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", c.MaxMessageBytes, "largest gRPC message accepted from a collector")
+	fs.DurationVar(&c.SeriesTTL, "series-ttl", c.SeriesTTL, "quiet edges with no active connection disappear after this")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
+	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "server certificate (PEM); with --tls-key and --tls-ca enables mTLS")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
+	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that client certificates must chain to")
+	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+}
+
+// Validate checks the configuration and names the first bad flag.
+func (c *Config) Validate() error {
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("%s %q: %w", a.flag, a.addr, err)
+		}
+	}
+	if c.MaxMessageBytes < 1024 {
+		return fmt.Errorf("--max-message-bytes %d: must be at least 1024", c.MaxMessageBytes)
+	}
+	if c.SeriesTTL <= 0 {
+		return fmt.Errorf("--series-ttl %s: must be positive", c.SeriesTTL)
+	}
+	if c.SessionTTL <= 0 {
+		return fmt.Errorf("--session-ttl %s: must be positive", c.SessionTTL)
+	}
+	set := 0
+	for _, v := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {
+		if v != "" {
+			set++
+		}
+	}
+	if set != 0 && set != 3 {
+		return errors.New("--tls-cert, --tls-key and --tls-ca: set all three for mTLS, or none for plaintext")
+	}
+	return nil
+}
+
+// tls reports whether mTLS is configured.
+func (c *Config) tls() bool { return c.TLSCert != "" }

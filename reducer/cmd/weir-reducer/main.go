@@ -1,0 +1,127 @@
+// Command weir-reducer receives the collectors' streams, joins the two ends
+// of every TCP connection and serves the resulting dependency map as
+// Prometheus metrics.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weir-project/weir/reducer/internal/ingest"
+	"github.com/weir-project/weir/reducer/internal/match"
+	"github.com/weir-project/weir/reducer/internal/promexport"
+	"github.com/weir-project/weir/reducer/internal/web"
+)
+
+func main() {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet("weir-reducer", flag.ContinueOnError)
+	cfg.bind(fs)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "weir-reducer:", err)
+		os.Exit(2)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, cfg, logger)
+	stop()
+	if err != nil {
+		logger.Error("exit", "error", err)
+		os.Exit(1)
+	}
+}
+
+// run wires the reducer's parts and runs them until ctx is done or one fails.
+func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	engine, err := match.New(match.Config{
+		SeriesTTL:  cfg.SeriesTTL,
+		SessionTTL: cfg.SessionTTL,
+		Loopback:   cfg.Loopback,
+	}, reg, logger)
+	if err != nil {
+		return err
+	}
+	if err := reg.Register(promexport.New(engine)); err != nil {
+		return fmt.Errorf("register flow metrics: %w", err)
+	}
+	icfg := ingest.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}
+	if cfg.tls() {
+		if icfg.TLS, err = ingest.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+	}
+	grpcSrv, err := ingest.New(icfg, engine, reg, logger)
+	if err != nil {
+		return err
+	}
+	httpSrv := web.New(cfg.HTTPAddr, reg, grpcSrv.Ready, logger)
+
+	if err := httpSrv.Start(ctx); err != nil {
+		return err
+	}
+	if err := grpcSrv.Start(ctx); err != nil {
+		shutdown(logger, httpSrv)
+		return err
+	}
+	logger.Info("weir-reducer started", "grpc_addr", cfg.GRPCAddr, "http_addr", cfg.HTTPAddr, "loopback", cfg.Loopback)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error { return waitErr(gctx, grpcSrv.Err()) })
+	g.Go(func() error { return waitErr(gctx, httpSrv.Err()) })
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdown(logger, grpcSrv, httpSrv)
+		return nil
+	})
+	err = g.Wait()
+	logger.Info("weir-reducer stopped")
+	return err
+}
+
+// waitErr returns the first error of errc, or nil when ctx is done.
+func waitErr(ctx context.Context, errc <-chan error) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+type stopper interface {
+	Shutdown(ctx context.Context) error
+}
+
+// shutdown stops parts in order, giving them ten seconds in all.
+func shutdown(logger *slog.Logger, parts ...stopper) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range parts {
+		if err := p.Shutdown(ctx); err != nil {
+			logger.Warn("shutdown", "error", err)
+		}
+	}
+}

@@ -1,0 +1,122 @@
+package ingest
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+	"github.com/weir-project/weir/reducer/internal/match"
+)
+
+// DecodeBatch checks the parts of a wire batch that need no session state
+// and decodes it into dst, reusing dst's buffers.
+func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
+	dst.Reset()
+	seq := in.GetSequence()
+	dst.Sequence = seq
+	for _, p := range in.GetProcesses() {
+		dst.Processes = append(dst.Processes, match.Process{
+			Handle: p.GetHandle(),
+			PID:    p.GetPid(),
+			Comm:   p.GetComm(),
+			Cgroup: p.GetCgroup(),
+		})
+	}
+	for i, s := range in.GetSockets() {
+		local, err := endpoint(s.GetLocalAddr(), s.GetLocalPort())
+		if err != nil {
+			return fmt.Errorf("batch %d: socket %d: local %w", seq, i, err)
+		}
+		remote, err := endpoint(s.GetRemoteAddr(), s.GetRemotePort())
+		if err != nil {
+			return fmt.Errorf("batch %d: socket %d: remote %w", seq, i, err)
+		}
+		role, err := decodeRole(s.GetRole())
+		if err != nil {
+			return fmt.Errorf("batch %d: socket %d: %w", seq, i, err)
+		}
+		dst.Sockets = append(dst.Sockets, match.Socket{
+			Handle:        s.GetHandle(),
+			Process:       s.GetProcess(),
+			Role:          role,
+			Local:         local,
+			Remote:        remote,
+			Netns:         s.GetNetns(),
+			NewConnection: s.GetNewConnection(),
+		})
+	}
+	for _, o := range in.GetOwners() {
+		dst.Owners = append(dst.Owners, match.Owner{Socket: o.GetSocket(), Process: o.GetProcess()})
+	}
+	if err := DecodeStats(&dst.Stats, in.GetStats()); err != nil {
+		return fmt.Errorf("batch %d: %w", seq, err)
+	}
+	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
+	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
+	return nil
+}
+
+// DecodeStats checks the columns of a stats message and decodes the handle
+// gaps into handles, appending them to dst.Handles. The counter columns are
+// shared with in, not copied.
+func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
+	gaps := in.GetHandleGaps()
+	n := len(gaps)
+	columns := [...]struct {
+		name string
+		len  int
+	}{
+		{"bytes_sent", len(in.GetBytesSent())},
+		{"bytes_received", len(in.GetBytesReceived())},
+		{"segments_sent", len(in.GetSegmentsSent())},
+		{"segments_received", len(in.GetSegmentsReceived())},
+	}
+	for _, c := range columns {
+		if c.len != n {
+			return fmt.Errorf("stats: column %s has %d entries, handle_gaps has %d", c.name, c.len, n)
+		}
+	}
+	handles := dst.Handles[:0]
+	var h uint64
+	for i, g := range gaps {
+		if i > 0 && g == 0 {
+			return fmt.Errorf("stats entry %d: handle gap 0 (handles must ascend)", i)
+		}
+		h += uint64(g)
+		if h > math.MaxUint32 {
+			return fmt.Errorf("stats entry %d: handle exceeds 32 bits", i)
+		}
+		handles = append(handles, uint32(h))
+	}
+	dst.Handles = handles
+	dst.BytesSent = in.GetBytesSent()
+	dst.BytesReceived = in.GetBytesReceived()
+	dst.SegmentsSent = in.GetSegmentsSent()
+	dst.SegmentsReceived = in.GetSegmentsReceived()
+	return nil
+}
+
+// endpoint decodes an address of 4 or 16 bytes and a port.
+func endpoint(addr []byte, port uint32) (netip.AddrPort, error) {
+	a, ok := netip.AddrFromSlice(addr)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("address has %d bytes (want 4 or 16)", len(addr))
+	}
+	if port > math.MaxUint16 {
+		return netip.AddrPort{}, fmt.Errorf("port %d exceeds 65535", port)
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
+}
+
+func decodeRole(r ingestv1.Role) (match.Role, error) {
+	switch r {
+	case ingestv1.Role_ROLE_UNSPECIFIED:
+		return match.RoleUnspecified, nil
+	case ingestv1.Role_ROLE_CLIENT:
+		return match.RoleClient, nil
+	case ingestv1.Role_ROLE_SERVER:
+		return match.RoleServer, nil
+	}
+	return 0, fmt.Errorf("unknown role %d", r)
+}

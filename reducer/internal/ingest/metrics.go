@@ -1,0 +1,74 @@
+package ingest
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weir-project/weir/reducer/internal/match"
+)
+
+// reason labels why a stream was rejected.
+type reason string
+
+// Reasons for rejecting a stream that are not the engine's.
+const (
+	reasonNoHello         reason = "no_hello"
+	reasonBadVersion      reason = "unsupported_version"
+	reasonBadHello        reason = "invalid_hello"
+	reasonBadSequence     reason = "bad_sequence"
+	reasonInvalidBatch    reason = "invalid_batch"
+	reasonMalformed       reason = "malformed_message"
+	reasonTooLarge        reason = "message_too_large"
+	reasonUnexpectedHello reason = "unexpected_hello"
+)
+
+type metrics struct {
+	connected     prometheus.Gauge
+	messages      prometheus.Counter
+	receivedBytes prometheus.Counter
+	rejected      *prometheus.CounterVec
+	loss          *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_reducer_collectors_connected",
+			Help: "Collector streams with an open session.",
+		}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_reducer_messages_received_total",
+			Help: "Messages received on collector streams.",
+		}),
+		receivedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_reducer_received_bytes_total",
+			Help: "Bytes of received messages as sent on the wire (compressed).",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_reducer_streams_rejected_total",
+			Help: "Collector streams ended because of bad input, by reason.",
+		}, []string{"reason"}),
+		loss: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_reducer_collector_loss_total",
+			Help: "Losses reported by collectors, by node and reason (ring_full: lifecycle events, map_full: sockets, buffer_dropped: closed sockets).",
+		}, []string{"node", "reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.connected, m.messages, m.receivedBytes, m.rejected, m.loss} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register ingest metrics: %w", err)
+		}
+	}
+	// Every reason shows from the start, at zero.
+	for _, r := range allReasons {
+		m.rejected.WithLabelValues(string(r))
+	}
+	return m, nil
+}
+
+var allReasons = []reason{
+	reasonNoHello, reasonBadVersion, reasonBadHello, reasonBadSequence, reasonInvalidBatch,
+	reasonMalformed, reasonTooLarge, reasonUnexpectedHello,
+	reason(match.ReasonStaleEpoch), reason(match.ReasonUnknownHandle),
+	reason(match.ReasonDuplicateHandle), reason(match.ReasonInvalidHandle),
+}

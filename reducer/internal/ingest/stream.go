@@ -1,0 +1,187 @@
+package ingest
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+	"github.com/weir-project/weir/reducer/internal/match"
+)
+
+// Stream serves one collector: a hello, then batches, each answered by an ack.
+func (s *Server) Stream(stream grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return s.recvError(s.logger, err)
+	}
+	s.metrics.messages.Inc()
+	hello := first.GetHello()
+	if hello == nil {
+		return s.reject(s.logger, reasonNoHello, status.Error(codes.InvalidArgument, "first message must be a hello"))
+	}
+	logger := s.logger.With("node", hello.GetNodeName(), "epoch", hello.GetEpoch())
+	if v := hello.GetProtocolVersion(); v != ProtocolVersion {
+		return s.reject(logger, reasonBadVersion, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d (want %d)", v, ProtocolVersion))
+	}
+	if hello.GetNodeName() == "" {
+		return s.reject(logger, reasonBadHello, status.Error(codes.InvalidArgument, "hello: empty node_name"))
+	}
+
+	replaced := make(chan struct{})
+	var once sync.Once
+	sess, err := s.engine.Open(match.Hello{
+		Node:   hello.GetNodeName(),
+		BootID: hello.GetBootId(),
+		Epoch:  hello.GetEpoch(),
+	}, func() { once.Do(func() { close(replaced) }) })
+	if err != nil {
+		return s.rejectEngine(logger, err)
+	}
+	s.metrics.connected.Inc()
+	defer s.metrics.connected.Dec()
+	defer s.engine.Detach(sess)
+	logger.Info("stream opened", "collector_version", hello.GetCollectorVersion(), "kernel_release", hello.GetKernelRelease())
+
+	// Receive on a goroutine of its own, so that a replaced session or a
+	// shutdown can end the stream while Recv waits.
+	msgs := make(chan *ingestv1.StreamRequest, 1)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var b match.Batch
+	var last uint64
+	for {
+		select {
+		case <-replaced:
+			logger.Info("stream replaced by a newer epoch")
+			return status.Error(codes.Aborted, "session replaced by a newer epoch")
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "reducer shutting down")
+		case err := <-errc:
+			return s.recvError(logger, err)
+		case m := <-msgs:
+			s.metrics.messages.Inc()
+			batch := m.GetBatch()
+			if batch == nil {
+				return s.reject(logger, reasonUnexpectedHello, status.Error(codes.InvalidArgument, "only the first message may be a hello"))
+			}
+			if seq := batch.GetSequence(); seq != last+1 {
+				return s.reject(logger, reasonBadSequence, status.Errorf(codes.InvalidArgument, "batch %d: sequence must be %d", seq, last+1))
+			}
+			if err := DecodeBatch(&b, batch); err != nil {
+				return s.reject(logger, reasonInvalidBatch, status.Error(codes.InvalidArgument, err.Error()))
+			}
+			if err := s.engine.Apply(sess, &b); err != nil {
+				return s.rejectEngine(logger, err)
+			}
+			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
+			last = batch.GetSequence()
+			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
+			if err := stream.Send(ack); err != nil {
+				logger.Info("stream closed", "error", err)
+				return err
+			}
+		}
+	}
+}
+
+// recvError turns the error that ended Recv into the stream's status.
+func (s *Server) recvError(logger *slog.Logger, err error) error {
+	if errors.Is(err, io.EOF) {
+		logger.Info("stream closed by collector")
+		return nil
+	}
+	switch status.Code(err) {
+	case codes.ResourceExhausted:
+		return s.reject(logger, reasonTooLarge, err)
+	case codes.Internal:
+		// grpc reports a message that does not decode as INTERNAL; it is
+		// the collector's input that is wrong.
+		return s.reject(logger, reasonMalformed, status.Errorf(codes.InvalidArgument, "malformed message: %s", status.Convert(err).Message()))
+	}
+	logger.Info("stream ended", "error", err)
+	return err
+}
+
+// rejectEngine rejects a stream for an error of the matching engine.
+func (s *Server) rejectEngine(logger *slog.Logger, err error) error {
+	var me *match.Error
+	if !errors.As(err, &me) {
+		return s.reject(logger, reasonInvalidBatch, status.Error(codes.Internal, err.Error()))
+	}
+	switch me.Reason {
+	case match.ReasonSessionReplaced:
+		logger.Info("stream replaced by a newer epoch")
+		return status.Error(codes.Aborted, me.Msg)
+	case match.ReasonStaleEpoch:
+		return s.reject(logger, reason(me.Reason), status.Error(codes.FailedPrecondition, me.Msg))
+	}
+	return s.reject(logger, reason(me.Reason), status.Error(codes.InvalidArgument, me.Msg))
+}
+
+// reject counts and logs a rejected stream once and returns its status.
+func (s *Server) reject(logger *slog.Logger, r reason, err error) error {
+	s.metrics.rejected.WithLabelValues(string(r)).Inc()
+	logger.Warn("stream rejected", "reason", string(r), "code", status.Code(err).String(), "error", status.Convert(err).Message())
+	return err
+}
+
+// lossState is the last loss report of a node.
+type lossState struct {
+	bootID                        string
+	ringFull, mapFull, bufDropped uint64
+}
+
+// recordLoss adds what a collector's cumulative loss counters gained since
+// its last report. Counters that went down belong to a restarted collector
+// and count from zero.
+func (s *Server) recordLoss(node, bootID string, l *ingestv1.Loss) {
+	if l == nil {
+		return
+	}
+	s.lossMu.Lock()
+	defer s.lossMu.Unlock()
+	prev, ok := s.loss[node]
+	if !ok || prev.bootID != bootID {
+		prev = lossState{bootID: bootID}
+	}
+	next := lossState{bootID: bootID, ringFull: l.GetRingFull(), mapFull: l.GetMapFull(), bufDropped: l.GetBufferDropped()}
+	for _, c := range [...]struct {
+		reason     string
+		prev, next uint64
+	}{
+		{"ring_full", prev.ringFull, next.ringFull},
+		{"map_full", prev.mapFull, next.mapFull},
+		{"buffer_dropped", prev.bufDropped, next.bufDropped},
+	} {
+		d := c.next
+		if c.next >= c.prev {
+			d = c.next - c.prev
+		}
+		if d > 0 {
+			s.metrics.loss.WithLabelValues(node, c.reason).Add(float64(d))
+		}
+	}
+	s.loss[node] = next
+}
+

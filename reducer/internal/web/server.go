@@ -1,0 +1,101 @@
+// Package web serves the reducer's HTTP endpoints: /metrics, /healthz and
+// /readyz.
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server is the HTTP server.
+type Server struct {
+	addr   string
+	logger *slog.Logger
+	http   *http.Server
+	lis    net.Listener
+	errc   chan error
+	once   sync.Once
+}
+
+// New returns a server on addr that serves gatherer's metrics and reports
+// ready while ready returns true.
+func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *slog.Logger) *Server {
+	logger = logger.With("component", "web")
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
+		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return &Server{
+		addr:   addr,
+		logger: logger,
+		http: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		},
+		errc: make(chan error, 1),
+	}
+}
+
+// Start listens and serves in the background. It returns once the listener
+// is up.
+func (s *Server) Start(ctx context.Context) error {
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.addr, err)
+	}
+	s.lis = lis
+	go func() {
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- fmt.Errorf("serve http: %w", err)
+		}
+	}()
+	s.logger.Info("listening", "addr", lis.Addr().String())
+	return nil
+}
+
+// Addr returns the listening address; nil before Start.
+func (s *Server) Addr() net.Addr {
+	if s.lis == nil {
+		return nil
+	}
+	return s.lis.Addr()
+}
+
+// Err delivers an error if serving fails.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Shutdown stops the server, waiting for requests in flight until ctx is
+// done. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.once.Do(func() {
+		if err = s.http.Shutdown(ctx); err != nil {
+			err = fmt.Errorf("shutdown http: %w", err)
+		}
+		s.logger.Info("stopped")
+	})
+	return err
+}
