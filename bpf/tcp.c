@@ -230,11 +230,11 @@ static __always_inline void fill_addrs_sk(struct event *ev, struct sock *sk, u16
 	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO(ev->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(ev->daddr, sk, __sk_common.skc_daddr);
+		bpf_core_read(ev->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(ev->daddr, 4, &sk->__sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO(ev->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(ev->daddr, sk, __sk_common.skc_v6_daddr);
+		bpf_core_read(ev->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(ev->daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 }
 

@@ -75,8 +75,12 @@ type Probe struct {
 	keys    []uint64
 	values  []tcpSockInfo
 	perCPU  []uint64
+	comms   map[[16]int8]string // interned owner comms, so polling does not allocate per socket
 	closeMu sync.Once
 }
+
+// maxComms bounds the comm cache; it is emptied when it grows past this.
+const maxComms = 4096
 
 // Open mounts tracefs at /sys/kernel/tracing if it is not mounted, loads the
 // programs with the map sizes from cfg, and attaches them.
@@ -121,6 +125,7 @@ func Open(cfg Config) (*Probe, error) {
 	p.keys = make([]uint64, samplesBatch)
 	p.values = make([]tcpSockInfo, samplesBatch)
 	p.perCPU = make([]uint64, 0, 8)
+	p.comms = make(map[[16]int8]string)
 	return p, nil
 }
 
@@ -211,7 +216,7 @@ func (p *Probe) Samples(fn func(Sample)) error {
 			v := &p.values[i]
 			fn(Sample{
 				Sock:  p.keys[i],
-				Owner: Owner{PID: v.Pid, Comm: comm(&v.Comm)},
+				Owner: Owner{PID: v.Pid, Comm: p.internComm(&v.Comm)},
 				Counters: Counters{
 					BytesAcked:    v.Counters.BytesAcked,
 					BytesReceived: v.Counters.BytesReceived,
@@ -227,6 +232,19 @@ func (p *Probe) Samples(fn func(Sample)) error {
 			return fmt.Errorf("samples: batch lookup: %w", err)
 		}
 	}
+}
+
+// internComm returns comm(c), reusing the string of an earlier call.
+func (p *Probe) internComm(c *[16]int8) string {
+	if s, ok := p.comms[*c]; ok {
+		return s
+	}
+	if len(p.comms) >= maxComms {
+		clear(p.comms)
+	}
+	s := comm(c)
+	p.comms[*c] = s
+	return s
 }
 
 // Drops returns the cumulative loss counters (summed over CPUs).

@@ -339,3 +339,303 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 		})
 	}
 }
+
+func TestPrivilegedListenEvent(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	comm, netns := selfComm(t), selfNetNS(t)
+
+	for _, tc := range loopbacks {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := listen(t, tc.network, tc.address)
+			local := addrPort(t, ln.Addr())
+			ev := r.wait(t, "listen", func(ev Event) bool {
+				return ev.Kind == EventListen && ev.LocalPort == local.Port() && ev.LocalAddr == local.Addr()
+			})
+			if ev.Owner.PID != uint32(os.Getpid()) || ev.Owner.Comm != comm {
+				t.Errorf("owner %+v, want pid %d comm %q", ev.Owner, os.Getpid(), comm)
+			}
+			if ev.NetNS != netns {
+				t.Errorf("netns %d, want %d", ev.NetNS, netns)
+			}
+			if ev.RemotePort != 0 || !ev.RemoteAddr.IsUnspecified() {
+				t.Errorf("remote %v:%d, want unspecified", ev.RemoteAddr, ev.RemotePort)
+			}
+			// A listener is not a connection: it never enters the socket map.
+			if err := r.p.Samples(func(s Sample) {
+				if s.Sock == ev.Sock {
+					t.Errorf("listening socket %#x is in the socket map", ev.Sock)
+				}
+			}); err != nil {
+				t.Fatalf("Samples: %v", err)
+			}
+		})
+	}
+}
+
+func TestPrivilegedExistingSocket(t *testing.T) {
+	requirePrivileged(t)
+	comm := selfComm(t)
+
+	for _, tc := range loopbacks {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := listen(t, tc.network, tc.address)
+			cp := dialPair(t, ln)
+			defer cp.client.Close()
+			defer cp.server.Close()
+			const before = 1000
+			cp.exchange(t, before, before)
+
+			r := openRecorded(t, DefaultConfig())
+			const up, down = 70_001, 30_007
+			cp.exchange(t, up, down)
+
+			client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+			for _, c := range []struct {
+				name          string
+				local, remote netip.AddrPort
+				acked, recvd  uint64
+			}{
+				// The probe did not see the handshake, so it cannot take the
+				// SYN out of the client's bytes_acked: the kernel counts it.
+				{"client", client, server, before + up + 1, before + down},
+				{"server", server, client, before + down, before + up},
+			} {
+				ev := r.wait(t, c.name+" open", onPorts(EventOpen, c.local.Port(), c.remote.Port()))
+				if ev.Role != RoleUnknown {
+					t.Errorf("%s: role %v, want unknown", c.name, ev.Role)
+				}
+				if ev.LocalAddr != c.local.Addr() || ev.RemoteAddr != c.remote.Addr() {
+					t.Errorf("%s: %v -> %v, want %v -> %v", c.name, ev.LocalAddr, ev.RemoteAddr, c.local.Addr(), c.remote.Addr())
+				}
+				if ev.Owner.PID != uint32(os.Getpid()) || ev.Owner.Comm != comm {
+					t.Errorf("%s: owner %+v, want pid %d comm %q", c.name, ev.Owner, os.Getpid(), comm)
+				}
+				var sample *Sample
+				if err := r.p.Samples(func(s Sample) {
+					if s.Sock == ev.Sock {
+						sample = &s
+					}
+				}); err != nil {
+					t.Fatalf("Samples: %v", err)
+				}
+				if sample == nil {
+					t.Fatalf("%s: sock %#x not in Samples", c.name, ev.Sock)
+				}
+				// The kernel's counters cover the whole life of the socket.
+				if sample.Counters.BytesReceived != c.recvd {
+					t.Errorf("%s: BytesReceived %d, want %d", c.name, sample.Counters.BytesReceived, c.recvd)
+				}
+			}
+
+			cp.client.Close()
+			cp.server.Close()
+			for _, c := range []struct {
+				name          string
+				local, remote netip.AddrPort
+				acked, recvd  uint64
+			}{
+				{"client", client, server, before + up + 1, before + down},
+				{"server", server, client, before + down, before + up},
+			} {
+				ev := r.wait(t, c.name+" close", onPorts(EventClose, c.local.Port(), c.remote.Port()))
+				if ev.Role != RoleUnknown {
+					t.Errorf("%s close: role %v, want unknown", c.name, ev.Role)
+				}
+				if ev.Counters.BytesAcked != c.acked || ev.Counters.BytesReceived != c.recvd {
+					t.Errorf("%s close: acked %d received %d, want %d and %d", c.name,
+						ev.Counters.BytesAcked, ev.Counters.BytesReceived, c.acked, c.recvd)
+				}
+			}
+		})
+	}
+}
+
+func TestPrivilegedMapFull(t *testing.T) {
+	requirePrivileged(t)
+	const entries = 4
+	r := openRecorded(t, Config{SocketMapEntries: entries, RingBytes: 1 << 20})
+
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	var pairs []connPair
+	defer func() {
+		for _, cp := range pairs {
+			cp.client.Close()
+			cp.server.Close()
+		}
+	}()
+	for range 10 {
+		cp := dialPair(t, ln)
+		pairs = append(pairs, cp)
+		cp.exchange(t, 1000, 1000)
+	}
+
+	d, err := r.p.Drops()
+	if err != nil {
+		t.Fatalf("Drops: %v", err)
+	}
+	if d.MapFull == 0 {
+		t.Errorf("Drops %+v: want MapFull > 0 after 20 sockets in a map of %d", d, entries)
+	}
+	n := 0
+	if err := r.p.Samples(func(Sample) { n++ }); err != nil {
+		t.Fatalf("Samples: %v", err)
+	}
+	if n > entries {
+		t.Errorf("%d samples from a map of %d entries", n, entries)
+	}
+	// Still working: closing a tracked socket frees its entry and is reported.
+	cp := pairs[0]
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+	cp.client.Close()
+	cp.server.Close()
+	ev := r.wait(t, "close", func(ev Event) bool {
+		return ev.Kind == EventClose && (ev.LocalPort == client.Port() || ev.LocalPort == server.Port())
+	})
+	t.Logf("drops %+v, samples %d, close %+v", d, n, ev.Counters)
+}
+
+func TestPrivilegedRingFull(t *testing.T) {
+	requirePrivileged(t)
+	cfg := Config{SocketMapEntries: 1024, RingBytes: uint32(os.Getpagesize())}
+	p, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer p.Close()
+
+	// Nobody reads the ring: one page holds a few dozen events.
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	for range 100 {
+		cp := dialPair(t, ln)
+		cp.client.Close()
+		cp.server.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := p.Drops()
+		if err != nil {
+			t.Fatalf("Drops: %v", err)
+		}
+		if d.RingFull > 0 {
+			t.Logf("drops %+v", d)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Drops %+v: want RingFull > 0", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The events that fit are still readable.
+	if _, err := p.ReadEvent(); err != nil {
+		t.Fatalf("ReadEvent: %v", err)
+	}
+}
+
+func TestPrivilegedClose(t *testing.T) {
+	requirePrivileged(t)
+	p, err := Open(DefaultConfig())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	blocked := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := p.ReadEvent(); err != nil {
+				blocked <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	for i := range 2 {
+		if err := p.Close(); err != nil {
+			t.Errorf("Close #%d: %v", i+1, err)
+		}
+	}
+	select {
+	case err := <-blocked:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("pending ReadEvent: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock ReadEvent")
+	}
+	if _, err := p.ReadEvent(); !errors.Is(err, ErrClosed) {
+		t.Errorf("ReadEvent after Close: %v, want ErrClosed", err)
+	}
+	if err := p.Samples(func(Sample) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Samples after Close: %v, want ErrClosed", err)
+	}
+	if _, err := p.Drops(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Drops after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	requirePrivileged(t)
+	if err := Check(); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	page := uint32(os.Getpagesize())
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		flag string // in the error, "" for valid
+	}{
+		{"default", DefaultConfig(), ""},
+		{"one page ring", Config{SocketMapEntries: 1, RingBytes: page}, ""},
+		{"no sockets", Config{SocketMapEntries: 0, RingBytes: 1 << 20}, "--socket-map-entries"},
+		{"ring zero", Config{SocketMapEntries: 10, RingBytes: 0}, "--ring-bytes"},
+		{"ring not power of two", Config{SocketMapEntries: 10, RingBytes: 3 * page}, "--ring-bytes"},
+		{"ring below a page", Config{SocketMapEntries: 10, RingBytes: page / 2}, "--ring-bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.flag == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.flag) {
+				t.Fatalf("Validate: %v, want an error naming %s", err, tc.flag)
+			}
+		})
+	}
+}
+
+// BenchmarkSamples walks a socket map holding 10,000 entries.
+func BenchmarkSamples(b *testing.B) {
+	requirePrivileged(b)
+	p, err := Open(DefaultConfig())
+	if err != nil {
+		b.Fatalf("Open: %v", err)
+	}
+	defer p.Close()
+	const entries = 10_000
+	keys := make([]uint64, entries)
+	values := make([]tcpSockInfo, entries)
+	for i := range keys {
+		keys[i] = uint64(i + 1) // never a kernel address
+		values[i].Pid = uint32(i)
+		values[i].Comm = comm16("bench")
+	}
+	if _, err := p.objs.Socks.BatchUpdate(keys, values, nil); err != nil {
+		b.Fatalf("populate: %v", err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		if err := p.Samples(func(Sample) { n++ }); err != nil {
+			b.Fatal(err)
+		}
+		if n < entries {
+			b.Fatalf("%d samples, want at least %d", n, entries)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/entries, "ns/entry")
+}
