@@ -351,13 +351,13 @@ func (e *Engine) commit(s *Session, b *Batch) {
 			d := &f.dir[end]
 			d.sentBytes += bs
 			d.sentSegs += ss
-			d.account(now, e.store)
+			f.account(now, end, e.store)
 		}
 		if br, sr := st.BytesReceived[i], st.SegmentsReceived[i]; br|sr != 0 {
 			d := &f.dir[1-end]
 			d.recvBytes += br
 			d.recvSegs += sr
-			d.account(now, e.store)
+			f.account(now, 1-end, e.store)
 		}
 	}
 	e.updates.Add(float64(len(e.statSocks)))
@@ -451,13 +451,20 @@ func (e *Engine) settle(now time.Time) {
 			continue
 		}
 		w := [2]aggregate.Workload{f.workload(0), f.workload(1)}
+		client := f.client()
 		for d := range f.dir {
 			k := aggregate.Key{Src: w[d], Dst: w[1-d]}
-			if cur := f.dir[d].edge; cur == nil || cur.Dead() || cur.Key() != k {
+			cur := f.dir[d].edge
+			switch {
+			case cur != nil && !cur.Dead() && cur.Key() == k:
+			case uint8(d) == client:
+				// The connection counts on the client's edge from now on.
 				f.dir[d].edge = e.store.Edge(now, k)
+			default:
+				f.dir[d].edge = nil
 			}
 		}
-		conn := f.dir[f.client()].edge
+		conn := f.dir[client].edge
 		if conn != f.conn {
 			if f.conn != nil {
 				f.conn.Disconnect(now)

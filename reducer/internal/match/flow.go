@@ -106,25 +106,35 @@ func (f *flow) workload(i uint8) aggregate.Workload {
 // empty reports whether no end reports the flow any more.
 func (f *flow) empty() bool { return f.ends[0] == nil && f.ends[1] == nil }
 
-// account counts on the direction's edge what its views gained over the
-// amount counted so far: each byte once, even when both ends report it.
-func (d *direction) account(now time.Time, store *aggregate.Store) {
-	b := max(d.sentBytes, d.recvBytes)
-	s := max(d.sentSegs, d.recvSegs)
+// key returns the edge key of direction d: from endpoint d to the other.
+func (f *flow) edgeKey(d uint8) aggregate.Key {
+	return aggregate.Key{Src: f.workload(d), Dst: f.workload(1 - d)}
+}
+
+// account counts on the edge of direction d what its views gained over the
+// amount counted so far: each byte once, even when both ends report it. The
+// edge is looked up at the first traffic after the flow's ends changed, so
+// that a direction without traffic leaves no empty series.
+func (f *flow) account(now time.Time, d uint8, store *aggregate.Store) {
+	dir := &f.dir[d]
+	b := max(dir.sentBytes, dir.recvBytes)
+	s := max(dir.sentSegs, dir.recvSegs)
 	var db, ds uint64
-	if b > d.countedBytes {
-		db, d.countedBytes = b-d.countedBytes, b
+	if b > dir.countedBytes {
+		db, dir.countedBytes = b-dir.countedBytes, b
 	}
-	if s > d.countedSegs {
-		ds, d.countedSegs = s-d.countedSegs, s
+	if s > dir.countedSegs {
+		ds, dir.countedSegs = s-dir.countedSegs, s
 	}
 	if db|ds == 0 {
 		return
 	}
-	if d.edge.Dead() {
-		d.edge = store.Edge(now, d.edge.Key())
+	if dir.edge == nil {
+		dir.edge = store.Edge(now, f.edgeKey(d))
+	} else if dir.edge.Dead() {
+		dir.edge = store.Edge(now, dir.edge.Key())
 	}
-	d.edge.AddTraffic(now, db, ds)
+	dir.edge.AddTraffic(now, db, ds)
 }
 
 // netipUnmap turns an IPv4-mapped IPv6 endpoint into its IPv4 form, so that

@@ -1,0 +1,195 @@
+package match
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestResync(t *testing.T) {
+	curl := []Process{{Handle: 1, Comm: "curl"}}
+	nginx := []Process{{Handle: 1, Comm: "nginx"}}
+	resent := sock(1, 1, RoleClient, "10.0.0.1:40000", "10.0.0.2:80", false)
+	tests := []struct {
+		name     string
+		withPeer bool
+		want     []string
+	}{
+		{
+			name: "one end: no extra opened, no double bytes",
+			want: []string{
+				"curl/process -> 10.0.0.2/external bytes=150 packets=3 opened=1 active=1",
+			},
+		},
+		{
+			name:     "both ends: the peer's view carries the count",
+			withPeer: true,
+			want: []string{
+				"curl/process -> 10.0.0.2/external bytes=0 packets=0 opened=1 active=0",
+				"curl/process -> nginx/process bytes=150 packets=3 opened=0 active=1",
+				// Between the drop of epoch 1 and the announcement under
+				// epoch 2 only the server's end was left.
+				"10.0.0.1/external -> nginx/process bytes=0 packets=0 opened=0 active=0",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, c := newTestEngine(t, true)
+			a := openSession(t, e, "node-a", 1)
+			apply(t, e, a, Batch{Sequence: 1, Processes: curl, Sockets: []Socket{clientEnd}})
+			var b *Session
+			if tc.withPeer {
+				b = openSession(t, e, "node-b", 1)
+				apply(t, e, b, Batch{Sequence: 1, Processes: nginx, Sockets: []Socket{serverEnd}})
+				apply(t, e, b, Batch{Sequence: 2, Stats: statsOf(stat{1, 0, 100, 0, 2})})
+			}
+			apply(t, e, a, Batch{Sequence: 2, Stats: statsOf(stat{1, 100, 0, 2, 0})})
+			e.Detach(a)
+			c.advance(10 * time.Second)
+
+			// The collector reconnects under a new epoch, announces the
+			// socket again and reports deltas from the resync baseline.
+			a2 := openSession(t, e, "node-a", 2)
+			apply(t, e, a2, Batch{Sequence: 1, Processes: curl, Sockets: []Socket{resent}})
+			apply(t, e, a2, Batch{Sequence: 2, Stats: statsOf(stat{1, 50, 0, 1, 0})})
+			if tc.withPeer {
+				apply(t, e, b, Batch{Sequence: 3, Stats: statsOf(stat{1, 0, 50, 0, 1})})
+			}
+			sameLines(t, edgeLines(e), tc.want)
+		})
+	}
+}
+
+func TestSessions(t *testing.T) {
+	t.Run("stale epoch", func(t *testing.T) {
+		e, _ := newTestEngine(t, true)
+		openSession(t, e, "node-a", 5)
+		for _, epoch := range []uint64{4, 5} {
+			_, err := e.Open(Hello{Node: "node-a", BootID: "boot-node-a", Epoch: epoch}, nil)
+			var me *Error
+			if !errors.As(err, &me) || me.Reason != ReasonStaleEpoch {
+				t.Errorf("epoch %d: got %v, want a stale epoch refusal", epoch, err)
+			}
+		}
+	})
+	t.Run("a new boot starts over", func(t *testing.T) {
+		e, _ := newTestEngine(t, true)
+		openSession(t, e, "node-a", 5)
+		if _, err := e.Open(Hello{Node: "node-a", BootID: "another-boot", Epoch: 1}, nil); err != nil {
+			t.Errorf("new boot with a lower epoch: %v", err)
+		}
+	})
+	t.Run("replacement cancels the old stream and drops its sockets", func(t *testing.T) {
+		e, _ := newTestEngine(t, true)
+		cancelled := false
+		old, err := e.Open(Hello{Node: "node-a", BootID: "b", Epoch: 1}, func() { cancelled = true })
+		if err != nil {
+			t.Fatal(err)
+		}
+		apply(t, e, old, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{clientEnd}})
+		if _, err := e.Open(Hello{Node: "node-a", BootID: "b", Epoch: 2}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if !cancelled {
+			t.Error("old stream not cancelled")
+		}
+		if sockets, flows, _ := e.Counts(); sockets != 0 || flows != 0 {
+			t.Errorf("sockets=%d flows=%d after replacement, want 0 0", sockets, flows)
+		}
+		sameLines(t, edgeLines(e), []string{"curl/process -> 10.0.0.2/external bytes=0 packets=0 opened=1 active=0"})
+		var me *Error
+		if err := e.Apply(old, &Batch{Sequence: 2}); !errors.As(err, &me) || me.Reason != ReasonSessionReplaced {
+			t.Errorf("batch on the replaced session: got %v", err)
+		}
+	})
+	t.Run("a detached session is dropped after the session TTL", func(t *testing.T) {
+		e, c := newTestEngine(t, true)
+		s := openSession(t, e, "node-a", 1)
+		apply(t, e, s, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{clientEnd},
+			Stats: statsOf(stat{1, 10, 0, 1, 0})})
+		e.Detach(s)
+		c.advance(2*time.Minute - time.Second)
+		e.Sweep()
+		if sockets, _, _ := e.Counts(); sockets != 1 {
+			t.Fatalf("sockets=%d before the session TTL, want 1", sockets)
+		}
+		c.advance(time.Second)
+		e.Sweep()
+		if sockets, flows, _ := e.Counts(); sockets != 0 || flows != 0 {
+			t.Fatalf("sockets=%d flows=%d after the session TTL, want 0 0", sockets, flows)
+		}
+		sameLines(t, edgeLines(e), []string{"curl/process -> 10.0.0.2/external bytes=10 packets=1 opened=1 active=0"})
+		// No ghost edges: quiet for the series TTL, the edge goes.
+		c.advance(5 * time.Minute)
+		if got := edgeLines(e); len(got) != 0 {
+			t.Errorf("edges after the series TTL: %v", got)
+		}
+		// A node whose session expired may come back with any epoch.
+		openSession(t, e, "node-a", 1)
+	})
+}
+
+func TestLoopback(t *testing.T) {
+	procs := []Process{{Handle: 1, Comm: "curl"}, {Handle: 2, Comm: "redis-server"}}
+	client := sock(1, 1, RoleClient, "127.0.0.1:50000", "127.0.0.1:6379", true)
+	server := sock(2, 2, RoleServer, "127.0.0.1:6379", "127.0.0.1:50000", true)
+	otherNetns := server
+	otherNetns.Netns = 4026532000
+	tests := []struct {
+		name     string
+		loopback bool
+		sockets  []Socket
+		stats    Stats
+		want     []string
+	}{
+		{
+			name:     "two local processes",
+			loopback: true,
+			sockets:  []Socket{client, server},
+			stats:    statsOf(stat{1, 10, 20, 1, 2}, stat{2, 20, 10, 2, 1}),
+			want: []string{
+				"curl/process -> redis-server/process bytes=10 packets=1 opened=1 active=1",
+				"redis-server/process -> curl/process bytes=20 packets=2 opened=0 active=0",
+			},
+		},
+		{
+			name:     "loopback off drops them",
+			loopback: false,
+			sockets:  []Socket{client, server},
+			stats:    statsOf(stat{1, 10, 20, 1, 2}, stat{2, 20, 10, 2, 1}),
+		},
+		{
+			name:     "each network namespace has its own loopback",
+			loopback: true,
+			sockets:  []Socket{client, otherNetns},
+			stats:    statsOf(stat{1, 10, 0, 1, 0}, stat{2, 20, 0, 2, 0}),
+			want: []string{
+				"curl/process -> 127.0.0.1/external bytes=10 packets=1 opened=1 active=1",
+				"127.0.0.1/external -> redis-server/process bytes=0 packets=0 opened=1 active=1",
+				"redis-server/process -> 127.0.0.1/external bytes=20 packets=2 opened=0 active=0",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, _ := newTestEngine(t, tc.loopback)
+			s := openSession(t, e, "node-a", 1)
+			apply(t, e, s, Batch{Sequence: 1, Processes: procs, Sockets: tc.sockets, Stats: tc.stats})
+			sameLines(t, edgeLines(e), tc.want)
+			// Loopback flows of two nodes never join.
+			other := openSession(t, e, "node-b", 1)
+			apply(t, e, other, Batch{Sequence: 1, Processes: procs[:1], Sockets: []Socket{sock(1, 1, RoleServer, "127.0.0.1:6379", "127.0.0.1:50000", false)}})
+			if sockets, _, _ := e.Counts(); sockets != len(tc.sockets)+1 {
+				t.Errorf("sockets=%d, want %d", sockets, len(tc.sockets)+1)
+			}
+		})
+	}
+}
+
+func apply(t *testing.T, e *Engine, s *Session, b Batch) {
+	t.Helper()
+	if err := e.Apply(s, &b); err != nil {
+		t.Fatalf("batch %d: %v", b.Sequence, err)
+	}
+}
