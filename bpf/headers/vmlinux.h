@@ -83,6 +83,19 @@ struct trace_event_raw_sock_msg_length {
 	int flags;
 };
 
+struct bpf_iter_meta {
+	void *seq;
+	u64 session_id;
+	u64 seq_num;
+};
+
+/* Context of an iter/tcp program. */
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+	u32 uid;
+};
+
 struct ns_common {
 	unsigned int inum;
 };

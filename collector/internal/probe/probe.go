@@ -6,6 +6,7 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"sync"
@@ -18,6 +19,7 @@ import (
 )
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event -type sock_info tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -Wall -Werror
 
 // Config sizes the kernel maps.
 type Config struct {
@@ -63,9 +65,11 @@ const samplesBatch = 256
 
 // Probe is the loaded and attached set of programs.
 type Probe struct {
-	objs   tcpObjects
-	links  []link.Link
-	reader *ringbuf.Reader
+	objs    tcpObjects
+	iter    tcpIterObjects
+	links   []link.Link
+	refresh *link.Iter // refreshes the counters of the socks map
+	reader  *ringbuf.Reader
 
 	readMu sync.Mutex // serialises ReadEvent
 	record ringbuf.Record
@@ -109,6 +113,10 @@ func Open(cfg Config) (*Probe, error) {
 		}
 		return nil, fmt.Errorf("load programs: %w", err)
 	}
+	if err := p.loadIter(cfg); err != nil {
+		p.release()
+		return nil, err
+	}
 	for _, tp := range tracepoints {
 		l, err := link.Tracepoint(tp.group, tp.name, tp.prog(&p.objs.tcpPrograms), nil)
 		if err != nil {
@@ -127,6 +135,43 @@ func Open(cfg Config) (*Probe, error) {
 	p.perCPU = make([]uint64, 0, 8)
 	p.comms = make(map[[16]int8]string)
 	return p, nil
+}
+
+// loadIter loads and attaches the iterator that refreshes the socks map.
+func (p *Probe) loadIter(cfg Config) error {
+	spec, err := loadTcpIter()
+	if err != nil {
+		return err
+	}
+	spec.Maps[tcpIterMapSocks].MaxEntries = cfg.SocketMapEntries
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{tcpIterMapSocks: p.objs.Socks}}
+	if err := spec.LoadAndAssign(&p.iter, opts); err != nil {
+		return fmt.Errorf("load iterator: %w", err)
+	}
+	p.refresh, err = link.AttachIter(link.IterOptions{Program: p.iter.RefreshCounters})
+	if err != nil {
+		return fmt.Errorf("attach iterator tcp: %w", err)
+	}
+	return nil
+}
+
+// runRefresh runs the iterator once over all TCP sockets.
+func (p *Probe) runRefresh() error {
+	r, err := p.refresh.Open()
+	if err != nil {
+		return fmt.Errorf("refresh counters: %w", err)
+	}
+	defer r.Close()
+	var buf [1]byte // the program writes nothing: the first read ends the walk
+	for {
+		_, err := r.Read(buf[:])
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("refresh counters: %w", err)
+		}
+	}
 }
 
 // ReadEvent blocks for the next lifecycle event; after Close it returns an
@@ -201,13 +246,17 @@ func comm(c *[16]int8) string {
 	return string(b)
 }
 
-// Samples calls fn for every entry of the kernel socket map. It is safe to
-// call concurrently with ReadEvent.
+// Samples calls fn for every entry of the kernel socket map. It first
+// refreshes every entry's counters from its tcp_sock, so they are current as
+// of the call. It is safe to call concurrently with ReadEvent.
 func (p *Probe) Samples(fn func(Sample)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return fmt.Errorf("samples: %w", ErrClosed)
+	}
+	if err := p.runRefresh(); err != nil {
+		return fmt.Errorf("samples: %w", err)
 	}
 	var cursor ebpf.MapBatchCursor
 	for {
@@ -301,6 +350,15 @@ func (p *Probe) release() error {
 		}
 	}
 	p.links = nil
+	if p.refresh != nil {
+		if err := p.refresh.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach iterator: %w", err))
+		}
+		p.refresh = nil
+	}
+	if err := p.iter.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("free iterator: %w", err))
+	}
 	if err := p.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("free objects: %w", err))
 	}

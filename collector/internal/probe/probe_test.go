@@ -269,16 +269,37 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 
 			cp.exchange(t, up, down)
 
-			// Both sockets are in the map, owned by this process.
-			seen := map[uint64]Sample{}
-			if err := r.p.Samples(func(s Sample) {
-				if s.Sock == clientOpen.Sock || s.Sock == serverOpen.Sock {
-					seen[s.Sock] = s
-				}
-			}); err != nil {
-				t.Fatalf("Samples: %v", err)
+			// Both sockets are in the map, owned by this process. Samples
+			// refreshes the counters first, so they reach the exact totals
+			// even for the server, whose last send returned before it was
+			// acked and which does not send or receive again. Only a delayed
+			// ACK can hold them back, hence the wait.
+			want := map[uint64]Counters{
+				clientOpen.Sock: {BytesAcked: up, BytesReceived: down},
+				serverOpen.Sock: {BytesAcked: down, BytesReceived: up},
 			}
-			for _, sock := range []uint64{clientOpen.Sock, serverOpen.Sock} {
+			var seen map[uint64]Sample
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				seen = map[uint64]Sample{}
+				if err := r.p.Samples(func(s Sample) {
+					if _, ok := want[s.Sock]; ok {
+						seen[s.Sock] = s
+					}
+				}); err != nil {
+					t.Fatalf("Samples: %v", err)
+				}
+				exact := len(seen) == len(want)
+				for sock, w := range want {
+					c := seen[sock].Counters
+					exact = exact && c.BytesAcked == w.BytesAcked && c.BytesReceived == w.BytesReceived
+				}
+				if exact || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			for sock, w := range want {
 				s, ok := seen[sock]
 				if !ok {
 					t.Fatalf("sock %#x not in Samples", sock)
@@ -286,12 +307,9 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 				if s.Owner.PID != uint32(os.Getpid()) || s.Owner.Comm != comm {
 					t.Errorf("sample %#x: owner %+v, want pid %d comm %q", sock, s.Owner, os.Getpid(), comm)
 				}
-			}
-			if s := seen[serverOpen.Sock]; s.Counters.BytesReceived != up {
-				t.Errorf("server sample: BytesReceived %d, want %d", s.Counters.BytesReceived, up)
-			}
-			if s := seen[clientOpen.Sock]; s.Counters.BytesReceived != down {
-				t.Errorf("client sample: BytesReceived %d, want %d", s.Counters.BytesReceived, down)
+				if c := s.Counters; c.BytesAcked != w.BytesAcked || c.BytesReceived != w.BytesReceived {
+					t.Errorf("sample %#x: acked %d received %d, want %d and %d", sock, c.BytesAcked, c.BytesReceived, w.BytesAcked, w.BytesReceived)
+				}
 			}
 
 			cp.client.Close()
@@ -448,6 +466,39 @@ func TestPrivilegedExistingSocket(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestPrivilegedRefused(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+
+	// A port nobody listens on: reserve it, then close the listener.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := addrPort(t, ln.Addr()).Port()
+	ln.Close()
+	if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Skipf("port %d was taken again", refused)
+	}
+
+	// A connection that closes afterwards marks how far the ring has been read.
+	ln2 := listen(t, "tcp4", "127.0.0.1:0")
+	cp := dialPair(t, ln2)
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+	cp.client.Close()
+	cp.server.Close()
+	r.wait(t, "client close", onPorts(EventClose, client.Port(), server.Port()))
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ev := range r.events {
+		if ev.Kind != EventListen && (ev.RemotePort == refused || ev.LocalPort == refused) {
+			t.Errorf("event for a connection that was never established: %+v", ev)
+		}
 	}
 }
 
