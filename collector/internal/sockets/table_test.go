@@ -301,7 +301,7 @@ func TestMetrics(t *testing.T) {
 		"weir_collector_untracked_closes_total":  1,
 		"weir_collector_replaced_sockets_total":  1,
 		"weir_collector_untracked_samples_total": 1,
-		"weir_collector_baseline_resets_total":    1,
+		"weir_collector_baseline_resets_total":   1,
 		"weir_collector_sockets":                 1,
 	} {
 		if got := testutil.ToFloat64(mustGather(t, reg, name)); got != want {

@@ -1,0 +1,90 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/stats"
+
+	"github.com/weir-project/weir/collector/internal/probe"
+)
+
+type metrics struct {
+	connected  prometheus.Gauge
+	reconnects prometheus.Counter
+	batches    prometheus.Counter
+	updates    prometheus.Counter
+	sentBytes  prometheus.Counter
+	acks       prometheus.Counter
+	pollErrors prometheus.Counter
+
+	src       Source
+	dropsMu   sync.Mutex
+	lastDrops probe.Drops
+}
+
+func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_collector_connected",
+			Help: "1 while a stream to the reducer is open, else 0.",
+		}),
+		reconnects: counter("weir_collector_stream_reconnects_total", "Attempts to open the stream again after it failed or could not open."),
+		batches:    counter("weir_collector_batches_sent_total", "Batches sent to the reducer."),
+		updates:    counter("weir_collector_socket_updates_total", "Socket counter updates (stats entries) sent to the reducer."),
+		sentBytes:  counter("weir_collector_sent_bytes_total", "Bytes sent on the stream to the reducer, compressed, with gRPC framing."),
+		acks:       counter("weir_collector_acks_received_total", "Batch acknowledgements received from the reducer."),
+		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel socket map."),
+		src:        src,
+	}
+	collectors := []prometheus.Collector{
+		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.pollErrors,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_ring_full_total",
+			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",
+		}, func() float64 { return float64(m.drops().RingFull) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_map_full_total",
+			Help: "Sockets not tracked because the kernel socket map was full.",
+		}, func() float64 { return float64(m.drops().MapFull) }),
+	}
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// drops returns the probe's loss counters, or the last ones read if the
+// probe cannot be read now.
+func (m *metrics) drops() probe.Drops {
+	m.dropsMu.Lock()
+	defer m.dropsMu.Unlock()
+	if d, err := m.src.Drops(); err == nil {
+		m.lastDrops = d
+	}
+	return m.lastDrops
+}
+
+// wireBytes is a gRPC stats handler counting the bytes sent on the wire.
+type wireBytes struct {
+	sent prometheus.Counter
+}
+
+func (w wireBytes) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+
+func (w wireBytes) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if p, ok := s.(*stats.OutPayload); ok {
+		w.sent.Add(float64(p.WireLength))
+	}
+}
+
+func (w wireBytes) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+func (w wireBytes) HandleConn(context.Context, stats.ConnStats) {}

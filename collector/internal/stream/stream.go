@@ -1,0 +1,292 @@
+// Package stream keeps the collector's gRPC session to the reducer: hello, periodic batches, acks and reconnects.
+package stream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/sockets"
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+)
+
+// ProtocolVersion is the ingest wire protocol version the collector speaks.
+const ProtocolVersion = 1
+
+// Defaults of the reconnect backoff.
+const (
+	DefaultInitialBackoff = 500 * time.Millisecond
+	DefaultMaxBackoff     = 30 * time.Second
+)
+
+// Source is the kernel side: the socket map and the probe's loss counters.
+type Source interface {
+	sockets.Sampler
+	Drops() (probe.Drops, error)
+}
+
+// Config is what a Client needs to reach the reducer and introduce itself.
+type Config struct {
+	Addr     string        // reducer host:port
+	Interval time.Duration // report interval
+	// TLS files; all empty for plaintext, all set for mTLS.
+	TLSCert, TLSKey, TLSCA string
+	// Reconnect backoff, with jitter.
+	InitialBackoff, MaxBackoff time.Duration
+
+	NodeName         string
+	BootID           string
+	CollectorVersion string
+	KernelRelease    string
+}
+
+// Client streams the socket table's batches to the reducer, reconnecting
+// with backoff for as long as its context lives.
+type Client struct {
+	cfg    Config
+	table  *sockets.Table
+	src    Source
+	log    *slog.Logger
+	creds  credentials.TransportCredentials
+	m      *metrics
+	epoch  uint64 // epoch of the latest session
+	acked  atomic.Uint64
+	pollOK bool
+}
+
+// New returns a Client; it loads the TLS files, if any.
+func New(cfg Config, table *sockets.Table, src Source, reg prometheus.Registerer, logger *slog.Logger) (*Client, error) {
+	if cfg.Interval <= 0 {
+		return nil, errors.New("interval must be positive")
+	}
+	if cfg.InitialBackoff <= 0 || cfg.MaxBackoff < cfg.InitialBackoff {
+		return nil, errors.New("backoff must be positive, max not below initial")
+	}
+	creds, err := transportCredentials(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, table: table, src: src, log: logger.With("component", "stream"), creds: creds, pollOK: true}
+	if c.m, err = newMetrics(reg, src); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
+	if cfg.TLSCert == "" && cfg.TLSKey == "" && cfg.TLSCA == "" {
+		return insecure.NewCredentials(), nil
+	}
+	if cfg.TLSCert == "" || cfg.TLSKey == "" || cfg.TLSCA == "" {
+		return nil, errors.New("tls needs a certificate, a key and a CA")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("load tls key pair: %w", err)
+	}
+	pem, err := os.ReadFile(cfg.TLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("read tls ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls ca %s: no certificate found", cfg.TLSCA)
+	}
+	return credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		MinVersion:   tls.VersionTLS13,
+	}), nil
+}
+
+// LastAcked returns the sequence number of the last batch the reducer
+// acknowledged in the current or latest session.
+func (c *Client) LastAcked() uint64 {
+	return c.acked.Load()
+}
+
+// Run keeps a session to the reducer until ctx is done. It never fails:
+// every error ends the session, is logged, and is retried after a backoff.
+// While disconnected it keeps polling the socket map so that owners and
+// counters stay fresh, but builds no batches.
+func (c *Client) Run(ctx context.Context) error {
+	c.log.Info("stream starting", "reducer", c.cfg.Addr, "interval", c.cfg.Interval)
+	defer c.log.Info("stream stopped")
+	ticker := time.NewTicker(c.cfg.Interval)
+	defer ticker.Stop()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = c.cfg.InitialBackoff
+	bo.MaxInterval = c.cfg.MaxBackoff
+	bo.Reset()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			c.m.reconnects.Inc()
+		}
+		up, err := c.session(ctx, ticker)
+		c.m.connected.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if up {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		c.log.Warn("reducer unreachable", "reducer", c.cfg.Addr, "error", err, "retry_in", wait)
+		if !c.idle(ctx, ticker, wait) {
+			return nil
+		}
+	}
+}
+
+// idle waits for d while polling the socket map every interval. It returns
+// false when ctx is done.
+func (c *Client) idle(ctx context.Context, ticker *time.Ticker, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-ticker.C:
+			c.poll()
+		}
+	}
+}
+
+// session runs one stream until it fails or ctx is done. up reports
+// whether the reducer acknowledged at least one batch.
+func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err error) {
+	conn, err := grpc.NewClient(c.cfg.Addr,
+		grpc.WithTransportCredentials(c.creds),
+		grpc.WithStatsHandler(wireBytes{c.m.sentBytes}),
+	)
+	if err != nil {
+		return false, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := ingestv1.NewIngestServiceClient(conn).Stream(sctx, grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+
+	c.epoch = max(uint64(time.Now().UnixNano()), c.epoch+1)
+	hello := &ingestv1.Hello{
+		ProtocolVersion:  ProtocolVersion,
+		NodeName:         c.cfg.NodeName,
+		BootId:           c.cfg.BootID,
+		CollectorVersion: c.cfg.CollectorVersion,
+		KernelRelease:    c.cfg.KernelRelease,
+		ReportInterval:   durationpb.New(c.cfg.Interval),
+		Epoch:            c.epoch,
+	}
+	// The receiver owns Recv; it reports the stream's end on errc.
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	var acked atomic.Bool
+	c.acked.Store(0)
+	go func() {
+		defer close(done)
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if a := resp.GetAck(); a != nil {
+				c.m.acks.Inc()
+				c.acked.Store(a.GetSequence())
+				acked.Store(true)
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	send := func(req *ingestv1.StreamRequest) error {
+		err := st.Send(req)
+		if errors.Is(err, io.EOF) {
+			// The stream ended; its status comes from the receiver.
+			err = <-errc
+		}
+		return err
+	}
+
+	if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: hello}}); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	c.table.Resync()
+	c.m.connected.Set(1)
+	c.log.Info("connected", "reducer", c.cfg.Addr, "epoch", c.epoch)
+
+	// The first batch, the snapshot of everything live, goes out at once.
+	var seq uint64
+	for tick := true; ; {
+		if tick {
+			c.poll()
+			seq++
+			b := c.table.Report(time.Now())
+			b.Sequence = seq
+			c.fillLoss(b)
+			if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: b}}); err != nil {
+				return acked.Load(), fmt.Errorf("send batch: %w", err)
+			}
+			c.m.batches.Inc()
+			c.m.updates.Add(float64(len(b.GetStats().GetHandleGaps())))
+		}
+		select {
+		case <-ctx.Done():
+			_ = st.CloseSend()
+			return acked.Load(), nil
+		case err := <-errc:
+			if errors.Is(err, io.EOF) {
+				err = errors.New("reducer closed the stream")
+			}
+			return acked.Load(), fmt.Errorf("receive: %w", err)
+		case <-ticker.C:
+			tick = true
+		}
+	}
+}
+
+// poll reads the socket map into the table. Errors are counted, and logged
+// when polling starts or stops failing.
+func (c *Client) poll() {
+	err := c.table.Poll(c.src)
+	if err != nil {
+		c.m.pollErrors.Inc()
+	}
+	switch {
+	case err != nil && c.pollOK:
+		c.log.Warn("socket map poll failing", "error", err)
+	case err == nil && !c.pollOK:
+		c.log.Info("socket map poll recovered")
+	}
+	c.pollOK = err == nil
+}
+
+func (c *Client) fillLoss(b *ingestv1.Batch) {
+	d := c.m.drops()
+	b.Loss.RingFull = d.RingFull
+	b.Loss.MapFull = d.MapFull
+}

@@ -1,0 +1,559 @@
+package stream
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
+
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/sockets"
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeSource is a socket map the test changes between polls.
+type fakeSource struct {
+	mu      sync.Mutex
+	samples map[uint64]probe.Sample
+	polls   int
+	drops   probe.Drops
+}
+
+func newFakeSource() *fakeSource { return &fakeSource{samples: map[uint64]probe.Sample{}} }
+
+func (f *fakeSource) Samples(fn func(probe.Sample)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.polls++
+	for _, s := range f.samples {
+		fn(s)
+	}
+	return nil
+}
+
+func (f *fakeSource) Drops() (probe.Drops, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.drops, nil
+}
+
+func (f *fakeSource) set(s probe.Sample) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.samples[s.Sock] = s
+}
+
+func (f *fakeSource) pollCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.polls
+}
+
+// reducer is a test IngestService: it records what it receives and acks
+// every batch.
+type reducer struct {
+	ingestv1.UnimplementedIngestServiceServer
+	hellos      chan *ingestv1.Hello
+	batches     chan *ingestv1.Batch
+	compression chan string
+}
+
+func newReducer() *reducer {
+	return &reducer{
+		hellos:      make(chan *ingestv1.Hello, 16),
+		batches:     make(chan *ingestv1.Batch, 1024),
+		compression: make(chan string, 16),
+	}
+}
+
+func (r *reducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	for {
+		req, err := st.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch k := req.Kind.(type) {
+		case *ingestv1.StreamRequest_Hello:
+			r.hellos <- k.Hello
+		case *ingestv1.StreamRequest_Batch:
+			r.batches <- k.Batch
+			if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: k.Batch.Sequence}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// The stats handler tells which compression the client used.
+func (r *reducer) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (r *reducer) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if h, ok := s.(*stats.InHeader); ok {
+		select {
+		case r.compression <- h.Compression:
+		default:
+		}
+	}
+}
+func (r *reducer) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (r *reducer) HandleConn(context.Context, stats.ConnStats)                       {}
+
+// serve starts r on addr and returns a function that kills the server.
+func serve(t *testing.T, r *reducer, addr string, opts ...grpc.ServerOption) (string, func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(append(opts, grpc.StatsHandler(r))...)
+	ingestv1.RegisterIngestServiceServer(srv, r)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) })
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			srv.Stop()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+func logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func testConfig(addr string) Config {
+	return Config{
+		Addr:             addr,
+		Interval:         50 * time.Millisecond,
+		InitialBackoff:   20 * time.Millisecond,
+		MaxBackoff:       300 * time.Millisecond,
+		NodeName:         "node-a",
+		BootID:           "0f6b2c1e-5a8e-4c56-9f0a-7d2b8c1e4f00",
+		CollectorVersion: "test",
+		KernelRelease:    "6.18.0",
+	}
+}
+
+func newTable(t *testing.T, reg prometheus.Registerer, bufferBytes int64) *sockets.Table {
+	t.Helper()
+	cfg := sockets.DefaultConfig()
+	cfg.ProcRoot = t.TempDir()
+	if bufferBytes > 0 {
+		cfg.BufferBytes = bufferBytes
+	}
+	tab, err := sockets.New(cfg, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
+}
+
+// start runs c until the test ends.
+func start(t *testing.T, c *Client) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+func openEvent(sock uint64, port uint16) probe.Event {
+	return probe.Event{
+		Kind: probe.EventOpen, Role: probe.RoleClient, Sock: sock,
+		LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: port,
+		RemoteAddr: netip.MustParseAddr("127.0.0.1"), RemotePort: 7000,
+		NetNS: 1, Owner: probe.Owner{PID: uint32(os.Getpid()), Comm: "stream.test"},
+	}
+}
+
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		var zero T
+		return zero
+	}
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+func TestSession(t *testing.T) {
+	tests := []struct {
+		name string
+		tls  bool
+	}{
+		{name: "plaintext"},
+		{name: "mtls", tls: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReducer()
+			cfg := testConfig("")
+			var opts []grpc.ServerOption
+			if tc.tls {
+				serverTLS, files := writePKI(t)
+				opts = append(opts, grpc.Creds(credentials.NewTLS(serverTLS)))
+				cfg.TLSCert, cfg.TLSKey, cfg.TLSCA = files.cert, files.key, files.ca
+			}
+			cfg.Addr, _ = serve(t, r, "127.0.0.1:0", opts...)
+			reg := prometheus.NewPedanticRegistry()
+			tab := newTable(t, reg, 0)
+			src := newFakeSource()
+			src.drops = probe.Drops{RingFull: 3, MapFull: 4}
+			tab.Apply(openEvent(1, 40000))
+			c, err := New(cfg, tab, src, reg, logger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := time.Now()
+			start(t, c)
+
+			hello := recv(t, r.hellos, "hello")
+			if hello.ProtocolVersion != 1 || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
+				hello.CollectorVersion != "test" || hello.KernelRelease != "6.18.0" ||
+				hello.ReportInterval.AsDuration() != cfg.Interval || hello.Epoch < uint64(before.UnixNano()) {
+				t.Fatalf("hello %v", hello)
+			}
+			if got := recv(t, r.compression, "compression"); got != "gzip" {
+				t.Fatalf("stream compression %q, want gzip", got)
+			}
+			first := recv(t, r.batches, "first batch")
+			if first.Sequence != 1 || len(first.Sockets) != 1 || !first.Sockets[0].NewConnection || first.Loss.RingFull != 3 || first.Loss.MapFull != 4 {
+				t.Fatalf("first batch %v", first)
+			}
+			src.set(probe.Sample{Sock: 1, Owner: openEvent(1, 0).Owner, Counters: probe.Counters{BytesAcked: 1234, SegsDelivered: 2}})
+			var sent uint64
+			for seq := uint64(2); sent < 1234; seq++ {
+				b := recv(t, r.batches, "batch")
+				if b.Sequence != seq {
+					t.Fatalf("sequence %d, want %d", b.Sequence, seq)
+				}
+				for _, v := range b.Stats.BytesSent {
+					sent += v
+				}
+			}
+			if sent != 1234 {
+				t.Fatalf("bytes sent %d, want 1234", sent)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for metricValue(t, reg, "weir_collector_acks_received_total") < 2 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			for name, min := range map[string]float64{
+				"weir_collector_connected":            1,
+				"weir_collector_batches_sent_total":   2,
+				"weir_collector_socket_updates_total": 1,
+				"weir_collector_sent_bytes_total":     50,
+				"weir_collector_acks_received_total":  2,
+				"weir_collector_ring_full_total":      3,
+				"weir_collector_map_full_total":       4,
+			} {
+				if got := metricValue(t, reg, name); got < min {
+					t.Errorf("%s = %v, want at least %v", name, got, min)
+				}
+			}
+			if c.LastAcked() < 2 {
+				t.Errorf("last acked %d", c.LastAcked())
+			}
+		})
+	}
+}
+
+// deadReducer accepts connections and closes them at once, recording when.
+func deadReducer(t *testing.T, addr string) (attempts func() []time.Time, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var times []time.Time
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			times = append(times, time.Now())
+			mu.Unlock()
+			conn.Close()
+		}
+	})
+	return func() []time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]time.Time(nil), times...)
+		}, func() {
+			ln.Close()
+			wg.Wait()
+		}
+}
+
+func TestReconnect(t *testing.T) {
+	r := newReducer()
+	addr, kill := serve(t, r, "127.0.0.1:0")
+	reg := prometheus.NewPedanticRegistry()
+	tab := newTable(t, reg, 0)
+	src := newFakeSource()
+	owner := openEvent(1, 0).Owner
+	tab.Apply(openEvent(1, 40001))
+	tab.Apply(openEvent(2, 40002))
+	src.set(probe.Sample{Sock: 1, Owner: owner, Counters: probe.Counters{BytesAcked: 100}})
+	src.set(probe.Sample{Sock: 2, Owner: owner})
+	c, err := New(testConfig(addr), tab, src, reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	hello1 := recv(t, r.hellos, "first hello")
+	sent := map[uint64]uint64{} // epoch -> bytes sent of socket 1
+	b := recv(t, r.batches, "first batch")
+	for _, v := range b.Stats.BytesSent {
+		sent[hello1.Epoch] += v
+	}
+
+	// Kill the reducer; something that accepts and hangs up takes its port.
+	kill()
+	attempts, stopDead := deadReducer(t, addr)
+	src.set(probe.Sample{Sock: 1, Owner: owner, Counters: probe.Counters{BytesAcked: 250}})
+	polls := src.pollCount()
+	time.Sleep(2 * time.Second)
+	stopDead()
+
+	at := attempts()
+	if len(at) < 5 || len(at) > 25 {
+		t.Fatalf("%d connection attempts in 2 s with 20-300 ms backoff", len(at))
+	}
+	var gaps []time.Duration
+	for i := 1; i < len(at); i++ {
+		gaps = append(gaps, at[i].Sub(at[i-1]))
+	}
+	early := (gaps[0] + gaps[1]) / 2
+	late := (gaps[len(gaps)-1] + gaps[len(gaps)-2] + gaps[len(gaps)-3]) / 3
+	t.Logf("%d attempts, gaps %v", len(at), gaps)
+	if late < 2*early || late < 100*time.Millisecond {
+		t.Fatalf("retry gaps do not grow: %v", gaps)
+	}
+	if src.pollCount() <= polls {
+		t.Fatal("the socket map was not polled while disconnected")
+	}
+	if got := metricValue(t, reg, "weir_collector_connected"); got != 0 {
+		t.Fatalf("connected = %v while the reducer is away", got)
+	}
+
+	// The reducer returns: a new epoch, live sockets announced again as
+	// not new, and the bytes continue from where they were.
+	for len(r.batches) > 0 {
+		<-r.batches
+	}
+	serve(t, r, addr)
+	hello2 := recv(t, r.hellos, "second hello")
+	if hello2.Epoch <= hello1.Epoch {
+		t.Fatalf("epoch %d after %d", hello2.Epoch, hello1.Epoch)
+	}
+	b = recv(t, r.batches, "resync batch")
+	if b.Sequence != 1 || len(b.Sockets) != 2 || b.Sockets[0].NewConnection || b.Sockets[1].NewConnection {
+		t.Fatalf("resync batch %v", b)
+	}
+	for _, v := range b.Stats.BytesSent {
+		sent[hello2.Epoch] += v
+	}
+	if sent[hello1.Epoch] != 100 || sent[hello2.Epoch] != 150 {
+		t.Fatalf("bytes sent per epoch %v, want 100 then 150", sent)
+	}
+	if got := metricValue(t, reg, "weir_collector_stream_reconnects_total"); got < float64(len(at)) {
+		t.Fatalf("reconnects %v, want at least %d", got, len(at))
+	}
+}
+
+func TestNoReducerBufferBounded(t *testing.T) {
+	// A port where nothing listens.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	const capBytes = 64 << 10
+	reg := prometheus.NewPedanticRegistry()
+	tab := newTable(t, reg, capBytes)
+	c, err := New(testConfig(addr), tab, newFakeSource(), reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	// Short-lived connections keep opening and closing with some bytes.
+	deadline := time.Now().Add(time.Second)
+	sock := uint64(0)
+	for time.Now().Before(deadline) {
+		for range 1000 {
+			sock++
+			tab.Apply(openEvent(sock, uint16(sock)))
+			tab.Apply(probe.Event{Kind: probe.EventClose, Sock: sock, Counters: probe.Counters{BytesAcked: 10, BytesReceived: 5}})
+		}
+		if got := tab.BufferedBytes(); got > capBytes {
+			t.Fatalf("buffer %d B over the cap %d B", got, capBytes)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dropped := metricValue(t, reg, "weir_collector_buffer_dropped_total")
+	kept := float64(tab.BufferedBytes()) / float64(capBytes) // fraction of the cap in use
+	if dropped == 0 || kept < 0.9 {
+		t.Fatalf("after %d closes: %v dropped, buffer at %.0f%% of the cap", sock, dropped, 100*kept)
+	}
+	if got := metricValue(t, reg, "weir_collector_buffer_dropped_bytes_total"); got != 15*dropped {
+		t.Fatalf("dropped bytes %v, want %v", got, 15*dropped)
+	}
+	if got := metricValue(t, reg, "weir_collector_stream_reconnects_total"); got < 3 || got > 30 {
+		t.Fatalf("%v reconnect attempts in 1 s", got)
+	}
+}
+
+type pkiFiles struct{ cert, key, ca string }
+
+// writePKI makes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, writes the client's files and returns the server's config,
+// which requires a client certificate signed by the CA.
+func writePKI(t *testing.T) (*tls.Config, pkiFiles) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "weir test ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(serial int64, usage x509.ExtKeyUsage) (tls.Certificate, []byte, []byte) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "weir test"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+		keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pair, certPEM, keyPEM
+	}
+	serverPair, _, _ := issue(2, x509.ExtKeyUsageServerAuth)
+	_, clientCert, clientKey := issue(3, x509.ExtKeyUsageClientAuth)
+	files := pkiFiles{cert: filepath.Join(dir, "tls.crt"), key: filepath.Join(dir, "tls.key"), ca: filepath.Join(dir, "ca.crt")}
+	for path, data := range map[string][]byte{
+		files.cert: clientCert,
+		files.key:  clientKey,
+		files.ca:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+	} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return &tls.Config{
+		Certificates: []tls.Certificate{serverPair},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, files
+}
+
+func TestNewRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{name: "zero interval", mutate: func(c *Config) { c.Interval = 0 }},
+		{name: "max backoff below initial", mutate: func(c *Config) { c.MaxBackoff = time.Millisecond }},
+		{name: "tls without ca", mutate: func(c *Config) { c.TLSCert, c.TLSKey = "a", "b" }},
+		{name: "missing tls files", mutate: func(c *Config) { c.TLSCert, c.TLSKey, c.TLSCA = "/nonexistent/a", "/nonexistent/b", "/nonexistent/c" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig("127.0.0.1:1")
+			tc.mutate(&cfg)
+			if _, err := New(cfg, newTable(t, prometheus.NewRegistry(), 0), newFakeSource(), prometheus.NewRegistry(), logger()); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
