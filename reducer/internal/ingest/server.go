@@ -41,7 +41,8 @@ type Config struct {
 	TLS *tls.Config
 }
 
-// Server is the ingest gRPC server.
+// Server is the ingest gRPC server. It decodes requests itself (see
+// frameCodec), so that a malformed message gets INVALID_ARGUMENT.
 type Server struct {
 	ingestv1.UnimplementedIngestServiceServer
 
@@ -86,8 +87,9 @@ func New(cfg Config, engine *match.Engine, reg prometheus.Registerer, logger *sl
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
+	opts = append(opts, grpc.ForceServerCodec(frameCodec{}))
 	s.grpc = grpc.NewServer(opts...)
-	ingestv1.RegisterIngestServiceServer(s.grpc, s)
+	s.grpc.RegisterService(serviceDesc(), s)
 	return s, nil
 }
 

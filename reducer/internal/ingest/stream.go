@@ -14,10 +14,11 @@ import (
 	"github.com/weir-project/weir/reducer/internal/match"
 )
 
-// Stream serves one collector: a hello, then batches, each answered by an ack.
-func (s *Server) Stream(stream grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+// serve serves one collector: a hello, then batches, each answered by an ack.
+func (s *Server) serve(stream grpc.ServerStream) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
+	var f frame
+	first, err := recvRequest(stream, &f)
 	if err != nil {
 		return s.recvError(s.logger, err)
 	}
@@ -55,7 +56,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[ingestv1.StreamRequest, 
 	errc := make(chan error, 1)
 	go func() {
 		for {
-			m, err := stream.Recv()
+			m, err := recvRequest(stream, &f)
 			if err != nil {
 				errc <- err
 				return
@@ -97,7 +98,7 @@ func (s *Server) Stream(stream grpc.BidiStreamingServer[ingestv1.StreamRequest, 
 			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
 			last = batch.GetSequence()
 			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
-			if err := stream.Send(ack); err != nil {
+			if err := stream.SendMsg(ack); err != nil {
 				logger.Info("stream closed", "error", err)
 				return err
 			}
@@ -111,13 +112,17 @@ func (s *Server) recvError(logger *slog.Logger, err error) error {
 		logger.Info("stream closed by collector")
 		return nil
 	}
+	var me *malformedError
+	if errors.As(err, &me) {
+		return s.reject(logger, reasonMalformed, status.Error(codes.InvalidArgument, me.Error()))
+	}
 	switch status.Code(err) {
 	case codes.ResourceExhausted:
 		return s.reject(logger, reasonTooLarge, err)
 	case codes.Internal:
-		// grpc reports a message that does not decode as INTERNAL; it is
-		// the collector's input that is wrong.
-		return s.reject(logger, reasonMalformed, status.Errorf(codes.InvalidArgument, "malformed message: %s", status.Convert(err).Message()))
+		// grpc has already ended the stream, e.g. for a message that
+		// does not decompress.
+		return s.reject(logger, reasonMalformed, err)
 	}
 	logger.Info("stream ended", "error", err)
 	return err
