@@ -1,0 +1,65 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // in the error; "" when valid
+	}{
+		{name: "defaults"},
+		{name: "all flags", args: []string{"--grpc-addr", "127.0.0.1:7100", "--http-addr", ":7110", "--max-message-bytes", "1048576",
+			"--series-ttl", "1m", "--session-ttl", "30s", "--loopback=false", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a", "--log-level", "debug"}},
+		{name: "bad grpc address", args: []string{"--grpc-addr", "7000"}, want: "--grpc-addr"},
+		{name: "bad http address", args: []string{"--http-addr", "localhost"}, want: "--http-addr"},
+		{name: "tiny message limit", args: []string{"--max-message-bytes", "10"}, want: "--max-message-bytes"},
+		{name: "zero series ttl", args: []string{"--series-ttl", "0s"}, want: "--series-ttl"},
+		{name: "negative session ttl", args: []string{"--session-ttl", "-1s"}, want: "--session-ttl"},
+		{name: "cert without key and ca", args: []string{"--tls-cert", "c"}, want: "--tls-cert, --tls-key and --tls-ca"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultConfig()
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			cfg.bind(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			err := cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("valid config refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+	t.Run("parsed values", func(t *testing.T) {
+		cfg := defaultConfig()
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		cfg.bind(fs)
+		if err := fs.Parse([]string{"--series-ttl", "90s", "--loopback=false"}); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.SeriesTTL != 90*time.Second || cfg.Loopback || cfg.SessionTTL != 2*time.Minute || cfg.GRPCAddr != ":7000" {
+			t.Errorf("parsed %+v", cfg)
+		}
+	})
+}

@@ -1,0 +1,84 @@
+package web
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestEndpoints(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_collectors_connected", Help: "Collector streams with an open session."})
+	g.Set(2)
+	reg.MustRegister(g)
+	var ready atomic.Bool
+	srv := New("127.0.0.1:0", reg, ready.Load, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("second shutdown: %v", err)
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second}
+	base := "http://" + srv.Addr().String()
+	tests := []struct {
+		name   string
+		path   string
+		ready  bool
+		method string
+		code   int
+		body   string
+	}{
+		{name: "metrics", path: "/metrics", code: http.StatusOK, body: "weir_reducer_collectors_connected 2"},
+		{name: "healthz", path: "/healthz", code: http.StatusOK, body: "ok"},
+		{name: "readyz before the listener is up", path: "/readyz", code: http.StatusServiceUnavailable, body: "not ready"},
+		{name: "readyz once ready", path: "/readyz", ready: true, code: http.StatusOK, body: "ready"},
+		{name: "unknown path", path: "/nope", code: http.StatusNotFound},
+		{name: "post to metrics", path: "/metrics", method: http.MethodPost, code: http.StatusMethodNotAllowed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ready.Store(tc.ready)
+			method := tc.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			req, err := http.NewRequestWithContext(t.Context(), method, base+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.code || !strings.Contains(string(body), tc.body) {
+				t.Errorf("%s %s: %d %q, want %d containing %q", method, tc.path, resp.StatusCode, body, tc.code, tc.body)
+			}
+		})
+	}
+	client.CloseIdleConnections()
+}
