@@ -15,6 +15,7 @@ type metrics struct {
 	bufferDropped                         prometheus.Counter
 	bufferDroppedBytes                    prometheus.Counter
 	listenersEvicted                      prometheus.Counter
+	eventErrors                           prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
@@ -44,10 +45,12 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Payload bytes (sent and received) of closed sockets dropped from the buffer, never reported."),
 		listenersEvicted: counter("weir_collector_listeners_evicted_total",
 			"Listening sockets forgotten because the listener table was full."),
+		eventErrors: counter("weir_collector_event_errors_total",
+			"Lifecycle events that could not be read or decoded, skipped."),
 	}
 	collectors := []prometheus.Collector{
 		events, m.untrackedCloses, m.replaced, m.untrackedSamples, m.counterResets,
-		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted,
+		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",
 			Help: "Live sockets tracked.",

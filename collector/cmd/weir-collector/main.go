@@ -1,0 +1,157 @@
+// Command weir-collector watches the node's TCP sockets through eBPF and
+// streams their counter deltas to the weir reducer.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/weir-project/weir/collector/internal/admin"
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/sockets"
+	"github.com/weir-project/weir/collector/internal/stream"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the collector: it returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2 // parseFlags printed the error
+	}
+	if cfg.Version {
+		fmt.Fprintln(stdout, "weir-collector", version)
+		return 0
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "weir-collector: %v\n", err)
+		return 2
+	}
+	level, _ := cfg.level()
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if err := probe.Check(); err != nil {
+		fmt.Fprintf(stderr, "weir-collector: %s\n", unsupportedMessage(err))
+		return 1
+	}
+	p, err := probe.Open(cfg.Probe)
+	if err != nil {
+		fmt.Fprintf(stderr, "weir-collector: load the eBPF probe: %v\n", err)
+		return 1
+	}
+	defer p.Close()
+
+	if err := serve(ctx, cfg, p, logger); err != nil {
+		logger.Error("collector failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// serve wires the fixed pipeline (probe events → socket table → stream,
+// plus the HTTP endpoints) and runs it until ctx is done.
+func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	if err := registerRuntime(reg); err != nil {
+		return err
+	}
+	tcfg := sockets.DefaultConfig()
+	tcfg.BufferBytes = cfg.BufferBytes
+	table, err := sockets.New(tcfg, reg)
+	if err != nil {
+		return fmt.Errorf("socket table: %w", err)
+	}
+	client, err := stream.New(stream.Config{
+		Addr:             cfg.Reducer,
+		Interval:         cfg.Interval,
+		TLSCert:          cfg.TLSCert,
+		TLSKey:           cfg.TLSKey,
+		TLSCA:            cfg.TLSCA,
+		InitialBackoff:   stream.DefaultInitialBackoff,
+		MaxBackoff:       stream.DefaultMaxBackoff,
+		NodeName:         cfg.NodeName,
+		BootID:           bootID(),
+		CollectorVersion: version,
+		KernelRelease:    kernelRelease(),
+	}, table, p, reg, logger)
+	if err != nil {
+		return fmt.Errorf("stream: %w", err)
+	}
+	httpServer := admin.New(reg, logger)
+
+	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
+		"http_addr", cfg.HTTPAddr, "socket_map_entries", cfg.Probe.SocketMapEntries, "ring_bytes", cfg.Probe.RingBytes)
+	defer logger.Info("collector stopped")
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// Closing the probe unblocks the event reader.
+		<-gctx.Done()
+		return p.Close()
+	})
+	g.Go(func() error { return table.Follow(p) })
+	g.Go(func() error { return client.Run(gctx) })
+	g.Go(func() error { return httpServer.Run(gctx, cfg.HTTPAddr) })
+	return g.Wait()
+}
+
+func registerRuntime(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register runtime metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// unsupportedMessage explains a failed feature probe to the user.
+func unsupportedMessage(err error) string {
+	if !errors.Is(err, probe.ErrNotSupported) {
+		return fmt.Sprintf("feature probe: %v", err)
+	}
+	feature := strings.TrimSuffix(err.Error(), ": "+probe.ErrNotSupported.Error())
+	return fmt.Sprintf("this kernel lacks %s (kernel >= 6.3 needed; the fallback path is not implemented yet)", feature)
+}
+
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

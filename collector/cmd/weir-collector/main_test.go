@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+
+	"github.com/weir-project/weir/collector/internal/probe"
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestFlags(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string // in stderr
+	}{
+		{name: "version", args: []string{"--version"}},
+		{name: "help", args: []string{"-h"}},
+		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2, wantErr: "flag provided but not defined: -nope"},
+		{name: "stray argument", args: []string{"extra"}, wantCode: 2, wantErr: `unexpected argument "extra"`},
+		{name: "bad reducer", args: []string{"--reducer", "localhost"}, wantCode: 2, wantErr: "--reducer:"},
+		{name: "interval too short", args: []string{"--interval", "1ms"}, wantCode: 2, wantErr: "--interval:"},
+		{name: "empty node name", args: []string{"--node-name", ""}, wantCode: 2, wantErr: "--node-name:"},
+		{name: "bad http addr", args: []string{"--http-addr", "7011"}, wantCode: 2, wantErr: "--http-addr:"},
+		{name: "zero map entries", args: []string{"--socket-map-entries", "0"}, wantCode: 2, wantErr: "--socket-map-entries:"},
+		{name: "map entries not a number", args: []string{"--socket-map-entries", "many"}, wantCode: 2, wantErr: "socket-map-entries"},
+		{name: "ring not a power of two", args: []string{"--ring-bytes", "12345"}, wantCode: 2, wantErr: "--ring-bytes:"},
+		{name: "zero buffer", args: []string{"--buffer-bytes", "0"}, wantCode: 2, wantErr: "--buffer-bytes:"},
+		{name: "partial tls", args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantCode: 2, wantErr: "--tls-cert, --tls-key, --tls-ca:"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantCode: 2, wantErr: "--log-level:"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tc.args, &stdout, &stderr)
+			if code != tc.wantCode || !strings.Contains(stderr.String(), tc.wantErr) {
+				t.Fatalf("exit %d, stderr %q; want %d with %q", code, stderr.String(), tc.wantCode, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Reducer != "127.0.0.1:7000" || cfg.HTTPAddr != "127.0.0.1:7011" || cfg.Interval != 5*time.Second ||
+		cfg.BufferBytes != 8<<20 || cfg.Probe.SocketMapEntries != 65536 || cfg.Probe.RingBytes != 1<<20 {
+		t.Fatalf("defaults %+v", cfg)
+	}
+}
+
+func TestUnsupportedMessage(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{
+			name: "missing tracepoint",
+			err:  fmt.Errorf("tracepoint sock:sock_send_length: %w", probe.ErrNotSupported),
+			want: "this kernel lacks tracepoint sock:sock_send_length (kernel >= 6.3 needed; the fallback path is not implemented yet)",
+		},
+		{
+			name: "other failure",
+			err:  errors.New("kernel BTF: permission denied"),
+			want: "feature probe: kernel BTF: permission denied",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := unsupportedMessage(tc.err); got != tc.want {
+				t.Fatalf("%q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPrivilegedRun runs the whole collector on this kernel against a test
+// reducer and checks that a loopback transfer arrives with its exact bytes,
+// attributed to this process on both ends.
+func TestPrivilegedRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CI=true)")
+		}
+		t.Skip("needs root")
+	}
+	r := &recorder{batches: make(chan *ingestv1.Batch, 1024), hellos: make(chan *ingestv1.Hello, 4)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	ingestv1.RegisterIngestServiceServer(srv, r)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) })
+	defer func() { srv.Stop(); wg.Wait() }()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"--reducer", ln.Addr().String(), "--interval", "200ms", "--http-addr", "127.0.0.1:0"}, io.Discard, &stderr)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("exit code %d\n%s", code, stderr.String())
+		}
+	}()
+	select {
+	case <-r.hellos:
+	case code := <-done:
+		t.Fatalf("collector exited with %d\n%s", code, stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no hello\n%s", stderr.String())
+	}
+
+	const up, down = 100000, 54321
+	client, server := transfer(t, up, down)
+
+	// Follow the batches as the reducer would until both ends closed.
+	type end struct {
+		comm     string
+		pid      uint32
+		role     ingestv1.Role
+		sent     uint64
+		received uint64
+		closed   bool
+	}
+	ends := map[netip.AddrPort]*end{client: {}, server: {}}
+	procs := map[uint32]*ingestv1.Process{}
+	byHandle := map[uint32]*end{}
+	owner := map[uint32]uint32{}
+	deadline := time.After(30 * time.Second)
+	for !ends[client].closed || !ends[server].closed {
+		var b *ingestv1.Batch
+		select {
+		case b = <-r.batches:
+		case <-deadline:
+			t.Fatalf("ends not both closed: client %+v server %+v", *ends[client], *ends[server])
+		}
+		for _, p := range b.Processes {
+			procs[p.Handle] = p
+		}
+		for _, s := range b.Sockets {
+			local, _ := netip.AddrFromSlice(s.LocalAddr)
+			remote, _ := netip.AddrFromSlice(s.RemoteAddr)
+			if e := ends[netip.AddrPortFrom(local, uint16(s.LocalPort))]; e != nil && netip.AddrPortFrom(remote, uint16(s.RemotePort)) == otherEnd(client, server, local, s.LocalPort) {
+				e.role = s.Role
+				byHandle[s.Handle] = e
+				owner[s.Handle] = s.Process
+			}
+		}
+		for _, o := range b.Owners {
+			owner[o.Socket] = o.Process
+		}
+		var h uint32
+		for i, gap := range b.Stats.HandleGaps {
+			h += gap
+			if e := byHandle[h]; e != nil {
+				e.sent += b.Stats.BytesSent[i]
+				e.received += b.Stats.BytesReceived[i]
+			}
+		}
+		for _, h := range b.ClosedSockets {
+			if e := byHandle[h]; e != nil {
+				if p := procs[owner[h]]; p != nil {
+					e.pid, e.comm = p.Pid, p.Comm
+				}
+				e.closed = true
+				delete(byHandle, h)
+			}
+		}
+	}
+	c, s := ends[client], ends[server]
+	if c.role != ingestv1.Role_ROLE_CLIENT || s.role != ingestv1.Role_ROLE_SERVER {
+		t.Errorf("roles: client %v, server %v", c.role, s.role)
+	}
+	if c.sent != up || c.received != down || s.sent != down || s.received != up {
+		t.Errorf("bytes: client sent %d received %d, server sent %d received %d; want %d and %d", c.sent, c.received, s.sent, s.received, up, down)
+	}
+	if pid := uint32(os.Getpid()); c.pid != pid || s.pid != pid {
+		t.Errorf("owners: client pid %d (%s), server pid %d (%s); want %d", c.pid, c.comm, s.pid, s.comm, pid)
+	}
+}
+
+func otherEnd(client, server netip.AddrPort, local netip.Addr, port uint32) netip.AddrPort {
+	if netip.AddrPortFrom(local, uint16(port)) == client {
+		return server
+	}
+	return client
+}
+
+// transfer sends up bytes from a client to a server on loopback and down
+// bytes back, closes both ends, and returns their addresses.
+func transfer(t *testing.T, up, down int) (client, server netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer conn.Close()
+		if _, err := io.CopyN(io.Discard, conn, int64(up)); err != nil {
+			errc <- err
+			return
+		}
+		_, err = conn.Write(make([]byte, down))
+		errc <- err
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(make([]byte, up)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, conn, int64(down)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	client = conn.LocalAddr().(*net.TCPAddr).AddrPort()
+	server = conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+	conn.Close()
+	return netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
+}
+
+// recorder is a test reducer that records hellos and batches and acks them.
+type recorder struct {
+	ingestv1.UnimplementedIngestServiceServer
+	hellos  chan *ingestv1.Hello
+	batches chan *ingestv1.Batch
+}
+
+func (r *recorder) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if h := req.GetHello(); h != nil {
+			r.hellos <- h
+		}
+		if b := req.GetBatch(); b != nil {
+			r.batches <- b
+			if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: b.Sequence}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
