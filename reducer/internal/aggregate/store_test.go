@@ -87,7 +87,7 @@ func TestEdgeCounters(t *testing.T) {
 		got[sr.Key] = sr
 	}
 	want := map[Key]Series{
-		k:                        {Key: k, Bytes: 150, Packets: 3, Opened: 1, Active: 0},
+		k:                       {Key: k, Bytes: 150, Packets: 3, Opened: 1, Active: 0},
 		{Src: nginx, Dst: curl}: {Key: Key{Src: nginx, Dst: curl}},
 	}
 	if len(got) != len(want) {

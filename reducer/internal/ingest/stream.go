@@ -189,4 +189,3 @@ func (s *Server) recordLoss(node, bootID string, l *ingestv1.Loss) {
 	}
 	s.loss[node] = next
 }
-
