@@ -169,6 +169,10 @@ func (t *Table) Apply(ev probe.Event) {
 			return
 		}
 		s.cur = ev.Counters
+		// The close carries the map entry's owner: the socket's last user,
+		// which a socket that lived less than an interval was never
+		// polled for.
+		t.setOwner(s, ev.Owner)
 		t.close(s)
 	case probe.EventListen:
 		t.m.listens.Inc()

@@ -210,6 +210,22 @@ func TestReportBatches(t *testing.T) {
 			},
 		},
 		{
+			name: "server owner from the close of a short-lived socket",
+			steps: []step{{
+				events: []probe.Event{
+					open(1, probe.RoleServer, 8080, probe.Owner{}, probe.Counters{}),
+					{Kind: probe.EventClose, Sock: 1, Owner: nginxW, Counters: ctr(10, 20, 1, 1)},
+				},
+				want: &ingestv1.Batch{
+					Processes:          []*ingestv1.Process{{Handle: 1, Pid: 201, Comm: "nginx"}},
+					Sockets:            []*ingestv1.Socket{wireSock(1, 1, server, 8080, true)},
+					Stats:              &ingestv1.SocketStats{HandleGaps: []uint32{1}, BytesSent: []uint64{10}, BytesReceived: []uint64{20}, SegmentsSent: []uint64{1}, SegmentsReceived: []uint64{1}},
+					ClosedSockets:      []uint32{1},
+					ForgottenProcesses: []uint32{1},
+				},
+			}},
+		},
+		{
 			name: "server owner unknown, SocketOwner once known",
 			steps: []step{
 				{
