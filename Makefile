@@ -62,7 +62,7 @@ run: build
 	  echo "make run: the collector loads eBPF programs and needs root" >&2; exit 1; \
 	fi; \
 	trap 'kill $$R $$C 2>/dev/null; wait $$R $$C 2>/dev/null; echo; echo "weir stopped"' EXIT; \
-	trap 'exit 0' INT TERM; \
+	trap 'STOP=1' INT TERM; \
 	$(BIN)/weir-reducer --grpc-addr $(REDUCER_GRPC) --http-addr $(REDUCER_HTTP) & R=$$!; \
 	$(BIN)/weir-collector --reducer $(REDUCER_GRPC) --interval $(INTERVAL) & C=$$!; \
 	sleep 1; \
@@ -72,7 +72,9 @@ run: build
 	echo "  collector http://127.0.0.1:7011/metrics  http://127.0.0.1:7011/healthz"; \
 	echo "  try:      curl -s localhost:7010/metrics | grep weir_tcp"; \
 	echo "Ctrl-C stops both."; \
-	wait -n $$R $$C; echo "a weir process exited" >&2; exit 1
+	wait -n $$R $$C; \
+	if [ -n "$$STOP" ]; then exit 0; fi; \
+	echo "a weir process exited on its own; stopping the other" >&2; exit 1
 
 ## bench: the hot-path benchmarks; results also land in bench/results.txt
 bench:
