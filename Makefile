@@ -2,6 +2,7 @@
 # Heavy tools and downloads are cached under $(CACHE), outside the clone.
 
 SHELL        := /bin/bash
+.SHELLFLAGS  := -o pipefail -c
 CACHE        ?= $(HOME)/.cache/weir
 TOOLS        := $(CACHE)/bin
 BIN          := $(CURDIR)/bin
@@ -53,7 +54,7 @@ generate-proto: tools-go
 test: build
 	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $(PKGS)
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS) >/dev/null
+	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $(PKGS)
 
 ## run: start a reducer and a collector on this machine; Ctrl-C stops both
 run: build
@@ -76,10 +77,16 @@ run: build
 	if [ -n "$$STOP" ]; then exit 0; fi; \
 	echo "a weir process exited on its own; stopping the other" >&2; exit 1
 
-## bench: the hot-path benchmarks; results also land in bench/results.txt
-bench:
+## bench: the hot-path benchmarks and the end-to-end figures; P<n> lines also land in bench/results.txt
+bench: build
 	@mkdir -p bench
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/results.txt
+	WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
+	@WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
+	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt
+	@awk '{ for (i = 3; i < NF; i++) { \
+	    if ($$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ && $$(i+1) == "B/update") print "P5", $$i, "B/update"; \
+	    if ($$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ && $$(i+1) == "s/edge-max") p6 = $$i; } } \
+	  END { if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
 
 ## lint: go vet, gofmt, buf lint
 lint: tools-go

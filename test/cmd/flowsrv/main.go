@@ -1,6 +1,6 @@
 // Command flowsrv is the end-to-end tests' server: it accepts connections,
-// reads an exact request size from each, answers with an exact response size,
-// and closes after the client does.
+// reads an exact request size from each and answers with an exact response
+// size, for a number of rounds, and closes after the client does.
 package main
 
 import (
@@ -18,6 +18,8 @@ func main() {
 	request := flag.Int64("request-bytes", 1000, "bytes to read from each connection")
 	response := flag.Int64("response-bytes", 1000, "bytes to write to each connection")
 	conns := flag.Int("conns", 1, "connections to serve before exiting")
+	rounds := flag.Int("rounds", 1, "request/response rounds on each connection")
+	echo := flag.Bool("echo", false, "send back whatever arrives, until the client closes (ignores the sizes and rounds)")
 	flag.Parse()
 
 	ln, err := net.Listen("tcp", *listen)
@@ -39,7 +41,11 @@ func main() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- serve(c, *request, *response)
+			if *echo {
+				errs <- serveEcho(c)
+				return
+			}
+			errs <- serve(c, *rounds, *request, *response)
 		}()
 	}
 	wg.Wait()
@@ -52,13 +58,15 @@ func main() {
 	}
 }
 
-func serve(c net.Conn, request, response int64) error {
+func serve(c net.Conn, rounds int, request, response int64) error {
 	defer c.Close()
-	if _, err := io.CopyN(io.Discard, c, request); err != nil {
-		return fmt.Errorf("read request: %w", err)
-	}
-	if _, err := io.CopyN(c, zeroReader{}, response); err != nil {
-		return fmt.Errorf("write response: %w", err)
+	for range rounds {
+		if _, err := io.CopyN(io.Discard, c, request); err != nil {
+			return fmt.Errorf("read request: %w", err)
+		}
+		if _, err := io.CopyN(c, zeroReader{}, response); err != nil {
+			return fmt.Errorf("write response: %w", err)
+		}
 	}
 	// Wait for the client to close first, so that every byte is acknowledged.
 	n, err := io.Copy(io.Discard, c)
@@ -67,6 +75,14 @@ func serve(c net.Conn, request, response int64) error {
 	}
 	if n != 0 {
 		return fmt.Errorf("client sent %d bytes more than the request", n)
+	}
+	return nil
+}
+
+func serveEcho(c net.Conn) error {
+	defer c.Close()
+	if _, err := io.Copy(c, c); err != nil {
+		return fmt.Errorf("echo: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/weir-project/weir/test/internal/harness"
+)
+
+// BenchmarkPrivilegedWireBytesPerUpdate measures what the collector puts on
+// the wire (gzip-compressed gRPC, framing included) per socket-stat update
+// in steady state: 64 loopback connections each send a random size of 1 to
+// 2000 bytes every 100 ms and get it echoed, so every socket changes in
+// every 1 s report, by amounts that differ. The figure is
+// the growth of weir_collector_sent_bytes_total divided by the growth of
+// weir_collector_socket_updates_total over the measured reports (any other
+// traffic on the machine is part of both). Target (P5): at most 8 B.
+func BenchmarkPrivilegedWireBytesPerUpdate(b *testing.B) {
+	harness.RequireRoot(b)
+	const conns, pace = 64, 100 * time.Millisecond
+	reports := max(b.N, 5)
+	w := harness.StartWeir(b, harness.WeirOptions{Interval: time.Second})
+
+	run := 3*time.Second + time.Duration(reports)*time.Second + 3*time.Second
+	rounds := int(run / pace)
+	bin := harness.Binaries(b)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
+	srv := harness.Start(b, "flowsrv", filepath.Join(bin, "flowsrv"), "-listen", addr,
+		"-conns", strconv.Itoa(conns), "-echo")
+	srv.WaitLine(b, "listening", 10*time.Second)
+	harness.Start(b, "flowcli", filepath.Join(bin, "flowcli"), "-connect", addr,
+		"-conns", strconv.Itoa(conns), "-rounds", strconv.Itoa(rounds), "-pace", pace.String(),
+		"-vary", "-request-bytes", "2000")
+
+	time.Sleep(3 * time.Second) // the connections are announced; steady state from here
+	b.ResetTimer()
+	before := scrapeOrFatal(b, w.CollectorMetricsURL)
+	time.Sleep(time.Duration(reports) * time.Second)
+	after := scrapeOrFatal(b, w.CollectorMetricsURL)
+	b.StopTimer()
+
+	bytes := after.Sum("weir_collector_sent_bytes_total", nil) - before.Sum("weir_collector_sent_bytes_total", nil)
+	updates := after.Sum("weir_collector_socket_updates_total", nil) - before.Sum("weir_collector_socket_updates_total", nil)
+	if updates < float64(conns*2*(reports-1)) {
+		b.Fatalf("%v socket updates in %d reports, want at least %d (every connection's two ends change every report)",
+			updates, reports, conns*2*(reports-1))
+	}
+	b.ReportMetric(bytes/updates, "B/update")
+	b.ReportMetric(updates/float64(reports), "updates/report")
+}
+
+// BenchmarkPrivilegedFirstByteToEdge measures the time from the start of a
+// loopback transfer to the moment its bytes are on the reducer's /metrics,
+// with the default 5 s report interval. Target (P6): at most interval + 1 s.
+// Each iteration is one transfer, started at a random point of the report
+// cycle; the metric s/edge-max is the worst one.
+func BenchmarkPrivilegedFirstByteToEdge(b *testing.B) {
+	harness.RequireRoot(b)
+	const interval = 5 * time.Second
+	const request, response = 10_000, 1_000
+	w := harness.StartWeir(b, harness.WeirOptions{Interval: interval})
+	bin := harness.Binaries(b)
+
+	var took []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		time.Sleep(rand.N(interval))
+		b.StartTimer()
+		before := readEdge(scrapeOrFatal(b, w.MetricsURL))
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
+		srv := harness.Start(b, "flowsrv", filepath.Join(bin, "flowsrv"), "-listen", addr,
+			"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
+		srv.WaitLine(b, "listening", 10*time.Second)
+		start := time.Now()
+		harness.Start(b, "flowcli", filepath.Join(bin, "flowcli"), "-connect", addr,
+			"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
+		harness.WaitFor(b, w.MetricsURL, interval+5*time.Second, "the transfer on /metrics", func(m harness.Metrics) bool {
+			e := readEdge(m)
+			return e.up-before.up >= request && e.down-before.down >= response
+		})
+		took = append(took, time.Since(start))
+	}
+	b.StopTimer()
+	var sum time.Duration
+	for _, d := range took {
+		sum += d
+	}
+	b.ReportMetric(slices.Max(took).Seconds(), "s/edge-max")
+	b.ReportMetric((sum / time.Duration(len(took))).Seconds(), "s/edge-mean")
+}
+
+func scrapeOrFatal(tb testing.TB, url string) harness.Metrics {
+	tb.Helper()
+	m, err := harness.Scrape(url)
+	if err != nil {
+		tb.Fatal(fmt.Errorf("scrape: %w", err))
+	}
+	return m
+}
