@@ -215,19 +215,32 @@ func TestPrivilegedReducerRejectsBadInput(t *testing.T) {
 }
 
 // TestPrivilegedCollectorWithoutReducer starts a collector with nothing
-// listening at its reducer address and a small buffer cap, makes many short
-// connections, and checks that it retries with backoff (not in a tight loop),
-// drops what exceeds the cap and counts it, and stays up. Then a reducer
-// appears on that address and the collector connects and reports.
+// listening at its reducer address and a small buffer cap. Three connections
+// move known bytes and stay open; then many short connections overflow the
+// buffer of closed sockets. The collector must retry with backoff (not in a
+// tight loop), drop what exceeds the cap and count it, and stay up. Then a
+// reducer appears on that address: the collector connects, resyncs, and the
+// held connections show up with their bytes (live sockets are never dropped:
+// their counters stay in the kernel). Which closed sockets survive the cap
+// depends on other traffic on the machine, so only the held ones are exact.
 func TestPrivilegedCollectorWithoutReducer(t *testing.T) {
 	harness.RequireRoot(t)
 	const bufferCap = 32 << 10
+	const held, heldReq, heldResp = 3, 50_000, 5_000
 	reducerPort, colPort := harness.FreePort(t), harness.FreePort(t)
 	reducerAddr := fmt.Sprintf("127.0.0.1:%d", reducerPort)
 	col := harness.StartCollector(t, reducerAddr, colPort, time.Second, "--buffer-bytes", strconv.Itoa(bufferCap))
 	colURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort)
 
 	began := time.Now()
+	bin := harness.Binaries(t)
+	heldAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
+	srv := harness.Start(t, "flowsrv", filepath.Join(bin, "flowsrv"), "-listen", heldAddr, "-conns", strconv.Itoa(held),
+		"-request-bytes", strconv.Itoa(heldReq), "-response-bytes", strconv.Itoa(heldResp))
+	srv.WaitLine(t, "listening", 10*time.Second)
+	cli := harness.Start(t, "flowcli", filepath.Join(bin, "flowcli"), "-connect", heldAddr, "-conns", strconv.Itoa(held), "-hold",
+		"-request-bytes", strconv.Itoa(heldReq), "-response-bytes", strconv.Itoa(heldResp))
+	cli.WaitLine(t, "done", 10*time.Second)
 	loopbackTransfer(t, 1500, 100, 100)
 	time.Sleep(3 * time.Second)
 
@@ -260,15 +273,22 @@ func TestPrivilegedCollectorWithoutReducer(t *testing.T) {
 
 	// The reducer comes up: the collector connects and the map fills in.
 	httpPort := harness.FreePort(t)
-	harness.Start(t, "weir-reducer", filepath.Join(harness.Binaries(t), "weir-reducer"),
+	harness.Start(t, "weir-reducer", filepath.Join(bin, "weir-reducer"),
 		"--grpc-addr", reducerAddr, "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort))
 	reducerURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
 	harness.WaitFor(t, colURL, 60*time.Second, "the collector to connect", func(m harness.Metrics) bool {
 		v, ok := m.Value("weir_collector_connected", nil)
 		return ok && v == 1
 	})
-	harness.WaitFor(t, reducerURL, 15*time.Second, "the buffered flows on the reducer", func(m harness.Metrics) bool {
+	harness.WaitFor(t, reducerURL, 15*time.Second, "the held connections on the reducer", func(m harness.Metrics) bool {
 		e := readEdge(m)
-		return e.opened > 0 && e.up > 0
+		return e.active == held && e.opened >= held && e.up >= held*heldReq && e.down >= held*heldResp
+	})
+	cli.CloseStdin()
+	if err := cli.Wait(10 * time.Second); err != nil {
+		t.Fatalf("flowcli: %v", err)
+	}
+	harness.WaitFor(t, reducerURL, 15*time.Second, "the held connections to close", func(m harness.Metrics) bool {
+		return readEdge(m).active == 0
 	})
 }
