@@ -13,12 +13,13 @@ PKGS         := $(foreach m,$(MODULES),github.com/weir-project/weir/$(m)/...)
 BUF_VERSION           := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GRPC_VER   := v1.6.2
+GOLANGCI_LINT_VERSION := v2.15.0
 
 REDUCER_GRPC ?= 127.0.0.1:7000
 REDUCER_HTTP ?= :7010
 INTERVAL     ?= 5s
 
-.PHONY: all build generate generate-bpf generate-proto test test-unit run bench lint tools-apt tools-go clean
+.PHONY: all build generate generate-bpf generate-proto test run bench lint tools-apt tools-go tools-lint clean
 
 all: build
 
@@ -43,6 +44,10 @@ tools-go:
 	@test -x $(TOOLS)/buf || GOWORK=off GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 	@test -x $(TOOLS)/protoc-gen-go || GOWORK=off GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@test -x $(TOOLS)/protoc-gen-go-grpc || GOWORK=off GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VER)
+
+tools-lint:
+	@mkdir -p $(TOOLS)
+	@test -x $(TOOLS)/golangci-lint || GOWORK=off GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 generate-bpf: tools-apt
 	cd collector && $(GO) generate ./internal/probe/
@@ -88,9 +93,10 @@ bench: build
 	    if ($$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ && $$(i+1) == "s/edge-max") p6 = $$i; } } \
 	  END { if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
 
-## lint: go vet, gofmt, buf lint
-lint: tools-go
+## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
+lint: tools-go tools-lint
 	$(GO) vet $(PKGS)
+	for m in collector reducer test; do (cd $$m && $(TOOLS)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd proto && PATH=$(TOOLS):$$PATH buf lint
 

@@ -122,7 +122,7 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 			if err := srv.Wait(10 * time.Second); err != nil {
 				t.Fatalf("flowsrv: %v\n%s", err, srv.Stderr())
 			}
-			m = harness.WaitFor(t, w.MetricsURL, 15*time.Second, "active connections back to 0", func(m harness.Metrics) bool {
+			harness.WaitFor(t, w.MetricsURL, 15*time.Second, "active connections back to 0", func(m harness.Metrics) bool {
 				return readEdge(m).active == 0
 			})
 			time.Sleep(2 * time.Second) // two more reports: nothing may be added after close

@@ -114,21 +114,18 @@ func Open(cfg Config) (*Probe, error) {
 		return nil, fmt.Errorf("load programs: %w", err)
 	}
 	if err := p.loadIter(cfg); err != nil {
-		p.release()
-		return nil, err
+		return nil, errors.Join(err, p.release())
 	}
 	for _, tp := range tracepoints {
 		l, err := link.Tracepoint(tp.group, tp.name, tp.prog(&p.objs.tcpPrograms), nil)
 		if err != nil {
-			p.release()
-			return nil, fmt.Errorf("attach %s:%s: %w", tp.group, tp.name, err)
+			return nil, errors.Join(fmt.Errorf("attach %s:%s: %w", tp.group, tp.name, err), p.release())
 		}
 		p.links = append(p.links, l)
 	}
 	p.reader, err = ringbuf.NewReader(p.objs.Events)
 	if err != nil {
-		p.release()
-		return nil, fmt.Errorf("open ring buffer: %w", err)
+		return nil, errors.Join(fmt.Errorf("open ring buffer: %w", err), p.release())
 	}
 	p.keys = make([]uint64, samplesBatch)
 	p.values = make([]tcpSockInfo, samplesBatch)

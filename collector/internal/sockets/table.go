@@ -485,7 +485,7 @@ func (t *Table) stats() *ingestv1.SocketStats {
 		segOut, ok3 := delta(s.cur.SegsDelivered, s.rep.SegsDelivered)
 		segIn, ok4 := delta(s.cur.DataSegsIn, s.rep.DataSegsIn)
 		s.rep = s.cur
-		if !(ok1 && ok2 && ok3 && ok4) {
+		if !ok1 || !ok2 || !ok3 || !ok4 {
 			t.m.counterResets.Inc()
 		}
 		if sent|recv|segOut|segIn == 0 {

@@ -330,12 +330,12 @@ var (
 // step reads one step from r: a byte whose value mod 8 picks a batch
 // (0-5), a clock step (6) or a new epoch (7).
 func (ef *engineFuzz) step(t *testing.T, r *fuzzReader) {
-	switch op := r.small(8); {
-	case op == 6:
+	switch r.small(8) {
+	case 6:
 		ef.now = ef.now.Add(time.Duration(r.small(4)) * 2 * time.Minute)
 		ef.engine.Sweep()
 		ef.check(t, nil)
-	case op == 7:
+	case 7:
 		before := ef.snapshot(t)
 		ef.open(t)
 		for _, s := range ef.old {

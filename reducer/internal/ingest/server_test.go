@@ -58,8 +58,12 @@ func startServer(t *testing.T) *testServer {
 		conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
-		srv.Shutdown(ctx) // idempotent
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("second shutdown: %v", err)
+		}
 	})
 	return &testServer{srv: srv, engine: engine, reg: reg, conn: conn}
 }
