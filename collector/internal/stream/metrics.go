@@ -18,6 +18,7 @@ type metrics struct {
 	updates    prometheus.Counter
 	sentBytes  prometheus.Counter
 	acks       prometheus.Counter
+	unacked    prometheus.Counter
 	pollErrors prometheus.Counter
 
 	src       Source
@@ -39,11 +40,13 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		updates:    counter("weir_collector_socket_updates_total", "Socket counter updates (stats entries) sent to the reducer."),
 		sentBytes:  counter("weir_collector_sent_bytes_total", "Bytes sent on the stream to the reducer, compressed, with gRPC framing."),
 		acks:       counter("weir_collector_acks_received_total", "Batch acknowledgements received from the reducer."),
+		unacked: counter("weir_collector_batches_unacknowledged_total",
+			"Batches sent but not acknowledged when their stream ended; the reducer may not have applied them, and they are not resent."),
 		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel socket map."),
 		src:        src,
 	}
 	collectors := []prometheus.Collector{
-		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.pollErrors,
+		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.pollErrors,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "weir_collector_ring_full_total",
 			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",

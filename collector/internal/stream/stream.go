@@ -219,9 +219,13 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 			}
 		}
 	}()
+	var seq uint64
 	defer func() {
 		cancel()
 		<-done
+		if a := c.acked.Load(); seq > a {
+			c.m.unacked.Add(float64(seq - a))
+		}
 	}()
 	send := func(req *ingestv1.StreamRequest) error {
 		err := st.Send(req)
@@ -240,7 +244,6 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	c.log.Info("connected", "reducer", c.cfg.Addr, "epoch", c.epoch)
 
 	// The first batch, the snapshot of everything live, goes out at once.
-	var seq uint64
 	for tick := true; ; {
 		if tick {
 			c.poll()

@@ -23,8 +23,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/sockets"
@@ -555,5 +557,58 @@ func TestNewRejects(t *testing.T) {
 				t.Fatal("want an error")
 			}
 		})
+	}
+}
+
+// silentReducer reads the hello and batches but never acks, and ends the
+// stream after the second batch.
+type silentReducer struct {
+	ingestv1.UnimplementedIngestServiceServer
+}
+
+func (silentReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	batches := 0
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		if req.GetBatch() != nil {
+			if batches++; batches == 2 {
+				return status.Error(codes.Unavailable, "going away without acks")
+			}
+		}
+	}
+}
+
+// TestUnacknowledgedBatchesCounted: batches that were sent but never acked
+// when the stream ends are not resent, so they are counted.
+func TestUnacknowledgedBatchesCounted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	ingestv1.RegisterIngestServiceServer(srv, silentReducer{})
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+
+	reg := prometheus.NewPedanticRegistry()
+	tab := newTable(t, reg, 0)
+	c, err := New(testConfig(ln.Addr().String()), tab, newFakeSource(), reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	deadline := time.Now().Add(5 * time.Second)
+	for metricValue(t, reg, "weir_collector_batches_unacknowledged_total") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("weir_collector_batches_unacknowledged_total = %v after 5 s, want >= 2",
+				metricValue(t, reg, "weir_collector_batches_unacknowledged_total"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := metricValue(t, reg, "weir_collector_acks_received_total"); got != 0 {
+		t.Errorf("acks = %v, want 0", got)
 	}
 }
