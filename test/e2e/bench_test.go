@@ -21,6 +21,8 @@ import (
 // the growth of weir_collector_sent_bytes_total divided by the growth of
 // weir_collector_socket_updates_total over the measured reports (any other
 // traffic on the machine is part of both). Target (P5): at most 8 B.
+// It also reports the CPU the collector and the reducer used meanwhile, in
+// millicores (thousandths of one core).
 func BenchmarkPrivilegedWireBytesPerUpdate(b *testing.B) {
 	harness.RequireRoot(b)
 	const conns, pace = 64, 100 * time.Millisecond
@@ -40,9 +42,13 @@ func BenchmarkPrivilegedWireBytesPerUpdate(b *testing.B) {
 
 	time.Sleep(3 * time.Second) // the connections are announced; steady state from here
 	b.ResetTimer()
+	began := time.Now()
+	colCPU, redCPU := cpuOrFatal(b, w.Collector), cpuOrFatal(b, w.Reducer)
 	before := scrapeOrFatal(b, w.CollectorMetricsURL)
 	time.Sleep(time.Duration(reports) * time.Second)
 	after := scrapeOrFatal(b, w.CollectorMetricsURL)
+	colCPU, redCPU = cpuOrFatal(b, w.Collector)-colCPU, cpuOrFatal(b, w.Reducer)-redCPU
+	wall := time.Since(began).Seconds()
 	b.StopTimer()
 
 	bytes := after.Sum("weir_collector_sent_bytes_total", nil) - before.Sum("weir_collector_sent_bytes_total", nil)
@@ -53,6 +59,17 @@ func BenchmarkPrivilegedWireBytesPerUpdate(b *testing.B) {
 	}
 	b.ReportMetric(bytes/updates, "B/update")
 	b.ReportMetric(updates/float64(reports), "updates/report")
+	b.ReportMetric(1000*colCPU/wall, "collector-mcores")
+	b.ReportMetric(1000*redCPU/wall, "reducer-mcores")
+}
+
+func cpuOrFatal(tb testing.TB, p *harness.Process) float64 {
+	tb.Helper()
+	s, err := p.CPUSeconds()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }
 
 // BenchmarkPrivilegedFirstByteToEdge measures the time from the start of a
