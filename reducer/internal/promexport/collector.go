@@ -42,7 +42,7 @@ func New(src Source) *Collector {
 		bytes: prometheus.NewDesc("weir_tcp_bytes_total",
 			"TCP payload bytes sent from src to dst, each byte counted once.", labels, nil),
 		packets: prometheus.NewDesc("weir_tcp_packets_total",
-			"TCP data segments delivered from src to dst.", labels, nil),
+			"TCP segments src delivered to dst, as the sender's kernel counts them (data segments and a FIN sent on its own; not the SYN).", labels, nil),
 		opened: prometheus.NewDesc("weir_tcp_connections_opened_total",
 			"TCP connections src (client) opened to dst (server).", labels, nil),
 		active: prometheus.NewDesc("weir_tcp_active_connections",
