@@ -16,6 +16,7 @@ type Config struct {
 	MaxMessageBytes int
 	SeriesTTL       time.Duration
 	SessionTTL      time.Duration
+	MaxSeries       int
 	Loopback        bool
 	TLSCert         string
 	TLSKey          string
@@ -31,6 +32,7 @@ func defaultConfig() Config {
 		MaxMessageBytes: 4 << 20,
 		SeriesTTL:       5 * time.Minute,
 		SessionTTL:      2 * time.Minute,
+		MaxSeries:       10000,
 		Loopback:        true,
 		LogLevel:        slog.LevelInfo,
 	}
@@ -43,6 +45,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", c.MaxMessageBytes, "largest gRPC message accepted from a collector")
 	fs.DurationVar(&c.SeriesTTL, "series-ttl", c.SeriesTTL, "quiet edges with no active connection disappear after this")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
+	fs.IntVar(&c.MaxSeries, "max-series", c.MaxSeries, "edges (series per flow metric) kept at most; beyond it new edges fold into dst_workload=\"other\"")
 	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "server certificate (PEM); with --tls-key and --tls-ca enables mTLS")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
@@ -62,6 +65,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SeriesTTL <= 0 {
 		return fmt.Errorf("--series-ttl %s: must be positive", c.SeriesTTL)
+	}
+	if c.MaxSeries < 1 {
+		return fmt.Errorf("--max-series %d: must be at least 1", c.MaxSeries)
 	}
 	if c.SessionTTL <= 0 {
 		return fmt.Errorf("--session-ttl %s: must be positive", c.SessionTTL)

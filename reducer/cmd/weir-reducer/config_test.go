@@ -22,12 +22,13 @@ func TestConfig(t *testing.T) {
 	}{
 		{name: "defaults"},
 		{name: "all flags", args: []string{"--grpc-addr", "127.0.0.1:7100", "--http-addr", ":7110", "--max-message-bytes", "1048576",
-			"--series-ttl", "1m", "--session-ttl", "30s", "--loopback=false", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a", "--log-level", "debug"}},
+			"--series-ttl", "1m", "--session-ttl", "30s", "--max-series", "500", "--loopback=false", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a", "--log-level", "debug"}},
 		{name: "bad grpc address", args: []string{"--grpc-addr", "7000"}, want: "--grpc-addr"},
 		{name: "bad http address", args: []string{"--http-addr", "localhost"}, want: "--http-addr"},
 		{name: "tiny message limit", args: []string{"--max-message-bytes", "10"}, want: "--max-message-bytes"},
 		{name: "zero series ttl", args: []string{"--series-ttl", "0s"}, want: "--series-ttl"},
 		{name: "negative session ttl", args: []string{"--session-ttl", "-1s"}, want: "--session-ttl"},
+		{name: "zero max series", args: []string{"--max-series", "0"}, want: "--max-series"},
 		{name: "cert without key and ca", args: []string{"--tls-cert", "c"}, want: "--tls-cert, --tls-key and --tls-ca"},
 	}
 	for _, tc := range tests {

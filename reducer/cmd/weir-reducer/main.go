@@ -57,6 +57,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	)
 	engine, err := match.New(match.Config{
 		SeriesTTL:  cfg.SeriesTTL,
+		MaxSeries:  cfg.MaxSeries,
 		SessionTTL: cfg.SessionTTL,
 		Loopback:   cfg.Loopback,
 	}, reg, logger)

@@ -78,22 +78,29 @@ type Series struct {
 	Active  int64
 }
 
+// Other is the workload name that edges beyond the cardinality cap fold into.
+const Other = "other"
+
 // Store is the table of edges. It is not safe for concurrent use: its owner
 // guards it with the same lock as the flows that point into it.
 type Store struct {
-	ttl     time.Duration
-	edges   map[Key]*Edge
-	gauge   prometheus.Gauge
-	expired prometheus.Counter
+	ttl      time.Duration
+	maxEdges int
+	edges    map[Key]*Edge
+	gauge    prometheus.Gauge
+	expired  prometheus.Counter
+	folded   prometheus.Counter
 }
 
 // NewStore returns an empty store whose edges expire after ttl without a
-// delta and without an active connection. It registers its self-metrics
+// delta and without an active connection, and that holds about maxEdges
+// edges at most (see Edge; 0 means no cap). It registers its self-metrics
 // with reg.
-func NewStore(ttl time.Duration, reg prometheus.Registerer) (*Store, error) {
+func NewStore(ttl time.Duration, maxEdges int, reg prometheus.Registerer) (*Store, error) {
 	s := &Store{
-		ttl:   ttl,
-		edges: make(map[Key]*Edge),
+		ttl:      ttl,
+		maxEdges: maxEdges,
+		edges:    make(map[Key]*Edge),
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_reducer_edges",
 			Help: "Edges between workloads currently in the table.",
@@ -102,8 +109,12 @@ func NewStore(ttl time.Duration, reg prometheus.Registerer) (*Store, error) {
 			Name: "weir_reducer_edges_expired_total",
 			Help: "Edges removed after going quiet for the series TTL.",
 		}),
+		folded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_reducer_series_folded_total",
+			Help: "New edges folded into dst_workload=\"other\" because the table was at its --max-series cap.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{s.gauge, s.expired} {
+	for _, c := range []prometheus.Collector{s.gauge, s.expired, s.folded} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register edge metrics: %w", err)
 		}
@@ -111,10 +122,27 @@ func NewStore(ttl time.Duration, reg prometheus.Registerer) (*Store, error) {
 	return s, nil
 }
 
-// Edge returns the edge of k, creating it when absent.
+// Edge returns the edge of k, creating it when absent. When the table is
+// at its cap, a new edge folds into the destination workload "other" of the
+// same kind. The folded edges may take the table up to twice the cap; past
+// that the source folds into "other" as well, so the table grows by at most
+// one more edge per pair of kinds.
 func (s *Store) Edge(now time.Time, k Key) *Edge {
 	if e, ok := s.edges[k]; ok {
 		return e
+	}
+	if s.maxEdges > 0 && len(s.edges) >= s.maxEdges {
+		s.folded.Inc()
+		k.Dst = Workload{Name: Other, Kind: k.Dst.Kind}
+		if e, ok := s.edges[k]; ok {
+			return e
+		}
+		if len(s.edges) >= 2*s.maxEdges {
+			k.Src = Workload{Name: Other, Kind: k.Src.Kind}
+			if e, ok := s.edges[k]; ok {
+				return e
+			}
+		}
 	}
 	e := &Edge{key: k, last: now}
 	s.edges[k] = e

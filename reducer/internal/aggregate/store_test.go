@@ -40,7 +40,7 @@ func TestExpire(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := NewStore(ttl, prometheus.NewPedanticRegistry())
+			s, err := NewStore(ttl, 0, prometheus.NewPedanticRegistry())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +64,7 @@ func TestExpire(t *testing.T) {
 }
 
 func TestEdgeCounters(t *testing.T) {
-	s, err := NewStore(time.Minute, prometheus.NewPedanticRegistry())
+	s, err := NewStore(time.Minute, 0, prometheus.NewPedanticRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,5 +102,48 @@ func TestEdgeCounters(t *testing.T) {
 	s.Expire(t0.Add(time.Hour))
 	if fresh := s.Edge(t0.Add(time.Hour), k); fresh == e || fresh.bytes != 0 {
 		t.Errorf("expired key reused the dead edge")
+	}
+}
+
+func TestMaxSeriesFolds(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	s, err := NewStore(time.Minute, 2, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := func(ip string) Workload { return Workload{Name: ip, Kind: "external"} }
+	a := s.Edge(t0, Key{Src: curl, Dst: nginx})
+	b := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.1")})
+	// At the cap: a new destination folds into "other" of its kind.
+	c := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.2")})
+	if want := (Key{Src: curl, Dst: Workload{Name: Other, Kind: "external"}}); c.Key() != want {
+		t.Fatalf("folded key = %+v, want %+v", c.Key(), want)
+	}
+	// The next one of the same source and kind lands on the same edge.
+	if d := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.3")}); d != c {
+		t.Errorf("second fold made another edge: %+v", d.Key())
+	}
+	// Another source gets its own folded edge, up to twice the cap.
+	e := s.Edge(t0, Key{Src: ext("198.18.0.9"), Dst: curl})
+	if want := (Key{Src: ext("198.18.0.9"), Dst: Workload{Name: Other, Kind: curl.Kind}}); e.Key() != want {
+		t.Errorf("folded key = %+v, want %+v", e.Key(), want)
+	}
+	// At twice the cap both sides fold: one edge per pair of kinds.
+	f := s.Edge(t0, Key{Src: ext("198.18.0.10"), Dst: curl})
+	if want := (Key{Src: Workload{Name: Other, Kind: "external"}, Dst: Workload{Name: Other, Kind: curl.Kind}}); f.Key() != want {
+		t.Errorf("doubly folded key = %+v, want %+v", f.Key(), want)
+	}
+	if g := s.Edge(t0, Key{Src: ext("198.18.0.11"), Dst: nginx}); g != f {
+		t.Errorf("second double fold made another edge: %+v", g.Key())
+	}
+	// Existing edges are still found at the cap.
+	if s.Edge(t0, Key{Src: curl, Dst: nginx}) != a || s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.1")}) != b {
+		t.Error("an existing edge was folded")
+	}
+	if s.Len() != 5 {
+		t.Errorf("edges = %d, want 5 (2 under the cap, 3 folded)", s.Len())
+	}
+	if got := testutil.ToFloat64(s.folded); got != 5 {
+		t.Errorf("weir_reducer_series_folded_total = %v, want 5", got)
 	}
 }

@@ -24,6 +24,9 @@ type Config struct {
 	SessionTTL time.Duration
 	// Loopback counts flows whose both endpoints are loopback addresses.
 	Loopback bool
+	// MaxSeries caps the edges in the table; beyond it new edges fold into
+	// the workload "other". 0 means no cap.
+	MaxSeries int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -76,7 +79,7 @@ type Engine struct {
 
 // New returns an engine that registers its self-metrics with reg.
 func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, error) {
-	store, err := aggregate.NewStore(cfg.SeriesTTL, reg)
+	store, err := aggregate.NewStore(cfg.SeriesTTL, cfg.MaxSeries, reg)
 	if err != nil {
 		return nil, err
 	}
