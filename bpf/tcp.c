@@ -50,6 +50,22 @@ struct {
 	__type(value, u64);
 } drops SEC(".maps");
 
+/*
+ * Wake the reader only once this much is waiting: user space also reads on
+ * a short timer, so a quiet ring costs no wakeup per event. Set from
+ * probe.Config before load.
+ */
+const volatile u64 wakeup_bytes = 1 << 18;
+
+/* submit_event publishes ev, waking the reader only when the ring fills up. */
+static __always_inline void submit_event(struct event *ev)
+{
+	u64 flags = bpf_ringbuf_query(&events, 0 /* BPF_RB_AVAIL_DATA */) >= wakeup_bytes ?
+			    2 /* BPF_RB_FORCE_WAKEUP */ :
+			    1 /* BPF_RB_NO_WAKEUP */;
+	bpf_ringbuf_submit(ev, flags);
+}
+
 static __always_inline void count_drop(u32 reason)
 {
 	u64 *n = bpf_map_lookup_elem(&drops, &reason);
@@ -147,7 +163,7 @@ static __always_inline void emit_state_event(const struct trace_event_raw_inet_s
 	fill_owner(ev, info);
 	if (c)
 		ev->counters = *c;
-	bpf_ringbuf_submit(ev, 0);
+	submit_event(ev);
 }
 
 /* on_established tracks a socket that has just been established. */
@@ -279,7 +295,7 @@ static __always_inline int on_activity(struct trace_event_raw_sock_msg_length *c
 			fill_addrs_sk(ev, sk, family);
 			fill_owner(ev, &fresh);
 			ev->counters = fresh.counters;
-			bpf_ringbuf_submit(ev, 0);
+			submit_event(ev);
 		}
 		return 0;
 	}

@@ -4,12 +4,14 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -71,8 +73,10 @@ type Probe struct {
 	refresh *link.Iter // refreshes the counters of the socks map
 	reader  *ringbuf.Reader
 
-	readMu sync.Mutex // serialises ReadEvent
-	record ringbuf.Record
+	readMu  sync.Mutex // serialises ReadEvent
+	record  ringbuf.Record
+	flushed chan struct{} // ReadEvent has returned every event before a Sync's flush
+	syncMu  sync.Mutex    // serialises Sync
 
 	mu      sync.Mutex // guards closed and the buffers below
 	closed  bool
@@ -104,8 +108,11 @@ func Open(cfg Config) (*Probe, error) {
 	}
 	spec.Maps[tcpMapSocks].MaxEntries = cfg.SocketMapEntries
 	spec.Maps[tcpMapEvents].MaxEntries = cfg.RingBytes
+	if err := spec.Variables[tcpVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
+		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
 
-	p := &Probe{}
+	p := &Probe{flushed: make(chan struct{}, 1)}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -171,18 +178,58 @@ func (p *Probe) runRefresh() error {
 	}
 }
 
+// eventWait is the longest an event waits in the ring before ReadEvent
+// returns it. The programs wake the reader only when a quarter of the ring
+// is full, so a steady trickle of events costs no wakeup per event.
+const eventWait = 100 * time.Millisecond
+
 // ReadEvent blocks for the next lifecycle event; after Close it returns an
 // error wrapping ErrClosed.
 func (p *Probe) ReadEvent() (Event, error) {
 	p.readMu.Lock()
 	defer p.readMu.Unlock()
-	if err := p.reader.ReadInto(&p.record); err != nil {
-		if errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) {
+	for {
+		p.reader.SetDeadline(time.Now().Add(eventWait))
+		err := p.reader.ReadInto(&p.record)
+		switch {
+		case err == nil:
+			return decodeEvent(p.record.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The ring is empty; wait again.
+		case errors.Is(err, ringbuf.ErrFlushed):
+			// Every event submitted before the flush has been returned.
+			select {
+			case p.flushed <- struct{}{}:
+			default:
+			}
+		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
 			return Event{}, fmt.Errorf("read event: %w", ErrClosed)
+		default:
+			return Event{}, fmt.Errorf("read event: %w", err)
 		}
-		return Event{}, fmt.Errorf("read event: %w", err)
 	}
-	return decodeEvent(p.record.RawSample)
+}
+
+// Sync returns once ReadEvent has returned every event submitted before the
+// call, so that a poll after it sees no socket whose open event is still in
+// the ring. It needs a goroutine calling ReadEvent, and gives up when ctx is
+// done.
+func (p *Probe) Sync(ctx context.Context) error {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	select {
+	case <-p.flushed: // left over from a Sync that gave up
+	default:
+	}
+	if err := p.reader.Flush(); err != nil {
+		return fmt.Errorf("flush events: %w", err)
+	}
+	select {
+	case <-p.flushed:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("sync events: %w", ctx.Err())
+	}
 }
 
 // decodeEvent turns a ring buffer record into an Event.

@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -355,6 +356,48 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 			t.Logf("client close %+v", clientClose.Counters)
 			t.Logf("server close %+v", serverClose.Counters)
 		})
+	}
+}
+
+// TestPrivilegedSync: events below the wakeup threshold wait in the ring for
+// the read timer, but after Sync every event of a connection made before it
+// has been returned by ReadEvent.
+func TestPrivilegedSync(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	for i := range 3 {
+		cp := dialPair(t, ln)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := r.p.Sync(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: Sync: %v", i, err)
+		}
+		client := addrPort(t, cp.client.LocalAddr())
+		server := addrPort(t, ln.Addr())
+		r.mu.Lock()
+		var opens int
+		for _, ev := range r.events {
+			if ev.Kind == EventOpen && (onPorts(EventOpen, client.Port(), server.Port())(ev) ||
+				onPorts(EventOpen, server.Port(), client.Port())(ev)) {
+				opens++
+			}
+		}
+		r.mu.Unlock()
+		if opens != 2 {
+			t.Errorf("round %d: %d open events of the connection when Sync returned, want 2", i, opens)
+		}
+		cp.client.Close()
+		cp.server.Close()
+	}
+	if err := r.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.p.Sync(ctx); err == nil {
+		t.Error("Sync after Close returned nil")
 	}
 }
 

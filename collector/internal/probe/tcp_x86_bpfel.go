@@ -63,6 +63,7 @@ const (
 	tcpProgInetSockSetState = "inet_sock_set_state"
 	tcpProgSockRecvLength   = "sock_recv_length"
 	tcpProgSockSendLength   = "sock_send_length"
+	tcpVarWakeupBytes       = "wakeup_bytes"
 )
 
 // loadTcp returns the embedded CollectionSpec for tcp.
@@ -125,6 +126,7 @@ type tcpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpVariableSpecs struct {
+	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcpObjects contains all objects after they have been loaded into the kernel.
@@ -164,6 +166,7 @@ func (m *tcpMaps) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpVariables struct {
+	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcpPrograms contains all programs after they have been loaded into the kernel.

@@ -39,7 +39,13 @@ const (
 type Source interface {
 	sockets.Sampler
 	Drops() (probe.Drops, error)
+	// Sync returns once every lifecycle event submitted so far has been
+	// applied to the table, so that a poll sees no socket before its open.
+	Sync(ctx context.Context) error
 }
+
+// syncTimeout bounds the wait for the event reader before a poll.
+const syncTimeout = time.Second
 
 // Config is what a Client needs to reach the reducer and introduce itself.
 type Config struct {
@@ -272,10 +278,17 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	}
 }
 
-// poll reads the socket map into the table. Errors are counted, and logged
-// when polling starts or stops failing.
+// poll waits for the pending lifecycle events, then reads the socket map
+// into the table. Errors are counted, and logged when polling starts or
+// stops failing.
 func (c *Client) poll() {
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
+	syncErr := c.src.Sync(ctx)
+	cancel()
 	err := c.table.Poll(c.src)
+	if err == nil {
+		err = syncErr
+	}
 	if err != nil {
 		c.m.pollErrors.Inc()
 	}

@@ -57,6 +57,9 @@ func (f *fakeSource) Samples(fn func(probe.Sample)) error {
 	return nil
 }
 
+// Sync has nothing to wait for: the tests apply events to the table directly.
+func (f *fakeSource) Sync(context.Context) error { return nil }
+
 func (f *fakeSource) Drops() (probe.Drops, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
