@@ -89,9 +89,12 @@ bench: build
 	@WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
 	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt
 	@awk '{ for (i = 3; i < NF; i++) { \
-	    if ($$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ && $$(i+1) == "B/update") print "P5", $$i, "B/update"; \
+	    if ($$1 ~ /^BenchmarkPrivilegedOverhead/ && $$(i+1) == "ratio") p1 = $$i; \
+	    if ($$1 ~ /^BenchmarkPrivilegedOverhead/ && $$(i+1) == "collector-mcores") p2 = $$i; \
+	    if ($$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ && $$(i+1) == "B/update") p5 = $$i; \
 	    if ($$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ && $$(i+1) == "s/edge-max") p6 = $$i; } } \
-	  END { if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
+	  END { if (p1 != "") print "P1", p1, "ratio"; if (p2 != "") print "P2", p2, "millicores"; \
+	        if (p5 != "") print "P5", p5, "B/update"; if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
 
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
 lint: tools-go tools-lint
