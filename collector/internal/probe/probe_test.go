@@ -204,7 +204,7 @@ func listen(t *testing.T, network, address string) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(network, address)
 	if err != nil {
-		t.Skipf("listen %s %s: %v", network, address, err)
+		t.Fatalf("listen %s %s: %v", network, address, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln
