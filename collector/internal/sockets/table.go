@@ -101,7 +101,6 @@ type Table struct {
 	live      map[uint64]*socket
 	fresh     []*socket // live sockets not yet announced in this epoch
 	closed    []*socket // closed sockets awaiting report, oldest first
-	closedMem int64     // estimated memory of closed
 	// closedHandles are announced sockets dropped from the buffer: their
 	// final delta is lost but the reducer still learns that they closed.
 	closedHandles []uint32
@@ -150,8 +149,11 @@ func (t *Table) Live() int {
 func (t *Table) BufferedBytes() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.closedMem
+	return t.closedBytes()
 }
+
+// closedBytes estimates the memory held by closed sockets awaiting report.
+func (t *Table) closedBytes() int64 { return int64(len(t.closed)) * closedEntryBytes }
 
 // Apply records one lifecycle event.
 func (t *Table) Apply(ev probe.Event) {
@@ -234,8 +236,7 @@ func (t *Table) close(s *socket) {
 	}
 	s.state = stateClosed
 	t.closed = append(t.closed, s)
-	t.closedMem += closedEntryBytes
-	for t.closedMem > t.cfg.BufferBytes && len(t.closed) > 0 {
+	for t.closedBytes() > t.cfg.BufferBytes && len(t.closed) > 0 {
 		t.dropOldest()
 	}
 }
@@ -244,7 +245,6 @@ func (t *Table) dropOldest() {
 	s := t.closed[0]
 	t.closed[0] = nil
 	t.closed = t.closed[1:]
-	t.closedMem -= closedEntryBytes
 	t.dropped++
 	t.m.bufferDropped.Inc()
 	t.m.bufferDroppedBytes.Add(float64(sub(s.cur.BytesAcked, s.rep.BytesAcked) + sub(s.cur.BytesReceived, s.rep.BytesReceived)))
@@ -368,7 +368,6 @@ func (t *Table) Resync() {
 		s.handle, s.ownerDirty = 0, false
 		if !s.newConn && s.cur == s.rep {
 			// Announced in an earlier epoch and nothing left to report.
-			t.closedMem -= closedEntryBytes
 			t.release(s)
 			continue
 		}
@@ -446,7 +445,6 @@ func (t *Table) Report(now time.Time) *ingestv1.Batch {
 	}
 	clear(t.closed)
 	t.closed = t.closed[:0]
-	t.closedMem = 0
 	b.ClosedSockets = append(b.ClosedSockets, t.closedHandles...)
 	freeSocks = append(freeSocks, t.closedHandles...)
 	t.closedHandles = t.closedHandles[:0]
