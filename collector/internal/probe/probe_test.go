@@ -452,7 +452,7 @@ func TestPrivilegedExistingSocket(t *testing.T) {
 			cp.exchange(t, up, down)
 
 			client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-			for _, c := range []struct {
+			ends := []struct {
 				name          string
 				local, remote netip.AddrPort
 				acked, recvd  uint64
@@ -461,7 +461,8 @@ func TestPrivilegedExistingSocket(t *testing.T) {
 				// SYN out of the client's bytes_acked: the kernel counts it.
 				{"client", client, server, before + up + 1, before + down},
 				{"server", server, client, before + down, before + up},
-			} {
+			}
+			for _, c := range ends {
 				ev := r.wait(t, c.name+" open", onPorts(EventOpen, c.local.Port(), c.remote.Port()))
 				if ev.Role != RoleUnknown {
 					t.Errorf("%s: role %v, want unknown", c.name, ev.Role)
@@ -491,14 +492,7 @@ func TestPrivilegedExistingSocket(t *testing.T) {
 
 			cp.client.Close()
 			cp.server.Close()
-			for _, c := range []struct {
-				name          string
-				local, remote netip.AddrPort
-				acked, recvd  uint64
-			}{
-				{"client", client, server, before + up + 1, before + down},
-				{"server", server, client, before + down, before + up},
-			} {
+			for _, c := range ends {
 				ev := r.wait(t, c.name+" close", onPorts(EventClose, c.local.Port(), c.remote.Port()))
 				if ev.Role != RoleUnknown {
 					t.Errorf("%s close: role %v, want unknown", c.name, ev.Role)

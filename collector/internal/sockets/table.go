@@ -96,11 +96,11 @@ type Table struct {
 	cfg Config
 	m   *metrics
 
-	mu        sync.Mutex
-	seq       uint64
-	live      map[uint64]*socket
-	fresh     []*socket // live sockets not yet announced in this epoch
-	closed    []*socket // closed sockets awaiting report, oldest first
+	mu     sync.Mutex
+	seq    uint64
+	live   map[uint64]*socket
+	fresh  []*socket // live sockets not yet announced in this epoch
+	closed []*socket // closed sockets awaiting report, oldest first
 	// closedHandles are announced sockets dropped from the buffer: their
 	// final delta is lost but the reducer still learns that they closed.
 	closedHandles []uint32
@@ -165,17 +165,12 @@ func (t *Table) Apply(ev probe.Event) {
 		t.open(ev)
 	case probe.EventClose:
 		t.m.closes.Inc()
-		s := t.live[ev.Sock]
-		if s == nil {
-			t.m.untrackedCloses.Inc()
-			return
-		}
-		s.cur = ev.Counters
 		// The close carries the map entry's owner: the socket's last user,
 		// which a socket that lived less than an interval was never
 		// polled for.
-		t.setOwner(s, ev.Owner)
-		t.close(s)
+		if s := t.update(ev.Sock, ev.Counters, ev.Owner, t.m.untrackedCloses); s != nil {
+			t.close(s)
+		}
 	case probe.EventListen:
 		t.m.listens.Inc()
 		t.listen(ev)
@@ -327,14 +322,21 @@ func (t *Table) Poll(src Sampler) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return src.Samples(func(smp probe.Sample) {
-		s := t.live[smp.Sock]
-		if s == nil {
-			t.m.untrackedSamples.Inc()
-			return
-		}
-		s.cur = smp.Counters
-		t.setOwner(s, smp.Owner)
+		t.update(smp.Sock, smp.Counters, smp.Owner, t.m.untrackedSamples)
 	})
+}
+
+// update sets the counters and owner of the live socket sock and returns
+// it; a socket the table does not know is counted in untracked.
+func (t *Table) update(sock uint64, c probe.Counters, owner probe.Owner, untracked prometheus.Counter) *socket {
+	s := t.live[sock]
+	if s == nil {
+		untracked.Inc()
+		return nil
+	}
+	s.cur = c
+	t.setOwner(s, owner)
+	return s
 }
 
 // Resync starts a new epoch: every handle is forgotten, and the next Report
