@@ -75,6 +75,7 @@ type Engine struct {
 	sockets   prometheus.Gauge
 	flowGauge prometheus.Gauge
 	conflicts prometheus.Counter
+	expired   prometheus.Counter
 }
 
 // New returns an engine that registers its self-metrics with reg.
@@ -109,11 +110,15 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 			Name: "weir_reducer_flow_conflicts_total",
 			Help: "Sockets whose endpoints were already claimed by another live socket; they count as a flow of their own node.",
 		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_reducer_sessions_expired_total",
+			Help: "Sessions of disconnected collectors dropped, with their sockets, after the session TTL.",
+		}),
 	}
 	if e.now == nil {
 		e.now = time.Now
 	}
-	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts} {
+	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register match metrics: %w", err)
 		}
@@ -192,6 +197,7 @@ func (e *Engine) Sweep() {
 			continue
 		}
 		e.drop(now, s)
+		e.expired.Inc()
 		e.logger.Info("session expired", "node", s.node, "epoch", s.epoch)
 	}
 	e.store.Expire(now)

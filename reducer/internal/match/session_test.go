@@ -2,6 +2,7 @@ package match
 
 import (
 	"errors"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"testing"
 	"time"
 )
@@ -118,6 +119,9 @@ func TestSessions(t *testing.T) {
 		e.Sweep()
 		if sockets, flows, _ := e.Counts(); sockets != 0 || flows != 0 {
 			t.Fatalf("sockets=%d flows=%d after the session TTL, want 0 0", sockets, flows)
+		}
+		if got := testutil.ToFloat64(e.expired); got != 1 {
+			t.Errorf("weir_reducer_sessions_expired_total = %v, want 1", got)
 		}
 		sameLines(t, edgeLines(e), []string{"curl/process -> 10.0.0.2/external bytes=10 packets=1 opened=1 active=0"})
 		// No ghost edges: quiet for the series TTL, the edge goes.
