@@ -2,9 +2,10 @@ package match
 
 import (
 	"errors"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestResync(t *testing.T) {
