@@ -3,6 +3,7 @@ package probe
 import (
 	"errors"
 	"net/netip"
+	"time"
 )
 
 // ErrNotSupported is returned when the running kernel lacks a feature the
@@ -29,55 +30,81 @@ const (
 type EventKind uint8
 
 const (
-	// EventOpen: a socket entered the socket map, either on
-	// SYN_SENT/SYN_RECV -> ESTABLISHED or, for a socket found already
-	// open, on its first send or receive.
+	// EventOpen: a socket was established (SYN_SENT/SYN_RECV ->
+	// ESTABLISHED) while the probe was loaded. Counters are zero: the
+	// handshake is the baseline.
 	EventOpen EventKind = iota + 1
-	// EventClose: a tracked socket moved to TCP_CLOSE and left the map.
-	// Counters hold its final values.
+	// EventClose: a tracked socket moved to TCP_CLOSE. Counters hold its
+	// final values; the socket is not sampled again.
 	EventClose
 	// EventListen: a socket started listening (CLOSE -> LISTEN, in the
-	// listen() syscall, so Owner is the listening process).
+	// listen() syscall, so Owner is the listening process), or, from
+	// Discover, a listener that existed before the probe was loaded.
 	EventListen
+	// EventExisting: from Discover only, a connected socket that existed
+	// before the probe was loaded. Counters are its values at discovery:
+	// the baseline, not traffic to count. Owner is unknown (PID 0) unless
+	// the kernel knew it; Inode lets user space find the owner in /proc.
+	EventExisting
 )
 
-// Counters are a socket's cumulative tcp_sock counters, as the kernel keeps them.
+// Counters are a socket's cumulative tcp_sock counters, with what is not
+// payload (SYN, FIN) taken out. The segment counters are the kernel's u32
+// fields: they wrap, and user space takes differences modulo 2^32.
 type Counters struct {
 	BytesAcked    uint64 // tcp_sock.bytes_acked: payload bytes sent and acked
 	BytesReceived uint64 // tcp_sock.bytes_received: payload bytes received
-	SegsDelivered uint64 // tcp_sock.delivered: data segments delivered to the peer
-	DataSegsIn    uint64 // tcp_sock.data_segs_in: data segments received
+	SegsDelivered uint32 // tcp_sock.delivered: segments delivered to the peer, SYN taken out
+	DataSegsIn    uint32 // tcp_sock.data_segs_in: data segments received
 }
 
 // Owner is the process that uses a socket. PID 0 means not known yet.
 type Owner struct {
-	PID  uint32 // tgid
-	Comm string // comm of the thread group leader
+	PID       uint32 // tgid, in the root pid namespace
+	StartTime uint64 // start of the thread group leader, in clock ticks since boot (as /proc/PID/stat field 22)
+	CgroupID  uint64 // cgroup v2 id of the process when it was seen using the socket; 0 if unknown
+	Comm      string // comm of the thread group leader
 }
 
-// Event is one lifecycle event from the ring buffer.
-type Event struct {
-	Kind       EventKind
+// Endpoint is what identifies a socket: its cookie and its addresses.
+type Endpoint struct {
+	Cookie     uint64 // bpf_get_socket_cookie: unique per socket for the boot
 	Role       Role
-	Sock       uint64 // kernel address of the struct sock: the socket map key
 	LocalAddr  netip.Addr
 	LocalPort  uint16
 	RemoteAddr netip.Addr
 	RemotePort uint16
 	NetNS      uint32 // network namespace inode
-	Owner      Owner
-	Counters   Counters
 }
 
-// Sample is one socket map entry as polled by user space.
+// Event is one lifecycle event from the ring buffer, or from Discover.
+type Event struct {
+	Kind EventKind
+	Endpoint
+	Inode    uint64 // inode of the socket's file; 0 when it has none (Discover only)
+	Owner    Owner
+	Counters Counters
+}
+
+// Sample is one tracked socket's current state, read at poll time from the
+// socket storage in every network namespace.
 type Sample struct {
-	Sock     uint64
+	Endpoint
 	Owner    Owner
 	Counters Counters
 }
 
 // Drops are the probe's cumulative loss counters.
 type Drops struct {
-	RingFull uint64 // events lost because the ring buffer was full
-	MapFull  uint64 // sockets not tracked because the socket map was full
+	RingFull    uint64 // events lost because the ring buffer was full
+	StorageFull uint64 // sockets not tracked because their socket storage could not be allocated
+}
+
+// ProgramStats is the in-kernel cost of one program since it was loaded.
+// Both figures stay 0 unless BPF run-time statistics are enabled
+// (Config.Stats, or the sysctl kernel.bpf_stats_enabled).
+type ProgramStats struct {
+	Name    string
+	Runs    uint64
+	RunTime time.Duration
 }

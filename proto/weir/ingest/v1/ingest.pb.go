@@ -158,12 +158,14 @@ func (*StreamRequest_Hello) isStreamRequest_Kind() {}
 
 func (*StreamRequest_Batch) isStreamRequest_Kind() {}
 
-// StreamResponse is one message from the reducer.
+// StreamResponse is one message from the reducer. The first response of a
+// session is a Welcome; every later one is an Ack.
 type StreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*StreamResponse_Ack
+	//	*StreamResponse_Welcome
 	Kind          isStreamResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -215,6 +217,15 @@ func (x *StreamResponse) GetAck() *Ack {
 	return nil
 }
 
+func (x *StreamResponse) GetWelcome() *Welcome {
+	if x != nil {
+		if x, ok := x.Kind.(*StreamResponse_Welcome); ok {
+			return x.Welcome
+		}
+	}
+	return nil
+}
+
 type isStreamResponse_Kind interface {
 	isStreamResponse_Kind()
 }
@@ -223,7 +234,69 @@ type StreamResponse_Ack struct {
 	Ack *Ack `protobuf:"bytes,1,opt,name=ack,proto3,oneof"`
 }
 
+type StreamResponse_Welcome struct {
+	Welcome *Welcome `protobuf:"bytes,2,opt,name=welcome,proto3,oneof"`
+}
+
 func (*StreamResponse_Ack) isStreamResponse_Kind() {}
+
+func (*StreamResponse_Welcome) isStreamResponse_Kind() {}
+
+// Welcome accepts a Hello: the reducer chose a protocol version in the
+// collector's range and the capabilities both ends share.
+type Welcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The protocol version of the session: the highest version both ends speak.
+	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// The collector's capabilities that the reducer also has.
+	Capabilities  []string `protobuf:"bytes,2,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Welcome) Reset() {
+	*x = Welcome{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Welcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Welcome) ProtoMessage() {}
+
+func (x *Welcome) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
+func (*Welcome) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Welcome) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Welcome) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
 
 // Hello opens a session. A collector sends a new Hello with a greater epoch
 // after every reconnect; the reducer then drops the state of the node's
@@ -231,7 +304,8 @@ func (*StreamResponse_Ack) isStreamResponse_Kind() {}
 // again (with Socket.new_connection false).
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Wire protocol version. This package is version 1.
+	// Highest wire protocol version the collector speaks. This package is
+	// version 1.
 	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	NodeName        string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	// /proc/sys/kernel/random/boot_id of the node.
@@ -242,14 +316,22 @@ type Hello struct {
 	// How often the collector sends a Batch.
 	ReportInterval *durationpb.Duration `protobuf:"bytes,6,opt,name=report_interval,json=reportInterval,proto3" json:"report_interval,omitempty"`
 	// Session epoch: strictly increasing for a given node and boot id.
-	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Lowest wire protocol version the collector speaks; 0 means the same as
+	// protocol_version. The reducer picks the highest version in
+	// [min_protocol_version, protocol_version] that it speaks, or refuses the
+	// stream with FAILED_PRECONDITION when there is none.
+	MinProtocolVersion uint32 `protobuf:"varint,8,opt,name=min_protocol_version,json=minProtocolVersion,proto3" json:"min_protocol_version,omitempty"`
+	// Optional features the collector can send (for example "socket_cookie").
+	// Unknown names are ignored.
+	Capabilities  []string `protobuf:"bytes,9,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[2]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -261,7 +343,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[2]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -274,7 +356,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{2}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetProtocolVersion() uint32 {
@@ -326,6 +408,20 @@ func (x *Hello) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *Hello) GetMinProtocolVersion() uint32 {
+	if x != nil {
+		return x.MinProtocolVersion
+	}
+	return 0
+}
+
+func (x *Hello) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
 // Batch is everything that changed on the node during one report interval.
 // The reducer applies its parts in field order: processes, sockets, owners,
 // stats, closes, then forgotten_processes.
@@ -355,7 +451,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[3]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +463,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[3]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +476,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{3}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Batch) GetSequence() uint64 {
@@ -456,14 +552,20 @@ type Process struct {
 	// The process's name as ps -o comm shows it (the thread group leader's comm).
 	Comm string `protobuf:"bytes,3,opt,name=comm,proto3" json:"comm,omitempty"`
 	// Cgroup v2 path of the process, when known.
-	Cgroup        string `protobuf:"bytes,4,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Cgroup string `protobuf:"bytes,4,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	// Start time of the process in clock ticks since boot (field 22 of
+	// /proc/PID/stat): with pid, the identity of the process across pid reuse.
+	StartTime uint64 `protobuf:"varint,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Cgroup v2 id of the process (the inode of its cgroup directory), captured
+	// in the kernel, so it is known even after the process exits; 0 if unknown.
+	CgroupId      uint64 `protobuf:"varint,6,opt,name=cgroup_id,json=cgroupId,proto3" json:"cgroup_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[4]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +577,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[4]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +590,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{4}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Process) GetHandle() uint32 {
@@ -519,6 +621,20 @@ func (x *Process) GetCgroup() string {
 	return ""
 }
 
+func (x *Process) GetStartTime() uint64 {
+	if x != nil {
+		return x.StartTime
+	}
+	return 0
+}
+
+func (x *Process) GetCgroupId() uint64 {
+	if x != nil {
+		return x.CgroupId
+	}
+	return 0
+}
+
 // Socket is one end of a TCP connection.
 type Socket struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -538,13 +654,16 @@ type Socket struct {
 	// sockets found already open, and for sockets announced again after a
 	// reconnect. Only new connections count as opened.
 	NewConnection bool `protobuf:"varint,9,opt,name=new_connection,json=newConnection,proto3" json:"new_connection,omitempty"`
+	// The kernel's socket cookie: unique per socket for the node's boot, so a
+	// reused address and port pair is a different socket. 0 if unknown.
+	Cookie        uint64 `protobuf:"varint,10,opt,name=cookie,proto3" json:"cookie,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +675,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +688,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{5}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Socket) GetHandle() uint32 {
@@ -635,6 +754,13 @@ func (x *Socket) GetNewConnection() bool {
 	return false
 }
 
+func (x *Socket) GetCookie() uint64 {
+	if x != nil {
+		return x.Cookie
+	}
+	return 0
+}
+
 // SocketOwner sets the owning process of a socket.
 type SocketOwner struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -646,7 +772,7 @@ type SocketOwner struct {
 
 func (x *SocketOwner) Reset() {
 	*x = SocketOwner{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +784,7 @@ func (x *SocketOwner) String() string {
 func (*SocketOwner) ProtoMessage() {}
 
 func (x *SocketOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +797,7 @@ func (x *SocketOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOwner.ProtoReflect.Descriptor instead.
 func (*SocketOwner) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{6}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SocketOwner) GetSocket() uint32 {
@@ -709,7 +835,7 @@ type SocketStats struct {
 
 func (x *SocketStats) Reset() {
 	*x = SocketStats{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +847,7 @@ func (x *SocketStats) String() string {
 func (*SocketStats) ProtoMessage() {}
 
 func (x *SocketStats) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +860,7 @@ func (x *SocketStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketStats.ProtoReflect.Descriptor instead.
 func (*SocketStats) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SocketStats) GetHandleGaps() []uint32 {
@@ -782,13 +908,18 @@ type Loss struct {
 	// Closed sockets dropped while the reducer was unreachable and the
 	// buffer was at its byte cap.
 	BufferDropped uint64 `protobuf:"varint,3,opt,name=buffer_dropped,json=bufferDropped,proto3" json:"buffer_dropped,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Sockets not tracked because the collector's socket cap was reached.
+	SocketCap uint64 `protobuf:"varint,4,opt,name=socket_cap,json=socketCap,proto3" json:"socket_cap,omitempty"`
+	// Counter reads that went backwards; the collector counted nothing for
+	// them, so nothing was counted twice.
+	CounterRegressions uint64 `protobuf:"varint,5,opt,name=counter_regressions,json=counterRegressions,proto3" json:"counter_regressions,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Loss) Reset() {
 	*x = Loss{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +931,7 @@ func (x *Loss) String() string {
 func (*Loss) ProtoMessage() {}
 
 func (x *Loss) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +944,7 @@ func (x *Loss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Loss.ProtoReflect.Descriptor instead.
 func (*Loss) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Loss) GetRingFull() uint64 {
@@ -837,6 +968,20 @@ func (x *Loss) GetBufferDropped() uint64 {
 	return 0
 }
 
+func (x *Loss) GetSocketCap() uint64 {
+	if x != nil {
+		return x.SocketCap
+	}
+	return 0
+}
+
+func (x *Loss) GetCounterRegressions() uint64 {
+	if x != nil {
+		return x.CounterRegressions
+	}
+	return 0
+}
+
 // Ack acknowledges a Batch.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -847,7 +992,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1004,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1017,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ack) GetSequence() uint64 {
@@ -890,10 +1035,14 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\rStreamRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.weir.ingest.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\x05batch\x18\x02 \x01(\v2\x15.weir.ingest.v1.BatchH\x00R\x05batchB\x06\n" +
-	"\x04kind\"A\n" +
+	"\x04kind\"v\n" +
 	"\x0eStreamResponse\x12'\n" +
-	"\x03ack\x18\x01 \x01(\v2\x13.weir.ingest.v1.AckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\x96\x02\n" +
+	"\x03ack\x18\x01 \x01(\v2\x13.weir.ingest.v1.AckH\x00R\x03ack\x123\n" +
+	"\awelcome\x18\x02 \x01(\v2\x17.weir.ingest.v1.WelcomeH\x00R\awelcomeB\x06\n" +
+	"\x04kind\"X\n" +
+	"\aWelcome\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\"\n" +
+	"\fcapabilities\x18\x02 \x03(\tR\fcapabilities\"\xec\x02\n" +
 	"\x05Hello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x17\n" +
@@ -901,7 +1050,9 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x11collector_version\x18\x04 \x01(\tR\x10collectorVersion\x12%\n" +
 	"\x0ekernel_release\x18\x05 \x01(\tR\rkernelRelease\x12B\n" +
 	"\x0freport_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"\xa6\x03\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x120\n" +
+	"\x14min_protocol_version\x18\b \x01(\rR\x12minProtocolVersion\x12\"\n" +
+	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\xa6\x03\n" +
 	"\x05Batch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
@@ -911,12 +1062,15 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x05stats\x18\x06 \x01(\v2\x1b.weir.ingest.v1.SocketStatsR\x05stats\x12%\n" +
 	"\x0eclosed_sockets\x18\a \x03(\rR\rclosedSockets\x12/\n" +
 	"\x13forgotten_processes\x18\b \x03(\rR\x12forgottenProcesses\x12(\n" +
-	"\x04loss\x18\t \x01(\v2\x14.weir.ingest.v1.LossR\x04loss\"_\n" +
+	"\x04loss\x18\t \x01(\v2\x14.weir.ingest.v1.LossR\x04loss\"\x9b\x01\n" +
 	"\aProcess\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04comm\x18\x03 \x01(\tR\x04comm\x12\x16\n" +
-	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\"\xa1\x02\n" +
+	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\x12\x1d\n" +
+	"\n" +
+	"start_time\x18\x05 \x01(\x04R\tstartTime\x12\x1b\n" +
+	"\tcgroup_id\x18\x06 \x01(\x04R\bcgroupId\"\xb9\x02\n" +
 	"\x06Socket\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\rR\aprocess\x12(\n" +
@@ -930,7 +1084,9 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\vremote_port\x18\a \x01(\rR\n" +
 	"remotePort\x12\x14\n" +
 	"\x05netns\x18\b \x01(\rR\x05netns\x12%\n" +
-	"\x0enew_connection\x18\t \x01(\bR\rnewConnection\"?\n" +
+	"\x0enew_connection\x18\t \x01(\bR\rnewConnection\x12\x16\n" +
+	"\x06cookie\x18\n" +
+	" \x01(\x04R\x06cookie\"?\n" +
 	"\vSocketOwner\x12\x16\n" +
 	"\x06socket\x18\x01 \x01(\rR\x06socket\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\rR\aprocess\"\xc6\x01\n" +
@@ -941,11 +1097,14 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"bytes_sent\x18\x02 \x03(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x03 \x03(\x04R\rbytesReceived\x12#\n" +
 	"\rsegments_sent\x18\x04 \x03(\x04R\fsegmentsSent\x12+\n" +
-	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\"e\n" +
+	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\"\xb5\x01\n" +
 	"\x04Loss\x12\x1b\n" +
 	"\tring_full\x18\x01 \x01(\x04R\bringFull\x12\x19\n" +
 	"\bmap_full\x18\x02 \x01(\x04R\amapFull\x12%\n" +
-	"\x0ebuffer_dropped\x18\x03 \x01(\x04R\rbufferDropped\"!\n" +
+	"\x0ebuffer_dropped\x18\x03 \x01(\x04R\rbufferDropped\x12\x1d\n" +
+	"\n" +
+	"socket_cap\x18\x04 \x01(\x04R\tsocketCap\x12/\n" +
+	"\x13counter_regressions\x18\x05 \x01(\x04R\x12counterRegressions\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence*>\n" +
 	"\x04Role\x12\x14\n" +
@@ -968,41 +1127,43 @@ func file_weir_ingest_v1_ingest_proto_rawDescGZIP() []byte {
 }
 
 var file_weir_ingest_v1_ingest_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_weir_ingest_v1_ingest_proto_goTypes = []any{
 	(Role)(0),                     // 0: weir.ingest.v1.Role
 	(*StreamRequest)(nil),         // 1: weir.ingest.v1.StreamRequest
 	(*StreamResponse)(nil),        // 2: weir.ingest.v1.StreamResponse
-	(*Hello)(nil),                 // 3: weir.ingest.v1.Hello
-	(*Batch)(nil),                 // 4: weir.ingest.v1.Batch
-	(*Process)(nil),               // 5: weir.ingest.v1.Process
-	(*Socket)(nil),                // 6: weir.ingest.v1.Socket
-	(*SocketOwner)(nil),           // 7: weir.ingest.v1.SocketOwner
-	(*SocketStats)(nil),           // 8: weir.ingest.v1.SocketStats
-	(*Loss)(nil),                  // 9: weir.ingest.v1.Loss
-	(*Ack)(nil),                   // 10: weir.ingest.v1.Ack
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*Welcome)(nil),               // 3: weir.ingest.v1.Welcome
+	(*Hello)(nil),                 // 4: weir.ingest.v1.Hello
+	(*Batch)(nil),                 // 5: weir.ingest.v1.Batch
+	(*Process)(nil),               // 6: weir.ingest.v1.Process
+	(*Socket)(nil),                // 7: weir.ingest.v1.Socket
+	(*SocketOwner)(nil),           // 8: weir.ingest.v1.SocketOwner
+	(*SocketStats)(nil),           // 9: weir.ingest.v1.SocketStats
+	(*Loss)(nil),                  // 10: weir.ingest.v1.Loss
+	(*Ack)(nil),                   // 11: weir.ingest.v1.Ack
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_weir_ingest_v1_ingest_proto_depIdxs = []int32{
-	3,  // 0: weir.ingest.v1.StreamRequest.hello:type_name -> weir.ingest.v1.Hello
-	4,  // 1: weir.ingest.v1.StreamRequest.batch:type_name -> weir.ingest.v1.Batch
-	10, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
-	11, // 3: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
-	12, // 4: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
-	5,  // 5: weir.ingest.v1.Batch.processes:type_name -> weir.ingest.v1.Process
-	6,  // 6: weir.ingest.v1.Batch.sockets:type_name -> weir.ingest.v1.Socket
-	7,  // 7: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
-	8,  // 8: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
-	9,  // 9: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
-	0,  // 10: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
-	1,  // 11: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
-	2,  // 12: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: weir.ingest.v1.StreamRequest.hello:type_name -> weir.ingest.v1.Hello
+	5,  // 1: weir.ingest.v1.StreamRequest.batch:type_name -> weir.ingest.v1.Batch
+	11, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
+	3,  // 3: weir.ingest.v1.StreamResponse.welcome:type_name -> weir.ingest.v1.Welcome
+	12, // 4: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
+	13, // 5: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
+	6,  // 6: weir.ingest.v1.Batch.processes:type_name -> weir.ingest.v1.Process
+	7,  // 7: weir.ingest.v1.Batch.sockets:type_name -> weir.ingest.v1.Socket
+	8,  // 8: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
+	9,  // 9: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
+	10, // 10: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
+	0,  // 11: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
+	1,  // 12: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
+	2,  // 13: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_weir_ingest_v1_ingest_proto_init() }
@@ -1016,6 +1177,7 @@ func file_weir_ingest_v1_ingest_proto_init() {
 	}
 	file_weir_ingest_v1_ingest_proto_msgTypes[1].OneofWrappers = []any{
 		(*StreamResponse_Ack)(nil),
+		(*StreamResponse_Welcome)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1023,7 +1185,7 @@ func file_weir_ingest_v1_ingest_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_weir_ingest_v1_ingest_proto_rawDesc), len(file_weir_ingest_v1_ingest_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
