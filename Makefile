@@ -82,18 +82,24 @@ run: build
 	if [ -n "$$STOP" ]; then exit 0; fi; \
 	echo "a weir process exited on its own; stopping the other" >&2; exit 1
 
-## bench: the hot-path benchmarks and the end-to-end figures; P<n> lines also land in bench/results.txt
+## bench: the hot-path benchmarks and the end-to-end figures; P<n> and bpf-ns lines also land in bench/results.txt
+## (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load)
 bench: build
 	@mkdir -p bench
-	WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
+	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
 	@WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
 	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt
-	@awk '{ for (i = 3; i < NF; i++) { \
-	    if ($$1 ~ /^BenchmarkPrivilegedOverhead/ && $$(i+1) == "ratio") p1 = $$i; \
-	    if ($$1 ~ /^BenchmarkPrivilegedOverhead/ && $$(i+1) == "collector-mcores") p2 = $$i; \
-	    if ($$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ && $$(i+1) == "B/update") p5 = $$i; \
-	    if ($$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ && $$(i+1) == "s/edge-max") p6 = $$i; } } \
-	  END { if (p1 != "") print "P1", p1, "ratio"; if (p2 != "") print "P2", p2, "millicores"; \
+	@awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
+	    if (u == "ratio") p1 = $$i; if (u == "ratio-min") p1lo = $$i; if (u == "ratio-max") p1hi = $$i; \
+	    if (u == "churn-ratio") pc = $$i; if (u == "churn-ratio-min") pclo = $$i; if (u == "churn-ratio-max") pchi = $$i; \
+	    if (u == "collector-mcores") p2 = $$i; if (u == "collector-ns/request") p2ns = $$i; \
+	    if (u ~ /^bpf-ns\/run:/) { name = substr(u, 12); if (!(name in bpf)) order[++nb] = name; bpf[name] = $$i } } } \
+	  $$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ { for (i = 3; i < NF; i++) if ($$(i+1) == "B/update") p5 = $$i } \
+	  $$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ { for (i = 3; i < NF; i++) if ($$(i+1) == "s/edge-max") p6 = $$i } \
+	  END { if (p1 != "") printf "P1 %s ratio (spread %s–%s)\n", p1, p1lo, p1hi; \
+	        if (pc != "") printf "P1-churn %s ratio (spread %s–%s)\n", pc, pclo, pchi; \
+	        if (p2 != "") printf "P2 %s millicores (%s ns/request)\n", p2, p2ns; \
+	        for (k = 1; k <= nb; k++) printf "bpf-ns %s %s\n", order[k], bpf[order[k]]; \
 	        if (p5 != "") print "P5", p5, "B/update"; if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
 
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint

@@ -69,3 +69,55 @@ func removeStale(prefix string) {
 		_ = exec.Command("ip", "netns", "del", name).Run()
 	}
 }
+
+// BridgedHosts creates two host namespaces, each with one veth pair into a
+// Linux bridge that lives in a third namespace of its own (a switch), so the
+// traffic between the hosts crosses two veth pairs and a bridge, as between
+// two pods on a node. The addresses come from the benchmarking ranges; the
+// namespaces are deleted when the test ends, and namespaces of an earlier
+// failed run are removed first.
+func BridgedHosts(t testing.TB, tag string) (Host, Host) {
+	t.Helper()
+	prefix := fmt.Sprintf("weir-%s-", tag)
+	removeStale(prefix)
+	sw := fmt.Sprintf("%s%d-sw", prefix, os.Getpid())
+	a := Host{NS: fmt.Sprintf("%s%d-a", prefix, os.Getpid()), IPv4: "198.18.0.1", IPv6: "2001:2::1"}
+	b := Host{NS: fmt.Sprintf("%s%d-b", prefix, os.Getpid()), IPv4: "198.18.0.2", IPv6: "2001:2::2"}
+	t.Cleanup(func() {
+		for _, ns := range []string{a.NS, b.NS, sw} {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, ns := range []string{sw, a.NS, b.NS} {
+		run("ip", "netns", "add", ns)
+	}
+	run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+	run("ip", "-n", sw, "link", "set", "lo", "up")
+	run("ip", "-n", sw, "link", "set", "br0", "up")
+	for i, h := range []Host{a, b} {
+		port := fmt.Sprintf("port%d", i)
+		run("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
+		run("ip", "-n", sw, "link", "set", port, "master", "br0")
+		run("ip", "-n", sw, "link", "set", port, "up")
+		run("ip", "-n", h.NS, "link", "set", "lo", "up")
+		run("ip", "-n", h.NS, "addr", "add", h.IPv4+"/24", "dev", "eth0")
+		run("ip", "-n", h.NS, "addr", "add", h.IPv6+"/64", "dev", "eth0", "nodad")
+		run("ip", "-n", h.NS, "link", "set", "eth0", "up")
+	}
+	return a, b
+}
+
+// Sysctl sets a kernel parameter inside the host's namespace only (the
+// net.* parameters are per network namespace).
+func (h Host) Sysctl(t testing.TB, key, value string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", h.NS, "sysctl", "-q", "-w", key+"="+value).CombinedOutput(); err != nil {
+		t.Fatalf("sysctl %s=%s in %s: %v\n%s", key, value, h.NS, err, out)
+	}
+}
