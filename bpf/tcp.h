@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * What the TCP programs share: the socks map, its value, and how the
- * counters are read from a tcp_sock.
+ * What the TCP programs share: the per-socket storage and its value, the
+ * records they hand to user space, and how a socket's endpoint, owner and
+ * counters are read. Kernel structs are read through BTF pointers (plain
+ * loads, relocated by CO-RE), never with probe-read helpers.
  */
 #ifndef __WEIR_TCP_H__
 #define __WEIR_TCP_H__
 
 #include "vmlinux.h"
 #include "bpf_helpers.h"
-#include "bpf_core_read.h"
+#include "bpf_endian.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -34,6 +36,7 @@ enum event_kind {
 	EVENT_OPEN = 1,
 	EVENT_CLOSE = 2,
 	EVENT_LISTEN = 3,
+	EVENT_EXISTING = 4,
 };
 
 /* Values match probe.Role. */
@@ -46,77 +49,129 @@ enum role {
 /* Indexes into the drops array. */
 enum drop_reason {
 	DROP_RING_FULL = 0,
-	DROP_MAP_FULL = 1,
+	DROP_STORAGE_FULL = 1,
 	DROP_MAX = 2,
 };
 
-/* sock_info.flags */
+/* sk_state.flags */
 enum {
-	SOCK_INFO_FIN_SENT = 1, /* this socket queued its FIN */
+	SK_STATE_TRACKED = 1, /* set when the storage is filled in; 0 in a fresh one */
+	SK_STATE_CLOSED = 2,  /* the close event is out: the socket is not sampled again */
 };
 
-/* The counters user space sees: payload bytes, without SYN and FIN. */
+/* Which socket: its cookie and its addresses. */
+struct endpoint {
+	u64 cookie;   /* bpf_get_socket_cookie */
+	u8 saddr[16]; /* 4 bytes used for AF_INET */
+	u8 daddr[16];
+	u32 netns;    /* network namespace inode */
+	u16 sport;    /* host byte order */
+	u16 dport;    /* host byte order */
+	u16 family;
+	u8 role;      /* enum role */
+	u8 _pad[5];
+};
+
+/* The process that uses a socket; pid 0 while unknown. */
+struct owner {
+	u64 start_time; /* group leader's start_boottime, ns */
+	u64 cgroup_id;  /* cgroup v2 id */
+	u32 pid;        /* tgid */
+	u32 _pad;
+	char comm[TASK_COMM_LEN]; /* group leader's comm */
+};
+
+/*
+ * The counters user space sees: payload bytes, without SYN and FIN. The
+ * segment counters are the kernel's u32 fields.
+ */
 struct counters {
 	u64 bytes_acked;
 	u64 bytes_received;
-	u64 delivered;
-	u64 data_segs_in;
+	u32 delivered;
+	u32 data_segs_in;
 };
 
-/* Value of the socks map. */
-struct sock_info {
+/*
+ * A lifecycle event, on the ring buffer from tcp.c or written by the
+ * discovery iterator in tcp_iter.c.
+ */
+struct event {
+	struct endpoint endpoint;
+	struct owner owner;
 	struct counters counters;
-	u32 pid;              /* owner tgid, 0 while unknown */
-	u32 syn_acked;        /* bytes_acked already counted at establishment: the SYN */
-	u32 syn_delivered;    /* delivered already counted at establishment: the SYN */
-	u8 role;              /* enum role */
-	u8 flags;             /* SOCK_INFO_* */
+	u64 inode; /* inode of the socket's file, discovery only */
+	u8 kind;   /* enum event_kind */
+	u8 _pad[7];
+};
+
+/* One live socket, written by the sampling iterator in tcp_iter.c. */
+struct sample {
+	struct endpoint endpoint;
+	struct owner owner;
+	struct counters counters;
+};
+
+/*
+ * Value of the socket storage. No counter is ever stored: they are read
+ * from the tcp_sock when an event or a sample is written.
+ */
+struct sk_state {
+	struct owner owner;
+	/*
+	 * Odd while a writer fills in owner. Writers take it with a
+	 * compare-and-swap, so there is one at a time; a reader that sees it
+	 * odd or changed reports the owner as unknown for that read.
+	 */
+	u32 owner_seq;
+	u32 syn_acked;     /* bytes_acked at establishment: the SYN */
+	u32 syn_delivered; /* delivered at establishment: the SYN */
+	u8 role;           /* enum role */
+	u8 flags;          /* SK_STATE_* */
 	u16 _pad;
-	char comm[TASK_COMM_LEN]; /* comm of the owner's thread group leader */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536); /* set from probe.Config before load */
-	__type(key, u64);
-	__type(value, struct sock_info);
-} socks SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sk_state);
+} sk_states SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_MAX);
+	__type(key, u32);
+	__type(value, u64);
+} drops SEC(".maps");
+
+static __always_inline void count_drop(u32 reason)
+{
+	u64 *n = bpf_map_lookup_elem(&drops, &reason);
+	if (n)
+		*n += 1;
+}
 
 static __always_inline u64 sub_floor(u64 a, u64 b)
 {
 	return a > b ? a - b : 0;
 }
 
-/*
- * read_counters reads the cumulative counters of sk and takes out what is not
- * payload. bytes_acked and delivered count the SYN of an active open (saved
- * at establishment in syn_acked/syn_delivered) and, in bytes_acked, our FIN
- * once it is acked. bytes_received counts the peer's FIN once received.
- */
-static __always_inline void read_counters(struct sock *sk, const struct sock_info *info,
-					  struct counters *c)
+/* fin_queued: in this state the socket has queued its FIN. */
+static __always_inline bool fin_queued(int state)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	u64 acked = BPF_CORE_READ(tp, bytes_acked);
-	u64 received = BPF_CORE_READ(tp, bytes_received);
-	u64 delivered = BPF_CORE_READ(tp, delivered);
-
-	acked = sub_floor(acked, info->syn_acked);
-	if ((info->flags & SOCK_INFO_FIN_SENT) &&
-	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
-		acked = sub_floor(acked, 1);
-
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-	if (sk_flags & (1UL << SOCK_DONE))
-		received = sub_floor(received, 1);
-
-	c->bytes_acked = acked;
-	c->bytes_received = received;
-	c->delivered = sub_floor(delivered, info->syn_delivered);
-	c->data_segs_in = BPF_CORE_READ(tp, data_segs_in);
+	switch (state) {
+	case TCP_FIN_WAIT1:
+	case TCP_FIN_WAIT2:
+	case TCP_CLOSING:
+	case TCP_LAST_ACK:
+		return true;
+	}
+	return false;
 }
 
-static __always_inline bool trackable_state(u8 state)
+/* trackable_state: a connected full socket, sampled and discovered. */
+static __always_inline bool trackable_state(int state)
 {
 	switch (state) {
 	case TCP_ESTABLISHED:
@@ -128,6 +183,70 @@ static __always_inline bool trackable_state(u8 state)
 		return true;
 	}
 	return false;
+}
+
+/*
+ * read_counters reads the cumulative counters of tp and takes out what is
+ * not payload. bytes_acked and delivered count the SYN of an active open
+ * (saved at establishment in syn_acked/syn_delivered) and, in bytes_acked,
+ * our FIN once it is acked: state (or, at close, the state before) tells
+ * whether the FIN was queued. bytes_received counts the peer's FIN once
+ * received (SOCK_DONE).
+ */
+static __always_inline void read_counters(struct tcp_sock *tp, u32 syn_acked, u32 syn_delivered,
+					  int state, struct counters *c)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	u64 acked = sub_floor(tp->bytes_acked, syn_acked);
+	u64 received = tp->bytes_received;
+
+	if (fin_queued(state) && tp->snd_una == tp->write_seq)
+		acked = sub_floor(acked, 1);
+	if (sk->__sk_common.skc_flags & (1UL << SOCK_DONE))
+		received = sub_floor(received, 1);
+
+	c->bytes_acked = acked;
+	c->bytes_received = received;
+	c->delivered = tp->delivered - syn_delivered;
+	c->data_segs_in = tp->data_segs_in;
+}
+
+static __always_inline void fill_endpoint(struct endpoint *e, struct tcp_sock *tp, u8 role)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	u16 family = sk->__sk_common.skc_family;
+
+	e->cookie = bpf_get_socket_cookie(sk);
+	e->family = family;
+	e->role = role;
+	/* inet_sport, not skc_num: at close the port is released before the tracepoint. */
+	e->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (family == AF_INET) {
+		*(u32 *)e->saddr = sk->__sk_common.skc_rcv_saddr;
+		*(u32 *)e->daddr = sk->__sk_common.skc_daddr;
+	} else {
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+	}
+}
+
+/*
+ * read_owner copies the owner of st into o, or leaves o zero (unknown) if a
+ * writer is filling it in.
+ */
+static __always_inline void read_owner(struct sk_state *st, struct owner *o)
+{
+	u32 seq = __sync_fetch_and_add(&st->owner_seq, 0);
+	if (seq & 1)
+		return;
+	o->start_time = st->owner.start_time;
+	o->cgroup_id = st->owner.cgroup_id;
+	o->pid = st->owner.pid;
+	__builtin_memcpy(o->comm, st->owner.comm, sizeof(o->comm));
+	if (__sync_fetch_and_add(&st->owner_seq, 0) != seq)
+		__builtin_memset(o, 0, sizeof(*o));
 }
 
 #endif /* __WEIR_TCP_H__ */

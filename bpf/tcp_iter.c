@@ -2,31 +2,92 @@
 //go:build ignore
 
 /*
- * Refreshes the counters of every tracked socket, right before user space
- * reads the socks map. The tracepoints in tcp.c only refresh a socket when
- * it changes state or when its process sends or receives, so without this
- * the bytes a socket had acked since its last send would show only later.
- * The iterator visits each socket under its lock, so the counters read here
- * are consistent with each other.
+ * The two walks user space makes over the sockets.
+ *
+ * sample_sockets (iter/bpf_sk_storage_map) visits every socket that has
+ * storage in sk_states, in every network namespace, at poll time, and
+ * writes one struct sample per live socket with its counters read there
+ * and then: an idle socket is as current as a busy one.
+ *
+ * discover_sockets (iter/tcp) visits the TCP sockets of the network
+ * namespace that opened the iterator, at start-up. It creates the storage
+ * of each connected socket not yet tracked and writes a struct event for it
+ * (EVENT_EXISTING, with the counters then as the baseline), and one for
+ * each listener (EVENT_LISTEN).
  */
 
 #include "tcp.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* Keeps struct sample in the BTF for bpf2go: it is only a local variable below. */
+const struct sample *unused_sample __attribute__((unused));
+
+SEC("iter/bpf_sk_storage_map")
+int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct sk_state *st = ctx->value;
+	if (!sk || !st)
+		return 0;
+	if (!(st->flags & SK_STATE_TRACKED) || (st->flags & SK_STATE_CLOSED))
+		return 0;
+	int state = sk->__sk_common.skc_state;
+	if (!trackable_state(state))
+		return 0; /* a client still connecting, or closed */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+
+	struct sample s = {};
+	fill_endpoint(&s.endpoint, tp, st->role);
+	read_owner(st, &s.owner);
+	read_counters(tp, st->syn_acked, st->syn_delivered, state, &s.counters);
+	bpf_seq_write(ctx->meta->seq, &s, sizeof(s));
+	return 0;
+}
+
 SEC("iter/tcp")
-int refresh_counters(struct bpf_iter__tcp *ctx)
+int discover_sockets(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	if (!skc)
 		return 0;
-	/* Time-wait and request sockets are not full sockets and never tracked. */
-	if (!trackable_state(BPF_CORE_READ(skc, skc_state)))
+	int state = skc->skc_state;
+	/* Time-wait and request sockets are not full sockets. */
+	if (state != TCP_LISTEN && !trackable_state(state))
 		return 0;
+	u16 family = skc->skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 
-	u64 key = (u64)skc;
-	struct sock_info *info = bpf_map_lookup_elem(&socks, &key);
-	if (info)
-		read_counters((struct sock *)skc, info, &info->counters);
+	struct event ev = {};
+	if (state == TCP_LISTEN) {
+		ev.kind = EVENT_LISTEN;
+	} else {
+		struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			count_drop(DROP_STORAGE_FULL);
+			return 0;
+		}
+		if (st->flags & SK_STATE_TRACKED)
+			return 0; /* seen established, or discovered before */
+		/* The handshake was not seen: no SYN baseline, role and owner unknown. */
+		st->flags = SK_STATE_TRACKED;
+		ev.kind = EVENT_EXISTING;
+		read_counters(tp, 0, 0, state, &ev.counters);
+	}
+	fill_endpoint(&ev.endpoint, tp, ROLE_UNKNOWN);
+	struct socket *sock = sk->sk_socket;
+	if (sock) {
+		struct file *file = sock->file;
+		if (file)
+			ev.inode = file->f_inode->i_ino;
+	}
+	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }

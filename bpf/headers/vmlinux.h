@@ -36,9 +36,19 @@ enum {
 };
 
 enum bpf_map_type {
-	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+/* Map flags. */
+enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
+/* Flags for bpf_sk_storage_get. */
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = 1,
 };
 
 /* Flags for bpf_map_update_elem. */
@@ -50,41 +60,12 @@ enum {
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
-struct trace_entry {
-	short unsigned int type;
-	unsigned char flags;
-	unsigned char preempt_count;
-	int pid;
-};
-
-/* Context of the sock:inet_sock_set_state tracepoint. */
-struct trace_event_raw_inet_sock_set_state {
-	struct trace_entry ent;
-	const void *skaddr;
-	int oldstate;
-	int newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
-
-/* Context of the sock:sock_send_length and sock:sock_recv_length tracepoints. */
-struct trace_event_raw_sock_msg_length {
-	struct trace_entry ent;
-	void *sk;
-	__u16 family;
-	__u16 protocol;
-	int ret;
-	int flags;
-};
+struct seq_file;
+struct bpf_map;
+struct bpf_local_storage;
 
 struct bpf_iter_meta {
-	void *seq;
+	struct seq_file *seq;
 	u64 session_id;
 	u64 seq_num;
 };
@@ -94,6 +75,14 @@ struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;
 	u32 uid;
+};
+
+/* Context of an iter/bpf_sk_storage_map program. */
+struct bpf_iter__bpf_sk_storage_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	struct sock *sk;
+	void *value;
 };
 
 struct ns_common {
@@ -137,12 +126,36 @@ struct sock_common {
 	long unsigned int skc_flags;
 };
 
+struct inode {
+	long unsigned int i_ino;
+};
+
+struct file {
+	struct inode *f_inode;
+};
+
+struct socket {
+	struct file *file;
+};
+
 struct sock {
 	struct sock_common __sk_common;
+	struct bpf_local_storage *sk_bpf_storage;
+	struct socket *sk_socket;
 	u16 sk_protocol;
 };
 
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+};
+
+struct inet_connection_sock {
+	struct inet_sock icsk_inet;
+};
+
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	u64 bytes_sent;
 	u32 write_seq;
 	u32 snd_una;
@@ -161,6 +174,7 @@ enum sock_flags {
 struct task_struct {
 	int pid;
 	int tgid;
+	u64 start_boottime;
 	struct task_struct *group_leader;
 	char comm[16];
 };

@@ -4,24 +4,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
-	"golang.org/x/sys/unix"
 )
 
-// tracefsMount is where Open mounts tracefs when no mount is found.
-const tracefsMount = "/sys/kernel/tracing"
-
-// Check runs the feature probes (BTF present, tracepoint program type, ring
-// buffer map, the tracepoints sock:inet_sock_set_state, sock:sock_send_length,
-// sock:sock_recv_length exist in tracefs). It returns an error wrapping
-// ErrNotSupported that names the missing feature, e.g.
-// "tracepoint sock:sock_send_length: not supported". It mounts tracefs if
-// it is not mounted.
+// Check runs the feature probes: kernel BTF, the ring buffer and socket storage map types, a BTF tracepoint (tp_btf)
+// program on each of sock:inet_sock_set_state, sock:sock_send_length and
+// sock:sock_recv_length, and the tcp and bpf_sk_storage_map iterators. It
+// returns an error wrapping ErrNotSupported that names the missing feature,
+// e.g. "tp_btf/sock_send_length: not supported".
 func Check() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		if errors.Is(err, btf.ErrNotSupported) || errors.Is(err, os.ErrNotExist) {
@@ -29,34 +23,48 @@ func Check() error {
 		}
 		return fmt.Errorf("kernel BTF: %w", err)
 	}
-	if err := feature("program type tracepoint", features.HaveProgramType(ebpf.TracePoint)); err != nil {
-		return err
-	}
 	if err := feature("map type ringbuf", features.HaveMapType(ebpf.RingBuf)); err != nil {
 		return err
 	}
-	if err := feature("helper bpf_ringbuf_reserve",
-		features.HaveProgramHelper(ebpf.TracePoint, asm.FnRingbufReserve)); err != nil {
-		return err
-	}
-	dir, err := tracefs()
-	if err != nil {
+	if err := feature("map type sk_storage", features.HaveMapType(ebpf.SkStorage)); err != nil {
 		return err
 	}
 	for _, tp := range tracepoints {
-		name := fmt.Sprintf("tracepoint %s:%s", tp.group, tp.name)
-		_, err := os.Stat(filepath.Join(dir, "events", tp.group, tp.name, "id"))
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: %w", name, ErrNotSupported)
+		if err := feature("tp_btf/"+tp.name, loadTracing(ebpf.AttachTraceRawTp, tp.name)); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+	}
+	for _, it := range []string{"tcp", "bpf_sk_storage_map"} {
+		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it)); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// feature names the result of one cilium/ebpf feature probe.
+// loadTracing loads a program that does nothing, of the tracing type with
+// the given attach type and target; a missing target is ErrNotSupported.
+func loadTracing(attach ebpf.AttachType, target string) error {
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Type:       ebpf.Tracing,
+		AttachType: attach,
+		AttachTo:   target,
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+	}, ebpf.ProgramOptions{})
+	if errors.Is(err, btf.ErrNotFound) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	if err != nil {
+		return err
+	}
+	return prog.Close()
+}
+
+// feature names the result of one feature probe.
 func feature(name string, err error) error {
 	switch {
 	case err == nil:
@@ -66,22 +74,4 @@ func feature(name string, err error) error {
 	default:
 		return fmt.Errorf("probe %s: %w", name, err)
 	}
-}
-
-// tracefs returns the directory where tracefs is mounted, mounting it at
-// /sys/kernel/tracing if it is mounted nowhere.
-func tracefs() (string, error) {
-	for _, dir := range []string{tracefsMount, "/sys/kernel/debug/tracing"} {
-		var st unix.Statfs_t
-		if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.TRACEFS_MAGIC {
-			return dir, nil
-		}
-	}
-	if err := unix.Mount("nodev", tracefsMount, "tracefs", 0, ""); err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return "", fmt.Errorf("tracefs: %w", ErrNotSupported)
-		}
-		return "", fmt.Errorf("mount tracefs at %s: %w", tracefsMount, err)
-	}
-	return tracefsMount, nil
 }

@@ -1,14 +1,21 @@
 package probe
 
 import (
+	"bytes"
+	"io"
 	"net/netip"
 	"testing"
+	"testing/iotest"
 	"unsafe"
 )
 
-// rawEvent lays out e as the BPF program writes it to the ring.
+// rawEvent lays out e as the BPF programs write it.
 func rawEvent(e tcpEvent) []byte {
 	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&e)), unsafe.Sizeof(e))...)
+}
+
+func rawSample(s tcpIterSample) []byte {
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&s)), unsafe.Sizeof(s))...)
 }
 
 func comm16(s string) (c [16]int8) {
@@ -31,45 +38,75 @@ func TestDecodeEvent(t *testing.T) {
 		{
 			name: "ipv4 close",
 			in: func() (e tcpEvent) {
-				e.Sk, e.Kind, e.Role, e.Family = 0xffff1234, 2, 1, afInet
-				e.Saddr, e.Daddr, e.Sport, e.Dport = v4(127, 0, 0, 1), v4(127, 0, 0, 2), 40000, 80
-				e.Netns, e.Pid, e.Comm = 4026531840, 42, comm16("curl")
+				e.Kind = 2
+				e.Endpoint.Cookie, e.Endpoint.Role, e.Endpoint.Family = 0x1234, 1, afInet
+				e.Endpoint.Saddr, e.Endpoint.Daddr = v4(127, 0, 0, 1), v4(127, 0, 0, 2)
+				e.Endpoint.Sport, e.Endpoint.Dport, e.Endpoint.Netns = 40000, 80, 4026531840
+				e.Owner.Pid, e.Owner.Comm = 42, comm16("curl")
+				e.Owner.StartTime, e.Owner.CgroupId = 12_345_678_901, 7 // ns since boot
 				e.Counters.BytesAcked, e.Counters.BytesReceived = 100, 200
 				e.Counters.Delivered, e.Counters.DataSegsIn = 3, 4
 				return e
 			}(),
 			want: Event{
-				Kind: EventClose, Role: RoleClient, Sock: 0xffff1234,
-				LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: 40000,
-				RemoteAddr: netip.MustParseAddr("127.0.0.2"), RemotePort: 80,
-				NetNS: 4026531840, Owner: Owner{PID: 42, Comm: "curl"},
+				Kind: EventClose,
+				Endpoint: Endpoint{
+					Cookie: 0x1234, Role: RoleClient,
+					LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: 40000,
+					RemoteAddr: netip.MustParseAddr("127.0.0.2"), RemotePort: 80,
+					NetNS: 4026531840,
+				},
+				Owner:    Owner{PID: 42, StartTime: 1234, CgroupID: 7, Comm: "curl"},
 				Counters: Counters{BytesAcked: 100, BytesReceived: 200, SegsDelivered: 3, DataSegsIn: 4},
 			},
 		},
 		{
 			name: "ipv6 open",
 			in: func() (e tcpEvent) {
-				e.Kind, e.Role, e.Family = 1, 2, afInet6
-				e.Saddr, e.Daddr, e.Sport, e.Dport = loop6, loop6, 443, 50000
+				e.Kind, e.Endpoint.Role, e.Endpoint.Family = 1, 2, afInet6
+				e.Endpoint.Saddr, e.Endpoint.Daddr, e.Endpoint.Sport, e.Endpoint.Dport = loop6, loop6, 443, 50000
 				return e
 			}(),
 			want: Event{
-				Kind: EventOpen, Role: RoleServer,
-				LocalAddr: netip.IPv6Loopback(), LocalPort: 443,
-				RemoteAddr: netip.IPv6Loopback(), RemotePort: 50000,
+				Kind: EventOpen,
+				Endpoint: Endpoint{
+					Role:      RoleServer,
+					LocalAddr: netip.IPv6Loopback(), LocalPort: 443,
+					RemoteAddr: netip.IPv6Loopback(), RemotePort: 50000,
+				},
 			},
 		},
 		{
 			name: "v4-mapped v6 is unmapped",
 			in: func() (e tcpEvent) {
-				e.Kind, e.Family = 3, afInet6
-				e.Saddr, e.Sport = mapped, 8080
-				e.Comm = comm16("a-name-of-16-chr") // no NUL
+				e.Kind, e.Endpoint.Family = 3, afInet6
+				e.Endpoint.Saddr, e.Endpoint.Sport = mapped, 8080
+				e.Owner.Comm = comm16("a-name-of-16-chr") // no NUL
 				return e
 			}(),
 			want: Event{
-				Kind: EventListen, LocalAddr: netip.MustParseAddr("10.1.2.3"), LocalPort: 8080,
-				RemoteAddr: netip.IPv6Unspecified(), Owner: Owner{Comm: "a-name-of-16-chr"},
+				Kind: EventListen,
+				Endpoint: Endpoint{
+					LocalAddr: netip.MustParseAddr("10.1.2.3"), LocalPort: 8080,
+					RemoteAddr: netip.IPv6Unspecified(),
+				},
+				Owner: Owner{Comm: "a-name-of-16-chr"},
+			},
+		},
+		{
+			name: "existing with inode",
+			in: func() (e tcpEvent) {
+				e.Kind, e.Endpoint.Family, e.Inode = 4, afInet, 987654
+				e.Counters.BytesAcked = 5
+				return e
+			}(),
+			want: Event{
+				Kind: EventExisting,
+				Endpoint: Endpoint{
+					LocalAddr: netip.IPv4Unspecified(), RemoteAddr: netip.IPv4Unspecified(),
+				},
+				Inode:    987654,
+				Counters: Counters{BytesAcked: 5},
 			},
 		},
 	} {
@@ -87,7 +124,7 @@ func TestDecodeEvent(t *testing.T) {
 
 func TestDecodeEventRejects(t *testing.T) {
 	var unknown tcpEvent
-	unknown.Kind, unknown.Family = 9, afInet
+	unknown.Kind, unknown.Endpoint.Family = 9, afInet
 	for _, tc := range []struct {
 		name string
 		raw  []byte
@@ -104,9 +141,50 @@ func TestDecodeEventRejects(t *testing.T) {
 	}
 }
 
+// TestReadRecords: records come out whole however the reads split them.
+func TestReadRecords(t *testing.T) {
+	var stream []byte
+	for i := range 50 {
+		var s tcpIterSample
+		s.Endpoint.Cookie = uint64(i + 1)
+		stream = append(stream, rawSample(s)...)
+	}
+	for _, tc := range []struct {
+		name string
+		r    io.Reader
+		buf  int
+	}{
+		{"one read", bytes.NewReader(stream), len(stream) + 1},
+		{"one byte at a time", iotest.OneByteReader(bytes.NewReader(stream)), 1000},
+		{"half reads", iotest.HalfReader(bytes.NewReader(stream)), 1000},
+		{"buffer of one record and a bit", bytes.NewReader(stream), sampleSize + 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cookies []uint64
+			err := readRecords(tc.r, make([]byte, tc.buf), sampleSize, func(raw []byte) {
+				cookies = append(cookies, (*tcpIterSample)(unsafe.Pointer(&raw[0])).Endpoint.Cookie)
+			})
+			if err != nil {
+				t.Fatalf("readRecords: %v", err)
+			}
+			if len(cookies) != 50 {
+				t.Fatalf("%d records, want 50", len(cookies))
+			}
+			for i, c := range cookies {
+				if c != uint64(i+1) {
+					t.Fatalf("record %d: cookie %d", i, c)
+				}
+			}
+		})
+	}
+	if err := readRecords(bytes.NewReader(stream[:sampleSize+3]), make([]byte, 1000), sampleSize, func([]byte) {}); err == nil {
+		t.Error("a truncated record: no error")
+	}
+}
+
 func BenchmarkDecodeEvent(b *testing.B) {
 	var e tcpEvent
-	e.Kind, e.Family, e.Comm = 2, afInet6, comm16("nginx")
+	e.Kind, e.Endpoint.Family, e.Owner.Comm = 2, afInet6, comm16("nginx")
 	raw := rawEvent(e)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,6 +1,7 @@
 // Package probe loads and attaches weir's TCP eBPF programs and reads what
-// they record: per-socket counters from a kernel hash map and lifecycle
-// events from a ring buffer.
+// they record: lifecycle events from a ring buffer, and the counters of every
+// tracked socket, in every network namespace, from an iterator over the
+// kernel's socket storage.
 package probe
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"structs"
 	"sync"
 	"time"
 	"unsafe"
@@ -18,27 +20,28 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event -type sock_info tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -Wall -Werror
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type sample tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
-// Config sizes the kernel maps.
+// Config sizes the ring buffer and turns on run-time statistics.
 type Config struct {
-	SocketMapEntries uint32 // max sockets tracked in the kernel hash map (flag --socket-map-entries, default 65536)
-	RingBytes        uint32 // ring buffer size in bytes, power of two and multiple of the page size (flag --ring-bytes, default 1<<20)
+	RingBytes uint32 // ring buffer size in bytes, power of two and multiple of the page size (flag --ring-bytes, default 1<<20)
+	// Stats keeps the kernel's BPF run-time statistics on while the probe
+	// is open, so that ProgramStats reports run counts and run times.
+	// They cost a clock read per program run.
+	Stats bool
 }
 
-// DefaultConfig returns the default map sizes.
+// DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
-	return Config{SocketMapEntries: 65536, RingBytes: 1 << 20}
+	return Config{RingBytes: 1 << 20}
 }
 
 // Validate reports the first bad field, named by its flag.
 func (c Config) Validate() error {
-	if c.SocketMapEntries == 0 {
-		return errors.New("--socket-map-entries: must be at least 1")
-	}
 	page := uint32(os.Getpagesize())
 	if c.RingBytes == 0 || c.RingBytes&(c.RingBytes-1) != 0 || c.RingBytes%page != 0 {
 		return fmt.Errorf("--ring-bytes: %d is not a power of two and a multiple of the page size (%d)", c.RingBytes, page)
@@ -46,42 +49,40 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// tracepoints are the sock tracepoints the programs attach to, by program name.
+// tracepoints are the BTF tracepoints the programs attach to, by name.
 var tracepoints = []struct {
-	group, name string
-	prog        func(*tcpPrograms) *ebpf.Program
+	name string
+	prog func(*tcpPrograms) *ebpf.Program
 }{
-	{"sock", "inet_sock_set_state", func(p *tcpPrograms) *ebpf.Program { return p.InetSockSetState }},
-	{"sock", "sock_send_length", func(p *tcpPrograms) *ebpf.Program { return p.SockSendLength }},
-	{"sock", "sock_recv_length", func(p *tcpPrograms) *ebpf.Program { return p.SockRecvLength }},
+	{"inet_sock_set_state", func(p *tcpPrograms) *ebpf.Program { return p.InetSockSetState }},
+	{"sock_send_length", func(p *tcpPrograms) *ebpf.Program { return p.SockSendLength }},
+	{"sock_recv_length", func(p *tcpPrograms) *ebpf.Program { return p.SockRecvLength }},
 }
 
-// Indexes into the drops array; they match enum drop_reason in bpf/tcp.c.
+// Indexes into the drops array; they match enum drop_reason in bpf/tcp.h.
 const (
-	dropRingFull uint32 = 0
-	dropMapFull  uint32 = 1
+	dropRingFull    uint32 = 0
+	dropStorageFull uint32 = 1
 )
-
-// samplesBatch is how many socket map entries one batch lookup returns.
-const samplesBatch = 256
 
 // Probe is the loaded and attached set of programs.
 type Probe struct {
-	objs    tcpObjects
-	iter    tcpIterObjects
-	links   []link.Link
-	refresh *link.Iter // refreshes the counters of the socks map
-	reader  *ringbuf.Reader
+	objs     tcpObjects
+	iter     tcpIterObjects
+	links    []link.Link
+	sampler  *link.Iter // writes a sample per tracked socket
+	discover *link.Iter // finds the sockets of the namespace that opens it
+	reader   *ringbuf.Reader
+	stats    io.Closer // holds BPF run-time statistics on; nil unless Config.Stats
 
 	readMu  sync.Mutex // serialises ReadEvent
 	record  ringbuf.Record
 	flushed chan struct{} // ReadEvent has returned every event before a Sync's flush
 	syncMu  sync.Mutex    // serialises Sync
 
-	mu      sync.Mutex // guards closed and the buffers below
+	mu      sync.Mutex // guards closed and the buffers below; serialises Samples and Discover
 	closed  bool
-	keys    []uint64
-	values  []tcpSockInfo
+	buf     []byte // iterator reads
 	perCPU  []uint64
 	comms   map[[16]int8]string // interned owner comms, so polling does not allocate per socket
 	closeMu sync.Once
@@ -90,13 +91,12 @@ type Probe struct {
 // maxComms bounds the comm cache; it is emptied when it grows past this.
 const maxComms = 4096
 
-// Open mounts tracefs at /sys/kernel/tracing if it is not mounted, loads the
-// programs with the map sizes from cfg, and attaches them.
+// iterBufBytes is the size of one read from an iterator.
+const iterBufBytes = 64 << 10
+
+// Open loads the programs with the sizes from cfg and attaches them.
 func Open(cfg Config) (*Probe, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if _, err := tracefs(); err != nil {
 		return nil, err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -106,27 +106,28 @@ func Open(cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec.Maps[tcpMapSocks].MaxEntries = cfg.SocketMapEntries
 	spec.Maps[tcpMapEvents].MaxEntries = cfg.RingBytes
 	if err := spec.Variables[tcpVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 
 	p := &Probe{flushed: make(chan struct{}, 1)}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load programs: %+v", verr)
+	if cfg.Stats {
+		p.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			return nil, fmt.Errorf("enable run-time statistics: %w", err)
 		}
-		return nil, fmt.Errorf("load programs: %w", err)
 	}
-	if err := p.loadIter(cfg); err != nil {
+	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		return nil, errors.Join(loadError("programs", err), p.release())
+	}
+	if err := p.loadIter(); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
 	for _, tp := range tracepoints {
-		l, err := link.Tracepoint(tp.group, tp.name, tp.prog(&p.objs.tcpPrograms), nil)
+		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog(&p.objs.tcpPrograms)})
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("attach %s:%s: %w", tp.group, tp.name, err), p.release())
+			return nil, errors.Join(fmt.Errorf("attach tp_btf/%s: %w", tp.name, err), p.release())
 		}
 		p.links = append(p.links, l)
 	}
@@ -134,48 +135,44 @@ func Open(cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open ring buffer: %w", err), p.release())
 	}
-	p.keys = make([]uint64, samplesBatch)
-	p.values = make([]tcpSockInfo, samplesBatch)
+	p.buf = make([]byte, iterBufBytes)
 	p.perCPU = make([]uint64, 0, 8)
 	p.comms = make(map[[16]int8]string)
 	return p, nil
 }
 
-// loadIter loads and attaches the iterator that refreshes the socks map.
-func (p *Probe) loadIter(cfg Config) error {
+// loadError spells out a verifier log.
+func loadError(what string, err error) error {
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("load %s: %+v", what, verr)
+	}
+	return fmt.Errorf("load %s: %w", what, err)
+}
+
+// loadIter loads the iterators, sharing the socket storage and the drops
+// array, and attaches them.
+func (p *Probe) loadIter() error {
 	spec, err := loadTcpIter()
 	if err != nil {
 		return err
 	}
-	spec.Maps[tcpIterMapSocks].MaxEntries = cfg.SocketMapEntries
-	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{tcpIterMapSocks: p.objs.Socks}}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		tcpIterMapSkStates: p.objs.SkStates,
+		tcpIterMapDrops:    p.objs.Drops,
+	}}
 	if err := spec.LoadAndAssign(&p.iter, opts); err != nil {
-		return fmt.Errorf("load iterator: %w", err)
+		return loadError("iterators", err)
 	}
-	p.refresh, err = link.AttachIter(link.IterOptions{Program: p.iter.RefreshCounters})
+	p.sampler, err = link.AttachIter(link.IterOptions{Program: p.iter.SampleSockets, Map: p.objs.SkStates})
 	if err != nil {
-		return fmt.Errorf("attach iterator tcp: %w", err)
+		return fmt.Errorf("attach iter/bpf_sk_storage_map: %w", err)
+	}
+	p.discover, err = link.AttachIter(link.IterOptions{Program: p.iter.DiscoverSockets})
+	if err != nil {
+		return fmt.Errorf("attach iter/tcp: %w", err)
 	}
 	return nil
-}
-
-// runRefresh runs the iterator once over all TCP sockets.
-func (p *Probe) runRefresh() error {
-	r, err := p.refresh.Open()
-	if err != nil {
-		return fmt.Errorf("refresh counters: %w", err)
-	}
-	defer r.Close()
-	var buf [1]byte // the program writes nothing: the first read ends the walk
-	for {
-		_, err := r.Read(buf[:])
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("refresh counters: %w", err)
-		}
-	}
 }
 
 // eventWait is the longest an event waits in the ring before ReadEvent
@@ -232,35 +229,99 @@ func (p *Probe) Sync(ctx context.Context) error {
 	}
 }
 
-// decodeEvent turns a ring buffer record into an Event.
-func decodeEvent(raw []byte) (Event, error) {
-	var e tcpEvent
-	if len(raw) < int(unsafe.Sizeof(e)) {
-		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), unsafe.Sizeof(e))
+// The parts of the C records, as bpf2go lays them out; tcpEvent and
+// tcpIterSample share them.
+type (
+	rawEndpoint = struct {
+		_      structs.HostLayout
+		Cookie uint64
+		Saddr  [16]uint8
+		Daddr  [16]uint8
+		Netns  uint32
+		Sport  uint16
+		Dport  uint16
+		Family uint16
+		Role   uint8
+		Pad    [5]uint8
 	}
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e)), unsafe.Sizeof(e)), raw)
+	rawOwner = struct {
+		_         structs.HostLayout
+		StartTime uint64
+		CgroupId  uint64
+		Pid       uint32
+		Pad       uint32
+		Comm      [16]int8
+	}
+	rawCounters = struct {
+		_             structs.HostLayout
+		BytesAcked    uint64
+		BytesReceived uint64
+		Delivered     uint32
+		DataSegsIn    uint32
+	}
+)
 
-	ev := Event{
-		Kind:       EventKind(e.Kind),
+// The record types must keep sharing their parts.
+var (
+	_ rawEndpoint = tcpIterSample{}.Endpoint
+	_ rawOwner    = tcpIterSample{}.Owner
+	_ rawCounters = tcpEvent{}.Counters
+)
+
+const (
+	eventSize  = int(unsafe.Sizeof(tcpEvent{}))
+	sampleSize = int(unsafe.Sizeof(tcpIterSample{}))
+)
+
+// decodeEvent turns a ring buffer or discovery record into an Event.
+func decodeEvent(raw []byte) (Event, error) {
+	if len(raw) < eventSize {
+		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), eventSize)
+	}
+	e := (*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw)))
+	if e.Kind < uint8(EventOpen) || e.Kind > uint8(EventExisting) {
+		return Event{}, fmt.Errorf("decode event: unknown kind %d", e.Kind)
+	}
+	return Event{
+		Kind:     EventKind(e.Kind),
+		Endpoint: endpoint(&e.Endpoint),
+		Inode:    e.Inode,
+		Owner:    owner(&e.Owner, comm(&e.Owner.Comm)),
+		Counters: counters(&e.Counters),
+	}, nil
+}
+
+func endpoint(e *rawEndpoint) Endpoint {
+	return Endpoint{
+		Cookie:     e.Cookie,
 		Role:       Role(e.Role),
-		Sock:       e.Sk,
 		LocalAddr:  addr(e.Family, &e.Saddr),
 		LocalPort:  e.Sport,
 		RemoteAddr: addr(e.Family, &e.Daddr),
 		RemotePort: e.Dport,
 		NetNS:      e.Netns,
-		Owner:      Owner{PID: e.Pid, Comm: comm(&e.Comm)},
-		Counters: Counters{
-			BytesAcked:    e.Counters.BytesAcked,
-			BytesReceived: e.Counters.BytesReceived,
-			SegsDelivered: e.Counters.Delivered,
-			DataSegsIn:    e.Counters.DataSegsIn,
-		},
 	}
-	if ev.Kind < EventOpen || ev.Kind > EventListen {
-		return Event{}, fmt.Errorf("decode event: unknown kind %d", e.Kind)
+}
+
+// userHZ is the unit of /proc/PID/stat times: clock ticks per second.
+const userHZ = 100
+
+func owner(o *rawOwner, comm string) Owner {
+	return Owner{
+		PID:       o.Pid,
+		StartTime: o.StartTime / (uint64(time.Second) / userHZ),
+		CgroupID:  o.CgroupId,
+		Comm:      comm,
 	}
-	return ev, nil
+}
+
+func counters(c *rawCounters) Counters {
+	return Counters{
+		BytesAcked:    c.BytesAcked,
+		BytesReceived: c.BytesReceived,
+		SegsDelivered: c.Delivered,
+		DataSegsIn:    c.DataSegsIn,
+	}
 }
 
 const (
@@ -290,39 +351,55 @@ func comm(c *[16]int8) string {
 	return string(b)
 }
 
-// Samples calls fn for every entry of the kernel socket map. It first
-// refreshes every entry's counters from its tcp_sock, so they are current as
-// of the call. It is safe to call concurrently with ReadEvent.
+// Samples calls fn for every live tracked socket, in every network
+// namespace, with its counters read by the kernel during the call. Closed
+// sockets are not reported: their final counters came with their close
+// event. It is safe to call concurrently with ReadEvent.
 func (p *Probe) Samples(fn func(Sample)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return fmt.Errorf("samples: %w", ErrClosed)
 	}
-	if err := p.runRefresh(); err != nil {
+	r, err := p.sampler.Open()
+	if err != nil {
+		return fmt.Errorf("samples: open iterator: %w", err)
+	}
+	defer r.Close()
+	err = readRecords(r, p.buf, sampleSize, func(raw []byte) {
+		s := (*tcpIterSample)(unsafe.Pointer(unsafe.SliceData(raw)))
+		fn(Sample{
+			Endpoint: endpoint(&s.Endpoint),
+			Owner:    owner(&s.Owner, p.internComm(&s.Owner.Comm)),
+			Counters: counters(&s.Counters),
+		})
+	})
+	if err != nil {
 		return fmt.Errorf("samples: %w", err)
 	}
-	var cursor ebpf.MapBatchCursor
+	return nil
+}
+
+// readRecords reads r to the end and calls fn with each size-byte record,
+// in buf; records may straddle reads. fn must not keep the slice.
+func readRecords(r io.Reader, buf []byte, size int, fn func([]byte)) error {
+	n := 0 // bytes in buf not yet handed to fn
 	for {
-		n, err := p.objs.Socks.BatchLookup(&cursor, p.keys, p.values, nil)
-		for i := range n {
-			v := &p.values[i]
-			fn(Sample{
-				Sock:  p.keys[i],
-				Owner: Owner{PID: v.Pid, Comm: p.internComm(&v.Comm)},
-				Counters: Counters{
-					BytesAcked:    v.Counters.BytesAcked,
-					BytesReceived: v.Counters.BytesReceived,
-					SegsDelivered: v.Counters.Delivered,
-					DataSegsIn:    v.Counters.DataSegsIn,
-				},
-			})
+		m, err := r.Read(buf[n:])
+		n += m
+		off := 0
+		for ; n-off >= size; off += size {
+			fn(buf[off : off+size])
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
+		n = copy(buf, buf[off:n])
+		if errors.Is(err, io.EOF) || (err == nil && m == 0) {
+			if n != 0 {
+				return fmt.Errorf("read iterator: %d bytes left over, records are %d", n, size)
+			}
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("samples: batch lookup: %w", err)
+			return fmt.Errorf("read iterator: %w", err)
 		}
 	}
 }
@@ -351,11 +428,11 @@ func (p *Probe) Drops() (Drops, error) {
 	if err != nil {
 		return Drops{}, err
 	}
-	full, err := p.sumDrops(dropMapFull)
+	full, err := p.sumDrops(dropStorageFull)
 	if err != nil {
 		return Drops{}, err
 	}
-	return Drops{RingFull: ring, MapFull: full}, nil
+	return Drops{RingFull: ring, StorageFull: full}, nil
 }
 
 func (p *Probe) sumDrops(reason uint32) (uint64, error) {
@@ -367,6 +444,35 @@ func (p *Probe) sumDrops(reason uint32) (uint64, error) {
 		sum += n
 	}
 	return sum, nil
+}
+
+// ProgramStats returns the run count and run time of each of the probe's
+// programs, named by their C functions.
+func (p *Probe) ProgramStats() ([]ProgramStats, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, fmt.Errorf("program stats: %w", ErrClosed)
+	}
+	progs := []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{tcpProgInetSockSetState, p.objs.InetSockSetState},
+		{tcpProgSockSendLength, p.objs.SockSendLength},
+		{tcpProgSockRecvLength, p.objs.SockRecvLength},
+		{tcpIterProgSampleSockets, p.iter.SampleSockets},
+		{tcpIterProgDiscoverSockets, p.iter.DiscoverSockets},
+	}
+	out := make([]ProgramStats, 0, len(progs))
+	for _, pr := range progs {
+		st, err := pr.prog.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("program stats %s: %w", pr.name, err)
+		}
+		out = append(out, ProgramStats{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime})
+	}
+	return out, nil
 }
 
 // Close detaches and frees everything; idempotent.
@@ -394,17 +500,25 @@ func (p *Probe) release() error {
 		}
 	}
 	p.links = nil
-	if p.refresh != nil {
-		if err := p.refresh.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach iterator: %w", err))
+	for _, it := range []**link.Iter{&p.sampler, &p.discover} {
+		if *it != nil {
+			if err := (*it).Close(); err != nil {
+				errs = append(errs, fmt.Errorf("detach iterator: %w", err))
+			}
+			*it = nil
 		}
-		p.refresh = nil
 	}
 	if err := p.iter.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("free iterator: %w", err))
 	}
 	if err := p.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("free objects: %w", err))
+	}
+	if p.stats != nil {
+		if err := p.stats.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("disable run-time statistics: %w", err))
+		}
+		p.stats = nil
 	}
 	return errors.Join(errs...)
 }

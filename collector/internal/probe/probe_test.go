@@ -1,12 +1,18 @@
 package probe
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +20,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -110,24 +117,68 @@ func onPorts(kind EventKind, lport, rport uint16) func(Event) bool {
 	}
 }
 
-// selfComm is what `ps -o comm` shows for this process.
-func selfComm(t *testing.T) string {
+// self is this process as the probe should see it.
+type self struct {
+	pid       uint32
+	comm      string
+	startTime uint64 // /proc/self/stat field 22
+	cgroupID  uint64 // inode of the cgroup v2 directory
+	netns     uint32
+}
+
+func readSelf(t *testing.T) self {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/comm")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(b))
-}
+	s := self{pid: uint32(os.Getpid()), comm: strings.TrimSpace(string(b))}
 
-// selfNetNS is the inode of this process's network namespace.
-func selfNetNS(t *testing.T) uint32 {
-	t.Helper()
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the comm, which ends with the last ')': field 3 is the first.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if s.startTime, err = strconv.ParseUint(fields[22-3], 10, 64); err != nil {
+		t.Fatalf("start time in /proc/self/stat: %v", err)
+	}
+
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(cg), "\n") {
+		path, ok := strings.CutPrefix(line, "0::")
+		if !ok {
+			continue
+		}
+		for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+			var fs unix.Statfs_t
+			if unix.Statfs(root, &fs) != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(filepath.Join(root, path), &st); err != nil {
+				t.Fatal(err)
+			}
+			s.cgroupID = st.Ino
+		}
+	}
+	if s.cgroupID == 0 {
+		t.Fatal("no cgroup v2 directory for this process")
+	}
+
 	var st syscall.Stat_t
 	if err := syscall.Stat("/proc/self/ns/net", &st); err != nil {
 		t.Fatal(err)
 	}
-	return uint32(st.Ino)
+	s.netns = uint32(st.Ino)
+	return s
+}
+
+func (s self) owner() Owner {
+	return Owner{PID: s.pid, StartTime: s.startTime, CgroupID: s.cgroupID, Comm: s.comm}
 }
 
 func addrPort(t *testing.T, a net.Addr) netip.AddrPort {
@@ -144,8 +195,21 @@ type connPair struct {
 	client, server net.Conn
 }
 
-func dialPair(t *testing.T, ln net.Listener) connPair {
+func (cp connPair) close() {
+	cp.client.Close()
+	cp.server.Close()
+}
+
+func dialPair(t testing.TB, ln net.Listener) connPair {
 	t.Helper()
+	cp, err := dialWith(&net.Dialer{}, ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+func dialWith(d *net.Dialer, ln net.Listener) (connPair, error) {
 	type accepted struct {
 		c   net.Conn
 		err error
@@ -155,42 +219,42 @@ func dialPair(t *testing.T, ln net.Listener) connPair {
 		c, err := ln.Accept()
 		ch <- accepted{c, err}
 	}()
-	client, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	client, err := d.Dial(ln.Addr().Network(), ln.Addr().String())
 	if err != nil {
-		t.Fatalf("dial: %v", err)
+		ln.Close() // unblocks Accept
+		<-ch
+		return connPair{}, fmt.Errorf("dial: %w", err)
 	}
 	a := <-ch
 	if a.err != nil {
 		client.Close()
-		t.Fatalf("accept: %v", a.err)
+		return connPair{}, fmt.Errorf("accept: %w", a.err)
 	}
-	return connPair{client: client, server: a.c}
+	return connPair{client: client, server: a.c}, nil
 }
 
 // exchange sends up bytes from client to server and then down bytes back.
-func (cp connPair) exchange(t *testing.T, up, down int64) {
+func (cp connPair) exchange(t testing.TB, up, down int64) {
 	t.Helper()
-	errs := make(chan error, 2)
+	if err := send(cp.client, cp.server, up); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	if err := send(cp.server, cp.client, down); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+}
+
+// send writes n bytes to w and reads them from r.
+func send(w, r net.Conn, n int64) error {
+	errs := make(chan error, 1)
 	go func() {
-		_, err := io.CopyN(cp.client, zeros{}, up)
+		_, err := io.CopyN(w, zeros{}, n)
 		errs <- err
 	}()
-	if n, err := io.CopyN(io.Discard, cp.server, up); err != nil {
-		t.Fatalf("server read %d of %d: %v", n, up, err)
+	if got, err := io.CopyN(io.Discard, r, n); err != nil {
+		return fmt.Errorf("read %d of %d: %w", got, n, err)
 	}
-	if err := <-errs; err != nil {
-		t.Fatalf("client write: %v", err)
-	}
-	go func() {
-		_, err := io.CopyN(cp.server, zeros{}, down)
-		errs <- err
-	}()
-	if n, err := io.CopyN(io.Discard, cp.client, down); err != nil {
-		t.Fatalf("client read %d of %d: %v", n, down, err)
-	}
-	if err := <-errs; err != nil {
-		t.Fatalf("server write: %v", err)
-	}
+	return <-errs
 }
 
 type zeros struct{}
@@ -217,19 +281,63 @@ var loopbacks = []struct {
 	{"ipv6", "tcp6", "[::1]:0"},
 }
 
+// samples returns the samples of the given cookies.
+func samples(t *testing.T, p *Probe, cookies ...uint64) map[uint64]Sample {
+	t.Helper()
+	want := map[uint64]bool{}
+	for _, c := range cookies {
+		want[c] = true
+	}
+	seen := map[uint64]Sample{}
+	if err := p.Samples(func(s Sample) {
+		if want[s.Cookie] {
+			if _, dup := seen[s.Cookie]; dup {
+				t.Errorf("cookie %#x sampled twice", s.Cookie)
+			}
+			seen[s.Cookie] = s
+		}
+	}); err != nil {
+		t.Fatalf("Samples: %v", err)
+	}
+	return seen
+}
+
+// waitCounters polls Samples until each cookie has the wanted bytes, or 2 s
+// have passed (only a delayed ACK can hold the counters back); it returns
+// the last samples.
+func waitCounters(t *testing.T, p *Probe, want map[uint64]Counters) map[uint64]Sample {
+	t.Helper()
+	cookies := make([]uint64, 0, len(want))
+	for c := range want {
+		cookies = append(cookies, c)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		seen := samples(t, p, cookies...)
+		exact := len(seen) == len(want)
+		for c, w := range want {
+			got := seen[c].Counters
+			exact = exact && got.BytesAcked == w.BytesAcked && got.BytesReceived == w.BytesReceived
+		}
+		if exact || time.Now().After(deadline) {
+			return seen
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestPrivilegedLoopbackCounts(t *testing.T) {
 	requirePrivileged(t)
 	const up, down = 1_000_003, 250_001
 	r := openRecorded(t, DefaultConfig())
-	comm, netns := selfComm(t), selfNetNS(t)
+	me := readSelf(t)
 
 	for _, tc := range loopbacks {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := listen(t, tc.network, tc.address)
 			cp := dialPair(t, ln)
 			client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-			remote := addrPort(t, cp.server.RemoteAddr())
-			if remote != client {
+			if remote := addrPort(t, cp.server.RemoteAddr()); remote != client {
 				t.Fatalf("server sees %v, client is %v", remote, client)
 			}
 
@@ -254,104 +362,81 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 				if got := netip.AddrPortFrom(ev.RemoteAddr, ev.RemotePort); got != c.rem {
 					t.Errorf("%s open: remote %v, want %v", c.name, got, c.rem)
 				}
-				if ev.NetNS == 0 || ev.NetNS != netns {
-					t.Errorf("%s open: netns %d, want %d", c.name, ev.NetNS, netns)
+				if ev.NetNS != me.netns {
+					t.Errorf("%s open: netns %d, want %d", c.name, ev.NetNS, me.netns)
 				}
-				if ev.Sock == 0 {
-					t.Errorf("%s open: sock 0", c.name)
+				if ev.Cookie == 0 {
+					t.Errorf("%s open: cookie 0", c.name)
+				}
+				if ev.Counters != (Counters{}) {
+					t.Errorf("%s open: counters %+v, want zero (the handshake is the baseline)", c.name, ev.Counters)
 				}
 			}
-			if clientOpen.Owner.PID != uint32(os.Getpid()) || clientOpen.Owner.Comm != comm {
-				t.Errorf("client open: owner %+v, want pid %d comm %q", clientOpen.Owner, os.Getpid(), comm)
+			if clientOpen.Cookie == serverOpen.Cookie {
+				t.Errorf("client and server share cookie %#x", clientOpen.Cookie)
 			}
-			if serverOpen.Owner.PID != 0 {
+			// The client's owner is taken in connect().
+			if clientOpen.Owner != me.owner() {
+				t.Errorf("client open: owner %+v, want %+v", clientOpen.Owner, me.owner())
+			}
+			if serverOpen.Owner != (Owner{}) {
 				t.Errorf("server open: owner %+v, want unknown (accepted in softirq)", serverOpen.Owner)
 			}
 
 			cp.exchange(t, up, down)
 
-			// Both sockets are in the map, owned by this process. Samples
-			// refreshes the counters first, so they reach the exact totals
-			// even for the server, whose last send returned before it was
-			// acked and which does not send or receive again. Only a delayed
-			// ACK can hold them back, hence the wait.
+			// Both sockets are sampled, owned by this process (the server
+			// since its first receive). The counters are read at poll
+			// time, so they reach the exact totals even for the server,
+			// whose last send returned before it was acked.
 			want := map[uint64]Counters{
-				clientOpen.Sock: {BytesAcked: up, BytesReceived: down},
-				serverOpen.Sock: {BytesAcked: down, BytesReceived: up},
+				clientOpen.Cookie: {BytesAcked: up, BytesReceived: down},
+				serverOpen.Cookie: {BytesAcked: down, BytesReceived: up},
 			}
-			var seen map[uint64]Sample
-			deadline := time.Now().Add(2 * time.Second)
-			for {
-				seen = map[uint64]Sample{}
-				if err := r.p.Samples(func(s Sample) {
-					if _, ok := want[s.Sock]; ok {
-						seen[s.Sock] = s
-					}
-				}); err != nil {
-					t.Fatalf("Samples: %v", err)
-				}
-				exact := len(seen) == len(want)
-				for sock, w := range want {
-					c := seen[sock].Counters
-					exact = exact && c.BytesAcked == w.BytesAcked && c.BytesReceived == w.BytesReceived
-				}
-				if exact || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			for sock, w := range want {
-				s, ok := seen[sock]
+			seen := waitCounters(t, r.p, want)
+			for cookie, w := range want {
+				s, ok := seen[cookie]
 				if !ok {
-					t.Fatalf("sock %#x not in Samples", sock)
+					t.Fatalf("cookie %#x not in Samples", cookie)
 				}
-				if s.Owner.PID != uint32(os.Getpid()) || s.Owner.Comm != comm {
-					t.Errorf("sample %#x: owner %+v, want pid %d comm %q", sock, s.Owner, os.Getpid(), comm)
+				if s.Owner != me.owner() {
+					t.Errorf("sample %#x: owner %+v, want %+v", cookie, s.Owner, me.owner())
 				}
 				if c := s.Counters; c.BytesAcked != w.BytesAcked || c.BytesReceived != w.BytesReceived {
-					t.Errorf("sample %#x: acked %d received %d, want %d and %d", sock, c.BytesAcked, c.BytesReceived, w.BytesAcked, w.BytesReceived)
+					t.Errorf("sample %#x: acked %d received %d, want %d and %d", cookie, c.BytesAcked, c.BytesReceived, w.BytesAcked, w.BytesReceived)
 				}
 			}
 
-			cp.client.Close()
-			cp.server.Close()
+			cp.close()
 			clientClose := r.wait(t, "client close", onPorts(EventClose, client.Port(), server.Port()))
 			serverClose := r.wait(t, "server close", onPorts(EventClose, server.Port(), client.Port()))
-
 			for _, c := range []struct {
-				name          string
-				ev            Event
-				sock          uint64
-				role          Role
-				acked, recvd  uint64
-				wantOwnerPID  uint32
-				wantOwnerComm string
+				name         string
+				ev           Event
+				open         Event
+				acked, recvd uint64
 			}{
-				{"client", clientClose, clientOpen.Sock, RoleClient, up, down, uint32(os.Getpid()), comm},
-				{"server", serverClose, serverOpen.Sock, RoleServer, down, up, uint32(os.Getpid()), comm},
+				{"client", clientClose, clientOpen, up, down},
+				{"server", serverClose, serverOpen, down, up},
 			} {
 				ev := c.ev
-				if ev.Sock != c.sock {
-					t.Errorf("%s close: sock %#x, open had %#x", c.name, ev.Sock, c.sock)
+				if ev.Endpoint != c.open.Endpoint {
+					t.Errorf("%s close: endpoint %+v, open had %+v", c.name, ev.Endpoint, c.open.Endpoint)
 				}
-				if ev.Role != c.role {
-					t.Errorf("%s close: role %v, want %v", c.name, ev.Role, c.role)
-				}
-				if ev.Counters.BytesAcked != c.acked {
-					t.Errorf("%s close: BytesAcked %d, want %d", c.name, ev.Counters.BytesAcked, c.acked)
-				}
-				if ev.Counters.BytesReceived != c.recvd {
-					t.Errorf("%s close: BytesReceived %d, want %d", c.name, ev.Counters.BytesReceived, c.recvd)
+				if ev.Counters.BytesAcked != c.acked || ev.Counters.BytesReceived != c.recvd {
+					t.Errorf("%s close: acked %d received %d, want %d and %d", c.name,
+						ev.Counters.BytesAcked, ev.Counters.BytesReceived, c.acked, c.recvd)
 				}
 				if ev.Counters.SegsDelivered == 0 || ev.Counters.DataSegsIn == 0 {
 					t.Errorf("%s close: segments %+v, want both > 0", c.name, ev.Counters)
 				}
-				if ev.Owner.PID != c.wantOwnerPID || ev.Owner.Comm != c.wantOwnerComm {
-					t.Errorf("%s close: owner %+v, want pid %d comm %q", c.name, ev.Owner, c.wantOwnerPID, c.wantOwnerComm)
+				if ev.Owner != me.owner() {
+					t.Errorf("%s close: owner %+v, want %+v", c.name, ev.Owner, me.owner())
 				}
-				if ev.NetNS != netns {
-					t.Errorf("%s close: netns %d, want %d", c.name, ev.NetNS, netns)
-				}
+			}
+			// Closed sockets are not sampled any more.
+			if seen := samples(t, r.p, clientOpen.Cookie, serverOpen.Cookie); len(seen) != 0 {
+				t.Errorf("closed sockets still sampled: %+v", seen)
 			}
 			t.Logf("client close %+v", clientClose.Counters)
 			t.Logf("server close %+v", serverClose.Counters)
@@ -379,8 +464,7 @@ func TestPrivilegedSync(t *testing.T) {
 		r.mu.Lock()
 		var opens int
 		for _, ev := range r.events {
-			if ev.Kind == EventOpen && (onPorts(EventOpen, client.Port(), server.Port())(ev) ||
-				onPorts(EventOpen, server.Port(), client.Port())(ev)) {
+			if onPorts(EventOpen, client.Port(), server.Port())(ev) || onPorts(EventOpen, server.Port(), client.Port())(ev) {
 				opens++
 			}
 		}
@@ -388,8 +472,7 @@ func TestPrivilegedSync(t *testing.T) {
 		if opens != 2 {
 			t.Errorf("round %d: %d open events of the connection when Sync returned, want 2", i, opens)
 		}
-		cp.client.Close()
-		cp.server.Close()
+		cp.close()
 	}
 	if err := r.p.Close(); err != nil {
 		t.Fatal(err)
@@ -404,7 +487,7 @@ func TestPrivilegedSync(t *testing.T) {
 func TestPrivilegedListenEvent(t *testing.T) {
 	requirePrivileged(t)
 	r := openRecorded(t, DefaultConfig())
-	comm, netns := selfComm(t), selfNetNS(t)
+	me := readSelf(t)
 
 	for _, tc := range loopbacks {
 		t.Run(tc.name, func(t *testing.T) {
@@ -413,97 +496,85 @@ func TestPrivilegedListenEvent(t *testing.T) {
 			ev := r.wait(t, "listen", func(ev Event) bool {
 				return ev.Kind == EventListen && ev.LocalPort == local.Port() && ev.LocalAddr == local.Addr()
 			})
-			if ev.Owner.PID != uint32(os.Getpid()) || ev.Owner.Comm != comm {
-				t.Errorf("owner %+v, want pid %d comm %q", ev.Owner, os.Getpid(), comm)
+			if ev.Owner != me.owner() {
+				t.Errorf("owner %+v, want %+v", ev.Owner, me.owner())
 			}
-			if ev.NetNS != netns {
-				t.Errorf("netns %d, want %d", ev.NetNS, netns)
+			if ev.NetNS != me.netns {
+				t.Errorf("netns %d, want %d", ev.NetNS, me.netns)
 			}
 			if ev.RemotePort != 0 || !ev.RemoteAddr.IsUnspecified() {
 				t.Errorf("remote %v:%d, want unspecified", ev.RemoteAddr, ev.RemotePort)
 			}
-			// A listener is not a connection: it never enters the socket map.
-			if err := r.p.Samples(func(s Sample) {
-				if s.Sock == ev.Sock {
-					t.Errorf("listening socket %#x is in the socket map", ev.Sock)
-				}
-			}); err != nil {
-				t.Fatalf("Samples: %v", err)
+			if ev.Cookie == 0 {
+				t.Error("cookie 0")
+			}
+			// A listener is not a connection: it is never sampled.
+			if seen := samples(t, r.p, ev.Cookie); len(seen) != 0 {
+				t.Errorf("listening socket sampled: %+v", seen)
 			}
 		})
 	}
 }
 
-func TestPrivilegedExistingSocket(t *testing.T) {
+// TestPrivilegedCookies: two connections, one after the other, on the same
+// 4-tuple are two sockets with two cookies.
+func TestPrivilegedCookies(t *testing.T) {
 	requirePrivileged(t)
-	comm := selfComm(t)
+	r := openRecorded(t, DefaultConfig())
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	server := addrPort(t, ln.Addr())
 
-	for _, tc := range loopbacks {
-		t.Run(tc.name, func(t *testing.T) {
-			ln := listen(t, tc.network, tc.address)
-			cp := dialPair(t, ln)
-			defer cp.client.Close()
-			defer cp.server.Close()
-			const before = 1000
-			cp.exchange(t, before, before)
-
-			r := openRecorded(t, DefaultConfig())
-			const up, down = 70_001, 30_007
-			cp.exchange(t, up, down)
-
-			client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-			ends := []struct {
-				name          string
-				local, remote netip.AddrPort
-				acked, recvd  uint64
-			}{
-				// The probe did not see the handshake, so it cannot take the
-				// SYN out of the client's bytes_acked: the kernel counts it.
-				{"client", client, server, before + up + 1, before + down},
-				{"server", server, client, before + down, before + up},
-			}
-			for _, c := range ends {
-				ev := r.wait(t, c.name+" open", onPorts(EventOpen, c.local.Port(), c.remote.Port()))
-				if ev.Role != RoleUnknown {
-					t.Errorf("%s: role %v, want unknown", c.name, ev.Role)
-				}
-				if ev.LocalAddr != c.local.Addr() || ev.RemoteAddr != c.remote.Addr() {
-					t.Errorf("%s: %v -> %v, want %v -> %v", c.name, ev.LocalAddr, ev.RemoteAddr, c.local.Addr(), c.remote.Addr())
-				}
-				if ev.Owner.PID != uint32(os.Getpid()) || ev.Owner.Comm != comm {
-					t.Errorf("%s: owner %+v, want pid %d comm %q", c.name, ev.Owner, os.Getpid(), comm)
-				}
-				var sample *Sample
-				if err := r.p.Samples(func(s Sample) {
-					if s.Sock == ev.Sock {
-						sample = &s
-					}
-				}); err != nil {
-					t.Fatalf("Samples: %v", err)
-				}
-				if sample == nil {
-					t.Fatalf("%s: sock %#x not in Samples", c.name, ev.Sock)
-				}
-				// The kernel's counters cover the whole life of the socket.
-				if sample.Counters.BytesReceived != c.recvd {
-					t.Errorf("%s: BytesReceived %d, want %d", c.name, sample.Counters.BytesReceived, c.recvd)
-				}
-			}
-
-			cp.client.Close()
-			cp.server.Close()
-			for _, c := range ends {
-				ev := r.wait(t, c.name+" close", onPorts(EventClose, c.local.Port(), c.remote.Port()))
-				if ev.Role != RoleUnknown {
-					t.Errorf("%s close: role %v, want unknown", c.name, ev.Role)
-				}
-				if ev.Counters.BytesAcked != c.acked || ev.Counters.BytesReceived != c.recvd {
-					t.Errorf("%s close: acked %d received %d, want %d and %d", c.name,
-						ev.Counters.BytesAcked, ev.Counters.BytesReceived, c.acked, c.recvd)
-				}
-			}
-		})
+	// A free local port for the client, reused by both connections.
+	probe, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	local := probe.Addr().(*net.TCPAddr)
+	probe.Close()
+	d := &net.Dialer{
+		LocalAddr: local,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		},
+	}
+
+	var cookies []uint64
+	for i := range 2 {
+		cp, err := dialWith(d, ln)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		cp.exchange(t, 100, 100)
+		if got := addrPort(t, cp.client.LocalAddr()).Port(); got != uint16(local.Port) {
+			t.Fatalf("connection %d from port %d, want %d", i, got, local.Port)
+		}
+		// A reset leaves no TIME_WAIT on either side, so the 4-tuple is free again.
+		if err := cp.client.(*net.TCPConn).SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+		cp.close()
+		ev := r.wait(t, "client close", func(ev Event) bool {
+			return onPorts(EventClose, uint16(local.Port), server.Port())(ev) && !contains(cookies, ev.Cookie)
+		})
+		r.wait(t, "client open", func(e Event) bool { return e.Kind == EventOpen && e.Cookie == ev.Cookie })
+		cookies = append(cookies, ev.Cookie)
+	}
+	if cookies[0] == cookies[1] || cookies[0] == 0 {
+		t.Errorf("cookies %#x, want two different ones", cookies)
+	}
+}
+
+func contains(s []uint64, x uint64) bool {
+	for _, y := range s {
+		if x == y {
+			return true
+		}
+	}
+	return false
 }
 
 func TestPrivilegedRefused(t *testing.T) {
@@ -526,8 +597,7 @@ func TestPrivilegedRefused(t *testing.T) {
 	ln2 := listen(t, "tcp4", "127.0.0.1:0")
 	cp := dialPair(t, ln2)
 	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-	cp.client.Close()
-	cp.server.Close()
+	cp.close()
 	r.wait(t, "client close", onPorts(EventClose, client.Port(), server.Port()))
 
 	r.mu.Lock()
@@ -539,54 +609,9 @@ func TestPrivilegedRefused(t *testing.T) {
 	}
 }
 
-func TestPrivilegedMapFull(t *testing.T) {
-	requirePrivileged(t)
-	const entries = 4
-	r := openRecorded(t, Config{SocketMapEntries: entries, RingBytes: 1 << 20})
-
-	ln := listen(t, "tcp4", "127.0.0.1:0")
-	var pairs []connPair
-	defer func() {
-		for _, cp := range pairs {
-			cp.client.Close()
-			cp.server.Close()
-		}
-	}()
-	for range 10 {
-		cp := dialPair(t, ln)
-		pairs = append(pairs, cp)
-		cp.exchange(t, 1000, 1000)
-	}
-
-	d, err := r.p.Drops()
-	if err != nil {
-		t.Fatalf("Drops: %v", err)
-	}
-	if d.MapFull == 0 {
-		t.Errorf("Drops %+v: want MapFull > 0 after 20 sockets in a map of %d", d, entries)
-	}
-	n := 0
-	if err := r.p.Samples(func(Sample) { n++ }); err != nil {
-		t.Fatalf("Samples: %v", err)
-	}
-	if n > entries {
-		t.Errorf("%d samples from a map of %d entries", n, entries)
-	}
-	// Still working: closing a tracked socket frees its entry and is reported.
-	cp := pairs[0]
-	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-	cp.client.Close()
-	cp.server.Close()
-	ev := r.wait(t, "close", func(ev Event) bool {
-		return ev.Kind == EventClose && (ev.LocalPort == client.Port() || ev.LocalPort == server.Port())
-	})
-	t.Logf("drops %+v, samples %d, close %+v", d, n, ev.Counters)
-}
-
 func TestPrivilegedRingFull(t *testing.T) {
 	requirePrivileged(t)
-	cfg := Config{SocketMapEntries: 1024, RingBytes: uint32(os.Getpagesize())}
-	p, err := Open(cfg)
+	p, err := Open(Config{RingBytes: uint32(os.Getpagesize())})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -595,9 +620,7 @@ func TestPrivilegedRingFull(t *testing.T) {
 	// Nobody reads the ring: one page holds a few dozen events.
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	for range 100 {
-		cp := dialPair(t, ln)
-		cp.client.Close()
-		cp.server.Close()
+		dialPair(t, ln).close()
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -607,6 +630,9 @@ func TestPrivilegedRingFull(t *testing.T) {
 		}
 		if d.RingFull > 0 {
 			t.Logf("drops %+v", d)
+			if d.StorageFull != 0 {
+				t.Errorf("StorageFull %d, want 0", d.StorageFull)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
@@ -655,8 +681,47 @@ func TestPrivilegedClose(t *testing.T) {
 	if err := p.Samples(func(Sample) {}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Samples after Close: %v, want ErrClosed", err)
 	}
+	if err := p.Discover(func(Event) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Discover after Close: %v, want ErrClosed", err)
+	}
 	if _, err := p.Drops(); !errors.Is(err, ErrClosed) {
 		t.Errorf("Drops after Close: %v, want ErrClosed", err)
+	}
+	if _, err := p.ProgramStats(); !errors.Is(err, ErrClosed) {
+		t.Errorf("ProgramStats after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestPrivilegedProgramStats(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, Config{RingBytes: 1 << 20, Stats: true})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	for range 20 {
+		cp := dialPair(t, ln)
+		cp.exchange(t, 10_000, 10_000)
+		cp.close()
+	}
+	if err := r.p.Samples(func(Sample) {}); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := r.p.ProgramStats()
+	if err != nil {
+		t.Fatalf("ProgramStats: %v", err)
+	}
+	names := map[string]ProgramStats{}
+	for _, s := range stats {
+		names[s.Name] = s
+		if s.Runs > 0 {
+			t.Logf("%-20s %8d runs %6d ns/run", s.Name, s.Runs, s.RunTime.Nanoseconds()/int64(s.Runs))
+		}
+	}
+	for _, name := range []string{"inet_sock_set_state", "sock_send_length", "sock_recv_length", "sample_sockets"} {
+		if s, ok := names[name]; !ok || s.Runs == 0 || s.RunTime == 0 {
+			t.Errorf("%s: %+v, want runs and run time", name, s)
+		}
+	}
+	if _, ok := names["discover_sockets"]; !ok {
+		t.Error("discover_sockets missing")
 	}
 }
 
@@ -675,11 +740,10 @@ func TestConfigValidate(t *testing.T) {
 		flag string // in the error, "" for valid
 	}{
 		{"default", DefaultConfig(), ""},
-		{"one page ring", Config{SocketMapEntries: 1, RingBytes: page}, ""},
-		{"no sockets", Config{SocketMapEntries: 0, RingBytes: 1 << 20}, "--socket-map-entries"},
-		{"ring zero", Config{SocketMapEntries: 10, RingBytes: 0}, "--ring-bytes"},
-		{"ring not power of two", Config{SocketMapEntries: 10, RingBytes: 3 * page}, "--ring-bytes"},
-		{"ring below a page", Config{SocketMapEntries: 10, RingBytes: page / 2}, "--ring-bytes"},
+		{"one page ring", Config{RingBytes: page}, ""},
+		{"ring zero", Config{RingBytes: 0}, "--ring-bytes"},
+		{"ring not power of two", Config{RingBytes: 3 * page}, "--ring-bytes"},
+		{"ring below a page", Config{RingBytes: page / 2}, "--ring-bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -696,7 +760,8 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// BenchmarkSamples walks a socket map holding 10,000 entries.
+// BenchmarkSamples polls 1,000 established loopback connections (2,000
+// sockets) that have carried traffic.
 func BenchmarkSamples(b *testing.B) {
 	requirePrivileged(b)
 	p, err := Open(DefaultConfig())
@@ -704,26 +769,32 @@ func BenchmarkSamples(b *testing.B) {
 		b.Fatalf("Open: %v", err)
 	}
 	defer p.Close()
-	const entries = 10_000
-	keys := make([]uint64, entries)
-	values := make([]tcpSockInfo, entries)
-	for i := range keys {
-		keys[i] = uint64(i + 1) // never a kernel address
-		values[i].Pid = uint32(i)
-		values[i].Comm = comm16("bench")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
 	}
-	if _, err := p.objs.Socks.BatchUpdate(keys, values, nil); err != nil {
-		b.Fatalf("populate: %v", err)
+	defer ln.Close()
+	const conns = 1000
+	for range conns {
+		cp := dialPair(b, ln)
+		defer cp.close()
+		cp.exchange(b, 1000, 1000)
 	}
 	b.ReportAllocs()
+	n := 0
 	for b.Loop() {
-		n := 0
+		n = 0
 		if err := p.Samples(func(Sample) { n++ }); err != nil {
 			b.Fatal(err)
 		}
-		if n < entries {
-			b.Fatalf("%d samples, want at least %d", n, entries)
+		if n < 2*conns {
+			b.Fatalf("%d samples, want at least %d", n, 2*conns)
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/entries, "ns/entry")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/socket")
 }
+
+// unused keeps imports that only some build configurations use.
+var _ = bufio.NewReader
+var _ = exec.Command
+var _ = runtime.LockOSThread

@@ -15,42 +15,54 @@ import (
 
 type tcpEvent struct {
 	_        structs.HostLayout
-	Sk       uint64
+	Endpoint struct {
+		_      structs.HostLayout
+		Cookie uint64
+		Saddr  [16]uint8
+		Daddr  [16]uint8
+		Netns  uint32
+		Sport  uint16
+		Dport  uint16
+		Family uint16
+		Role   uint8
+		Pad    [5]uint8
+	}
+	Owner struct {
+		_         structs.HostLayout
+		StartTime uint64
+		CgroupId  uint64
+		Pid       uint32
+		Pad       uint32
+		Comm      [16]int8
+	}
 	Counters struct {
 		_             structs.HostLayout
 		BytesAcked    uint64
 		BytesReceived uint64
-		Delivered     uint64
-		DataSegsIn    uint64
+		Delivered     uint32
+		DataSegsIn    uint32
 	}
-	Saddr  [16]uint8
-	Daddr  [16]uint8
-	Netns  uint32
-	Pid    uint32
-	Sport  uint16
-	Dport  uint16
-	Family uint16
-	Kind   uint8
-	Role   uint8
-	Comm   [16]int8
+	Inode uint64
+	Kind  uint8
+	Pad   [7]uint8
 }
 
-type tcpSockInfo struct {
-	_        structs.HostLayout
-	Counters struct {
-		_             structs.HostLayout
-		BytesAcked    uint64
-		BytesReceived uint64
-		Delivered     uint64
-		DataSegsIn    uint64
+type tcpSkState struct {
+	_     structs.HostLayout
+	Owner struct {
+		_         structs.HostLayout
+		StartTime uint64
+		CgroupId  uint64
+		Pid       uint32
+		Pad       uint32
+		Comm      [16]int8
 	}
-	Pid          uint32
+	OwnerSeq     uint32
 	SynAcked     uint32
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
 	Pad          uint16
-	Comm         [16]int8
 }
 
 // Names of all BPF objects in the ELF.
@@ -59,7 +71,7 @@ type tcpSockInfo struct {
 const (
 	tcpMapDrops             = "drops"
 	tcpMapEvents            = "events"
-	tcpMapSocks             = "socks"
+	tcpMapSkStates          = "sk_states"
 	tcpProgInetSockSetState = "inet_sock_set_state"
 	tcpProgSockRecvLength   = "sock_recv_length"
 	tcpProgSockSendLength   = "sock_send_length"
@@ -117,9 +129,9 @@ type tcpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpMapSpecs struct {
-	Drops  *ebpf.MapSpec `ebpf:"drops"`
-	Events *ebpf.MapSpec `ebpf:"events"`
-	Socks  *ebpf.MapSpec `ebpf:"socks"`
+	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	Events   *ebpf.MapSpec `ebpf:"events"`
+	SkStates *ebpf.MapSpec `ebpf:"sk_states"`
 }
 
 // tcpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -149,16 +161,16 @@ func (o *tcpObjects) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpMaps struct {
-	Drops  *ebpf.Map `ebpf:"drops"`
-	Events *ebpf.Map `ebpf:"events"`
-	Socks  *ebpf.Map `ebpf:"socks"`
+	Drops    *ebpf.Map `ebpf:"drops"`
+	Events   *ebpf.Map `ebpf:"events"`
+	SkStates *ebpf.Map `ebpf:"sk_states"`
 }
 
 func (m *tcpMaps) Close() error {
 	return _TcpClose(
 		m.Drops,
 		m.Events,
-		m.Socks,
+		m.SkStates,
 	)
 }
 

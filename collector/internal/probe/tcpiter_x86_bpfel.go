@@ -13,30 +13,64 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type tcpIterSockInfo struct {
+type tcpIterSample struct {
 	_        structs.HostLayout
+	Endpoint struct {
+		_      structs.HostLayout
+		Cookie uint64
+		Saddr  [16]uint8
+		Daddr  [16]uint8
+		Netns  uint32
+		Sport  uint16
+		Dport  uint16
+		Family uint16
+		Role   uint8
+		Pad    [5]uint8
+	}
+	Owner struct {
+		_         structs.HostLayout
+		StartTime uint64
+		CgroupId  uint64
+		Pid       uint32
+		Pad       uint32
+		Comm      [16]int8
+	}
 	Counters struct {
 		_             structs.HostLayout
 		BytesAcked    uint64
 		BytesReceived uint64
-		Delivered     uint64
-		DataSegsIn    uint64
+		Delivered     uint32
+		DataSegsIn    uint32
 	}
-	Pid          uint32
+}
+
+type tcpIterSkState struct {
+	_     structs.HostLayout
+	Owner struct {
+		_         structs.HostLayout
+		StartTime uint64
+		CgroupId  uint64
+		Pid       uint32
+		Pad       uint32
+		Comm      [16]int8
+	}
+	OwnerSeq     uint32
 	SynAcked     uint32
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
 	Pad          uint16
-	Comm         [16]int8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcpIterMapSocks            = "socks"
-	tcpIterProgRefreshCounters = "refresh_counters"
+	tcpIterMapDrops            = "drops"
+	tcpIterMapSkStates         = "sk_states"
+	tcpIterProgDiscoverSockets = "discover_sockets"
+	tcpIterProgSampleSockets   = "sample_sockets"
+	tcpIterVarUnusedSample     = "unused_sample"
 )
 
 // loadTcpIter returns the embedded CollectionSpec for tcpIter.
@@ -81,20 +115,23 @@ type tcpIterSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterProgramSpecs struct {
-	RefreshCounters *ebpf.ProgramSpec `ebpf:"refresh_counters"`
+	DiscoverSockets *ebpf.ProgramSpec `ebpf:"discover_sockets"`
+	SampleSockets   *ebpf.ProgramSpec `ebpf:"sample_sockets"`
 }
 
 // tcpIterMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterMapSpecs struct {
-	Socks *ebpf.MapSpec `ebpf:"socks"`
+	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	SkStates *ebpf.MapSpec `ebpf:"sk_states"`
 }
 
 // tcpIterVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterVariableSpecs struct {
+	UnusedSample *ebpf.VariableSpec `ebpf:"unused_sample"`
 }
 
 // tcpIterObjects contains all objects after they have been loaded into the kernel.
@@ -117,12 +154,14 @@ func (o *tcpIterObjects) Close() error {
 //
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterMaps struct {
-	Socks *ebpf.Map `ebpf:"socks"`
+	Drops    *ebpf.Map `ebpf:"drops"`
+	SkStates *ebpf.Map `ebpf:"sk_states"`
 }
 
 func (m *tcpIterMaps) Close() error {
 	return _TcpIterClose(
-		m.Socks,
+		m.Drops,
+		m.SkStates,
 	)
 }
 
@@ -130,18 +169,21 @@ func (m *tcpIterMaps) Close() error {
 //
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterVariables struct {
+	UnusedSample *ebpf.Variable `ebpf:"unused_sample"`
 }
 
 // tcpIterPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterPrograms struct {
-	RefreshCounters *ebpf.Program `ebpf:"refresh_counters"`
+	DiscoverSockets *ebpf.Program `ebpf:"discover_sockets"`
+	SampleSockets   *ebpf.Program `ebpf:"sample_sockets"`
 }
 
 func (p *tcpIterPrograms) Close() error {
 	return _TcpIterClose(
-		p.RefreshCounters,
+		p.DiscoverSockets,
+		p.SampleSockets,
 	)
 }
 

@@ -1,0 +1,131 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Discover finds the TCP sockets that already exist, in every network
+// namespace, and calls fn for each: EventListen for a listener, and
+// EventExisting for a connected socket not yet tracked, which becomes
+// tracked (sampled from now on, with a close event). An EventExisting
+// carries the socket's counters at discovery, which are the baseline, and
+// the inode of its file. Call it once after Open; a second call reports the
+// listeners again but no socket already tracked.
+//
+// The namespaces are those of every thread in /proc and the ones mounted in
+// /run/netns. A namespace that goes away meanwhile is skipped.
+func (p *Probe) Discover(fn func(Event)) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("discover: %w", ErrClosed)
+	}
+	var events []Event
+	var errs []error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		events, errs = p.discoverAll(netnsPaths())
+	}()
+	<-done
+	for _, ev := range events {
+		fn(ev)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("discover: %w", err)
+	}
+	return nil
+}
+
+// discoverAll runs the discovery iterator in each namespace, entering it on
+// a locked thread. It runs on a goroutine of its own: if the thread cannot
+// get back to its own namespace, it stays locked and dies with the goroutine.
+func (p *Probe) discoverAll(paths []string) ([]Event, []error) {
+	runtime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, []error{fmt.Errorf("own network namespace: %w", err)}
+	}
+	defer self.Close()
+
+	var events []Event
+	var errs []error
+	for _, path := range paths {
+		evs, err := p.discoverIn(path)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		events = append(events, evs...)
+	}
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		return events, append(errs, fmt.Errorf("return to own network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return events, errs
+}
+
+// discoverIn runs the discovery iterator in the network namespace at path.
+func (p *Probe) discoverIn(path string) ([]Event, error) {
+	ns, err := os.Open(path)
+	if err != nil {
+		if gone(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer ns.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("enter %s: %w", path, err)
+	}
+	// The iterator walks the namespace of the thread that opens it.
+	r, err := p.discover.Open()
+	if err != nil {
+		return nil, fmt.Errorf("iter/tcp in %s: %w", path, err)
+	}
+	defer r.Close()
+	var events []Event
+	var decodeErr error
+	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
+		ev, err := decodeEvent(raw)
+		if err != nil {
+			decodeErr = err
+			return
+		}
+		events = append(events, ev)
+	})
+	if err := errors.Join(err, decodeErr); err != nil {
+		return events, fmt.Errorf("iter/tcp in %s: %w", path, err)
+	}
+	return events, nil
+}
+
+// gone: the process or mount that held a namespace went away.
+func gone(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)
+}
+
+// netnsPaths returns one path per distinct network namespace: of every
+// thread in /proc, and mounted in /run/netns.
+func netnsPaths() []string {
+	var paths []string
+	seen := map[uint64]bool{}
+	for _, pattern := range []string{"/proc/[0-9]*/ns/net", "/proc/[0-9]*/task/[0-9]*/ns/net", "/run/netns/*"} {
+		matches, _ := filepath.Glob(pattern) // the patterns are valid
+		for _, path := range matches {
+			var st unix.Stat_t
+			if err := unix.Stat(path, &st); err != nil || seen[st.Ino] {
+				continue
+			}
+			seen[st.Ino] = true
+			paths = append(paths, path)
+		}
+	}
+	return paths
+}
