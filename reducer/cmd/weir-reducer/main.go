@@ -64,7 +64,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := reg.Register(promexport.New(engine)); err != nil {
+	if err := reg.Register(promexport.New(engine, engine.Metrics(), engine.Level())); err != nil {
 		return fmt.Errorf("register flow metrics: %w", err)
 	}
 	icfg := ingest.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -19,6 +20,12 @@ var (
 	t0    = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
+// addTraffic counts bytes and segments on e.
+func addTraffic(e *Edge, now time.Time, bytes, segments uint64) {
+	e.Add(now, TCPBytes, bytes)
+	e.Add(now, TCPPackets, segments)
+}
+
 func TestExpire(t *testing.T) {
 	const ttl = 5 * time.Minute
 	tests := []struct {
@@ -29,18 +36,18 @@ func TestExpire(t *testing.T) {
 	}{
 		{name: "new edge within the TTL", touch: func(*Edge) {}, after: ttl - time.Second},
 		{name: "new edge quiet for the TTL", touch: func(*Edge) {}, after: ttl, expired: true},
-		{name: "traffic restarts the TTL", touch: func(e *Edge) { e.AddTraffic(t0.Add(time.Minute), 1, 1) }, after: ttl + 30*time.Second},
-		{name: "traffic long ago", touch: func(e *Edge) { e.AddTraffic(t0.Add(time.Minute), 1, 1) }, after: ttl + time.Minute, expired: true},
-		{name: "an active connection keeps the edge", touch: func(e *Edge) { e.Connect(t0) }, after: 24 * time.Hour},
+		{name: "traffic restarts the TTL", touch: func(e *Edge) { addTraffic(e, t0.Add(time.Minute), 1, 1) }, after: ttl + 30*time.Second},
+		{name: "traffic long ago", touch: func(e *Edge) { addTraffic(e, t0.Add(time.Minute), 1, 1) }, after: ttl + time.Minute, expired: true},
+		{name: "an active connection keeps the edge", touch: func(e *Edge) { e.Add(t0, TCPActiveConnections, 1) }, after: 24 * time.Hour},
 		{name: "closed connection expires a TTL after the close", touch: func(e *Edge) {
-			e.Connect(t0)
-			e.Disconnect(t0.Add(time.Hour))
+			e.Add(t0, TCPActiveConnections, 1)
+			e.Sub(t0.Add(time.Hour), TCPActiveConnections, 1)
 		}, after: time.Hour + ttl, expired: true},
-		{name: "opened restarts the TTL", touch: func(e *Edge) { e.Open(t0.Add(time.Minute)) }, after: ttl},
+		{name: "opened restarts the TTL", touch: func(e *Edge) { e.Add(t0.Add(time.Minute), TCPConnectionsOpened, 1) }, after: ttl},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := NewStore(ttl, 0, prometheus.NewPedanticRegistry())
+			s, err := NewStore(Config{TTL: ttl}, prometheus.NewPedanticRegistry())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +71,7 @@ func TestExpire(t *testing.T) {
 }
 
 func TestEdgeCounters(t *testing.T) {
-	s, err := NewStore(time.Minute, 0, prometheus.NewPedanticRegistry())
+	s, err := NewStore(Config{TTL: time.Minute}, prometheus.NewPedanticRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,41 +80,41 @@ func TestEdgeCounters(t *testing.T) {
 	if again := s.Edge(t0, k); again != e {
 		t.Fatal("the same key gave two edges")
 	}
-	e.AddTraffic(t0, 100, 2)
-	e.AddTraffic(t0, 50, 1)
-	e.Open(t0)
-	e.Connect(t0)
-	e.Connect(t0)
-	e.Disconnect(t0)
-	e.Disconnect(t0)
-	e.Disconnect(t0) // never below zero
+	addTraffic(e, t0, 100, 2)
+	addTraffic(e, t0, 50, 1)
+	e.Add(t0, TCPConnectionsOpened, 1)
+	e.Add(t0, TCPActiveConnections, 1)
+	e.Add(t0, TCPActiveConnections, 1)
+	e.Sub(t0, TCPActiveConnections, 1)
+	e.Sub(t0, TCPActiveConnections, 1)
+	e.Sub(t0, TCPActiveConnections, 1) // never below zero
 	s.Edge(t0, Key{Src: nginx, Dst: curl})
 	got := map[Key]Series{}
 	for _, sr := range s.Snapshot(nil) {
 		got[sr.Key] = sr
 	}
-	want := map[Key]Series{
-		k:                       {Key: k, Bytes: 150, Packets: 3, Opened: 1, Active: 0},
-		{Src: nginx, Dst: curl}: {Key: Key{Src: nginx, Dst: curl}},
+	want := map[Key][]uint64{
+		k:                       {TCPBytes: 150, TCPPackets: 3, TCPConnectionsOpened: 1, TCPActiveConnections: 0},
+		{Src: nginx, Dst: curl}: {0, 0, 0, 0},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("snapshot has %d edges, want %d", len(got), len(want))
 	}
 	for k, w := range want {
-		if got[k] != w {
+		if !slices.Equal(got[k].Values, w) {
 			t.Errorf("%v: got %+v, want %+v", k, got[k], w)
 		}
 	}
 	// After expiry the same key gives a new edge starting from zero.
 	s.Expire(t0.Add(time.Hour))
-	if fresh := s.Edge(t0.Add(time.Hour), k); fresh == e || fresh.bytes != 0 {
+	if fresh := s.Edge(t0.Add(time.Hour), k); fresh == e || fresh.Value(TCPBytes) != 0 {
 		t.Errorf("expired key reused the dead edge")
 	}
 }
 
 func TestMaxSeriesFolds(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	s, err := NewStore(time.Minute, 2, reg)
+	s, err := NewStore(Config{TTL: time.Minute, MaxEdges: 2}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,5 +152,61 @@ func TestMaxSeriesFolds(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.folded); got != 5 {
 		t.Errorf("weir_reducer_series_folded_total = %v, want 5", got)
+	}
+}
+
+func TestHistogramAndLevels(t *testing.T) {
+	metrics := append(FlowMetrics(), Metric{Name: "weir_tcp_rtt_seconds", Help: "RTT.", Type: MetricHistogram, Buckets: []float64{0.001, 0.01, 0.1}})
+	rtt := MetricID(len(metrics) - 1)
+	s, err := NewStore(Config{TTL: time.Minute, Metrics: metrics, Level: LevelWorkload}, prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	podA := Workload{Name: "web", Kind: "deployment", Node: "n1", Pod: "web-1"}
+	podB := Workload{Name: "web", Kind: "deployment", Node: "n2", Pod: "web-2"}
+	// At the workload level two pods of one deployment share an edge.
+	e := s.Edge(t0, Key{Src: podA, Dst: curl})
+	if s.Edge(t0, Key{Src: podB, Dst: curl}) != e {
+		t.Fatal("pods of one workload got two edges at the workload level")
+	}
+	if got := e.Key().Src; got.Node != "" || got.Pod != "" {
+		t.Errorf("workload-level key keeps node/pod: %+v", got)
+	}
+	for _, v := range []float64{0.0005, 0.001, 0.05, 3} {
+		e.Observe(t0, rtt, v)
+	}
+	snap := s.Snapshot(nil)
+	if len(snap) != 1 {
+		t.Fatalf("%d series, want 1", len(snap))
+	}
+	h := snap[0].Hists[rtt]
+	if h.Count != 4 || h.Sum != 3.0515 || !slices.Equal(h.Counts, []uint64{2, 0, 1, 1}) {
+		t.Errorf("histogram %+v", h)
+	}
+	if got := h.Cumulative(metrics[rtt].Buckets); got[0.001] != 2 || got[0.01] != 2 || got[0.1] != 3 {
+		t.Errorf("cumulative %v", got)
+	}
+	// Observing the live edge does not change the snapshot.
+	e.Observe(t0, rtt, 0.0001)
+	if snap[0].Hists[rtt].Count != 4 {
+		t.Error("snapshot shares the edge's histogram")
+	}
+
+	node, err := NewStore(Config{TTL: time.Minute, Level: LevelNode}, prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if node.Edge(t0, Key{Src: podA, Dst: curl}) == node.Edge(t0, Key{Src: podB, Dst: curl}) {
+		t.Error("pods on two nodes share an edge at the node level")
+	}
+	k := node.Edge(t0, Key{Src: podA, Dst: curl}).Key()
+	if k.Src.Node != "n1" || k.Src.Pod != "" {
+		t.Errorf("node-level key %+v", k.Src)
+	}
+	if got, want := len(k.Values(LevelNode, nil)), len(LevelNode.Labels()); got != want {
+		t.Errorf("%d values for %d labels", got, want)
+	}
+	if got := LevelPod.Labels(); got[len(got)-1] != "dst_pod" || len(got) != 12 {
+		t.Errorf("pod labels %v", got)
 	}
 }

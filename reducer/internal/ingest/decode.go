@@ -17,10 +17,12 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	dst.Sequence = seq
 	for _, p := range in.GetProcesses() {
 		dst.Processes = append(dst.Processes, match.Process{
-			Handle: p.GetHandle(),
-			PID:    p.GetPid(),
-			Comm:   p.GetComm(),
-			Cgroup: p.GetCgroup(),
+			Handle:    p.GetHandle(),
+			PID:       p.GetPid(),
+			Comm:      p.GetComm(),
+			Cgroup:    p.GetCgroup(),
+			StartTime: p.GetStartTime(),
+			CgroupID:  p.GetCgroupId(),
 		})
 	}
 	for i, s := range in.GetSockets() {
@@ -44,6 +46,7 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 			Remote:        remote,
 			Netns:         s.GetNetns(),
 			NewConnection: s.GetNewConnection(),
+			Cookie:        s.GetCookie(),
 		})
 	}
 	for _, o := range in.GetOwners() {

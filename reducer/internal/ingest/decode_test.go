@@ -105,9 +105,9 @@ func TestDecodeBatch(t *testing.T) {
 	good := func() *ingestv1.Batch {
 		return &ingestv1.Batch{
 			Sequence:  7,
-			Processes: []*ingestv1.Process{{Handle: 1, Pid: 42, Comm: "curl"}},
+			Processes: []*ingestv1.Process{{Handle: 1, Pid: 42, Comm: "curl", StartTime: 123456, CgroupId: 7788}},
 			Sockets: []*ingestv1.Socket{{Handle: 3, Process: 1, Role: ingestv1.Role_ROLE_CLIENT,
-				LocalAddr: v4, LocalPort: 40000, RemoteAddr: mapped, RemotePort: 80, Netns: 9, NewConnection: true}},
+				LocalAddr: v4, LocalPort: 40000, RemoteAddr: mapped, RemotePort: 80, Netns: 9, NewConnection: true, Cookie: 0xc00c1e}},
 			Owners:             []*ingestv1.SocketOwner{{Socket: 3, Process: 1}},
 			Stats:              encodeStats([]uint32{3}, []uint64{1}, []uint64{2}, []uint64{3}, []uint64{4}),
 			ClosedSockets:      []uint32{3},
@@ -120,11 +120,11 @@ func TestDecodeBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := match.Socket{Handle: 3, Process: 1, Role: match.RoleClient,
-			Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"), Netns: 9, NewConnection: true}
+			Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"), Netns: 9, NewConnection: true, Cookie: 0xc00c1e}
 		if b.Sequence != 7 || len(b.Sockets) != 1 || b.Sockets[0] != want {
 			t.Errorf("sockets %+v, want %+v", b.Sockets, want)
 		}
-		if b.Processes[0] != (match.Process{Handle: 1, PID: 42, Comm: "curl"}) || b.Owners[0] != (match.Owner{Socket: 3, Process: 1}) ||
+		if b.Processes[0] != (match.Process{Handle: 1, PID: 42, Comm: "curl", StartTime: 123456, CgroupID: 7788}) || b.Owners[0] != (match.Owner{Socket: 3, Process: 1}) ||
 			!slices.Equal(b.Stats.Handles, []uint32{3}) || !slices.Equal(b.Closed, []uint32{3}) || !slices.Equal(b.Forgotten, []uint32{1}) {
 			t.Errorf("decoded %+v", b)
 		}

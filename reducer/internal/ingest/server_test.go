@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/match"
 )
 
@@ -255,8 +256,8 @@ func TestBadInput(t *testing.T) {
 	}
 	wantBytes := float64(10 * good.seq)
 	for _, s := range ts.engine.Snapshot(nil) {
-		if s.Key.Src.Name == "curl" && s.Bytes != uint64(wantBytes) {
-			t.Errorf("curl sent %d bytes, want %v", s.Bytes, wantBytes)
+		if s.Key.Src.Name == "curl" && s.Value(aggregate.TCPBytes) != uint64(wantBytes) {
+			t.Errorf("curl sent %d bytes, want %v", s.Value(aggregate.TCPBytes), wantBytes)
 		}
 	}
 	if err := good.s.CloseSend(); err != nil {

@@ -24,10 +24,12 @@ type Hello struct {
 
 // Process is a process announced under a new handle.
 type Process struct {
-	Handle uint32
-	PID    uint32
-	Comm   string
-	Cgroup string
+	Handle    uint32
+	PID       uint32
+	Comm      string
+	Cgroup    string
+	StartTime uint64
+	CgroupID  uint64
 }
 
 // Socket is one end of a TCP connection announced under a new handle.
@@ -39,6 +41,7 @@ type Socket struct {
 	Remote        netip.AddrPort
 	Netns         uint32
 	NewConnection bool
+	Cookie        uint64
 }
 
 // Owner sets the owning process of a socket; process 0 means unknown.

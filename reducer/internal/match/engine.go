@@ -1,6 +1,9 @@
 // Package match owns the socket tables of the collectors' sessions and joins
 // the two ends of each TCP connection into one flow, so that every byte is
 // counted once on the edge between the workloads of its ends.
+//
+// The walk of one batch is in apply.go; the resolution of flow ends to
+// workloads is the resolve package's, and the edges are aggregate's.
 package match
 
 import (
@@ -13,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/resolve"
 )
 
 // Config tunes the engine.
@@ -27,6 +31,8 @@ type Config struct {
 	// MaxSeries caps the edges in the table; beyond it new edges fold into
 	// the workload "other". 0 means no cap.
 	MaxSeries int
+	// Level is the aggregation level of the edges.
+	Level aggregate.Level
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -61,8 +67,11 @@ type Engine struct {
 	sessions map[string]*Session
 	flows    map[flowKey]*flow
 	store    *aggregate.Store
+	resolver *resolve.Resolver[*flow]
+	events   *events
 	dirty    []*flow
 	nsockets int
+	emitting bool // someone subscribes to events; set at each commit
 
 	// Scratch space of the batch being applied.
 	newProcs  map[uint32]*process
@@ -80,7 +89,7 @@ type Engine struct {
 
 // New returns an engine that registers its self-metrics with reg.
 func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, error) {
-	store, err := aggregate.NewStore(cfg.SeriesTTL, cfg.MaxSeries, reg)
+	store, err := aggregate.NewStore(aggregate.Config{TTL: cfg.SeriesTTL, MaxEdges: cfg.MaxSeries, Level: cfg.Level}, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +100,8 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		sessions: make(map[string]*Session),
 		flows:    make(map[flowKey]*flow),
 		store:    store,
+		resolver: resolve.New[*flow](),
+		events:   newEvents(),
 		newProcs: make(map[uint32]*process),
 		newSocks: make(map[uint32]*socket),
 		seen:     make(map[uint32]struct{}),
@@ -118,7 +129,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 	if e.now == nil {
 		e.now = time.Now
 	}
-	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired} {
+	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired, e.events.lost} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register match metrics: %w", err)
 		}
@@ -186,12 +197,15 @@ func (e *Engine) Detach(s *Session) {
 	s.cancel = nil
 }
 
-// Sweep drops the sessions detached for longer than the session TTL and
-// expires quiet edges.
+// Sweep drops the sessions detached for longer than the session TTL,
+// resolves again the flows whose metadata changed, and expires quiet edges.
 func (e *Engine) Sweep() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
+	e.emitting = e.events.active()
+	e.resolver.Changed(e.markDirty)
+	e.settle(now)
 	for _, s := range e.sessions {
 		if s.attached || now.Sub(s.detachedAt) < e.cfg.SessionTTL {
 			continue
@@ -202,6 +216,17 @@ func (e *Engine) Sweep() {
 	}
 	e.store.Expire(now)
 }
+
+// Metadata returns the sink of a metadata source of the given rank: what it
+// puts names the flow ends that resolve through its keys, from the next
+// Apply or Sweep on.
+func (e *Engine) Metadata(rank resolve.Rank) resolve.Sink { return e.resolver.Sink(rank) }
+
+// Metrics returns the metrics of the edges, indexed by aggregate.MetricID.
+func (e *Engine) Metrics() []aggregate.Metric { return e.store.Metrics() }
+
+// Level returns the aggregation level of the edges.
+func (e *Engine) Level() aggregate.Level { return e.store.Level() }
 
 // Snapshot expires quiet edges and appends a copy of every remaining edge
 // to dst.
@@ -221,7 +246,11 @@ func (e *Engine) Counts() (sockets, flows, edges int) {
 
 // drop removes a session and takes its sockets out of their flows.
 func (e *Engine) drop(now time.Time, s *Session) {
+	e.emitting = e.events.active()
 	for _, sk := range s.socks {
+		if e.emitting {
+			e.emitSocket(now, EventSocketClose, sk)
+		}
 		e.leave(sk)
 	}
 	e.nsockets -= len(s.socks)
@@ -234,298 +263,9 @@ func (e *Engine) drop(now time.Time, s *Session) {
 	e.publish()
 }
 
-// Apply validates b against the session and then applies all of it. A
-// refused batch changes nothing.
-func (e *Engine) Apply(s *Session, b *Batch) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if s.gone {
-		return refuse(ReasonSessionReplaced, "session of node %q epoch %d was replaced", s.node, s.epoch)
-	}
-	if err := e.prepare(s, b); err != nil {
-		return err
-	}
-	e.commit(s, b)
-	return nil
-}
-
-// prepare checks every handle of b and resolves the stats entries to
-// sockets, without changing the session.
-func (e *Engine) prepare(s *Session, b *Batch) error {
-	reuse(&e.newProcs)
-	reuse(&e.newSocks)
-	e.created = e.created[:0]
-	e.statSocks = e.statSocks[:0]
-
-	seq := b.Sequence
-	for i, p := range b.Processes {
-		if p.Handle == 0 {
-			return refuse(ReasonInvalidHandle, "batch %d: process %d: handle 0 is reserved for an unknown process", seq, i)
-		}
-		if _, ok := s.procs[p.Handle]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d is already live", seq, i, p.Handle)
-		}
-		if _, ok := e.newProcs[p.Handle]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d announced twice", seq, i, p.Handle)
-		}
-		e.newProcs[p.Handle] = &process{handle: p.Handle, workload: processWorkload(p.Comm)}
-	}
-	for i, k := range b.Sockets {
-		if _, ok := s.socks[k.Handle]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: socket %d: handle %d is already live", seq, i, k.Handle)
-		}
-		if _, ok := e.newSocks[k.Handle]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: socket %d: handle %d announced twice", seq, i, k.Handle)
-		}
-		p, ok := e.lookupProc(s, k.Process)
-		if !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: socket %d: unknown process handle %d", seq, i, k.Process)
-		}
-		sk := &socket{handle: k.Handle, role: k.Role, process: p}
-		e.newSocks[k.Handle] = sk
-		e.created = append(e.created, sk)
-	}
-	for i, o := range b.Owners {
-		if _, ok := e.lookupSock(s, o.Socket); !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: owner %d: unknown socket handle %d", seq, i, o.Socket)
-		}
-		if _, ok := e.lookupProc(s, o.Process); !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: owner %d: unknown process handle %d", seq, i, o.Process)
-		}
-	}
-	for i, h := range b.Stats.Handles {
-		sk, ok := e.lookupSock(s, h)
-		if !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: stats entry %d: unknown socket handle %d", seq, i, h)
-		}
-		e.statSocks = append(e.statSocks, sk)
-	}
-	reuse(&e.seen)
-	for i, h := range b.Closed {
-		if _, ok := e.lookupSock(s, h); !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: closed socket %d: unknown socket handle %d", seq, i, h)
-		}
-		if _, ok := e.seen[h]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: closed socket %d: handle %d closed twice", seq, i, h)
-		}
-		e.seen[h] = struct{}{}
-	}
-	reuse(&e.seen)
-	for i, h := range b.Forgotten {
-		if p, ok := e.lookupProc(s, h); !ok || p == nil {
-			return refuse(ReasonUnknownHandle, "batch %d: forgotten process %d: unknown process handle %d", seq, i, h)
-		}
-		if _, ok := e.seen[h]; ok {
-			return refuse(ReasonDuplicateHandle, "batch %d: forgotten process %d: handle %d forgotten twice", seq, i, h)
-		}
-		e.seen[h] = struct{}{}
-	}
-	return nil
-}
-
-// commit applies a prepared batch.
-func (e *Engine) commit(s *Session, b *Batch) {
-	now := e.now()
-	for h, p := range e.newProcs {
-		s.procs[h] = p
-	}
-	for i, sk := range e.created {
-		s.socks[sk.handle] = sk
-		e.join(s, sk, &b.Sockets[i])
-	}
-	e.nsockets += len(e.created)
-	for _, o := range b.Owners {
-		sk := s.socks[o.Socket]
-		p, _ := e.lookupProc(s, o.Process)
-		if sk.process == p {
-			continue
-		}
-		sk.process = p
-		if sk.flow != nil {
-			e.markDirty(sk.flow)
-		}
-	}
-	// New ends join and owners resolve before counting, so that ends opened
-	// in the same interval are counted on their joined edge.
-	e.settle(now)
-
-	st := &b.Stats
-	for i, sk := range e.statSocks {
-		f := sk.flow
-		if f == nil {
-			continue
-		}
-		end := sk.end
-		if bs, ss := st.BytesSent[i], st.SegmentsSent[i]; bs|ss != 0 {
-			d := &f.dir[end]
-			d.sentBytes += bs
-			d.sentSegs += ss
-			f.account(now, end, e.store)
-		}
-		if br, sr := st.BytesReceived[i], st.SegmentsReceived[i]; br|sr != 0 {
-			d := &f.dir[1-end]
-			d.recvBytes += br
-			d.recvSegs += sr
-			f.account(now, 1-end, e.store)
-		}
-	}
-	e.updates.Add(float64(len(e.statSocks)))
-
-	for _, h := range b.Closed {
-		e.leave(s.socks[h])
-		delete(s.socks, h)
-	}
-	e.nsockets -= len(b.Closed)
-	for _, h := range b.Forgotten {
-		// A socket that still points to the process keeps its workload.
-		delete(s.procs, h)
-	}
-	e.settle(now)
-	e.publish()
-}
-
-// join makes a new socket an end of its flow.
-func (e *Engine) join(s *Session, sk *socket, in *Socket) {
-	local := netipUnmap(in.Local)
-	remote := netipUnmap(in.Remote)
-	if local == remote {
-		return // a self-connected socket has no peer to join
-	}
-	loop := local.Addr().IsLoopback() || remote.Addr().IsLoopback()
-	if loop && !e.cfg.Loopback {
-		return
-	}
-	key, end := newFlowKey(local, remote, loop, s.node, in.Netns)
-	f := e.flows[key]
-	if f != nil && f.ends[end] != nil && !loop {
-		// Another live socket claims the same endpoints, e.g. the same
-		// private addresses behind two NATs: keep this one to its node.
-		e.conflicts.Inc()
-		key, end = newFlowKey(local, remote, true, s.node, in.Netns)
-		f = e.flows[key]
-	}
-	if f != nil && f.ends[end] != nil {
-		e.conflicts.Inc()
-		return
-	}
-	if f == nil {
-		f = &flow{key: key}
-		e.flows[key] = f
-	}
-	f.ends[end] = sk
-	sk.flow, sk.end = f, end
-	if in.NewConnection && !f.opened {
-		f.opened, f.pendingOpen = true, true
-	}
-	e.markDirty(f)
-}
-
-// leave takes a socket out of its flow. The counted amounts stay, and the
-// socket's views restart from zero, so that a later end never counts again
-// what was counted already.
-func (e *Engine) leave(sk *socket) {
-	f := sk.flow
-	if f == nil {
-		return
-	}
-	i := sk.end
-	f.ends[i] = nil
-	f.dir[i].sentBytes, f.dir[i].sentSegs = 0, 0
-	f.dir[1-i].recvBytes, f.dir[1-i].recvSegs = 0, 0
-	sk.flow = nil
-	e.markDirty(f)
-}
-
-func (e *Engine) markDirty(f *flow) {
-	if !f.dirty {
-		f.dirty = true
-		e.dirty = append(e.dirty, f)
-	}
-}
-
-// settle brings every changed flow's edges and active connection up to date
-// and removes the flows that no end reports any more.
-func (e *Engine) settle(now time.Time) {
-	for i, f := range e.dirty {
-		e.dirty[i] = nil
-		f.dirty = false
-		if f.empty() {
-			if f.conn != nil {
-				f.conn.Disconnect(now)
-				f.conn = nil
-			}
-			if e.flows[f.key] == f {
-				delete(e.flows, f.key)
-			}
-			continue
-		}
-		w := [2]aggregate.Workload{f.workload(0), f.workload(1)}
-		client := f.client()
-		for d := range f.dir {
-			k := aggregate.Key{Src: w[d], Dst: w[1-d]}
-			cur := f.dir[d].edge
-			switch {
-			case cur != nil && !cur.Dead() && cur.Key() == k:
-			case uint8(d) == client:
-				// The connection counts on the client's edge from now on.
-				f.dir[d].edge = e.store.Edge(now, k)
-			default:
-				f.dir[d].edge = nil
-			}
-		}
-		conn := f.dir[client].edge
-		if conn != f.conn {
-			if f.conn != nil {
-				f.conn.Disconnect(now)
-			}
-			conn.Connect(now)
-			f.conn = conn
-		}
-		if f.pendingOpen {
-			conn.Open(now)
-			f.pendingOpen = false
-		}
-	}
-	e.dirty = e.dirty[:0]
-}
-
 // publish updates the size gauges.
 func (e *Engine) publish() {
 	e.sockets.Set(float64(e.nsockets))
 	e.flowGauge.Set(float64(len(e.flows)))
 }
 
-// lookupProc finds a live or newly announced process; handle 0 is a known
-// unknown and yields nil.
-func (e *Engine) lookupProc(s *Session, h uint32) (*process, bool) {
-	if h == 0 {
-		return nil, true
-	}
-	if p, ok := s.procs[h]; ok {
-		return p, true
-	}
-	p, ok := e.newProcs[h]
-	return p, ok
-}
-
-// lookupSock finds a live or newly announced socket.
-func (e *Engine) lookupSock(s *Session, h uint32) (*socket, bool) {
-	if sk, ok := s.socks[h]; ok {
-		return sk, true
-	}
-	sk, ok := e.newSocks[h]
-	return sk, ok
-}
-
-// reuse empties a scratch map, and lets a big one go so that emptying stays
-// cheap for the small batches that follow a big one.
-func reuse[K comparable, V any](m *map[K]V) {
-	if len(*m) == 0 {
-		return
-	}
-	if len(*m) > 1024 {
-		*m = make(map[K]V)
-		return
-	}
-	clear(*m)
-}

@@ -2,15 +2,19 @@ package match
 
 import (
 	"net/netip"
-	"time"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/resolve"
 )
 
 // process is a live process handle of a session.
 type process struct {
-	handle   uint32
-	workload aggregate.Workload
+	handle    uint32
+	pid       uint32
+	comm      string
+	startTime uint64 // with pid, the process's identity across pid reuse
+	cgroupID  uint64
+	cgroup    string
 }
 
 // socket is a live socket handle of a session: one end of a flow.
@@ -18,6 +22,9 @@ type socket struct {
 	handle  uint32
 	role    Role
 	end     uint8 // index of the socket's local endpoint in its flow's key
+	netns   uint32
+	cookie  uint64 // the kernel's socket cookie; 0 if unknown
+	sess    *Session
 	process *process
 	flow    *flow // nil when the socket is not counted
 }
@@ -72,7 +79,8 @@ type flow struct {
 	conn        *aggregate.Edge // edge where the flow counts as active
 	opened      bool            // an end announced it as a new connection
 	pendingOpen bool            // opened, not yet counted on an edge
-	dirty       bool            // ends or owners changed since the last settle
+	dirty       bool            // ends, owners or metadata changed since the last settle
+	uses        resolve.Uses    // the metadata keys its ends resolved through
 }
 
 // client returns the index of the client endpoint: the role an end knows,
@@ -95,47 +103,8 @@ func (f *flow) client() uint8 {
 	return 0
 }
 
-// workload resolves endpoint i of the flow.
-func (f *flow) workload(i uint8) aggregate.Workload {
-	if s := f.ends[i]; s != nil {
-		return localWorkload(s)
-	}
-	return remoteWorkload(f.key.endpoint(i).Addr())
-}
-
 // empty reports whether no end reports the flow any more.
 func (f *flow) empty() bool { return f.ends[0] == nil && f.ends[1] == nil }
-
-// key returns the edge key of direction d: from endpoint d to the other.
-func (f *flow) edgeKey(d uint8) aggregate.Key {
-	return aggregate.Key{Src: f.workload(d), Dst: f.workload(1 - d)}
-}
-
-// account counts on the edge of direction d what its views gained over the
-// amount counted so far: each byte once, even when both ends report it. The
-// edge is looked up at the first traffic after the flow's ends changed, so
-// that a direction without traffic leaves no empty series.
-func (f *flow) account(now time.Time, d uint8, store *aggregate.Store) {
-	dir := &f.dir[d]
-	b := max(dir.sentBytes, dir.recvBytes)
-	s := max(dir.sentSegs, dir.recvSegs)
-	var db, ds uint64
-	if b > dir.countedBytes {
-		db, dir.countedBytes = b-dir.countedBytes, b
-	}
-	if s > dir.countedSegs {
-		ds, dir.countedSegs = s-dir.countedSegs, s
-	}
-	if db|ds == 0 {
-		return
-	}
-	if dir.edge == nil {
-		dir.edge = store.Edge(now, f.edgeKey(d))
-	} else if dir.edge.Dead() {
-		dir.edge = store.Edge(now, dir.edge.Key())
-	}
-	dir.edge.AddTraffic(now, db, ds)
-}
 
 // netipUnmap turns an IPv4-mapped IPv6 endpoint into its IPv4 form, so that
 // a dual-stack socket joins its IPv4 peer.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
 
 func TestMain(m *testing.M) {
@@ -84,7 +86,8 @@ func edgeLines(e *Engine) []string {
 	var out []string
 	for _, s := range e.Snapshot(nil) {
 		out = append(out, fmt.Sprintf("%s/%s -> %s/%s bytes=%d packets=%d opened=%d active=%d",
-			s.Key.Src.Name, s.Key.Src.Kind, s.Key.Dst.Name, s.Key.Dst.Kind, s.Bytes, s.Packets, s.Opened, s.Active))
+			s.Key.Src.Name, s.Key.Src.Kind, s.Key.Dst.Name, s.Key.Dst.Kind,
+			s.Value(aggregate.TCPBytes), s.Value(aggregate.TCPPackets), s.Value(aggregate.TCPConnectionsOpened), s.Value(aggregate.TCPActiveConnections)))
 	}
 	slices.Sort(out)
 	return out

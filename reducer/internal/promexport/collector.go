@@ -20,54 +20,54 @@ type SourceFunc func(dst []aggregate.Series) []aggregate.Series
 // Snapshot calls f.
 func (f SourceFunc) Snapshot(dst []aggregate.Series) []aggregate.Series { return f(dst) }
 
-var labels = []string{
-	"src_workload", "src_kind", "src_namespace", "src_zone",
-	"dst_workload", "dst_kind", "dst_namespace", "dst_zone",
-}
-
 // Collector is a prometheus.Collector of the flow metrics. Edges that
 // expired from the table simply stop appearing.
 type Collector struct {
 	src     Source
-	bytes   *prometheus.Desc
-	packets *prometheus.Desc
-	opened  *prometheus.Desc
-	active  *prometheus.Desc
+	level   aggregate.Level
+	metrics []aggregate.Metric
+	descs   []*prometheus.Desc // by MetricID
 }
 
-// New returns a collector of src's edges.
-func New(src Source) *Collector {
-	return &Collector{
-		src: src,
-		bytes: prometheus.NewDesc("weir_tcp_bytes_total",
-			"TCP payload bytes sent from src to dst, each byte counted once.", labels, nil),
-		packets: prometheus.NewDesc("weir_tcp_packets_total",
-			"TCP segments src delivered to dst, as the sender's kernel counts them (data segments and a FIN sent on its own; not the SYN).", labels, nil),
-		opened: prometheus.NewDesc("weir_tcp_connections_opened_total",
-			"TCP connections src (client) opened to dst (server).", labels, nil),
-		active: prometheus.NewDesc("weir_tcp_active_connections",
-			"Open TCP connections, src = client, dst = server.", labels, nil),
+// New returns a collector of src's edges, whose values are metrics (indexed
+// by MetricID) and whose keys have the labels of level.
+func New(src Source, metrics []aggregate.Metric, level aggregate.Level) *Collector {
+	c := &Collector{src: src, level: level, metrics: metrics}
+	labels := level.Labels()
+	for _, m := range metrics {
+		c.descs = append(c.descs, prometheus.NewDesc(m.Name, m.Help, labels, nil))
 	}
+	return c
 }
 
 // Describe sends the descriptors of the flow metrics.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.bytes
-	ch <- c.packets
-	ch <- c.opened
-	ch <- c.active
+	for _, d := range c.descs {
+		ch <- d
+	}
 }
 
 // Collect sends one sample per edge and metric.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	var v []string
 	for _, s := range c.src.Snapshot(nil) {
-		v := []string{
-			s.Key.Src.Name, s.Key.Src.Kind, s.Key.Src.Namespace, s.Key.Src.Zone,
-			s.Key.Dst.Name, s.Key.Dst.Kind, s.Key.Dst.Namespace, s.Key.Dst.Zone,
+		v = s.Key.Values(c.level, v[:0])
+		for id, m := range c.metrics {
+			switch m.Type {
+			case aggregate.MetricCounter:
+				ch <- prometheus.MustNewConstMetric(c.descs[id], prometheus.CounterValue, float64(s.Values[id]), v...)
+			case aggregate.MetricGauge:
+				ch <- prometheus.MustNewConstMetric(c.descs[id], prometheus.GaugeValue, float64(s.Values[id]), v...)
+			case aggregate.MetricHistogram:
+				var h aggregate.Histogram
+				if s.Hists != nil {
+					h = s.Hists[id]
+				}
+				if h.Count == 0 {
+					continue // no observation yet: no series
+				}
+				ch <- prometheus.MustNewConstHistogram(c.descs[id], h.Count, h.Sum, h.Cumulative(m.Buckets), v...)
+			}
 		}
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.Bytes), v...)
-		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s.Packets), v...)
-		ch <- prometheus.MustNewConstMetric(c.opened, prometheus.CounterValue, float64(s.Opened), v...)
-		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(s.Active), v...)
 	}
 }

@@ -25,28 +25,52 @@ var (
 	curl     = aggregate.Workload{Name: "curl", Kind: "process"}
 	nginx    = aggregate.Workload{Name: "nginx", Kind: "process"}
 	external = aggregate.Workload{Name: "203.0.113.9", Kind: "external"}
+	curlOnA  = aggregate.Workload{Name: "curl", Kind: "process", Node: "node-a"}
+	rtt      = aggregate.Metric{Name: "weir_tcp_rtt_seconds", Help: "Smoothed RTT measured by src on connections with dst.",
+		Type: aggregate.MetricHistogram, Buckets: []float64{0.001, 0.01}}
 )
 
 func TestCollector(t *testing.T) {
 	tests := []struct {
-		name   string
-		series []aggregate.Series
+		name    string
+		golden  string // testdata/<golden>.prom; name when empty
+		metrics []aggregate.Metric
+		level   aggregate.Level
+		series  []aggregate.Series
 	}{
 		{name: "empty"},
 		{
 			name: "edges",
 			series: []aggregate.Series{
-				{Key: aggregate.Key{Src: curl, Dst: nginx}, Bytes: 1 << 20, Packets: 800, Opened: 3, Active: 1},
-				{Key: aggregate.Key{Src: nginx, Dst: curl}, Bytes: 52_428_800, Packets: 36_000},
-				{Key: aggregate.Key{Src: curl, Dst: external}, Bytes: 517, Packets: 2, Opened: 1},
+				{Key: aggregate.Key{Src: curl, Dst: nginx}, Values: []uint64{1 << 20, 800, 3, 1}},
+				{Key: aggregate.Key{Src: nginx, Dst: curl}, Values: []uint64{52_428_800, 36_000, 0, 0}},
+				{Key: aggregate.Key{Src: curl, Dst: external}, Values: []uint64{517, 2, 1, 0}},
+			},
+		},
+		{
+			// A new metric, a histogram and the node level need no change
+			// to the collector.
+			name:    "histogram at the node level",
+			golden:  "histogram",
+			metrics: append(aggregate.FlowMetrics()[:1], rtt),
+			level:   aggregate.LevelNode,
+			series: []aggregate.Series{
+				{Key: aggregate.Key{Src: curlOnA, Dst: nginx}, Values: []uint64{100, 0},
+					Hists: []aggregate.Histogram{{}, {Counts: []uint64{1, 2, 0}, Count: 3, Sum: 0.012}}},
+				// Never observed: no histogram series.
+				{Key: aggregate.Key{Src: nginx, Dst: curlOnA}, Values: []uint64{7, 0}, Hists: make([]aggregate.Histogram, 2)},
 			},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			metrics := tc.metrics
+			if metrics == nil {
+				metrics = aggregate.FlowMetrics()
+			}
 			c := New(SourceFunc(func(dst []aggregate.Series) []aggregate.Series {
 				return append(dst, tc.series...)
-			}))
+			}), metrics, tc.level)
 			problems, err := testutil.CollectAndLint(c)
 			if err != nil {
 				t.Fatal(err)
@@ -54,7 +78,11 @@ func TestCollector(t *testing.T) {
 			for _, p := range problems {
 				t.Errorf("lint %s: %s", p.Metric, p.Text)
 			}
-			golden := filepath.Join("testdata", tc.name+".prom")
+			name := tc.golden
+			if name == "" {
+				name = tc.name
+			}
+			golden := filepath.Join("testdata", name+".prom")
 			if *update {
 				writeGolden(t, golden, c)
 			}

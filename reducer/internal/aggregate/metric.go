@@ -1,0 +1,157 @@
+package aggregate
+
+import "slices"
+
+// MetricID indexes the values of an edge: it is a metric's position in the
+// metric set the Store was made with.
+type MetricID uint16
+
+// MetricType is how a metric's values add up.
+type MetricType uint8
+
+// Metric types.
+const (
+	// MetricCounter only grows.
+	MetricCounter MetricType = iota
+	// MetricGauge goes up and down; an edge with a gauge above zero is live
+	// and never expires.
+	MetricGauge
+	// MetricHistogram counts observations into buckets.
+	MetricHistogram
+)
+
+// Metric describes one flow metric. Exporters iterate the descriptors, so a
+// new metric needs no change to them.
+type Metric struct {
+	// Name is the Prometheus name, e.g. weir_tcp_bytes_total.
+	Name string
+	// Help is the Prometheus HELP text.
+	Help string
+	Type MetricType
+	// Buckets are the upper bounds of a histogram's buckets, ascending;
+	// only for MetricHistogram.
+	Buckets []float64
+}
+
+// The flow metrics of FlowMetrics, by id.
+const (
+	TCPBytes MetricID = iota
+	TCPPackets
+	TCPConnectionsOpened
+	TCPActiveConnections
+)
+
+// FlowMetrics returns the flow metrics the reducer serves, indexed by their
+// MetricID constants.
+func FlowMetrics() []Metric {
+	return slices.Clone(flowMetrics)
+}
+
+var flowMetrics = []Metric{
+	TCPBytes: {Name: "weir_tcp_bytes_total", Type: MetricCounter,
+		Help: "TCP payload bytes sent from src to dst, each byte counted once."},
+	TCPPackets: {Name: "weir_tcp_packets_total", Type: MetricCounter,
+		Help: "TCP segments src delivered to dst, as the sender's kernel counts them (data segments and a FIN sent on its own; not the SYN)."},
+	TCPConnectionsOpened: {Name: "weir_tcp_connections_opened_total", Type: MetricCounter,
+		Help: "TCP connections src (client) opened to dst (server)."},
+	TCPActiveConnections: {Name: "weir_tcp_active_connections", Type: MetricGauge,
+		Help: "Open TCP connections, src = client, dst = server."},
+}
+
+// Level is the aggregation level of the edge table: which labels a key has.
+// Every level has the labels of the levels before it.
+type Level uint8
+
+// Aggregation levels.
+const (
+	// LevelWorkload labels edges by workload, kind, namespace and zone.
+	LevelWorkload Level = iota
+	// LevelNode adds src_node and dst_node.
+	LevelNode
+	// LevelPod adds src_pod and dst_pod.
+	LevelPod
+)
+
+// String returns the level's flag value.
+func (l Level) String() string {
+	switch l {
+	case LevelWorkload:
+		return "workload"
+	case LevelNode:
+		return "node"
+	case LevelPod:
+		return "pod"
+	}
+	return "unknown"
+}
+
+// Labels returns the label names of the level, in the order of Key.Values.
+func (l Level) Labels() []string {
+	out := []string{
+		"src_workload", "src_kind", "src_namespace", "src_zone",
+		"dst_workload", "dst_kind", "dst_namespace", "dst_zone",
+	}
+	if l >= LevelNode {
+		out = append(out, "src_node", "dst_node")
+	}
+	if l >= LevelPod {
+		out = append(out, "src_pod", "dst_pod")
+	}
+	return out
+}
+
+// Values appends the label values of k at level l to dst, in the order of
+// l.Labels().
+func (k Key) Values(l Level, dst []string) []string {
+	dst = append(dst,
+		k.Src.Name, k.Src.Kind, k.Src.Namespace, k.Src.Zone,
+		k.Dst.Name, k.Dst.Kind, k.Dst.Namespace, k.Dst.Zone)
+	if l >= LevelNode {
+		dst = append(dst, k.Src.Node, k.Dst.Node)
+	}
+	if l >= LevelPod {
+		dst = append(dst, k.Src.Pod, k.Dst.Pod)
+	}
+	return dst
+}
+
+// project drops from k the fields that level l does not label, so that the
+// edges that differ only in them aggregate into one.
+func (k Key) project(l Level) Key {
+	if l < LevelPod {
+		k.Src.Pod, k.Dst.Pod = "", ""
+	}
+	if l < LevelNode {
+		k.Src.Node, k.Dst.Node = "", ""
+	}
+	return k
+}
+
+// Histogram is the state of one histogram metric of an edge.
+type Histogram struct {
+	// Counts[i] counts observations at most Buckets[i], not cumulative;
+	// the last entry counts those above every bound.
+	Counts []uint64
+	Count  uint64
+	Sum    float64
+}
+
+// observe adds v to h, whose bucket bounds are bounds.
+func (h *Histogram) observe(bounds []float64, v float64) {
+	i, _ := slices.BinarySearch(bounds, v)
+	h.Counts[i]++
+	h.Count++
+	h.Sum += v
+}
+
+// Cumulative returns the counts of observations at most each bound, as
+// Prometheus wants them.
+func (h *Histogram) Cumulative(bounds []float64) map[float64]uint64 {
+	out := make(map[float64]uint64, len(bounds))
+	var n uint64
+	for i, b := range bounds {
+		n += h.Counts[i]
+		out[b] = n
+	}
+	return out
+}

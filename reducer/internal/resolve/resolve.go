@@ -1,0 +1,329 @@
+// Package resolve turns the ends of flows into workloads, from the metadata
+// that its sources feed it, and tells its owner which flows to resolve again
+// when that metadata changes.
+package resolve
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
+)
+
+// Workload kinds that the resolver makes up itself, without metadata.
+const (
+	KindProcess  = "process"
+	KindExternal = "external"
+)
+
+// Unknown is the local end of a socket whose owning process is not known.
+var Unknown = aggregate.Workload{Name: "unknown", Kind: KindProcess}
+
+// KeyKind is what a metadata key is.
+type KeyKind uint8
+
+// Kinds of metadata keys: each is a reverse index from the key to the flows
+// resolved through it.
+const (
+	// KeyIP is an address, cluster-wide: a pod, service or node IP, or an
+	// address a DNS answer named.
+	KeyIP KeyKind = iota + 1
+	// KeyCgroup is a cgroup v2 id on a node: a pod or a container.
+	KeyCgroup
+	// KeyNetns is a network namespace (its inode) on a node: a pod.
+	KeyNetns
+)
+
+// Key names a piece of metadata.
+type Key struct {
+	Kind KeyKind
+	Node string     // KeyCgroup and KeyNetns
+	Addr netip.Addr // KeyIP
+	ID   uint64     // the cgroup id or the netns inode
+}
+
+// IPKey is the key of an address.
+func IPKey(a netip.Addr) Key { return Key{Kind: KeyIP, Addr: a.Unmap()} }
+
+// CgroupKey is the key of a cgroup of a node.
+func CgroupKey(node string, id uint64) Key { return Key{Kind: KeyCgroup, Node: node, ID: id} }
+
+// NetnsKey is the key of a network namespace of a node.
+func NetnsKey(node string, inode uint32) Key {
+	return Key{Kind: KeyNetns, Node: node, ID: uint64(inode)}
+}
+
+// Rank orders the sources that name the same key: the lowest rank wins, in
+// the order of the resolution rules (a pod before a service before a node
+// before a DNS name).
+type Rank uint8
+
+// Ranks of metadata sources.
+const (
+	RankPod Rank = iota
+	RankContainer
+	RankService
+	RankNode
+	RankDNS
+	// RankTest is for tests and tools; it loses to every other source.
+	RankTest
+)
+
+// Sink receives a source's metadata. It is safe for concurrent use.
+type Sink interface {
+	// Put names the workload of k, replacing what this source said of k
+	// before.
+	Put(k Key, w aggregate.Workload)
+	// Delete takes back what this source said of k.
+	Delete(k Key)
+}
+
+// Source is a feed of metadata, e.g. a Kubernetes watcher's stream of pods,
+// services and nodes, or the DNS answers collectors see.
+type Source interface {
+	// Run feeds sink until ctx is done.
+	Run(ctx context.Context, sink Sink) error
+}
+
+// SourceFunc adapts a function to Source.
+type SourceFunc func(ctx context.Context, sink Sink) error
+
+// Run calls f.
+func (f SourceFunc) Run(ctx context.Context, sink Sink) error { return f(ctx, sink) }
+
+// Endpoint is one end of a flow, as its owner knows it.
+type Endpoint struct {
+	Addr netip.Addr
+	// Local is set when a collector reports this end; the fields below are
+	// then its socket's.
+	Local bool
+	Node  string
+	Netns uint32
+	// Known is set when the socket's owning process is known; Comm and
+	// CgroupID are then the process's.
+	Known    bool
+	Comm     string
+	CgroupID uint64
+}
+
+// maxKeys is the number of keys an end resolves through at most.
+const maxKeys = 2
+
+// Uses records the keys each end of one flow was resolved through. Its
+// owner keeps one per flow and hands it to every call for that flow.
+type Uses struct {
+	keys [2][maxKeys]Key
+	n    [2]uint8
+}
+
+// entry is what one source said of a key.
+type entry struct {
+	rank Rank
+	w    aggregate.Workload
+}
+
+// Resolver resolves flow ends, F being its owner's flow handle. Sinks may be
+// used from any goroutine; the other methods are for the owner, who calls
+// them under its own lock.
+type Resolver[F comparable] struct {
+	mu      sync.Mutex
+	table   map[Key][]entry // sorted by rank
+	changed map[Key]struct{}
+	index   map[Key]map[F]struct{}
+	pending atomic.Bool
+}
+
+// New returns an empty resolver.
+func New[F comparable]() *Resolver[F] {
+	return &Resolver[F]{
+		table:   make(map[Key][]entry),
+		changed: make(map[Key]struct{}),
+		index:   make(map[Key]map[F]struct{}),
+	}
+}
+
+// Sink returns the sink of a source of the given rank.
+func (r *Resolver[F]) Sink(rank Rank) Sink { return sink[F]{r: r, rank: rank} }
+
+type sink[F comparable] struct {
+	r    *Resolver[F]
+	rank Rank
+}
+
+func (s sink[F]) Put(k Key, w aggregate.Workload) {
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	es := r.table[k]
+	before := winner(es)
+	i, found := slices.BinarySearchFunc(es, s.rank, func(e entry, r Rank) int { return int(e.rank) - int(r) })
+	if found {
+		es[i].w = w
+	} else {
+		es = slices.Insert(es, i, entry{rank: s.rank, w: w})
+	}
+	r.table[k] = es
+	r.touch(k, before, winner(es))
+}
+
+func (s sink[F]) Delete(k Key) {
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	es := r.table[k]
+	before := winner(es)
+	i, found := slices.BinarySearchFunc(es, s.rank, func(e entry, r Rank) int { return int(e.rank) - int(r) })
+	if !found {
+		return
+	}
+	es = slices.Delete(es, i, i+1)
+	if len(es) == 0 {
+		delete(r.table, k)
+	} else {
+		r.table[k] = es
+	}
+	r.touch(k, before, winner(es))
+}
+
+// winner returns the workload that a key's entries name, if any.
+func winner(es []entry) *aggregate.Workload {
+	if len(es) == 0 {
+		return nil
+	}
+	return &es[0].w
+}
+
+// touch records a change of k when its winner changed and a flow uses k.
+func (r *Resolver[F]) touch(k Key, before, after *aggregate.Workload) {
+	if before != nil && after != nil && *before == *after {
+		return
+	}
+	if _, used := r.index[k]; !used {
+		return
+	}
+	r.changed[k] = struct{}{}
+	r.pending.Store(true)
+}
+
+// Resolve returns the workload of end i (0 or 1) of flow f and records in
+// u and in the reverse indexes the keys it went through, so that metadata
+// arriving for them later re-resolves f.
+//
+// A local end is, in order: what the metadata says of its cgroup, of its
+// network namespace, else its process's comm. A remote end is what the
+// metadata says of its address, else the address itself, of kind external.
+func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Workload {
+	var keys [maxKeys]Key
+	n := 0
+	if ep.Local {
+		if ep.Known && ep.CgroupID != 0 {
+			keys[n] = CgroupKey(ep.Node, ep.CgroupID)
+			n++
+		}
+		keys[n] = NetnsKey(ep.Node, ep.Netns)
+		n++
+	} else {
+		keys[n] = IPKey(ep.Addr)
+		n++
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reindex(f, u, i, keys[:n])
+	for _, k := range keys[:n] {
+		if es := r.table[k]; len(es) > 0 {
+			w := es[0].w
+			if ep.Local && w.Node == "" {
+				w.Node = ep.Node
+			}
+			return w
+		}
+	}
+	switch {
+	case !ep.Local:
+		return aggregate.Workload{Name: ep.Addr.String(), Kind: KindExternal}
+	case !ep.Known || ep.Comm == "":
+		w := Unknown
+		w.Node = ep.Node
+		return w
+	}
+	return aggregate.Workload{Name: ep.Comm, Kind: KindProcess, Node: ep.Node}
+}
+
+// reindex makes keys the keys of end i of f.
+func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
+	old := u.keys[i][:u.n[i]]
+	if slices.Equal(old, keys) {
+		return
+	}
+	other := u.keys[1-i][:u.n[1-i]]
+	for _, k := range old {
+		if !slices.Contains(keys, k) && !slices.Contains(other, k) {
+			r.unindex(f, k)
+		}
+	}
+	for _, k := range keys {
+		fs := r.index[k]
+		if fs == nil {
+			fs = make(map[F]struct{}, 1)
+			r.index[k] = fs
+		}
+		fs[f] = struct{}{}
+	}
+	u.n[i] = uint8(copy(u.keys[i][:], keys))
+}
+
+// unindex removes f from the flows of k.
+func (r *Resolver[F]) unindex(f F, k Key) {
+	fs := r.index[k]
+	delete(fs, f)
+	if len(fs) == 0 {
+		delete(r.index, k)
+	}
+}
+
+// Forget drops f, whose ends u records, from the reverse indexes.
+func (r *Resolver[F]) Forget(f F, u *Uses) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range u.n {
+		for _, k := range u.keys[i][:u.n[i]] {
+			r.unindex(f, k)
+		}
+		u.n[i] = 0
+	}
+}
+
+// Changed calls fn once for every flow resolved through a key whose
+// metadata changed since the last call. It is cheap when nothing changed.
+func (r *Resolver[F]) Changed(fn func(F)) {
+	if !r.pending.Load() {
+		return
+	}
+	r.mu.Lock()
+	var flows []F
+	seen := make(map[F]struct{})
+	for k := range r.changed {
+		for f := range r.index[k] {
+			if _, ok := seen[f]; !ok {
+				seen[f] = struct{}{}
+				flows = append(flows, f)
+			}
+		}
+	}
+	clear(r.changed)
+	r.pending.Store(false)
+	r.mu.Unlock()
+	for _, f := range flows {
+		fn(f)
+	}
+}
+
+// Len returns the number of metadata keys and of keys in use by flows.
+func (r *Resolver[F]) Len() (metadata, indexed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.table), len(r.index)
+}
