@@ -1,10 +1,9 @@
-package sockets
+package encode
 
 import (
 	"fmt"
 	"net/netip"
 
-	"github.com/weir-project/weir/collector/internal/probe"
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
 
@@ -13,10 +12,15 @@ import (
 type decoder struct {
 	procs   map[uint32]*ingestv1.Process
 	socks   map[uint32]*decodedSocket
-	totals  map[string]probe.Counters // by connection tuple, live or closed
-	opened  map[string]int            // new_connection announcements by tuple
-	owners  map[string]string         // last known owner comm by tuple
+	totals  map[string]sums   // by connection tuple, live or closed
+	opened  map[string]int    // new_connection announcements by tuple
+	owners  map[string]string // last known owner comm by tuple
 	nextSeq uint64
+}
+
+// sums are the decoded counter totals of a connection.
+type sums struct {
+	bytesSent, bytesReceived, segsSent, segsReceived uint64
 }
 
 type decodedSocket struct {
@@ -25,7 +29,7 @@ type decodedSocket struct {
 }
 
 func newDecoder() *decoder {
-	d := &decoder{totals: map[string]probe.Counters{}, opened: map[string]int{}, owners: map[string]string{}}
+	d := &decoder{totals: map[string]sums{}, opened: map[string]int{}, owners: map[string]string{}}
 	d.newEpoch()
 	return d
 }
@@ -57,6 +61,9 @@ func (d *decoder) apply(b *ingestv1.Batch) error {
 		}
 		if _, ok := d.socks[s.Handle]; ok {
 			return fmt.Errorf("socket handle %d announced while live", s.Handle)
+		}
+		if s.Cookie == 0 {
+			return fmt.Errorf("socket handle %d announced without a cookie", s.Handle)
 		}
 		if err := d.checkProcess(s.Process); err != nil {
 			return err
@@ -97,10 +104,10 @@ func (d *decoder) apply(b *ingestv1.Batch) error {
 			return fmt.Errorf("stats for unknown socket %d", h)
 		}
 		c := d.totals[s.key]
-		c.BytesAcked += st.BytesSent[i]
-		c.BytesReceived += st.BytesReceived[i]
-		c.SegsDelivered += st.SegmentsSent[i]
-		c.DataSegsIn += st.SegmentsReceived[i]
+		c.bytesSent += st.BytesSent[i]
+		c.bytesReceived += st.BytesReceived[i]
+		c.segsSent += st.SegmentsSent[i]
+		c.segsReceived += st.SegmentsReceived[i]
 		d.totals[s.key] = c
 	}
 	for _, h := range b.GetClosedSockets() {

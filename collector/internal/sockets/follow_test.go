@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/weir-project/weir/collector/internal/probe"
 )
 
@@ -59,7 +57,7 @@ func TestFollow(t *testing.T) {
 			if tab.Live() != tc.wantLive {
 				t.Fatalf("live %d, want %d", tab.Live(), tc.wantLive)
 			}
-			if got := testutil.ToFloat64(mustGather(t, reg, "weir_collector_event_errors_total")); got != tc.wantErrors {
+			if got := metricValue(t, reg, "weir_collector_event_errors_total"); got != tc.wantErrors {
 				t.Fatalf("event errors %v, want %v", got, tc.wantErrors)
 			}
 		})

@@ -7,38 +7,42 @@ import (
 )
 
 type metrics struct {
-	opens, closes, listens, unknownEvents prometheus.Counter
-	untrackedCloses                       prometheus.Counter
-	replaced                              prometheus.Counter
-	untrackedSamples                      prometheus.Counter
-	counterResets                         prometheus.Counter
-	bufferDropped                         prometheus.Counter
-	bufferDroppedBytes                    prometheus.Counter
-	listenersEvicted                      prometheus.Counter
-	eventErrors                           prometheus.Counter
+	opens, existing, closes, listens, unknownEvents prometheus.Counter
+	untrackedCloses                                 prometheus.Counter
+	duplicateOpens                                  prometheus.Counter
+	untrackedSamples                                prometheus.Counter
+	counterRegressions                              prometheus.Counter
+	socketCap                                       prometheus.Counter
+	bufferDropped                                   prometheus.Counter
+	bufferDroppedBytes                              prometheus.Counter
+	listenersEvicted                                prometheus.Counter
+	eventErrors                                     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_collector_events_total",
-		Help: "Lifecycle events read from the kernel, by kind.",
+		Help: "Lifecycle events read from the kernel or found at start, by kind.",
 	}, []string{"kind"})
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	m := &metrics{
 		opens:         events.WithLabelValues("open"),
+		existing:      events.WithLabelValues("existing"),
 		closes:        events.WithLabelValues("close"),
 		listens:       events.WithLabelValues("listen"),
 		unknownEvents: events.WithLabelValues("unknown"),
 		untrackedCloses: counter("weir_collector_untracked_closes_total",
-			"Close events for sockets that were not tracked, ignored."),
-		replaced: counter("weir_collector_replaced_sockets_total",
-			"Open events for a socket still tracked as live (its close was missed); the old socket was closed first."),
+			"Close events for sockets that were not tracked (their open event was lost and they were never sampled), ignored."),
+		duplicateOpens: counter("weir_collector_duplicate_opens_total",
+			"Open events for a socket already tracked under the same cookie, found first at start or by a sample; not counted twice."),
 		untrackedSamples: counter("weir_collector_untracked_samples_total",
-			"Socket map entries polled whose open event had not been read, or was lost."),
-		counterResets: counter("weir_collector_baseline_resets_total",
-			"Sockets whose cumulative counters went backwards; the delta was clamped to 0 and the baseline reset."),
+			"Samples of sockets the table did not know (their open event was lost or not read yet); tracked from then on, with the sampled counters as the baseline."),
+		counterRegressions: counter("weir_collector_counter_regressions_total",
+			"Counter reads that went backwards; nothing was counted for them and the baseline was reset to the new value."),
+		socketCap: counter("weir_collector_socket_cap_total",
+			"Sockets not tracked because --max-sockets live sockets were tracked already; each socket is counted once."),
 		bufferDropped: counter("weir_collector_buffer_dropped_total",
 			"Closed sockets dropped unreported because the buffer was at its byte cap."),
 		bufferDroppedBytes: counter("weir_collector_buffer_dropped_bytes_total",
@@ -49,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Lifecycle events that could not be read or decoded, skipped."),
 	}
 	collectors := []prometheus.Collector{
-		events, m.untrackedCloses, m.replaced, m.untrackedSamples, m.counterResets,
+		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap,
 		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",

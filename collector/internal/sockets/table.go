@@ -1,23 +1,17 @@
-// Package sockets tracks the node's TCP sockets and encodes what changed as ingest batches.
+// Package sockets tracks the node's TCP sockets by cookie (endpoints, owners
+// and counters) and tells what changed since the previous report.
 package sockets
 
 import (
 	"errors"
-	"net/netip"
-	"os"
-	"path/filepath"
+	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
-	"time"
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/weir-project/weir/collector/internal/probe"
-	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
 
 // Config sizes a Table.
@@ -25,21 +19,35 @@ type Config struct {
 	// BufferBytes caps the estimated memory of closed sockets awaiting
 	// report; beyond it the oldest are dropped and counted.
 	BufferBytes int64
-	// ProcRoot is where process cgroups are read: <ProcRoot>/<pid>/cgroup.
-	ProcRoot string
+	// MaxSockets caps the live sockets tracked. A socket beyond the cap is
+	// refused once, counted, and ignored until it closes.
+	MaxSockets int
 	// MaxListeners caps the listening sockets remembered for the owner
-	// fallback of accepted sockets.
+	// fallback of accepted and existing sockets.
 	MaxListeners int
+	// Owners finds the owners of sockets found already open whose event
+	// carries none, by socket inode (a /proc scan). Nil: no scan.
+	Owners OwnerScanner
 }
 
 // DefaultConfig returns the defaults of a Table.
 func DefaultConfig() Config {
-	return Config{BufferBytes: 8 << 20, ProcRoot: "/proc", MaxListeners: 65536}
+	return Config{BufferBytes: 8 << 20, MaxSockets: 65536, MaxListeners: 65536}
 }
 
-// Sampler iterates the kernel socket map.
+// Sampler reads the current state of every socket the kernel tracks.
 type Sampler interface {
 	Samples(fn func(probe.Sample)) error
+}
+
+// Discoverer finds the sockets that were open before the probe was loaded.
+type Discoverer interface {
+	Discover(fn func(probe.Event)) error
+}
+
+// OwnerScanner maps socket inodes to the processes that hold them.
+type OwnerScanner interface {
+	SocketOwners() (map[uint64]probe.Owner, error)
 }
 
 // closedEntryBytes estimates the memory of one closed socket awaiting
@@ -54,34 +62,23 @@ const (
 	stateReleased
 )
 
-type procKey struct {
-	pid  uint32
-	comm string
-}
-
-type process struct {
-	key      procKey
-	handle   uint32 // 0 while not announced in this epoch
-	refs     int    // sockets whose owner this is
-	orphaned bool   // queued for forgetting
+// totals are a socket's counters accumulated since the table first saw it,
+// in 64 bits: the kernel's 32-bit segment counters wrap, these do not.
+type totals struct {
+	bytesSent, bytesReceived, segsSent, segsReceived uint64
 }
 
 type socket struct {
-	sock       uint64
-	seq        uint64 // open order, for deterministic announcement
-	handle     uint32 // 0 while not announced in this epoch
+	probe.Endpoint
+	seq        uint64 // order first seen, for deterministic announcement
 	state      sockState
-	role       probe.Role
+	exposed    bool // in Changes.Opened during this epoch
 	newConn    bool // announce with new_connection: the open was seen and never announced
-	ownerDirty bool // announced, owner changed since the last report
-	localPort  uint16
-	remotePort uint16
-	netns      uint32
-	local      netip.Addr
-	remote     netip.Addr
-	owner      *process
-	cur        probe.Counters // latest cumulative counters
-	rep        probe.Counters // counters as of the last report: the baseline of deltas
+	ownerDirty bool // exposed, owner changed since the last drain
+	owner      probe.Owner
+	raw        probe.Counters // the kernel's counters as last read
+	total      totals         // counted since first seen
+	rep        totals         // total as of the last drain: the baseline of deltas
 }
 
 type listenKey struct {
@@ -89,9 +86,9 @@ type listenKey struct {
 	port  uint16
 }
 
-// Table is the collector's view of the node's TCP sockets. Events and
-// samples update it; Report encodes what changed since the previous report.
-// It is safe for concurrent use.
+// Table is the collector's view of the node's TCP sockets, keyed by socket
+// cookie. Events and samples update it; Drain hands over what changed since
+// the previous Drain. It is safe for concurrent use.
 type Table struct {
 	cfg Config
 	m   *metrics
@@ -99,19 +96,27 @@ type Table struct {
 	mu     sync.Mutex
 	seq    uint64
 	live   map[uint64]*socket
-	fresh  []*socket // live sockets not yet announced in this epoch
+	fresh  []*socket // sockets not yet exposed in this epoch (and stale entries)
 	closed []*socket // closed sockets awaiting report, oldest first
-	// closedHandles are announced sockets dropped from the buffer: their
-	// final delta is lost but the reducer still learns that they closed.
-	closedHandles []uint32
-	byHandle      []*socket // announced sockets by handle
-	dirtyOwners   []*socket
-	procs         map[procKey]*process
-	orphans       []*process // announced processes that lost their last socket
-	sockHandles   handles
-	procHandles   handles
+	// closedDropped are the cookies of exposed sockets dropped from the
+	// buffer: their final delta is lost but the reducer still learns that
+	// they closed.
+	closedDropped []uint64
+	ownerChanges  []*socket
 	listeners     map[listenKey]probe.Owner
-	dropped       uint64 // cumulative buffer drops
+	// refused are the sockets refused at the cap, until they close or a
+	// complete poll no longer sees them; the value is the poll generation
+	// that last saw them.
+	refused map[uint64]uint64
+	pollGen uint64
+	loss    Loss
+}
+
+// Loss are the table's cumulative loss counters.
+type Loss struct {
+	BufferDropped      uint64 // closed sockets dropped from the buffer unreported
+	SocketCap          uint64 // sockets refused at the cap
+	CounterRegressions uint64 // counter reads that went backwards
 }
 
 // New returns an empty Table whose metrics are registered with reg.
@@ -119,15 +124,17 @@ func New(cfg Config, reg prometheus.Registerer) (*Table, error) {
 	if cfg.BufferBytes <= 0 {
 		return nil, errors.New("buffer bytes must be positive")
 	}
+	if cfg.MaxSockets <= 0 {
+		return nil, errors.New("max sockets must be positive")
+	}
 	if cfg.MaxListeners <= 0 {
 		return nil, errors.New("max listeners must be positive")
 	}
 	t := &Table{
 		cfg:       cfg,
 		live:      make(map[uint64]*socket),
-		procs:     make(map[procKey]*process),
 		listeners: make(map[listenKey]probe.Owner),
-		byHandle:  []*socket{nil},
+		refused:   make(map[uint64]uint64),
 	}
 	m, err := newMetrics(reg, t)
 	if err != nil {
@@ -159,59 +166,75 @@ func (t *Table) closedBytes() int64 { return int64(len(t.closed)) * closedEntryB
 func (t *Table) Apply(ev probe.Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.apply(ev)
+}
+
+func (t *Table) apply(ev probe.Event) {
 	switch ev.Kind {
 	case probe.EventOpen:
 		t.m.opens.Inc()
-		t.open(ev)
+		t.open(ev.Endpoint, ev.Owner, ev.Counters, true)
+	case probe.EventExisting:
+		t.m.existing.Inc()
+		t.open(ev.Endpoint, ev.Owner, ev.Counters, false)
 	case probe.EventClose:
 		t.m.closes.Inc()
-		// The close carries the map entry's owner: the socket's last user,
-		// which a socket that lived less than an interval was never
-		// polled for.
-		if s := t.update(ev.Sock, ev.Counters, ev.Owner, t.m.untrackedCloses); s != nil {
-			t.close(s)
+		s := t.live[ev.Cookie]
+		if s == nil {
+			if _, ok := t.refused[ev.Cookie]; ok {
+				delete(t.refused, ev.Cookie)
+				return
+			}
+			t.m.untrackedCloses.Inc()
+			return
 		}
+		// The close carries the socket's last user, which a socket that
+		// lived less than an interval was never sampled for.
+		t.update(s, ev.Counters, ev.Owner)
+		t.close(s)
 	case probe.EventListen:
 		t.m.listens.Inc()
-		t.listen(ev)
+		t.listen(listenKey{netns: ev.NetNS, port: ev.LocalPort}, ev.Owner)
 	default:
 		t.m.unknownEvents.Inc()
 	}
 }
 
-func (t *Table) open(ev probe.Event) {
-	if old := t.live[ev.Sock]; old != nil {
-		t.m.replaced.Inc()
-		t.close(old)
+// open starts tracking a socket. isNew says the probe saw it established:
+// all its traffic counts. Otherwise c is the baseline and nothing is counted
+// until the counters move on. It returns the socket, or nil if refused.
+func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isNew bool) *socket {
+	if s := t.live[ep.Cookie]; s != nil {
+		// Cookies are unique per boot: this is the same socket, found
+		// first by discovery or a sample before its open event was read.
+		t.m.duplicateOpens.Inc()
+		if isNew && !s.newConn && !s.exposed {
+			// Not reported yet: it becomes the new connection it is,
+			// counted from its open.
+			s.Role, s.newConn, s.raw, s.total, s.rep = ep.Role, true, c, totals{}, totals{}
+		}
+		t.setOwner(s, owner)
+		return s
+	}
+	if _, ok := t.refused[ep.Cookie]; ok {
+		return nil
+	}
+	if len(t.live) >= t.cfg.MaxSockets {
+		t.refused[ep.Cookie] = t.pollGen
+		t.loss.SocketCap++
+		t.m.socketCap.Inc()
+		return nil
 	}
 	t.seq++
-	s := &socket{
-		sock:       ev.Sock,
-		seq:        t.seq,
-		role:       ev.Role,
-		local:      ev.LocalAddr,
-		localPort:  ev.LocalPort,
-		remote:     ev.RemoteAddr,
-		remotePort: ev.RemotePort,
-		netns:      ev.NetNS,
-		cur:        ev.Counters,
-		rep:        ev.Counters,
-	}
-	if ev.Role != probe.RoleUnknown {
-		// A connection seen from its start: every payload byte and data
-		// segment belongs to it. tcp_sock.delivered already counts the
-		// handshake, which is not data, so it keeps its baseline.
-		s.newConn = true
-		s.rep.BytesAcked, s.rep.BytesReceived, s.rep.DataSegsIn = 0, 0, 0
-	}
-	t.setOwner(s, ev.Owner)
-	t.live[ev.Sock] = s
+	s := &socket{Endpoint: ep, seq: t.seq, newConn: isNew, raw: c}
+	t.setOwner(s, owner)
+	t.live[ep.Cookie] = s
 	if len(t.fresh) >= 2*len(t.live)+64 {
 		// Without reports (the reducer is away) short-lived sockets would
 		// pile up here; closed ones are queued in t.closed anyway.
 		kept := t.fresh[:0]
 		for _, f := range t.fresh {
-			if f.state == stateLive && f.handle == 0 {
+			if f.state == stateLive && !f.exposed {
 				kept = append(kept, f)
 			}
 		}
@@ -219,14 +242,63 @@ func (t *Table) open(ev probe.Event) {
 		t.fresh = kept
 	}
 	t.fresh = append(t.fresh, s)
+	return s
+}
+
+// update records the counters and owner read for s.
+func (t *Table) update(s *socket, c probe.Counters, owner probe.Owner) {
+	t.advance(s, c)
+	t.setOwner(s, owner)
+}
+
+// advance adds what the counters moved since they were last read to the
+// socket's totals. The segment counters are 32 bits and wrap, so they move
+// by the difference modulo 2^32. A counter that went backwards (for the
+// segment counters, by a difference over 2^31) is a regression: it counts
+// nothing, and its new value is the baseline from now on.
+func (t *Table) advance(s *socket, c probe.Counters) {
+	regressed := false
+	if c.BytesAcked >= s.raw.BytesAcked {
+		s.total.bytesSent += c.BytesAcked - s.raw.BytesAcked
+	} else {
+		regressed = true
+	}
+	if c.BytesReceived >= s.raw.BytesReceived {
+		s.total.bytesReceived += c.BytesReceived - s.raw.BytesReceived
+	} else {
+		regressed = true
+	}
+	if d, ok := delta32(c.SegsDelivered, s.raw.SegsDelivered); ok {
+		s.total.segsSent += uint64(d)
+	} else {
+		regressed = true
+	}
+	if d, ok := delta32(c.DataSegsIn, s.raw.DataSegsIn); ok {
+		s.total.segsReceived += uint64(d)
+	} else {
+		regressed = true
+	}
+	s.raw = c
+	if regressed {
+		t.loss.CounterRegressions++
+		t.m.counterRegressions.Inc()
+	}
+}
+
+// delta32 returns how far a wrapping 32-bit counter moved from prev to cur,
+// and false when the move is more than half the range: the counter went
+// backwards.
+func delta32(cur, prev uint32) (uint32, bool) {
+	d := cur - prev
+	return d, d <= 1<<31
 }
 
 // close moves a live socket to the queue of closed sockets awaiting report.
 func (t *Table) close(s *socket) {
-	delete(t.live, s.sock)
-	if s.handle == 0 && !s.newConn && s.cur == s.rep {
-		// Never announced and nothing to tell: forget it silently.
-		t.release(s)
+	delete(t.live, s.Cookie)
+	if !s.exposed && !s.newConn && s.total == s.rep {
+		// Never reported and nothing to tell: forget it silently.
+		s.state = stateReleased
 		return
 	}
 	s.state = stateClosed
@@ -240,31 +312,19 @@ func (t *Table) dropOldest() {
 	s := t.closed[0]
 	t.closed[0] = nil
 	t.closed = t.closed[1:]
-	t.dropped++
+	t.loss.BufferDropped++
 	t.m.bufferDropped.Inc()
-	t.m.bufferDroppedBytes.Add(float64(sub(s.cur.BytesAcked, s.rep.BytesAcked) + sub(s.cur.BytesReceived, s.rep.BytesReceived)))
-	if s.handle != 0 {
-		t.closedHandles = append(t.closedHandles, s.handle)
-		t.byHandle[s.handle] = nil
-		s.handle = 0
+	t.m.bufferDroppedBytes.Add(float64(s.total.bytesSent - s.rep.bytesSent + s.total.bytesReceived - s.rep.bytesReceived))
+	if s.exposed {
+		t.closedDropped = append(t.closedDropped, s.Cookie)
 	}
-	t.release(s)
-}
-
-// release drops a socket's reference to its owner; the socket is gone.
-func (t *Table) release(s *socket) {
 	s.state = stateReleased
-	if s.owner != nil {
-		t.unref(s.owner)
-		s.owner = nil
-	}
 }
 
-func (t *Table) listen(ev probe.Event) {
-	if ev.Owner.PID == 0 {
+func (t *Table) listen(k listenKey, owner probe.Owner) {
+	if owner.PID == 0 {
 		return
 	}
-	k := listenKey{netns: ev.NetNS, port: ev.LocalPort}
 	if _, ok := t.listeners[k]; !ok && len(t.listeners) >= t.cfg.MaxListeners {
 		for old := range t.listeners {
 			delete(t.listeners, old)
@@ -272,276 +332,275 @@ func (t *Table) listen(ev probe.Event) {
 			break
 		}
 	}
-	t.listeners[k] = ev.Owner
+	t.listeners[k] = owner
+}
+
+// sameProcess says whether two owners are the same process: the same pid
+// and start time (and, when the start time is unknown, the same comm).
+func sameProcess(a, b probe.Owner) bool {
+	return a.PID == b.PID && a.StartTime == b.StartTime && (a.StartTime != 0 || a.Comm == b.Comm)
 }
 
 // setOwner makes o the owner of s, unless o is unknown or already the owner.
 func (t *Table) setOwner(s *socket, o probe.Owner) {
-	if o.PID == 0 {
+	if o.PID == 0 || sameProcess(s.owner, o) {
 		return
 	}
-	k := procKey{pid: o.PID, comm: o.Comm}
-	if s.owner != nil && s.owner.key == k {
-		return
-	}
-	p := t.procs[k]
-	if p == nil {
-		p = &process{key: k}
-		t.procs[k] = p
-	}
-	p.refs++
-	if s.owner != nil {
-		t.unref(s.owner)
-	}
-	s.owner = p
-	if s.handle != 0 && !s.ownerDirty {
+	s.owner = o
+	if s.exposed && !s.ownerDirty {
 		s.ownerDirty = true
-		t.dirtyOwners = append(t.dirtyOwners, s)
+		t.ownerChanges = append(t.ownerChanges, s)
 	}
 }
 
-func (t *Table) unref(p *process) {
-	p.refs--
-	if p.refs > 0 {
-		return
-	}
-	if p.handle == 0 {
-		delete(t.procs, p.key)
-		return
-	}
-	if !p.orphaned {
-		p.orphaned = true
-		t.orphans = append(t.orphans, p)
-	}
-}
-
-// Poll reads the socket map through src and records each socket's owner
-// and counters. The table stays locked during the iteration so that events
-// are applied either before or after it, never in the middle.
+// Poll reads every tracked socket through src and records its owner and
+// counters. A socket the table does not know (its open event was lost) is
+// tracked from here on, with these counters as its baseline, and counted.
+// The table stays locked during the iteration so that events are applied
+// either before or after it, never in the middle.
 func (t *Table) Poll(src Sampler) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return src.Samples(func(smp probe.Sample) {
-		t.update(smp.Sock, smp.Counters, smp.Owner, t.m.untrackedSamples)
+	t.pollGen++
+	err := src.Samples(func(smp probe.Sample) {
+		if s := t.live[smp.Cookie]; s != nil {
+			t.update(s, smp.Counters, smp.Owner)
+			return
+		}
+		if _, ok := t.refused[smp.Cookie]; ok {
+			t.refused[smp.Cookie] = t.pollGen
+			return
+		}
+		t.m.untrackedSamples.Inc()
+		t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
 	})
+	if err != nil {
+		return err
+	}
+	// A refused socket that a complete poll no longer sees is gone (its
+	// close was lost): forget it, so that the set stays bounded by the
+	// sockets that exist.
+	for cookie, gen := range t.refused {
+		if gen != t.pollGen {
+			delete(t.refused, cookie)
+		}
+	}
+	return nil
 }
 
-// update sets the counters and owner of the live socket sock and returns
-// it; a socket the table does not know is counted in untracked.
-func (t *Table) update(sock uint64, c probe.Counters, owner probe.Owner, untracked prometheus.Counter) *socket {
-	s := t.live[sock]
-	if s == nil {
-		untracked.Inc()
+// Discover adds the sockets that were open before the probe was loaded:
+// connected sockets (EventExisting), whose counters are the baseline, and
+// listeners (EventListen). Those whose owner the kernel did not know are
+// given one from a single scan of the processes' open files by socket
+// inode; connected sockets still without one fall back to the listener of
+// their local port when they are reported. An error from the scan leaves
+// those owners unknown; the sockets are tracked anyway.
+func (t *Table) Discover(src Discoverer) error {
+	type pending struct {
+		cookie uint64 // 0 for a listener
+		listen listenKey
+		inode  uint64
+	}
+	var unowned []pending // bounded by MaxSockets and MaxListeners
+	err := src.Discover(func(ev probe.Event) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.apply(ev)
+		if ev.Owner.PID != 0 || ev.Inode == 0 {
+			return
+		}
+		switch ev.Kind {
+		case probe.EventExisting:
+			if s := t.live[ev.Cookie]; s != nil && s.owner.PID == 0 {
+				unowned = append(unowned, pending{cookie: ev.Cookie, inode: ev.Inode})
+			}
+		case probe.EventListen:
+			if len(unowned) < t.cfg.MaxSockets+t.cfg.MaxListeners {
+				unowned = append(unowned, pending{listen: listenKey{netns: ev.NetNS, port: ev.LocalPort}, inode: ev.Inode})
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("discover sockets: %w", err)
+	}
+	if len(unowned) == 0 || t.cfg.Owners == nil {
 		return nil
 	}
-	s.cur = c
-	t.setOwner(s, owner)
-	return s
+	owners, err := t.cfg.Owners.SocketOwners()
+	if err != nil {
+		return fmt.Errorf("find owners of existing sockets: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range unowned {
+		o, ok := owners[p.inode]
+		if !ok {
+			continue
+		}
+		if p.cookie == 0 {
+			if _, known := t.listeners[p.listen]; !known {
+				t.listen(p.listen, o)
+			}
+			continue
+		}
+		if s := t.live[p.cookie]; s != nil {
+			t.setOwner(s, o)
+		}
+	}
+	return nil
 }
 
-// Resync starts a new epoch: every handle is forgotten, and the next Report
-// announces every live socket and its process again. Deltas continue from
-// the last reported counters, so nothing is counted twice. Sockets announced
-// before are announced with new_connection false.
+// Socket is a socket to announce.
+type Socket struct {
+	probe.Endpoint
+	Owner probe.Owner // PID 0: not known yet
+	// NewConnection: the probe saw the connection being established, and
+	// it was never announced before.
+	NewConnection bool
+}
+
+// OwnerChange is a new owner of an announced socket.
+type OwnerChange struct {
+	Cookie uint64
+	Owner  probe.Owner
+}
+
+// Delta is how far an announced socket's counters moved since the previous
+// Drain.
+type Delta struct {
+	Cookie                                                   uint64
+	BytesSent, BytesReceived, SegmentsSent, SegmentsReceived uint64
+}
+
+// Changes is what changed since the previous Drain, in the order a reducer
+// applies it: sockets to announce, owner changes, deltas, closes.
+type Changes struct {
+	// Opened are the sockets not announced yet in this epoch, live or
+	// already closed, in the order they were first seen.
+	Opened []Socket
+	// Owners are the owner changes of sockets announced before.
+	Owners []OwnerChange
+	// Deltas are the nonzero counter deltas of announced sockets,
+	// including those in Opened and Closed.
+	Deltas []Delta
+	// Closed are the cookies of announced sockets that closed, including
+	// those in Opened.
+	Closed []uint64
+	// Loss are the table's cumulative loss counters.
+	Loss Loss
+}
+
+func (c *Changes) reset() {
+	clear(c.Opened)
+	c.Opened = c.Opened[:0]
+	c.Owners = c.Owners[:0]
+	c.Deltas = c.Deltas[:0]
+	c.Closed = c.Closed[:0]
+}
+
+// Drain fills c (its slices are reused) with what changed since the
+// previous Drain, and makes that the new baseline: the caller must hand
+// all of it to the reducer.
+func (t *Table) Drain(c *Changes) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c.reset()
+
+	// Announce new sockets, live or already closed, in the order they were
+	// first seen.
+	announce := t.fresh
+	for _, s := range t.closed {
+		if !s.exposed {
+			announce = append(announce, s)
+		}
+	}
+	slices.SortFunc(announce, cmpSeq)
+	for _, s := range announce {
+		if s.exposed || s.state == stateReleased {
+			continue
+		}
+		if s.owner.PID == 0 {
+			if o, ok := t.listeners[listenKey{netns: s.NetNS, port: s.LocalPort}]; ok {
+				s.owner = o
+			}
+		}
+		s.exposed = true
+		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
+		s.newConn = false
+	}
+	clear(t.fresh)
+	t.fresh = t.fresh[:0]
+
+	for _, s := range t.ownerChanges {
+		if s.ownerDirty && s.state != stateReleased {
+			c.Owners = append(c.Owners, OwnerChange{Cookie: s.Cookie, Owner: s.owner})
+		}
+		s.ownerDirty = false
+	}
+	clear(t.ownerChanges)
+	t.ownerChanges = t.ownerChanges[:0]
+
+	for _, s := range t.live {
+		t.drainDelta(c, s)
+	}
+	for _, s := range t.closed {
+		t.drainDelta(c, s)
+		c.Closed = append(c.Closed, s.Cookie)
+		s.state = stateReleased
+	}
+	clear(t.closed)
+	t.closed = t.closed[:0]
+	c.Closed = append(c.Closed, t.closedDropped...)
+	t.closedDropped = t.closedDropped[:0]
+	c.Loss = t.loss
+}
+
+func (t *Table) drainDelta(c *Changes, s *socket) {
+	if s.total == s.rep {
+		return
+	}
+	c.Deltas = append(c.Deltas, Delta{
+		Cookie:           s.Cookie,
+		BytesSent:        s.total.bytesSent - s.rep.bytesSent,
+		BytesReceived:    s.total.bytesReceived - s.rep.bytesReceived,
+		SegmentsSent:     s.total.segsSent - s.rep.segsSent,
+		SegmentsReceived: s.total.segsReceived - s.rep.segsReceived,
+	})
+	s.rep = s.total
+}
+
+// Resync starts a new epoch: the reducer forgot every socket, so the next
+// Drain announces every live socket again. Deltas continue from the last
+// drained counters, so nothing is counted twice. Sockets announced before
+// are announced with NewConnection false.
 func (t *Table) Resync() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.sockHandles.reset()
-	t.procHandles.reset()
-	clear(t.byHandle)
-	t.byHandle = t.byHandle[:1]
-	t.closedHandles = t.closedHandles[:0]
-	t.dirtyOwners = t.dirtyOwners[:0]
-	t.orphans = t.orphans[:0]
-	for k, p := range t.procs {
-		p.handle, p.orphaned = 0, false
-		if p.refs == 0 {
-			delete(t.procs, k)
-		}
+	t.closedDropped = t.closedDropped[:0]
+	for _, s := range t.ownerChanges {
+		s.ownerDirty = false
 	}
+	clear(t.ownerChanges)
+	t.ownerChanges = t.ownerChanges[:0]
+	clear(t.fresh)
 	t.fresh = t.fresh[:0]
 	for _, s := range t.live {
-		s.handle, s.ownerDirty = 0, false
+		s.exposed = false
 		t.fresh = append(t.fresh, s)
 	}
-	slices.SortFunc(t.fresh, func(a, b *socket) int { return cmpSeq(a, b) })
+	slices.SortFunc(t.fresh, cmpSeq)
 	kept := t.closed[:0]
 	for _, s := range t.closed {
-		s.handle, s.ownerDirty = 0, false
-		if !s.newConn && s.cur == s.rep {
+		s.exposed = false
+		if !s.newConn && s.total == s.rep {
 			// Announced in an earlier epoch and nothing left to report.
-			t.release(s)
+			s.state = stateReleased
 			continue
 		}
 		kept = append(kept, s)
 	}
 	clear(t.closed[len(kept):])
 	t.closed = kept
-}
-
-// Report returns everything that changed since the previous report as one
-// batch (without its sequence number and the kernel's loss counters, which
-// belong to the caller) and makes it the new baseline.
-func (t *Table) Report(now time.Time) *ingestv1.Batch {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b := &ingestv1.Batch{Time: timestamppb.New(now)}
-
-	// Announce new sockets, live or already closed, in the order they opened.
-	announce := t.fresh
-	for _, s := range t.closed {
-		if s.handle == 0 {
-			announce = append(announce, s)
-		}
-	}
-	slices.SortFunc(announce, cmpSeq)
-	for _, s := range announce {
-		if s.handle != 0 || s.state == stateReleased {
-			continue
-		}
-		if s.owner == nil {
-			if o, ok := t.listeners[listenKey{netns: s.netns, port: s.localPort}]; ok {
-				t.setOwner(s, o)
-			}
-		}
-		s.handle = t.sockHandles.get()
-		for int(s.handle) >= len(t.byHandle) {
-			t.byHandle = append(t.byHandle, nil)
-		}
-		t.byHandle[s.handle] = s
-		b.Sockets = append(b.Sockets, &ingestv1.Socket{
-			Handle:        s.handle,
-			Process:       t.announceProcess(b, s.owner),
-			Role:          wireRole(s.role),
-			LocalAddr:     s.local.AsSlice(),
-			LocalPort:     uint32(s.localPort),
-			RemoteAddr:    s.remote.AsSlice(),
-			RemotePort:    uint32(s.remotePort),
-			Netns:         s.netns,
-			NewConnection: s.newConn,
-		})
-		s.newConn = false
-	}
-	clear(t.fresh)
-	t.fresh = t.fresh[:0]
-
-	for _, s := range t.dirtyOwners {
-		if !s.ownerDirty || s.handle == 0 {
-			continue
-		}
-		s.ownerDirty = false
-		b.Owners = append(b.Owners, &ingestv1.SocketOwner{Socket: s.handle, Process: t.announceProcess(b, s.owner)})
-	}
-	clear(t.dirtyOwners)
-	t.dirtyOwners = t.dirtyOwners[:0]
-
-	b.Stats = t.stats()
-
-	var freeSocks []uint32
-	for _, s := range t.closed {
-		b.ClosedSockets = append(b.ClosedSockets, s.handle)
-		freeSocks = append(freeSocks, s.handle)
-		t.byHandle[s.handle] = nil
-		s.handle = 0
-		t.release(s)
-	}
-	clear(t.closed)
-	t.closed = t.closed[:0]
-	b.ClosedSockets = append(b.ClosedSockets, t.closedHandles...)
-	freeSocks = append(freeSocks, t.closedHandles...)
-	t.closedHandles = t.closedHandles[:0]
-
-	for _, p := range t.orphans {
-		p.orphaned = false
-		if p.refs > 0 {
-			continue
-		}
-		b.ForgottenProcesses = append(b.ForgottenProcesses, p.handle)
-		t.procHandles.put(p.handle)
-		delete(t.procs, p.key)
-	}
-	clear(t.orphans)
-	t.orphans = t.orphans[:0]
-	// Handles are reusable only after the batch that released them.
-	for _, h := range freeSocks {
-		t.sockHandles.put(h)
-	}
-
-	b.Loss = &ingestv1.Loss{BufferDropped: t.dropped}
-	return b
-}
-
-// stats encodes the counter deltas of the announced sockets that changed,
-// in ascending handle order, and advances their baselines.
-func (t *Table) stats() *ingestv1.SocketStats {
-	st := &ingestv1.SocketStats{}
-	var prev uint32
-	for h, s := range t.byHandle {
-		if s == nil || s.cur == s.rep {
-			continue
-		}
-		sent, ok1 := delta(s.cur.BytesAcked, s.rep.BytesAcked)
-		recv, ok2 := delta(s.cur.BytesReceived, s.rep.BytesReceived)
-		segOut, ok3 := delta(s.cur.SegsDelivered, s.rep.SegsDelivered)
-		segIn, ok4 := delta(s.cur.DataSegsIn, s.rep.DataSegsIn)
-		s.rep = s.cur
-		if !ok1 || !ok2 || !ok3 || !ok4 {
-			t.m.counterResets.Inc()
-		}
-		if sent|recv|segOut|segIn == 0 {
-			continue
-		}
-		st.HandleGaps = append(st.HandleGaps, uint32(h)-prev)
-		prev = uint32(h)
-		st.BytesSent = append(st.BytesSent, sent)
-		st.BytesReceived = append(st.BytesReceived, recv)
-		st.SegmentsSent = append(st.SegmentsSent, segOut)
-		st.SegmentsReceived = append(st.SegmentsReceived, segIn)
-	}
-	return st
-}
-
-// announceProcess returns the handle of p, announcing it in b if it has
-// none in this epoch. A nil p is the unknown process, handle 0.
-func (t *Table) announceProcess(b *ingestv1.Batch, p *process) uint32 {
-	if p == nil {
-		return 0
-	}
-	if p.handle == 0 {
-		p.handle = t.procHandles.get()
-		b.Processes = append(b.Processes, &ingestv1.Process{
-			Handle: p.handle,
-			Pid:    p.key.pid,
-			Comm:   p.key.comm,
-			Cgroup: readCgroup(t.cfg.ProcRoot, p.key.pid),
-		})
-	}
-	return p.handle
-}
-
-// readCgroup returns the cgroup v2 path of a process, or "" when unknown.
-func readCgroup(procRoot string, pid uint32) string {
-	data, err := os.ReadFile(filepath.Join(procRoot, strconv.FormatUint(uint64(pid), 10), "cgroup"))
-	if err != nil {
-		return ""
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			return path
-		}
-	}
-	return ""
-}
-
-func wireRole(r probe.Role) ingestv1.Role {
-	switch r {
-	case probe.RoleClient:
-		return ingestv1.Role_ROLE_CLIENT
-	case probe.RoleServer:
-		return ingestv1.Role_ROLE_SERVER
-	default:
-		return ingestv1.Role_ROLE_UNSPECIFIED
-	}
 }
 
 func cmpSeq(a, b *socket) int {
@@ -552,17 +611,4 @@ func cmpSeq(a, b *socket) int {
 		return 1
 	}
 	return 0
-}
-
-// delta returns cur-prev, or 0 and false when the counter went backwards.
-func delta(cur, prev uint64) (uint64, bool) {
-	if cur < prev {
-		return 0, false
-	}
-	return cur - prev, true
-}
-
-func sub(cur, prev uint64) uint64 {
-	d, _ := delta(cur, prev)
-	return d
 }

@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		acks:       counter("weir_collector_acks_received_total", "Batch acknowledgements received from the reducer."),
 		unacked: counter("weir_collector_batches_unacknowledged_total",
 			"Batches sent but not acknowledged when their stream ended; the reducer may not have applied them, and they are not resent."),
-		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel socket map."),
+		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel's socket storage."),
 		src:        src,
 	}
 	collectors := []prometheus.Collector{
@@ -52,9 +52,9 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",
 		}, func() float64 { return float64(m.drops().RingFull) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "weir_collector_map_full_total",
-			Help: "Sockets not tracked because the kernel socket map was full.",
-		}, func() float64 { return float64(m.drops().MapFull) }),
+			Name: "weir_collector_storage_full_total",
+			Help: "Sockets not tracked in the kernel because their socket storage could not be allocated.",
+		}, func() float64 { return float64(m.drops().StorageFull) }),
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {

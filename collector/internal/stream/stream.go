@@ -26,8 +26,15 @@ import (
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
 
-// ProtocolVersion is the ingest wire protocol version the collector speaks.
-const ProtocolVersion = 1
+// The ingest wire protocol versions the collector speaks: it offers the
+// range in its Hello and the reducer picks one.
+const (
+	ProtocolVersion    = 1
+	MinProtocolVersion = 1
+)
+
+// Capabilities are the optional features the collector sends.
+var Capabilities = []string{"socket_cookie"}
 
 // Defaults of the reconnect backoff.
 const (
@@ -35,7 +42,20 @@ const (
 	DefaultMaxBackoff     = 30 * time.Second
 )
 
-// Source is the kernel side: the socket map and the probe's loss counters.
+// Table is the socket table, which a poll updates.
+type Table interface {
+	Poll(src sockets.Sampler) error
+}
+
+// Reporter builds the batches: Report encodes what changed since the
+// previous one, Resync starts a new epoch in which everything live is
+// announced again.
+type Reporter interface {
+	Resync()
+	Report(now time.Time) *ingestv1.Batch
+}
+
+// Source is the kernel side: the socket storage and the probe's loss counters.
 type Source interface {
 	sockets.Sampler
 	Drops() (probe.Drops, error)
@@ -66,7 +86,8 @@ type Config struct {
 // with backoff for as long as its context lives.
 type Client struct {
 	cfg    Config
-	table  *sockets.Table
+	table  Table
+	rep    Reporter
 	src    Source
 	log    *slog.Logger
 	creds  credentials.TransportCredentials
@@ -77,7 +98,7 @@ type Client struct {
 }
 
 // New returns a Client; it loads the TLS files, if any.
-func New(cfg Config, table *sockets.Table, src Source, reg prometheus.Registerer, logger *slog.Logger) (*Client, error) {
+func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Registerer, logger *slog.Logger) (*Client, error) {
 	if cfg.Interval <= 0 {
 		return nil, errors.New("interval must be positive")
 	}
@@ -88,7 +109,7 @@ func New(cfg Config, table *sockets.Table, src Source, reg prometheus.Registerer
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, table: table, src: src, log: logger.With("component", "stream"), creds: creds, pollOK: true}
+	c := &Client{cfg: cfg, table: table, rep: rep, src: src, log: logger.With("component", "stream"), creds: creds, pollOK: true}
 	if c.m, err = newMetrics(reg, src); err != nil {
 		return nil, err
 	}
@@ -129,7 +150,7 @@ func (c *Client) LastAcked() uint64 {
 
 // Run keeps a session to the reducer until ctx is done. It never fails:
 // every error ends the session, is logged, and is retried after a backoff.
-// While disconnected it keeps polling the socket map so that owners and
+// While disconnected it keeps polling the sockets so that owners and
 // counters stay fresh, but builds no batches.
 func (c *Client) Run(ctx context.Context) error {
 	c.log.Info("stream starting", "reducer", c.cfg.Addr, "interval", c.cfg.Interval)
@@ -160,7 +181,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// idle waits for d while polling the socket map every interval. It returns
+// idle waits for d while polling the sockets every interval. It returns
 // false when ctx is done.
 func (c *Client) idle(ctx context.Context, ticker *time.Ticker, d time.Duration) bool {
 	timer := time.NewTimer(d)
@@ -197,13 +218,15 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 
 	c.epoch = max(uint64(time.Now().UnixNano()), c.epoch+1)
 	hello := &ingestv1.Hello{
-		ProtocolVersion:  ProtocolVersion,
-		NodeName:         c.cfg.NodeName,
-		BootId:           c.cfg.BootID,
-		CollectorVersion: c.cfg.CollectorVersion,
-		KernelRelease:    c.cfg.KernelRelease,
-		ReportInterval:   durationpb.New(c.cfg.Interval),
-		Epoch:            c.epoch,
+		ProtocolVersion:    ProtocolVersion,
+		MinProtocolVersion: MinProtocolVersion,
+		Capabilities:       Capabilities,
+		NodeName:           c.cfg.NodeName,
+		BootId:             c.cfg.BootID,
+		CollectorVersion:   c.cfg.CollectorVersion,
+		KernelRelease:      c.cfg.KernelRelease,
+		ReportInterval:     durationpb.New(c.cfg.Interval),
+		Epoch:              c.epoch,
 	}
 	// The receiver owns Recv; it reports the stream's end on errc.
 	errc := make(chan error, 1)
@@ -212,11 +235,19 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	c.acked.Store(0)
 	go func() {
 		defer close(done)
+		first := true
 		for {
 			resp, err := st.Recv()
 			if err != nil {
 				errc <- err
 				return
+			}
+			if first {
+				first = false
+				if err := c.negotiated(resp.GetWelcome()); err != nil {
+					errc <- err
+					return
+				}
 			}
 			if a := resp.GetAck(); a != nil {
 				c.m.acks.Inc()
@@ -245,7 +276,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: hello}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
-	c.table.Resync()
+	c.rep.Resync()
 	c.m.connected.Set(1)
 	c.log.Info("connected", "reducer", c.cfg.Addr, "epoch", c.epoch)
 
@@ -254,7 +285,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		if tick {
 			c.poll()
 			seq++
-			b := c.table.Report(time.Now())
+			b := c.rep.Report(time.Now())
 			b.Sequence = seq
 			c.fillLoss(b)
 			if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: b}}); err != nil {
@@ -271,6 +302,9 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 			if errors.Is(err, io.EOF) {
 				err = errors.New("reducer closed the stream")
 			}
+			if errors.Is(err, errVersion) {
+				return acked.Load(), err
+			}
 			return acked.Load(), fmt.Errorf("receive: %w", err)
 		case <-ticker.C:
 			tick = true
@@ -278,8 +312,28 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	}
 }
 
-// poll waits for the pending lifecycle events, then reads the socket map
-// into the table. Errors are counted, and logged when polling starts or
+// errVersion is a reducer that chose a protocol version outside the range
+// the collector offered.
+var errVersion = errors.New("reducer chose an unsupported protocol version")
+
+// negotiated checks the reducer's first answer and logs the session's
+// protocol version. A Welcome carries the version the reducer chose; an
+// older reducer sends none and answers with Acks at version 1.
+func (c *Client) negotiated(w *ingestv1.Welcome) error {
+	if w == nil {
+		c.log.Info("session accepted without a welcome (older reducer)", "protocol_version", MinProtocolVersion)
+		return nil
+	}
+	v := w.GetProtocolVersion()
+	if v < MinProtocolVersion || v > ProtocolVersion {
+		return fmt.Errorf("%w: %d, offered %d to %d", errVersion, v, MinProtocolVersion, ProtocolVersion)
+	}
+	c.log.Info("session accepted", "protocol_version", v, "capabilities", w.GetCapabilities())
+	return nil
+}
+
+// poll waits for the pending lifecycle events, then reads the socket
+// storage into the table. Errors are counted, and logged when polling starts or
 // stops failing.
 func (c *Client) poll() {
 	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
@@ -294,9 +348,9 @@ func (c *Client) poll() {
 	}
 	switch {
 	case err != nil && c.pollOK:
-		c.log.Warn("socket map poll failing", "error", err)
+		c.log.Warn("socket poll failing", "error", err)
 	case err == nil && !c.pollOK:
-		c.log.Info("socket map poll recovered")
+		c.log.Info("socket poll recovered")
 	}
 	c.pollOK = err == nil
 }
@@ -304,5 +358,7 @@ func (c *Client) poll() {
 func (c *Client) fillLoss(b *ingestv1.Batch) {
 	d := c.m.drops()
 	b.Loss.RingFull = d.RingFull
-	b.Loss.MapFull = d.MapFull
+	// The wire field keeps its name; the kernel no longer has a socket
+	// map but can fail to allocate a socket's storage.
+	b.Loss.MapFull = d.StorageFull
 }

@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +30,7 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"github.com/weir-project/weir/collector/internal/encode"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/sockets"
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
@@ -37,7 +40,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// fakeSource is a socket map the test changes between polls.
+// fakeSource is the socket storage, which the test changes between polls.
 type fakeSource struct {
 	mu      sync.Mutex
 	samples map[uint64]probe.Sample
@@ -69,7 +72,7 @@ func (f *fakeSource) Drops() (probe.Drops, error) {
 func (f *fakeSource) set(s probe.Sample) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.samples[s.Sock] = s
+	f.samples[s.Cookie] = s
 }
 
 func (f *fakeSource) pollCount() int {
@@ -82,6 +85,7 @@ func (f *fakeSource) pollCount() int {
 // every batch.
 type reducer struct {
 	ingestv1.UnimplementedIngestServiceServer
+	welcome     *ingestv1.Welcome // answers each Hello when set, as a current reducer does
 	hellos      chan *ingestv1.Hello
 	batches     chan *ingestv1.Batch
 	compression chan string
@@ -107,6 +111,11 @@ func (r *reducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ing
 		switch k := req.Kind.(type) {
 		case *ingestv1.StreamRequest_Hello:
 			r.hellos <- k.Hello
+			if r.welcome != nil {
+				if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Welcome{Welcome: r.welcome}}); err != nil {
+					return err
+				}
+			}
 		case *ingestv1.StreamRequest_Batch:
 			r.batches <- k.Batch
 			if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: k.Batch.Sequence}}}); err != nil {
@@ -168,10 +177,9 @@ func testConfig(addr string) Config {
 	}
 }
 
-func newTable(t *testing.T, reg prometheus.Registerer, bufferBytes int64) *sockets.Table {
+func newTable(t *testing.T, reg prometheus.Registerer, bufferBytes int64) (*sockets.Table, *encode.Encoder) {
 	t.Helper()
 	cfg := sockets.DefaultConfig()
-	cfg.ProcRoot = t.TempDir()
 	if bufferBytes > 0 {
 		cfg.BufferBytes = bufferBytes
 	}
@@ -179,7 +187,7 @@ func newTable(t *testing.T, reg prometheus.Registerer, bufferBytes int64) *socke
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tab
+	return tab, encode.New(tab, nil)
 }
 
 // start runs c until the test ends.
@@ -196,13 +204,22 @@ func start(t *testing.T, c *Client) {
 	})
 }
 
-func openEvent(sock uint64, port uint16) probe.Event {
+func openEvent(cookie uint64, port uint16) probe.Event {
 	return probe.Event{
-		Kind: probe.EventOpen, Role: probe.RoleClient, Sock: sock,
-		LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: port,
-		RemoteAddr: netip.MustParseAddr("127.0.0.1"), RemotePort: 7000,
-		NetNS: 1, Owner: probe.Owner{PID: uint32(os.Getpid()), Comm: "stream.test"},
+		Kind: probe.EventOpen,
+		Endpoint: probe.Endpoint{
+			Cookie: cookie, Role: probe.RoleClient,
+			LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: port,
+			RemoteAddr: netip.MustParseAddr("127.0.0.1"), RemotePort: 7000, NetNS: 1,
+		},
+		Owner: probe.Owner{PID: uint32(os.Getpid()), Comm: "stream.test"},
 	}
+}
+
+// sampleOf is the state of the socket of openEvent(cookie, port).
+func sampleOf(cookie uint64, port uint16, c probe.Counters) probe.Sample {
+	ev := openEvent(cookie, port)
+	return probe.Sample{Endpoint: ev.Endpoint, Owner: ev.Owner, Counters: c}
 }
 
 func recv[T any](t *testing.T, ch <-chan T, what string) T {
@@ -253,11 +270,11 @@ func TestSession(t *testing.T) {
 			}
 			cfg.Addr, _ = serve(t, r, "127.0.0.1:0", opts...)
 			reg := prometheus.NewPedanticRegistry()
-			tab := newTable(t, reg, 0)
+			tab, enc := newTable(t, reg, 0)
 			src := newFakeSource()
-			src.drops = probe.Drops{RingFull: 3, MapFull: 4}
+			src.drops = probe.Drops{RingFull: 3, StorageFull: 4}
 			tab.Apply(openEvent(1, 40000))
-			c, err := New(cfg, tab, src, reg, logger())
+			c, err := New(cfg, tab, enc, src, reg, logger())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -265,7 +282,7 @@ func TestSession(t *testing.T) {
 			start(t, c)
 
 			hello := recv(t, r.hellos, "hello")
-			if hello.ProtocolVersion != 1 || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
+			if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie"}) || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
 				hello.CollectorVersion != "test" || hello.KernelRelease != "6.18.0" ||
 				hello.ReportInterval.AsDuration() != cfg.Interval || hello.Epoch < uint64(before.UnixNano()) {
 				t.Fatalf("hello %v", hello)
@@ -277,7 +294,7 @@ func TestSession(t *testing.T) {
 			if first.Sequence != 1 || len(first.Sockets) != 1 || !first.Sockets[0].NewConnection || first.Loss.RingFull != 3 || first.Loss.MapFull != 4 {
 				t.Fatalf("first batch %v", first)
 			}
-			src.set(probe.Sample{Sock: 1, Owner: openEvent(1, 0).Owner, Counters: probe.Counters{BytesAcked: 1234, SegsDelivered: 2}})
+			src.set(sampleOf(1, 40000, probe.Counters{BytesAcked: 1234, SegsDelivered: 2}))
 			var sent uint64
 			for seq := uint64(2); sent < 1234; seq++ {
 				b := recv(t, r.batches, "batch")
@@ -302,7 +319,7 @@ func TestSession(t *testing.T) {
 				"weir_collector_sent_bytes_total":     50,
 				"weir_collector_acks_received_total":  2,
 				"weir_collector_ring_full_total":      3,
-				"weir_collector_map_full_total":       4,
+				"weir_collector_storage_full_total":   4,
 			} {
 				if got := metricValue(t, reg, name); got < min {
 					t.Errorf("%s = %v, want at least %v", name, got, min)
@@ -351,14 +368,13 @@ func TestReconnect(t *testing.T) {
 	r := newReducer()
 	addr, kill := serve(t, r, "127.0.0.1:0")
 	reg := prometheus.NewPedanticRegistry()
-	tab := newTable(t, reg, 0)
+	tab, enc := newTable(t, reg, 0)
 	src := newFakeSource()
-	owner := openEvent(1, 0).Owner
 	tab.Apply(openEvent(1, 40001))
 	tab.Apply(openEvent(2, 40002))
-	src.set(probe.Sample{Sock: 1, Owner: owner, Counters: probe.Counters{BytesAcked: 100}})
-	src.set(probe.Sample{Sock: 2, Owner: owner})
-	c, err := New(testConfig(addr), tab, src, reg, logger())
+	src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 100}))
+	src.set(sampleOf(2, 40002, probe.Counters{}))
+	c, err := New(testConfig(addr), tab, enc, src, reg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +389,7 @@ func TestReconnect(t *testing.T) {
 	// Kill the reducer; something that accepts and hangs up takes its port.
 	kill()
 	attempts, stopDead := deadReducer(t, addr)
-	src.set(probe.Sample{Sock: 1, Owner: owner, Counters: probe.Counters{BytesAcked: 250}})
+	src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 250}))
 	polls := src.pollCount()
 	time.Sleep(2 * time.Second)
 	stopDead()
@@ -393,7 +409,7 @@ func TestReconnect(t *testing.T) {
 		t.Fatalf("retry gaps do not grow: %v", gaps)
 	}
 	if src.pollCount() <= polls {
-		t.Fatal("the socket map was not polled while disconnected")
+		t.Fatal("the sockets were not polled while disconnected")
 	}
 	if got := metricValue(t, reg, "weir_collector_connected"); got != 0 {
 		t.Fatalf("connected = %v while the reducer is away", got)
@@ -435,8 +451,8 @@ func TestNoReducerBufferBounded(t *testing.T) {
 
 	const capBytes = 64 << 10
 	reg := prometheus.NewPedanticRegistry()
-	tab := newTable(t, reg, capBytes)
-	c, err := New(testConfig(addr), tab, newFakeSource(), reg, logger())
+	tab, enc := newTable(t, reg, capBytes)
+	c, err := New(testConfig(addr), tab, enc, newFakeSource(), reg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +464,7 @@ func TestNoReducerBufferBounded(t *testing.T) {
 		for range 1000 {
 			sock++
 			tab.Apply(openEvent(sock, uint16(sock)))
-			tab.Apply(probe.Event{Kind: probe.EventClose, Sock: sock, Counters: probe.Counters{BytesAcked: 10, BytesReceived: 5}})
+			tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: probe.Endpoint{Cookie: sock}, Counters: probe.Counters{BytesAcked: 10, BytesReceived: 5}})
 		}
 		if got := tab.BufferedBytes(); got > capBytes {
 			t.Fatalf("buffer %d B over the cap %d B", got, capBytes)
@@ -556,7 +572,8 @@ func TestNewRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig("127.0.0.1:1")
 			tc.mutate(&cfg)
-			if _, err := New(cfg, newTable(t, prometheus.NewRegistry(), 0), newFakeSource(), prometheus.NewRegistry(), logger()); err == nil {
+			tab, enc := newTable(t, prometheus.NewRegistry(), 0)
+			if _, err := New(cfg, tab, enc, newFakeSource(), prometheus.NewRegistry(), logger()); err == nil {
 				t.Fatal("want an error")
 			}
 		})
@@ -597,8 +614,8 @@ func TestUnacknowledgedBatchesCounted(t *testing.T) {
 	t.Cleanup(srv.Stop)
 
 	reg := prometheus.NewPedanticRegistry()
-	tab := newTable(t, reg, 0)
-	c, err := New(testConfig(ln.Addr().String()), tab, newFakeSource(), reg, logger())
+	tab, enc := newTable(t, reg, 0)
+	c, err := New(testConfig(ln.Addr().String()), tab, enc, newFakeSource(), reg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,5 +630,81 @@ func TestUnacknowledgedBatchesCounted(t *testing.T) {
 	}
 	if got := metricValue(t, reg, "weir_collector_acks_received_total"); got != 0 {
 		t.Errorf("acks = %v, want 0", got)
+	}
+}
+
+// logBuffer is a log destination safe for concurrent writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	tests := []struct {
+		name      string
+		welcome   *ingestv1.Welcome
+		wantLog   string
+		wantAcked bool
+	}{
+		{
+			name:      "older reducer: acks only",
+			wantLog:   `msg="session accepted without a welcome (older reducer)" component=stream protocol_version=1`,
+			wantAcked: true,
+		},
+		{
+			name:      "welcome",
+			welcome:   &ingestv1.Welcome{ProtocolVersion: 1, Capabilities: []string{"socket_cookie"}},
+			wantLog:   `msg="session accepted" component=stream protocol_version=1 capabilities=[socket_cookie]`,
+			wantAcked: true,
+		},
+		{
+			name:    "version outside the offered range",
+			welcome: &ingestv1.Welcome{ProtocolVersion: 2},
+			wantLog: "reducer chose an unsupported protocol version: 2, offered 1 to 1",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReducer()
+			r.welcome = tc.welcome
+			addr, _ := serve(t, r, "127.0.0.1:0")
+			reg := prometheus.NewPedanticRegistry()
+			tab, enc := newTable(t, reg, 0)
+			var logs logBuffer
+			c, err := New(testConfig(addr), tab, enc, newFakeSource(), reg, slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, c)
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(logs.String(), tc.wantLog) || (tc.wantAcked && c.LastAcked() < 3) {
+				if time.Now().After(deadline) {
+					t.Fatalf("last acked %d; log:\n%s", c.LastAcked(), logs.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if tc.wantAcked {
+				// Logged once per session, not per answer.
+				if n := strings.Count(logs.String(), "session accepted"); n != 1 {
+					t.Fatalf("session logged %d times:\n%s", n, logs.String())
+				}
+				return
+			}
+			if got := metricValue(t, reg, "weir_collector_acks_received_total"); got != 0 {
+				t.Fatalf("acks %v from a session that should have ended", got)
+			}
+		})
 	}
 }

@@ -1,0 +1,283 @@
+// Package encode turns what changed in the socket table into ingest batches,
+// and owns the wire handles of sockets and processes.
+package encode
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/sockets"
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+)
+
+// Source is the socket table: what changed since the last drain, and a new
+// epoch in which everything live is announced again.
+type Source interface {
+	Drain(c *sockets.Changes)
+	Resync()
+}
+
+// Cgroups finds the cgroup path of a process, provided the pid still
+// belongs to the process that started at startTime.
+type Cgroups interface {
+	CgroupPath(pid uint32, startTime uint64) (string, error)
+}
+
+// procKey is a process's identity: pid and start time tell apart the
+// processes that reuse a pid. Comm is part of it only when the start time
+// is unknown.
+type procKey struct {
+	pid       uint32
+	startTime uint64
+	comm      string
+}
+
+func keyOf(o probe.Owner) procKey {
+	k := procKey{pid: o.PID, startTime: o.StartTime}
+	if o.StartTime == 0 {
+		k.comm = o.Comm
+	}
+	return k
+}
+
+type process struct {
+	key       procKey
+	handle    uint32
+	refs      int  // announced sockets whose owner this is
+	forgotten bool // queued for forgetting
+}
+
+type socket struct {
+	handle uint32
+	proc   *process // nil: owner unknown
+}
+
+// Encoder builds the batches of one table. It is not safe for concurrent
+// use: one stream calls Report and Resync.
+type Encoder struct {
+	src     Source
+	cgroups Cgroups
+
+	changes     sockets.Changes // reused between reports
+	socks       map[uint64]*socket
+	procs       map[procKey]*process
+	sockHandles handles
+	procHandles handles
+	orphans     []*process
+	slots       []int32 // Changes.Deltas index by socket handle, -1 for none
+	freeSocks   []uint32
+}
+
+// New returns an Encoder of the changes of src. cgroups may be nil: no
+// cgroup paths are announced then.
+func New(src Source, cgroups Cgroups) *Encoder {
+	return &Encoder{
+		src:     src,
+		cgroups: cgroups,
+		socks:   make(map[uint64]*socket),
+		procs:   make(map[procKey]*process),
+	}
+}
+
+// Resync starts a new epoch: every handle is forgotten and the next Report
+// announces every live socket and its process again.
+func (e *Encoder) Resync() {
+	clear(e.socks)
+	clear(e.procs)
+	e.sockHandles.reset()
+	e.procHandles.reset()
+	clear(e.orphans)
+	e.orphans = e.orphans[:0]
+	e.src.Resync()
+}
+
+// Report returns everything that changed since the previous report as one
+// batch, without its sequence number and the probe's loss counters, which
+// belong to the caller.
+func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
+	c := &e.changes
+	e.src.Drain(c)
+	b := &ingestv1.Batch{Time: timestamppb.New(now)}
+
+	for i := range c.Opened {
+		o := &c.Opened[i]
+		s := &socket{handle: e.sockHandles.get(), proc: e.ref(b, o.Owner)}
+		e.socks[o.Cookie] = s
+		b.Sockets = append(b.Sockets, &ingestv1.Socket{
+			Handle:        s.handle,
+			Process:       handleOf(s.proc),
+			Role:          wireRole(o.Role),
+			LocalAddr:     o.LocalAddr.AsSlice(),
+			LocalPort:     uint32(o.LocalPort),
+			RemoteAddr:    o.RemoteAddr.AsSlice(),
+			RemotePort:    uint32(o.RemotePort),
+			Netns:         o.NetNS,
+			NewConnection: o.NewConnection,
+			Cookie:        o.Cookie,
+		})
+	}
+
+	for _, oc := range c.Owners {
+		s := e.socks[oc.Cookie]
+		if s == nil {
+			continue
+		}
+		p := e.ref(b, oc.Owner)
+		if p == s.proc {
+			e.unref(p)
+			continue
+		}
+		e.unref(s.proc)
+		s.proc = p
+		b.Owners = append(b.Owners, &ingestv1.SocketOwner{Socket: s.handle, Process: handleOf(p)})
+	}
+
+	b.Stats = e.stats(c.Deltas)
+
+	e.freeSocks = e.freeSocks[:0]
+	for _, cookie := range c.Closed {
+		s := e.socks[cookie]
+		if s == nil {
+			continue
+		}
+		delete(e.socks, cookie)
+		b.ClosedSockets = append(b.ClosedSockets, s.handle)
+		e.freeSocks = append(e.freeSocks, s.handle)
+		e.unref(s.proc)
+	}
+
+	for _, p := range e.orphans {
+		p.forgotten = false
+		if p.refs > 0 {
+			continue
+		}
+		b.ForgottenProcesses = append(b.ForgottenProcesses, p.handle)
+		e.procHandles.put(p.handle)
+		delete(e.procs, p.key)
+	}
+	clear(e.orphans)
+	e.orphans = e.orphans[:0]
+	// Handles are reusable only after the batch that released them.
+	for _, h := range e.freeSocks {
+		e.sockHandles.put(h)
+	}
+
+	b.Loss = &ingestv1.Loss{
+		BufferDropped:      c.Loss.BufferDropped,
+		SocketCap:          c.Loss.SocketCap,
+		CounterRegressions: c.Loss.CounterRegressions,
+	}
+	return b
+}
+
+// stats encodes the deltas as columns in ascending handle order.
+func (e *Encoder) stats(deltas []sockets.Delta) *ingestv1.SocketStats {
+	st := &ingestv1.SocketStats{}
+	if len(deltas) == 0 {
+		return st
+	}
+	// Bucket the deltas by handle: handles are dense, so this is a pass
+	// over the handle range rather than a sort.
+	top := e.sockHandles.next
+	if cap(e.slots) < int(top)+1 {
+		e.slots = make([]int32, int(top)+1)
+	}
+	e.slots = e.slots[:top+1]
+	for i := range e.slots {
+		e.slots[i] = -1
+	}
+	n := 0
+	for i := range deltas {
+		if s := e.socks[deltas[i].Cookie]; s != nil {
+			e.slots[s.handle] = int32(i)
+			n++
+		}
+	}
+	st.HandleGaps = make([]uint32, 0, n)
+	st.BytesSent = make([]uint64, 0, n)
+	st.BytesReceived = make([]uint64, 0, n)
+	st.SegmentsSent = make([]uint64, 0, n)
+	st.SegmentsReceived = make([]uint64, 0, n)
+	var prev uint32
+	for h, i := range e.slots {
+		if i < 0 {
+			continue
+		}
+		d := &deltas[i]
+		st.HandleGaps = append(st.HandleGaps, uint32(h)-prev)
+		prev = uint32(h)
+		st.BytesSent = append(st.BytesSent, d.BytesSent)
+		st.BytesReceived = append(st.BytesReceived, d.BytesReceived)
+		st.SegmentsSent = append(st.SegmentsSent, d.SegmentsSent)
+		st.SegmentsReceived = append(st.SegmentsReceived, d.SegmentsReceived)
+	}
+	return st
+}
+
+// ref returns the process of owner o with one more reference, announcing
+// it in b if it has no handle in this epoch; nil for an unknown owner.
+func (e *Encoder) ref(b *ingestv1.Batch, o probe.Owner) *process {
+	if o.PID == 0 {
+		return nil
+	}
+	k := keyOf(o)
+	p := e.procs[k]
+	if p == nil {
+		p = &process{key: k, handle: e.procHandles.get()}
+		e.procs[k] = p
+		b.Processes = append(b.Processes, &ingestv1.Process{
+			Handle:    p.handle,
+			Pid:       o.PID,
+			Comm:      o.Comm,
+			Cgroup:    e.cgroupPath(o),
+			StartTime: o.StartTime,
+			CgroupId:  o.CgroupID,
+		})
+	}
+	p.refs++
+	return p
+}
+
+// unref drops a reference to p; a process left without sockets is
+// forgotten at the end of the batch.
+func (e *Encoder) unref(p *process) {
+	if p == nil {
+		return
+	}
+	p.refs--
+	if p.refs == 0 && !p.forgotten {
+		p.forgotten = true
+		e.orphans = append(e.orphans, p)
+	}
+}
+
+func (e *Encoder) cgroupPath(o probe.Owner) string {
+	if e.cgroups == nil {
+		return ""
+	}
+	path, err := e.cgroups.CgroupPath(o.PID, o.StartTime)
+	if err != nil {
+		return "" // exited, or the pid was reused: unknown
+	}
+	return path
+}
+
+func handleOf(p *process) uint32 {
+	if p == nil {
+		return 0
+	}
+	return p.handle
+}
+
+func wireRole(r probe.Role) ingestv1.Role {
+	switch r {
+	case probe.RoleClient:
+		return ingestv1.Role_ROLE_CLIENT
+	case probe.RoleServer:
+		return ingestv1.Role_ROLE_SERVER
+	default:
+		return ingestv1.Role_ROLE_UNSPECIFIED
+	}
+}
