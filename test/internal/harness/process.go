@@ -88,6 +88,14 @@ func (p *Process) WaitLine(t testing.TB, prefix string, timeout time.Duration) s
 	}
 }
 
+// Send writes line and a newline to the process's standard input.
+func (p *Process) Send(t testing.TB, line string) {
+	t.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		t.Fatalf("write to the stdin of %s: %v", p.Name, err)
+	}
+}
+
 // CloseStdin closes the process's standard input.
 func (p *Process) CloseStdin() { _ = p.stdin.Close() }
 

@@ -15,6 +15,9 @@ type Weir struct {
 	GRPCAddr            string // reducer ingest, 127.0.0.1:port
 	MetricsURL          string // reducer /metrics
 	CollectorMetricsURL string
+
+	reducerArgs []string
+	readyURL    string
 }
 
 // WeirOptions tune StartWeir.
@@ -42,13 +45,23 @@ func StartWeir(t testing.TB, opts WeirOptions) *Weir {
 	args := append([]string{filepath.Join(bin, "weir-reducer"),
 		"--grpc-addr", w.GRPCAddr,
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort)}, opts.ReducerArgs...)
+	w.reducerArgs, w.readyURL = args, fmt.Sprintf("http://127.0.0.1:%d/readyz", httpPort)
 	w.Reducer = Start(t, "weir-reducer", args...)
-	WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", httpPort), 20*time.Second)
+	WaitHTTP(t, w.readyURL, 20*time.Second)
 	if opts.NoCollector {
 		return w
 	}
 	w.Collector = StartCollector(t, w.GRPCAddr, colPort, opts.Interval, opts.CollectorArgs...)
 	return w
+}
+
+// RestartReducer stops the reducer and starts a new one with the same
+// flags and ports, which knows nothing of the old one's state.
+func (w *Weir) RestartReducer(t testing.TB) {
+	t.Helper()
+	w.Reducer.Stop(10 * time.Second)
+	w.Reducer = Start(t, "weir-reducer", w.reducerArgs...)
+	WaitHTTP(t, w.readyURL, 20*time.Second)
 }
 
 // StartCollector starts bin/weir-collector sending to reducer, with its HTTP
