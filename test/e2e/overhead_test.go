@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -87,8 +88,9 @@ type arm struct {
 func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window time.Duration) arm {
 	tb.Helper()
 	var col *harness.Process
+	colPort := harness.FreePort(tb)
 	if withCollector {
-		col = harness.StartCollector(tb, r.red.GRPCAddr, harness.FreePort(tb), 5*time.Second)
+		col = harness.StartCollector(tb, r.red.GRPCAddr, colPort, 5*time.Second)
 		time.Sleep(time.Second) // the programs are attached once /healthz answers; let start-up work finish
 		defer col.Stop(10 * time.Second)
 	}
@@ -114,10 +116,23 @@ func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window
 	a.load = parseLoad(tb, cli.WaitLine(tb, "requests", window+30*time.Second))
 	if col != nil {
 		a.colCPU = cpuOrFatal(tb, col) - cpu0
-		a.progs = harness.Sub(progsOrFatal(tb, col), progs0)
+		progs1 := progsOrFatal(tb, col)
+		a.progs = harness.Sub(progs1, progs0)
 		a.wall = time.Since(t0).Seconds()
 		if len(a.progs) == 0 {
 			tb.Fatal("the collector holds no BPF programs")
+		}
+		// For comparison only: the collector's own account of the same
+		// programs (cumulative since it loaded them), when it has one.
+		var kernel time.Duration
+		for _, p := range progs1 {
+			kernel += p.RunTime
+		}
+		if m, err := harness.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort)); err == nil {
+			if _, ok := m["weir_collector_bpf_run_seconds_total"]; ok {
+				tb.Logf("in-kernel run time since load: %.4f s from the kernel, %.4f s on the collector's /metrics",
+					kernel.Seconds(), m.Sum("weir_collector_bpf_run_seconds_total", nil))
+			}
 		}
 	}
 	if err := cli.Wait(10 * time.Second); err != nil {
