@@ -158,7 +158,7 @@ func (s sink[F]) Put(k Key, w aggregate.Workload) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	es := r.table[k]
-	before := winner(es)
+	before, had := winner(es)
 	i, found := slices.BinarySearchFunc(es, s.rank, func(e entry, r Rank) int { return int(e.rank) - int(r) })
 	if found {
 		es[i].w = w
@@ -166,7 +166,8 @@ func (s sink[F]) Put(k Key, w aggregate.Workload) {
 		es = slices.Insert(es, i, entry{rank: s.rank, w: w})
 	}
 	r.table[k] = es
-	r.touch(k, before, winner(es))
+	after, has := winner(es)
+	r.touch(k, before, had, after, has)
 }
 
 func (s sink[F]) Delete(k Key) {
@@ -174,7 +175,7 @@ func (s sink[F]) Delete(k Key) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	es := r.table[k]
-	before := winner(es)
+	before, had := winner(es)
 	i, found := slices.BinarySearchFunc(es, s.rank, func(e entry, r Rank) int { return int(e.rank) - int(r) })
 	if !found {
 		return
@@ -185,20 +186,21 @@ func (s sink[F]) Delete(k Key) {
 	} else {
 		r.table[k] = es
 	}
-	r.touch(k, before, winner(es))
+	after, has := winner(es)
+	r.touch(k, before, had, after, has)
 }
 
 // winner returns the workload that a key's entries name, if any.
-func winner(es []entry) *aggregate.Workload {
+func winner(es []entry) (aggregate.Workload, bool) {
 	if len(es) == 0 {
-		return nil
+		return aggregate.Workload{}, false
 	}
-	return &es[0].w
+	return es[0].w, true
 }
 
 // touch records a change of k when its winner changed and a flow uses k.
-func (r *Resolver[F]) touch(k Key, before, after *aggregate.Workload) {
-	if before != nil && after != nil && *before == *after {
+func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after aggregate.Workload, has bool) {
+	if had == has && before == after {
 		return
 	}
 	if _, used := r.index[k]; !used {

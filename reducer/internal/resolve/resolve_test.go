@@ -1,0 +1,178 @@
+package resolve
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	web     = aggregate.Workload{Name: "web", Kind: "deployment", Namespace: "shop"}
+	webSvc  = aggregate.Workload{Name: "web", Kind: "service", Namespace: "shop"}
+	podA    = netip.MustParseAddr("10.1.0.7")
+	nodeA   = "node-a"
+	curlEnd = Endpoint{Addr: netip.MustParseAddr("10.0.0.1"), Local: true, Node: nodeA, Netns: 1, Known: true, Comm: "curl", CgroupID: 42}
+)
+
+func TestResolve(t *testing.T) {
+	tests := []struct {
+		name string
+		put  func(r *Resolver[int])
+		ep   Endpoint
+		want aggregate.Workload
+	}{
+		{name: "remote without metadata is external", ep: Endpoint{Addr: podA},
+			want: aggregate.Workload{Name: "10.1.0.7", Kind: KindExternal}},
+		{name: "IPv4-mapped remote is its IPv4 address", ep: Endpoint{Addr: netip.MustParseAddr("::ffff:10.1.0.7")},
+			put: func(r *Resolver[int]) { r.Sink(RankPod).Put(IPKey(podA), web) }, want: web},
+		{name: "remote by IP", ep: Endpoint{Addr: podA},
+			put: func(r *Resolver[int]) { r.Sink(RankPod).Put(IPKey(podA), web) }, want: web},
+		{name: "a pod beats a DNS name", ep: Endpoint{Addr: podA},
+			put: func(r *Resolver[int]) {
+				r.Sink(RankDNS).Put(IPKey(podA), aggregate.Workload{Name: "web.example", Kind: "dns"})
+				r.Sink(RankPod).Put(IPKey(podA), web)
+			}, want: web},
+		{name: "local process", ep: curlEnd, want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
+		{name: "local, owner unknown", ep: Endpoint{Addr: podA, Local: true, Node: nodeA},
+			want: aggregate.Workload{Name: "unknown", Kind: KindProcess, Node: nodeA}},
+		{name: "local, empty comm", ep: Endpoint{Addr: podA, Local: true, Node: nodeA, Known: true},
+			want: aggregate.Workload{Name: "unknown", Kind: KindProcess, Node: nodeA}},
+		{name: "local by cgroup", ep: curlEnd,
+			put:  func(r *Resolver[int]) { r.Sink(RankPod).Put(CgroupKey(nodeA, 42), web) },
+			want: aggregate.Workload{Name: "web", Kind: "deployment", Namespace: "shop", Node: nodeA}},
+		{name: "local by netns", ep: curlEnd,
+			put:  func(r *Resolver[int]) { r.Sink(RankPod).Put(NetnsKey(nodeA, 1), web) },
+			want: aggregate.Workload{Name: "web", Kind: "deployment", Namespace: "shop", Node: nodeA}},
+		{name: "cgroup of another node", ep: curlEnd,
+			put:  func(r *Resolver[int]) { r.Sink(RankPod).Put(CgroupKey("node-b", 42), web) },
+			want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
+		{name: "a local end ignores its IP", ep: curlEnd,
+			put:  func(r *Resolver[int]) { r.Sink(RankNode).Put(IPKey(curlEnd.Addr), aggregate.Workload{Name: "n", Kind: "node"}) },
+			want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New[int]()
+			if tc.put != nil {
+				tc.put(r)
+			}
+			var u Uses
+			if got := r.Resolve(1, &u, 0, tc.ep); got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// changed returns the flows that Changed reports, sorted.
+func changed(r *Resolver[int]) []int {
+	var out []int
+	r.Changed(func(f int) { out = append(out, f) })
+	slices.Sort(out)
+	return out
+}
+
+func TestReverseIndexes(t *testing.T) {
+	r := New[int]()
+	pods := r.Sink(RankPod)
+	dns := r.Sink(RankDNS)
+	uses := map[int]*Uses{1: {}, 2: {}, 3: {}}
+	// Flow 1: curl to podA. Flow 2: curl to another address. Flow 3: a
+	// loopback flow whose two ends share the netns.
+	r.Resolve(1, uses[1], 0, curlEnd)
+	r.Resolve(1, uses[1], 1, Endpoint{Addr: podA})
+	r.Resolve(2, uses[2], 0, curlEnd)
+	r.Resolve(2, uses[2], 1, Endpoint{Addr: netip.MustParseAddr("192.0.2.1")})
+	lo := Endpoint{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Node: nodeA, Netns: 9}
+	r.Resolve(3, uses[3], 0, lo)
+	r.Resolve(3, uses[3], 1, lo)
+
+	if got := changed(r); got != nil {
+		t.Fatalf("changed before any metadata: %v", got)
+	}
+	pods.Put(IPKey(podA), web)
+	if got := changed(r); !slices.Equal(got, []int{1}) {
+		t.Errorf("pod IP named: changed %v, want [1]", got)
+	}
+	if got := changed(r); got != nil {
+		t.Errorf("changes reported twice: %v", got)
+	}
+	// The same name again, or a losing source, changes nothing.
+	pods.Put(IPKey(podA), web)
+	dns.Put(IPKey(podA), aggregate.Workload{Name: "web.example", Kind: "dns"})
+	if got := changed(r); got != nil {
+		t.Errorf("no new winner: changed %v", got)
+	}
+	// A key no flow uses changes nothing either.
+	pods.Put(IPKey(netip.MustParseAddr("10.9.9.9")), web)
+	if got := changed(r); got != nil {
+		t.Errorf("unused key: changed %v", got)
+	}
+	// The pod goes: the DNS name takes over.
+	pods.Delete(IPKey(podA))
+	if got := changed(r); !slices.Equal(got, []int{1}) {
+		t.Errorf("pod deleted: changed %v, want [1]", got)
+	}
+	// The cgroup of curl touches both of its flows.
+	pods.Put(CgroupKey(nodeA, 42), webSvc)
+	if got := changed(r); !slices.Equal(got, []int{1, 2}) {
+		t.Errorf("cgroup named: changed %v, want [1 2]", got)
+	}
+	// Re-resolving end 0 of flow 3 to another netns keeps end 1's use of
+	// the shared one.
+	lo2 := lo
+	lo2.Netns = 10
+	r.Resolve(3, uses[3], 0, lo2)
+	pods.Put(NetnsKey(nodeA, 9), web)
+	if got := changed(r); !slices.Equal(got, []int{3}) {
+		t.Errorf("netns shared by the other end: changed %v, want [3]", got)
+	}
+	// Forgotten flows leave every index.
+	for f, u := range uses {
+		r.Forget(f, u)
+	}
+	if _, indexed := r.Len(); indexed != 0 {
+		t.Errorf("%d keys still indexed after every flow was forgotten", indexed)
+	}
+	pods.Put(CgroupKey(nodeA, 42), web)
+	if got := changed(r); got != nil {
+		t.Errorf("forgotten flows changed: %v", got)
+	}
+}
+
+func TestSourceRunsConcurrently(t *testing.T) {
+	r := New[int]()
+	var u Uses
+	r.Resolve(1, &u, 1, Endpoint{Addr: podA})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	src := SourceFunc(func(ctx context.Context, sink Sink) error {
+		for i := 0; ctx.Err() == nil; i++ {
+			sink.Put(IPKey(podA), aggregate.Workload{Name: "web", Kind: "pod", Pod: string(rune('a' + i%26))})
+		}
+		return nil
+	})
+	go func() { done <- src.Run(ctx, r.Sink(RankPod)) }()
+	seen := false
+	for range 1000 {
+		r.Changed(func(int) { seen = true })
+		r.Resolve(1, &u, 1, Endpoint{Addr: podA})
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	r.Changed(func(int) { seen = true })
+	if !seen {
+		t.Error("a running source's changes never showed")
+	}
+}
