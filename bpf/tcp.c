@@ -49,7 +49,7 @@ static __always_inline struct event *reserve_event(u8 kind)
 		return 0;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->kind = kind;
+	ev->endpoint.kind = kind;
 	return ev;
 }
 

@@ -6,7 +6,7 @@
  *
  * sample_sockets (iter/bpf_sk_storage_map) visits every socket that has
  * storage in sk_states, in every network namespace, at poll time, and
- * writes one struct sample per live socket with its counters read there
+ * writes one struct event per live socket (kind 0) with its counters read there
  * and then: an idle socket is as current as a busy one.
  *
  * discover_sockets (iter/tcp) visits the TCP sockets of the network
@@ -20,8 +20,8 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* Keeps struct sample in the BTF for bpf2go: it is only a local variable below. */
-const struct sample *unused_sample __attribute__((unused));
+/* Keeps struct discovered in the BTF for bpf2go: it is only a local variable below. */
+const struct discovered *unused_discovered __attribute__((unused));
 
 SEC("iter/bpf_sk_storage_map")
 int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
@@ -39,7 +39,7 @@ int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
 	if (!tp)
 		return 0;
 
-	struct sample s = {};
+	struct event s = {};
 	fill_endpoint(&s.endpoint, tp, st->role);
 	read_owner(st, &s.owner);
 	read_counters(tp, st->syn_acked, st->syn_delivered, state, &s.counters);
@@ -65,9 +65,10 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 		return 0;
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 
-	struct event ev = {};
+	struct discovered d = {};
+	struct event *ev = &d.event;
 	if (state == TCP_LISTEN) {
-		ev.kind = EVENT_LISTEN;
+		ev->endpoint.kind = EVENT_LISTEN;
 	} else {
 		struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
@@ -78,16 +79,17 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 			return 0; /* seen established, or discovered before */
 		/* The handshake was not seen: no SYN baseline, role and owner unknown. */
 		st->flags = SK_STATE_TRACKED;
-		ev.kind = EVENT_EXISTING;
-		read_counters(tp, 0, 0, state, &ev.counters);
+		read_counters(tp, 0, 0, state, &ev->counters);
 	}
-	fill_endpoint(&ev.endpoint, tp, ROLE_UNKNOWN);
+	fill_endpoint(&ev->endpoint, tp, ROLE_UNKNOWN);
+	if (state != TCP_LISTEN)
+		ev->endpoint.kind = EVENT_EXISTING;
 	struct socket *sock = sk->sk_socket;
 	if (sock) {
 		struct file *file = sock->file;
 		if (file)
-			ev.inode = file->f_inode->i_ino;
+			d.inode = file->f_inode->i_ino;
 	}
-	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
+	bpf_seq_write(ctx->meta->seq, &d, sizeof(d));
 	return 0;
 }

@@ -14,8 +14,8 @@ func rawEvent(e tcpEvent) []byte {
 	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&e)), unsafe.Sizeof(e))...)
 }
 
-func rawSample(s tcpIterSample) []byte {
-	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&s)), unsafe.Sizeof(s))...)
+func rawDiscovered(d tcpIterDiscovered) []byte {
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&d)), unsafe.Sizeof(d))...)
 }
 
 func comm16(s string) (c [16]int8) {
@@ -38,7 +38,7 @@ func TestDecodeEvent(t *testing.T) {
 		{
 			name: "ipv4 close",
 			in: func() (e tcpEvent) {
-				e.Kind = 2
+				e.Endpoint.Kind = 2
 				e.Endpoint.Cookie, e.Endpoint.Role, e.Endpoint.Family = 0x1234, 1, afInet
 				e.Endpoint.Saddr, e.Endpoint.Daddr = v4(127, 0, 0, 1), v4(127, 0, 0, 2)
 				e.Endpoint.Sport, e.Endpoint.Dport, e.Endpoint.Netns = 40000, 80, 4026531840
@@ -63,7 +63,7 @@ func TestDecodeEvent(t *testing.T) {
 		{
 			name: "ipv6 open",
 			in: func() (e tcpEvent) {
-				e.Kind, e.Endpoint.Role, e.Endpoint.Family = 1, 2, afInet6
+				e.Endpoint.Kind, e.Endpoint.Role, e.Endpoint.Family = 1, 2, afInet6
 				e.Endpoint.Saddr, e.Endpoint.Daddr, e.Endpoint.Sport, e.Endpoint.Dport = loop6, loop6, 443, 50000
 				return e
 			}(),
@@ -79,7 +79,7 @@ func TestDecodeEvent(t *testing.T) {
 		{
 			name: "v4-mapped v6 is unmapped",
 			in: func() (e tcpEvent) {
-				e.Kind, e.Endpoint.Family = 3, afInet6
+				e.Endpoint.Kind, e.Endpoint.Family = 3, afInet6
 				e.Endpoint.Saddr, e.Endpoint.Sport = mapped, 8080
 				e.Owner.Comm = comm16("a-name-of-16-chr") // no NUL
 				return e
@@ -91,22 +91,6 @@ func TestDecodeEvent(t *testing.T) {
 					RemoteAddr: netip.IPv6Unspecified(),
 				},
 				Owner: Owner{Comm: "a-name-of-16-chr"},
-			},
-		},
-		{
-			name: "existing with inode",
-			in: func() (e tcpEvent) {
-				e.Kind, e.Endpoint.Family, e.Inode = 4, afInet, 987654
-				e.Counters.BytesAcked = 5
-				return e
-			}(),
-			want: Event{
-				Kind: EventExisting,
-				Endpoint: Endpoint{
-					LocalAddr: netip.IPv4Unspecified(), RemoteAddr: netip.IPv4Unspecified(),
-				},
-				Inode:    987654,
-				Counters: Counters{BytesAcked: 5},
 			},
 		},
 	} {
@@ -122,9 +106,30 @@ func TestDecodeEvent(t *testing.T) {
 	}
 }
 
+func TestDecodeDiscovered(t *testing.T) {
+	var d tcpIterDiscovered
+	d.Event.Endpoint.Kind, d.Event.Endpoint.Family, d.Inode = 4, afInet, 987654
+	d.Event.Counters.BytesAcked = 5
+	want := Event{
+		Kind: EventExisting,
+		Endpoint: Endpoint{
+			LocalAddr: netip.IPv4Unspecified(), RemoteAddr: netip.IPv4Unspecified(),
+		},
+		Inode:    987654,
+		Counters: Counters{BytesAcked: 5},
+	}
+	got, err := decodeDiscovered(rawDiscovered(d))
+	if err != nil || got != want {
+		t.Errorf("decodeDiscovered = %+v, %v\nwant %+v", got, err, want)
+	}
+	if _, err := decodeDiscovered(rawEvent(tcpEvent(d.Event))); err == nil {
+		t.Error("decodeDiscovered of a short record: no error")
+	}
+}
+
 func TestDecodeEventRejects(t *testing.T) {
 	var unknown tcpEvent
-	unknown.Kind, unknown.Endpoint.Family = 9, afInet
+	unknown.Endpoint.Kind, unknown.Endpoint.Family = 9, afInet
 	for _, tc := range []struct {
 		name string
 		raw  []byte
@@ -145,9 +150,9 @@ func TestDecodeEventRejects(t *testing.T) {
 func TestReadRecords(t *testing.T) {
 	var stream []byte
 	for i := range 50 {
-		var s tcpIterSample
-		s.Endpoint.Cookie = uint64(i + 1)
-		stream = append(stream, rawSample(s)...)
+		var e tcpEvent
+		e.Endpoint.Cookie = uint64(i + 1)
+		stream = append(stream, rawEvent(e)...)
 	}
 	for _, tc := range []struct {
 		name string
@@ -157,12 +162,12 @@ func TestReadRecords(t *testing.T) {
 		{"one read", bytes.NewReader(stream), len(stream) + 1},
 		{"one byte at a time", iotest.OneByteReader(bytes.NewReader(stream)), 1000},
 		{"half reads", iotest.HalfReader(bytes.NewReader(stream)), 1000},
-		{"buffer of one record and a bit", bytes.NewReader(stream), sampleSize + 7},
+		{"buffer of one record and a bit", bytes.NewReader(stream), eventSize + 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var cookies []uint64
-			err := readRecords(tc.r, make([]byte, tc.buf), sampleSize, func(raw []byte) {
-				cookies = append(cookies, (*tcpIterSample)(unsafe.Pointer(&raw[0])).Endpoint.Cookie)
+			err := readRecords(tc.r, make([]byte, tc.buf), eventSize, func(raw []byte) {
+				cookies = append(cookies, (*tcpEvent)(unsafe.Pointer(&raw[0])).Endpoint.Cookie)
 			})
 			if err != nil {
 				t.Fatalf("readRecords: %v", err)
@@ -177,14 +182,14 @@ func TestReadRecords(t *testing.T) {
 			}
 		})
 	}
-	if err := readRecords(bytes.NewReader(stream[:sampleSize+3]), make([]byte, 1000), sampleSize, func([]byte) {}); err == nil {
+	if err := readRecords(bytes.NewReader(stream[:eventSize+3]), make([]byte, 1000), eventSize, func([]byte) {}); err == nil {
 		t.Error("a truncated record: no error")
 	}
 }
 
 func BenchmarkDecodeEvent(b *testing.B) {
 	var e tcpEvent
-	e.Kind, e.Endpoint.Family, e.Owner.Comm = 2, afInet6, comm16("nginx")
+	e.Endpoint.Kind, e.Endpoint.Family, e.Owner.Comm = 2, afInet6, comm16("nginx")
 	raw := rawEvent(e)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -92,8 +92,8 @@ func (p *Probe) discoverIn(path string) ([]Event, error) {
 	defer r.Close()
 	var events []Event
 	var decodeErr error
-	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
-		ev, err := decodeEvent(raw)
+	err = readRecords(r, p.buf, discoveredSize, func(raw []byte) {
+		ev, err := decodeDiscovered(raw)
 		if err != nil {
 			decodeErr = err
 			return

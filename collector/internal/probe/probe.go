@@ -24,7 +24,7 @@ import (
 )
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type sample tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type discovered tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
 // Config sizes the ring buffer and turns on run-time statistics.
 type Config struct {
@@ -229,8 +229,7 @@ func (p *Probe) Sync(ctx context.Context) error {
 	}
 }
 
-// The parts of the C records, as bpf2go lays them out; tcpEvent and
-// tcpIterSample share them.
+// The parts of struct event, as bpf2go lays them out.
 type (
 	rawEndpoint = struct {
 		_      structs.HostLayout
@@ -242,7 +241,8 @@ type (
 		Dport  uint16
 		Family uint16
 		Role   uint8
-		Pad    [5]uint8
+		Kind   uint8
+		Pad    [4]uint8
 	}
 	rawOwner = struct {
 		_         structs.HostLayout
@@ -261,31 +261,46 @@ type (
 	}
 )
 
-// The record types must keep sharing their parts.
+// The iterators write the same struct event as the ring carries.
 var (
-	_ rawEndpoint = tcpIterSample{}.Endpoint
-	_ rawOwner    = tcpIterSample{}.Owner
+	_ rawEndpoint = tcpEvent{}.Endpoint
+	_ rawOwner    = tcpEvent{}.Owner
 	_ rawCounters = tcpEvent{}.Counters
+	_ tcpEvent    = tcpEvent(tcpIterDiscovered{}.Event)
 )
 
 const (
-	eventSize  = int(unsafe.Sizeof(tcpEvent{}))
-	sampleSize = int(unsafe.Sizeof(tcpIterSample{}))
+	eventSize      = int(unsafe.Sizeof(tcpEvent{}))
+	discoveredSize = int(unsafe.Sizeof(tcpIterDiscovered{}))
 )
 
-// decodeEvent turns a ring buffer or discovery record into an Event.
+// decodeEvent turns a ring buffer record into an Event.
 func decodeEvent(raw []byte) (Event, error) {
 	if len(raw) < eventSize {
 		return Event{}, fmt.Errorf("decode event: %d bytes, want %d", len(raw), eventSize)
 	}
-	e := (*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw)))
-	if e.Kind < uint8(EventOpen) || e.Kind > uint8(EventExisting) {
-		return Event{}, fmt.Errorf("decode event: unknown kind %d", e.Kind)
+	return eventOf((*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw))))
+}
+
+// decodeDiscovered turns a record of the discovery iterator into an Event.
+func decodeDiscovered(raw []byte) (Event, error) {
+	if len(raw) < discoveredSize {
+		return Event{}, fmt.Errorf("decode discovered socket: %d bytes, want %d", len(raw), discoveredSize)
+	}
+	d := (*tcpIterDiscovered)(unsafe.Pointer(unsafe.SliceData(raw)))
+	ev, err := eventOf((*tcpEvent)(&d.Event))
+	ev.Inode = d.Inode
+	return ev, err
+}
+
+func eventOf(e *tcpEvent) (Event, error) {
+	kind := e.Endpoint.Kind
+	if kind < uint8(EventOpen) || kind > uint8(EventExisting) {
+		return Event{}, fmt.Errorf("decode event: unknown kind %d", kind)
 	}
 	return Event{
-		Kind:     EventKind(e.Kind),
+		Kind:     EventKind(kind),
 		Endpoint: endpoint(&e.Endpoint),
-		Inode:    e.Inode,
 		Owner:    owner(&e.Owner, comm(&e.Owner.Comm)),
 		Counters: counters(&e.Counters),
 	}, nil
@@ -366,8 +381,8 @@ func (p *Probe) Samples(fn func(Sample)) error {
 		return fmt.Errorf("samples: open iterator: %w", err)
 	}
 	defer r.Close()
-	err = readRecords(r, p.buf, sampleSize, func(raw []byte) {
-		s := (*tcpIterSample)(unsafe.Pointer(unsafe.SliceData(raw)))
+	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
+		s := (*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw)))
 		fn(Sample{
 			Endpoint: endpoint(&s.Endpoint),
 			Owner:    owner(&s.Owner, p.internComm(&s.Owner.Comm)),

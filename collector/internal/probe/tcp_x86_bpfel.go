@@ -25,7 +25,8 @@ type tcpEvent struct {
 		Dport  uint16
 		Family uint16
 		Role   uint8
-		Pad    [5]uint8
+		Kind   uint8
+		Pad    [4]uint8
 	}
 	Owner struct {
 		_         structs.HostLayout
@@ -42,9 +43,6 @@ type tcpEvent struct {
 		Delivered     uint32
 		DataSegsIn    uint32
 	}
-	Inode uint64
-	Kind  uint8
-	Pad   [7]uint8
 }
 
 type tcpSkState struct {

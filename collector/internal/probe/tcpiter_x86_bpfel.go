@@ -13,35 +13,40 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type tcpIterSample struct {
-	_        structs.HostLayout
-	Endpoint struct {
-		_      structs.HostLayout
-		Cookie uint64
-		Saddr  [16]uint8
-		Daddr  [16]uint8
-		Netns  uint32
-		Sport  uint16
-		Dport  uint16
-		Family uint16
-		Role   uint8
-		Pad    [5]uint8
+type tcpIterDiscovered struct {
+	_     structs.HostLayout
+	Event struct {
+		_        structs.HostLayout
+		Endpoint struct {
+			_      structs.HostLayout
+			Cookie uint64
+			Saddr  [16]uint8
+			Daddr  [16]uint8
+			Netns  uint32
+			Sport  uint16
+			Dport  uint16
+			Family uint16
+			Role   uint8
+			Kind   uint8
+			Pad    [4]uint8
+		}
+		Owner struct {
+			_         structs.HostLayout
+			StartTime uint64
+			CgroupId  uint64
+			Pid       uint32
+			Pad       uint32
+			Comm      [16]int8
+		}
+		Counters struct {
+			_             structs.HostLayout
+			BytesAcked    uint64
+			BytesReceived uint64
+			Delivered     uint32
+			DataSegsIn    uint32
+		}
 	}
-	Owner struct {
-		_         structs.HostLayout
-		StartTime uint64
-		CgroupId  uint64
-		Pid       uint32
-		Pad       uint32
-		Comm      [16]int8
-	}
-	Counters struct {
-		_             structs.HostLayout
-		BytesAcked    uint64
-		BytesReceived uint64
-		Delivered     uint32
-		DataSegsIn    uint32
-	}
+	Inode uint64
 }
 
 type tcpIterSkState struct {
@@ -70,7 +75,7 @@ const (
 	tcpIterMapSkStates         = "sk_states"
 	tcpIterProgDiscoverSockets = "discover_sockets"
 	tcpIterProgSampleSockets   = "sample_sockets"
-	tcpIterVarUnusedSample     = "unused_sample"
+	tcpIterVarUnusedDiscovered = "unused_discovered"
 )
 
 // loadTcpIter returns the embedded CollectionSpec for tcpIter.
@@ -131,7 +136,7 @@ type tcpIterMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterVariableSpecs struct {
-	UnusedSample *ebpf.VariableSpec `ebpf:"unused_sample"`
+	UnusedDiscovered *ebpf.VariableSpec `ebpf:"unused_discovered"`
 }
 
 // tcpIterObjects contains all objects after they have been loaded into the kernel.
@@ -169,7 +174,7 @@ func (m *tcpIterMaps) Close() error {
 //
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterVariables struct {
-	UnusedSample *ebpf.Variable `ebpf:"unused_sample"`
+	UnusedDiscovered *ebpf.Variable `ebpf:"unused_discovered"`
 }
 
 // tcpIterPrograms contains all programs after they have been loaded into the kernel.
