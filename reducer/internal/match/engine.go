@@ -268,4 +268,3 @@ func (e *Engine) publish() {
 	e.sockets.Set(float64(e.nsockets))
 	e.flowGauge.Set(float64(len(e.flows)))
 }
-

@@ -56,7 +56,9 @@ func TestResolve(t *testing.T) {
 			put:  func(r *Resolver[int]) { r.Sink(RankPod).Put(CgroupKey("node-b", 42), web) },
 			want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
 		{name: "a local end ignores its IP", ep: curlEnd,
-			put:  func(r *Resolver[int]) { r.Sink(RankNode).Put(IPKey(curlEnd.Addr), aggregate.Workload{Name: "n", Kind: "node"}) },
+			put: func(r *Resolver[int]) {
+				r.Sink(RankNode).Put(IPKey(curlEnd.Addr), aggregate.Workload{Name: "n", Kind: "node"})
+			},
 			want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
 	}
 	for _, tc := range tests {
@@ -154,14 +156,18 @@ func TestSourceRunsConcurrently(t *testing.T) {
 	var u Uses
 	r.Resolve(1, &u, 1, Endpoint{Addr: podA})
 	ctx, cancel := context.WithCancel(t.Context())
+	started := make(chan struct{})
 	done := make(chan error)
 	src := SourceFunc(func(ctx context.Context, sink Sink) error {
+		sink.Put(IPKey(podA), web)
+		close(started)
 		for i := 0; ctx.Err() == nil; i++ {
 			sink.Put(IPKey(podA), aggregate.Workload{Name: "web", Kind: "pod", Pod: string(rune('a' + i%26))})
 		}
 		return nil
 	})
 	go func() { done <- src.Run(ctx, r.Sink(RankPod)) }()
+	<-started
 	seen := false
 	for range 1000 {
 		r.Changed(func(int) { seen = true })
@@ -171,7 +177,6 @@ func TestSourceRunsConcurrently(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	r.Changed(func(int) { seen = true })
 	if !seen {
 		t.Error("a running source's changes never showed")
 	}
