@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/weir-project/weir/collector/internal/probe"
@@ -20,12 +22,18 @@ type Config struct {
 	NodeName    string
 	HTTPAddr    string
 	Probe       probe.Config
+	MaxSockets  int
 	BufferBytes int64
+	ProcRoot    string
 	TLSCert     string
 	TLSKey      string
 	TLSCA       string
 	LogLevel    string
 	Version     bool
+
+	// Deprecated are the deprecated flags given, to warn about once the
+	// logger exists.
+	Deprecated []string
 }
 
 // defaultConfig returns the collector's defaults.
@@ -37,13 +45,16 @@ func defaultConfig() Config {
 		NodeName:    host,
 		HTTPAddr:    "127.0.0.1:7011",
 		Probe:       probe.DefaultConfig(),
+		MaxSockets:  65536,
 		BufferBytes: 8 << 20,
+		ProcRoot:    "/proc",
 		LogLevel:    "info",
 	}
 }
 
 // parseFlags reads the command line over the defaults; usage and flag
-// errors go to output.
+// errors go to output. Integer flags take plain decimal integers: no
+// exponent, no unit suffix, no base prefix.
 func parseFlags(args []string, output io.Writer) (Config, error) {
 	cfg := defaultConfig()
 	fs := flag.NewFlagSet("weir-collector", flag.ContinueOnError)
@@ -52,9 +63,18 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "report interval")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node (default: the hostname)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics and /healthz")
-	fs.Func("socket-map-entries", fmt.Sprintf("max sockets tracked in the kernel (default %d)", cfg.Probe.SocketMapEntries), uintFlag(&cfg.Probe.SocketMapEntries))
-	fs.Func("ring-bytes", fmt.Sprintf("kernel event ring buffer size in bytes, a power of two (default %d)", cfg.Probe.RingBytes), uintFlag(&cfg.Probe.RingBytes))
-	fs.Int64Var(&cfg.BufferBytes, "buffer-bytes", cfg.BufferBytes, "memory cap for closed sockets awaiting report while the reducer is unreachable")
+	fs.Func("max-sockets", fmt.Sprintf("max live sockets tracked; sockets beyond are refused and counted (default %d)", cfg.MaxSockets),
+		intFlag(&cfg.MaxSockets, strconv.IntSize-1))
+	fs.Func("socket-map-entries", "deprecated alias of --max-sockets", func(s string) error {
+		cfg.Deprecated = append(cfg.Deprecated, "socket-map-entries")
+		return intFlag(&cfg.MaxSockets, strconv.IntSize-1)(s)
+	})
+	fs.Func("ring-bytes", fmt.Sprintf("kernel event ring buffer size in bytes, a power of two and a multiple of the page size (default %d)", cfg.Probe.RingBytes),
+		intFlag(&cfg.Probe.RingBytes, 32))
+	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in bytes for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
+		intFlag(&cfg.BufferBytes, 63))
+	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
+	fs.BoolVar(&cfg.Probe.Stats, "bpf-stats", cfg.Probe.Stats, "enable the kernel's BPF run-time statistics while running, for weir_collector_bpf_* (costs a clock read per program run)")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "client certificate for mTLS to the reducer")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "client key for mTLS to the reducer")
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that verifies the reducer's certificate")
@@ -71,13 +91,19 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	return cfg, nil
 }
 
-func uintFlag(dst *uint32) func(string) error {
+// intFlag parses a plain non-negative decimal integer of at most bits bits
+// into dst. strconv rejects what fmt.Sscan would cut short ("1e3", "4096k").
+func intFlag[T ~int | ~int64 | ~uint32](dst *T, bits int) func(string) error {
 	return func(s string) error {
-		var v uint32
-		if _, err := fmt.Sscan(s, &v); err != nil {
-			return errors.New("not an unsigned 32-bit integer")
+		v, err := strconv.ParseUint(s, 10, bits)
+		if err != nil {
+			var nerr *strconv.NumError
+			if errors.As(err, &nerr) && errors.Is(nerr.Err, strconv.ErrRange) {
+				return fmt.Errorf("out of range (at most %d)", uint64(1)<<bits-1)
+			}
+			return errors.New("not a plain decimal integer (no exponent, unit suffix or sign)")
 		}
-		*dst = v
+		*dst = T(v)
 		return nil
 	}
 }
@@ -99,8 +125,20 @@ func (c Config) Validate() error {
 	if err := c.Probe.Validate(); err != nil {
 		return err
 	}
+	if c.MaxSockets <= 0 {
+		name := "--max-sockets"
+		if slices.Contains(c.Deprecated, "socket-map-entries") {
+			name = "--socket-map-entries"
+		}
+		return fmt.Errorf("%s: %d is not positive", name, c.MaxSockets)
+	}
 	if c.BufferBytes <= 0 {
 		return fmt.Errorf("--buffer-bytes: %d is not positive", c.BufferBytes)
+	}
+	if st, err := os.Stat(c.ProcRoot); err != nil {
+		return fmt.Errorf("--proc-root: %w", err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("--proc-root: %s is not a directory", c.ProcRoot)
 	}
 	set := 0
 	for _, f := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {

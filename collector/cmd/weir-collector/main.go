@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,7 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/collector/internal/admin"
+	"github.com/weir-project/weir/collector/internal/encode"
 	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/proc"
 	"github.com/weir-project/weir/collector/internal/sockets"
 	"github.com/weir-project/weir/collector/internal/stream"
 )
@@ -54,6 +58,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	level, _ := cfg.level()
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	for _, name := range cfg.Deprecated {
+		logger.Warn("deprecated flag", "flag", "--"+name, "use", "--max-sockets")
+	}
 
 	if err := probe.Check(); err != nil {
 		fmt.Fprintf(stderr, "weir-collector: %s\n", unsupportedMessage(err))
@@ -73,15 +80,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve wires the fixed pipeline (probe events → socket table → stream,
-// plus the HTTP endpoints) and runs it until ctx is done.
+// serve wires the fixed pipeline (probe events → socket table → encoder →
+// stream, plus the HTTP endpoints) and runs it until ctx is done.
 func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	if err := registerRuntime(reg); err != nil {
 		return err
 	}
+	if err := reg.Register(newBPFStats(p)); err != nil {
+		return fmt.Errorf("register eBPF program metrics: %w", err)
+	}
+	procs, err := proc.New(cfg.ProcRoot)
+	if err != nil {
+		return err
+	}
 	tcfg := sockets.DefaultConfig()
 	tcfg.BufferBytes = cfg.BufferBytes
+	tcfg.MaxSockets = cfg.MaxSockets
+	tcfg.Owners = procs
 	table, err := sockets.New(tcfg, reg)
 	if err != nil {
 		return fmt.Errorf("socket table: %w", err)
@@ -95,18 +111,28 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		InitialBackoff:   stream.DefaultInitialBackoff,
 		MaxBackoff:       stream.DefaultMaxBackoff,
 		NodeName:         cfg.NodeName,
-		BootID:           bootID(),
+		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,
 		KernelRelease:    kernelRelease(),
-	}, table, p, reg, logger)
+	}, table, encode.New(table, procs), p, reg, logger)
 	if err != nil {
 		return fmt.Errorf("stream: %w", err)
 	}
 	httpServer := admin.New(reg, logger)
 
 	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
-		"http_addr", cfg.HTTPAddr, "socket_map_entries", cfg.Probe.SocketMapEntries, "ring_bytes", cfg.Probe.RingBytes)
+		"http_addr", cfg.HTTPAddr, "max_sockets", cfg.MaxSockets, "ring_bytes", cfg.Probe.RingBytes,
+		"buffer_bytes", cfg.BufferBytes, "proc_root", cfg.ProcRoot, "bpf_stats", cfg.Probe.Stats)
 	defer logger.Info("collector stopped")
+
+	// The sockets open before the probe was loaded, before following the
+	// events of those opened since.
+	start := time.Now()
+	if err := table.Discover(p); err != nil {
+		logger.Warn("discovery of existing sockets incomplete", "error", err)
+	}
+	logger.Info("existing sockets discovered", "sockets", table.Live(), "duration", time.Since(start).Round(time.Millisecond))
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		// Closing the probe unblocks the event reader.
@@ -140,8 +166,8 @@ func unsupportedMessage(err error) string {
 	return fmt.Sprintf("this kernel lacks %s (kernel >= 6.3 needed; the fallback path is not implemented yet)", feature)
 }
 
-func bootID() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+func bootID(procRoot string) string {
+	b, err := os.ReadFile(filepath.Join(procRoot, "sys/kernel/random/boot_id"))
 	if err != nil {
 		return ""
 	}

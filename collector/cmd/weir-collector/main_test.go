@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -40,10 +41,21 @@ func TestFlags(t *testing.T) {
 		{name: "interval too short", args: []string{"--interval", "1ms"}, wantCode: 2, wantErr: "--interval:"},
 		{name: "empty node name", args: []string{"--node-name", ""}, wantCode: 2, wantErr: "--node-name:"},
 		{name: "bad http addr", args: []string{"--http-addr", "7011"}, wantCode: 2, wantErr: "--http-addr:"},
-		{name: "zero map entries", args: []string{"--socket-map-entries", "0"}, wantCode: 2, wantErr: "--socket-map-entries:"},
-		{name: "map entries not a number", args: []string{"--socket-map-entries", "many"}, wantCode: 2, wantErr: "socket-map-entries"},
+		{name: "zero max sockets", args: []string{"--max-sockets", "0"}, wantCode: 2, wantErr: "--max-sockets:"},
+		{name: "max sockets not a number", args: []string{"--max-sockets", "many"}, wantCode: 2, wantErr: `invalid value "many" for flag -max-sockets`},
+		{name: "max sockets with an exponent", args: []string{"--max-sockets", "1e3"}, wantCode: 2, wantErr: `invalid value "1e3" for flag -max-sockets: not a plain decimal integer`},
+		{name: "max sockets negative", args: []string{"--max-sockets", "-5"}, wantCode: 2, wantErr: `invalid value "-5" for flag -max-sockets`},
+		{name: "zero map entries (deprecated alias)", args: []string{"--socket-map-entries", "0"}, wantCode: 2, wantErr: "--socket-map-entries:"},
+		{name: "map entries not a number", args: []string{"--socket-map-entries", "many"}, wantCode: 2, wantErr: `invalid value "many" for flag -socket-map-entries`},
 		{name: "ring not a power of two", args: []string{"--ring-bytes", "12345"}, wantCode: 2, wantErr: "--ring-bytes:"},
+		{name: "ring with an exponent", args: []string{"--ring-bytes", "1e3"}, wantCode: 2, wantErr: `invalid value "1e3" for flag -ring-bytes: not a plain decimal integer`},
+		{name: "ring with a unit suffix", args: []string{"--ring-bytes", "4096k"}, wantCode: 2, wantErr: `invalid value "4096k" for flag -ring-bytes: not a plain decimal integer`},
+		{name: "ring over 32 bits", args: []string{"--ring-bytes", "8589934592"}, wantCode: 2, wantErr: `invalid value "8589934592" for flag -ring-bytes: out of range`},
 		{name: "zero buffer", args: []string{"--buffer-bytes", "0"}, wantCode: 2, wantErr: "--buffer-bytes:"},
+		{name: "buffer with a unit suffix", args: []string{"--buffer-bytes", "8Mi"}, wantCode: 2, wantErr: `invalid value "8Mi" for flag -buffer-bytes: not a plain decimal integer`},
+		{name: "buffer in hex", args: []string{"--buffer-bytes", "0x100"}, wantCode: 2, wantErr: `invalid value "0x100" for flag -buffer-bytes`},
+		{name: "missing proc root", args: []string{"--proc-root", "/nonexistent/proc"}, wantCode: 2, wantErr: "--proc-root:"},
+		{name: "proc root not a directory", args: []string{"--proc-root", "/proc/self/stat"}, wantCode: 2, wantErr: "--proc-root:"},
 		{name: "partial tls", args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantCode: 2, wantErr: "--tls-cert, --tls-key, --tls-ca:"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantCode: 2, wantErr: "--log-level:"},
 	}
@@ -67,8 +79,41 @@ func TestDefaultConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Reducer != "127.0.0.1:7000" || cfg.HTTPAddr != "127.0.0.1:7011" || cfg.Interval != 5*time.Second ||
-		cfg.BufferBytes != 8<<20 || cfg.Probe.SocketMapEntries != 65536 || cfg.Probe.RingBytes != 1<<20 {
+		cfg.BufferBytes != 8<<20 || cfg.MaxSockets != 65536 || cfg.Probe.RingBytes != 1<<20 || cfg.Probe.Stats ||
+		cfg.ProcRoot != "/proc" || len(cfg.Deprecated) != 0 {
 		t.Fatalf("defaults %+v", cfg)
+	}
+}
+
+func TestIntegerFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want func(Config) bool
+	}{
+		{name: "plain integers", args: []string{"--ring-bytes", "65536", "--buffer-bytes", "1048576", "--max-sockets", "1000"}, want: func(c Config) bool {
+			return c.Probe.RingBytes == 65536 && c.BufferBytes == 1048576 && c.MaxSockets == 1000 && len(c.Deprecated) == 0
+		}},
+		{name: "deprecated alias", args: []string{"--socket-map-entries", "4096"}, want: func(c Config) bool {
+			return c.MaxSockets == 4096 && slices.Equal(c.Deprecated, []string{"socket-map-entries"})
+		}},
+		{name: "the later flag wins", args: []string{"--socket-map-entries", "4096", "--max-sockets", "100"}, want: func(c Config) bool {
+			return c.MaxSockets == 100
+		}},
+		{name: "bpf stats and proc root", args: []string{"--bpf-stats", "--proc-root", "/host/proc"}, want: func(c Config) bool {
+			return c.Probe.Stats && c.ProcRoot == "/host/proc"
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseFlags(tc.args, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.want(cfg) {
+				t.Fatalf("config %+v", cfg)
+			}
+		})
 	}
 }
 

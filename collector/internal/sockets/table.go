@@ -393,8 +393,9 @@ func (t *Table) Poll(src Sampler) error {
 // listeners (EventListen). Those whose owner the kernel did not know are
 // given one from a single scan of the processes' open files by socket
 // inode; connected sockets still without one fall back to the listener of
-// their local port when they are reported. An error from the scan leaves
-// those owners unknown; the sockets are tracked anyway.
+// their local port when they are reported. An error (some namespace could
+// not be searched, or the scan failed) leaves sockets or owners unknown;
+// what was found is tracked anyway.
 func (t *Table) Discover(src Discoverer) error {
 	type pending struct {
 		cookie uint64 // 0 for a listener
@@ -421,14 +422,15 @@ func (t *Table) Discover(src Discoverer) error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("discover sockets: %w", err)
+		// Some sockets may be missing; those found are tracked.
+		err = fmt.Errorf("discover sockets: %w", err)
 	}
 	if len(unowned) == 0 || t.cfg.Owners == nil {
-		return nil
+		return err
 	}
-	owners, err := t.cfg.Owners.SocketOwners()
-	if err != nil {
-		return fmt.Errorf("find owners of existing sockets: %w", err)
+	owners, scanErr := t.cfg.Owners.SocketOwners()
+	if scanErr != nil {
+		return errors.Join(err, fmt.Errorf("find owners of existing sockets: %w", scanErr))
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -447,7 +449,7 @@ func (t *Table) Discover(src Discoverer) error {
 			t.setOwner(s, o)
 		}
 	}
-	return nil
+	return err
 }
 
 // Socket is a socket to announce.
