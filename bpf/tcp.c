@@ -140,6 +140,8 @@ static __always_inline void on_established(struct sock *sk, u8 role)
 /* on_close: -> CLOSE. The final counters go out with the event. */
 static __always_inline void on_close(struct sock *sk, int oldstate)
 {
+	if (!sk->sk_bpf_storage)
+		return; /* not tracked: skip the lookup */
 	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
 	if (!st || (st->flags & SK_STATE_CLOSED))
 		return;

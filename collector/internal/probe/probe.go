@@ -370,6 +370,13 @@ func comm(c *[16]int8) string {
 // namespace, with its counters read by the kernel during the call. Closed
 // sockets are not reported: their final counters came with their close
 // event. It is safe to call concurrently with ReadEvent.
+//
+// The kernel hands the walk over in chunks of about 270 sockets and resumes
+// each chunk by position in the storage map's hash bucket. A socket
+// created or freed elsewhere in that bucket in between shifts the
+// positions, so a poll can repeat a socket (with counters no older) or
+// miss one, which the next poll reports: a socket's absence from one poll
+// says nothing; only EventClose ends it.
 func (p *Probe) Samples(fn func(Sample)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

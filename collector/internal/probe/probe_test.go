@@ -784,7 +784,9 @@ func BenchmarkSamples(b *testing.B) {
 		if err := p.Samples(func(Sample) { n++ }); err != nil {
 			b.Fatal(err)
 		}
-		if n < 2*conns {
+		// Sockets opened or closed elsewhere meanwhile can make a poll
+		// miss one (see Samples).
+		if n < 2*conns*99/100 {
 			b.Fatalf("%d samples, want at least %d", n, 2*conns)
 		}
 	}
