@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/weir-project/weir/reducer/internal/grpcserver"
 	"github.com/weir-project/weir/reducer/internal/ingest"
 	"github.com/weir-project/weir/reducer/internal/match"
 	"github.com/weir-project/weir/reducer/internal/promexport"
@@ -67,16 +68,20 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err := reg.Register(promexport.New(engine, engine.Metrics(), engine.Level())); err != nil {
 		return fmt.Errorf("register flow metrics: %w", err)
 	}
-	icfg := ingest.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}
-	if cfg.tls() {
-		if icfg.TLS, err = ingest.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
-		}
-	}
-	grpcSrv, err := ingest.New(icfg, engine, reg, logger)
+	ing, err := ingest.New(engine, reg, logger)
 	if err != nil {
 		return err
 	}
+	gcfg := grpcserver.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}
+	if cfg.tls() {
+		if gcfg.TLS, err = grpcserver.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+	}
+	// One gRPC server for every service: ingest today, metadata and
+	// observer later.
+	grpcSrv := grpcserver.New(gcfg, logger, ing.StatsHandler())
+	ing.Register(grpcSrv)
 	httpSrv := web.New(cfg.HTTPAddr, reg, grpcSrv.Ready, logger)
 
 	if err := httpSrv.Start(ctx); err != nil {
@@ -94,7 +99,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	g.Go(func() error { return waitErr(gctx, httpSrv.Err()) })
 	g.Go(func() error {
 		<-gctx.Done()
-		shutdown(logger, grpcSrv, httpSrv)
+		// Ingest ends its streams first, so that the server stops
+		// gracefully.
+		shutdown(logger, ing, grpcSrv, httpSrv)
 		return nil
 	})
 	err = g.Wait()

@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		loss: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_reducer_collector_loss_total",
-			Help: "Losses reported by collectors, by node and reason (ring_full: lifecycle events, map_full: sockets, buffer_dropped: closed sockets).",
+			Help: "Losses reported by collectors, by node and reason (ring_full: lifecycle events, map_full: sockets, buffer_dropped: closed sockets, socket_cap: sockets over the collector's cap, counter_regressions: counter reads that went backwards).",
 		}, []string{"node", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.connected, m.messages, m.receivedBytes, m.rejected, m.loss} {

@@ -2,9 +2,11 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/grpcserver"
 	"github.com/weir-project/weir/reducer/internal/match"
 )
 
@@ -31,12 +34,15 @@ const testMaxMessage = 64 << 10
 
 type testServer struct {
 	srv    *Server
+	grpc   *grpcserver.Server
 	engine *match.Engine
 	reg    *prometheus.Registry
 	conn   *grpc.ClientConn
 }
 
-func startServer(t *testing.T) *testServer {
+// serve starts the ingest service on a gRPC server of its own, wired as
+// main wires it.
+func serve(t *testing.T, tlsConfig *tls.Config) *testServer {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := prometheus.NewPedanticRegistry()
@@ -44,29 +50,37 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: testMaxMessage}, engine, reg, logger)
+	srv, err := New(engine, reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient("passthrough:///"+srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	gs := grpcserver.New(grpcserver.Config{Addr: "127.0.0.1:0", MaxMessageBytes: testMaxMessage, TLS: tlsConfig}, logger, srv.StatsHandler())
+	srv.Register(gs)
+	if err := gs.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("second shutdown: %v", err)
+		for _, p := range []interface{ Shutdown(context.Context) error }{srv, gs, srv, gs} {
+			if err := p.Shutdown(ctx); err != nil {
+				t.Errorf("shutdown: %v", err)
+			}
 		}
 	})
-	return &testServer{srv: srv, engine: engine, reg: reg, conn: conn}
+	return &testServer{srv: srv, grpc: gs, engine: engine, reg: reg}
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	ts := serve(t, nil)
+	conn, err := grpc.NewClient("passthrough:///"+ts.grpc.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ts.conn = conn
+	return ts
 }
 
 type stream = grpc.BidiStreamingClient[ingestv1.StreamRequest, ingestv1.StreamResponse]
@@ -78,6 +92,21 @@ func (ts *testServer) open(t *testing.T, opts ...grpc.CallOption) stream {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// welcomed sends a hello and checks the welcome that answers it.
+func welcomed(t *testing.T, s stream, node string, epoch uint64) {
+	t.Helper()
+	if err := s.Send(hello(node, epoch)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatalf("hello of %s: %v", node, err)
+	}
+	if w := resp.GetWelcome(); w.GetProtocolVersion() != ProtocolVersion {
+		t.Fatalf("first response %v, want a welcome", resp)
+	}
 }
 
 func hello(node string, epoch uint64) *ingestv1.StreamRequest {
@@ -128,9 +157,7 @@ func (rawCodec) Name() string                       { return "proto" }
 func TestBadInput(t *testing.T) {
 	ts := startServer(t)
 	good := &healthy{s: ts.open(t, grpc.UseCompressor(gzip.Name))}
-	if err := good.s.Send(hello("healthy", 5)); err != nil {
-		t.Fatal(err)
-	}
+	welcomed(t, good.s, "healthy", 5)
 	good.send(t)
 
 	stats := func(gaps []uint32, cols ...[]uint64) *ingestv1.SocketStats {
@@ -156,7 +183,7 @@ func TestBadInput(t *testing.T) {
 			send: sendAll(ts, &ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: &ingestv1.Hello{
 				ProtocolVersion: 2, NodeName: "n-version", Epoch: 1}}}),
 			code:   codes.FailedPrecondition,
-			msg:    "unsupported protocol version 2 (want 1)",
+			msg:    "unsupported protocol versions [2, 2] (this reducer speaks 1)",
 			reason: "unsupported_version",
 		},
 		{
@@ -291,16 +318,12 @@ func sendAll(ts *testServer, msgs ...*ingestv1.StreamRequest) func(t *testing.T)
 func TestReplaceAndShutdown(t *testing.T) {
 	ts := startServer(t)
 	old := ts.open(t)
-	if err := old.Send(hello("node-a", 1)); err != nil {
-		t.Fatal(err)
-	}
+	welcomed(t, old, "node-a", 1)
 	h := &healthy{s: old}
 	h.send(t)
 
 	newer := &healthy{s: ts.open(t)}
-	if err := newer.s.Send(hello("node-a", 2)); err != nil {
-		t.Fatal(err)
-	}
+	welcomed(t, newer.s, "node-a", 2)
 	newer.send(t)
 	if _, err := old.Recv(); status.Code(err) != codes.Aborted {
 		t.Errorf("replaced stream ended with %v, want Aborted", err)
@@ -311,10 +334,95 @@ func TestReplaceAndShutdown(t *testing.T) {
 	if err := ts.srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := ts.grpc.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := newer.s.Recv(); status.Code(err) != codes.Unavailable {
 		t.Errorf("stream at shutdown ended with %v, want Unavailable", err)
 	}
-	if ts.srv.Ready() {
+	if ts.grpc.Ready() {
 		t.Error("ready after shutdown")
+	}
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	ts := startServer(t)
+	tests := []struct {
+		name     string
+		min, max uint32
+		caps     []string
+		ok       bool
+		wantCaps []string
+	}{
+		{name: "exactly 1", max: 1, ok: true},
+		{name: "range 1 to 3 gets 1", min: 1, max: 3, ok: true},
+		{name: "range 2 to 3 refused", min: 2, max: 3},
+		{name: "only 2 refused", max: 2},
+		{name: "empty range refused", min: 1, max: 0},
+		{name: "capabilities intersect, unknown ones ignored", max: 1, ok: true,
+			caps: []string{"future_thing", "socket_cookie", "socket_cookie"}, wantCaps: []string{"socket_cookie"}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := testutil.ToFloat64(ts.srv.metrics.rejected.WithLabelValues("unsupported_version"))
+			s := ts.open(t)
+			err := s.Send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: &ingestv1.Hello{
+				NodeName: "n-negotiate", BootId: "boot", Epoch: uint64(i + 1),
+				MinProtocolVersion: tc.min, ProtocolVersion: tc.max, Capabilities: tc.caps,
+			}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Recv()
+			rejected := testutil.ToFloat64(ts.srv.metrics.rejected.WithLabelValues("unsupported_version")) - before
+			if !tc.ok {
+				if status.Code(err) != codes.FailedPrecondition || rejected != 1 {
+					t.Errorf("got %v (rejections +%v), want FAILED_PRECONDITION counted as unsupported_version", err, rejected)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := resp.GetWelcome()
+			if w == nil || w.GetProtocolVersion() != 1 || !slices.Equal(w.GetCapabilities(), tc.wantCaps) {
+				t.Errorf("welcome %v, want version 1 with %v", resp, tc.wantCaps)
+			}
+			// The session works: a batch gets its ack.
+			if err := s.Send(batch(&ingestv1.Batch{Sequence: 1})); err != nil {
+				t.Fatal(err)
+			}
+			if resp, err := s.Recv(); err != nil || resp.GetAck().GetSequence() != 1 {
+				t.Errorf("after the welcome: %v %v, want ack 1", resp, err)
+			}
+			if err := s.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+				t.Errorf("end: %v", err)
+			}
+		})
+	}
+}
+
+func TestCollectorLoss(t *testing.T) {
+	ts := startServer(t)
+	s := ts.open(t)
+	welcomed(t, s, "n-loss", 1)
+	for i, l := range []*ingestv1.Loss{
+		{RingFull: 1, SocketCap: 4, CounterRegressions: 2},
+		{RingFull: 1, SocketCap: 10, CounterRegressions: 5, MapFull: 1},
+	} {
+		if err := s.Send(batch(&ingestv1.Batch{Sequence: uint64(i + 1), Loss: l})); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for reason, want := range map[string]float64{"ring_full": 1, "map_full": 1, "buffer_dropped": 0, "socket_cap": 10, "counter_regressions": 5} {
+		if got := testutil.ToFloat64(ts.srv.metrics.loss.WithLabelValues("n-loss", reason)); got != want {
+			t.Errorf("collector_loss_total{reason=%q} = %v, want %v", reason, got, want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -11,13 +12,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+	"github.com/weir-project/weir/reducer/internal/grpcserver"
 	"github.com/weir-project/weir/reducer/internal/match"
 )
 
 // serve serves one collector: a hello, then batches, each answered by an ack.
 func (s *Server) serve(stream grpc.ServerStream) error {
 	ctx := stream.Context()
-	var f frame
+	var f grpcserver.Frame
 	first, err := recvRequest(stream, &f)
 	if err != nil {
 		return s.recvError(s.logger, err)
@@ -28,8 +30,10 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 		return s.reject(s.logger, reasonNoHello, status.Error(codes.InvalidArgument, "first message must be a hello"))
 	}
 	logger := s.logger.With("node", hello.GetNodeName(), "epoch", hello.GetEpoch())
-	if v := hello.GetProtocolVersion(); v != ProtocolVersion {
-		return s.reject(logger, reasonBadVersion, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d (want %d)", v, ProtocolVersion))
+	version, ok := negotiate(hello)
+	if !ok {
+		return s.reject(logger, reasonBadVersion, status.Errorf(codes.FailedPrecondition,
+			"unsupported protocol versions [%d, %d] (this reducer speaks %d)", minVersion(hello), hello.GetProtocolVersion(), ProtocolVersion))
 	}
 	if hello.GetNodeName() == "" {
 		return s.reject(logger, reasonBadHello, status.Error(codes.InvalidArgument, "hello: empty node_name"))
@@ -48,7 +52,13 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	s.metrics.connected.Inc()
 	defer s.metrics.connected.Dec()
 	defer s.engine.Detach(sess)
-	logger.Info("stream opened", "collector_version", hello.GetCollectorVersion(), "kernel_release", hello.GetKernelRelease())
+	welcome := &ingestv1.Welcome{ProtocolVersion: version, Capabilities: shared(hello.GetCapabilities())}
+	if err := stream.SendMsg(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Welcome{Welcome: welcome}}); err != nil {
+		logger.Info("stream closed", "error", err)
+		return err
+	}
+	logger.Info("stream opened", "collector_version", hello.GetCollectorVersion(), "kernel_release", hello.GetKernelRelease(),
+		"protocol_version", version, "capabilities", welcome.GetCapabilities())
 
 	// Receive on a goroutine of its own, so that a replaced session or a
 	// shutdown can end the stream while Recv waits.
@@ -106,6 +116,36 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	}
 }
 
+// minVersion returns the lowest protocol version of the hello's range.
+func minVersion(h *ingestv1.Hello) uint32 {
+	if v := h.GetMinProtocolVersion(); v != 0 {
+		return v
+	}
+	return h.GetProtocolVersion()
+}
+
+// negotiate picks the highest version in the hello's range that this
+// server speaks.
+func negotiate(h *ingestv1.Hello) (uint32, bool) {
+	lo, hi := minVersion(h), h.GetProtocolVersion()
+	if lo <= ProtocolVersion && ProtocolVersion <= hi {
+		return ProtocolVersion, true
+	}
+	return 0, false
+}
+
+// shared returns the collector's capabilities that this server also has,
+// in the collector's order, once each. Unknown ones are left out.
+func shared(theirs []string) []string {
+	var out []string
+	for _, c := range theirs {
+		if slices.Contains(Capabilities, c) && !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // recvError turns the error that ended Recv into the stream's status.
 func (s *Server) recvError(logger *slog.Logger, err error) error {
 	if errors.Is(err, io.EOF) {
@@ -153,9 +193,13 @@ func (s *Server) reject(logger *slog.Logger, r reason, err error) error {
 
 // lossState is the last loss report of a node.
 type lossState struct {
-	bootID                        string
-	ringFull, mapFull, bufDropped uint64
+	bootID string
+	counts [len(lossReasons)]uint64
 }
+
+// lossReasons label the collector's loss counters, in the order of
+// lossState.counts.
+var lossReasons = [...]string{"ring_full", "map_full", "buffer_dropped", "socket_cap", "counter_regressions"}
 
 // recordLoss adds what a collector's cumulative loss counters gained since
 // its last report. Counters that went down belong to a restarted collector
@@ -170,21 +214,16 @@ func (s *Server) recordLoss(node, bootID string, l *ingestv1.Loss) {
 	if !ok || prev.bootID != bootID {
 		prev = lossState{bootID: bootID}
 	}
-	next := lossState{bootID: bootID, ringFull: l.GetRingFull(), mapFull: l.GetMapFull(), bufDropped: l.GetBufferDropped()}
-	for _, c := range [...]struct {
-		reason     string
-		prev, next uint64
-	}{
-		{"ring_full", prev.ringFull, next.ringFull},
-		{"map_full", prev.mapFull, next.mapFull},
-		{"buffer_dropped", prev.bufDropped, next.bufDropped},
-	} {
-		d := c.next
-		if c.next >= c.prev {
-			d = c.next - c.prev
+	next := lossState{bootID: bootID, counts: [...]uint64{
+		l.GetRingFull(), l.GetMapFull(), l.GetBufferDropped(), l.GetSocketCap(), l.GetCounterRegressions(),
+	}}
+	for i, n := range next.counts {
+		d := n
+		if p := prev.counts[i]; n >= p {
+			d = n - p
 		}
 		if d > 0 {
-			s.metrics.loss.WithLabelValues(node, c.reason).Add(float64(d))
+			s.metrics.loss.WithLabelValues(node, lossReasons[i]).Add(float64(d))
 		}
 	}
 	s.loss[node] = next

@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -18,13 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
-	"github.com/weir-project/weir/reducer/internal/match"
+	"github.com/weir-project/weir/reducer/internal/grpcserver"
 )
 
 // pki is a CA with a server and a client certificate, written as PEM files.
@@ -97,30 +94,11 @@ func newPKI(t *testing.T) *pki {
 
 func TestMutualTLS(t *testing.T) {
 	p := newPKI(t)
-	cfg, err := ServerTLS(filepath.Join(p.dir, "server.pem"), filepath.Join(p.dir, "server-key.pem"), filepath.Join(p.dir, "ca.pem"))
+	cfg, err := grpcserver.ServerTLS(filepath.Join(p.dir, "server.pem"), filepath.Join(p.dir, "server-key.pem"), filepath.Join(p.dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	reg := prometheus.NewPedanticRegistry()
-	engine, err := match.New(match.Config{SeriesTTL: time.Minute, SessionTTL: time.Minute}, reg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Config{Addr: "127.0.0.1:0", MaxMessageBytes: testMaxMessage, TLS: cfg}, engine, reg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	}()
+	srv := serve(t, cfg).grpc
 
 	tests := []struct {
 		name  string
@@ -152,8 +130,12 @@ func TestMutualTLS(t *testing.T) {
 				if err := s.Send(batch(&ingestv1.Batch{Sequence: 1})); err != nil {
 					return err
 				}
-				_, err = s.Recv()
-				return err
+				for range 2 { // welcome, ack
+					if _, err := s.Recv(); err != nil {
+						return err
+					}
+				}
+				return nil
 			}()
 			if (err == nil) != tc.ok {
 				t.Errorf("stream error %v, want success=%v", err, tc.ok)

@@ -1,0 +1,38 @@
+package grpcserver
+
+import (
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+)
+
+// Frame is a received message left undecoded. A handler that receives into
+// a *Frame decodes the bytes itself, so that it, not grpc, decides how a
+// malformed message ends the stream. Every other message, of every service,
+// goes through the standard proto codec.
+type Frame struct {
+	// Data is the message's bytes; RecvMsg reuses its capacity.
+	Data []byte
+}
+
+// codec is the server's codec: it copies the bytes of a message received
+// into a *Frame and hands everything else to the proto codec.
+type codec struct{ proto encoding.CodecV2 }
+
+func newCodec() codec { return codec{proto: encoding.GetCodecV2(proto.Name)} }
+
+func (c codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*Frame)
+	if !ok {
+		return c.proto.Unmarshal(data, v)
+	}
+	f.Data = f.Data[:0]
+	for _, b := range data {
+		f.Data = append(f.Data, b.ReadOnlyData()...)
+	}
+	return nil
+}
+
+func (c codec) Name() string { return proto.Name }

@@ -1,0 +1,154 @@
+// Package grpcserver owns the reducer's one gRPC server, on which ingest and
+// later the metadata and observer services register.
+package grpcserver
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	_ "google.golang.org/grpc/encoding/gzip" // collectors send gzip-compressed streams
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/stats"
+)
+
+// Config tunes the server.
+type Config struct {
+	// Addr is the address to listen on, e.g. ":7000".
+	Addr string
+	// MaxMessageBytes is the largest message accepted; a larger one ends its
+	// stream with RESOURCE_EXHAUSTED.
+	MaxMessageBytes int
+	// TLS, when set, makes the server require and verify client
+	// certificates. Plaintext when nil.
+	TLS *tls.Config
+}
+
+// Server is the gRPC server. It is a grpc.ServiceRegistrar: services
+// register before Start.
+type Server struct {
+	cfg    Config
+	logger *slog.Logger
+	grpc   *grpc.Server
+
+	lis   net.Listener
+	ready atomic.Bool
+	errc  chan error
+	once  sync.Once
+}
+
+// New returns a server whose every RPC goes through handlers, e.g. a
+// service's wire-bytes counter.
+func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ForceServerCodecV2(newCodec()),
+	}
+	for _, h := range handlers {
+		opts = append(opts, grpc.StatsHandler(h))
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	return &Server{
+		cfg:    cfg,
+		logger: logger.With("component", "grpc"),
+		grpc:   grpc.NewServer(opts...),
+		errc:   make(chan error, 1),
+	}
+}
+
+// RegisterService registers a service; see grpc.ServiceRegistrar.
+func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.grpc.RegisterService(desc, impl)
+}
+
+// Start listens and serves in the background. It returns once the listener
+// is up.
+func (s *Server) Start(ctx context.Context) error {
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+	}
+	s.lis = lis
+	go func() {
+		if err := s.grpc.Serve(lis); err != nil {
+			s.errc <- fmt.Errorf("serve grpc: %w", err)
+		}
+	}()
+	s.ready.Store(true)
+	s.logger.Info("listening", "addr", lis.Addr().String(), "tls", s.cfg.TLS != nil)
+	return nil
+}
+
+// Addr returns the listening address; nil before Start.
+func (s *Server) Addr() net.Addr {
+	if s.lis == nil {
+		return nil
+	}
+	return s.lis.Addr()
+}
+
+// Ready reports whether the listener is up.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Err delivers an error if serving fails.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Shutdown stops the server, letting RPCs in flight finish until ctx is
+// done and then cancelling them. Services that hold long-lived streams end
+// them first (see ingest.Server.Shutdown). It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.once.Do(func() {
+		s.ready.Store(false)
+		done := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			<-done
+		}
+		s.logger.Info("stopped")
+	})
+	return nil
+}
+
+// ServerTLS loads the server's certificate and the CA that client
+// certificates must chain to.
+func ServerTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load key pair: %w", err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("read ca: no certificate in PEM")
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
