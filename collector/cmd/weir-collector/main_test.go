@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/proc"
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
 
@@ -143,16 +144,21 @@ func TestUnsupportedMessage(t *testing.T) {
 	}
 }
 
-// TestPrivilegedRun runs the whole collector on this kernel against a test
-// reducer and checks that a loopback transfer arrives with its exact bytes,
-// attributed to this process on both ends.
-func TestPrivilegedRun(t *testing.T) {
+// requireRoot skips a privileged test without root, or fails it in CI.
+func requireRoot(t *testing.T) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("needs root (CI=true)")
 		}
 		t.Skip("needs root")
 	}
+}
+
+// startCollector runs the collector against a recording reducer until the
+// test ends, and waits for its hello.
+func startCollector(t *testing.T, extraArgs ...string) (*recorder, *ingestv1.Hello) {
+	t.Helper()
 	r := &recorder{batches: make(chan *ingestv1.Batch, 1024), hellos: make(chan *ingestv1.Hello, 4)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -162,40 +168,167 @@ func TestPrivilegedRun(t *testing.T) {
 	ingestv1.RegisterIngestServiceServer(srv, r)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = srv.Serve(ln) })
-	defer func() { srv.Stop(); wg.Wait() }()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var stderr syncBuffer
-	go func() {
-		done <- run(ctx, []string{"--reducer", ln.Addr().String(), "--interval", "200ms", "--http-addr", "127.0.0.1:0"}, io.Discard, &stderr)
-	}()
-	defer func() {
+	stderr := &syncBuffer{}
+	args := append([]string{"--reducer", ln.Addr().String(), "--interval", "200ms", "--http-addr", "127.0.0.1:0"}, extraArgs...)
+	go func() { done <- run(ctx, args, io.Discard, stderr) }()
+	t.Cleanup(func() {
 		cancel()
 		if code := <-done; code != 0 {
 			t.Errorf("exit code %d\n%s", code, stderr.String())
 		}
-	}()
+		srv.Stop()
+		wg.Wait()
+	})
 	select {
-	case <-r.hellos:
+	case h := <-r.hellos:
+		return r, h
 	case code := <-done:
+		done <- code
 		t.Fatalf("collector exited with %d\n%s", code, stderr.String())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no hello\n%s", stderr.String())
+	}
+	return nil, nil
+}
+
+// TestPrivilegedRun runs the whole collector on this kernel against a test
+// reducer and checks that a loopback transfer arrives with its exact bytes,
+// attributed to this process on both ends.
+func TestPrivilegedRun(t *testing.T) {
+	requireRoot(t)
+	r, hello := startCollector(t)
+	if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie"}) {
+		t.Fatalf("hello %v", hello)
 	}
 
 	const up, down = 100000, 54321
 	client, server := transfer(t, up, down)
 
-	// Follow the batches as the reducer would until both ends closed.
-	type end struct {
-		comm     string
-		pid      uint32
-		role     ingestv1.Role
-		sent     uint64
-		received uint64
-		closed   bool
+	c, s := followEnds(t, r, client, server)
+	if c.role != ingestv1.Role_ROLE_CLIENT || s.role != ingestv1.Role_ROLE_SERVER {
+		t.Errorf("roles: client %v, server %v", c.role, s.role)
 	}
+	if c.sent != up || c.received != down || s.sent != down || s.received != up {
+		t.Errorf("bytes: client sent %d received %d, server sent %d received %d; want %d and %d", c.sent, c.received, s.sent, s.received, up, down)
+	}
+	if !c.newConn || !s.newConn {
+		t.Errorf("new connection: client %v, server %v", c.newConn, s.newConn)
+	}
+	checkSelf(t, c, s)
+}
+
+// checkSelf checks that both ends are owned by this process: its pid,
+// start time and cgroup.
+func checkSelf(t *testing.T, ends ...*end) {
+	t.Helper()
+	fs, err := proc.New("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := fs.Process(uint32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgroup, err := fs.CgroupPath(self.PID, self.StartTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ends {
+		if e.proc == nil || e.proc.Pid != self.PID || e.proc.StartTime != self.StartTime || e.proc.Cgroup != cgroup {
+			t.Errorf("owner %v, want pid %d, start time %d, cgroup %q", e.proc, self.PID, self.StartTime, cgroup)
+		}
+	}
+}
+
+// TestPrivilegedExistingSocket: a connection open before the collector
+// starts is found at start, owned by this process, announced as not new,
+// and only the bytes moved after that are counted.
+func TestPrivilegedExistingSocket(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- conn
+	}()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	sc, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer sc.Close()
+	exchange := func(up, down int) {
+		t.Helper()
+		if _, err := cc.Write(make([]byte, up)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.CopyN(io.Discard, sc, int64(up)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sc.Write(make([]byte, down)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.CopyN(io.Discard, cc, int64(down)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Traffic before the start: the baseline, not counted.
+	exchange(7000, 9000)
+	time.Sleep(100 * time.Millisecond) // the last ACKs arrive
+
+	r, _ := startCollector(t)
+	const up, down = 3000, 4000
+	exchange(up, down)
+	client := cc.LocalAddr().(*net.TCPAddr).AddrPort()
+	server := cc.RemoteAddr().(*net.TCPAddr).AddrPort()
+	cc.Close()
+	sc.Close()
+
+	c, s := followEnds(t, r, unmap(client), unmap(server))
+	if c.newConn || s.newConn {
+		t.Errorf("new connection: client %v, server %v; want false for sockets found open", c.newConn, s.newConn)
+	}
+	if c.sent != up || c.received != down || s.sent != down || s.received != up {
+		t.Errorf("bytes: client sent %d received %d, server sent %d received %d; want %d and %d", c.sent, c.received, s.sent, s.received, up, down)
+	}
+	checkSelf(t, c, s)
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// end is what a reducer learned about one end of a connection.
+type end struct {
+	comm     string
+	pid      uint32
+	proc     *ingestv1.Process
+	role     ingestv1.Role
+	newConn  bool
+	sent     uint64
+	received uint64
+	closed   bool
+}
+
+// followEnds follows the batches as the reducer would until both ends of
+// the connection between client and server closed.
+func followEnds(t *testing.T, r *recorder, client, server netip.AddrPort) (c, s *end) {
+	t.Helper()
 	ends := map[netip.AddrPort]*end{client: {}, server: {}}
 	procs := map[uint32]*ingestv1.Process{}
 	byHandle := map[uint32]*end{}
@@ -215,7 +348,11 @@ func TestPrivilegedRun(t *testing.T) {
 			local, _ := netip.AddrFromSlice(s.LocalAddr)
 			remote, _ := netip.AddrFromSlice(s.RemoteAddr)
 			if e := ends[netip.AddrPortFrom(local, uint16(s.LocalPort))]; e != nil && netip.AddrPortFrom(remote, uint16(s.RemotePort)) == otherEnd(client, server, local, s.LocalPort) {
+				if s.Cookie == 0 {
+					t.Errorf("socket %v announced without a cookie", s)
+				}
 				e.role = s.Role
+				e.newConn = e.newConn || s.NewConnection
 				byHandle[s.Handle] = e
 				owner[s.Handle] = s.Process
 			}
@@ -234,23 +371,14 @@ func TestPrivilegedRun(t *testing.T) {
 		for _, h := range b.ClosedSockets {
 			if e := byHandle[h]; e != nil {
 				if p := procs[owner[h]]; p != nil {
-					e.pid, e.comm = p.Pid, p.Comm
+					e.pid, e.comm, e.proc = p.Pid, p.Comm, p
 				}
 				e.closed = true
 				delete(byHandle, h)
 			}
 		}
 	}
-	c, s := ends[client], ends[server]
-	if c.role != ingestv1.Role_ROLE_CLIENT || s.role != ingestv1.Role_ROLE_SERVER {
-		t.Errorf("roles: client %v, server %v", c.role, s.role)
-	}
-	if c.sent != up || c.received != down || s.sent != down || s.received != up {
-		t.Errorf("bytes: client sent %d received %d, server sent %d received %d; want %d and %d", c.sent, c.received, s.sent, s.received, up, down)
-	}
-	if pid := uint32(os.Getpid()); c.pid != pid || s.pid != pid {
-		t.Errorf("owners: client pid %d (%s), server pid %d (%s); want %d", c.pid, c.comm, s.pid, s.comm, pid)
-	}
+	return ends[client], ends[server]
 }
 
 func otherEnd(client, server netip.AddrPort, local netip.Addr, port uint32) netip.AddrPort {
