@@ -325,3 +325,40 @@ func TestPrivilegedDiscover(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedPassedDescriptor: a process that writes to a socket it got
+// from another one becomes the socket's owner.
+func TestPrivilegedPassedDescriptor(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	cp := dialPair(t, ln)
+	defer cp.close()
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+	serverOpen := r.wait(t, "server open", onPorts(EventOpen, server.Port(), client.Port()))
+
+	f, err := cp.server.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("/bin/sh", "-c", "printf hello >&3")
+	cmd.ExtraFiles = []*os.File{f}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v: %s", cmd, err, out)
+	}
+	if _, err := io.ReadFull(cp.client, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	seen := waitCounters(t, r.p, map[uint64]Counters{serverOpen.Cookie: {BytesAcked: 5}})
+	s, ok := seen[serverOpen.Cookie]
+	if !ok {
+		t.Fatal("server socket not sampled")
+	}
+	if s.Owner.PID != uint32(cmd.Process.Pid) || s.Owner.Comm != "sh" {
+		t.Errorf("owner %+v, want pid %d comm sh", s.Owner, cmd.Process.Pid)
+	}
+	if s.Owner.StartTime == 0 || s.Owner.CgroupID == 0 {
+		t.Errorf("owner %+v: want a start time and a cgroup", s.Owner)
+	}
+}
