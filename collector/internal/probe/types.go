@@ -87,7 +87,9 @@ type Event struct {
 }
 
 // Sample is one tracked socket's current state, read at poll time from the
-// socket storage in every network namespace.
+// socket storage in every network namespace. Owner is zero while unknown
+// (an accepted socket before its first send or receive, a discovered one),
+// and for one poll if a new owner was being written at that instant.
 type Sample struct {
 	Endpoint
 	Owner    Owner
