@@ -13,6 +13,7 @@ type metrics struct {
 	untrackedSamples                                prometheus.Counter
 	counterRegressions                              prometheus.Counter
 	socketCap                                       prometheus.Counter
+	vanished                                        prometheus.Counter
 	bufferDropped                                   prometheus.Counter
 	bufferDroppedBytes                              prometheus.Counter
 	listenersEvicted                                prometheus.Counter
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Counter reads that went backwards; nothing was counted for them and the baseline was reset to the new value."),
 		socketCap: counter("weir_collector_socket_cap_total",
 			"Sockets not tracked because --max-sockets live sockets were tracked already; each socket is counted once."),
+		vanished: counter("weir_collector_vanished_sockets_total",
+			"Live sockets that two complete polls in a row no longer saw (their close event was lost); closed with their last counters."),
 		bufferDropped: counter("weir_collector_buffer_dropped_total",
 			"Closed sockets dropped unreported because the buffer was at its byte cap."),
 		bufferDroppedBytes: counter("weir_collector_buffer_dropped_bytes_total",
@@ -53,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Lifecycle events that could not be read or decoded, skipped."),
 	}
 	collectors := []prometheus.Collector{
-		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap,
+		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap, m.vanished,
 		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",

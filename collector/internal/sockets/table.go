@@ -71,10 +71,12 @@ type totals struct {
 type socket struct {
 	probe.Endpoint
 	seq        uint64 // order first seen, for deterministic announcement
+	seen       uint64 // the last poll that sampled it
 	state      sockState
-	exposed    bool // in Changes.Opened during this epoch
-	newConn    bool // announce with new_connection: the open was seen and never announced
-	ownerDirty bool // exposed, owner changed since the last drain
+	missed     uint8 // complete polls in a row that did not see the socket
+	exposed    bool  // in Changes.Opened during this epoch
+	newConn    bool  // announce with new_connection: the open was seen and never announced
+	ownerDirty bool  // exposed, owner changed since the last drain
 	owner      probe.Owner
 	raw        probe.Counters // the kernel's counters as last read
 	total      totals         // counted since first seen
@@ -364,6 +366,7 @@ func (t *Table) Poll(src Sampler) error {
 	t.pollGen++
 	err := src.Samples(func(smp probe.Sample) {
 		if s := t.live[smp.Cookie]; s != nil {
+			s.seen = t.pollGen
 			t.update(s, smp.Counters, smp.Owner)
 			return
 		}
@@ -372,7 +375,9 @@ func (t *Table) Poll(src Sampler) error {
 			return
 		}
 		t.m.untrackedSamples.Inc()
-		t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
+		if s := t.open(smp.Endpoint, smp.Owner, smp.Counters, false); s != nil {
+			s.seen = t.pollGen
+		}
 	})
 	if err != nil {
 		return err
@@ -385,8 +390,26 @@ func (t *Table) Poll(src Sampler) error {
 			delete(t.refused, cookie)
 		}
 	}
+	// A live socket that complete polls no longer see closed and its close
+	// event was lost (the ring was full). Two polls in a row, so that a
+	// socket is never closed on the word of one iteration: it is closed
+	// with its last counters, and does not hold a slot under the cap.
+	for _, s := range t.live {
+		if s.seen == t.pollGen {
+			s.missed = 0
+			continue
+		}
+		if s.missed++; s.missed >= vanishedAfter {
+			t.m.vanished.Inc()
+			t.close(s)
+		}
+	}
 	return nil
 }
+
+// vanishedAfter is how many complete polls in a row must miss a live
+// socket before it is taken for closed.
+const vanishedAfter = 2
 
 // Discover adds the sockets that were open before the probe was loaded:
 // connected sockets (EventExisting), whose counters are the baseline, and

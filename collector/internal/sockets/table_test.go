@@ -419,6 +419,51 @@ func TestOwnerChanges(t *testing.T) {
 	}
 }
 
+// TestVanished: a live socket that complete polls no longer see lost its
+// close event; after two polls in a row it is closed with its last
+// counters, and frees its slot under the cap.
+func TestVanished(t *testing.T) {
+	tab, reg := newTable(t, func(c *Config) { c.MaxSockets = 2 })
+	tab.Apply(open(1, probe.RoleClient, 1, curl, probe.Counters{}))
+	tab.Apply(open(2, probe.RoleClient, 2, curl, probe.Counters{}))
+	poll := func(sampler Sampler) {
+		t.Helper()
+		_ = tab.Poll(sampler)
+	}
+	poll(samples{sample(1, curl, ctr(10, 0, 1, 0)), sample(2, curl, ctr(20, 0, 1, 0))})
+	drain(tab)
+	poll(samples{sample(1, curl, ctr(11, 0, 1, 0))})                                    // 2 missed once
+	poll(samples{sample(2, curl, ctr(25, 0, 2, 0)), sample(1, curl, ctr(12, 0, 1, 0))}) // seen again
+	poll(errSampler{sample(1, curl, ctr(12, 0, 1, 0))})                                 // incomplete: no verdict
+	poll(samples{sample(1, curl, ctr(13, 0, 1, 0))})                                    // missed once
+	if c := drain(tab); len(c.Closed) != 0 {
+		t.Fatalf("closed after one missed poll: %+v", c)
+	}
+	poll(samples{sample(1, curl, ctr(14, 0, 1, 0))}) // missed twice: closed
+	c := drain(tab)
+	if !slices.Equal(c.Closed, []uint64{2}) {
+		t.Fatalf("closed %v, want [2]", c.Closed)
+	}
+	for _, d := range c.Deltas {
+		if d.Cookie == 2 {
+			t.Fatalf("delta of the vanished socket after its last sample: %+v", d)
+		}
+	}
+	// Its slot is free again; its late close event is an untracked close.
+	tab.Apply(open(3, probe.RoleClient, 3, curl, probe.Counters{}))
+	tab.Apply(closeEv(2, ctr(30, 0, 3, 0)))
+	for name, want := range map[string]float64{
+		"weir_collector_vanished_sockets_total": 1,
+		"weir_collector_socket_cap_total":       0,
+		"weir_collector_untracked_closes_total": 1,
+		"weir_collector_sockets":                2,
+	} {
+		if got := metricValue(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
 func TestMetricsLint(t *testing.T) {
 	_, reg := newTable(t, nil)
 	problems, err := testutil.GatherAndLint(reg)

@@ -274,6 +274,7 @@ func TestSession(t *testing.T) {
 			src := newFakeSource()
 			src.drops = probe.Drops{RingFull: 3, StorageFull: 4}
 			tab.Apply(openEvent(1, 40000))
+			src.set(sampleOf(1, 40000, probe.Counters{}))
 			c, err := New(cfg, tab, enc, src, reg, logger())
 			if err != nil {
 				t.Fatal(err)
