@@ -45,8 +45,9 @@ func edgeLabels(src, dst string) map[string]string {
 // one write while the client does not read (the server blocks on a full
 // window); the client drains it with splice(2) into a pipe and /dev/null,
 // never calling recv, and both stay idle. Within two report intervals the
-// reducer shows exactly 4,194,304 bytes flowsrv → flowcli, both ends named
-// by their comm, and one active connection. It catches a collector that
+// reducer shows exactly 4,194,304 bytes server → client, both ends named
+// by their comm (copies of flowsrv and flowcli under names unique to the
+// test process), and one active connection. It catches a collector that
 // misses sockets opened before it started, that only refreshes counters on
 // the send/recv tracepoints (splice fires neither on the receiver, and the
 // sender's last ACKs arrive after its last send), or that reads counters
@@ -55,14 +56,16 @@ func TestPrivilegedExistingIdleConnection(t *testing.T) {
 	harness.RequireRoot(t)
 	const interval = time.Second
 	const push = 4 << 20
-	bin := harness.Binaries(t)
+	srvBin, cliBin := renamed(t, fmt.Sprintf("isrv%d", os.Getpid()), fmt.Sprintf("icli%d", os.Getpid()))
+	up := edgeLabels(filepath.Base(cliBin), filepath.Base(srvBin))
+	down := edgeLabels(filepath.Base(srvBin), filepath.Base(cliBin))
 	a, b := harness.BridgedHosts(t, "idle")
 	w := harness.StartWeir(t, harness.WeirOptions{NoCollector: true})
 
 	listen := net.JoinHostPort(b.IPv4, "8080")
-	srv := harness.Start(t, "flowsrv", b.Exec(filepath.Join(bin, "flowsrv"), "-listen", listen, "-push", strconv.Itoa(push))...)
+	srv := harness.Start(t, "server", b.Exec(srvBin, "-listen", listen, "-push", strconv.Itoa(push))...)
 	srv.WaitLine(t, "listening", 10*time.Second)
-	cli := harness.Start(t, "flowcli", a.Exec(filepath.Join(bin, "flowcli"), "-connect", listen, "-splice", strconv.Itoa(push))...)
+	cli := harness.Start(t, "client", a.Exec(cliBin, "-connect", listen, "-splice", strconv.Itoa(push))...)
 	cli.WaitLine(t, "connected", 10*time.Second)
 
 	// The connection exists; now the collector starts and finds it.
@@ -82,23 +85,28 @@ func TestPrivilegedExistingIdleConnection(t *testing.T) {
 	srv.WaitLine(t, fmt.Sprintf("sent %d", push), 10*time.Second)
 	drained := time.Now()
 
-	m := harness.WaitFor(t, w.MetricsURL, 2*interval, "4 MiB flowsrv → flowcli and one active connection", func(m harness.Metrics) bool {
-		e := readEdge(m)
-		return e.down == push && e.active == 1
+	read := func(m harness.Metrics) (float64, float64, float64) {
+		u, _ := m.Value("weir_tcp_bytes_total", up)
+		d, _ := m.Value("weir_tcp_bytes_total", down)
+		act, _ := m.Value("weir_tcp_active_connections", up)
+		return u, d, act
+	}
+	m := harness.WaitFor(t, w.MetricsURL, 2*interval, "4 MiB server → client and one active connection", func(m harness.Metrics) bool {
+		_, d, act := read(m)
+		return d == push && act == 1
 	})
 	t.Logf("the pushed bytes were on /metrics %s after the drain", time.Since(drained).Round(10*time.Millisecond))
-	if e := readEdge(m); e.up != 0 {
-		t.Errorf("bytes flowcli → flowsrv = %v, want 0 (the client never sent)", e.up)
+	if u, _, _ := read(m); u != 0 {
+		t.Errorf("bytes client → server = %v, want 0 (the client never sent)", u)
 	}
 	// Idle from here: the figures stay exact.
 	time.Sleep(2 * interval)
-	m = scrapeOrFatal(t, w.MetricsURL)
-	if e := readEdge(m); e.down != push || e.active != 1 {
-		t.Errorf("after two idle intervals: %v bytes flowsrv → flowcli and %v active, want %d and 1", e.down, e.active, push)
+	if _, d, act := read(scrapeOrFatal(t, w.MetricsURL)); d != push || act != 1 {
+		t.Errorf("after two idle intervals: %v bytes server → client and %v active, want %d and 1", d, act, push)
 	}
 	cli.CloseStdin()
 	if err := cli.Wait(10 * time.Second); err != nil {
-		t.Fatalf("flowcli: %v\n%s", err, cli.Stderr())
+		t.Fatalf("client: %v\n%s", err, cli.Stderr())
 	}
 }
 
@@ -145,7 +153,7 @@ func TestPrivilegedOneSidedExactWhileIdle(t *testing.T) {
 			if late := at.Sub(done.Add(250 * time.Millisecond)); late > interval+500*time.Millisecond {
 				t.Errorf("the next batch came %s later, more than one interval", late)
 			}
-			server, client := ends(t, stub, srvAddr, cliAddr)
+			server, client := ends(t, stub, srvAddr, cliAddr, b.NetNSInode(t), a.NetNSInode(t))
 			if server.BytesSent != response || server.BytesReceived != request {
 				t.Errorf("server end (%s): sent %d, received %d; want %d and %d", server.Local, server.BytesSent, server.BytesReceived, response, request)
 			}
@@ -155,7 +163,7 @@ func TestPrivilegedOneSidedExactWhileIdle(t *testing.T) {
 
 			// Idle for two more intervals: nothing moves.
 			time.Sleep(2 * interval)
-			s2, c2 := ends(t, stub, srvAddr, cliAddr)
+			s2, c2 := ends(t, stub, srvAddr, cliAddr, b.NetNSInode(t), a.NetNSInode(t))
 			if s2.BytesSent != response || c2.BytesReceived != response || s2.BytesReceived != request || c2.BytesSent != request {
 				t.Errorf("after two idle intervals: server sent %d received %d, client sent %d received %d; want %d, %d, %d, %d",
 					s2.BytesSent, s2.BytesReceived, c2.BytesSent, c2.BytesReceived, response, request, request, response)
@@ -172,11 +180,12 @@ func TestPrivilegedOneSidedExactWhileIdle(t *testing.T) {
 }
 
 // ends finds the one server end (local = the listen address, remote = the
-// client) and the one client end of the test's connection in the stub.
-func ends(t *testing.T, stub *harness.IngestStub, srv netip.AddrPort, cli netip.Addr) (server, client harness.StubSocket) {
+// client, in the server's namespace) and the one client end of the test's
+// connection in the stub.
+func ends(t *testing.T, stub *harness.IngestStub, srv netip.AddrPort, cli netip.Addr, srvNS, cliNS uint32) (server, client harness.StubSocket) {
 	t.Helper()
-	s := stub.Sockets(func(x harness.StubSocket) bool { return x.Local == srv && x.Remote.Addr() == cli })
-	c := stub.Sockets(func(x harness.StubSocket) bool { return x.Remote == srv && x.Local.Addr() == cli })
+	s := stub.Sockets(func(x harness.StubSocket) bool { return x.NetNS == srvNS && x.Local == srv && x.Remote.Addr() == cli })
+	c := stub.Sockets(func(x harness.StubSocket) bool { return x.NetNS == cliNS && x.Remote == srv && x.Local.Addr() == cli })
 	if len(s) != 1 || len(c) != 1 {
 		t.Fatalf("the stub has %d server ends and %d client ends of the connection to %s, want 1 and 1: %+v %+v", len(s), len(c), srv, s, c)
 	}
@@ -207,7 +216,7 @@ func TestPrivilegedResyncExact(t *testing.T) {
 		{"reducer restarted", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srvBin, cliBin := renamed(t, fmt.Sprintf("resync%d-srv", i), fmt.Sprintf("resync%d-cli", i))
+			srvBin, cliBin := renamed(t, fmt.Sprintf("r%dsrv%d", i, os.Getpid()), fmt.Sprintf("r%dcli%d", i, os.Getpid()))
 			up := edgeLabels(filepath.Base(cliBin), filepath.Base(srvBin))
 			down := edgeLabels(filepath.Base(srvBin), filepath.Base(cliBin))
 			w := harness.StartWeir(t, harness.WeirOptions{NoCollector: true})
@@ -288,7 +297,7 @@ func TestPrivilegedResyncExact(t *testing.T) {
 // attempt on a busy machine is repeated, and the test fails after three.
 func TestPrivilegedSocketCap(t *testing.T) {
 	harness.RequireRoot(t)
-	const attempts = 3
+	const attempts = 5
 	a, b := harness.BridgedHosts(t, "cap")
 	stub := harness.StartIngestStub(t)
 	for i := range attempts {
@@ -385,8 +394,10 @@ func socketCapAttempt(t *testing.T, a, b harness.Host, stub *harness.IngestStub,
 	for _, x := range stub.Sockets(func(harness.StubSocket) bool { return true }) {
 		session = max(session, x.Session)
 	}
+	nsA, nsB := a.NetNSInode(t), b.NetNSInode(t)
 	ours := stub.Sockets(func(x harness.StubSocket) bool {
-		return x.Session == session && (x.Local == srvAddr && x.Remote.IsValid() && x.Remote.Port() != 0 || x.Remote == srvAddr)
+		return x.Session == session && (x.NetNS == nsB && x.Local == srvAddr && x.Remote.IsValid() && x.Remote.Port() != 0 ||
+			x.NetNS == nsA && x.Remote == srvAddr)
 	})
 	if len(ours) != free {
 		t.Errorf("%d of the test's sockets were announced, want exactly the %d free slots", len(ours), free)

@@ -38,6 +38,7 @@ type StubSocket struct {
 	Cookie        uint64
 	Role          ingestv1.Role
 	Local, Remote netip.AddrPort
+	NetNS         uint32 // inode number of the socket's network namespace
 	NewConnection bool
 	Comm          string // of the owning process, when announced
 
@@ -125,9 +126,9 @@ func (s *IngestStub) apply(session int, comms map[uint32]string, live map[uint32
 	for _, so := range b.GetSockets() {
 		x := &StubSocket{
 			Session: session, Handle: so.GetHandle(), Cookie: so.GetCookie(), Role: so.GetRole(),
-			Local:         addrPort(so.GetLocalAddr(), so.GetLocalPort()),
-			Remote:        addrPort(so.GetRemoteAddr(), so.GetRemotePort()),
-			NewConnection: so.GetNewConnection(), Comm: comms[so.GetProcess()],
+			Local:  addrPort(so.GetLocalAddr(), so.GetLocalPort()),
+			Remote: addrPort(so.GetRemoteAddr(), so.GetRemotePort()),
+			NetNS:  so.GetNetns(), NewConnection: so.GetNewConnection(), Comm: comms[so.GetProcess()],
 		}
 		if old := live[x.Handle]; old != nil {
 			old.Closed = true // a handle announced again replaces its socket

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -81,8 +82,11 @@ func BridgedHosts(t testing.TB, tag string) (Host, Host) {
 	prefix := fmt.Sprintf("weir-%s-", tag)
 	removeStale(prefix)
 	sw := fmt.Sprintf("%s%d-sw", prefix, os.Getpid())
-	a := Host{NS: fmt.Sprintf("%s%d-a", prefix, os.Getpid()), IPv4: "198.18.0.1", IPv6: "2001:2::1"}
-	b := Host{NS: fmt.Sprintf("%s%d-b", prefix, os.Getpid()), IPv4: "198.18.0.2", IPv6: "2001:2::2"}
+	// A subnet per test process, so that tests of two processes running at
+	// once (the collector sees every namespace) rarely share addresses.
+	n := 1 + os.Getpid()%250
+	a := Host{NS: fmt.Sprintf("%s%d-a", prefix, os.Getpid()), IPv4: fmt.Sprintf("198.18.%d.1", n), IPv6: fmt.Sprintf("2001:2:0:%x::1", n)}
+	b := Host{NS: fmt.Sprintf("%s%d-b", prefix, os.Getpid()), IPv4: fmt.Sprintf("198.18.%d.2", n), IPv6: fmt.Sprintf("2001:2:0:%x::2", n)}
 	t.Cleanup(func() {
 		for _, ns := range []string{a.NS, b.NS, sw} {
 			_ = exec.Command("ip", "netns", "del", ns).Run()
@@ -111,6 +115,17 @@ func BridgedHosts(t testing.TB, tag string) (Host, Host) {
 		run("ip", "-n", h.NS, "link", "set", "eth0", "up")
 	}
 	return a, b
+}
+
+// NetNSInode is the inode number of the host's network namespace, as the
+// collector reports it (Socket.netns).
+func (h Host) NetNSInode(t testing.TB) uint32 {
+	t.Helper()
+	fi, err := os.Stat("/run/netns/" + h.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(fi.Sys().(*syscall.Stat_t).Ino)
 }
 
 // Sysctl sets a kernel parameter inside the host's namespace only (the
