@@ -14,6 +14,7 @@ type metrics struct {
 	counterRegressions                              prometheus.Counter
 	socketCap                                       prometheus.Counter
 	vanished                                        prometheus.Counter
+	invalidEndpoints                                prometheus.Counter
 	bufferDropped                                   prometheus.Counter
 	bufferDroppedBytes                              prometheus.Counter
 	listenersEvicted                                prometheus.Counter
@@ -46,6 +47,8 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Sockets not tracked because --max-sockets live sockets were tracked already; each socket is counted once."),
 		vanished: counter("weir_collector_vanished_sockets_total",
 			"Live sockets that two complete polls in a row no longer saw (their close event was lost); closed with their last counters."),
+		invalidEndpoints: counter("weir_collector_invalid_endpoints_total",
+			"Sockets not tracked because their event or sample carried no local or remote address; each socket is counted once."),
 		bufferDropped: counter("weir_collector_buffer_dropped_total",
 			"Closed sockets dropped unreported because the buffer was at its byte cap."),
 		bufferDroppedBytes: counter("weir_collector_buffer_dropped_bytes_total",
@@ -56,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Lifecycle events that could not be read or decoded, skipped."),
 	}
 	collectors := []prometheus.Collector{
-		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap, m.vanished,
+		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap, m.vanished, m.invalidEndpoints,
 		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",

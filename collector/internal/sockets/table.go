@@ -106,9 +106,9 @@ type Table struct {
 	closedDropped []uint64
 	ownerChanges  []*socket
 	listeners     map[listenKey]probe.Owner
-	// refused are the sockets refused at the cap, until they close or a
-	// complete poll no longer sees them; the value is the poll generation
-	// that last saw them.
+	// refused are the sockets refused (at the cap, or for an endpoint
+	// without addresses), until they close or a complete poll no longer
+	// sees them; the value is the poll generation that last saw them.
 	refused map[uint64]uint64
 	pollGen uint64
 	loss    Loss
@@ -219,6 +219,13 @@ func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isN
 		return s
 	}
 	if _, ok := t.refused[ep.Cookie]; ok {
+		return nil
+	}
+	if !ep.LocalAddr.IsValid() || !ep.RemoteAddr.IsValid() {
+		// The reducer refuses a socket without addresses, and the whole
+		// batch with it.
+		t.refused[ep.Cookie] = t.pollGen
+		t.m.invalidEndpoints.Inc()
 		return nil
 	}
 	if len(t.live) >= t.cfg.MaxSockets {

@@ -464,6 +464,33 @@ func TestVanished(t *testing.T) {
 	}
 }
 
+// TestInvalidEndpoint: a socket without addresses is not tracked (the
+// reducer would refuse the batch), and is counted once.
+func TestInvalidEndpoint(t *testing.T) {
+	tab, reg := newTable(t, nil)
+	bad := probe.Sample{Endpoint: probe.Endpoint{Cookie: 5, LocalPort: 80, NetNS: netns}, Owner: curl, Counters: ctr(1, 1, 1, 1)}
+	tab.Apply(probe.Event{Kind: probe.EventOpen, Endpoint: bad.Endpoint, Owner: curl})
+	for range 3 {
+		if err := tab.Poll(samples{bad, sample(1, curl, probe.Counters{})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tab.Apply(closeEv(5, probe.Counters{}))
+	c := drain(tab)
+	if len(c.Opened) != 1 || c.Opened[0].Cookie != 1 {
+		t.Fatalf("opened %+v, want only socket 1", c.Opened)
+	}
+	for name, want := range map[string]float64{
+		"weir_collector_invalid_endpoints_total": 1,
+		"weir_collector_untracked_samples_total": 1, // socket 1; 5 was refused at its open
+		"weir_collector_untracked_closes_total":  0,
+	} {
+		if got := metricValue(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
 func TestMetricsLint(t *testing.T) {
 	_, reg := newTable(t, nil)
 	problems, err := testutil.GatherAndLint(reg)
