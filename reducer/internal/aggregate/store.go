@@ -52,6 +52,14 @@ func (e *Edge) Add(now time.Time, id MetricID, v uint64) {
 	e.last = now
 }
 
+// AddPair adds va to the value a and vb to the value b, e.g. the bytes and
+// the segments of one delta: the counting loop's one call per delta.
+func (e *Edge) AddPair(now time.Time, a MetricID, va uint64, b MetricID, vb uint64) {
+	e.values[a] += va
+	e.values[b] += vb
+	e.last = now
+}
+
 // Sub takes v from the gauge id, never below zero.
 func (e *Edge) Sub(now time.Time, id MetricID, v uint64) {
 	e.values[id] -= min(v, e.values[id])

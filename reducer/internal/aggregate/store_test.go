@@ -22,8 +22,7 @@ var (
 
 // addTraffic counts bytes and segments on e.
 func addTraffic(e *Edge, now time.Time, bytes, segments uint64) {
-	e.Add(now, TCPBytes, bytes)
-	e.Add(now, TCPPackets, segments)
+	e.AddPair(now, TCPBytes, bytes, TCPPackets, segments)
 }
 
 func TestExpire(t *testing.T) {

@@ -54,7 +54,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		if !ok {
 			return refuse(ReasonUnknownHandle, "batch %d: socket %d: unknown process handle %d", seq, i, k.Process)
 		}
-		sk := &socket{handle: k.Handle, role: k.Role, netns: k.Netns, cookie: k.Cookie, sess: s, process: p}
+		sk := &socket{handle: k.Handle, role: k.Role, process: p, ident: &socketIdent{sess: s, netns: k.Netns, cookie: k.Cookie}}
 		e.newSocks[k.Handle] = sk
 		e.created = append(e.created, sk)
 	}
@@ -170,7 +170,7 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 	local := netipUnmap(in.Local)
 	remote := netipUnmap(in.Remote)
 	if e.emitting {
-		e.emit(Event{Kind: EventSocketOpen, Time: now, Node: s.node, Cookie: sk.cookie, Local: local, Remote: remote})
+		e.emit(Event{Kind: EventSocketOpen, Time: now, Node: s.node, Cookie: sk.ident.cookie, Local: local, Remote: remote})
 	}
 	if local == remote {
 		return // a self-connected socket has no peer to join
@@ -290,7 +290,7 @@ func (e *Engine) settle(now time.Time) {
 func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 	ep := resolve.Endpoint{Addr: f.key.endpoint(i).Addr()}
 	if s := f.ends[i]; s != nil {
-		ep.Local, ep.Node, ep.Netns = true, s.sess.node, s.netns
+		ep.Local, ep.Node, ep.Netns = true, s.ident.sess.node, s.ident.netns
 		if p := s.process; p != nil {
 			ep.Known, ep.Comm, ep.CgroupID = true, p.comm, p.cgroupID
 		}
@@ -324,8 +324,7 @@ func (e *Engine) account(now time.Time, f *flow, d uint8) {
 	} else if dir.edge.Dead() {
 		dir.edge = e.store.Edge(now, dir.edge.Key())
 	}
-	dir.edge.Add(now, aggregate.TCPBytes, db)
-	dir.edge.Add(now, aggregate.TCPPackets, ds)
+	dir.edge.AddPair(now, aggregate.TCPBytes, db, aggregate.TCPPackets, ds)
 	if e.emitting {
 		e.emit(Event{Kind: EventFlowUpdate, Time: now, Local: f.key.endpoint(d), Remote: f.key.endpoint(1 - d),
 			Key: dir.edge.Key(), Bytes: db, Segments: ds})

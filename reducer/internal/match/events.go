@@ -137,7 +137,7 @@ func (e *Engine) emit(ev Event) { e.events.publish(ev) }
 
 // emitSocket publishes an event of socket sk.
 func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
-	ev := Event{Kind: kind, Time: now, Node: sk.sess.node, Cookie: sk.cookie}
+	ev := Event{Kind: kind, Time: now, Node: sk.ident.sess.node, Cookie: sk.ident.cookie}
 	if f := sk.flow; f != nil {
 		ev.Local, ev.Remote = f.key.endpoint(sk.end), f.key.endpoint(1-sk.end)
 	}

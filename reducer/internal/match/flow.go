@@ -17,16 +17,22 @@ type process struct {
 	cgroup    string
 }
 
-// socket is a live socket handle of a session: one end of a flow.
+// socket is a live socket handle of a session: one end of a flow. It is
+// kept to 32 bytes: the counting loop reads it for every stats entry.
 type socket struct {
 	handle  uint32
 	role    Role
 	end     uint8 // index of the socket's local endpoint in its flow's key
-	netns   uint32
-	cookie  uint64 // the kernel's socket cookie; 0 if unknown
-	sess    *Session
 	process *process
 	flow    *flow // nil when the socket is not counted
+	ident   *socketIdent
+}
+
+// socketIdent is what identifies a socket beyond its handle, out of line.
+type socketIdent struct {
+	sess   *Session
+	netns  uint32
+	cookie uint64 // the kernel's socket cookie: tells reused 4-tuples apart; 0 if unknown
 }
 
 // flowKey is the unordered pair of a connection's endpoints, ordered so that
