@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
 
 // Config is the reducer's whole configuration.
@@ -17,6 +19,7 @@ type Config struct {
 	SeriesTTL       time.Duration
 	SessionTTL      time.Duration
 	MaxSeries       int
+	Aggregation     aggregate.Level
 	Loopback        bool
 	TLSCert         string
 	TLSKey          string
@@ -46,6 +49,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SeriesTTL, "series-ttl", c.SeriesTTL, "quiet edges with no active connection disappear after this")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
 	fs.IntVar(&c.MaxSeries, "max-series", c.MaxSeries, "edges (series per flow metric) kept at most; beyond it new edges fold into dst_workload=\"other\"")
+	fs.TextVar(&c.Aggregation, "aggregation", c.Aggregation, "labels of the flow metrics: workload; node adds src_node/dst_node; pod adds src_pod/dst_pod as well")
 	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "server certificate (PEM); with --tls-key and --tls-ca enables mTLS")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")

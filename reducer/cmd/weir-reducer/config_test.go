@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
 
 func TestMain(m *testing.M) {
@@ -16,13 +18,15 @@ func TestMain(m *testing.M) {
 
 func TestConfig(t *testing.T) {
 	tests := []struct {
-		name string
-		args []string
-		want string // in the error; "" when valid
+		name     string
+		args     []string
+		want     string // in the error; "" when valid
+		parseErr string // in the flag parse error
 	}{
 		{name: "defaults"},
 		{name: "all flags", args: []string{"--grpc-addr", "127.0.0.1:7100", "--http-addr", ":7110", "--max-message-bytes", "1048576",
-			"--series-ttl", "1m", "--session-ttl", "30s", "--max-series", "500", "--loopback=false", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a", "--log-level", "debug"}},
+			"--series-ttl", "1m", "--session-ttl", "30s", "--max-series", "500", "--loopback=false", "--aggregation", "pod", "--tls-cert", "c", "--tls-key", "k", "--tls-ca", "a", "--log-level", "debug"}},
+		{name: "bad aggregation", args: []string{"--aggregation", "cluster"}, parseErr: "unknown aggregation level"},
 		{name: "bad grpc address", args: []string{"--grpc-addr", "7000"}, want: "--grpc-addr"},
 		{name: "bad http address", args: []string{"--http-addr", "localhost"}, want: "--http-addr"},
 		{name: "tiny message limit", args: []string{"--max-message-bytes", "10"}, want: "--max-message-bytes"},
@@ -37,8 +41,11 @@ func TestConfig(t *testing.T) {
 			fs := flag.NewFlagSet("test", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			cfg.bind(fs)
-			if err := fs.Parse(tc.args); err != nil {
-				t.Fatal(err)
+			if err := fs.Parse(tc.args); err != nil || tc.parseErr != "" {
+				if tc.parseErr == "" || err == nil || !strings.Contains(err.Error(), tc.parseErr) {
+					t.Fatalf("parse: %v, want an error with %q", err, tc.parseErr)
+				}
+				return
 			}
 			err := cfg.Validate()
 			if tc.want == "" {
@@ -59,7 +66,7 @@ func TestConfig(t *testing.T) {
 		if err := fs.Parse([]string{"--series-ttl", "90s", "--loopback=false"}); err != nil {
 			t.Fatal(err)
 		}
-		if cfg.SeriesTTL != 90*time.Second || cfg.Loopback || cfg.SessionTTL != 2*time.Minute || cfg.GRPCAddr != ":7000" {
+		if cfg.SeriesTTL != 90*time.Second || cfg.Aggregation != aggregate.LevelWorkload || cfg.Loopback || cfg.SessionTTL != 2*time.Minute || cfg.GRPCAddr != ":7000" {
 			t.Errorf("parsed %+v", cfg)
 		}
 	})

@@ -61,6 +61,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		MaxSeries:  cfg.MaxSeries,
 		SessionTTL: cfg.SessionTTL,
 		Loopback:   cfg.Loopback,
+		Level:      cfg.Aggregation,
 	}, reg, logger)
 	if err != nil {
 		return err
@@ -91,7 +92,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		shutdown(logger, httpSrv)
 		return err
 	}
-	logger.Info("weir-reducer started", "grpc_addr", cfg.GRPCAddr, "http_addr", cfg.HTTPAddr, "loopback", cfg.Loopback)
+	logger.Info("weir-reducer started", "grpc_addr", cfg.GRPCAddr, "http_addr", cfg.HTTPAddr, "loopback", cfg.Loopback, "aggregation", cfg.Aggregation)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })

@@ -1,6 +1,9 @@
 package aggregate
 
-import "slices"
+import (
+	"fmt"
+	"slices"
+)
 
 // MetricID indexes the values of an edge: it is a metric's position in the
 // metric set the Store was made with.
@@ -83,6 +86,20 @@ func (l Level) String() string {
 		return "pod"
 	}
 	return "unknown"
+}
+
+// MarshalText returns the level's flag value.
+func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses a flag value: workload, node or pod.
+func (l *Level) UnmarshalText(b []byte) error {
+	for _, v := range []Level{LevelWorkload, LevelNode, LevelPod} {
+		if string(b) == v.String() {
+			*l = v
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown aggregation level %q (want workload, node or pod)", b)
 }
 
 // Labels returns the label names of the level, in the order of Key.Values.

@@ -19,9 +19,9 @@ import (
 // ProtocolVersion is the wire protocol version this server speaks.
 const ProtocolVersion = 1
 
-// Capabilities are the optional features this server understands; a
+// capabilities are the optional features this server understands; a
 // session gets those that its collector also names.
-var Capabilities = []string{"socket_cookie"}
+var capabilities = []string{"socket_cookie"}
 
 // Server is the ingest service. It decodes requests itself (it receives
 // grpcserver.Frame values), so that a malformed message gets

@@ -139,7 +139,7 @@ func negotiate(h *ingestv1.Hello) (uint32, bool) {
 func shared(theirs []string) []string {
 	var out []string
 	for _, c := range theirs {
-		if slices.Contains(Capabilities, c) && !slices.Contains(out, c) {
+		if slices.Contains(capabilities, c) && !slices.Contains(out, c) {
 			out = append(out, c)
 		}
 	}

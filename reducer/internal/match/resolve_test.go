@@ -2,9 +2,13 @@ package match
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/resolve"
@@ -106,5 +110,31 @@ func TestMetadataArrivesLater(t *testing.T) {
 				t.Errorf("curl sent %d bytes over its edges, want %d", toServer, sent)
 			}
 		})
+	}
+}
+
+// TestNodeLevel: at the node level a local end carries its node, and two
+// nodes running the same process make two edges.
+func TestNodeLevel(t *testing.T) {
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	e, err := New(Config{SeriesTTL: time.Minute, SessionTTL: time.Minute, Level: aggregate.LevelNode, Now: c.now},
+		prometheus.NewPedanticRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range []string{"node-a", "node-b"} {
+		s := openSession(t, e, node, 1)
+		end := sock(1, 1, RoleClient, "10.0.0."+string(rune('1'+i))+":40000", "192.0.2.1:443", true)
+		apply(t, e, s, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{end},
+			Stats: statsOf(stat{1, 10, 0, 1, 0})})
+	}
+	nodes := map[string]uint64{}
+	for _, s := range e.Snapshot(nil) {
+		if s.Key.Src.Name == "curl" {
+			nodes[s.Key.Src.Node] += s.Value(aggregate.TCPBytes)
+		}
+	}
+	if len(nodes) != 2 || nodes["node-a"] != 10 || nodes["node-b"] != 10 {
+		t.Errorf("bytes by source node %v, want 10 from each of node-a and node-b", nodes)
 	}
 }
