@@ -1,5 +1,5 @@
-// Package web serves the reducer's HTTP endpoints: /metrics, /healthz and
-// /readyz.
+// Package web serves the reducer's HTTP endpoints: /metrics, /healthz,
+// /readyz, and what other parts add with Handle (e.g. /api/v1/map).
 package web
 
 import (
@@ -21,6 +21,7 @@ type Server struct {
 	addr   string
 	logger *slog.Logger
 	http   *http.Server
+	mux    *http.ServeMux
 	lis    net.Listener
 	errc   chan error
 	once   sync.Once
@@ -49,6 +50,7 @@ func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *s
 	return &Server{
 		addr:   addr,
 		logger: logger,
+		mux:    mux,
 		http: &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 5 * time.Second,
@@ -57,6 +59,10 @@ func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *s
 		errc: make(chan error, 1),
 	}
 }
+
+// Handle adds a handler for pattern (a http.ServeMux pattern, e.g.
+// "GET /api/v1/map"). Call it before Start.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // Start listens and serves in the background. It returns once the listener
 // is up.

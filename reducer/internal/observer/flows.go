@@ -1,0 +1,413 @@
+package observer
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	observerv1 "github.com/weir-project/weir/proto/weir/observer/v1"
+	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/match"
+)
+
+// EventSource is where flow events come from; *match.Engine is one. The
+// channel must never block its sender (match.Engine drops and counts).
+type EventSource interface {
+	Subscribe(name string, size int) (<-chan match.Event, func())
+}
+
+// item is one entry of a stream's buffer: a flow event, or the number of
+// events lost just before the next one.
+type item struct {
+	flow *observerv1.Flow
+	lost uint64
+}
+
+// sub is one WatchFlows stream as the hub sees it.
+type sub struct {
+	ch      chan item
+	allow   []*observerv1.FlowFilter
+	deny    []*observerv1.FlowFilter
+	pending uint64 // events lost and not yet reported; the hub's goroutine only
+}
+
+// flowState is what the hub knows of one connection.
+type flowState struct {
+	ep       [2]netip.AddrPort // in key order, a < b
+	wl       [2]*observerv1.Workload
+	client   int8 // index of the client end; -1 while unknown
+	bytes    uint64
+	packets  uint64
+	openedAt time.Time
+	openSent bool
+}
+
+type pairKey struct{ a, b netip.AddrPort }
+
+func newPairKey(x, y netip.AddrPort) (pairKey, int) {
+	if x.Compare(y) > 0 {
+		return pairKey{y, x}, 1
+	}
+	return pairKey{x, y}, 0
+}
+
+// hub turns the engine's events into flow events, keeps the recent ones in
+// a ring, and hands them to every stream without ever waiting for one.
+type hub struct {
+	cfg     Config
+	metrics *metrics
+
+	mu   sync.Mutex // guards ring, subs
+	ring []*observerv1.Flow
+	next int  // ring write position
+	full bool // ring wrapped
+	subs map[*sub]struct{}
+
+	// The hub goroutine's own state.
+	flows   map[pairKey]*flowState
+	nodes   map[netip.AddrPort]string // local endpoint → node of the collector that reports it
+	pending []*flowState              // opens not yet sent
+	out     []*observerv1.Flow
+}
+
+func newHub(cfg Config, m *metrics) *hub {
+	return &hub{
+		cfg:     cfg,
+		metrics: m,
+		ring:    make([]*observerv1.Flow, cfg.RingSize),
+		subs:    make(map[*sub]struct{}),
+		flows:   make(map[pairKey]*flowState),
+		nodes:   make(map[netip.AddrPort]string),
+	}
+}
+
+// run reads events until ctx is done or the source closes the channel.
+func (h *hub) run(ctx context.Context, src EventSource) {
+	events, cancel := src.Subscribe("observer", h.cfg.EventBuffer)
+	defer cancel()
+	t := time.NewTicker(h.cfg.OpenGrace / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			h.out = h.out[:0]
+			h.handle(ev)
+			// Take what else is queued, up to a bound, under one lock.
+		drain:
+			for range 256 {
+				select {
+				case ev, ok := <-events:
+					if !ok {
+						h.publish(h.out)
+						return
+					}
+					h.handle(ev)
+				default:
+					break drain
+				}
+			}
+			h.publish(h.out)
+		case now := <-t.C:
+			h.out = h.out[:0]
+			h.flushPending(now)
+			h.publish(h.out)
+		}
+	}
+}
+
+// handle converts one engine event into zero or more flow events in h.out.
+func (h *hub) handle(ev match.Event) {
+	switch ev.Kind {
+	case match.EventSocketOpen:
+		if !ev.Local.IsValid() {
+			return
+		}
+		if len(h.nodes) < h.cfg.MaxFlows*2 {
+			h.nodes[ev.Local] = ev.Node
+		}
+	case match.EventSocketClose:
+		if n, ok := h.nodes[ev.Local]; ok && n == ev.Node {
+			delete(h.nodes, ev.Local)
+		}
+	case match.EventFlowOpen:
+		k, _ := newPairKey(ev.Local, ev.Remote)
+		if _, ok := h.flows[k]; ok || len(h.flows) >= h.cfg.MaxFlows {
+			return
+		}
+		st := &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openedAt: ev.Time}
+		h.flows[k] = st
+		h.pending = append(h.pending, st)
+	case match.EventFlowUpdate:
+		k, i := newPairKey(ev.Local, ev.Remote)
+		st := h.flows[k]
+		if st == nil {
+			// A flow that was open before the hub started: updates only.
+			st = &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openSent: true}
+			if len(h.flows) < h.cfg.MaxFlows {
+				h.flows[k] = st
+			}
+		}
+		st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
+		if !st.openSent {
+			h.emitOpen(st)
+		}
+		st.bytes += ev.Bytes
+		st.packets += ev.Segments
+		f := h.flow(ev.Time, observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, st, i)
+		f.Bytes, f.Packets = ev.Bytes, ev.Segments
+		h.out = append(h.out, f)
+	case match.EventEdgeChange:
+		k, i := newPairKey(ev.Local, ev.Remote)
+		if st := h.flows[k]; st != nil {
+			st.client = int8(i)
+			st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
+		}
+	case match.EventFlowClose:
+		k, _ := newPairKey(ev.Local, ev.Remote)
+		st := h.flows[k]
+		if st == nil {
+			return
+		}
+		delete(h.flows, k)
+		if !st.openSent {
+			h.emitOpen(st)
+		}
+		h.out = append(h.out, h.flow(ev.Time, observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE, st, st.clientIndex()))
+	}
+}
+
+// flushPending sends the opens whose flows have had no traffic for the
+// grace period, with the workloads known so far.
+func (h *hub) flushPending(now time.Time) {
+	keep := h.pending[:0]
+	for _, st := range h.pending {
+		switch {
+		case st.openSent:
+		case now.Sub(st.openedAt) >= h.cfg.OpenGrace:
+			h.emitOpen(st)
+		default:
+			keep = append(keep, st)
+		}
+	}
+	clear(h.pending[len(keep):])
+	h.pending = keep
+	h.reportLost()
+}
+
+// emitOpen sends the open event of st, dated when the flow opened.
+func (h *hub) emitOpen(st *flowState) {
+	st.openSent = true
+	h.out = append(h.out, h.flow(st.openedAt, observerv1.FlowEventType_FLOW_EVENT_TYPE_OPEN, st, st.clientIndex()))
+}
+
+// clientIndex returns the client end: known from an edge change, else the
+// end with the higher (ephemeral) port.
+func (st *flowState) clientIndex() int {
+	if st.client >= 0 {
+		return int(st.client)
+	}
+	if st.ep[1].Port() > st.ep[0].Port() {
+		return 1
+	}
+	return 0
+}
+
+// flow returns an event of st from end src to the other end.
+func (h *hub) flow(t time.Time, typ observerv1.FlowEventType, st *flowState, src int) *observerv1.Flow {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	return &observerv1.Flow{
+		Time:         timestamppb.New(t),
+		Type:         typ,
+		Source:       h.endpoint(st, src),
+		Destination:  h.endpoint(st, 1-src),
+		TotalBytes:   st.bytes,
+		TotalPackets: st.packets,
+	}
+}
+
+func (h *hub) endpoint(st *flowState, i int) *observerv1.Endpoint {
+	ap := st.ep[i]
+	return &observerv1.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port()), Workload: st.wl[i], Node: h.nodes[ap]}
+}
+
+func workload(w aggregate.Workload) *observerv1.Workload {
+	if w == (aggregate.Workload{}) {
+		return nil
+	}
+	return &observerv1.Workload{Name: w.Name, Kind: w.Kind, Namespace: w.Namespace, Zone: w.Zone, Node: w.Node, Pod: w.Pod}
+}
+
+// publish keeps flows in the ring and offers them to every stream.
+func (h *hub) publish(flows []*observerv1.Flow) {
+	if len(flows) == 0 {
+		return
+	}
+	h.metrics.events.Add(float64(len(flows)))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, f := range flows {
+		if len(h.ring) > 0 {
+			h.ring[h.next] = f
+			h.next++
+			if h.next == len(h.ring) {
+				h.next, h.full = 0, true
+			}
+		}
+		for s := range h.subs {
+			if !s.wants(f) {
+				continue
+			}
+			h.offer(s, item{flow: f})
+		}
+	}
+}
+
+// offer puts it in s's buffer, after the report of earlier losses, or
+// counts it lost.
+func (h *hub) offer(s *sub, it item) {
+	if s.pending > 0 {
+		select {
+		case s.ch <- item{lost: s.pending}:
+			s.pending = 0
+		default:
+			s.pending++
+			h.metrics.lost.Inc()
+			return
+		}
+	}
+	select {
+	case s.ch <- it:
+	default:
+		s.pending++
+		h.metrics.lost.Inc()
+	}
+}
+
+// reportLost queues the loss reports of the streams that have room again,
+// so that a consumer that resumes learns of its loss even when no new event
+// follows.
+func (h *hub) reportLost() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		if s.pending == 0 {
+			continue
+		}
+		select {
+		case s.ch <- item{lost: s.pending}:
+			s.pending = 0
+		default:
+		}
+	}
+}
+
+// subscribe registers s and returns the recent events it asked for, so
+// that nothing is missed or sent twice between the two.
+func (h *hub) subscribe(s *sub, req *observerv1.WatchFlowsRequest) []*observerv1.Flow {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	recent := h.recent(req, s)
+	if req.GetFollow() {
+		h.subs[s] = struct{}{}
+	}
+	return recent
+}
+
+func (h *hub) unsubscribe(s *sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.subs, s)
+}
+
+// recent returns the ring's events that req asks for, oldest first.
+func (h *hub) recent(req *observerv1.WatchFlowsRequest, s *sub) []*observerv1.Flow {
+	if req.GetSince() == nil && req.GetLast() == 0 {
+		return nil
+	}
+	var all []*observerv1.Flow
+	if h.full {
+		all = append(all, h.ring[h.next:]...)
+	}
+	all = append(all, h.ring[:h.next]...)
+	var since time.Time
+	if req.GetSince() != nil {
+		since = req.GetSince().AsTime()
+	}
+	out := all[:0:0]
+	for _, f := range all {
+		if f == nil || (!since.IsZero() && f.GetTime().AsTime().Before(since)) || !s.wants(f) {
+			continue
+		}
+		out = append(out, f)
+	}
+	if n := int(req.GetLast()); n > 0 && len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out
+}
+
+// wants reports whether s's filters pass f.
+func (s *sub) wants(f *observerv1.Flow) bool {
+	for _, d := range s.deny {
+		if matches(d, f) {
+			return false
+		}
+	}
+	if len(s.allow) == 0 {
+		return true
+	}
+	for _, a := range s.allow {
+		if matches(a, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether f passes every field of flt.
+func matches(flt *observerv1.FlowFilter, f *observerv1.Flow) bool {
+	ends := [2]*observerv1.Endpoint{f.GetSource(), f.GetDestination()}
+	field := func(values []string, get func(*observerv1.Workload) string) bool {
+		if len(values) == 0 {
+			return true
+		}
+		for _, e := range ends {
+			w := e.GetWorkload()
+			if w == nil {
+				continue
+			}
+			for _, v := range values {
+				if get(w) == v {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if !field(flt.GetWorkload(), (*observerv1.Workload).GetName) ||
+		!field(flt.GetNamespace(), (*observerv1.Workload).GetNamespace) ||
+		!field(flt.GetKind(), (*observerv1.Workload).GetKind) {
+		return false
+	}
+	if len(flt.GetPort()) == 0 {
+		return true
+	}
+	for _, e := range ends {
+		for _, p := range flt.GetPort() {
+			if e.GetPort() == p {
+				return true
+			}
+		}
+	}
+	return false
+}
