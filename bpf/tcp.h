@@ -50,7 +50,8 @@ enum role {
 enum drop_reason {
 	DROP_RING_FULL = 0,
 	DROP_STORAGE_FULL = 1,
-	DROP_MAX = 2,
+	DROP_SAMPLE_FALLBACK = 2, /* a sample written to the seq_file: the sample ring was full */
+	DROP_MAX = 3,
 };
 
 /* sk_state.flags */

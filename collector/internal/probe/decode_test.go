@@ -168,7 +168,7 @@ func TestReadRecords(t *testing.T) {
 			var cookies []uint64
 			err := readRecords(tc.r, make([]byte, tc.buf), eventSize, func(raw []byte) {
 				cookies = append(cookies, (*tcpEvent)(unsafe.Pointer(&raw[0])).Endpoint.Cookie)
-			})
+			}, nil)
 			if err != nil {
 				t.Fatalf("readRecords: %v", err)
 			}
@@ -182,7 +182,7 @@ func TestReadRecords(t *testing.T) {
 			}
 		})
 	}
-	if err := readRecords(bytes.NewReader(stream[:eventSize+3]), make([]byte, 1000), eventSize, func([]byte) {}); err == nil {
+	if err := readRecords(bytes.NewReader(stream[:eventSize+3]), make([]byte, 1000), eventSize, func([]byte) {}, nil); err == nil {
 		t.Error("a truncated record: no error")
 	}
 }

@@ -99,7 +99,7 @@ func (p *Probe) discoverIn(path string) ([]Event, error) {
 			return
 		}
 		events = append(events, ev)
-	})
+	}, nil)
 	if err := errors.Join(err, decodeErr); err != nil {
 		return events, fmt.Errorf("iter/tcp in %s: %w", path, err)
 	}

@@ -26,9 +26,16 @@ import (
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type discovered tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
-// Config sizes the ring buffer and turns on run-time statistics.
+// Config sizes the ring buffers and turns on run-time statistics.
 type Config struct {
 	RingBytes uint32 // ring buffer size in bytes, power of two and multiple of the page size (flag --ring-bytes, default 1<<20)
+	// SampleRingBytes sizes the ring that one Samples walk writes into: 128
+	// bytes per live tracked socket (a 120-byte record and its 8-byte
+	// header). A power of two, at least a page (flag --sample-ring-bytes).
+	// The default, 8 MiB, holds 65,536 sockets; a walk over more falls back
+	// to a chunked walk (see Samples). The ring is locked kernel memory,
+	// allocated at load and mapped once into the collector.
+	SampleRingBytes uint32
 	// Stats keeps the kernel's BPF run-time statistics on while the probe
 	// is open, so that ProgramStats reports run counts and run times.
 	// They cost a clock read per program run.
@@ -37,14 +44,20 @@ type Config struct {
 
 // DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
-	return Config{RingBytes: 1 << 20}
+	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes}
 }
+
+// defaultSampleRingBytes holds the samples of 65,536 sockets.
+const defaultSampleRingBytes = 65536 * uint32(eventSize+8)
 
 // Validate reports the first bad field, named by its flag.
 func (c Config) Validate() error {
 	page := uint32(os.Getpagesize())
 	if c.RingBytes == 0 || c.RingBytes&(c.RingBytes-1) != 0 || c.RingBytes%page != 0 {
 		return fmt.Errorf("--ring-bytes: %d is not a power of two and a multiple of the page size (%d)", c.RingBytes, page)
+	}
+	if c.SampleRingBytes < page || c.SampleRingBytes&(c.SampleRingBytes-1) != 0 {
+		return fmt.Errorf("--sample-ring-bytes: %d is not a power of two of at least the page size (%d)", c.SampleRingBytes, page)
 	}
 	return nil
 }
@@ -63,6 +76,7 @@ var tracepoints = []struct {
 const (
 	dropRingFull    uint32 = 0
 	dropStorageFull uint32 = 1
+	dropFallback    uint32 = 2
 )
 
 // Probe is the loaded and attached set of programs.
@@ -73,7 +87,8 @@ type Probe struct {
 	sampler  *link.Iter // writes a sample per tracked socket
 	discover *link.Iter // finds the sockets of the namespace that opens it
 	reader   *ringbuf.Reader
-	stats    io.Closer // holds BPF run-time statistics on; nil unless Config.Stats
+	samples  *ringbuf.Reader // the sampling iterator's ring
+	stats    io.Closer       // holds BPF run-time statistics on; nil unless Config.Stats
 
 	readMu  sync.Mutex // serialises ReadEvent
 	record  ringbuf.Record
@@ -83,6 +98,7 @@ type Probe struct {
 	mu      sync.Mutex // guards closed and the buffers below; serialises Samples and Discover
 	closed  bool
 	buf     []byte // iterator reads
+	sample  ringbuf.Record
 	perCPU  []uint64
 	comms   map[[16]int8]string // interned owner comms, so polling does not allocate per socket
 	closeMu sync.Once
@@ -121,7 +137,7 @@ func Open(cfg Config) (*Probe, error) {
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		return nil, errors.Join(loadError("programs", err), p.release())
 	}
-	if err := p.loadIter(); err != nil {
+	if err := p.loadIter(cfg); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
 	for _, tp := range tracepoints {
@@ -134,6 +150,10 @@ func Open(cfg Config) (*Probe, error) {
 	p.reader, err = ringbuf.NewReader(p.objs.Events)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open ring buffer: %w", err), p.release())
+	}
+	p.samples, err = ringbuf.NewReader(p.iter.Samples)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open sample ring: %w", err), p.reader.Close(), p.release())
 	}
 	p.buf = make([]byte, iterBufBytes)
 	p.perCPU = make([]uint64, 0, 8)
@@ -152,11 +172,12 @@ func loadError(what string, err error) error {
 
 // loadIter loads the iterators, sharing the socket storage and the drops
 // array, and attaches them.
-func (p *Probe) loadIter() error {
+func (p *Probe) loadIter(cfg Config) error {
 	spec, err := loadTcpIter()
 	if err != nil {
 		return err
 	}
+	spec.Maps[tcpIterMapSamples].MaxEntries = cfg.SampleRingBytes
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		tcpIterMapSkStates: p.objs.SkStates,
 		tcpIterMapDrops:    p.objs.Drops,
@@ -371,43 +392,109 @@ func comm(c *[16]int8) string {
 // sockets are not reported: their final counters came with their close
 // event. It is safe to call concurrently with ReadEvent.
 //
-// The kernel hands the walk over in chunks of about 270 sockets and resumes
-// each chunk by position in the storage map's hash bucket. A socket
-// created or freed elsewhere in that bucket in between shifts the
-// positions, so a poll can repeat a socket (with counters no older) or
-// miss one, which the next poll reports: a socket's absence from one poll
-// says nothing; only EventClose ends it.
+// A walk is a single pass over the kernel's socket storage: every socket
+// that lives through the call is reported exactly once, and sockets opened
+// or freed meanwhile are reported at most once. That holds while the
+// samples fit in the sample ring (Config.SampleRingBytes). Past that, the
+// rest of the walk goes through the iterator's seq_file, which the kernel
+// hands over in chunks of about 270 sockets, resuming each by position in
+// a hash bucket of the storage map: sockets opened or freed in between
+// shift the positions, so such a walk can repeat a socket (with counters no
+// older) or miss one. The kernel also splits a read after a million storage
+// elements, so a walk over more sockets than that is chunked too.
+// Drops.SampleFallbacks counts the records of chunked walks, and SampleWalk
+// tells the caller that a walk was not complete: only then does the caller
+// have to remove repeats, and not take a socket's absence for its end.
 func (p *Probe) Samples(fn func(Sample)) error {
+	_, err := p.SampleWalk(fn)
+	return err
+}
+
+// SampleWalk is Samples, and also reports whether the walk was a single
+// pass. When complete is false, a socket may have been reported twice or
+// not at all (see Samples).
+func (p *Probe) SampleWalk(fn func(Sample)) (complete bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return fmt.Errorf("samples: %w", ErrClosed)
+		return false, fmt.Errorf("samples: %w", ErrClosed)
+	}
+	// Records left by a walk that failed midway are stale.
+	if err := p.drainSamples(func(*tcpEvent) {}); err != nil {
+		return false, fmt.Errorf("samples: %w", err)
 	}
 	r, err := p.sampler.Open()
 	if err != nil {
-		return fmt.Errorf("samples: open iterator: %w", err)
+		return false, fmt.Errorf("samples: open iterator: %w", err)
 	}
 	defer r.Close()
-	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
-		s := (*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw)))
+	emit := func(s *tcpEvent) {
 		fn(Sample{
 			Endpoint: endpoint(&s.Endpoint),
 			Owner:    owner(&s.Owner, p.internComm(&s.Owner.Comm)),
 			Counters: counters(&s.Counters),
 		})
+	}
+	complete = true
+	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
+		// The sample ring was full: this walk is chunked.
+		complete = false
+		emit((*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw))))
+	}, func(again bool) error {
+		if again {
+			// The kernel stops a read after a million objects and the
+			// next read resumes by position, as after a chunk.
+			complete = false
+		}
+		// Between reads, so that a chunked walk gets ring space back.
+		return p.drainSamples(emit)
 	})
 	if err != nil {
-		return fmt.Errorf("samples: %w", err)
+		return false, fmt.Errorf("samples: %w", err)
 	}
-	return nil
+	return complete, nil
+}
+
+// drainSamples calls fn with each record in the sample ring, until it is
+// empty. The iterator submits without waking: the ring is read, not waited on.
+func (p *Probe) drainSamples(fn func(*tcpEvent)) error {
+	if p.samples.AvailableBytes() == 0 {
+		return nil
+	}
+	p.samples.SetDeadline(time.Unix(1, 0)) // in the past: do not wait
+	for {
+		err := p.samples.ReadInto(&p.sample)
+		switch {
+		case err == nil:
+			if len(p.sample.RawSample) < eventSize {
+				return fmt.Errorf("sample ring: %d-byte record, want %d", len(p.sample.RawSample), eventSize)
+			}
+			fn((*tcpEvent)(unsafe.Pointer(unsafe.SliceData(p.sample.RawSample))))
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil
+		default:
+			return fmt.Errorf("sample ring: %w", err)
+		}
+	}
 }
 
 // readRecords reads r to the end and calls fn with each size-byte record,
-// in buf; records may straddle reads. fn must not keep the slice.
-func readRecords(r io.Reader, buf []byte, size int, fn func([]byte)) error {
+// in buf; records may straddle reads. fn must not keep the slice. If after
+// is not nil, it is called after each read, with again set when the read
+// failed with EAGAIN, which is then retried.
+func readRecords(r io.Reader, buf []byte, size int, fn func([]byte), after func(again bool) error) error {
 	n := 0 // bytes in buf not yet handed to fn
 	for {
 		m, err := r.Read(buf[n:])
+		again := errors.Is(err, unix.EAGAIN)
+		if after != nil {
+			if aerr := after(again); aerr != nil {
+				return aerr
+			}
+		}
+		if again {
+			continue
+		}
 		n += m
 		off := 0
 		for ; n-off >= size; off += size {
@@ -454,7 +541,11 @@ func (p *Probe) Drops() (Drops, error) {
 	if err != nil {
 		return Drops{}, err
 	}
-	return Drops{RingFull: ring, StorageFull: full}, nil
+	fallbacks, err := p.sumDrops(dropFallback)
+	if err != nil {
+		return Drops{}, err
+	}
+	return Drops{RingFull: ring, StorageFull: full, SampleFallbacks: fallbacks}, nil
 }
 
 func (p *Probe) sumDrops(reason uint32) (uint64, error) {
@@ -508,7 +599,7 @@ func (p *Probe) Close() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.closed = true
-		err = errors.Join(err, p.release())
+		err = errors.Join(err, p.samples.Close(), p.release())
 	})
 	return err
 }

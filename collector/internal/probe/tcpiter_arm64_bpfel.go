@@ -72,6 +72,7 @@ type tcpIterSkState struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	tcpIterMapDrops            = "drops"
+	tcpIterMapSamples          = "samples"
 	tcpIterMapSkStates         = "sk_states"
 	tcpIterProgDiscoverSockets = "discover_sockets"
 	tcpIterProgSampleSockets   = "sample_sockets"
@@ -129,6 +130,7 @@ type tcpIterProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterMapSpecs struct {
 	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	Samples  *ebpf.MapSpec `ebpf:"samples"`
 	SkStates *ebpf.MapSpec `ebpf:"sk_states"`
 }
 
@@ -160,12 +162,14 @@ func (o *tcpIterObjects) Close() error {
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterMaps struct {
 	Drops    *ebpf.Map `ebpf:"drops"`
+	Samples  *ebpf.Map `ebpf:"samples"`
 	SkStates *ebpf.Map `ebpf:"sk_states"`
 }
 
 func (m *tcpIterMaps) Close() error {
 	return _TcpIterClose(
 		m.Drops,
+		m.Samples,
 		m.SkStates,
 	)
 }

@@ -100,6 +100,10 @@ type Sample struct {
 type Drops struct {
 	RingFull    uint64 // events lost because the ring buffer was full
 	StorageFull uint64 // sockets not tracked because their socket storage could not be allocated
+	// SampleFallbacks counts samples written through the iterator's
+	// seq_file because the sample ring was full: each walk that had one
+	// was chunked and may have repeated or missed a socket (see Samples).
+	SampleFallbacks uint64
 }
 
 // ProgramStats is the in-kernel cost of one program since it was loaded.
