@@ -29,6 +29,7 @@ build:
 	$(GO) build -o $(BIN)/ \
 	  github.com/weir-project/weir/collector/cmd/weir-collector \
 	  github.com/weir-project/weir/reducer/cmd/weir-reducer \
+	  github.com/weir-project/weir/reducer/cmd/weirctl \
 	  github.com/weir-project/weir/test/cmd/flowsrv \
 	  github.com/weir-project/weir/test/cmd/flowcli
 
