@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -144,7 +144,9 @@ func Losses(g prometheus.Gatherer) ([]*observerv1.Loss, error) {
 			sums[k] += m.GetCounter().GetValue()
 		}
 	}
-	slices.SortFunc(keys, func(a, b key) int { return cmp.Or(strings.Compare(a.metric, b.metric), strings.Compare(a.reason, b.reason)) })
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(strings.Compare(a.metric, b.metric), strings.Compare(a.reason, b.reason))
+	})
 	out := make([]*observerv1.Loss, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, &observerv1.Loss{Metric: k.metric, Reason: k.reason, Count: uint64(sums[k])})
