@@ -244,9 +244,7 @@ func (e *Engine) settle(now time.Time) {
 			if e.flows[f.key] == f {
 				delete(e.flows, f.key)
 			}
-			if f.uses != nil {
-				e.resolver.Forget(f, f.uses)
-			}
+			e.resolver.Forget(f, &f.uses)
 			if e.emitting {
 				e.emit(Event{Kind: EventFlowClose, Time: now, Local: f.key.a, Remote: f.key.b})
 			}
@@ -295,10 +293,7 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 			ep.Known, ep.Comm, ep.CgroupID = true, p.comm, p.cgroupID
 		}
 	}
-	if f.uses == nil {
-		f.uses = new(resolve.Uses)
-	}
-	return e.resolver.Resolve(f, f.uses, int(i), ep)
+	return e.resolver.Resolve(f, &f.uses, int(i), ep)
 }
 
 // account counts on the edge of direction d of f what its views gained over

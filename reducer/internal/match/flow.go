@@ -86,7 +86,7 @@ type flow struct {
 	opened      bool            // an end announced it as a new connection
 	pendingOpen bool            // opened, not yet counted on an edge
 	dirty       bool            // ends, owners or metadata changed since the last settle
-	uses        *resolve.Uses   // the metadata keys its ends resolved through; out of line, as the counting loop never needs it
+	uses        resolve.Uses    // the metadata keys its ends resolved through
 }
 
 // client returns the index of the client endpoint: the role an end knows,

@@ -112,11 +112,21 @@ type Endpoint struct {
 // maxKeys is the number of keys an end resolves through at most.
 const maxKeys = 2
 
+// keyID is a key in use by flows, interned: a flow records 4-byte ids
+// rather than its keys.
+type keyID uint32
+
 // Uses records the keys each end of one flow was resolved through. Its
 // owner keeps one per flow and hands it to every call for that flow.
 type Uses struct {
-	keys [2][maxKeys]Key
-	n    [2]uint8
+	ids [2][maxKeys]keyID
+	n   [2]uint8
+}
+
+// slot is a key in use and the flows that use it: the reverse index.
+type slot[F comparable] struct {
+	key   Key
+	flows map[F]struct{}
 }
 
 // entry is what one source said of a key.
@@ -132,7 +142,9 @@ type Resolver[F comparable] struct {
 	mu      sync.Mutex
 	table   map[Key][]entry // sorted by rank
 	changed map[Key]struct{}
-	index   map[Key]map[F]struct{}
+	ids     map[Key]keyID
+	slots   []slot[F] // by keyID; 0 is unused
+	free    []keyID
 	pending atomic.Bool
 }
 
@@ -141,7 +153,8 @@ func New[F comparable]() *Resolver[F] {
 	return &Resolver[F]{
 		table:   make(map[Key][]entry),
 		changed: make(map[Key]struct{}),
-		index:   make(map[Key]map[F]struct{}),
+		ids:     make(map[Key]keyID),
+		slots:   make([]slot[F], 1),
 	}
 }
 
@@ -203,7 +216,7 @@ func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after ag
 	if had == has && before == after {
 		return
 	}
-	if _, used := r.index[k]; !used {
+	if _, used := r.ids[k]; !used {
 		return
 	}
 	r.changed[k] = struct{}{}
@@ -256,33 +269,53 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 
 // reindex makes keys the keys of end i of f.
 func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
-	old := u.keys[i][:u.n[i]]
-	if slices.Equal(old, keys) {
+	var ids [maxKeys]keyID
+	for j, k := range keys {
+		ids[j] = r.intern(k)
+	}
+	old := u.ids[i][:u.n[i]]
+	if slices.Equal(old, ids[:len(keys)]) {
 		return
 	}
-	other := u.keys[1-i][:u.n[1-i]]
-	for _, k := range old {
-		if !slices.Contains(keys, k) && !slices.Contains(other, k) {
-			r.unindex(f, k)
+	other := u.ids[1-i][:u.n[1-i]]
+	for _, id := range old {
+		if !slices.Contains(ids[:len(keys)], id) && !slices.Contains(other, id) {
+			r.unindex(f, id)
 		}
 	}
-	for _, k := range keys {
-		fs := r.index[k]
-		if fs == nil {
-			fs = make(map[F]struct{}, 1)
-			r.index[k] = fs
-		}
-		fs[f] = struct{}{}
+	for _, id := range ids[:len(keys)] {
+		r.slots[id].flows[f] = struct{}{}
 	}
-	u.n[i] = uint8(copy(u.keys[i][:], keys))
+	u.ids[i] = ids
+	u.n[i] = uint8(len(keys))
 }
 
-// unindex removes f from the flows of k.
-func (r *Resolver[F]) unindex(f F, k Key) {
-	fs := r.index[k]
-	delete(fs, f)
-	if len(fs) == 0 {
-		delete(r.index, k)
+// intern returns the id of k, making one if no flow uses k yet.
+func (r *Resolver[F]) intern(k Key) keyID {
+	if id, ok := r.ids[k]; ok {
+		return id
+	}
+	var id keyID
+	if n := len(r.free); n > 0 {
+		id, r.free = r.free[n-1], r.free[:n-1]
+	} else {
+		id = keyID(len(r.slots))
+		r.slots = append(r.slots, slot[F]{})
+	}
+	r.slots[id] = slot[F]{key: k, flows: make(map[F]struct{}, 1)}
+	r.ids[k] = id
+	return id
+}
+
+// unindex removes f from the flows of key id, and lets the id go when no
+// flow uses the key any more.
+func (r *Resolver[F]) unindex(f F, id keyID) {
+	sl := &r.slots[id]
+	delete(sl.flows, f)
+	if len(sl.flows) == 0 {
+		delete(r.ids, sl.key)
+		*sl = slot[F]{}
+		r.free = append(r.free, id)
 	}
 }
 
@@ -291,8 +324,10 @@ func (r *Resolver[F]) Forget(f F, u *Uses) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range u.n {
-		for _, k := range u.keys[i][:u.n[i]] {
-			r.unindex(f, k)
+		for _, id := range u.ids[i][:u.n[i]] {
+			if _, ok := r.slots[id].flows[f]; ok {
+				r.unindex(f, id)
+			}
 		}
 		u.n[i] = 0
 	}
@@ -308,7 +343,11 @@ func (r *Resolver[F]) Changed(fn func(F)) {
 	var flows []F
 	seen := make(map[F]struct{})
 	for k := range r.changed {
-		for f := range r.index[k] {
+		id, ok := r.ids[k]
+		if !ok {
+			continue
+		}
+		for f := range r.slots[id].flows {
 			if _, ok := seen[f]; !ok {
 				seen[f] = struct{}{}
 				flows = append(flows, f)
@@ -327,5 +366,5 @@ func (r *Resolver[F]) Changed(fn func(F)) {
 func (r *Resolver[F]) Len() (metadata, indexed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.table), len(r.index)
+	return len(r.table), len(r.ids)
 }
