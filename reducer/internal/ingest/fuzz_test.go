@@ -2,9 +2,11 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/match"
+	"github.com/weir-project/weir/reducer/internal/resolve"
 )
 
 // FuzzDecodeRequest feeds arbitrary bytes to the wire decoding of a request:
@@ -332,7 +335,18 @@ var (
 func (ef *engineFuzz) step(t *testing.T, r *fuzzReader) {
 	switch r.small(8) {
 	case 6:
-		ef.now = ef.now.Add(time.Duration(r.small(4)) * 2 * time.Minute)
+		step := r.small(4)
+		ef.now = ef.now.Add(time.Duration(step) * 2 * time.Minute)
+		// Metadata names, renames or forgets an address and a cgroup
+		// meanwhile: the flows they touch move at the sweep.
+		sink := ef.engine.Metadata(resolve.RankPod)
+		for _, k := range []resolve.Key{resolve.IPKey(netip.AddrFrom4([4]byte{10, 0, 0, 2})), resolve.CgroupKey("node-a", 1)} {
+			if step == 0 {
+				sink.Delete(k)
+			} else {
+				sink.Put(k, aggregate.Workload{Name: fmt.Sprint("pod-", step), Kind: "pod"})
+			}
+		}
 		ef.engine.Sweep()
 		ef.check(t, nil)
 	case 7:
@@ -360,6 +374,7 @@ func (ef *engineFuzz) readBatch(r *fuzzReader) *ingestv1.Batch {
 	for range r.small(4) {
 		b.Processes = append(b.Processes, &ingestv1.Process{
 			Handle: uint32(r.small(4)), Pid: uint32(r.next()), Comm: fuzzComms[r.small(len(fuzzComms))],
+			CgroupId: 1,
 		})
 	}
 	for range r.small(4) {

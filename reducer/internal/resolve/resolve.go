@@ -138,6 +138,15 @@ type entry struct {
 // Resolver resolves flow ends, F being its owner's flow handle. Sinks may be
 // used from any goroutine; the other methods are for the owner, who calls
 // them under its own lock.
+//
+// It keeps reverse indexes from the keys that resolutions went through (an
+// address, a cgroup, a network namespace) to the flows that used them,
+// whether or not metadata existed for them then. When a source puts or
+// deletes metadata that changes what a key names, Changed hands the owner
+// the flows of that key, and the owner resolves them again at its next
+// settle. The owner decides what moves: in match, what was counted stays on
+// the old edge (a counter never goes back), and new traffic and the active
+// connection count on the new one.
 type Resolver[F comparable] struct {
 	mu      sync.Mutex
 	table   map[Key][]entry // sorted by rank
