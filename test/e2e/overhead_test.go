@@ -23,16 +23,16 @@ func fullBench() bool { return os.Getenv("WEIR_BENCH_FULL") == "1" }
 
 // loadResult is one flowcli --load window.
 type loadResult struct {
-	requests, errors int64
-	seconds, rate    float64
-	firstErr         string
+	requests, errors   int64
+	seconds, rate, cpu float64
+	firstErr           string
 }
 
 func parseLoad(tb testing.TB, line string) loadResult {
 	tb.Helper()
-	// requests N seconds S rate R errors E [first-error …]
+	// requests N seconds S rate R errors E cpu C [first-error …]
 	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "requests" || f[2] != "seconds" || f[4] != "rate" || f[6] != "errors" {
+	if len(f) < 10 || f[0] != "requests" || f[2] != "seconds" || f[4] != "rate" || f[6] != "errors" || f[8] != "cpu" {
 		tb.Fatalf("flowcli: unexpected result line %q", line)
 	}
 	var r loadResult
@@ -47,6 +47,9 @@ func parseLoad(tb testing.TB, line string) loadResult {
 		tb.Fatal(err)
 	}
 	if r.errors, err = strconv.ParseInt(f[7], 10, 64); err != nil {
+		tb.Fatal(err)
+	}
+	if r.cpu, err = strconv.ParseFloat(f[9], 64); err != nil {
 		tb.Fatal(err)
 	}
 	if i := strings.Index(line, " first-error "); i >= 0 {
@@ -113,14 +116,14 @@ func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window
 	var cpu0 float64
 	var progs0 []harness.ProgStats
 	srv := r.servers[mode]
-	load0 := cpuOrFatal(tb, cli) + cpuOrFatal(tb, srv)
+	srv0 := cpuOrFatal(tb, srv)
 	t0 := time.Now()
 	if col != nil {
 		cpu0 = cpuOrFatal(tb, col)
 		progs0 = progsOrFatal(tb, col)
 	}
 	a.load = parseLoad(tb, cli.WaitLine(tb, "requests", window+30*time.Second))
-	a.loadCPU = cpuOrFatal(tb, cli) + cpuOrFatal(tb, srv) - load0
+	a.loadCPU = a.load.cpu + cpuOrFatal(tb, srv) - srv0
 	if col != nil {
 		a.colCPU = cpuOrFatal(tb, col) - cpu0
 		progs1 := progsOrFatal(tb, col)

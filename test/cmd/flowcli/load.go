@@ -7,16 +7,18 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
 // runLoad drives flowsrv --forever and prints one line:
 //
-//	requests N seconds S rate R errors E [first-error …]
+//	requests N seconds S rate R errors E cpu C [first-error …]
 //
 // preceded by a line "measuring" when the window starts
 // where N is the requests completed (response fully read) during the
-// measured window of S seconds after the warm-up.
+// measured window of S seconds after the warm-up, and C the CPU seconds
+// (user and system) this process used in that window.
 //
 // The load is closed-loop and saturating: every connection (keepalive) or
 // dial loop (churn) sends its next request as soon as the previous response
@@ -91,12 +93,12 @@ func runLoad(mode, addr string, conns, dialers int, request, response int64, war
 		return fmt.Errorf("--load %q: want keepalive or churn", mode)
 	}
 	time.Sleep(warmup)
-	n0, f0, t0 := done.Load(), failed.Load(), time.Now()
+	n0, f0, t0, c0 := done.Load(), failed.Load(), time.Now(), cpuSeconds()
 	// The benchmark reads the collector's CPU and the programs' run time
 	// when this line appears, and again after the result line.
 	fmt.Println("measuring")
 	time.Sleep(window)
-	n1, f1, t1 := done.Load(), failed.Load(), time.Now()
+	n1, f1, t1, c1 := done.Load(), failed.Load(), time.Now(), cpuSeconds()
 	stop.Store(true)
 	wg.Wait()
 	secs := t1.Sub(t0).Seconds()
@@ -104,7 +106,7 @@ func runLoad(mode, addr string, conns, dialers int, request, response int64, war
 	if firstErr != nil && !errors.Is(firstErr, net.ErrClosed) {
 		first = fmt.Sprintf(" first-error %v", firstErr)
 	}
-	fmt.Printf("requests %d seconds %.4f rate %.1f errors %d%s\n", n1-n0, secs, float64(n1-n0)/secs, f1-f0, first)
+	fmt.Printf("requests %d seconds %.4f rate %.1f errors %d cpu %.4f%s\n", n1-n0, secs, float64(n1-n0)/secs, f1-f0, c1-c0, first)
 	return nil
 }
 
@@ -119,4 +121,12 @@ func oneRequest(d *net.Dialer, addr string, req, resp []byte) error {
 	}
 	_, err = io.ReadFull(c, resp)
 	return err
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
