@@ -38,6 +38,7 @@ type sub struct {
 type flowState struct {
 	ep       [2]netip.AddrPort // in key order, a < b
 	wl       [2]*observerv1.Workload
+	node     [2]string // of the collector that reports each end
 	client   int8 // index of the client end; -1 while unknown
 	bytes    uint64
 	packets  uint64
@@ -133,6 +134,11 @@ func (h *hub) handle(ev match.Event) {
 		if len(h.nodes) < h.cfg.MaxFlows*2 {
 			h.nodes[ev.Local] = ev.Node
 		}
+		// The second end of a flow joins without a flow open event.
+		k, i := newPairKey(ev.Local, ev.Remote)
+		if st := h.flows[k]; st != nil {
+			st.node[i] = ev.Node
+		}
 	case match.EventSocketClose:
 		if n, ok := h.nodes[ev.Local]; ok && n == ev.Node {
 			delete(h.nodes, ev.Local)
@@ -143,6 +149,7 @@ func (h *hub) handle(ev match.Event) {
 			return
 		}
 		st := &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openedAt: ev.Time}
+		st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
 		h.flows[k] = st
 		h.pending = append(h.pending, st)
 	case match.EventFlowUpdate:
@@ -151,6 +158,7 @@ func (h *hub) handle(ev match.Event) {
 		if st == nil {
 			// A flow that was open before the hub started: updates only.
 			st = &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openSent: true}
+			st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
 			if len(h.flows) < h.cfg.MaxFlows {
 				h.flows[k] = st
 			}
@@ -237,7 +245,11 @@ func (h *hub) flow(t time.Time, typ observerv1.FlowEventType, st *flowState, src
 
 func (h *hub) endpoint(st *flowState, i int) *observerv1.Endpoint {
 	ap := st.ep[i]
-	return &observerv1.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port()), Workload: st.wl[i], Node: h.nodes[ap]}
+	node := st.node[i]
+	if node == "" {
+		node = h.nodes[ap]
+	}
+	return &observerv1.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port()), Workload: st.wl[i], Node: node}
 }
 
 func workload(w aggregate.Workload) *observerv1.Workload {

@@ -114,8 +114,8 @@ func (c *Config) Validate() error {
 	if c.Endpoint == "" {
 		return nil
 	}
-	if _, _, err := net.SplitHostPort(c.Endpoint); err != nil {
-		return fmt.Errorf("--otlp-endpoint %q: want host:port: %w", c.Endpoint, err)
+	if _, port, err := net.SplitHostPort(c.Endpoint); err != nil || strings.Contains(c.Endpoint, "/") || port == "" {
+		return fmt.Errorf("--otlp-endpoint %q: want host:port, e.g. otel-collector:4317", c.Endpoint)
 	}
 	if c.Interval < 100*time.Millisecond {
 		return fmt.Errorf("--otlp-interval %s: must be at least 100ms", c.Interval)
