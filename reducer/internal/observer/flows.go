@@ -39,7 +39,7 @@ type flowState struct {
 	ep       [2]netip.AddrPort // in key order, a < b
 	wl       [2]*observerv1.Workload
 	node     [2]string // of the collector that reports each end
-	client   int8 // index of the client end; -1 while unknown
+	client   int8      // index of the client end; -1 while unknown
 	bytes    uint64
 	packets  uint64
 	openedAt time.Time
