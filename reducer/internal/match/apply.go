@@ -162,7 +162,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		delete(s.procs, h)
 	}
 	e.settle(now)
-	e.publish()
+	e.setGauges()
 }
 
 // join makes a new socket an end of its flow.

@@ -260,11 +260,11 @@ func (e *Engine) drop(now time.Time, s *Session) {
 		delete(e.sessions, s.node)
 	}
 	e.settle(now)
-	e.publish()
+	e.setGauges()
 }
 
-// publish updates the size gauges.
-func (e *Engine) publish() {
+// setGauges updates the size gauges.
+func (e *Engine) setGauges() {
 	e.sockets.Set(float64(e.nsockets))
 	e.flowGauge.Set(float64(len(e.flows)))
 }
