@@ -59,19 +59,24 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	cfg := defaultConfig()
 	fs := flag.NewFlagSet("weir-collector", flag.ContinueOnError)
 	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage of weir-collector:")
+		fs.PrintDefaults()
+		fmt.Fprintln(fs.Output(), "\nInteger flags take plain decimal integers: no exponent, unit suffix, sign or base prefix.")
+	}
 	fs.StringVar(&cfg.Reducer, "reducer", cfg.Reducer, "reducer gRPC address, host:port")
 	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "report interval")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node (default: the hostname)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics and /healthz")
-	fs.Func("max-sockets", fmt.Sprintf("max live sockets tracked; sockets beyond are refused and counted (default %d)", cfg.MaxSockets),
+	fs.Func("max-sockets", fmt.Sprintf("max live `sockets` tracked; sockets beyond are refused and counted (default %d)", cfg.MaxSockets),
 		intFlag(&cfg.MaxSockets, strconv.IntSize-1))
-	fs.Func("socket-map-entries", "deprecated alias of --max-sockets", func(s string) error {
+	fs.Func("socket-map-entries", "deprecated alias of --max-sockets: max live `sockets` tracked", func(s string) error {
 		cfg.Deprecated = append(cfg.Deprecated, "socket-map-entries")
 		return intFlag(&cfg.MaxSockets, strconv.IntSize-1)(s)
 	})
-	fs.Func("ring-bytes", fmt.Sprintf("kernel event ring buffer size in bytes, a power of two and a multiple of the page size (default %d)", cfg.Probe.RingBytes),
+	fs.Func("ring-bytes", fmt.Sprintf("kernel event ring buffer size in `bytes`, a power of two and a multiple of the page size (default %d)", cfg.Probe.RingBytes),
 		intFlag(&cfg.Probe.RingBytes, 32))
-	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in bytes for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
+	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in `bytes` for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
 		intFlag(&cfg.BufferBytes, 63))
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.BoolVar(&cfg.Probe.Stats, "bpf-stats", cfg.Probe.Stats, "enable the kernel's BPF run-time statistics while running, for weir_collector_bpf_* (costs a clock read per program run)")
