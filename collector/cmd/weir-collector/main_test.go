@@ -472,3 +472,21 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestPrivilegedDeprecatedFlag: --socket-map-entries still works, as
+// --max-sockets, with a warning.
+func TestPrivilegedDeprecatedFlag(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // start, then stop at once
+	var stderr syncBuffer
+	code := run(ctx, []string{"--socket-map-entries", "100", "--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0"}, io.Discard, &stderr)
+	if code != 0 {
+		t.Fatalf("exit code %d\n%s", code, stderr.String())
+	}
+	for _, want := range []string{`msg="deprecated flag" flag=--socket-map-entries use=--max-sockets`, "max_sockets=100"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
