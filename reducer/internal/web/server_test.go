@@ -82,3 +82,30 @@ func TestEndpoints(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 }
+
+func TestHandle(t *testing.T) {
+	srv := New("127.0.0.1:0", prometheus.NewPedanticRegistry(), func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv.Handle("GET /api/v1/map", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"map":{}}`)
+	}))
+	if err := srv.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + srv.Addr().String() + "/api/v1/map")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != `{"map":{}}` {
+		t.Errorf("GET /api/v1/map: %d %q", resp.StatusCode, body)
+	}
+	client.CloseIdleConnections()
+}
