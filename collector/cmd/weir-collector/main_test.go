@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -489,4 +491,56 @@ func TestPrivilegedDeprecatedFlag(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, stderr.String())
 		}
 	}
+}
+
+// TestPrivilegedBPFStats: with --bpf-stats, /metrics shows the run counts
+// and run times of the probe's programs.
+func TestPrivilegedBPFStats(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	startCollector(t, "--bpf-stats", "--http-addr", addr)
+	transfer(t, 10000, 10000)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runs, seconds := scrapeSum(t, "http://"+addr+"/metrics", "weir_collector_bpf_runs_total"), scrapeSum(t, "http://"+addr+"/metrics", "weir_collector_bpf_run_seconds_total")
+		if runs > 0 && seconds > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("weir_collector_bpf_runs_total %v, weir_collector_bpf_run_seconds_total %v: want both > 0", runs, seconds)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// scrapeSum adds up the samples of one metric family on a /metrics page.
+func scrapeSum(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
 }
