@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -33,8 +34,8 @@ const (
 	MinProtocolVersion = 1
 )
 
-// Capabilities are the optional features the collector sends.
-var Capabilities = []string{"socket_cookie"}
+// capabilities are the optional features the collector sends.
+var capabilities = []string{"socket_cookie"}
 
 // Defaults of the reconnect backoff.
 const (
@@ -220,7 +221,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	hello := &ingestv1.Hello{
 		ProtocolVersion:    ProtocolVersion,
 		MinProtocolVersion: MinProtocolVersion,
-		Capabilities:       Capabilities,
+		Capabilities:       slices.Clone(capabilities),
 		NodeName:           c.cfg.NodeName,
 		BootId:             c.cfg.BootID,
 		CollectorVersion:   c.cfg.CollectorVersion,
