@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 		untrackedCloses: counter("weir_collector_untracked_closes_total",
 			"Close events for sockets that were not tracked (their open event was lost and they were never sampled), ignored."),
 		duplicateOpens: counter("weir_collector_duplicate_opens_total",
-			"Open events for a socket already tracked under the same cookie, found first at start or by a sample; not counted twice."),
+			"Open events or samples for a socket already tracked under the same cookie (found first at start or by a sample, or closed and awaiting report); not counted twice."),
 		untrackedSamples: counter("weir_collector_untracked_samples_total",
 			"Samples of sockets the table did not know (their open event was lost or not read yet); tracked from then on, with the sampled counters as the baseline."),
 		counterRegressions: counter("weir_collector_counter_regressions_total",

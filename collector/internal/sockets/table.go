@@ -51,8 +51,9 @@ type OwnerScanner interface {
 }
 
 // closedEntryBytes estimates the memory of one closed socket awaiting
-// report: the socket itself and its slot in the queue.
-const closedEntryBytes = int64(unsafe.Sizeof(socket{})) + 8
+// report: the socket itself, its slot in the queue, and its entry in the
+// set of closing cookies (key and map overhead, about three words).
+const closedEntryBytes = int64(unsafe.Sizeof(socket{})) + 8 + 24
 
 type sockState uint8
 
@@ -100,6 +101,9 @@ type Table struct {
 	live   map[uint64]*socket
 	fresh  []*socket // sockets not yet exposed in this epoch (and stale entries)
 	closed []*socket // closed sockets awaiting report, oldest first
+	// closing are the cookies of the sockets in closed: a late sample or
+	// open of one of them is the same socket, not a new one.
+	closing map[uint64]struct{}
 	// closedDropped are the cookies of exposed sockets dropped from the
 	// buffer: their final delta is lost but the reducer still learns that
 	// they closed.
@@ -137,6 +141,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Table, error) {
 		live:      make(map[uint64]*socket),
 		listeners: make(map[listenKey]probe.Owner),
 		refused:   make(map[uint64]uint64),
+		closing:   make(map[uint64]struct{}),
 	}
 	m, err := newMetrics(reg, t)
 	if err != nil {
@@ -219,6 +224,10 @@ func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isN
 		return s
 	}
 	if _, ok := t.refused[ep.Cookie]; ok {
+		return nil
+	}
+	if _, ok := t.closing[ep.Cookie]; ok {
+		t.m.duplicateOpens.Inc()
 		return nil
 	}
 	if !ep.LocalAddr.IsValid() || !ep.RemoteAddr.IsValid() {
@@ -312,6 +321,7 @@ func (t *Table) close(s *socket) {
 	}
 	s.state = stateClosed
 	t.closed = append(t.closed, s)
+	t.closing[s.Cookie] = struct{}{}
 	for t.closedBytes() > t.cfg.BufferBytes && len(t.closed) > 0 {
 		t.dropOldest()
 	}
@@ -321,6 +331,7 @@ func (t *Table) dropOldest() {
 	s := t.closed[0]
 	t.closed[0] = nil
 	t.closed = t.closed[1:]
+	delete(t.closing, s.Cookie)
 	t.loss.BufferDropped++
 	t.m.bufferDropped.Inc()
 	t.m.bufferDroppedBytes.Add(float64(s.total.bytesSent - s.rep.bytesSent + s.total.bytesReceived - s.rep.bytesReceived))
@@ -580,6 +591,7 @@ func (t *Table) Drain(c *Changes) {
 		c.Closed = append(c.Closed, s.Cookie)
 		s.state = stateReleased
 	}
+	clear(t.closing)
 	clear(t.closed)
 	t.closed = t.closed[:0]
 	c.Closed = append(c.Closed, t.closedDropped...)
@@ -627,6 +639,7 @@ func (t *Table) Resync() {
 		if !s.newConn && s.total == s.rep {
 			// Announced in an earlier epoch and nothing left to report.
 			s.state = stateReleased
+			delete(t.closing, s.Cookie)
 			continue
 		}
 		kept = append(kept, s)

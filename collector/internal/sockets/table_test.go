@@ -383,6 +383,22 @@ func TestOpenOfDiscoveredSocket(t *testing.T) {
 	}
 }
 
+// TestSampleAfterClose: a socket closed and awaiting report that is
+// sampled again is the same socket, not a new one under the same cookie.
+func TestSampleAfterClose(t *testing.T) {
+	tab, _ := newTable(t, nil)
+	tab.Apply(open(1, probe.RoleClient, 1, curl, probe.Counters{}))
+	drain(tab)
+	tab.Apply(closeEv(1, ctr(10, 0, 1, 0)))
+	if err := tab.Poll(samples{sample(1, curl, ctr(10, 0, 1, 0))}); err != nil {
+		t.Fatal(err)
+	}
+	c := drain(tab)
+	if len(c.Opened) != 0 || !slices.Equal(c.Closed, []uint64{1}) || tab.Live() != 0 {
+		t.Fatalf("changes %+v, %d live; want socket 1 closed and nothing opened", c, tab.Live())
+	}
+}
+
 func TestUntrackedSample(t *testing.T) {
 	tab, reg := newTable(t, nil)
 	if err := tab.Poll(samples{sample(9, nginxW, ctr(1000, 2000, 10, 20))}); err != nil {
