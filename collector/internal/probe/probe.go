@@ -87,8 +87,8 @@ type Probe struct {
 	sampler  *link.Iter // writes a sample per tracked socket
 	discover *link.Iter // finds the sockets of the namespace that opens it
 	reader   *ringbuf.Reader
-	samples  *ringbuf.Reader // the sampling iterator's ring
-	stats    io.Closer       // holds BPF run-time statistics on; nil unless Config.Stats
+	samples  *sampleRing // the sampling iterator's ring
+	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
 
 	readMu  sync.Mutex // serialises ReadEvent
 	record  ringbuf.Record
@@ -98,7 +98,6 @@ type Probe struct {
 	mu      sync.Mutex // guards closed and the buffers below; serialises Samples and Discover
 	closed  bool
 	buf     []byte // iterator reads
-	sample  ringbuf.Record
 	perCPU  []uint64
 	comms   map[[16]int8]string // interned owner comms, so polling does not allocate per socket
 	closeMu sync.Once
@@ -151,9 +150,9 @@ func Open(cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open ring buffer: %w", err), p.release())
 	}
-	p.samples, err = ringbuf.NewReader(p.iter.Samples)
+	p.samples, err = newSampleRing(p.iter.Samples)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("open sample ring: %w", err), p.reader.Close(), p.release())
+		return nil, errors.Join(err, p.reader.Close(), p.release())
 	}
 	p.buf = make([]byte, iterBufBytes)
 	p.perCPU = make([]uint64, 0, 8)
@@ -420,9 +419,7 @@ func (p *Probe) SampleWalk(fn func(Sample)) (complete bool, err error) {
 		return false, fmt.Errorf("samples: %w", ErrClosed)
 	}
 	// Records left by a walk that failed midway are stale.
-	if err := p.drainSamples(func(*tcpEvent) {}); err != nil {
-		return false, fmt.Errorf("samples: %w", err)
-	}
+	p.samples.skip()
 	r, err := p.sampler.Open()
 	if err != nil {
 		return false, fmt.Errorf("samples: open iterator: %w", err)
@@ -447,35 +444,12 @@ func (p *Probe) SampleWalk(fn func(Sample)) (complete bool, err error) {
 			complete = false
 		}
 		// Between reads, so that a chunked walk gets ring space back.
-		return p.drainSamples(emit)
+		return p.samples.drain(emit)
 	})
 	if err != nil {
 		return false, fmt.Errorf("samples: %w", err)
 	}
 	return complete, nil
-}
-
-// drainSamples calls fn with each record in the sample ring, until it is
-// empty. The iterator submits without waking: the ring is read, not waited on.
-func (p *Probe) drainSamples(fn func(*tcpEvent)) error {
-	if p.samples.AvailableBytes() == 0 {
-		return nil
-	}
-	p.samples.SetDeadline(time.Unix(1, 0)) // in the past: do not wait
-	for {
-		err := p.samples.ReadInto(&p.sample)
-		switch {
-		case err == nil:
-			if len(p.sample.RawSample) < eventSize {
-				return fmt.Errorf("sample ring: %d-byte record, want %d", len(p.sample.RawSample), eventSize)
-			}
-			fn((*tcpEvent)(unsafe.Pointer(unsafe.SliceData(p.sample.RawSample))))
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return nil
-		default:
-			return fmt.Errorf("sample ring: %w", err)
-		}
-	}
 }
 
 // readRecords reads r to the end and calls fn with each size-byte record,
@@ -599,7 +573,7 @@ func (p *Probe) Close() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.closed = true
-		err = errors.Join(err, p.samples.Close(), p.release())
+		err = errors.Join(err, p.samples.close(), p.release())
 	})
 	return err
 }
