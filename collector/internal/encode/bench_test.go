@@ -78,6 +78,7 @@ func BenchmarkReport(b *testing.B) {
 	if updates != wantUpdates {
 		b.Fatalf("%d updates, want %d", updates, wantUpdates)
 	}
+	b.ReportMetric(float64(updates)/float64(b.N), "updates/op")
 	b.ReportMetric(float64(raw)/float64(updates), "B/update")
 	b.ReportMetric(float64(compressed)/float64(updates), "gzB/update")
 }
