@@ -154,6 +154,8 @@ func (c *common) explain(err error) error {
 		return fmt.Errorf("the reducer's certificate does not verify against --tls-ca %s (%s)", c.tlsCA, lastPart(msg))
 	case tlsFlags && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority") || strings.Contains(msg, "certificate required")):
 		return fmt.Errorf("the reducer at %s refused the client certificate --tls-cert %s: it must be signed by the CA of the reducer's --tls-ca", c.server, c.tlsCert)
+	case tlsFlags && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF")):
+		return fmt.Errorf("the reducer at %s closed the TLS connection (%s): it probably refused the client certificate --tls-cert %s, which must be signed by the CA of the reducer's --tls-ca", c.server, lastPart(msg), c.tlsCert)
 	case !tlsFlags:
 		return fmt.Errorf("the reducer at %s closed the connection (%s): it probably requires mTLS; pass --tls-cert, --tls-key and --tls-ca", c.server, lastPart(msg))
 	}
