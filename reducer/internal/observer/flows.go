@@ -40,10 +40,16 @@ type flowState struct {
 	wl       [2]*observerv1.Workload
 	node     [2]string // of the collector that reports each end
 	client   int8      // index of the client end; -1 while unknown
-	bytes    uint64
+	bytes    uint64    // totals, both directions
 	packets  uint64
 	openedAt time.Time
 	openSent bool
+	// Traffic counted since the last update event, by sending end.
+	pend    [2]struct{ bytes, packets uint64 }
+	pendAt  time.Time
+	dirty   bool // in hub.dirty
+	closed  bool
+	tracked bool // in hub.flows
 }
 
 type pairKey struct{ a, b netip.AddrPort }
@@ -71,6 +77,7 @@ type hub struct {
 	flows   map[pairKey]*flowState
 	nodes   map[netip.AddrPort]string // local endpoint → node of the collector that reports it
 	pending []*flowState              // opens not yet sent
+	dirty   []*flowState              // flows with traffic not yet sent as an update
 	out     []*observerv1.Flow
 }
 
@@ -85,43 +92,55 @@ func newHub(cfg Config, m *metrics) *hub {
 	}
 }
 
-// run reads events until ctx is done or the source closes the channel.
+// run reads events until ctx is done or the source closes the channel. It
+// polls the channel rather than waiting on it, so that the engine's sends
+// find room in the buffer instead of waking a receiver for every event;
+// and it sends the traffic of each flow as one update per UpdateInterval,
+// so that its work per engine event is a map lookup.
 func (h *hub) run(ctx context.Context, src EventSource) {
 	events, cancel := src.Subscribe("observer", h.cfg.EventBuffer)
 	defer cancel()
-	t := time.NewTicker(h.cfg.OpenGrace / 2)
-	defer t.Stop()
+	poll := time.NewTicker(h.cfg.Poll)
+	defer poll.Stop()
+	next := time.Now().Add(h.cfg.UpdateInterval)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case ev, ok := <-events:
-			if !ok {
+		case now := <-poll.C:
+			h.out = h.out[:0]
+			open := h.drain(events)
+			if !now.Before(next) || !open {
+				h.flushUpdates()
+				h.flushPending(now)
+				next = now.Add(h.cfg.UpdateInterval)
+			}
+			h.publish(h.out)
+			if !now.Before(next) {
+				h.reportLost()
+			}
+			if !open {
 				return
 			}
-			h.out = h.out[:0]
-			h.handle(ev)
-			// Take what else is queued, up to a bound, under one lock.
-		drain:
-			for range 256 {
-				select {
-				case ev, ok := <-events:
-					if !ok {
-						h.publish(h.out)
-						return
-					}
-					h.handle(ev)
-				default:
-					break drain
-				}
-			}
-			h.publish(h.out)
-		case now := <-t.C:
-			h.out = h.out[:0]
-			h.flushPending(now)
-			h.publish(h.out)
 		}
 	}
+}
+
+// drain handles what the channel holds, up to its size; false when it is
+// closed.
+func (h *hub) drain(events <-chan match.Event) bool {
+	for range cap(events) + 1 {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return false
+			}
+			h.handle(ev)
+		default:
+			return true
+		}
+	}
+	return true
 }
 
 // handle converts one engine event into zero or more flow events in h.out.
@@ -148,7 +167,7 @@ func (h *hub) handle(ev match.Event) {
 		if _, ok := h.flows[k]; ok || len(h.flows) >= h.cfg.MaxFlows {
 			return
 		}
-		st := &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openedAt: ev.Time}
+		st := &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openedAt: ev.Time, tracked: true}
 		st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
 		h.flows[k] = st
 		h.pending = append(h.pending, st)
@@ -161,17 +180,27 @@ func (h *hub) handle(ev match.Event) {
 			st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
 			if len(h.flows) < h.cfg.MaxFlows {
 				h.flows[k] = st
+				st.tracked = true
 			}
 		}
-		st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
+		if st.wl[i] == nil || st.wl[i].Name != ev.Key.Src.Name || st.wl[1-i] == nil || st.wl[1-i].Name != ev.Key.Dst.Name {
+			st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
+		}
 		if !st.openSent {
 			h.emitOpen(st)
 		}
 		st.bytes += ev.Bytes
 		st.packets += ev.Segments
-		f := h.flow(ev.Time, observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, st, i)
-		f.Bytes, f.Packets = ev.Bytes, ev.Segments
-		h.out = append(h.out, f)
+		st.pend[i].bytes += ev.Bytes
+		st.pend[i].packets += ev.Segments
+		st.pendAt = ev.Time
+		switch {
+		case !st.tracked:
+			h.emitUpdates(st) // no later close to flush it: now
+		case !st.dirty:
+			st.dirty = true
+			h.dirty = append(h.dirty, st)
+		}
 	case match.EventEdgeChange:
 		k, i := newPairKey(ev.Local, ev.Remote)
 		if st := h.flows[k]; st != nil {
@@ -185,9 +214,11 @@ func (h *hub) handle(ev match.Event) {
 			return
 		}
 		delete(h.flows, k)
+		st.closed = true
 		if !st.openSent {
 			h.emitOpen(st)
 		}
+		h.emitUpdates(st)
 		h.out = append(h.out, h.flow(ev.Time, observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE, st, st.clientIndex()))
 	}
 }
@@ -207,7 +238,33 @@ func (h *hub) flushPending(now time.Time) {
 	}
 	clear(h.pending[len(keep):])
 	h.pending = keep
-	h.reportLost()
+}
+
+// flushUpdates sends one update per flow and direction with the traffic
+// counted since the last one.
+func (h *hub) flushUpdates() {
+	for i, st := range h.dirty {
+		h.dirty[i] = nil
+		st.dirty = false
+		if !st.closed {
+			h.emitUpdates(st)
+		}
+	}
+	h.dirty = h.dirty[:0]
+}
+
+// emitUpdates sends the pending traffic of st, one update per sending end.
+func (h *hub) emitUpdates(st *flowState) {
+	for i := range st.pend {
+		p := st.pend[i]
+		if p.bytes|p.packets == 0 {
+			continue
+		}
+		f := h.flow(st.pendAt, observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, st, i)
+		f.Bytes, f.Packets = p.bytes, p.packets
+		h.out = append(h.out, f)
+		st.pend[i].bytes, st.pend[i].packets = 0, 0
+	}
 }
 
 // emitOpen sends the open event of st, dated when the flow opened.

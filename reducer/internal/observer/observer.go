@@ -45,6 +45,11 @@ type Config struct {
 	// MaxFlows caps the connections whose state (endpoints, workloads,
 	// totals) the observer keeps.
 	MaxFlows int
+	// Poll is how often the engine's events are read.
+	Poll time.Duration
+	// UpdateInterval is how often the traffic of a connection is sent as
+	// update events (one per direction with traffic).
+	UpdateInterval time.Duration
 	// OpenGrace is how long an open waits for the flow's first traffic,
 	// which names its workloads, before it is sent without them.
 	OpenGrace time.Duration
@@ -63,6 +68,8 @@ func DefaultConfig() Config {
 		RingSize:       4096,
 		EventBuffer:    1 << 16,
 		MaxFlows:       1 << 18,
+		Poll:           5 * time.Millisecond,
+		UpdateInterval: time.Second,
 		OpenGrace:      2 * time.Second,
 		MapInterval:    5 * time.Second,
 		MinMapInterval: 100 * time.Millisecond,
@@ -81,8 +88,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("ring size %d: must not be negative", c.RingSize)
 	case c.EventBuffer < 1, c.MaxFlows < 1:
 		return errors.New("event buffer and max flows must be at least 1")
-	case c.OpenGrace <= 0, c.MapInterval <= 0, c.MinMapInterval <= 0:
-		return errors.New("open grace and map intervals must be positive")
+	case c.OpenGrace <= 0, c.MapInterval <= 0, c.MinMapInterval <= 0, c.Poll <= 0, c.UpdateInterval <= 0:
+		return errors.New("poll, update, open grace and map intervals must be positive")
 	}
 	return nil
 }

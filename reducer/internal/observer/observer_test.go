@@ -149,7 +149,7 @@ func TestWatchFlows(t *testing.T) {
 		srcWLName string
 	}{
 		{observerv1.FlowEventType_FLOW_EVENT_TYPE_OPEN, "198.18.0.1", "198.18.0.2", 40000, 0, 0, "client"},
-		{observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, "198.18.0.1", "198.18.0.2", 40000, 1000, 1000, "client"},
+		{observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, "198.18.0.1", "198.18.0.2", 40000, 1000, 1200, "client"},
 		{observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE, "198.18.0.2", "198.18.0.1", 8080, 200, 1200, "server"},
 		{observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE, "198.18.0.1", "198.18.0.2", 40000, 0, 1200, "client"},
 	}
