@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -88,6 +89,11 @@ type arm struct {
 	loadCPU float64
 	wall    float64 // seconds between the two snapshots
 	progs   map[string]harness.ProgDelta
+	// kernelRun and metricRun are the in-kernel run time of the
+	// collector's programs since they were loaded, from the kernel and from
+	// the collector's weir_collector_bpf_run_seconds_total (-1 without it):
+	// a cross-check of that metric, not used in the figures.
+	kernelRun, metricRun float64
 }
 
 // run measures one window of the given load, with a freshly started
@@ -134,14 +140,13 @@ func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window
 		}
 		// For comparison only: the collector's own account of the same
 		// programs (cumulative since it loaded them), when it has one.
-		var kernel time.Duration
 		for _, p := range progs1 {
-			kernel += p.RunTime
+			a.kernelRun += p.RunTime.Seconds()
 		}
+		a.metricRun = -1
 		if m, err := harness.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort)); err == nil {
 			if _, ok := m["weir_collector_bpf_run_seconds_total"]; ok {
-				tb.Logf("in-kernel run time since load: %.4f s from the kernel, %.4f s on the collector's /metrics",
-					kernel.Seconds(), m.Sum("weir_collector_bpf_run_seconds_total", nil))
+				a.metricRun = m.Sum("weir_collector_bpf_run_seconds_total", nil)
 			}
 		}
 	}
@@ -185,10 +190,15 @@ func (r *overheadRig) pairs(tb testing.TB, mode string, n int, window time.Durat
 		ratios = append(ratios, wi.load.rate/wo.load.rate)
 		cpuRatios = append(cpuRatios, wo.cpuPerRequest()/wi.cpuPerRequest())
 		without, with = append(without, wo), append(with, wi)
-		tb.Logf("%s pair %d: %.0f req/s without, %.0f with: ratio %.4f; load CPU %.0f ns/request without, %.0f with: ratio %.4f",
-			mode, i+1, wo.load.rate, wi.load.rate, wi.load.rate/wo.load.rate,
-			1e9*wo.cpuPerRequest(), 1e9*wi.cpuPerRequest(), wo.cpuPerRequest()/wi.cpuPerRequest())
 	}
+	// One log line per load: go test keeps only the first lines of a
+	// benchmark's log.
+	var sb strings.Builder
+	for i := range without {
+		fmt.Fprintf(&sb, "; %.0f/%.0f=%.3f (CPU %.0f/%.0f ns=%.3f)", with[i].load.rate, without[i].load.rate, ratios[i],
+			1e9*without[i].cpuPerRequest(), 1e9*with[i].cpuPerRequest(), cpuRatios[i])
+	}
+	tb.Logf("%s pairs, req/s with/without=ratio (load CPU per request without/with=ratio)%s", mode, sb.String())
 	return ratios, cpuRatios, without, with
 }
 
@@ -311,14 +321,23 @@ func BenchmarkPrivilegedOverhead(b *testing.B) {
 			total[name] = t
 		}
 	}
-	for name, p := range total {
+	var sb strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(total)) {
+		p := total[name]
 		if p.RunCount == 0 {
-			b.Logf("program %s did not run", name)
+			fmt.Fprintf(&sb, "; %s did not run", name)
 			continue
 		}
-		b.ReportMetric(float64(p.RunTime.Nanoseconds())/float64(p.RunCount), "bpf-ns/run:"+name)
-		b.Logf("program %s: %d runs, %s, %.1f ns/run", name, p.RunCount, p.RunTime, float64(p.RunTime.Nanoseconds())/float64(p.RunCount))
+		ns := float64(p.RunTime.Nanoseconds()) / float64(p.RunCount)
+		b.ReportMetric(ns, "bpf-ns/run:"+name)
+		fmt.Fprintf(&sb, "; %s %d runs %s %.1f ns/run", name, p.RunCount, p.RunTime.Round(time.Microsecond), ns)
 	}
+	b.Logf("programs%s", sb.String())
+	sb.Reset()
+	for _, a := range slices.Concat(kaWith, chWith) {
+		fmt.Fprintf(&sb, " %.4f/%.4f", a.kernelRun, a.metricRun)
+	}
+	b.Logf("in-kernel run time since load per window, kernel/collector metric (s):%s", sb.String())
 }
 
 // collectorCost adds up the collector's process CPU and the in-kernel run
