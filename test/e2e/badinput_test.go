@@ -49,13 +49,12 @@ func (rawCodec) Name() string { return "proto" }
 // loopbackTransfer runs flowsrv and flowcli on 127.0.0.1 and waits for both.
 func loopbackTransfer(t *testing.T, conns, request, response int) {
 	t.Helper()
-	bin := harness.Binaries(t)
 	port := harness.FreePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	srv := harness.Start(t, "flowsrv", filepath.Join(bin, "flowsrv"), "-listen", addr, "-conns", strconv.Itoa(conns),
+	srv := harness.Start(t, "flowsrv", peerBin(t, "flowsrv"), "-listen", addr, "-conns", strconv.Itoa(conns),
 		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
 	srv.WaitLine(t, "listening", 10*time.Second)
-	cli := harness.Start(t, "flowcli", filepath.Join(bin, "flowcli"), "-connect", addr, "-conns", strconv.Itoa(conns),
+	cli := harness.Start(t, "flowcli", peerBin(t, "flowcli"), "-connect", addr, "-conns", strconv.Itoa(conns),
 		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
 	if err := cli.Wait(60 * time.Second); err != nil {
 		t.Fatalf("flowcli: %v\n%s", err, cli.Stderr())

@@ -93,7 +93,6 @@ func BenchmarkPrivilegedFirstByteToEdge(b *testing.B) {
 	const interval = 5 * time.Second
 	const request, response = 10_000, 1_000
 	w := harness.StartWeir(b, harness.WeirOptions{Interval: interval})
-	bin := harness.Binaries(b)
 
 	var took []time.Duration
 	b.ResetTimer()
@@ -103,11 +102,11 @@ func BenchmarkPrivilegedFirstByteToEdge(b *testing.B) {
 		b.StartTimer()
 		before := readEdge(scrapeOrFatal(b, w.MetricsURL))
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(b)))
-		srv := harness.Start(b, "flowsrv", filepath.Join(bin, "flowsrv"), "-listen", addr,
+		srv := harness.Start(b, "flowsrv", peerBin(b, "flowsrv"), "-listen", addr,
 			"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
 		srv.WaitLine(b, "listening", 10*time.Second)
 		start := time.Now()
-		harness.Start(b, "flowcli", filepath.Join(bin, "flowcli"), "-connect", addr,
+		harness.Start(b, "flowcli", peerBin(b, "flowcli"), "-connect", addr,
 			"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))
 		harness.WaitFor(b, w.MetricsURL, interval+5*time.Second, "the transfer on /metrics", func(m harness.Metrics) bool {
 			e := readEdge(m)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -13,17 +12,12 @@ import (
 	"github.com/weir-project/weir/test/internal/harness"
 )
 
-// Edge labels of the two test executables. Their comm is the executable's
-// name, as ps -o comm shows it.
+// Edge labels of the two test executables (copies of flowcli and flowsrv
+// named after the test process; see peerBin). Their comm is the
+// executable's name, as ps -o comm shows it.
 var (
-	clientToServer = map[string]string{
-		"src_workload": "flowcli", "src_kind": "process",
-		"dst_workload": "flowsrv", "dst_kind": "process",
-	}
-	serverToClient = map[string]string{
-		"src_workload": "flowsrv", "src_kind": "process",
-		"dst_workload": "flowcli", "dst_kind": "process",
-	}
+	clientToServer = edgeLabels(cliName, srvName)
+	serverToClient = edgeLabels(srvName, cliName)
 )
 
 // edge is what the reducer shows for the client/server pair.
@@ -49,7 +43,6 @@ func readEdge(m harness.Metrics) edge {
 // ends report it.
 func TestPrivilegedEndToEnd(t *testing.T) {
 	harness.RequireRoot(t)
-	bin := harness.Binaries(t)
 	a, b := harness.TwoHosts(t, "e2e")
 	w := harness.StartWeir(t, harness.WeirOptions{Interval: time.Second})
 
@@ -76,13 +69,13 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 			}
 
 			listen := net.JoinHostPort(tc.server, "8080")
-			srv := harness.Start(t, "flowsrv", b.Exec(filepath.Join(bin, "flowsrv"),
+			srv := harness.Start(t, "flowsrv", b.Exec(peerBin(t, "flowsrv"),
 				"-listen", listen, "-conns", strconv.Itoa(conns),
 				"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
 			srv.WaitLine(t, "listening", 10*time.Second)
 
 			start := time.Now()
-			cli := harness.Start(t, "flowcli", a.Exec(filepath.Join(bin, "flowcli"),
+			cli := harness.Start(t, "flowcli", a.Exec(peerBin(t, "flowcli"),
 				"-connect", listen, "-conns", strconv.Itoa(conns), "-hold",
 				"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
 			cli.WaitLine(t, "done", 20*time.Second)
