@@ -123,18 +123,19 @@ func streams(b *testing.B, addr string, n int) func() {
 
 // BenchmarkIngestObservers measures the engine's ingest rate (socket
 // updates applied per second, 2,000 connections whose every update emits
-// an event) with the observer following the engine and 0 or 10 WatchFlows
-// streams (one of them stalled), in interleaved rounds, and reports the
-// ratio of the medians: ingest with 10 streams ÷ with none. It also
-// reports the rate of an engine without the observer.
+// an event) with the observer and 0, 1 or 10 WatchFlows streams (of the
+// ten, one is stalled), in interleaved rounds, and reports the medians and
+// their ratios. With no stream the observer does not follow the engine
+// (Linger 0), so ratio-10/0 is the cost of the engine's event publication
+// plus the fan-out, and ratio-10/1 the cost of nine more streams, one of
+// them stalled.
 func BenchmarkIngestObservers(b *testing.B) {
 	const conns, batches, rounds = 2000, 200, 5
-	// An engine no one follows.
-	bare := newIngestLoad(b, prometheus.NewRegistry(), conns)
-	// An engine with the observer, on a loopback gRPC server.
 	reg := prometheus.NewRegistry()
 	l := newIngestLoad(b, reg, conns)
-	obs, err := New(DefaultConfig(), l.engine, reg, reg, discard)
+	cfg := DefaultConfig()
+	cfg.Linger = 0 // with no stream, the engine publishes nothing
+	obs, err := New(cfg, l.engine, reg, reg, discard)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -153,32 +154,72 @@ func BenchmarkIngestObservers(b *testing.B) {
 		srv.Stop()
 	}()
 
-	rate := func(l *ingestLoad) float64 {
+	rate := func() float64 {
 		start := time.Now()
 		for range batches {
 			l.apply(b)
 		}
 		return float64(batches*conns) / time.Since(start).Seconds()
 	}
-	var none, zero, ten []float64
+	with := func(n int) float64 {
+		if n == 0 {
+			return rate()
+		}
+		// streams(n) stalls the first stream; with one stream, read it.
+		var stop func()
+		if n == 1 {
+			stop = readingStream(b, lis.Addr().String())
+		} else {
+			stop = streams(b, lis.Addr().String(), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+		r := rate()
+		stop()
+		time.Sleep(20 * time.Millisecond) // the observer stops following
+		return r
+	}
+	var zero, one, ten []float64
 	b.ReportAllocs()
 	for b.Loop() {
 		for range rounds {
-			none = append(none, rate(bare))
-			zero = append(zero, rate(l))
-			stop := streams(b, lis.Addr().String(), 10)
-			time.Sleep(50 * time.Millisecond)
-			ten = append(ten, rate(l))
-			stop()
+			zero = append(zero, with(0))
+			one = append(one, with(1))
+			ten = append(ten, with(10))
 		}
 	}
-	lost := testutilValue(obs.metrics.lost)
-	b.ReportMetric(median(none), "updates/s-no-observer")
 	b.ReportMetric(median(zero), "updates/s-0-streams")
+	b.ReportMetric(median(one), "updates/s-1-stream")
 	b.ReportMetric(median(ten), "updates/s-10-streams")
+	b.ReportMetric(median(ten)/median(one), "ratio-10/1")
 	b.ReportMetric(median(ten)/median(zero), "ratio-10/0")
-	b.ReportMetric(median(ten)/median(none), "ratio-10/no-observer")
-	b.ReportMetric(lost, "events-lost")
+	b.ReportMetric(testutilValue(obs.metrics.lost), "events-lost")
+}
+
+// readingStream opens one follow stream that reads everything.
+func readingStream(b *testing.B, addr string) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := observerv1.NewObserverServiceClient(conn).WatchFlows(ctx, &observerv1.WatchFlowsRequest{Follow: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := s.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		_ = conn.Close()
+	}
 }
 
 func median(xs []float64) float64 {

@@ -67,11 +67,16 @@ type hub struct {
 	cfg     Config
 	metrics *metrics
 
-	mu   sync.Mutex // guards ring, subs
-	ring []*observerv1.Flow
-	next int  // ring write position
-	full bool // ring wrapped
-	subs map[*sub]struct{}
+	src EventSource
+
+	mu         sync.Mutex // guards ring, subs, events, cancel, lastStream
+	ring       []*observerv1.Flow
+	next       int  // ring write position
+	full       bool // ring wrapped
+	subs       map[*sub]struct{}
+	events     <-chan match.Event // nil while not following
+	cancel     func()
+	lastStream time.Time // when the last following stream ended
 
 	// The hub goroutine's own state.
 	flows   map[pairKey]*flowState
@@ -81,10 +86,11 @@ type hub struct {
 	out     []*observerv1.Flow
 }
 
-func newHub(cfg Config, m *metrics) *hub {
+func newHub(cfg Config, m *metrics, src EventSource) *hub {
 	return &hub{
 		cfg:     cfg,
 		metrics: m,
+		src:     src,
 		ring:    make([]*observerv1.Flow, cfg.RingSize),
 		subs:    make(map[*sub]struct{}),
 		flows:   make(map[pairKey]*flowState),
@@ -92,14 +98,26 @@ func newHub(cfg Config, m *metrics) *hub {
 	}
 }
 
-// run reads events until ctx is done or the source closes the channel. It
-// polls the channel rather than waiting on it, so that the engine's sends
-// find room in the buffer instead of waking a receiver for every event;
-// and it sends the traffic of each flow as one update per UpdateInterval,
-// so that its work per engine event is a map lookup.
-func (h *hub) run(ctx context.Context, src EventSource) {
-	events, cancel := src.Subscribe("observer", h.cfg.EventBuffer)
-	defer cancel()
+// run follows the engine until ctx is done. It follows on demand: the
+// engine builds and publishes events only while someone subscribes, which
+// costs ingest (see BenchmarkIngestObservers), so the hub subscribes when
+// the first WatchFlows stream follows and unsubscribes Linger after the
+// last one ended (never, when Linger is negative). It polls the channel
+// rather than waiting on it, so that the engine's sends find room in the
+// buffer instead of waking a receiver for every event; and it sends the
+// traffic of each flow as one update per UpdateInterval, so that its work
+// per engine event is a map lookup.
+func (h *hub) run(ctx context.Context) {
+	if h.cfg.Linger < 0 {
+		h.mu.Lock()
+		h.follow()
+		h.mu.Unlock()
+	}
+	defer func() {
+		h.mu.Lock()
+		h.unfollow()
+		h.mu.Unlock()
+	}()
 	poll := time.NewTicker(h.cfg.Poll)
 	defer poll.Stop()
 	next := time.Now().Add(h.cfg.UpdateInterval)
@@ -108,27 +126,60 @@ func (h *hub) run(ctx context.Context, src EventSource) {
 		case <-ctx.Done():
 			return
 		case now := <-poll.C:
+			h.mu.Lock()
+			events := h.events
+			idle := h.cfg.Linger >= 0 && len(h.subs) == 0 && now.Sub(h.lastStream) >= h.cfg.Linger
+			h.mu.Unlock()
+			if events == nil {
+				continue
+			}
 			h.out = h.out[:0]
-			open := h.drain(events)
-			if !now.Before(next) || !open {
+			drainEvents(h, events)
+			if !now.Before(next) || idle {
 				h.flushUpdates()
 				h.flushPending(now)
 				next = now.Add(h.cfg.UpdateInterval)
 			}
 			h.publish(h.out)
-			if !now.Before(next) {
-				h.reportLost()
-			}
-			if !open {
-				return
+			h.reportLost()
+			if idle {
+				h.mu.Lock()
+				if len(h.subs) == 0 {
+					h.unfollow()
+				}
+				h.mu.Unlock()
 			}
 		}
 	}
 }
 
-// drain handles what the channel holds, up to its size; false when it is
-// closed.
-func (h *hub) drain(events <-chan match.Event) bool {
+// follow subscribes to the engine's events; h.mu held.
+func (h *hub) follow() {
+	if h.events == nil {
+		h.events, h.cancel = h.src.Subscribe("observer", h.cfg.EventBuffer)
+		h.metrics.following.Set(1)
+	}
+}
+
+// unfollow ends the subscription and forgets the flows; h.mu held.
+func (h *hub) unfollow() {
+	if h.events == nil {
+		return
+	}
+	h.cancel()
+	h.events, h.cancel = nil, nil
+	clear(h.flows)
+	clear(h.nodes)
+	clear(h.pending)
+	h.pending = h.pending[:0]
+	clear(h.dirty)
+	h.dirty = h.dirty[:0]
+	h.metrics.following.Set(0)
+}
+
+// drainEvents handles what the channel holds, up to its size; false when it
+// is closed.
+func drainEvents(h *hub, events <-chan match.Event) bool {
 	for range cap(events) + 1 {
 		select {
 		case ev, ok := <-events:
@@ -388,6 +439,7 @@ func (h *hub) subscribe(s *sub, req *observerv1.WatchFlowsRequest) []*observerv1
 	recent := h.recent(req, s)
 	if req.GetFollow() {
 		h.subs[s] = struct{}{}
+		h.follow()
 	}
 	return recent
 }
@@ -396,6 +448,9 @@ func (h *hub) unsubscribe(s *sub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.subs, s)
+	if len(h.subs) == 0 {
+		h.lastStream = time.Now()
+	}
 }
 
 // recent returns the ring's events that req asks for, oldest first.

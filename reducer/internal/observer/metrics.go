@@ -12,6 +12,7 @@ type metrics struct {
 	streams    prometheus.Gauge
 	maxStreams prometheus.Gauge
 	refused    prometheus.Counter
+	following  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,12 +33,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "weir_reducer_observer_streams_max",
 			Help: "The cap on open observer streams (--max-observers).",
 		}),
+		following: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_reducer_observer_following",
+			Help: "1 while the observer follows the engine's events (a WatchFlows stream is open, or ended less than the linger ago).",
+		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weir_reducer_observer_streams_refused_total",
 			Help: "Observer streams refused because --max-observers were open.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.lost, m.events, m.streams, m.maxStreams, m.refused} {
+	for _, c := range []prometheus.Collector{m.lost, m.events, m.streams, m.maxStreams, m.refused, m.following} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register observer metrics: %w", err)
 		}

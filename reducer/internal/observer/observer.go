@@ -45,6 +45,11 @@ type Config struct {
 	// MaxFlows caps the connections whose state (endpoints, workloads,
 	// totals) the observer keeps.
 	MaxFlows int
+	// Linger is how long the observer keeps following the engine's events
+	// after the last WatchFlows stream ended, so that since and last find
+	// recent events; negative: always, from the start (as Hubble does).
+	// While no one follows, the engine builds no events at all.
+	Linger time.Duration
 	// Poll is how often the engine's events are read.
 	Poll time.Duration
 	// UpdateInterval is how often the traffic of a connection is sent as
@@ -68,6 +73,7 @@ func DefaultConfig() Config {
 		RingSize:       4096,
 		EventBuffer:    1 << 16,
 		MaxFlows:       1 << 18,
+		Linger:         5 * time.Minute,
 		Poll:           5 * time.Millisecond,
 		UpdateInterval: time.Second,
 		OpenGrace:      2 * time.Second,
@@ -132,7 +138,7 @@ func New(cfg Config, engine Engine, gatherer prometheus.Gatherer, reg prometheus
 		maps:       servicemap.New(engine),
 		gatherer:   gatherer,
 		metrics:    m,
-		hub:        newHub(cfg, m),
+		hub:        newHub(cfg, m, engine),
 		collectors: NewCollectors(),
 		started:    time.Now(),
 		stopping:   make(chan struct{}),
@@ -156,7 +162,7 @@ func (o *Observer) Start(ctx context.Context) error {
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		o.hub.run(ctx, o.engine)
+		o.hub.run(ctx)
 	}()
 	o.logger.Info("started", "max_streams", o.cfg.MaxStreams, "ring_size", o.cfg.RingSize)
 	return nil

@@ -243,7 +243,7 @@ func TestHubLostEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHub(DefaultConfig(), m)
+	h := newHub(DefaultConfig(), m, nopSource{})
 	s := &sub{ch: make(chan item, 3)}
 	h.subscribe(s, &observerv1.WatchFlowsRequest{Follow: true})
 	flows := make([]*observerv1.Flow, 10)
@@ -280,7 +280,7 @@ func TestRingWraps(t *testing.T) {
 	m, _ := newMetrics(reg)
 	cfg := DefaultConfig()
 	cfg.RingSize = 4
-	h := newHub(cfg, m)
+	h := newHub(cfg, m, nopSource{})
 	for i := range 10 {
 		h.publish([]*observerv1.Flow{{Bytes: uint64(i)}})
 	}
@@ -394,5 +394,51 @@ func TestCollectors(t *testing.T) {
 	c.HandleRPC(ctx, &stats.End{})
 	if got := c.List(time.Now()); len(got) != 0 {
 		t.Errorf("after the end: %v", got)
+	}
+}
+
+// nopSource is an engine without events.
+type nopSource struct{}
+
+func (nopSource) Subscribe(string, int) (<-chan match.Event, func()) {
+	return make(chan match.Event), func() {}
+}
+
+func TestFollowOnDemand(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Linger = 100 * time.Millisecond
+	f := newFixture(t, cfg)
+	if got := testutil.ToFloat64(f.obs.metrics.following); got != 0 {
+		t.Fatalf("following %v before any stream", got)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	s, err := f.client.WatchFlows(ctx, &observerv1.WatchFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStreams(t, f.obs, 1)
+	if got := testutil.ToFloat64(f.obs.metrics.following); got != 1 {
+		t.Errorf("following %v with a stream", got)
+	}
+	f.openConn(t)
+	if r := recvFlow(t, s).GetFlow(); r.GetType() != observerv1.FlowEventType_FLOW_EVENT_TYPE_OPEN {
+		t.Errorf("first event %v", r)
+	}
+	cancel()
+	waitStreams(t, f.obs, 0)
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(f.obs.metrics.following) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("still following after the linger")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The ring still holds what was seen.
+	r, err := f.client.WatchFlows(t.Context(), &observerv1.WatchFlowsRequest{Last: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recvFlow(t, r).GetFlow(); got == nil {
+		t.Error("no recent event after the linger")
 	}
 }
