@@ -103,11 +103,17 @@ func observe(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return c.explain(err)
 	}
 	p := newPrinter(stdout)
+	n := 0
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				fmt.Fprintln(stderr, "weirctl observe: no recent flow events. The reducer keeps them while a client follows"+
+					" (weirctl observe --follow) and for its --observer-linger after; it keeps them always with --observer-linger=-1s.")
+			}
 			return nil
 		}
+		n++
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
