@@ -27,6 +27,7 @@ type IngestStub struct {
 	mu       sync.Mutex
 	sessions int
 	batches  []time.Time // when each batch arrived
+	polls    []time.Time // when the collector read the counters of each batch (Batch.time)
 	sockets  []*StubSocket
 }
 
@@ -120,6 +121,7 @@ func (s *IngestStub) apply(session int, comms map[uint32]string, live map[uint32
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.batches = append(s.batches, time.Now())
+	s.polls = append(s.polls, b.GetTime().AsTime())
 	for _, p := range b.GetProcesses() {
 		comms[p.GetHandle()] = p.GetComm()
 	}
@@ -196,6 +198,28 @@ func (s *IngestStub) Batches() (int, time.Time) {
 		return 0, time.Time{}
 	}
 	return len(s.batches), s.batches[len(s.batches)-1]
+}
+
+// WaitPollAfter waits for a batch whose counters the collector read
+// (Batch.time) after t, and returns when they were read and when the batch
+// arrived.
+func (s *IngestStub) WaitPollAfter(tb testing.TB, t time.Time, timeout time.Duration) (polled, arrived time.Time) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		for i, at := range s.polls {
+			if at.After(t) {
+				polled, arrived = at, s.batches[i]
+				s.mu.Unlock()
+				return polled, arrived
+			}
+		}
+		s.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	tb.Fatalf("no batch read after %s within %s", t.Format(time.StampMicro), timeout)
+	return time.Time{}, time.Time{}
 }
 
 // WaitBatchAfter waits for a batch that arrives after t, and returns when it
