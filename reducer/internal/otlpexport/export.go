@@ -274,8 +274,8 @@ func (x *Exporter) Start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops exporting, tries one last export of the table within
-// ctx, and closes the client. It is safe to call more than once.
+// Shutdown stops exporting, tries one last export of the table (for at
+// most 2 s), and closes the client. It is safe to call more than once.
 func (x *Exporter) Shutdown(ctx context.Context) error {
 	var err error
 	x.once.Do(func() {
@@ -283,7 +283,11 @@ func (x *Exporter) Shutdown(ctx context.Context) error {
 			x.cancel()
 		}
 		x.wg.Wait()
-		x.export(ctx, x.take())
+		// One last push of the table, in at most 2 s: a dead endpoint must
+		// not hold up the reducer's exit.
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		x.export(fctx, x.take())
+		cancel()
 		err = x.client.Shutdown(ctx)
 		x.logger.Info("stopped")
 	})
