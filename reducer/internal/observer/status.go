@@ -127,7 +127,8 @@ func Losses(g prometheus.Gatherer) ([]*observerv1.Loss, error) {
 	var keys []key
 	for _, mf := range mfs {
 		name := mf.GetName()
-		if mf.GetType() != dto.MetricType_COUNTER || !(strings.Contains(name, "_lost") || strings.Contains(name, "_loss") || strings.Contains(name, "_dropped")) {
+		isLoss := strings.Contains(name, "_lost") || strings.Contains(name, "_loss") || strings.Contains(name, "_dropped")
+		if mf.GetType() != dto.MetricType_COUNTER || !isLoss {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
