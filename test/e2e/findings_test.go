@@ -45,7 +45,8 @@ func edgeLabels(src, dst string) map[string]string {
 // one write while the client does not read (the server blocks on a full
 // window); the client drains it with splice(2) into a pipe and /dev/null,
 // never calling recv, and both stay idle. Within two report intervals the
-// reducer shows exactly 4,194,304 bytes server → client, both ends named
+// reducer shows exactly 4,194,304 bytes server → client (IPv4 and IPv6,
+// each with a collector of its own), both ends named
 // by their comm (copies of flowsrv and flowcli under names unique to the
 // test process), and one active connection. It catches a collector that
 // misses sockets opened before it started, that only refreshes counters on
@@ -54,15 +55,28 @@ func edgeLabels(src, dst string) map[string]string {
 // only in its own network namespace.
 func TestPrivilegedExistingIdleConnection(t *testing.T) {
 	harness.RequireRoot(t)
+	a, b := harness.BridgedHosts(t, "idle")
+	for i, tc := range []struct {
+		name   string
+		server string
+	}{
+		{"ipv4", b.IPv4},
+		{"ipv6", b.IPv6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			existingIdle(t, a, b, net.JoinHostPort(tc.server, strconv.Itoa(8080+i)), i)
+		})
+	}
+}
+
+func existingIdle(t *testing.T, a, b harness.Host, listen string, i int) {
 	const interval = time.Second
 	const push = 4 << 20
-	srvBin, cliBin := renamed(t, fmt.Sprintf("isrv%d", os.Getpid()), fmt.Sprintf("icli%d", os.Getpid()))
+	srvBin, cliBin := renamed(t, fmt.Sprintf("i%dsrv%d", i, os.Getpid()), fmt.Sprintf("i%dcli%d", i, os.Getpid()))
 	up := edgeLabels(filepath.Base(cliBin), filepath.Base(srvBin))
 	down := edgeLabels(filepath.Base(srvBin), filepath.Base(cliBin))
-	a, b := harness.BridgedHosts(t, "idle")
 	w := harness.StartWeir(t, harness.WeirOptions{NoCollector: true})
 
-	listen := net.JoinHostPort(b.IPv4, "8080")
 	srv := harness.Start(t, "server", b.Exec(srvBin, "-listen", listen, "-push", strconv.Itoa(push))...)
 	srv.WaitLine(t, "listening", 10*time.Second)
 	cli := harness.Start(t, "client", a.Exec(cliBin, "-connect", listen, "-splice", strconv.Itoa(push))...)
@@ -70,7 +84,8 @@ func TestPrivilegedExistingIdleConnection(t *testing.T) {
 
 	// The connection exists; now the collector starts and finds it.
 	colPort := harness.FreePort(t)
-	harness.StartCollector(t, w.GRPCAddr, colPort, interval)
+	col := harness.StartCollector(t, w.GRPCAddr, colPort, interval)
+	defer col.Stop(10 * time.Second)
 	colURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort)
 	harness.WaitFor(t, colURL, 15*time.Second, "the collector's first report", func(m harness.Metrics) bool {
 		v, ok := m.Value("weir_collector_connected", nil)
