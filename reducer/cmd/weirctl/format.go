@@ -78,7 +78,11 @@ func (p *printer) flow(f *observerv1.Flow) {
 
 // lost writes the line of a loss report.
 func (p *printer) lost(l *observerv1.LostEvents) {
-	fmt.Fprintln(p.w, p.paint(yellow, fmt.Sprintf("lost %d events: this stream read too slowly (the reducer kept going)", l.GetNumEventsLost())))
+	why := "this stream read too slowly (the reducer kept going)"
+	if l.GetSource() == observerv1.LostEventsSource_LOST_EVENTS_SOURCE_REDUCER {
+		why = "the reducer's observer fell behind its ingest"
+	}
+	fmt.Fprintln(p.w, p.paint(yellow, fmt.Sprintf("lost %d events: %s", l.GetNumEventsLost(), why)))
 }
 
 func (p *printer) endpoint(e *observerv1.Endpoint) string {

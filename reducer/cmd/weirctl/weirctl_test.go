@@ -86,6 +86,7 @@ func TestGolden(t *testing.T) {
 	p.flow(&observerv1.Flow{Time: timestamppb.New(t0.Add(time.Second)), Type: observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE,
 		Source: server, Destination: client, Bytes: 4096, Packets: 3, TotalBytes: 1<<20 + 4096, TotalPackets: 803})
 	p.lost(&observerv1.LostEvents{Source: observerv1.LostEventsSource_LOST_EVENTS_SOURCE_OBSERVER_STREAM, NumEventsLost: 42})
+	p.lost(&observerv1.LostEvents{Source: observerv1.LostEventsSource_LOST_EVENTS_SOURCE_REDUCER, NumEventsLost: 7})
 	p.flow(&observerv1.Flow{Time: timestamppb.New(t0.Add(2 * time.Second)), Type: observerv1.FlowEventType_FLOW_EVENT_TYPE_OPEN,
 		Source: ep("2001:2::1", 50000, nil), Destination: ep("2001:2::2", 443, wl("api", "deployment", "shop"))})
 	p.flow(&observerv1.Flow{Time: timestamppb.New(t0.Add(3 * time.Second)), Type: observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE,

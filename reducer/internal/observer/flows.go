@@ -20,11 +20,23 @@ type EventSource interface {
 }
 
 // item is one entry of a stream's buffer: a flow event, or the number of
-// events lost just before the next one.
+// events lost just before the next one, by the stream or (reducer) by the
+// observer itself.
 type item struct {
-	flow *observerv1.Flow
-	lost uint64
+	flow    *observerv1.Flow
+	lost    uint64
+	reducer bool
 }
+
+// LossSource is an EventSource that tells how many events a subscriber
+// lost (match.Engine.EventsLost). With it, the hub reports its own losses
+// to every stream in-band.
+type LossSource interface {
+	EventsLost(name string) uint64
+}
+
+// subscriberName is the hub's name as the engine's subscriber.
+const subscriberName = "observer"
 
 // sub is one WatchFlows stream as the hub sees it.
 type sub struct {
@@ -76,6 +88,7 @@ type hub struct {
 	subs       map[*sub]struct{}
 	events     <-chan match.Event // nil while not following
 	cancel     func()
+	engineLost uint64    // the engine's loss count of the hub when last read
 	lastStream time.Time // when the last following stream ended
 
 	// The hub goroutine's own state.
@@ -135,12 +148,16 @@ func (h *hub) run(ctx context.Context) {
 			}
 			h.out = h.out[:0]
 			drainEvents(h, events)
-			if !now.Before(next) || idle {
+			tick := !now.Before(next) || idle
+			if tick {
 				h.flushUpdates()
 				h.flushPending(now)
 				next = now.Add(h.cfg.UpdateInterval)
 			}
 			h.publish(h.out)
+			if tick {
+				h.reportEngineLoss()
+			}
 			h.reportLost()
 			if idle {
 				h.mu.Lock()
@@ -156,7 +173,10 @@ func (h *hub) run(ctx context.Context) {
 // follow subscribes to the engine's events; h.mu held.
 func (h *hub) follow() {
 	if h.events == nil {
-		h.events, h.cancel = h.src.Subscribe("observer", h.cfg.EventBuffer)
+		h.events, h.cancel = h.src.Subscribe(subscriberName, h.cfg.EventBuffer)
+		if ls, ok := h.src.(LossSource); ok {
+			h.engineLost = ls.EventsLost(subscriberName)
+		}
 		h.metrics.following.Set(1)
 	}
 }
@@ -410,6 +430,30 @@ func (h *hub) offer(s *sub, it item) {
 	default:
 		s.pending++
 		h.metrics.lost.Inc()
+	}
+}
+
+// reportEngineLoss tells every stream of the events that the hub itself
+// lost since the last report, because it fell behind the engine.
+func (h *hub) reportEngineLoss() {
+	ls, ok := h.src.(LossSource)
+	if !ok {
+		return
+	}
+	n := ls.EventsLost(subscriberName)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n <= h.engineLost {
+		return
+	}
+	d := n - h.engineLost
+	h.engineLost = n
+	for s := range h.subs {
+		select {
+		case s.ch <- item{lost: d, reducer: true}:
+		default:
+			s.pending += d // reported with the stream's own loss
+		}
 	}
 }
 

@@ -265,8 +265,12 @@ func (o *Observer) WatchFlows(req *observerv1.WatchFlowsRequest, stream grpc.Ser
 		case it := <-s.ch:
 			resp := &observerv1.WatchFlowsResponse{Response: &observerv1.WatchFlowsResponse_Flow{Flow: it.flow}}
 			if it.flow == nil {
+				src := observerv1.LostEventsSource_LOST_EVENTS_SOURCE_OBSERVER_STREAM
+				if it.reducer {
+					src = observerv1.LostEventsSource_LOST_EVENTS_SOURCE_REDUCER
+				}
 				resp.Response = &observerv1.WatchFlowsResponse_LostEvents{LostEvents: &observerv1.LostEvents{
-					Source: observerv1.LostEventsSource_LOST_EVENTS_SOURCE_OBSERVER_STREAM, NumEventsLost: it.lost,
+					Source: src, NumEventsLost: it.lost,
 				}}
 			}
 			if err := stream.Send(resp); err != nil {

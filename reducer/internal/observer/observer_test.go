@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -440,5 +441,34 @@ func TestFollowOnDemand(t *testing.T) {
 	}
 	if got := recvFlow(t, r).GetFlow(); got == nil {
 		t.Error("no recent event after the linger")
+	}
+}
+
+// lossySource is an engine that reports losses of its subscriber.
+type lossySource struct {
+	nopSource
+	lost atomic.Uint64
+}
+
+func (l *lossySource) EventsLost(string) uint64 { return l.lost.Load() }
+
+func TestEngineLossReported(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m, _ := newMetrics(reg)
+	src := &lossySource{}
+	src.lost.Store(5) // before the hub followed: not its loss
+	h := newHub(DefaultConfig(), m, src)
+	s := &sub{ch: make(chan item, 4)}
+	h.subscribe(s, &observerv1.WatchFlowsRequest{Follow: true})
+	src.lost.Store(12)
+	h.reportEngineLoss()
+	if it := <-s.ch; it.flow != nil || it.lost != 7 || !it.reducer {
+		t.Errorf("got %+v, want a reducer loss of 7", it)
+	}
+	h.reportEngineLoss()
+	select {
+	case it := <-s.ch:
+		t.Errorf("reported again: %+v", it)
+	default:
 	}
 }

@@ -86,6 +86,9 @@ const (
 	LostEventsSource_LOST_EVENTS_SOURCE_UNSPECIFIED LostEventsSource = 0
 	// The consumer's own stream buffer overflowed because it read too slowly.
 	LostEventsSource_LOST_EVENTS_SOURCE_OBSERVER_STREAM LostEventsSource = 1
+	// The reducer's observer fell behind its engine: every stream missed
+	// these events.
+	LostEventsSource_LOST_EVENTS_SOURCE_REDUCER LostEventsSource = 2
 )
 
 // Enum value maps for LostEventsSource.
@@ -93,10 +96,12 @@ var (
 	LostEventsSource_name = map[int32]string{
 		0: "LOST_EVENTS_SOURCE_UNSPECIFIED",
 		1: "LOST_EVENTS_SOURCE_OBSERVER_STREAM",
+		2: "LOST_EVENTS_SOURCE_REDUCER",
 	}
 	LostEventsSource_value = map[string]int32{
 		"LOST_EVENTS_SOURCE_UNSPECIFIED":     0,
 		"LOST_EVENTS_SOURCE_OBSERVER_STREAM": 1,
+		"LOST_EVENTS_SOURCE_REDUCER":         2,
 	}
 )
 
@@ -1654,10 +1659,11 @@ const file_weir_observer_v1_observer_proto_rawDesc = "" +
 	"\x1bFLOW_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14FLOW_EVENT_TYPE_OPEN\x10\x01\x12\x1a\n" +
 	"\x16FLOW_EVENT_TYPE_UPDATE\x10\x02\x12\x19\n" +
-	"\x15FLOW_EVENT_TYPE_CLOSE\x10\x03*^\n" +
+	"\x15FLOW_EVENT_TYPE_CLOSE\x10\x03*~\n" +
 	"\x10LostEventsSource\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_UNSPECIFIED\x10\x00\x12&\n" +
-	"\"LOST_EVENTS_SOURCE_OBSERVER_STREAM\x10\x012\x8e\x03\n" +
+	"\"LOST_EVENTS_SOURCE_OBSERVER_STREAM\x10\x01\x12\x1e\n" +
+	"\x1aLOST_EVENTS_SOURCE_REDUCER\x10\x022\x8e\x03\n" +
 	"\x0fObserverService\x12`\n" +
 	"\rGetServiceMap\x12&.weir.observer.v1.GetServiceMapRequest\x1a'.weir.observer.v1.GetServiceMapResponse\x12h\n" +
 	"\x0fWatchServiceMap\x12(.weir.observer.v1.WatchServiceMapRequest\x1a).weir.observer.v1.WatchServiceMapResponse0\x01\x12Y\n" +
