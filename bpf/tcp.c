@@ -8,10 +8,11 @@
  * loaded gets socket storage in `sk_states`: created in connect() for a
  * client (current is the owner), at establishment for an accepted socket,
  * and freed by the kernel with the socket. It holds the owner, the role and
- * the SYN baselines; never a counter. Lifecycle events (open, close, listen)
- * go through the `events` ring buffer, a close carrying the final counters.
- * Counters of live sockets are read at poll time by the iterator in
- * tcp_iter.c. All programs are BTF tracepoints: no trace record is
+ * the SYN baselines; never a counter. Lifecycle events (close, listen) go
+ * through the `events` ring buffer, a close carrying the final counters.
+ * There is no open event: the next walk of the iterator in tcp_iter.c reports
+ * every established socket with its endpoint, role and owner, and a socket
+ * that closes before it is described whole by its close event. All programs are BTF tracepoints: no trace record is
  * formatted, and the socket is read through its BTF pointer.
  */
 
@@ -128,13 +129,6 @@ static __always_inline void on_established(struct sock *sk, u8 role)
 	/* Nothing but the handshake has been acked yet: take it as the baseline. */
 	st->syn_acked = tp->bytes_acked;
 	st->syn_delivered = tp->delivered;
-
-	struct event *ev = reserve_event(EVENT_OPEN);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, role);
-	read_owner(st, &ev->owner);
-	submit_event(ev);
 }
 
 /* on_close: -> CLOSE. The final counters go out with the event. */
@@ -147,7 +141,7 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 		return;
 	st->flags |= SK_STATE_CLOSED;
 	if (oldstate == TCP_SYN_SENT)
-		return; /* never established: no open event went out */
+		return; /* never established: nothing to report */
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;

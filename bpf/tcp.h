@@ -31,9 +31,8 @@ enum tcp_state {
 	TCP_CLOSING = 11,
 };
 
-/* Values match probe.EventKind. */
+/* Values match probe.EventKind. 1 was the open event, no longer sent. */
 enum event_kind {
-	EVENT_OPEN = 1,
 	EVENT_CLOSE = 2,
 	EVENT_LISTEN = 3,
 	EVENT_EXISTING = 4,

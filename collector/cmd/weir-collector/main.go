@@ -122,11 +122,12 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 
 	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
 		"http_addr", cfg.HTTPAddr, "max_sockets", cfg.MaxSockets, "ring_bytes", cfg.Probe.RingBytes,
+		"sample_ring_bytes", cfg.Probe.SampleRingBytes,
 		"buffer_bytes", cfg.BufferBytes, "proc_root", cfg.ProcRoot, "bpf_stats", cfg.Probe.Stats)
 	defer logger.Info("collector stopped")
 
-	// The sockets open before the probe was loaded, before following the
-	// events of those opened since.
+	// The sockets open before the probe was loaded, before following those
+	// opened since.
 	start := time.Now()
 	if err := table.Discover(p); err != nil {
 		logger.Warn("discovery of existing sockets incomplete", "error", err)

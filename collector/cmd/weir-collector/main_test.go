@@ -54,6 +54,10 @@ func TestFlags(t *testing.T) {
 		{name: "ring with an exponent", args: []string{"--ring-bytes", "1e3"}, wantCode: 2, wantErr: `invalid value "1e3" for flag -ring-bytes: not a plain decimal integer`},
 		{name: "ring with a unit suffix", args: []string{"--ring-bytes", "4096k"}, wantCode: 2, wantErr: `invalid value "4096k" for flag -ring-bytes: not a plain decimal integer`},
 		{name: "ring over 32 bits", args: []string{"--ring-bytes", "8589934592"}, wantCode: 2, wantErr: `invalid value "8589934592" for flag -ring-bytes: out of range`},
+		{name: "sample ring not a power of two", args: []string{"--sample-ring-bytes", "12345"}, wantCode: 2, wantErr: "--sample-ring-bytes:"},
+		{name: "sample ring below a page", args: []string{"--sample-ring-bytes", "1024"}, wantCode: 2, wantErr: "--sample-ring-bytes:"},
+		{name: "sample ring with a unit suffix", args: []string{"--sample-ring-bytes", "8M"}, wantCode: 2, wantErr: `invalid value "8M" for flag -sample-ring-bytes: not a plain decimal integer`},
+		{name: "sample ring over 32 bits", args: []string{"--sample-ring-bytes", "8589934592"}, wantCode: 2, wantErr: `invalid value "8589934592" for flag -sample-ring-bytes: out of range`},
 		{name: "zero buffer", args: []string{"--buffer-bytes", "0"}, wantCode: 2, wantErr: "--buffer-bytes:"},
 		{name: "buffer with a unit suffix", args: []string{"--buffer-bytes", "8Mi"}, wantCode: 2, wantErr: `invalid value "8Mi" for flag -buffer-bytes: not a plain decimal integer`},
 		{name: "buffer in hex", args: []string{"--buffer-bytes", "0x100"}, wantCode: 2, wantErr: `invalid value "0x100" for flag -buffer-bytes`},
@@ -83,7 +87,8 @@ func TestDefaultConfigIsValid(t *testing.T) {
 	}
 	if cfg.Reducer != "127.0.0.1:7000" || cfg.HTTPAddr != "127.0.0.1:7011" || cfg.Interval != 5*time.Second ||
 		cfg.BufferBytes != 8<<20 || cfg.MaxSockets != 65536 || cfg.Probe.RingBytes != 1<<20 || cfg.Probe.Stats ||
-		cfg.ProcRoot != "/proc" || len(cfg.Deprecated) != 0 {
+		cfg.Probe.SampleRingBytes != probe.DefaultConfig().SampleRingBytes ||
+		cfg.ProcRoot != "/proc" || cfg.Probe.ProcRoot != "/proc" || len(cfg.Deprecated) != 0 {
 		t.Fatalf("defaults %+v", cfg)
 	}
 }
@@ -94,8 +99,8 @@ func TestIntegerFlags(t *testing.T) {
 		args []string
 		want func(Config) bool
 	}{
-		{name: "plain integers", args: []string{"--ring-bytes", "65536", "--buffer-bytes", "1048576", "--max-sockets", "1000"}, want: func(c Config) bool {
-			return c.Probe.RingBytes == 65536 && c.BufferBytes == 1048576 && c.MaxSockets == 1000 && len(c.Deprecated) == 0
+		{name: "plain integers", args: []string{"--ring-bytes", "65536", "--sample-ring-bytes", "131072", "--buffer-bytes", "1048576", "--max-sockets", "1000"}, want: func(c Config) bool {
+			return c.Probe.RingBytes == 65536 && c.Probe.SampleRingBytes == 131072 && c.BufferBytes == 1048576 && c.MaxSockets == 1000 && len(c.Deprecated) == 0
 		}},
 		{name: "deprecated alias", args: []string{"--socket-map-entries", "4096"}, want: func(c Config) bool {
 			return c.MaxSockets == 4096 && slices.Equal(c.Deprecated, []string{"socket-map-entries"})
@@ -104,7 +109,8 @@ func TestIntegerFlags(t *testing.T) {
 			return c.MaxSockets == 100
 		}},
 		{name: "bpf stats and proc root", args: []string{"--bpf-stats", "--proc-root", "/host/proc"}, want: func(c Config) bool {
-			return c.Probe.Stats && c.ProcRoot == "/host/proc"
+			// Discovery finds the network namespaces there too.
+			return c.Probe.Stats && c.ProcRoot == "/host/proc" && c.Probe.ProcRoot == "/host/proc"
 		}},
 	}
 	for _, tc := range tests {

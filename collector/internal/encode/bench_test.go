@@ -31,7 +31,7 @@ func BenchmarkReport(b *testing.B) {
 		if rng.IntN(2) == 0 {
 			role = probe.RoleServer
 		}
-		tab.Apply(open(cookie, role, uint16(i+1), curl, probe.Counters{}))
+		apply(b, tab, open(cookie, role, uint16(i+1), curl, probe.Counters{}))
 		smp[i] = sample(cookie, curl, probe.Counters{})
 		flows[i] = newFlow(rng, role)
 	}

@@ -51,11 +51,20 @@ var testCgroups = cgroups{curl: "/system.slice/curl.service", nginx: "/system.sl
 // samples is a Sampler over a fixed slice of socket states.
 type samples []probe.Sample
 
-func (ss samples) Samples(fn func(probe.Sample)) error {
+func (ss samples) SampleWalk(fn func(probe.Sample)) (bool, error) {
 	for _, s := range ss {
 		fn(s)
 	}
-	return nil
+	return true, nil
+}
+
+// partial is a Sampler whose walk was chunked: it reports these sockets and
+// says nothing of the others.
+type partial []probe.Sample
+
+func (ss partial) SampleWalk(fn func(probe.Sample)) (bool, error) {
+	_, err := samples(ss).SampleWalk(fn)
+	return false, err
 }
 
 func newEncoder(t testing.TB, mutate func(*sockets.Config)) (*Encoder, *sockets.Table, *prometheus.Registry) {
@@ -79,8 +88,29 @@ func endpoint(cookie uint64, role probe.Role, lport uint16) probe.Endpoint {
 	}
 }
 
+// kindOpen marks the events of open: not a probe.EventKind (the kernel
+// sends no open event), but a socket established while the probe was
+// loaded, as the table first learns of it, which apply turns into a sample.
+const kindOpen probe.EventKind = 0
+
+// open is socket cookie established while the probe was loaded, with a
+// role and counters c run from the handshake (see apply).
 func open(cookie uint64, role probe.Role, lport uint16, owner probe.Owner, c probe.Counters) probe.Event {
-	return probe.Event{Kind: probe.EventOpen, Endpoint: endpoint(cookie, role, lport), Owner: owner, Counters: c}
+	return probe.Event{Kind: kindOpen, Endpoint: endpoint(cookie, role, lport), Owner: owner, Counters: c}
+}
+
+// apply applies ev to tab; an open is its first sample, in a walk that
+// reports that socket alone and so is not complete: it says nothing of the
+// other sockets.
+func apply(t testing.TB, tab *sockets.Table, ev probe.Event) {
+	t.Helper()
+	if ev.Kind != kindOpen {
+		tab.Apply(ev)
+		return
+	}
+	if err := tab.Poll(partial{{Endpoint: ev.Endpoint, Owner: ev.Owner, Counters: ev.Counters}}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func existing(cookie uint64, lport uint16, owner probe.Owner, c probe.Counters) probe.Event {
@@ -144,7 +174,7 @@ func runSteps(t *testing.T, enc *Encoder, tab *sockets.Table, steps []step) {
 	d := newDecoder()
 	for i, st := range steps {
 		for _, ev := range st.events {
-			tab.Apply(ev)
+			apply(t, tab, ev)
 		}
 		if st.samples != nil {
 			if err := tab.Poll(st.samples); err != nil {
@@ -173,16 +203,15 @@ func TestReportBatches(t *testing.T) {
 		steps      []step
 	}{
 		{
-			name: "open and close within one interval",
+			name: "open and close within one interval: the close alone",
 			steps: []step{{
 				events: []probe.Event{
-					open(1, probe.RoleClient, 40000, curl, ctr(0, 0, 1, 0)),
-					closeEv(1, ctr(500, 7000, 3, 5)),
+					{Kind: probe.EventClose, Endpoint: endpoint(1, probe.RoleClient, 40000), Owner: curl, Counters: ctr(500, 7000, 3, 5)},
 				},
 				want: &ingestv1.Batch{
 					Processes:          []*ingestv1.Process{proc(1, curl)},
 					Sockets:            []*ingestv1.Socket{wireSock(1, 1, client, 40000, true, 1)},
-					Stats:              &ingestv1.SocketStats{HandleGaps: []uint32{1}, BytesSent: []uint64{500}, BytesReceived: []uint64{7000}, SegmentsSent: []uint64{2}, SegmentsReceived: []uint64{5}},
+					Stats:              &ingestv1.SocketStats{HandleGaps: []uint32{1}, BytesSent: []uint64{500}, BytesReceived: []uint64{7000}, SegmentsSent: []uint64{3}, SegmentsReceived: []uint64{5}},
 					ClosedSockets:      []uint32{1},
 					ForgottenProcesses: []uint32{1},
 				},
@@ -347,13 +376,30 @@ func TestReportBatches(t *testing.T) {
 			},
 		},
 		{
-			name: "a sample of an unknown socket announces it, its counters the baseline",
+			name: "a sample of a new connection announces it as new, all its counters counted",
 			steps: []step{
 				{
 					samples: samples{{Endpoint: endpoint(7, probe.RoleClient, 41000), Owner: curl, Counters: ctr(5000, 6000, 10, 12)}},
 					want: &ingestv1.Batch{
 						Processes: []*ingestv1.Process{proc(1, curl)},
-						Sockets:   []*ingestv1.Socket{wireSock(1, 1, client, 41000, false, 7)},
+						Sockets:   []*ingestv1.Socket{wireSock(1, 1, client, 41000, true, 7)},
+						Stats:     &ingestv1.SocketStats{HandleGaps: []uint32{1}, BytesSent: []uint64{5000}, BytesReceived: []uint64{6000}, SegmentsSent: []uint64{10}, SegmentsReceived: []uint64{12}},
+					},
+				},
+				{
+					samples: samples{sample(7, curl, ctr(5001, 6000, 11, 12))},
+					want:    &ingestv1.Batch{Stats: &ingestv1.SocketStats{HandleGaps: []uint32{1}, BytesSent: []uint64{1}, BytesReceived: []uint64{0}, SegmentsSent: []uint64{1}, SegmentsReceived: []uint64{0}}},
+				},
+			},
+		},
+		{
+			name: "a sample of a socket discovery missed announces it, its counters the baseline",
+			steps: []step{
+				{
+					samples: samples{{Endpoint: endpoint(7, probe.RoleUnknown, 41000), Owner: curl, Counters: ctr(5000, 6000, 10, 12)}},
+					want: &ingestv1.Batch{
+						Processes: []*ingestv1.Process{proc(1, curl)},
+						Sockets:   []*ingestv1.Socket{wireSock(1, 1, ingestv1.Role_ROLE_UNSPECIFIED, 41000, false, 7)},
 					},
 				},
 				{
@@ -443,9 +489,9 @@ func TestHandleLifetimes(t *testing.T) {
 	}
 
 	for sock := uint64(1); sock <= 4; sock++ {
-		tab.Apply(open(sock, probe.RoleClient, uint16(sock), curl, probe.Counters{}))
+		apply(t, tab, open(sock, probe.RoleClient, uint16(sock), curl, probe.Counters{}))
 	}
-	tab.Apply(open(5, probe.RoleClient, 5, nginx, probe.Counters{}))
+	apply(t, tab, open(5, probe.RoleClient, 5, nginx, probe.Counters{}))
 	if got := handleOf(report()); !equalU32(got, []uint32{1, 2, 3, 4, 5}) {
 		t.Fatalf("handles %v", got)
 	}
@@ -454,7 +500,7 @@ func TestHandleLifetimes(t *testing.T) {
 	// opened in the same interval gets a new one.
 	tab.Apply(closeEv(3, probe.Counters{}))
 	tab.Apply(closeEv(2, probe.Counters{}))
-	tab.Apply(open(6, probe.RoleClient, 6, curl, probe.Counters{}))
+	apply(t, tab, open(6, probe.RoleClient, 6, curl, probe.Counters{}))
 	b := report()
 	if got := handleOf(b); !equalU32(got, []uint32{6}) {
 		t.Fatalf("handle while 2 and 3 close in the same batch: %v", got)
@@ -464,9 +510,9 @@ func TestHandleLifetimes(t *testing.T) {
 	}
 
 	// Then they are reused, smallest first.
-	tab.Apply(open(7, probe.RoleClient, 7, curl, probe.Counters{}))
-	tab.Apply(open(8, probe.RoleClient, 8, curl, probe.Counters{}))
-	tab.Apply(open(9, probe.RoleClient, 9, curl, probe.Counters{}))
+	apply(t, tab, open(7, probe.RoleClient, 7, curl, probe.Counters{}))
+	apply(t, tab, open(8, probe.RoleClient, 8, curl, probe.Counters{}))
+	apply(t, tab, open(9, probe.RoleClient, 9, curl, probe.Counters{}))
 	if got := handleOf(report()); !equalU32(got, []uint32{2, 3, 7}) {
 		t.Fatalf("reused handles %v", got)
 	}
@@ -478,7 +524,7 @@ func TestHandleLifetimes(t *testing.T) {
 	if !equalU32(b.ForgottenProcesses, []uint32{2}) {
 		t.Fatalf("forgotten %v", b.ForgottenProcesses)
 	}
-	tab.Apply(open(10, probe.RoleClient, 10, nginxW, probe.Counters{}))
+	apply(t, tab, open(10, probe.RoleClient, 10, nginxW, probe.Counters{}))
 	b = report()
 	if len(b.Processes) != 1 || b.Processes[0].Handle != 2 || b.Processes[0].Pid != 201 {
 		t.Fatalf("process after reuse: %v", b.Processes)
@@ -552,7 +598,7 @@ func TestRoundTrip(t *testing.T) {
 					return
 				}
 				c.newConn = true
-				tab.Apply(open(c.sock, c.role, c.port, evOwner, c.cur))
+				apply(t, tab, open(c.sock, c.role, c.port, evOwner, c.cur))
 			}
 			grow := func(c *conn) {
 				if rng.IntN(50) == 0 {
@@ -690,7 +736,7 @@ func TestResync(t *testing.T) {
 func entryBytes(t *testing.T) int64 {
 	t.Helper()
 	_, tab, _ := newEncoder(t, nil)
-	tab.Apply(open(1, probe.RoleClient, 1, curl, probe.Counters{}))
+	apply(t, tab, open(1, probe.RoleClient, 1, curl, probe.Counters{}))
 	tab.Apply(closeEv(1, probe.Counters{}))
 	return tab.BufferedBytes()
 }
@@ -728,7 +774,7 @@ func TestBufferCap(t *testing.T) {
 			enc, tab, reg := newEncoder(t, func(c *sockets.Config) { c.BufferBytes = tc.capBytes })
 			d := newDecoder()
 			for i := range tc.closes {
-				tab.Apply(open(uint64(i+1), probe.RoleClient, uint16(i+1), curl, probe.Counters{}))
+				apply(t, tab, open(uint64(i+1), probe.RoleClient, uint16(i+1), curl, probe.Counters{}))
 			}
 			if tc.announced {
 				if err := d.apply(enc.Report(now)); err != nil {
@@ -778,7 +824,7 @@ func TestDroppedAnnouncedSocketStillCloses(t *testing.T) {
 	enc, tab, _ := newEncoder(t, func(c *sockets.Config) { c.BufferBytes = 2 * closedEntryBytes })
 	d := newDecoder()
 	for i := uint64(1); i <= 5; i++ {
-		tab.Apply(open(i, probe.RoleClient, uint16(i), curl, probe.Counters{}))
+		apply(t, tab, open(i, probe.RoleClient, uint16(i), curl, probe.Counters{}))
 	}
 	if err := d.apply(enc.Report(now)); err != nil {
 		t.Fatal(err)

@@ -8,8 +8,9 @@ import (
 	"github.com/weir-project/weir/collector/internal/sockets"
 )
 
-// FuzzRoundTrip drives a table and its encoder with a script of opens,
-// sockets found at start, sockets first seen in a sample, traffic (segment
+// FuzzRoundTrip drives a table and its encoder with a script of
+// connections established while watched (first seen by a sample or by their
+// close), sockets found at start, sockets discovery missed, traffic (segment
 // counters wrapping), counter regressions, owner changes, closes, polls,
 // reports and resyncs, under a small socket cap. Every batch must decode
 // without a protocol error, and in the end every connection's decoded
@@ -30,7 +31,7 @@ func FuzzRoundTrip(f *testing.F) {
 			seen     probe.Counters // as the table last read them
 			want     sums           // traffic between reads while tracked
 			admitted bool
-			unseen   bool // not known to the table until a poll samples it
+			unseen   bool // not known to the table until a poll samples it or it closes
 			closed   bool
 		}
 		var conns []*conn
@@ -79,6 +80,17 @@ func FuzzRoundTrip(f *testing.F) {
 			}
 			x.seen = x.cur
 		}
+		// meet is the table's first read of x, from its first sample or its
+		// close: counted from the handshake if it has a role, else the
+		// baseline.
+		meet := func(x *conn) {
+			x.unseen = false
+			admit(x)
+			if x.ep.Role != probe.RoleUnknown {
+				x.seen = probe.Counters{}
+				read(x)
+			}
+		}
 		poll := func() {
 			var smp samples
 			for _, x := range live {
@@ -86,8 +98,7 @@ func FuzzRoundTrip(f *testing.F) {
 				// The table meets the sockets in this order: an unknown
 				// one takes a free slot, its counters the baseline.
 				if x.unseen {
-					x.unseen = false
-					admit(x)
+					meet(x)
 				} else {
 					read(x)
 				}
@@ -109,10 +120,9 @@ func FuzzRoundTrip(f *testing.F) {
 		}
 		for i := 0; i < len(script) && len(conns) < 200; {
 			switch op := next(&i) % 10; op {
-			case 0: // a connection established while watched
+			case 0: // a connection established while watched: no event
 				x := newConn(probe.Role(1+next(&i)%2), probe.Counters{})
-				admit(x)
-				tab.Apply(probe.Event{Kind: probe.EventOpen, Endpoint: x.ep, Owner: x.owner})
+				x.unseen = true
 			case 1: // found open at start: its counters are the baseline
 				x := newConn(probe.RoleUnknown, probe.Counters{BytesAcked: 1 << 40, BytesReceived: 12345, SegsDelivered: math.MaxUint32 - 3, DataSegsIn: math.MaxUint32})
 				admit(x)
@@ -134,8 +144,12 @@ func FuzzRoundTrip(f *testing.F) {
 				if x := pick(&i); x != nil {
 					tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: x.ep, Owner: x.owner, Counters: x.cur})
 					x.closed = true
-					if !x.unseen {
+					switch {
+					case !x.unseen:
 						read(x)
+					case x.ep.Role != probe.RoleUnknown:
+						// Opened and closed between two polls.
+						meet(x)
 					}
 					if x.admitted {
 						admitted--
@@ -147,8 +161,8 @@ func FuzzRoundTrip(f *testing.F) {
 						}
 					}
 				}
-			case 5: // a socket first seen in a sample (its open event lost)
-				x := newConn(probe.RoleClient, probe.Counters{BytesAcked: 777, SegsDelivered: 3})
+			case 5: // found open at start but missed by discovery: first seen in a sample
+				x := newConn(probe.RoleUnknown, probe.Counters{BytesAcked: 777, SegsDelivered: 3})
 				x.unseen = true
 			case 6:
 				poll()

@@ -61,14 +61,14 @@ func TestDecodeEvent(t *testing.T) {
 			},
 		},
 		{
-			name: "ipv6 open",
+			name: "ipv6 close",
 			in: func() (e tcpEvent) {
-				e.Endpoint.Kind, e.Endpoint.Role, e.Endpoint.Family = 1, 2, afInet6
+				e.Endpoint.Kind, e.Endpoint.Role, e.Endpoint.Family = 2, 2, afInet6
 				e.Endpoint.Saddr, e.Endpoint.Daddr, e.Endpoint.Sport, e.Endpoint.Dport = loop6, loop6, 443, 50000
 				return e
 			}(),
 			want: Event{
-				Kind: EventOpen,
+				Kind: EventClose,
 				Endpoint: Endpoint{
 					Role:      RoleServer,
 					LocalAddr: netip.IPv6Loopback(), LocalPort: 443,
@@ -130,6 +130,8 @@ func TestDecodeDiscovered(t *testing.T) {
 func TestDecodeEventRejects(t *testing.T) {
 	var unknown tcpEvent
 	unknown.Endpoint.Kind, unknown.Endpoint.Family = 9, afInet
+	formerOpen := unknown
+	formerOpen.Endpoint.Kind = 1 // the open event, no longer sent
 	for _, tc := range []struct {
 		name string
 		raw  []byte
@@ -137,6 +139,7 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"empty", nil},
 		{"short", make([]byte, 10)},
 		{"unknown kind", rawEvent(unknown)},
+		{"former open kind", rawEvent(formerOpen)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if ev, err := decodeEvent(tc.raw); err == nil {

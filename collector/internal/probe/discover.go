@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,8 +19,8 @@ import (
 // the inode of its file. Call it once after Open; a second call reports the
 // listeners again but no socket already tracked.
 //
-// The namespaces are those of every thread in /proc and the ones mounted in
-// /run/netns. A namespace that goes away meanwhile is skipped.
+// The namespaces are those of every thread in Config.ProcRoot and the ones
+// mounted in /run/netns. A namespace that goes away meanwhile is skipped.
 func (p *Probe) Discover(fn func(Event)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -31,7 +32,7 @@ func (p *Probe) Discover(fn func(Event)) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		events, errs = p.discoverAll(netnsPaths())
+		events, errs = p.discoverAll(netnsPaths(p.procRoot))
 	}()
 	<-done
 	for _, ev := range events {
@@ -112,11 +113,13 @@ func gone(err error) bool {
 }
 
 // netnsPaths returns one path per distinct network namespace: of every
-// thread in /proc, and mounted in /run/netns.
-func netnsPaths() []string {
+// thread in procRoot, and mounted in /run/netns.
+func netnsPaths(procRoot string) []string {
 	var paths []string
 	seen := map[uint64]bool{}
-	for _, pattern := range []string{"/proc/[0-9]*/ns/net", "/proc/[0-9]*/task/[0-9]*/ns/net", "/run/netns/*"} {
+	// Glob metacharacters in procRoot are taken literally.
+	root := escapeGlob(procRoot)
+	for _, pattern := range []string{root + "/[0-9]*/ns/net", root + "/[0-9]*/task/[0-9]*/ns/net", "/run/netns/*"} {
 		matches, _ := filepath.Glob(pattern) // the patterns are valid
 		for _, path := range matches {
 			var st unix.Stat_t
@@ -128,4 +131,16 @@ func netnsPaths() []string {
 		}
 	}
 	return paths
+}
+
+// escapeGlob quotes the characters filepath.Match treats specially.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

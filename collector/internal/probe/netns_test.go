@@ -153,11 +153,11 @@ func TestPrivilegedOtherNetNSIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientOpen := r.wait(t, "client open", onPorts(EventOpen, client.Port(), server.Port()))
-	serverOpen := r.wait(t, "server open", onPorts(EventOpen, server.Port(), client.Port()))
-	for _, ev := range []Event{clientOpen, serverOpen} {
+	clientOpen := waitSample(t, r.p, client.Port(), server.Port())
+	serverOpen := waitSample(t, r.p, server.Port(), client.Port())
+	for _, ev := range []Sample{clientOpen, serverOpen} {
 		if ev.NetNS != ns.ino || ev.LocalAddr != testAddr {
-			t.Errorf("open %+v: want netns %d, local address %v", ev.Endpoint, ns.ino, testAddr)
+			t.Errorf("sample %+v: want netns %d, local address %v", ev.Endpoint, ns.ino, testAddr)
 		}
 	}
 	want := map[uint64]Counters{
@@ -335,7 +335,7 @@ func TestPrivilegedPassedDescriptor(t *testing.T) {
 	cp := dialPair(t, ln)
 	defer cp.close()
 	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
-	serverOpen := r.wait(t, "server open", onPorts(EventOpen, server.Port(), client.Port()))
+	serverOpen := waitSample(t, r.p, server.Port(), client.Port())
 
 	f, err := cp.server.(*net.TCPConn).File()
 	if err != nil {

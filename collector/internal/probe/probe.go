@@ -40,11 +40,14 @@ type Config struct {
 	// is open, so that ProgramStats reports run counts and run times.
 	// They cost a clock read per program run.
 	Stats bool
+	// ProcRoot is where the host's /proc is mounted; Discover finds the
+	// network namespaces through it. Empty means /proc.
+	ProcRoot string
 }
 
 // DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
-	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes}
+	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc"}
 }
 
 // defaultSampleRingBytes holds the samples of 65,536 sockets.
@@ -89,6 +92,7 @@ type Probe struct {
 	reader   *ringbuf.Reader
 	samples  *sampleRing // the sampling iterator's ring
 	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
+	procRoot string      // where Discover looks for network namespaces
 
 	readMu  sync.Mutex // serialises ReadEvent
 	record  ringbuf.Record
@@ -126,7 +130,11 @@ func Open(cfg Config) (*Probe, error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 
-	p := &Probe{flushed: make(chan struct{}, 1)}
+	procRoot := cfg.ProcRoot
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	p := &Probe{flushed: make(chan struct{}, 1), procRoot: procRoot}
 	if cfg.Stats {
 		p.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 		if err != nil {
@@ -228,8 +236,8 @@ func (p *Probe) ReadEvent() (Event, error) {
 }
 
 // Sync returns once ReadEvent has returned every event submitted before the
-// call, so that a poll after it sees no socket whose open event is still in
-// the ring. It needs a goroutine calling ReadEvent, and gives up when ctx is
+// call, so that a poll after it sees no socket whose close or listen event
+// is still in the ring. It needs a goroutine calling ReadEvent, and gives up when ctx is
 // done.
 func (p *Probe) Sync(ctx context.Context) error {
 	p.syncMu.Lock()
@@ -315,7 +323,7 @@ func decodeDiscovered(raw []byte) (Event, error) {
 
 func eventOf(e *tcpEvent) (Event, error) {
 	kind := e.Endpoint.Kind
-	if kind < uint8(EventOpen) || kind > uint8(EventExisting) {
+	if kind < uint8(EventClose) || kind > uint8(EventExisting) {
 		return Event{}, fmt.Errorf("decode event: unknown kind %d", kind)
 	}
 	return Event{

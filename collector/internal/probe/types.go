@@ -29,23 +29,24 @@ const (
 // EventKind is the kind of a lifecycle event.
 type EventKind uint8
 
+// There is no open event: a socket established while the probe is loaded
+// is first reported by a sample (Role client or server, counters from the
+// handshake), or, if it closes before the next walk, by its close event.
+// The values match the kernel's enum event_kind; 1 is no longer used.
 const (
-	// EventOpen: a socket was established (SYN_SENT/SYN_RECV ->
-	// ESTABLISHED) while the probe was loaded. Counters are zero: the
-	// handshake is the baseline.
-	EventOpen EventKind = iota + 1
 	// EventClose: a tracked socket moved to TCP_CLOSE. Counters hold its
-	// final values; the socket is not sampled again.
-	EventClose
+	// final values, from the handshake for a socket established while the
+	// probe was loaded; the socket is not sampled again.
+	EventClose EventKind = 2
 	// EventListen: a socket started listening (CLOSE -> LISTEN, in the
 	// listen() syscall, so Owner is the listening process), or, from
 	// Discover, a listener that existed before the probe was loaded.
-	EventListen
+	EventListen EventKind = 3
 	// EventExisting: from Discover only, a connected socket that existed
 	// before the probe was loaded. Counters are its values at discovery:
 	// the baseline, not traffic to count. Owner is unknown (PID 0) unless
 	// the kernel knew it; Inode lets user space find the owner in /proc.
-	EventExisting
+	EventExisting EventKind = 4
 )
 
 // Counters are a socket's cumulative tcp_sock counters, with what is not

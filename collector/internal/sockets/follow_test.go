@@ -38,12 +38,12 @@ func TestFollow(t *testing.T) {
 		{name: "closed at once"},
 		{
 			name:     "events until closed",
-			results:  []readResult{{ev: open(1, probe.RoleClient, 1, curl, probe.Counters{})}, {ev: open(2, probe.RoleClient, 2, curl, probe.Counters{})}, {ev: closeEv(1, probe.Counters{})}},
+			results:  []readResult{{ev: existing(1, 1, curl, probe.Counters{})}, {ev: existing(2, 2, curl, probe.Counters{})}, {ev: closeEv(1, probe.Counters{})}},
 			wantLive: 1,
 		},
 		{
 			name:       "unreadable events are skipped and counted",
-			results:    []readResult{{err: bad}, {ev: open(1, probe.RoleClient, 1, curl, probe.Counters{})}, {err: bad}},
+			results:    []readResult{{err: bad}, {ev: existing(1, 1, curl, probe.Counters{})}, {err: bad}},
 			wantLive:   1,
 			wantErrors: 2,
 		},

@@ -11,7 +11,7 @@ type metrics struct {
 	untrackedCloses                                 prometheus.Counter
 	duplicateOpens                                  prometheus.Counter
 	untrackedSamples                                prometheus.Counter
-	counterRegressions                              prometheus.Counter
+	backwardReads                                   prometheus.Counter
 	socketCap                                       prometheus.Counter
 	vanished                                        prometheus.Counter
 	invalidEndpoints                                prometheus.Counter
@@ -24,7 +24,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_collector_events_total",
-		Help: "Lifecycle events read from the kernel or found at start, by kind.",
+		Help: "Lifecycle events read from the kernel or found at start, by kind; open is a new connection established while the probe was loaded, first seen by a sample or by its close.",
 	}, []string{"kind"})
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
@@ -36,12 +36,12 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 		listens:       events.WithLabelValues("listen"),
 		unknownEvents: events.WithLabelValues("unknown"),
 		untrackedCloses: counter("weir_collector_untracked_closes_total",
-			"Close events for sockets that were not tracked (their open event was lost and they were never sampled), ignored."),
+			"Close events for sockets found already open that discovery missed and no poll sampled, ignored."),
 		duplicateOpens: counter("weir_collector_duplicate_opens_total",
-			"Open events or samples for a socket already tracked under the same cookie (found first at start or by a sample, or closed and awaiting report); not counted twice."),
+			"Discovered sockets or samples of a socket already tracked under the same cookie, or closed and awaiting report; not counted twice."),
 		untrackedSamples: counter("weir_collector_untracked_samples_total",
-			"Samples of sockets the table did not know (their open event was lost or not read yet); tracked from then on, with the sampled counters as the baseline."),
-		counterRegressions: counter("weir_collector_counter_regressions_total",
+			"Samples of sockets found already open that discovery missed; tracked from then on, with the sampled counters as the baseline."),
+		backwardReads: counter("weir_collector_backward_reads_total",
 			"Counter reads that went backwards; nothing was counted for them and the baseline was reset to the new value."),
 		socketCap: counter("weir_collector_socket_cap_total",
 			"Sockets not tracked because --max-sockets live sockets were tracked already; each socket is counted once."),
@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Lifecycle events that could not be read or decoded, skipped."),
 	}
 	collectors := []prometheus.Collector{
-		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.counterRegressions, m.socketCap, m.vanished, m.invalidEndpoints,
+		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.backwardReads, m.socketCap, m.vanished, m.invalidEndpoints,
 		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",

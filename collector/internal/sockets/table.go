@@ -35,9 +35,10 @@ func DefaultConfig() Config {
 	return Config{BufferBytes: 8 << 20, MaxSockets: 65536, MaxListeners: 65536}
 }
 
-// Sampler reads the current state of every socket the kernel tracks.
+// Sampler reads the current state of every socket the kernel tracks. A walk
+// that is not complete may have reported a socket twice or not at all.
 type Sampler interface {
-	Samples(fn func(probe.Sample)) error
+	SampleWalk(fn func(probe.Sample)) (complete bool, err error)
 }
 
 // Discoverer finds the sockets that were open before the probe was loaded.
@@ -76,7 +77,7 @@ type socket struct {
 	state      sockState
 	missed     uint8 // complete polls in a row that did not see the socket
 	exposed    bool  // in Changes.Opened during this epoch
-	newConn    bool  // announce with new_connection: the open was seen and never announced
+	newConn    bool  // announce with new_connection: established while the probe was loaded, never announced
 	ownerDirty bool  // exposed, owner changed since the last drain
 	owner      probe.Owner
 	raw        probe.Counters // the kernel's counters as last read
@@ -101,8 +102,8 @@ type Table struct {
 	live   map[uint64]*socket
 	fresh  []*socket // sockets not yet exposed in this epoch (and stale entries)
 	closed []*socket // closed sockets awaiting report, oldest first
-	// closing are the cookies of the sockets in closed: a late sample or
-	// open of one of them is the same socket, not a new one.
+	// closing are the cookies of the sockets in closed: a late sample of
+	// one of them is the same socket, not a new one.
 	closing map[uint64]struct{}
 	// closedDropped are the cookies of exposed sockets dropped from the
 	// buffer: their final delta is lost but the reducer still learns that
@@ -114,15 +115,18 @@ type Table struct {
 	// without addresses), until they close or a complete poll no longer
 	// sees them; the value is the poll generation that last saw them.
 	refused map[uint64]uint64
-	pollGen uint64
-	loss    Loss
+	pollGen uint64 // polls so far, complete or not
+	// completeGen is the last complete poll, whose word on a socket's
+	// absence counts.
+	completeGen uint64
+	loss        Loss
 }
 
 // Loss are the table's cumulative loss counters.
 type Loss struct {
 	BufferDropped      uint64 // closed sockets dropped from the buffer unreported
 	SocketCap          uint64 // sockets refused at the cap
-	CounterRegressions uint64 // counter reads that went backwards
+	CounterRegressions uint64 // counter reads that went backwards (the wire's Loss.counter_regressions)
 }
 
 // New returns an empty Table whose metrics are registered with reg.
@@ -178,9 +182,6 @@ func (t *Table) Apply(ev probe.Event) {
 
 func (t *Table) apply(ev probe.Event) {
 	switch ev.Kind {
-	case probe.EventOpen:
-		t.m.opens.Inc()
-		t.open(ev.Endpoint, ev.Owner, ev.Counters, true)
 	case probe.EventExisting:
 		t.m.existing.Inc()
 		t.open(ev.Endpoint, ev.Owner, ev.Counters, false)
@@ -192,12 +193,22 @@ func (t *Table) apply(ev probe.Event) {
 				delete(t.refused, ev.Cookie)
 				return
 			}
-			t.m.untrackedCloses.Inc()
-			return
+			if ev.Role == probe.RoleUnknown {
+				// Found already open, yet never discovered nor sampled:
+				// its counters would only be its baseline.
+				t.m.untrackedCloses.Inc()
+				return
+			}
+			// Established and closed between two polls: its close is all
+			// there is of it, and all its traffic counts.
+			if s = t.newConnection(ev.Endpoint, ev.Owner, ev.Counters); s == nil {
+				return
+			}
+		} else {
+			// The close carries the socket's last user, which a socket
+			// that lived less than an interval was never sampled for.
+			t.update(s, ev.Counters, ev.Owner)
 		}
-		// The close carries the socket's last user, which a socket that
-		// lived less than an interval was never sampled for.
-		t.update(s, ev.Counters, ev.Owner)
 		t.close(s)
 	case probe.EventListen:
 		t.m.listens.Inc()
@@ -207,19 +218,33 @@ func (t *Table) apply(ev probe.Event) {
 	}
 }
 
-// open starts tracking a socket. isNew says the probe saw it established:
-// all its traffic counts. Otherwise c is the baseline and nothing is counted
-// until the counters move on. It returns the socket, or nil if refused.
+// newConnection starts tracking a socket the probe saw established (its
+// role is known), first seen by a sample or by its close: its counters run
+// from the handshake, so all of c counts. It returns the socket, or nil if
+// refused.
+func (t *Table) newConnection(ep probe.Endpoint, owner probe.Owner, c probe.Counters) *socket {
+	if _, ok := t.refused[ep.Cookie]; !ok {
+		if _, ok := t.closing[ep.Cookie]; !ok {
+			// Once per socket: a refused one is not seen as new again.
+			t.m.opens.Inc()
+		}
+	}
+	// The baseline is zero: the kernel took the handshake out.
+	s := t.open(ep, owner, probe.Counters{}, true)
+	if s != nil {
+		t.advance(s, c)
+	}
+	return s
+}
+
+// open starts tracking a socket, with c as the counters last read. isNew
+// says the probe saw it established (see newConnection). Otherwise c is the
+// baseline and nothing is counted until the counters move on. It returns
+// the socket, or nil if refused.
 func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isNew bool) *socket {
 	if s := t.live[ep.Cookie]; s != nil {
-		// Cookies are unique per boot: this is the same socket, found
-		// first by discovery or a sample before its open event was read.
+		// Cookies are unique per boot: this is the same socket.
 		t.m.duplicateOpens.Inc()
-		if isNew && !s.newConn && !s.exposed {
-			// Not reported yet: it becomes the new connection it is,
-			// counted from its open.
-			s.Role, s.newConn, s.raw, s.total, s.rep = ep.Role, true, c, totals{}, totals{}
-		}
 		t.setOwner(s, owner)
 		return s
 	}
@@ -299,7 +324,7 @@ func (t *Table) advance(s *socket, c probe.Counters) {
 	s.raw = c
 	if regressed {
 		t.loss.CounterRegressions++
-		t.m.counterRegressions.Inc()
+		t.m.backwardReads.Inc()
 	}
 }
 
@@ -374,15 +399,18 @@ func (t *Table) setOwner(s *socket, o probe.Owner) {
 }
 
 // Poll reads every tracked socket through src and records its owner and
-// counters. A socket the table does not know (its open event was lost) is
-// tracked from here on, with these counters as its baseline, and counted.
-// The table stays locked during the iteration so that events are applied
-// either before or after it, never in the middle.
+// counters. A socket the table does not know with a client or server role
+// was established since the previous poll: it is a new connection, counted
+// from its handshake. One without a role (found already open, yet missed
+// by discovery) is tracked from here on with these counters as its
+// baseline, and counted as untracked. Only a complete walk can tell that a
+// socket is gone. The table stays locked during the walk so that events
+// are applied either before or after it, never in the middle.
 func (t *Table) Poll(src Sampler) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.pollGen++
-	err := src.Samples(func(smp probe.Sample) {
+	complete, err := src.SampleWalk(func(smp probe.Sample) {
 		if s := t.live[smp.Cookie]; s != nil {
 			s.seen = t.pollGen
 			t.update(s, smp.Counters, smp.Owner)
@@ -392,14 +420,24 @@ func (t *Table) Poll(src Sampler) error {
 			t.refused[smp.Cookie] = t.pollGen
 			return
 		}
-		t.m.untrackedSamples.Inc()
-		if s := t.open(smp.Endpoint, smp.Owner, smp.Counters, false); s != nil {
+		var s *socket
+		if smp.Role != probe.RoleUnknown {
+			s = t.newConnection(smp.Endpoint, smp.Owner, smp.Counters)
+		} else {
+			t.m.untrackedSamples.Inc()
+			s = t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
+		}
+		if s != nil {
 			s.seen = t.pollGen
 		}
 	})
-	if err != nil {
+	if err != nil || !complete {
+		// A chunked walk can miss a live socket: it says nothing of the
+		// sockets it did not report.
 		return err
 	}
+	prevComplete := t.completeGen
+	t.completeGen = t.pollGen
 	// A refused socket that a complete poll no longer sees is gone (its
 	// close was lost): forget it, so that the set stays bounded by the
 	// sockets that exist.
@@ -416,6 +454,11 @@ func (t *Table) Poll(src Sampler) error {
 		if s.seen == t.pollGen {
 			s.missed = 0
 			continue
+		}
+		if s.seen > prevComplete {
+			// Sampled by an incomplete walk since the last complete one:
+			// alive then, so this is the first complete poll to miss it.
+			s.missed = 0
 		}
 		if s.missed++; s.missed >= vanishedAfter {
 			t.m.vanished.Inc()

@@ -50,14 +50,14 @@ type fakeSource struct {
 
 func newFakeSource() *fakeSource { return &fakeSource{samples: map[uint64]probe.Sample{}} }
 
-func (f *fakeSource) Samples(fn func(probe.Sample)) error {
+func (f *fakeSource) SampleWalk(fn func(probe.Sample)) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.polls++
 	for _, s := range f.samples {
 		fn(s)
 	}
-	return nil
+	return true, nil
 }
 
 // Sync has nothing to wait for: the tests apply events to the table directly.
@@ -204,22 +204,18 @@ func start(t *testing.T, c *Client) {
 	})
 }
 
-func openEvent(cookie uint64, port uint16) probe.Event {
-	return probe.Event{
-		Kind: probe.EventOpen,
+// sampleOf is the state of a client socket this process established on
+// local port port while the probe was loaded.
+func sampleOf(cookie uint64, port uint16, c probe.Counters) probe.Sample {
+	return probe.Sample{
 		Endpoint: probe.Endpoint{
 			Cookie: cookie, Role: probe.RoleClient,
 			LocalAddr: netip.MustParseAddr("127.0.0.1"), LocalPort: port,
 			RemoteAddr: netip.MustParseAddr("127.0.0.1"), RemotePort: 7000, NetNS: 1,
 		},
-		Owner: probe.Owner{PID: uint32(os.Getpid()), Comm: "stream.test"},
+		Owner:    probe.Owner{PID: uint32(os.Getpid()), Comm: "stream.test"},
+		Counters: c,
 	}
-}
-
-// sampleOf is the state of the socket of openEvent(cookie, port).
-func sampleOf(cookie uint64, port uint16, c probe.Counters) probe.Sample {
-	ev := openEvent(cookie, port)
-	return probe.Sample{Endpoint: ev.Endpoint, Owner: ev.Owner, Counters: c}
 }
 
 func recv[T any](t *testing.T, ch <-chan T, what string) T {
@@ -273,7 +269,6 @@ func TestSession(t *testing.T) {
 			tab, enc := newTable(t, reg, 0)
 			src := newFakeSource()
 			src.drops = probe.Drops{RingFull: 3, StorageFull: 4}
-			tab.Apply(openEvent(1, 40000))
 			src.set(sampleOf(1, 40000, probe.Counters{}))
 			c, err := New(cfg, tab, enc, src, reg, logger())
 			if err != nil {
@@ -371,8 +366,6 @@ func TestReconnect(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	tab, enc := newTable(t, reg, 0)
 	src := newFakeSource()
-	tab.Apply(openEvent(1, 40001))
-	tab.Apply(openEvent(2, 40002))
 	src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 100}))
 	src.set(sampleOf(2, 40002, probe.Counters{}))
 	c, err := New(testConfig(addr), tab, enc, src, reg, logger())
@@ -464,8 +457,9 @@ func TestNoReducerBufferBounded(t *testing.T) {
 	for time.Now().Before(deadline) {
 		for range 1000 {
 			sock++
-			tab.Apply(openEvent(sock, uint16(sock)))
-			tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: probe.Endpoint{Cookie: sock}, Counters: probe.Counters{BytesAcked: 10, BytesReceived: 5}})
+			// Established and closed between two polls.
+			smp := sampleOf(sock, uint16(sock), probe.Counters{BytesAcked: 10, BytesReceived: 5})
+			tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: smp.Endpoint, Owner: smp.Owner, Counters: smp.Counters})
 		}
 		if got := tab.BufferedBytes(); got > capBytes {
 			t.Fatalf("buffer %d B over the cap %d B", got, capBytes)
