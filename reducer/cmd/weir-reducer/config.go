@@ -21,6 +21,7 @@ type Config struct {
 	MaxSeries       int
 	Aggregation     aggregate.Level
 	Loopback        bool
+	JoinWindow      time.Duration
 	TLSCert         string
 	TLSKey          string
 	TLSCA           string
@@ -50,6 +51,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
 	fs.IntVar(&c.MaxSeries, "max-series", c.MaxSeries, "edges (series per flow metric) kept at most; beyond it new edges fold into dst_workload=\"other\"")
 	fs.TextVar(&c.Aggregation, "aggregation", c.Aggregation, "labels of the flow metrics: workload; node adds src_node/dst_node; pod adds src_pod/dst_pod as well")
+	fs.DurationVar(&c.JoinWindow, "join-window", c.JoinWindow, "how long a flow to a fleet address waits for its peer's end before it counts as one-sided; 0 derives it from the collectors' report intervals and lag, a negative value counts every flow at once")
 	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "server certificate (PEM); with --tls-key and --tls-ca enables mTLS")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
@@ -86,6 +88,18 @@ func (c *Config) Validate() error {
 		return errors.New("--tls-cert, --tls-key and --tls-ca: set all three for mTLS, or none for plaintext")
 	}
 	return nil
+}
+
+// matchJoinWindow is the join window in the engine's terms: negative
+// derives it, zero turns holding off.
+func (c *Config) matchJoinWindow() time.Duration {
+	switch {
+	case c.JoinWindow == 0:
+		return -1
+	case c.JoinWindow < 0:
+		return 0
+	}
+	return c.JoinWindow
 }
 
 // tls reports whether mTLS is configured.

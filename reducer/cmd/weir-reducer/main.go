@@ -62,6 +62,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		SessionTTL: cfg.SessionTTL,
 		Loopback:   cfg.Loopback,
 		Level:      cfg.Aggregation,
+		JoinWindow: cfg.matchJoinWindow(),
 	}, reg, logger)
 	if err != nil {
 		return err

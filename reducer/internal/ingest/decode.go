@@ -15,6 +15,9 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	dst.Reset()
 	seq := in.GetSequence()
 	dst.Sequence = seq
+	if t := in.GetTime(); t != nil {
+		dst.Time = t.AsTime()
+	}
 	for _, p := range in.GetProcesses() {
 		dst.Processes = append(dst.Processes, match.Process{
 			Handle:    p.GetHandle(),

@@ -45,6 +45,8 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 		Node:   hello.GetNodeName(),
 		BootID: hello.GetBootId(),
 		Epoch:  hello.GetEpoch(),
+
+		ReportInterval: hello.GetReportInterval().AsDuration(),
 	}, func() { once.Do(func() { close(replaced) }) })
 	if err != nil {
 		return s.rejectEngine(logger, err)

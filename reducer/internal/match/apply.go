@@ -1,6 +1,7 @@
 package match
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
@@ -103,8 +104,22 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.emitting = e.events.active()
 	// Flows whose metadata changed resolve again in this settle.
 	e.resolver.Changed(e.markDirty)
+	if !b.Time.IsZero() {
+		s.lag = max(now.Sub(b.Time), 0)
+	}
+	e.publishDue(now)
 	for h, p := range e.newProcs {
 		s.procs[h] = p
+	}
+	// The batch's local addresses are fleet addresses before its sockets
+	// join, so that a connection between two of its sockets waits for both.
+	for i := range b.Sockets {
+		if a := b.Sockets[i].Local.Addr().Unmap(); !a.IsLoopback() {
+			if _, ok := s.addrs[a]; !ok {
+				s.addrs[a] = struct{}{}
+				e.fleet[a]++
+			}
+		}
 	}
 	for i, sk := range e.created {
 		s.socks[sk.handle] = sk
@@ -153,7 +168,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
 		}
-		e.leave(sk)
+		e.close(sk)
 		delete(s.socks, h)
 	}
 	e.nsockets -= len(b.Closed)
@@ -180,42 +195,158 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 		return
 	}
 	key, end := newFlowKey(local, remote, loop, s.node, in.Netns)
-	f := e.flows[key]
-	if f != nil && f.ends[end] != nil && !loop {
-		// Another live socket claims the same endpoints, e.g. the same
-		// private addresses behind two NATs: keep this one to its node.
-		e.conflicts.Inc()
-		key, end = newFlowKey(local, remote, true, s.node, in.Netns)
-		f = e.flows[key]
-	}
-	if f != nil && f.ends[end] != nil {
-		e.conflicts.Inc()
-		return
+	f := e.find(key, end, sk.ident, in.NewConnection)
+	if f == nil && !loop {
+		if last := e.last(key); last != nil && last.ends[end] != nil && !last.has(closedFlag(end)) &&
+			last.ends[end].ident.sess.node != s.node {
+			// Another node's live socket claims the same endpoints, e.g.
+			// the same private addresses behind two NATs: keep this one to
+			// its node.
+			e.conflicts.Inc()
+			key, end = newFlowKey(local, remote, true, s.node, in.Netns)
+			f = e.find(key, end, sk.ident, in.NewConnection)
+		}
 	}
 	if f == nil {
-		f = &flow{key: key}
+		f = e.newFlow(now, key, loop, remote.Addr())
+	}
+	f.ends[end] = sk
+	f.claim[end] = sk.ident
+	sk.flow, sk.end = f, end
+	if in.NewConnection && !f.opened {
+		f.opened, f.pendingOpen = true, true
+	}
+	if !f.has(flowPublished) && f.claim[1-end] != nil {
+		e.publish(f) // both ends are here
+	}
+	e.markDirty(f)
+}
+
+// find returns the flow of key that a new socket becomes end i of: the
+// flow it was end i of before its session was replaced, else the oldest
+// flow whose end i no socket claimed yet. A reused 4-tuple is a new flow,
+// and both sides open the flows of one 4-tuple in the same order, so the
+// n-th socket of a side joins the n-th flow, whatever the order in which
+// the sides report.
+func (e *Engine) find(key flowKey, i uint8, id *socketIdent, newConn bool) *flow {
+	var fresh *flow
+	for f := e.flows[key]; f != nil; f = f.next {
+		first, again := f.joinable(i, id, newConn)
+		if again {
+			return f
+		}
+		if first && fresh == nil {
+			fresh = f
+		}
+	}
+	return fresh
+}
+
+// last returns the newest flow of key.
+func (e *Engine) last(key flowKey) *flow {
+	f := e.flows[key]
+	for f != nil && f.next != nil {
+		f = f.next
+	}
+	return f
+}
+
+// newFlow adds a flow to the end of key's chain. A flow whose peer may be
+// a fleet address is held for the join window.
+func (e *Engine) newFlow(now time.Time, key flowKey, loop bool, peer netip.Addr) *flow {
+	f := &flow{key: key, born: now.UnixNano()}
+	if last := e.last(key); last != nil {
+		last.next = f
+	} else {
 		e.flows[key] = f
 		if e.emitting {
 			e.emit(Event{Kind: EventFlowOpen, Time: now, Local: key.a, Remote: key.b})
 		}
 	}
-	f.ends[end] = sk
-	sk.flow, sk.end = f, end
-	if in.NewConnection && !f.opened {
-		f.opened, f.pendingOpen = true, true
+	e.nflows++
+	if e.window > 0 && (loop || e.isFleet(now, peer)) {
+		f.flags |= flowQueued
+		e.held = append(e.held, f)
+		e.nheld++
+	} else {
+		f.flags |= flowPublished
+	}
+	return f
+}
+
+// isFleet reports whether a connected collector may report a socket of
+// addr: an address some collector reports as local, one that metadata
+// names as a pod's or a node's, or any address during the first join
+// window after start, while the collectors connect.
+func (e *Engine) isFleet(now time.Time, addr netip.Addr) bool {
+	if e.fleet[addr] > 0 || now.Sub(e.started) < e.window {
+		return true
+	}
+	return e.resolver.Fleet(addr)
+}
+
+// publish makes a held flow count on edges from its next settle, with what
+// its ends reported while it was held.
+func (e *Engine) publish(f *flow) {
+	if f.has(flowPublished) {
+		return
+	}
+	f.flags |= flowPublished | flowRecount
+	if f.has(flowQueued) {
+		e.nheld--
 	}
 	e.markDirty(f)
 }
 
-// leave takes a socket out of its flow. The counted amounts stay, and the
-// socket's views restart from zero, so that a later end never counts again
-// what was counted already.
+// publishDue publishes the held flows whose join window has passed: their
+// peer's end did not report in time, and they count as one-sided.
+func (e *Engine) publishDue(now time.Time) {
+	n := 0
+	deadline := now.UnixNano() - int64(e.window)
+	for _, f := range e.held {
+		if !f.has(flowPublished) {
+			if f.born > deadline {
+				break
+			}
+			e.oneSided.Inc()
+			e.publish(f)
+		}
+		f.flags &^= flowQueued
+		n++
+	}
+	if n > 0 {
+		rest := copy(e.held, e.held[n:])
+		clear(e.held[rest:])
+		e.held = e.held[:rest]
+	}
+}
+
+// close marks a socket's end of its flow closed. The socket stays the end
+// of its flow, which names its workload, and no other socket becomes that
+// end.
+func (e *Engine) close(sk *socket) {
+	f := sk.flow
+	if f == nil {
+		return
+	}
+	f.flags |= closedFlag(sk.end)
+	e.markDirty(f)
+}
+
+// leave takes a socket of a replaced or expired session out of its flow:
+// the same socket may come back under the new session. The counted amounts
+// stay, and the socket's views restart from zero, so that a later end never
+// counts again what was counted already.
 func (e *Engine) leave(sk *socket) {
 	f := sk.flow
 	if f == nil {
 		return
 	}
 	i := sk.end
+	if f.has(closedFlag(i)) {
+		sk.flow = nil
+		return
+	}
 	f.ends[i] = nil
 	f.dir[i].sentBytes, f.dir[i].sentSegs = 0, 0
 	f.dir[1-i].recvBytes, f.dir[1-i].recvSegs = 0, 0
@@ -236,14 +367,27 @@ func (e *Engine) settle(now time.Time) {
 	for i, f := range e.dirty {
 		e.dirty[i] = nil
 		f.dirty = false
+		if !f.has(flowPublished) {
+			continue // held: no edge until it is published
+		}
 		if f.empty() {
+			if f.has(flowRecount) {
+				// A tombstone published: count what it held.
+				f.flags &^= flowRecount
+				e.account(now, f, 0)
+				e.account(now, f, 1)
+			}
+			if f.pendingOpen {
+				w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
+				c := f.client()
+				e.store.Edge(now, aggregate.Key{Src: w[c], Dst: w[1-c]}).Add(now, aggregate.TCPConnectionsOpened, 1)
+				f.pendingOpen = false
+			}
 			if f.conn != nil {
 				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
 				f.conn = nil
 			}
-			if e.flows[f.key] == f {
-				delete(e.flows, f.key)
-			}
+			e.unlink(f)
 			e.resolver.Forget(f, &f.uses)
 			if e.emitting {
 				e.emit(Event{Kind: EventFlowClose, Time: now, Local: f.key.a, Remote: f.key.b})
@@ -280,8 +424,34 @@ func (e *Engine) settle(now time.Time) {
 			conn.Add(now, aggregate.TCPConnectionsOpened, 1)
 			f.pendingOpen = false
 		}
+		if f.has(flowRecount) {
+			f.flags &^= flowRecount
+			e.account(now, f, 0)
+			e.account(now, f, 1)
+		}
 	}
 	e.dirty = e.dirty[:0]
+}
+
+// unlink takes f out of its chain and the table.
+func (e *Engine) unlink(f *flow) {
+	f.flags |= flowGone
+	e.nflows--
+	head := e.flows[f.key]
+	if head == f {
+		if f.next == nil {
+			delete(e.flows, f.key)
+		} else {
+			e.flows[f.key] = f.next
+		}
+		return
+	}
+	for g := head; g != nil; g = g.next {
+		if g.next == f {
+			g.next = f.next
+			return
+		}
+	}
 }
 
 // resolve returns the workload of endpoint i of f.
@@ -301,6 +471,9 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 // The edge is looked up at the first traffic after the flow's ends changed,
 // so that a direction without traffic leaves no empty series.
 func (e *Engine) account(now time.Time, f *flow, d uint8) {
+	if !f.has(flowPublished) {
+		return // held: the views keep what the ends report
+	}
 	dir := &f.dir[d]
 	b := max(dir.sentBytes, dir.recvBytes)
 	sg := max(dir.sentSegs, dir.recvSegs)

@@ -3,6 +3,7 @@ package match
 import (
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Role is which side of a TCP connection a socket is.
@@ -20,6 +21,8 @@ type Hello struct {
 	Node   string
 	BootID string
 	Epoch  uint64
+	// ReportInterval is the collector's report interval; 0 if unknown.
+	ReportInterval time.Duration
 }
 
 // Process is a process announced under a new handle.
@@ -64,6 +67,7 @@ type Stats struct {
 // Its parts apply in field order.
 type Batch struct {
 	Sequence  uint64
+	Time      time.Time // the end of the interval it reports; zero if unknown
 	Processes []Process
 	Sockets   []Socket
 	Owners    []Owner

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -33,6 +34,11 @@ type Config struct {
 	MaxSeries int
 	// Level is the aggregation level of the edges.
 	Level aggregate.Level
+	// JoinWindow is how long a flow whose peer is a fleet address waits for
+	// the peer's end before it counts as one-sided. Zero counts every flow
+	// at once; a negative value derives the window from the collectors'
+	// report intervals and their observed lag (see Engine.Window).
+	JoinWindow time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -48,6 +54,9 @@ type Session struct {
 	attached   bool
 	detachedAt time.Time
 	gone       bool
+	interval   time.Duration           // the collector's report interval
+	lag        time.Duration           // how far its last batch's time was behind the reducer's clock
+	addrs      map[netip.Addr]struct{} // the local addresses of its sockets: fleet addresses
 }
 
 // Node returns the session's node name.
@@ -71,7 +80,16 @@ type Engine struct {
 	events   *events
 	dirty    []*flow
 	nsockets int
+	nflows   int
 	emitting bool // someone subscribes to events; set at each commit
+
+	// Held flows, oldest first: they wait for their peer's end until the
+	// join window has passed since they were born.
+	held    []*flow
+	nheld   int
+	window  time.Duration
+	started time.Time
+	fleet   map[netip.Addr]int32 // fleet address → sessions reporting it
 
 	// Scratch space of the batch being applied.
 	newProcs  map[uint32]*process
@@ -85,6 +103,9 @@ type Engine struct {
 	flowGauge prometheus.Gauge
 	conflicts prometheus.Counter
 	expired   prometheus.Counter
+	heldGauge prometheus.Gauge
+	oneSided  prometheus.Counter
+	windowG   prometheus.Gauge
 }
 
 // New returns an engine that registers its self-metrics with reg.
@@ -105,6 +126,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		newProcs: make(map[uint32]*process),
 		newSocks: make(map[uint32]*socket),
 		seen:     make(map[uint32]struct{}),
+		fleet:    make(map[netip.Addr]int32),
 		updates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weir_reducer_socket_updates_total",
 			Help: "Socket counter updates (stats entries) applied.",
@@ -125,11 +147,29 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 			Name: "weir_reducer_sessions_expired_total",
 			Help: "Sessions of disconnected collectors dropped, with their sockets, after the session TTL.",
 		}),
+		heldGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_reducer_flows_held",
+			Help: "Flows whose peer is a fleet address, held until the peer's end reports or the join window passes; closed ones among them are tombstones.",
+		}),
+		oneSided: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_reducer_flows_unjoined_total",
+			Help: "Flows to a fleet address whose peer's end did not report within the join window; they count as one-sided.",
+		}),
+		windowG: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_reducer_join_window_seconds",
+			Help: "How long a flow to a fleet address waits for its peer's end (--join-window, or derived from report intervals and lag).",
+		}),
 	}
 	if e.now == nil {
 		e.now = time.Now
 	}
-	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired, e.events.lost} {
+	e.started = e.now()
+	e.window = e.cfg.JoinWindow
+	if e.window < 0 {
+		e.window = e.derivedWindow()
+	}
+	e.windowG.Set(e.window.Seconds())
+	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired, e.events.lost, e.heldGauge, e.oneSided, e.windowG} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register match metrics: %w", err)
 		}
@@ -143,13 +183,67 @@ func (e *Engine) Run(ctx context.Context) error {
 	every = min(max(every, 100*time.Millisecond), 15*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	// Held flows are published close to their deadline.
+	p := time.NewTicker(200 * time.Millisecond)
+	defer p.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 			e.Sweep()
+		case <-p.C:
+			e.PublishDue()
 		}
+	}
+}
+
+// PublishDue publishes the held flows whose join window has passed.
+func (e *Engine) PublishDue() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	e.emitting = e.events.active()
+	e.updateWindow()
+	e.publishDue(now)
+	e.settle(now)
+	e.setGauges()
+}
+
+// Window returns the current join window.
+func (e *Engine) Window() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.window
+}
+
+// derivedWindow is the join window when none is configured: two report
+// intervals of the slowest collector plus the greatest lag of a collector's
+// batches behind the reducer's clock, so that the peer's end of a
+// connection arrives in time from a collector that lags, whichever
+// collector reported first. It is at least 1 s, at most the session TTL.
+func (e *Engine) derivedWindow() time.Duration {
+	interval, lag := time.Second, time.Duration(0)
+	for _, s := range e.sessions {
+		interval = max(interval, s.interval)
+		if s.attached {
+			lag = max(lag, s.lag)
+		}
+	}
+	w := 2*interval + lag
+	if e.cfg.SessionTTL > 0 {
+		w = min(w, e.cfg.SessionTTL)
+	}
+	return max(w, time.Second)
+}
+
+func (e *Engine) updateWindow() {
+	if e.cfg.JoinWindow >= 0 {
+		return
+	}
+	if w := e.derivedWindow(); w != e.window {
+		e.window = w
+		e.windowG.Set(w.Seconds())
 	}
 }
 
@@ -178,6 +272,8 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		procs:    make(map[uint32]*process),
 		socks:    make(map[uint32]*socket),
 		attached: true,
+		interval: h.ReportInterval,
+		addrs:    make(map[netip.Addr]struct{}),
 	}
 	e.sessions[h.Node] = s
 	e.logger.Info("session opened", "node", h.Node, "epoch", h.Epoch)
@@ -205,6 +301,8 @@ func (e *Engine) Sweep() {
 	now := e.now()
 	e.emitting = e.events.active()
 	e.resolver.Changed(e.markDirty)
+	e.updateWindow()
+	e.publishDue(now)
 	e.settle(now)
 	for _, s := range e.sessions {
 		if s.attached || now.Sub(s.detachedAt) < e.cfg.SessionTTL {
@@ -241,7 +339,7 @@ func (e *Engine) Snapshot(dst []aggregate.Series) []aggregate.Series {
 func (e *Engine) Counts() (sockets, flows, edges int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.nsockets, len(e.flows), e.store.Len()
+	return e.nsockets, e.nflows, e.store.Len()
 }
 
 // drop removes a session and takes its sockets out of their flows.
@@ -254,7 +352,12 @@ func (e *Engine) drop(now time.Time, s *Session) {
 		e.leave(sk)
 	}
 	e.nsockets -= len(s.socks)
-	s.socks, s.procs = nil, nil
+	for a := range s.addrs {
+		if e.fleet[a]--; e.fleet[a] <= 0 {
+			delete(e.fleet, a)
+		}
+	}
+	s.socks, s.procs, s.addrs = nil, nil, nil
 	s.gone = true
 	if e.sessions[s.node] == s {
 		delete(e.sessions, s.node)
@@ -266,5 +369,6 @@ func (e *Engine) drop(now time.Time, s *Session) {
 // setGauges updates the size gauges.
 func (e *Engine) setGauges() {
 	e.sockets.Set(float64(e.nsockets))
-	e.flowGauge.Set(float64(len(e.flows)))
+	e.flowGauge.Set(float64(e.nflows))
+	e.heldGauge.Set(float64(e.nheld))
 }

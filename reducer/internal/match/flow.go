@@ -76,10 +76,38 @@ type direction struct {
 	edge                      *aggregate.Edge
 }
 
-// flow is one TCP connection with up to two reporting ends.
+// Flags of a flow.
+const (
+	// flowPublished: the flow counts on edges. Until then it is held: its
+	// peer is a fleet address whose end has not reported yet, and its
+	// views and its opened count wait for that end or for the join window.
+	flowPublished uint8 = 1 << iota
+	// flowClosed0 and flowClosed1: end 0 or 1 was reported closed; no
+	// other socket ever becomes that end of this flow.
+	flowClosed0
+	flowClosed1
+	// flowQueued: the flow is in the engine's queue of held flows.
+	flowQueued
+	// flowGone: the flow left the table.
+	flowGone
+	// flowRecount: the flow was published; its views are counted at its
+	// next settle.
+	flowRecount
+)
+
+// flow is one TCP connection with up to two reporting ends. The flows of
+// one 4-tuple form a chain, oldest first: a reused 4-tuple is a new flow,
+// and each side's sockets join the flows of the chain in the order they
+// opened.
 type flow struct {
 	key  flowKey
+	next *flow // the next, newer flow of the same 4-tuple
 	ends [2]*socket
+	// claim[i] identifies the socket that was end i, kept after it left:
+	// nil while no socket claimed end i.
+	claim [2]*socketIdent
+	born  int64 // unix nanoseconds when the first end arrived
+	flags uint8
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir         [2]direction
 	conn        *aggregate.Edge // edge where the flow counts as active
@@ -109,8 +137,38 @@ func (f *flow) client() uint8 {
 	return 0
 }
 
-// empty reports whether no end reports the flow any more.
-func (f *flow) empty() bool { return f.ends[0] == nil && f.ends[1] == nil }
+// empty reports whether no end reports the flow any more: each end is
+// closed or was never (or is no longer) reported.
+func (f *flow) empty() bool { return !f.live(0) && !f.live(1) }
+
+// live reports whether a socket reports end i.
+func (f *flow) live(i uint8) bool { return f.ends[i] != nil && !f.has(closedFlag(i)) }
+
+func (f *flow) has(flag uint8) bool { return f.flags&flag != 0 }
+
+// closedFlag is the flag of end i being closed.
+func closedFlag(i uint8) uint8 { return flowClosed0 << i }
+
+// joinable reports whether a new socket sk may become end i of f: a socket
+// that no other socket preceded as end i, or the same socket coming back
+// after its collector's session was replaced (same node, boot and cookie;
+// or, without cookies, a socket announced as existing).
+func (f *flow) joinable(i uint8, id *socketIdent, newConn bool) (fresh, again bool) {
+	if f.ends[i] != nil || f.has(closedFlag(i)) || f.has(flowGone) {
+		return false, false
+	}
+	c := f.claim[i]
+	if c == nil {
+		return true, false
+	}
+	if c.sess.node != id.sess.node || c.sess.bootID != id.sess.bootID || c.netns != id.netns {
+		return false, false
+	}
+	if c.cookie != 0 || id.cookie != 0 {
+		return false, c.cookie == id.cookie
+	}
+	return false, !newConn
+}
 
 // netipUnmap turns an IPv4-mapped IPv6 endpoint into its IPv4 form, so that
 // a dual-stack socket joins its IPv4 peer.

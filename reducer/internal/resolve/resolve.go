@@ -377,3 +377,16 @@ func (r *Resolver[F]) Len() (metadata, indexed int) {
 	defer r.mu.Unlock()
 	return len(r.table), len(r.ids)
 }
+
+// Fleet reports whether metadata names addr as a pod's or a node's: an
+// address whose sockets a collector of the fleet may report.
+func (r *Resolver[F]) Fleet(addr netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.table[IPKey(addr)] {
+		if e.rank == RankPod || e.rank == RankNode {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,164 @@
+package match
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// newWindowEngine returns an engine that holds flows to fleet addresses
+// for window.
+func newWindowEngine(t testing.TB, window time.Duration) (*Engine, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	e, err := New(Config{
+		SeriesTTL:  time.Hour,
+		SessionTTL: time.Hour,
+		Loopback:   true,
+		JoinWindow: window,
+		Now:        c.now,
+	}, prometheus.NewPedanticRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, c
+}
+
+func withCookie(s Socket, cookie uint64) Socket {
+	s.Cookie = cookie
+	return s
+}
+
+func TestJoinWindow(t *testing.T) {
+	type step struct {
+		node    string        // "a" runs curl (client), "b" runs nginx (server)
+		after   time.Duration // clock advance before the step; 1 s when 0
+		batch   Batch
+		publish bool // run PublishDue instead of applying batch
+	}
+	curl := []Process{{Handle: 1, Comm: "curl"}}
+	nginx := []Process{{Handle: 1, Comm: "nginx"}}
+	c1 := withCookie(sock(1, 1, RoleClient, "10.0.0.1:40000", "10.0.0.2:80", true), 11)
+	c2 := withCookie(sock(2, 1, RoleClient, "10.0.0.1:40000", "10.0.0.2:80", true), 12)
+	c3 := withCookie(sock(3, 1, RoleClient, "10.0.0.1:40000", "10.0.0.2:80", true), 13)
+	s1 := withCookie(sock(1, 1, RoleServer, "10.0.0.2:80", "10.0.0.1:40000", true), 21)
+	s2 := withCookie(sock(2, 1, RoleServer, "10.0.0.2:80", "10.0.0.1:40000", true), 22)
+	s3 := withCookie(sock(3, 1, RoleServer, "10.0.0.2:80", "10.0.0.1:40000", true), 23)
+	// Both namespaces on node a: nginx is process 2.
+	both := []Process{{Handle: 1, Comm: "curl"}, {Handle: 2, Comm: "nginx"}}
+	ls := func(s Socket, h uint32) Socket { s.Handle, s.Process, s.Netns = h, 2, 4026532000; return s }
+	tests := []struct {
+		name  string
+		steps []step
+		want  []string
+	}{
+		{
+			name: "the peer reports late: no external edge, opened on the joined edge",
+			steps: []step{
+				{node: "a", batch: Batch{Processes: curl, Sockets: []Socket{c1}, Stats: statsOf(stat{1, 100, 500, 2, 3})}},
+				{node: "a", batch: Batch{Stats: statsOf(stat{1, 10, 0, 1, 0})}},
+				{node: "b", after: 5 * time.Second, batch: Batch{Processes: nginx, Sockets: []Socket{s1}, Stats: statsOf(stat{1, 500, 110, 3, 3})}},
+			},
+			want: []string{
+				"curl/process -> nginx/process bytes=110 packets=3 opened=1 active=1",
+				"nginx/process -> curl/process bytes=500 packets=3 opened=0 active=0",
+			},
+		},
+		{
+			name: "the whole life of one end before the other's first report: each byte once",
+			steps: []step{
+				{node: "a", batch: Batch{Processes: curl, Sockets: []Socket{c1}, Stats: statsOf(stat{1, 7, 9, 1, 1}), Closed: []uint32{1}}},
+				{node: "b", after: 8 * time.Second, batch: Batch{Processes: nginx, Sockets: []Socket{s1}, Stats: statsOf(stat{1, 9, 7, 1, 1}), Closed: []uint32{1}}},
+			},
+			want: []string{
+				"curl/process -> nginx/process bytes=7 packets=1 opened=1 active=0",
+				"nginx/process -> curl/process bytes=9 packets=1 opened=0 active=0",
+			},
+		},
+		{
+			name: "no peer within the window: one-sided, with what was held",
+			steps: []step{
+				{node: "a", batch: Batch{Processes: curl, Sockets: []Socket{c1}, Stats: statsOf(stat{1, 100, 0, 2, 0})}},
+				{node: "a", after: 5 * time.Second, batch: Batch{Stats: statsOf(stat{1, 1, 0, 1, 0}), Closed: []uint32{1}}},
+				{publish: true, after: 6 * time.Second},
+			},
+			want: []string{
+				"curl/process -> 10.0.0.2/external bytes=101 packets=3 opened=1 active=0",
+			},
+		},
+		{
+			name: "port reuse within one batch on one node: two flows, each joined",
+			steps: []step{
+				{node: "a", batch: Batch{Processes: both,
+					Sockets: []Socket{c1, ls(s1, 4), c2, ls(s2, 5)},
+					Stats:   statsOf(stat{1, 5, 0, 1, 0}, stat{2, 3, 0, 1, 0}, stat{4, 0, 5, 0, 1}, stat{5, 0, 3, 0, 1}),
+					Closed:  []uint32{1, 4}}},
+			},
+			want: []string{
+				"curl/process -> nginx/process bytes=8 packets=2 opened=2 active=1",
+			},
+		},
+		{
+			name: "reused 4-tuple, sides skewed by several batches, in any order",
+			steps: []step{
+				{node: "a", batch: Batch{Processes: curl, Sockets: []Socket{c1}, Stats: statsOf(stat{1, 5, 1, 1, 1}), Closed: []uint32{1}}},
+				{node: "a", batch: Batch{Sockets: []Socket{c2}, Stats: statsOf(stat{2, 3, 1, 1, 1}), Closed: []uint32{2}}},
+				{node: "a", batch: Batch{Sockets: []Socket{c3}, Stats: statsOf(stat{3, 2, 0, 1, 0})}},
+				{node: "b", batch: Batch{Processes: nginx, Sockets: []Socket{s1, s2}, Stats: statsOf(stat{1, 1, 5, 1, 1}, stat{2, 1, 3, 1, 1}), Closed: []uint32{1, 2}}},
+				{node: "b", batch: Batch{Sockets: []Socket{s3}, Stats: statsOf(stat{3, 0, 2, 0, 1})}},
+			},
+			want: []string{
+				"curl/process -> nginx/process bytes=10 packets=3 opened=3 active=1",
+				"nginx/process -> curl/process bytes=2 packets=2 opened=0 active=0",
+			},
+		},
+		{
+			name: "the server reports first, then the reused client",
+			steps: []step{
+				{node: "b", batch: Batch{Processes: nginx, Sockets: []Socket{s1}, Stats: statsOf(stat{1, 0, 5, 0, 1}), Closed: []uint32{1}}},
+				{node: "b", batch: Batch{Sockets: []Socket{s2}, Stats: statsOf(stat{2, 0, 3, 0, 1})}},
+				{node: "a", batch: Batch{Processes: curl, Sockets: []Socket{c1, c2}, Stats: statsOf(stat{1, 5, 0, 1, 0}, stat{2, 3, 0, 1, 0}), Closed: []uint32{1}}},
+			},
+			want: []string{
+				"curl/process -> nginx/process bytes=8 packets=2 opened=2 active=1",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, c := newWindowEngine(t, 10*time.Second)
+			c.advance(time.Minute) // past the start-up window
+			sessions := map[string]*Session{"a": openSession(t, e, "node-a", 1), "b": openSession(t, e, "node-b", 1)}
+			// Both nodes' addresses are fleet addresses: each reports a
+			// self-connected socket, which joins no flow.
+			seq := map[string]uint64{}
+			for n, addr := range map[string]string{"a": "10.0.0.1:1", "b": "10.0.0.2:1"} {
+				seq[n]++
+				b := Batch{Sequence: seq[n], Sockets: []Socket{sock(99, 0, RoleClient, addr, addr, true)}}
+				if err := e.Apply(sessions[n], &b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, st := range tc.steps {
+				c.advance(max(st.after, time.Second))
+				if st.publish {
+					e.PublishDue()
+					continue
+				}
+				seq[st.node]++
+				b := st.batch
+				b.Sequence = seq[st.node]
+				if err := e.Apply(sessions[st.node], &b); err != nil {
+					t.Fatalf("step %d: %v", i, err)
+				}
+			}
+			sameLines(t, edgeLines(e), tc.want)
+			if _, flows, _ := e.Counts(); flows > 2 {
+				t.Errorf("%d flows left", flows)
+			}
+		})
+	}
+}
