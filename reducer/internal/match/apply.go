@@ -334,9 +334,11 @@ func (e *Engine) close(sk *socket) {
 }
 
 // leave takes a socket of a replaced or expired session out of its flow:
-// the same socket may come back under the new session. The counted amounts
-// stay, and the socket's views restart from zero, so that a later end never
-// counts again what was counted already.
+// the same socket may come back under the new session (same cookie), and
+// its views go on from where they were, since a collector's deltas after a
+// resync continue from its last report. A flow that no end reports and
+// that is published leaves the table at the next settle; the socket then
+// starts a new one, counting from zero.
 func (e *Engine) leave(sk *socket) {
 	f := sk.flow
 	if f == nil {
@@ -348,8 +350,6 @@ func (e *Engine) leave(sk *socket) {
 		return
 	}
 	f.ends[i] = nil
-	f.dir[i].sentBytes, f.dir[i].sentSegs = 0, 0
-	f.dir[1-i].recvBytes, f.dir[1-i].recvSegs = 0, 0
 	sk.flow = nil
 	e.markDirty(f)
 }
