@@ -107,6 +107,10 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	if !b.Time.IsZero() {
 		s.lag = max(now.Sub(b.Time), 0)
 	}
+	if !s.reported {
+		e.reported(s)
+		e.updateWindow()
+	}
 	e.publishDue(now)
 	for h, p := range e.newProcs {
 		s.procs[h] = p
@@ -276,10 +280,11 @@ func (e *Engine) newFlow(now time.Time, key flowKey, loop bool, peer netip.Addr)
 
 // isFleet reports whether a connected collector may report a socket of
 // addr: an address some collector reports as local, one that metadata
-// names as a pod's or a node's, or any address during the first join
-// window after start, while the collectors connect.
+// names as a pod's or a node's, or any address while a connected
+// collector has not reported yet, or during the first join window after
+// start, while the collectors connect.
 func (e *Engine) isFleet(now time.Time, addr netip.Addr) bool {
-	if e.fleet[addr] > 0 || now.Sub(e.started) < e.window {
+	if e.fleet[addr] > 0 || e.unreported > 0 || now.Sub(e.started) < e.window {
 		return true
 	}
 	return e.resolver.Fleet(addr)

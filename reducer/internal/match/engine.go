@@ -57,6 +57,7 @@ type Session struct {
 	interval   time.Duration           // the collector's report interval
 	lag        time.Duration           // how far its last batch's time was behind the reducer's clock
 	addrs      map[netip.Addr]struct{} // the local addresses of its sockets: fleet addresses
+	reported   bool                    // a batch arrived: its addresses are known
 }
 
 // Node returns the session's node name.
@@ -90,6 +91,9 @@ type Engine struct {
 	window  time.Duration
 	started time.Time
 	fleet   map[netip.Addr]int32 // fleet address → sessions reporting it
+	// unreported counts the attached sessions that sent no batch yet:
+	// while their addresses are unknown, any peer may be in the fleet.
+	unreported int
 
 	// Scratch space of the batch being applied.
 	newProcs  map[uint32]*process
@@ -276,6 +280,7 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		addrs:    make(map[netip.Addr]struct{}),
 	}
 	e.sessions[h.Node] = s
+	e.unreported++
 	e.logger.Info("session opened", "node", h.Node, "epoch", h.Epoch)
 	return s, nil
 }
@@ -290,6 +295,7 @@ func (e *Engine) Detach(s *Session) {
 	}
 	s.attached = false
 	s.detachedAt = e.now()
+	e.reported(s)
 	s.cancel = nil
 }
 
@@ -352,6 +358,7 @@ func (e *Engine) drop(now time.Time, s *Session) {
 		e.leave(sk)
 	}
 	e.nsockets -= len(s.socks)
+	e.reported(s)
 	for a := range s.addrs {
 		if e.fleet[a]--; e.fleet[a] <= 0 {
 			delete(e.fleet, a)
@@ -364,6 +371,14 @@ func (e *Engine) drop(now time.Time, s *Session) {
 	}
 	e.settle(now)
 	e.setGauges()
+}
+
+// reported notes that s reported its first batch, or will not.
+func (e *Engine) reported(s *Session) {
+	if !s.reported {
+		s.reported = true
+		e.unreported--
+	}
 }
 
 // setGauges updates the size gauges.
