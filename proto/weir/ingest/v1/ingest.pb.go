@@ -444,7 +444,11 @@ type Batch struct {
 	// Process handles no longer referenced; they may be reused afterwards.
 	ForgottenProcesses []uint32 `protobuf:"varint,8,rep,packed,name=forgotten_processes,json=forgottenProcesses,proto3" json:"forgotten_processes,omitempty"`
 	// Cumulative loss counters of the collector, in-band.
-	Loss          *Loss `protobuf:"bytes,9,opt,name=loss,proto3" json:"loss,omitempty"`
+	Loss *Loss `protobuf:"bytes,9,opt,name=loss,proto3" json:"loss,omitempty"`
+	// DNS traffic of the interval, per client and server pair.
+	DnsFlows []*DnsFlow `protobuf:"bytes,10,rep,name=dns_flows,json=dnsFlows,proto3" json:"dns_flows,omitempty"`
+	// Addresses that DNS answers seen on the node named during the interval.
+	DnsAnswers    []*DnsAnswer `protobuf:"bytes,11,rep,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +546,20 @@ func (x *Batch) GetLoss() *Loss {
 	return nil
 }
 
+func (x *Batch) GetDnsFlows() []*DnsFlow {
+	if x != nil {
+		return x.DnsFlows
+	}
+	return nil
+}
+
+func (x *Batch) GetDnsAnswers() []*DnsAnswer {
+	if x != nil {
+		return x.DnsAnswers
+	}
+	return nil
+}
+
 // Process is a process that owns sockets.
 type Process struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -558,7 +576,18 @@ type Process struct {
 	StartTime uint64 `protobuf:"varint,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// Cgroup v2 id of the process (the inode of its cgroup directory), captured
 	// in the kernel, so it is known even after the process exits; 0 if unknown.
-	CgroupId      uint64 `protobuf:"varint,6,opt,name=cgroup_id,json=cgroupId,proto3" json:"cgroup_id,omitempty"`
+	CgroupId uint64 `protobuf:"varint,6,opt,name=cgroup_id,json=cgroupId,proto3" json:"cgroup_id,omitempty"`
+	// Parent process id (tgid) in the root pid namespace; 0 if unknown.
+	Ppid uint32 `protobuf:"varint,7,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	// Path of the process's executable (/proc/PID/exe), when known.
+	Executable string `protobuf:"bytes,8,opt,name=executable,proto3" json:"executable,omitempty"`
+	// Command line, arguments joined by spaces, truncated by the collector.
+	Cmdline string `protobuf:"bytes,9,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
+	// Container id from the cgroup path (docker, containerd, cri-o or podman
+	// path shapes), 64 hex digits; empty outside a container.
+	ContainerId string `protobuf:"bytes,10,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Kubernetes pod UID from the cgroup path; empty outside a pod.
+	PodUid        string `protobuf:"bytes,11,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -635,6 +664,41 @@ func (x *Process) GetCgroupId() uint64 {
 	return 0
 }
 
+func (x *Process) GetPpid() uint32 {
+	if x != nil {
+		return x.Ppid
+	}
+	return 0
+}
+
+func (x *Process) GetExecutable() string {
+	if x != nil {
+		return x.Executable
+	}
+	return ""
+}
+
+func (x *Process) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *Process) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *Process) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
 // Socket is one end of a TCP connection.
 type Socket struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -656,7 +720,11 @@ type Socket struct {
 	NewConnection bool `protobuf:"varint,9,opt,name=new_connection,json=newConnection,proto3" json:"new_connection,omitempty"`
 	// The kernel's socket cookie: unique per socket for the node's boot, so a
 	// reused address and port pair is a different socket. 0 if unknown.
-	Cookie        uint64 `protobuf:"varint,10,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	Cookie uint64 `protobuf:"varint,10,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	// The connection's ends after network address translation, as conntrack
+	// recorded it (e.g. a service's virtual IP replaced by a backend's); unset
+	// when no translation applies. The peer sees these addresses.
+	Nat           *Translation `protobuf:"bytes,11,opt,name=nat,proto3" json:"nat,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +829,326 @@ func (x *Socket) GetCookie() uint64 {
 	return 0
 }
 
+func (x *Socket) GetNat() *Translation {
+	if x != nil {
+		return x.Nat
+	}
+	return nil
+}
+
+// Translation is where a connection's packets really go after NAT, seen
+// from the socket: local_* is the address the peer answers to, remote_* the
+// peer's real address.
+type Translation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LocalAddr     []byte                 `protobuf:"bytes,1,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	LocalPort     uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr    []byte                 `protobuf:"bytes,3,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	RemotePort    uint32                 `protobuf:"varint,4,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Translation) Reset() {
+	*x = Translation{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Translation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Translation) ProtoMessage() {}
+
+func (x *Translation) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Translation.ProtoReflect.Descriptor instead.
+func (*Translation) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Translation) GetLocalAddr() []byte {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return nil
+}
+
+func (x *Translation) GetLocalPort() uint32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *Translation) GetRemoteAddr() []byte {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return nil
+}
+
+func (x *Translation) GetRemotePort() uint32 {
+	if x != nil {
+		return x.RemotePort
+	}
+	return 0
+}
+
+// DnsFlow is what one client address asked one DNS server during an
+// interval. The client end is local to the node.
+type DnsFlow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Client and server addresses: 4 bytes for IPv4, 16 for IPv6.
+	ClientAddr []byte `protobuf:"bytes,1,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	ServerAddr []byte `protobuf:"bytes,2,opt,name=server_addr,json=serverAddr,proto3" json:"server_addr,omitempty"`
+	ServerPort uint32 `protobuf:"varint,3,opt,name=server_port,json=serverPort,proto3" json:"server_port,omitempty"`
+	// Inode number of the client socket's network namespace.
+	Netns uint32 `protobuf:"varint,4,opt,name=netns,proto3" json:"netns,omitempty"`
+	// The querying process: comm, cgroup v2 id and container id, when known.
+	Comm        string `protobuf:"bytes,5,opt,name=comm,proto3" json:"comm,omitempty"`
+	CgroupId    uint64 `protobuf:"varint,6,opt,name=cgroup_id,json=cgroupId,proto3" json:"cgroup_id,omitempty"`
+	ContainerId string `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Answers by response code (the DNS RCODE number).
+	Responses []*DnsRcodeCount `protobuf:"bytes,8,rep,name=responses,proto3" json:"responses,omitempty"`
+	// Queries left unanswered past the collector's deadline.
+	Timeouts uint64 `protobuf:"varint,9,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	// Query to answer time of each answer, in microseconds; at most a capped
+	// number per flow and interval (the rest is counted in responses only).
+	DurationsUs   []uint32 `protobuf:"varint,10,rep,packed,name=durations_us,json=durationsUs,proto3" json:"durations_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsFlow) Reset() {
+	*x = DnsFlow{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsFlow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsFlow) ProtoMessage() {}
+
+func (x *DnsFlow) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsFlow.ProtoReflect.Descriptor instead.
+func (*DnsFlow) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DnsFlow) GetClientAddr() []byte {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return nil
+}
+
+func (x *DnsFlow) GetServerAddr() []byte {
+	if x != nil {
+		return x.ServerAddr
+	}
+	return nil
+}
+
+func (x *DnsFlow) GetServerPort() uint32 {
+	if x != nil {
+		return x.ServerPort
+	}
+	return 0
+}
+
+func (x *DnsFlow) GetNetns() uint32 {
+	if x != nil {
+		return x.Netns
+	}
+	return 0
+}
+
+func (x *DnsFlow) GetComm() string {
+	if x != nil {
+		return x.Comm
+	}
+	return ""
+}
+
+func (x *DnsFlow) GetCgroupId() uint64 {
+	if x != nil {
+		return x.CgroupId
+	}
+	return 0
+}
+
+func (x *DnsFlow) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *DnsFlow) GetResponses() []*DnsRcodeCount {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+func (x *DnsFlow) GetTimeouts() uint64 {
+	if x != nil {
+		return x.Timeouts
+	}
+	return 0
+}
+
+func (x *DnsFlow) GetDurationsUs() []uint32 {
+	if x != nil {
+		return x.DurationsUs
+	}
+	return nil
+}
+
+// DnsRcodeCount counts the answers with one response code.
+type DnsRcodeCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rcode         uint32                 `protobuf:"varint,1,opt,name=rcode,proto3" json:"rcode,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsRcodeCount) Reset() {
+	*x = DnsRcodeCount{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsRcodeCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsRcodeCount) ProtoMessage() {}
+
+func (x *DnsRcodeCount) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsRcodeCount.ProtoReflect.Descriptor instead.
+func (*DnsRcodeCount) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DnsRcodeCount) GetRcode() uint32 {
+	if x != nil {
+		return x.Rcode
+	}
+	return 0
+}
+
+func (x *DnsRcodeCount) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// DnsAnswer is one name and the addresses an answer gave it.
+type DnsAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name asked for, lower case, without the final dot.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Addresses of the A and AAAA records: 4 or 16 bytes each.
+	Addrs [][]byte `protobuf:"bytes,2,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// The smallest TTL of those records, in seconds.
+	TtlSeconds    uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DnsAnswer) Reset() {
+	*x = DnsAnswer{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DnsAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DnsAnswer) ProtoMessage() {}
+
+func (x *DnsAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DnsAnswer.ProtoReflect.Descriptor instead.
+func (*DnsAnswer) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DnsAnswer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DnsAnswer) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *DnsAnswer) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // SocketOwner sets the owning process of a socket.
 type SocketOwner struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -772,7 +1160,7 @@ type SocketOwner struct {
 
 func (x *SocketOwner) Reset() {
 	*x = SocketOwner{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +1172,7 @@ func (x *SocketOwner) String() string {
 func (*SocketOwner) ProtoMessage() {}
 
 func (x *SocketOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +1185,7 @@ func (x *SocketOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOwner.ProtoReflect.Descriptor instead.
 func (*SocketOwner) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SocketOwner) GetSocket() uint32 {
@@ -835,7 +1223,7 @@ type SocketStats struct {
 
 func (x *SocketStats) Reset() {
 	*x = SocketStats{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1235,7 @@ func (x *SocketStats) String() string {
 func (*SocketStats) ProtoMessage() {}
 
 func (x *SocketStats) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1248,7 @@ func (x *SocketStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketStats.ProtoReflect.Descriptor instead.
 func (*SocketStats) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SocketStats) GetHandleGaps() []uint32 {
@@ -913,13 +1301,21 @@ type Loss struct {
 	// Counter reads that went backwards; the collector counted nothing for
 	// them, so nothing was counted twice.
 	CounterRegressions uint64 `protobuf:"varint,5,opt,name=counter_regressions,json=counterRegressions,proto3" json:"counter_regressions,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Conntrack events lost because the netlink socket overran (ENOBUFS).
+	ConntrackOverrun uint64 `protobuf:"varint,6,opt,name=conntrack_overrun,json=conntrackOverrun,proto3" json:"conntrack_overrun,omitempty"`
+	// DNS payloads that could not be parsed.
+	DnsParseErrors uint64 `protobuf:"varint,7,opt,name=dns_parse_errors,json=dnsParseErrors,proto3" json:"dns_parse_errors,omitempty"`
+	// DNS payloads lost because the DNS ring buffer was full.
+	DnsRingFull uint64 `protobuf:"varint,8,opt,name=dns_ring_full,json=dnsRingFull,proto3" json:"dns_ring_full,omitempty"`
+	// Process events lost because the process ring buffer was full.
+	ProcessRingFull uint64 `protobuf:"varint,9,opt,name=process_ring_full,json=processRingFull,proto3" json:"process_ring_full,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Loss) Reset() {
 	*x = Loss{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1327,7 @@ func (x *Loss) String() string {
 func (*Loss) ProtoMessage() {}
 
 func (x *Loss) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1340,7 @@ func (x *Loss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Loss.ProtoReflect.Descriptor instead.
 func (*Loss) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Loss) GetRingFull() uint64 {
@@ -982,6 +1378,34 @@ func (x *Loss) GetCounterRegressions() uint64 {
 	return 0
 }
 
+func (x *Loss) GetConntrackOverrun() uint64 {
+	if x != nil {
+		return x.ConntrackOverrun
+	}
+	return 0
+}
+
+func (x *Loss) GetDnsParseErrors() uint64 {
+	if x != nil {
+		return x.DnsParseErrors
+	}
+	return 0
+}
+
+func (x *Loss) GetDnsRingFull() uint64 {
+	if x != nil {
+		return x.DnsRingFull
+	}
+	return 0
+}
+
+func (x *Loss) GetProcessRingFull() uint64 {
+	if x != nil {
+		return x.ProcessRingFull
+	}
+	return 0
+}
+
 // Ack acknowledges a Batch.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -992,7 +1416,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1428,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1441,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ack) GetSequence() uint64 {
@@ -1052,7 +1476,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x0freport_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x120\n" +
 	"\x14min_protocol_version\x18\b \x01(\rR\x12minProtocolVersion\x12\"\n" +
-	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\xa6\x03\n" +
+	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\x98\x04\n" +
 	"\x05Batch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
@@ -1062,7 +1486,11 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x05stats\x18\x06 \x01(\v2\x1b.weir.ingest.v1.SocketStatsR\x05stats\x12%\n" +
 	"\x0eclosed_sockets\x18\a \x03(\rR\rclosedSockets\x12/\n" +
 	"\x13forgotten_processes\x18\b \x03(\rR\x12forgottenProcesses\x12(\n" +
-	"\x04loss\x18\t \x01(\v2\x14.weir.ingest.v1.LossR\x04loss\"\x9b\x01\n" +
+	"\x04loss\x18\t \x01(\v2\x14.weir.ingest.v1.LossR\x04loss\x124\n" +
+	"\tdns_flows\x18\n" +
+	" \x03(\v2\x17.weir.ingest.v1.DnsFlowR\bdnsFlows\x12:\n" +
+	"\vdns_answers\x18\v \x03(\v2\x19.weir.ingest.v1.DnsAnswerR\n" +
+	"dnsAnswers\"\xa5\x02\n" +
 	"\aProcess\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x12\n" +
@@ -1070,7 +1498,15 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\x12\x1d\n" +
 	"\n" +
 	"start_time\x18\x05 \x01(\x04R\tstartTime\x12\x1b\n" +
-	"\tcgroup_id\x18\x06 \x01(\x04R\bcgroupId\"\xb9\x02\n" +
+	"\tcgroup_id\x18\x06 \x01(\x04R\bcgroupId\x12\x12\n" +
+	"\x04ppid\x18\a \x01(\rR\x04ppid\x12\x1e\n" +
+	"\n" +
+	"executable\x18\b \x01(\tR\n" +
+	"executable\x12\x18\n" +
+	"\acmdline\x18\t \x01(\tR\acmdline\x12!\n" +
+	"\fcontainer_id\x18\n" +
+	" \x01(\tR\vcontainerId\x12\x17\n" +
+	"\apod_uid\x18\v \x01(\tR\x06podUid\"\xe8\x02\n" +
 	"\x06Socket\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\rR\aprocess\x12(\n" +
@@ -1086,7 +1522,40 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x05netns\x18\b \x01(\rR\x05netns\x12%\n" +
 	"\x0enew_connection\x18\t \x01(\bR\rnewConnection\x12\x16\n" +
 	"\x06cookie\x18\n" +
-	" \x01(\x04R\x06cookie\"?\n" +
+	" \x01(\x04R\x06cookie\x12-\n" +
+	"\x03nat\x18\v \x01(\v2\x1b.weir.ingest.v1.TranslationR\x03nat\"\x8d\x01\n" +
+	"\vTranslation\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\x01 \x01(\fR\tlocalAddr\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x02 \x01(\rR\tlocalPort\x12\x1f\n" +
+	"\vremote_addr\x18\x03 \x01(\fR\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vremote_port\x18\x04 \x01(\rR\n" +
+	"remotePort\"\xd2\x02\n" +
+	"\aDnsFlow\x12\x1f\n" +
+	"\vclient_addr\x18\x01 \x01(\fR\n" +
+	"clientAddr\x12\x1f\n" +
+	"\vserver_addr\x18\x02 \x01(\fR\n" +
+	"serverAddr\x12\x1f\n" +
+	"\vserver_port\x18\x03 \x01(\rR\n" +
+	"serverPort\x12\x14\n" +
+	"\x05netns\x18\x04 \x01(\rR\x05netns\x12\x12\n" +
+	"\x04comm\x18\x05 \x01(\tR\x04comm\x12\x1b\n" +
+	"\tcgroup_id\x18\x06 \x01(\x04R\bcgroupId\x12!\n" +
+	"\fcontainer_id\x18\a \x01(\tR\vcontainerId\x12;\n" +
+	"\tresponses\x18\b \x03(\v2\x1d.weir.ingest.v1.DnsRcodeCountR\tresponses\x12\x1a\n" +
+	"\btimeouts\x18\t \x01(\x04R\btimeouts\x12!\n" +
+	"\fdurations_us\x18\n" +
+	" \x03(\rR\vdurationsUs\";\n" +
+	"\rDnsRcodeCount\x12\x14\n" +
+	"\x05rcode\x18\x01 \x01(\rR\x05rcode\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"V\n" +
+	"\tDnsAnswer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05addrs\x18\x02 \x03(\fR\x05addrs\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\rR\n" +
+	"ttlSeconds\"?\n" +
 	"\vSocketOwner\x12\x16\n" +
 	"\x06socket\x18\x01 \x01(\rR\x06socket\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\rR\aprocess\"\xc6\x01\n" +
@@ -1097,14 +1566,18 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"bytes_sent\x18\x02 \x03(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x03 \x03(\x04R\rbytesReceived\x12#\n" +
 	"\rsegments_sent\x18\x04 \x03(\x04R\fsegmentsSent\x12+\n" +
-	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\"\xb5\x01\n" +
+	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\"\xdc\x02\n" +
 	"\x04Loss\x12\x1b\n" +
 	"\tring_full\x18\x01 \x01(\x04R\bringFull\x12\x19\n" +
 	"\bmap_full\x18\x02 \x01(\x04R\amapFull\x12%\n" +
 	"\x0ebuffer_dropped\x18\x03 \x01(\x04R\rbufferDropped\x12\x1d\n" +
 	"\n" +
 	"socket_cap\x18\x04 \x01(\x04R\tsocketCap\x12/\n" +
-	"\x13counter_regressions\x18\x05 \x01(\x04R\x12counterRegressions\"!\n" +
+	"\x13counter_regressions\x18\x05 \x01(\x04R\x12counterRegressions\x12+\n" +
+	"\x11conntrack_overrun\x18\x06 \x01(\x04R\x10conntrackOverrun\x12(\n" +
+	"\x10dns_parse_errors\x18\a \x01(\x04R\x0ednsParseErrors\x12\"\n" +
+	"\rdns_ring_full\x18\b \x01(\x04R\vdnsRingFull\x12*\n" +
+	"\x11process_ring_full\x18\t \x01(\x04R\x0fprocessRingFull\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence*>\n" +
 	"\x04Role\x12\x14\n" +
@@ -1127,7 +1600,7 @@ func file_weir_ingest_v1_ingest_proto_rawDescGZIP() []byte {
 }
 
 var file_weir_ingest_v1_ingest_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_weir_ingest_v1_ingest_proto_goTypes = []any{
 	(Role)(0),                     // 0: weir.ingest.v1.Role
 	(*StreamRequest)(nil),         // 1: weir.ingest.v1.StreamRequest
@@ -1137,33 +1610,41 @@ var file_weir_ingest_v1_ingest_proto_goTypes = []any{
 	(*Batch)(nil),                 // 5: weir.ingest.v1.Batch
 	(*Process)(nil),               // 6: weir.ingest.v1.Process
 	(*Socket)(nil),                // 7: weir.ingest.v1.Socket
-	(*SocketOwner)(nil),           // 8: weir.ingest.v1.SocketOwner
-	(*SocketStats)(nil),           // 9: weir.ingest.v1.SocketStats
-	(*Loss)(nil),                  // 10: weir.ingest.v1.Loss
-	(*Ack)(nil),                   // 11: weir.ingest.v1.Ack
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Translation)(nil),           // 8: weir.ingest.v1.Translation
+	(*DnsFlow)(nil),               // 9: weir.ingest.v1.DnsFlow
+	(*DnsRcodeCount)(nil),         // 10: weir.ingest.v1.DnsRcodeCount
+	(*DnsAnswer)(nil),             // 11: weir.ingest.v1.DnsAnswer
+	(*SocketOwner)(nil),           // 12: weir.ingest.v1.SocketOwner
+	(*SocketStats)(nil),           // 13: weir.ingest.v1.SocketStats
+	(*Loss)(nil),                  // 14: weir.ingest.v1.Loss
+	(*Ack)(nil),                   // 15: weir.ingest.v1.Ack
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_weir_ingest_v1_ingest_proto_depIdxs = []int32{
 	4,  // 0: weir.ingest.v1.StreamRequest.hello:type_name -> weir.ingest.v1.Hello
 	5,  // 1: weir.ingest.v1.StreamRequest.batch:type_name -> weir.ingest.v1.Batch
-	11, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
+	15, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
 	3,  // 3: weir.ingest.v1.StreamResponse.welcome:type_name -> weir.ingest.v1.Welcome
-	12, // 4: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
-	13, // 5: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
+	16, // 4: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
+	17, // 5: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
 	6,  // 6: weir.ingest.v1.Batch.processes:type_name -> weir.ingest.v1.Process
 	7,  // 7: weir.ingest.v1.Batch.sockets:type_name -> weir.ingest.v1.Socket
-	8,  // 8: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
-	9,  // 9: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
-	10, // 10: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
-	0,  // 11: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
-	1,  // 12: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
-	2,  // 13: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	12, // 8: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
+	13, // 9: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
+	14, // 10: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
+	9,  // 11: weir.ingest.v1.Batch.dns_flows:type_name -> weir.ingest.v1.DnsFlow
+	11, // 12: weir.ingest.v1.Batch.dns_answers:type_name -> weir.ingest.v1.DnsAnswer
+	0,  // 13: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
+	8,  // 14: weir.ingest.v1.Socket.nat:type_name -> weir.ingest.v1.Translation
+	10, // 15: weir.ingest.v1.DnsFlow.responses:type_name -> weir.ingest.v1.DnsRcodeCount
+	1,  // 16: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
+	2,  // 17: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
+	17, // [17:18] is the sub-list for method output_type
+	16, // [16:17] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_weir_ingest_v1_ingest_proto_init() }
@@ -1185,7 +1666,7 @@ func file_weir_ingest_v1_ingest_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_weir_ingest_v1_ingest_proto_rawDesc), len(file_weir_ingest_v1_ingest_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
