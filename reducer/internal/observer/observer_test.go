@@ -129,7 +129,7 @@ func TestWatchFlows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStreams(t, f.obs, 1)
+	waitFollowers(t, f.obs, 1)
 	f.openConn(t)
 	f.closeConn(t)
 
@@ -213,8 +213,24 @@ func waitStreams(t *testing.T, o *Observer, n int32) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The hub registers the stream under its lock right after acquire.
-	time.Sleep(20 * time.Millisecond)
+}
+
+// waitFollowers waits until n WatchFlows streams follow the hub's events.
+func waitFollowers(t *testing.T, o *Observer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		o.hub.mu.Lock()
+		got, following := len(o.hub.subs), o.hub.events != nil
+		o.hub.mu.Unlock()
+		if got == n && (following || n == 0) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d followers (following %v), want %d", got, following, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestOpenWithoutTrafficAfterGrace(t *testing.T) {
@@ -227,7 +243,7 @@ func TestOpenWithoutTrafficAfterGrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStreams(t, f.obs, 1)
+	waitFollowers(t, f.obs, 1)
 	f.apply(t, match.Batch{
 		Processes: []match.Process{{Handle: 1, Comm: "client"}},
 		Sockets:   []match.Socket{{Handle: 1, Process: 1, Role: match.RoleClient, Local: clientEP, Remote: serverEP, NewConnection: true}},
@@ -417,7 +433,7 @@ func TestFollowOnDemand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStreams(t, f.obs, 1)
+	waitFollowers(t, f.obs, 1)
 	if got := testutil.ToFloat64(f.obs.metrics.following); got != 1 {
 		t.Errorf("following %v with a stream", got)
 	}
