@@ -12,8 +12,13 @@
  * through the `events` ring buffer, a close carrying the final counters.
  * There is no open event: the next walk of the iterator in tcp_iter.c reports
  * every established socket with its endpoint, role and owner, and a socket
- * that closes before it is described whole by its close event. All programs are BTF tracepoints: no trace record is
- * formatted, and the socket is read through its BTF pointer.
+ * that closes before it is described whole by its close event. A connect
+ * that fails (SYN_SENT -> CLOSE with an error) is an EVENT_FAILED: there is
+ * no established socket to sample, so the event is all there is of it.
+ * Resets are counted in the socket storage by tcp_send_reset and
+ * tcp_receive_reset, for sockets that have storage only. All programs are
+ * BTF tracepoints: no trace record is formatted, and the socket is read
+ * through its BTF pointer.
  */
 
 #include "tcp.h"
@@ -101,6 +106,8 @@ static __always_inline void on_connect(struct sock *sk)
 	st->flags = SK_STATE_TRACKED;
 	st->syn_acked = 0;
 	st->syn_delivered = 0;
+	st->rst_sent = 0;
+	st->rst_received = 0;
 	set_owner(st);
 }
 
@@ -131,7 +138,29 @@ static __always_inline void on_established(struct sock *sk, u8 role)
 	st->syn_delivered = tp->delivered;
 }
 
-/* on_close: -> CLOSE. The final counters go out with the event. */
+/*
+ * fail_reason tells why a connect in SYN_SENT ended, from the error the
+ * kernel set before tcp_done(): 0 when the application gave up (close or
+ * shutdown before the handshake), which is not a failure of the network.
+ */
+static __always_inline u8 fail_reason(struct sock *sk)
+{
+	int err = sk->sk_err;
+	switch (err) {
+	case 0:
+		return 0;
+	case ECONNREFUSED:
+		return FAIL_REFUSED;
+	case ETIMEDOUT:
+		return FAIL_TIMEOUT;
+	}
+	return FAIL_UNREACHABLE;
+}
+
+/*
+ * on_close: -> CLOSE. The final counters go out with the event; a connect
+ * that failed goes out as EVENT_FAILED, with the reason.
+ */
 static __always_inline void on_close(struct sock *sk, int oldstate)
 {
 	if (!sk->sk_bpf_storage)
@@ -140,18 +169,81 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 	if (!st || (st->flags & SK_STATE_CLOSED))
 		return;
 	st->flags |= SK_STATE_CLOSED;
-	if (oldstate == TCP_SYN_SENT)
-		return; /* never established: nothing to report */
+	u8 kind = EVENT_CLOSE, reason = 0;
+	if (oldstate == TCP_SYN_SENT) {
+		reason = fail_reason(sk);
+		if (!reason)
+			return; /* abandoned before the handshake: nothing to report */
+		kind = EVENT_FAILED;
+	}
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
-	struct event *ev = reserve_event(EVENT_CLOSE);
+	struct event *ev = reserve_event(kind);
+	if (!ev)
+		return;
+	fill_endpoint(&ev->endpoint, tp, st->role);
+	ev->endpoint.reason = reason;
+	read_owner(st, &ev->owner);
+	read_counters(tp, st, st->syn_acked, st->syn_delivered, oldstate, &ev->counters);
+	submit_event(ev);
+}
+
+/*
+ * on_reset counts a RST that sk sent or received in its storage, for
+ * sockets that have one: a reset of a socket weir does not track, or with
+ * no socket at all (a SYN to a closed port: the client's refused connect
+ * counts it), is left alone. The kernel often sends a RST just after the
+ * socket moved to CLOSE (close() with SO_LINGER 0 or unread data), after
+ * the close event: the final counters then go out again as EVENT_RESET.
+ */
+static __always_inline void on_reset(struct sock *sk, bool sent)
+{
+	if (!sk)
+		return;
+	/* Time-wait and request sockets are not full sockets: no storage field. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	struct sock *full = &tp->inet_conn.icsk_inet.sk;
+	if (!full->sk_bpf_storage)
+		return;
+	struct sk_state *st = bpf_sk_storage_get(&sk_states, full, 0, 0);
+	if (!st || !(st->flags & SK_STATE_TRACKED))
+		return;
+	if (sent)
+		__sync_fetch_and_add(&st->rst_sent, 1);
+	else
+		__sync_fetch_and_add(&st->rst_received, 1);
+	if (!(st->flags & SK_STATE_CLOSED))
+		return; /* the next sample or the close event carries it */
+	int state = full->__sk_common.skc_state;
+	if (state != TCP_CLOSE)
+		return;
+	struct event *ev = reserve_event(EVENT_RESET);
 	if (!ev)
 		return;
 	fill_endpoint(&ev->endpoint, tp, st->role);
 	read_owner(st, &ev->owner);
-	read_counters(tp, st->syn_acked, st->syn_delivered, oldstate, &ev->counters);
+	/* The state before the close is gone: take the FIN as not queued. */
+	read_counters(tp, st, st->syn_acked, st->syn_delivered, TCP_CLOSE, &ev->counters);
 	submit_event(ev);
+}
+
+/* Arguments: const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason. */
+SEC("tp_btf/tcp_send_reset")
+int tcp_send_reset(u64 *ctx)
+{
+	on_reset((struct sock *)ctx[0], true);
+	return 0;
+}
+
+/* Arguments: struct sock *sk. */
+SEC("tp_btf/tcp_receive_reset")
+int tcp_receive_reset(u64 *ctx)
+{
+	on_reset((struct sock *)ctx[0], false);
+	return 0;
 }
 
 /* on_listen: CLOSE -> LISTEN, in listen(), so current is the owner. */

@@ -36,7 +36,19 @@ enum event_kind {
 	EVENT_CLOSE = 2,
 	EVENT_LISTEN = 3,
 	EVENT_EXISTING = 4,
+	EVENT_FAILED = 5, /* a connect that never established; endpoint.reason says why */
+	EVENT_RESET = 6,  /* a reset sent or received after the close event: the final counters again */
 };
+
+/* Why a connect failed (endpoint.reason of EVENT_FAILED); values match probe.FailReason. */
+enum fail_reason {
+	FAIL_REFUSED = 1,     /* the peer answered the SYN with a RST (ECONNREFUSED) */
+	FAIL_TIMEOUT = 2,     /* the SYN retries ran out (ETIMEDOUT) */
+	FAIL_UNREACHABLE = 3, /* another error, e.g. an ICMP unreachable (EHOSTUNREACH) */
+};
+
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
 
 /* Values match probe.Role. */
 enum role {
@@ -70,7 +82,8 @@ struct endpoint {
 	u16 family;
 	u8 role;      /* enum role */
 	u8 kind;      /* enum event_kind in an event, 0 in a sample */
-	u8 _pad[4];
+	u8 reason;    /* enum fail_reason in EVENT_FAILED, else 0 */
+	u8 _pad[3];
 };
 
 /* The process that uses a socket; pid 0 while unknown. */
@@ -84,19 +97,30 @@ struct owner {
 
 /*
  * The counters user space sees: payload bytes, without SYN and FIN. The
- * segment counters are the kernel's u32 fields.
+ * segment counters are the kernel's u32 fields. total_retrans is
+ * tcp_sock.total_retrans, read where the counters are read (the sample
+ * walk, the close): exact, since the kernel adds every retransmitted
+ * segment there, and free on the packet path, unlike a tcp_retransmit_skb
+ * hook that would run per retransmission. The reset counters come from the
+ * socket storage (the kernel keeps none per socket). srtt_us is the
+ * smoothed RTT in microseconds (tcp_sock.srtt_us >> 3), 0 before the first
+ * measurement: a gauge, not a counter.
  */
 struct counters {
 	u64 bytes_acked;
 	u64 bytes_received;
 	u32 delivered;
 	u32 data_segs_in;
+	u32 total_retrans;
+	u32 srtt_us;
+	u32 rst_sent;
+	u32 rst_received;
 };
 
 /*
  * A lifecycle event on the ring buffer, and one live socket written by the
- * sampling iterator. 120 bytes: with the ring's 8-byte record header an
- * event fills two cache lines, which is most of what it costs to send.
+ * sampling iterator. 136 bytes: with the ring's 8-byte record header an
+ * event fills two cache lines and a quarter.
  */
 struct event {
 	struct endpoint endpoint; /* endpoint.kind tells the event */
@@ -127,6 +151,8 @@ struct sk_state {
 	u8 role;           /* enum role */
 	u8 flags;          /* SK_STATE_* */
 	u16 _pad;
+	u32 rst_sent;      /* RSTs this socket sent (tcp_send_reset) */
+	u32 rst_received;  /* RSTs it received (tcp_receive_reset) */
 };
 
 struct {
@@ -191,8 +217,8 @@ static __always_inline bool trackable_state(int state)
  * whether the FIN was queued. bytes_received counts the peer's FIN once
  * received (SOCK_DONE).
  */
-static __always_inline void read_counters(struct tcp_sock *tp, u32 syn_acked, u32 syn_delivered,
-					  int state, struct counters *c)
+static __always_inline void read_counters(struct tcp_sock *tp, struct sk_state *st, u32 syn_acked,
+					  u32 syn_delivered, int state, struct counters *c)
 {
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	u64 acked = sub_floor(tp->bytes_acked, syn_acked);
@@ -207,6 +233,12 @@ static __always_inline void read_counters(struct tcp_sock *tp, u32 syn_acked, u3
 	c->bytes_received = received;
 	c->delivered = tp->delivered - syn_delivered;
 	c->data_segs_in = tp->data_segs_in;
+	c->total_retrans = tp->total_retrans;
+	c->srtt_us = tp->srtt_us >> 3;
+	if (st) {
+		c->rst_sent = st->rst_sent;
+		c->rst_received = st->rst_received;
+	}
 }
 
 static __always_inline void fill_endpoint(struct endpoint *e, struct tcp_sock *tp, u8 role)

@@ -44,7 +44,7 @@ static __always_inline void fill_sample(struct event *s, struct tcp_sock *tp, st
 {
 	fill_endpoint(&s->endpoint, tp, st->role);
 	read_owner(st, &s->owner);
-	read_counters(tp, st->syn_acked, st->syn_delivered, state, &s->counters);
+	read_counters(tp, st, st->syn_acked, st->syn_delivered, state, &s->counters);
 }
 
 SEC("iter/bpf_sk_storage_map")
@@ -111,7 +111,7 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 			return 0; /* seen established, or discovered before */
 		/* The handshake was not seen: no SYN baseline, role and owner unknown. */
 		st->flags = SK_STATE_TRACKED;
-		read_counters(tp, 0, 0, state, &ev->counters);
+		read_counters(tp, st, 0, 0, state, &ev->counters);
 	}
 	fill_endpoint(&ev->endpoint, tp, ROLE_UNKNOWN);
 	if (state != TCP_LISTEN)

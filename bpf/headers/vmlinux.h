@@ -143,6 +143,7 @@ struct sock {
 	struct bpf_local_storage *sk_bpf_storage;
 	struct socket *sk_socket;
 	u16 sk_protocol;
+	int sk_err;
 };
 
 struct inet_sock {
@@ -164,6 +165,8 @@ struct tcp_sock {
 	u32 segs_in;
 	u32 data_segs_in;
 	u64 bytes_acked;
+	u32 srtt_us;
+	u32 total_retrans;
 };
 
 enum sock_flags {

@@ -79,7 +79,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in `bytes` for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
 		intFlag(&cfg.BufferBytes, 63))
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
-	fs.Func("sample-ring-bytes", fmt.Sprintf("kernel memory in `bytes` for the samples of one poll, 128 bytes per live socket; a power of two of at least the page size (default %d)", cfg.Probe.SampleRingBytes),
+	fs.Func("sample-ring-bytes", fmt.Sprintf("kernel memory in `bytes` for the samples of one poll, 144 bytes per live socket; a power of two of at least the page size (default %d)", cfg.Probe.SampleRingBytes),
 		intFlag(&cfg.Probe.SampleRingBytes, 32))
 	fs.BoolVar(&cfg.Probe.Stats, "bpf-stats", cfg.Probe.Stats, "enable the kernel's BPF run-time statistics while running, for weir_collector_bpf_* (costs a clock read per program run)")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "client certificate for mTLS to the reducer")

@@ -29,10 +29,10 @@ import (
 // Config sizes the ring buffers and turns on run-time statistics.
 type Config struct {
 	RingBytes uint32 // ring buffer size in bytes, power of two and multiple of the page size (flag --ring-bytes, default 1<<20)
-	// SampleRingBytes sizes the ring that one Samples walk writes into: 128
-	// bytes per live tracked socket (a 120-byte record and its 8-byte
+	// SampleRingBytes sizes the ring that one Samples walk writes into: 144
+	// bytes per live tracked socket (a 136-byte record and its 8-byte
 	// header). A power of two, at least a page (flag --sample-ring-bytes).
-	// The default, 8 MiB, holds 65,536 sockets; a walk over more falls back
+	// The default, 16 MiB, holds 116,508 sockets (over the default --max-sockets); a walk over more falls back
 	// to a chunked walk (see Samples). The ring is locked kernel memory,
 	// allocated at load and mapped once into the collector.
 	SampleRingBytes uint32
@@ -50,8 +50,12 @@ func DefaultConfig() Config {
 	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc"}
 }
 
-// defaultSampleRingBytes holds the samples of 65,536 sockets.
-const defaultSampleRingBytes = 65536 * uint32(eventSize+8)
+// defaultSampleRingBytes holds the samples of 65,536 sockets, rounded up
+// to a power of two.
+const defaultSampleRingBytes = 16 << 20
+
+// The default holds the samples of 65,536 sockets.
+var _ [defaultSampleRingBytes - 65536*(eventSize+8)]struct{}
 
 // Validate reports the first bad field, named by its flag.
 func (c Config) Validate() error {
@@ -73,6 +77,8 @@ var tracepoints = []struct {
 	{"inet_sock_set_state", func(p *tcpPrograms) *ebpf.Program { return p.InetSockSetState }},
 	{"sock_send_length", func(p *tcpPrograms) *ebpf.Program { return p.SockSendLength }},
 	{"sock_recv_length", func(p *tcpPrograms) *ebpf.Program { return p.SockRecvLength }},
+	{"tcp_send_reset", func(p *tcpPrograms) *ebpf.Program { return p.TcpSendReset }},
+	{"tcp_receive_reset", func(p *tcpPrograms) *ebpf.Program { return p.TcpReceiveReset }},
 }
 
 // Indexes into the drops array; they match enum drop_reason in bpf/tcp.h.
@@ -270,7 +276,8 @@ type (
 		Family uint16
 		Role   uint8
 		Kind   uint8
-		Pad    [4]uint8
+		Reason uint8
+		Pad    [3]uint8
 	}
 	rawOwner = struct {
 		_         structs.HostLayout
@@ -286,6 +293,10 @@ type (
 		BytesReceived uint64
 		Delivered     uint32
 		DataSegsIn    uint32
+		TotalRetrans  uint32
+		SrttUs        uint32
+		RstSent       uint32
+		RstReceived   uint32
 	}
 )
 
@@ -323,11 +334,12 @@ func decodeDiscovered(raw []byte) (Event, error) {
 
 func eventOf(e *tcpEvent) (Event, error) {
 	kind := e.Endpoint.Kind
-	if kind < uint8(EventClose) || kind > uint8(EventExisting) {
+	if kind < uint8(EventClose) || kind > uint8(EventReset) {
 		return Event{}, fmt.Errorf("decode event: unknown kind %d", kind)
 	}
 	return Event{
 		Kind:     EventKind(kind),
+		Reason:   FailReason(e.Endpoint.Reason),
 		Endpoint: endpoint(&e.Endpoint),
 		Owner:    owner(&e.Owner, comm(&e.Owner.Comm)),
 		Counters: counters(&e.Counters),
@@ -364,6 +376,10 @@ func counters(c *rawCounters) Counters {
 		BytesReceived: c.BytesReceived,
 		SegsDelivered: c.Delivered,
 		DataSegsIn:    c.DataSegsIn,
+		Retransmits:   c.TotalRetrans,
+		SRTT:          time.Duration(c.SrttUs) * time.Microsecond,
+		ResetsSent:    c.RstSent,
+		ResetsRecv:    c.RstReceived,
 	}
 }
 
@@ -556,6 +572,8 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 		{tcpProgInetSockSetState, p.objs.InetSockSetState},
 		{tcpProgSockSendLength, p.objs.SockSendLength},
 		{tcpProgSockRecvLength, p.objs.SockRecvLength},
+		{tcpProgTcpSendReset, p.objs.TcpSendReset},
+		{tcpProgTcpReceiveReset, p.objs.TcpReceiveReset},
 		{tcpIterProgSampleSockets, p.iter.SampleSockets},
 		{tcpIterProgDiscoverSockets, p.iter.DiscoverSockets},
 	}

@@ -392,7 +392,10 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 				if ev.Cookie == 0 {
 					t.Errorf("%s open: cookie 0", c.name)
 				}
-				if ev.Counters != (Counters{}) {
+				if cs := ev.Counters; cs.SRTT <= 0 || cs.SRTT > time.Second {
+					t.Errorf("%s open: srtt %v, want a loopback round trip", c.name, cs.SRTT)
+				}
+				if cs := ev.Counters; (cs != Counters{SRTT: cs.SRTT}) {
 					t.Errorf("%s open: counters %+v, want zero (the handshake is the baseline)", c.name, ev.Counters)
 				}
 			}
@@ -680,10 +683,25 @@ func TestPrivilegedRefused(t *testing.T) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	failed := 0
 	for _, ev := range r.events {
-		if ev.Kind != EventListen && (ev.RemotePort == refused || ev.LocalPort == refused) {
-			t.Errorf("event for a connection that was never established: %+v", ev)
+		if ev.Kind == EventListen || (ev.RemotePort != refused && ev.LocalPort != refused) {
+			continue
 		}
+		if ev.Kind != EventFailed {
+			t.Errorf("event other than failed for a connection that was never established: %+v", ev)
+			continue
+		}
+		failed++
+		if ev.Reason != FailRefused || ev.Role != RoleClient || ev.RemotePort != refused || ev.Owner.PID != uint32(os.Getpid()) {
+			t.Errorf("failed connect: %+v, want refused, client, remote port %d, owner %d", ev, refused, os.Getpid())
+		}
+		if ev.Counters.ResetsRecv != 1 {
+			t.Errorf("failed connect: %d resets received, want 1", ev.Counters.ResetsRecv)
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d failed-connect events, want 1", failed)
 	}
 }
 

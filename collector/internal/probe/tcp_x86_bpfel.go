@@ -26,7 +26,8 @@ type tcpEvent struct {
 		Family uint16
 		Role   uint8
 		Kind   uint8
-		Pad    [4]uint8
+		Reason uint8
+		Pad    [3]uint8
 	}
 	Owner struct {
 		_         structs.HostLayout
@@ -42,6 +43,10 @@ type tcpEvent struct {
 		BytesReceived uint64
 		Delivered     uint32
 		DataSegsIn    uint32
+		TotalRetrans  uint32
+		SrttUs        uint32
+		RstSent       uint32
+		RstReceived   uint32
 	}
 }
 
@@ -61,6 +66,8 @@ type tcpSkState struct {
 	Role         uint8
 	Flags        uint8
 	Pad          uint16
+	RstSent      uint32
+	RstReceived  uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -73,6 +80,8 @@ const (
 	tcpProgInetSockSetState = "inet_sock_set_state"
 	tcpProgSockRecvLength   = "sock_recv_length"
 	tcpProgSockSendLength   = "sock_send_length"
+	tcpProgTcpReceiveReset  = "tcp_receive_reset"
+	tcpProgTcpSendReset     = "tcp_send_reset"
 	tcpVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -121,6 +130,8 @@ type tcpProgramSpecs struct {
 	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
 	SockRecvLength   *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
+	TcpReceiveReset  *ebpf.ProgramSpec `ebpf:"tcp_receive_reset"`
+	TcpSendReset     *ebpf.ProgramSpec `ebpf:"tcp_send_reset"`
 }
 
 // tcpMapSpecs contains maps before they are loaded into the kernel.
@@ -186,6 +197,8 @@ type tcpPrograms struct {
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
 	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
+	TcpReceiveReset  *ebpf.Program `ebpf:"tcp_receive_reset"`
+	TcpSendReset     *ebpf.Program `ebpf:"tcp_send_reset"`
 }
 
 func (p *tcpPrograms) Close() error {
@@ -193,6 +206,8 @@ func (p *tcpPrograms) Close() error {
 		p.InetSockSetState,
 		p.SockRecvLength,
 		p.SockSendLength,
+		p.TcpReceiveReset,
+		p.TcpSendReset,
 	)
 }
 

@@ -28,7 +28,8 @@ type tcpIterDiscovered struct {
 			Family uint16
 			Role   uint8
 			Kind   uint8
-			Pad    [4]uint8
+			Reason uint8
+			Pad    [3]uint8
 		}
 		Owner struct {
 			_         structs.HostLayout
@@ -44,6 +45,10 @@ type tcpIterDiscovered struct {
 			BytesReceived uint64
 			Delivered     uint32
 			DataSegsIn    uint32
+			TotalRetrans  uint32
+			SrttUs        uint32
+			RstSent       uint32
+			RstReceived   uint32
 		}
 	}
 	Inode uint64
@@ -65,6 +70,8 @@ type tcpIterSkState struct {
 	Role         uint8
 	Flags        uint8
 	Pad          uint16
+	RstSent      uint32
+	RstReceived  uint32
 }
 
 // Names of all BPF objects in the ELF.

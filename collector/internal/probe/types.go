@@ -47,7 +47,45 @@ const (
 	// the baseline, not traffic to count. Owner is unknown (PID 0) unless
 	// the kernel knew it; Inode lets user space find the owner in /proc.
 	EventExisting EventKind = 4
+	// EventFailed: a connect() that never established (SYN_SENT -> CLOSE
+	// with an error). Reason says why; Endpoint is the client's (role
+	// client), Owner the process that connected. It is all there is of
+	// the socket: it is never sampled.
+	EventFailed EventKind = 5
+	// EventReset: a tracked socket that had closed sent or received a RST
+	// after its close event (close() with SO_LINGER 0 or unread data sends
+	// the RST just after the move to CLOSE). Counters are its final
+	// values again, with the reset counted.
+	EventReset EventKind = 6
 )
+
+// FailReason is why a connect failed; it matches enum fail_reason in
+// bpf/tcp.h.
+type FailReason uint8
+
+// Reasons of EventFailed.
+const (
+	FailNone FailReason = iota
+	// FailRefused: the peer answered the SYN with a RST (ECONNREFUSED).
+	FailRefused
+	// FailTimeout: the SYN retransmissions ran out (ETIMEDOUT).
+	FailTimeout
+	// FailUnreachable: another error, e.g. an ICMP unreachable.
+	FailUnreachable
+)
+
+// String returns the reason's label value.
+func (r FailReason) String() string {
+	switch r {
+	case FailRefused:
+		return "refused"
+	case FailTimeout:
+		return "timeout"
+	case FailUnreachable:
+		return "unreachable"
+	}
+	return "none"
+}
 
 // Counters are a socket's cumulative tcp_sock counters, with what is not
 // payload (SYN, FIN) taken out. The segment counters are the kernel's u32
@@ -57,6 +95,16 @@ type Counters struct {
 	BytesReceived uint64 // tcp_sock.bytes_received: payload bytes received
 	SegsDelivered uint32 // tcp_sock.delivered: segments delivered to the peer, SYN taken out
 	DataSegsIn    uint32 // tcp_sock.data_segs_in: data segments received
+	// Retransmits is tcp_sock.total_retrans: segments retransmitted,
+	// SYN retransmissions included. A u32 that wraps.
+	Retransmits uint32
+	// ResetsSent and ResetsRecv count the RSTs the socket sent and
+	// received while tracked (kept in its socket storage).
+	ResetsSent uint32
+	ResetsRecv uint32
+	// SRTT is the smoothed round-trip time (tcp_sock.srtt_us >> 3), at
+	// microsecond resolution; 0 before the first measurement. A gauge.
+	SRTT time.Duration
 }
 
 // Owner is the process that uses a socket. PID 0 means not known yet.
@@ -83,6 +131,7 @@ type Event struct {
 	Kind EventKind
 	Endpoint
 	Inode    uint64 // inode of the socket's file; 0 when it has none (Discover only)
+	Reason   FailReason // EventFailed only
 	Owner    Owner
 	Counters Counters
 }
