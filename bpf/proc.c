@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+//go:build ignore
+
+/*
+ * Process lifecycle for the weir collector's process table.
+ *
+ * Three BTF tracepoints, sched:sched_process_fork, sched_process_exec and
+ * sched_process_exit, each publish one small record to the `proc_events`
+ * ring buffer: a new process (not a new thread), a program loaded, a thread
+ * group gone. They read the task through its BTF pointer and format no trace
+ * record. A thread's fork and a non-final thread's exit return at once, so
+ * the cost is one record per process start, exec and end. User space keeps
+ * the table and reads the rest (executable, command line, cgroup path) from
+ * /proc only for the processes that own sockets.
+ */
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* The task fields read here; CO-RE matches the name without the suffix. */
+struct task_struct___weir {
+	int pid;
+	int tgid;
+	u64 start_boottime;
+	struct task_struct___weir *real_parent;
+	struct task_struct___weir *group_leader;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
+enum proc_kind {
+	PROC_FORK = 1,
+	PROC_EXEC = 2,
+	PROC_EXIT = 3,
+};
+
+struct proc_event {
+	u64 start_time; /* thread group leader's start_boottime, ns */
+	u64 cgroup_id;  /* cgroup v2 id of current */
+	u32 pid;        /* tgid */
+	u32 ppid;       /* tgid of the parent */
+	u8 kind;        /* enum proc_kind */
+	u8 pad[7];
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18); /* set from probe.ProcessConfig before load */
+	__type(value, struct proc_event);
+} proc_events SEC(".maps");
+
+/* proc_drops[0] counts records lost because the ring was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} proc_drops SEC(".maps");
+
+static __always_inline void emit(u8 kind, struct task_struct___weir *t, u32 ppid)
+{
+	struct proc_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		u32 k = 0;
+		u64 *n = bpf_map_lookup_elem(&proc_drops, &k);
+		if (n)
+			(*n)++;
+		return;
+	}
+	struct task_struct___weir *leader = t->group_leader;
+	ev->kind = kind;
+	ev->pid = t->tgid;
+	ev->ppid = ppid;
+	ev->start_time = leader->start_boottime;
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	__builtin_memcpy(ev->comm, leader->comm, sizeof(ev->comm));
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("tp_btf/sched_process_fork")
+int proc_fork(u64 *ctx)
+{
+	struct task_struct___weir *parent = (void *)ctx[0], *child = (void *)ctx[1];
+
+	if (child->pid != child->tgid)
+		return 0; /* a new thread */
+	emit(PROC_FORK, child, parent->tgid);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int proc_exec(u64 *ctx)
+{
+	struct task_struct___weir *p = (void *)ctx[0];
+
+	emit(PROC_EXEC, p, p->real_parent->tgid);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int proc_exit(u64 *ctx)
+{
+	struct task_struct___weir *p = (void *)ctx[0];
+	bool group_dead = ctx[1];
+
+	if (!group_dead)
+		return 0; /* other threads of the group live on */
+	emit(PROC_EXIT, p, 0);
+	return 0;
+}
