@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ConnectFailure is why a TCP connect never established.
+type ConnectFailure int32
+
+const (
+	ConnectFailure_CONNECT_FAILURE_UNSPECIFIED ConnectFailure = 0
+	// The server answered the SYN with a RST (ECONNREFUSED).
+	ConnectFailure_CONNECT_FAILURE_REFUSED ConnectFailure = 1
+	// The SYN retransmissions ran out (ETIMEDOUT).
+	ConnectFailure_CONNECT_FAILURE_TIMEOUT ConnectFailure = 2
+	// Another error, e.g. an ICMP host or network unreachable.
+	ConnectFailure_CONNECT_FAILURE_UNREACHABLE ConnectFailure = 3
+)
+
+// Enum value maps for ConnectFailure.
+var (
+	ConnectFailure_name = map[int32]string{
+		0: "CONNECT_FAILURE_UNSPECIFIED",
+		1: "CONNECT_FAILURE_REFUSED",
+		2: "CONNECT_FAILURE_TIMEOUT",
+		3: "CONNECT_FAILURE_UNREACHABLE",
+	}
+	ConnectFailure_value = map[string]int32{
+		"CONNECT_FAILURE_UNSPECIFIED": 0,
+		"CONNECT_FAILURE_REFUSED":     1,
+		"CONNECT_FAILURE_TIMEOUT":     2,
+		"CONNECT_FAILURE_UNREACHABLE": 3,
+	}
+)
+
+func (x ConnectFailure) Enum() *ConnectFailure {
+	p := new(ConnectFailure)
+	*p = x
+	return p
+}
+
+func (x ConnectFailure) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConnectFailure) Descriptor() protoreflect.EnumDescriptor {
+	return file_weir_ingest_v1_ingest_proto_enumTypes[0].Descriptor()
+}
+
+func (ConnectFailure) Type() protoreflect.EnumType {
+	return &file_weir_ingest_v1_ingest_proto_enumTypes[0]
+}
+
+func (x ConnectFailure) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConnectFailure.Descriptor instead.
+func (ConnectFailure) EnumDescriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{0}
+}
+
 // Role is which side of a TCP connection a socket is.
 type Role int32
 
@@ -59,11 +115,11 @@ func (x Role) String() string {
 }
 
 func (Role) Descriptor() protoreflect.EnumDescriptor {
-	return file_weir_ingest_v1_ingest_proto_enumTypes[0].Descriptor()
+	return file_weir_ingest_v1_ingest_proto_enumTypes[1].Descriptor()
 }
 
 func (Role) Type() protoreflect.EnumType {
-	return &file_weir_ingest_v1_ingest_proto_enumTypes[0]
+	return &file_weir_ingest_v1_ingest_proto_enumTypes[1]
 }
 
 func (x Role) Number() protoreflect.EnumNumber {
@@ -72,7 +128,7 @@ func (x Role) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Role.Descriptor instead.
 func (Role) EnumDescriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{0}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{1}
 }
 
 // StreamRequest is one message from a collector.
@@ -448,7 +504,12 @@ type Batch struct {
 	// DNS traffic of the interval, per client and server pair.
 	DnsFlows []*DnsFlow `protobuf:"bytes,10,rep,name=dns_flows,json=dnsFlows,proto3" json:"dns_flows,omitempty"`
 	// Addresses that DNS answers seen on the node named during the interval.
-	DnsAnswers    []*DnsAnswer `protobuf:"bytes,11,rep,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	DnsAnswers []*DnsAnswer `protobuf:"bytes,11,rep,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	// TCP connects of the interval that never established. Applied after
+	// stats and before closes.
+	FailedConnects []*FailedConnect `protobuf:"bytes,12,rep,name=failed_connects,json=failedConnects,proto3" json:"failed_connects,omitempty"`
+	// UDP traffic of the interval, per local socket and remote address.
+	UdpFlows      []*UdpFlow `protobuf:"bytes,13,rep,name=udp_flows,json=udpFlows,proto3" json:"udp_flows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +621,267 @@ func (x *Batch) GetDnsAnswers() []*DnsAnswer {
 	return nil
 }
 
+func (x *Batch) GetFailedConnects() []*FailedConnect {
+	if x != nil {
+		return x.FailedConnects
+	}
+	return nil
+}
+
+func (x *Batch) GetUdpFlows() []*UdpFlow {
+	if x != nil {
+		return x.UdpFlows
+	}
+	return nil
+}
+
+// FailedConnect is one TCP connect() that failed: the client's end, its
+// process and the reason. There is no socket handle: the socket never
+// established and is gone.
+type FailedConnect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Handle of the connecting process; 0 when not known.
+	Process    uint32 `protobuf:"varint,1,opt,name=process,proto3" json:"process,omitempty"`
+	LocalAddr  []byte `protobuf:"bytes,2,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	LocalPort  uint32 `protobuf:"varint,3,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr []byte `protobuf:"bytes,4,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	RemotePort uint32 `protobuf:"varint,5,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	// Inode number of the client socket's network namespace.
+	Netns  uint32         `protobuf:"varint,6,opt,name=netns,proto3" json:"netns,omitempty"`
+	Reason ConnectFailure `protobuf:"varint,7,opt,name=reason,proto3,enum=weir.ingest.v1.ConnectFailure" json:"reason,omitempty"`
+	// SYNs retransmitted before the connect failed.
+	SynRetransmits uint64 `protobuf:"varint,8,opt,name=syn_retransmits,json=synRetransmits,proto3" json:"syn_retransmits,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FailedConnect) Reset() {
+	*x = FailedConnect{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailedConnect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailedConnect) ProtoMessage() {}
+
+func (x *FailedConnect) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailedConnect.ProtoReflect.Descriptor instead.
+func (*FailedConnect) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FailedConnect) GetProcess() uint32 {
+	if x != nil {
+		return x.Process
+	}
+	return 0
+}
+
+func (x *FailedConnect) GetLocalAddr() []byte {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return nil
+}
+
+func (x *FailedConnect) GetLocalPort() uint32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *FailedConnect) GetRemoteAddr() []byte {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return nil
+}
+
+func (x *FailedConnect) GetRemotePort() uint32 {
+	if x != nil {
+		return x.RemotePort
+	}
+	return 0
+}
+
+func (x *FailedConnect) GetNetns() uint32 {
+	if x != nil {
+		return x.Netns
+	}
+	return 0
+}
+
+func (x *FailedConnect) GetReason() ConnectFailure {
+	if x != nil {
+		return x.Reason
+	}
+	return ConnectFailure_CONNECT_FAILURE_UNSPECIFIED
+}
+
+func (x *FailedConnect) GetSynRetransmits() uint64 {
+	if x != nil {
+		return x.SynRetransmits
+	}
+	return 0
+}
+
+// UdpFlow is the UDP traffic of one local socket with one remote address
+// during an interval, as deltas. A socket that talks to more remote
+// addresses than the collector's per-socket cap reports the excess with an
+// empty remote_addr (and remote_port 0): "other peers".
+type UdpFlow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Handle of the process that uses the socket; 0 when not known.
+	Process    uint32 `protobuf:"varint,1,opt,name=process,proto3" json:"process,omitempty"`
+	LocalAddr  []byte `protobuf:"bytes,2,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	LocalPort  uint32 `protobuf:"varint,3,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr []byte `protobuf:"bytes,4,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	RemotePort uint32 `protobuf:"varint,5,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	// Inode number of the socket's network namespace.
+	Netns uint32 `protobuf:"varint,6,opt,name=netns,proto3" json:"netns,omitempty"`
+	// Payload bytes and datagrams sent to and received from the remote.
+	BytesSent         uint64 `protobuf:"varint,7,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived     uint64 `protobuf:"varint,8,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	DatagramsSent     uint64 `protobuf:"varint,9,opt,name=datagrams_sent,json=datagramsSent,proto3" json:"datagrams_sent,omitempty"`
+	DatagramsReceived uint64 `protobuf:"varint,10,opt,name=datagrams_received,json=datagramsReceived,proto3" json:"datagrams_received,omitempty"`
+	// Datagrams from the remote that the socket dropped (receive queue full).
+	Drops uint64 `protobuf:"varint,11,opt,name=drops,proto3" json:"drops,omitempty"`
+	// The kernel's socket cookie.
+	Cookie        uint64 `protobuf:"varint,12,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UdpFlow) Reset() {
+	*x = UdpFlow{}
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UdpFlow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UdpFlow) ProtoMessage() {}
+
+func (x *UdpFlow) ProtoReflect() protoreflect.Message {
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UdpFlow.ProtoReflect.Descriptor instead.
+func (*UdpFlow) Descriptor() ([]byte, []int) {
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UdpFlow) GetProcess() uint32 {
+	if x != nil {
+		return x.Process
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetLocalAddr() []byte {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return nil
+}
+
+func (x *UdpFlow) GetLocalPort() uint32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetRemoteAddr() []byte {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return nil
+}
+
+func (x *UdpFlow) GetRemotePort() uint32 {
+	if x != nil {
+		return x.RemotePort
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetNetns() uint32 {
+	if x != nil {
+		return x.Netns
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetDatagramsSent() uint64 {
+	if x != nil {
+		return x.DatagramsSent
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetDatagramsReceived() uint64 {
+	if x != nil {
+		return x.DatagramsReceived
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetDrops() uint64 {
+	if x != nil {
+		return x.Drops
+	}
+	return 0
+}
+
+func (x *UdpFlow) GetCookie() uint64 {
+	if x != nil {
+		return x.Cookie
+	}
+	return 0
+}
+
 // Process is a process that owns sockets.
 type Process struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -594,7 +916,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +928,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[5]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +941,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{5}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Process) GetHandle() uint32 {
@@ -731,7 +1053,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +1065,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[6]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +1078,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{6}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Socket) GetHandle() uint32 {
@@ -851,7 +1173,7 @@ type Translation struct {
 
 func (x *Translation) Reset() {
 	*x = Translation{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1185,7 @@ func (x *Translation) String() string {
 func (*Translation) ProtoMessage() {}
 
 func (x *Translation) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[7]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1198,7 @@ func (x *Translation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Translation.ProtoReflect.Descriptor instead.
 func (*Translation) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{7}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Translation) GetLocalAddr() []byte {
@@ -934,7 +1256,7 @@ type DnsFlow struct {
 
 func (x *DnsFlow) Reset() {
 	*x = DnsFlow{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1268,7 @@ func (x *DnsFlow) String() string {
 func (*DnsFlow) ProtoMessage() {}
 
 func (x *DnsFlow) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[8]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1281,7 @@ func (x *DnsFlow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsFlow.ProtoReflect.Descriptor instead.
 func (*DnsFlow) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{8}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DnsFlow) GetClientAddr() []byte {
@@ -1043,7 +1365,7 @@ type DnsRcodeCount struct {
 
 func (x *DnsRcodeCount) Reset() {
 	*x = DnsRcodeCount{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1377,7 @@ func (x *DnsRcodeCount) String() string {
 func (*DnsRcodeCount) ProtoMessage() {}
 
 func (x *DnsRcodeCount) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[9]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1390,7 @@ func (x *DnsRcodeCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsRcodeCount.ProtoReflect.Descriptor instead.
 func (*DnsRcodeCount) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{9}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DnsRcodeCount) GetRcode() uint32 {
@@ -1100,7 +1422,7 @@ type DnsAnswer struct {
 
 func (x *DnsAnswer) Reset() {
 	*x = DnsAnswer{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1434,7 @@ func (x *DnsAnswer) String() string {
 func (*DnsAnswer) ProtoMessage() {}
 
 func (x *DnsAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[10]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1447,7 @@ func (x *DnsAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsAnswer.ProtoReflect.Descriptor instead.
 func (*DnsAnswer) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{10}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DnsAnswer) GetName() string {
@@ -1160,7 +1482,7 @@ type SocketOwner struct {
 
 func (x *SocketOwner) Reset() {
 	*x = SocketOwner{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1494,7 @@ func (x *SocketOwner) String() string {
 func (*SocketOwner) ProtoMessage() {}
 
 func (x *SocketOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[11]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1507,7 @@ func (x *SocketOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOwner.ProtoReflect.Descriptor instead.
 func (*SocketOwner) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{11}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SocketOwner) GetSocket() uint32 {
@@ -1217,13 +1539,24 @@ type SocketStats struct {
 	SegmentsSent []uint64 `protobuf:"varint,4,rep,packed,name=segments_sent,json=segmentsSent,proto3" json:"segments_sent,omitempty"`
 	// Data segments received (tcp_sock.data_segs_in).
 	SegmentsReceived []uint64 `protobuf:"varint,5,rep,packed,name=segments_received,json=segmentsReceived,proto3" json:"segments_received,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The columns below are either empty (all zero in this batch) or as long
+	// as handle_gaps.
+	// Segments retransmitted (tcp_sock.total_retrans).
+	Retransmits []uint64 `protobuf:"varint,6,rep,packed,name=retransmits,proto3" json:"retransmits,omitempty"`
+	// RSTs the socket sent.
+	ResetsSent []uint64 `protobuf:"varint,7,rep,packed,name=resets_sent,json=resetsSent,proto3" json:"resets_sent,omitempty"`
+	// RSTs the socket received.
+	ResetsReceived []uint64 `protobuf:"varint,8,rep,packed,name=resets_received,json=resetsReceived,proto3" json:"resets_received,omitempty"`
+	// Smoothed round-trip time when the counters were read, in microseconds
+	// (tcp_sock.srtt_us >> 3); 0 when not measured.
+	SrttUs        []uint32 `protobuf:"varint,9,rep,packed,name=srtt_us,json=srttUs,proto3" json:"srtt_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SocketStats) Reset() {
 	*x = SocketStats{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1568,7 @@ func (x *SocketStats) String() string {
 func (*SocketStats) ProtoMessage() {}
 
 func (x *SocketStats) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[12]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1581,7 @@ func (x *SocketStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketStats.ProtoReflect.Descriptor instead.
 func (*SocketStats) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{12}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SocketStats) GetHandleGaps() []uint32 {
@@ -1286,6 +1619,34 @@ func (x *SocketStats) GetSegmentsReceived() []uint64 {
 	return nil
 }
 
+func (x *SocketStats) GetRetransmits() []uint64 {
+	if x != nil {
+		return x.Retransmits
+	}
+	return nil
+}
+
+func (x *SocketStats) GetResetsSent() []uint64 {
+	if x != nil {
+		return x.ResetsSent
+	}
+	return nil
+}
+
+func (x *SocketStats) GetResetsReceived() []uint64 {
+	if x != nil {
+		return x.ResetsReceived
+	}
+	return nil
+}
+
+func (x *SocketStats) GetSrttUs() []uint32 {
+	if x != nil {
+		return x.SrttUs
+	}
+	return nil
+}
+
 // Loss holds the collector's cumulative loss counters since it started.
 type Loss struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1309,13 +1670,25 @@ type Loss struct {
 	DnsRingFull uint64 `protobuf:"varint,8,opt,name=dns_ring_full,json=dnsRingFull,proto3" json:"dns_ring_full,omitempty"`
 	// Process events lost because the process ring buffer was full.
 	ProcessRingFull uint64 `protobuf:"varint,9,opt,name=process_ring_full,json=processRingFull,proto3" json:"process_ring_full,omitempty"`
+	// Failed TCP connects dropped because the collector's queue of them was
+	// full.
+	FailedConnectsDropped uint64 `protobuf:"varint,10,opt,name=failed_connects_dropped,json=failedConnectsDropped,proto3" json:"failed_connects_dropped,omitempty"`
+	// RSTs a socket sent or received after the collector had reported it
+	// closed: not counted.
+	ResetsUnreported uint64 `protobuf:"varint,11,opt,name=resets_unreported,json=resetsUnreported,proto3" json:"resets_unreported,omitempty"`
+	// UDP datagrams (sent, received or dropped) folded into "other peers"
+	// because their socket was at its cap of remote addresses.
+	UdpPeerCap uint64 `protobuf:"varint,12,opt,name=udp_peer_cap,json=udpPeerCap,proto3" json:"udp_peer_cap,omitempty"`
+	// UDP remote addresses dropped because the collector's table of UDP
+	// flows was full; their datagrams are not counted.
+	UdpFlowsDropped uint64 `protobuf:"varint,13,opt,name=udp_flows_dropped,json=udpFlowsDropped,proto3" json:"udp_flows_dropped,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Loss) Reset() {
 	*x = Loss{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1700,7 @@ func (x *Loss) String() string {
 func (*Loss) ProtoMessage() {}
 
 func (x *Loss) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[13]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1713,7 @@ func (x *Loss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Loss.ProtoReflect.Descriptor instead.
 func (*Loss) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{13}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Loss) GetRingFull() uint64 {
@@ -1406,6 +1779,34 @@ func (x *Loss) GetProcessRingFull() uint64 {
 	return 0
 }
 
+func (x *Loss) GetFailedConnectsDropped() uint64 {
+	if x != nil {
+		return x.FailedConnectsDropped
+	}
+	return 0
+}
+
+func (x *Loss) GetResetsUnreported() uint64 {
+	if x != nil {
+		return x.ResetsUnreported
+	}
+	return 0
+}
+
+func (x *Loss) GetUdpPeerCap() uint64 {
+	if x != nil {
+		return x.UdpPeerCap
+	}
+	return 0
+}
+
+func (x *Loss) GetUdpFlowsDropped() uint64 {
+	if x != nil {
+		return x.UdpFlowsDropped
+	}
+	return 0
+}
+
 // Ack acknowledges a Batch.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1416,7 +1817,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1829,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[14]
+	mi := &file_weir_ingest_v1_ingest_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1842,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{14}
+	return file_weir_ingest_v1_ingest_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ack) GetSequence() uint64 {
@@ -1476,7 +1877,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x0freport_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x120\n" +
 	"\x14min_protocol_version\x18\b \x01(\rR\x12minProtocolVersion\x12\"\n" +
-	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\x98\x04\n" +
+	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\x96\x05\n" +
 	"\x05Batch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
@@ -1490,7 +1891,41 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\tdns_flows\x18\n" +
 	" \x03(\v2\x17.weir.ingest.v1.DnsFlowR\bdnsFlows\x12:\n" +
 	"\vdns_answers\x18\v \x03(\v2\x19.weir.ingest.v1.DnsAnswerR\n" +
-	"dnsAnswers\"\xa5\x02\n" +
+	"dnsAnswers\x12F\n" +
+	"\x0ffailed_connects\x18\f \x03(\v2\x1d.weir.ingest.v1.FailedConnectR\x0efailedConnects\x124\n" +
+	"\tudp_flows\x18\r \x03(\v2\x17.weir.ingest.v1.UdpFlowR\budpFlows\"\xa0\x02\n" +
+	"\rFailedConnect\x12\x18\n" +
+	"\aprocess\x18\x01 \x01(\rR\aprocess\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\x02 \x01(\fR\tlocalAddr\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x03 \x01(\rR\tlocalPort\x12\x1f\n" +
+	"\vremote_addr\x18\x04 \x01(\fR\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vremote_port\x18\x05 \x01(\rR\n" +
+	"remotePort\x12\x14\n" +
+	"\x05netns\x18\x06 \x01(\rR\x05netns\x126\n" +
+	"\x06reason\x18\a \x01(\x0e2\x1e.weir.ingest.v1.ConnectFailureR\x06reason\x12'\n" +
+	"\x0fsyn_retransmits\x18\b \x01(\x04R\x0esynRetransmits\"\x83\x03\n" +
+	"\aUdpFlow\x12\x18\n" +
+	"\aprocess\x18\x01 \x01(\rR\aprocess\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\x02 \x01(\fR\tlocalAddr\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x03 \x01(\rR\tlocalPort\x12\x1f\n" +
+	"\vremote_addr\x18\x04 \x01(\fR\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vremote_port\x18\x05 \x01(\rR\n" +
+	"remotePort\x12\x14\n" +
+	"\x05netns\x18\x06 \x01(\rR\x05netns\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\a \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\b \x01(\x04R\rbytesReceived\x12%\n" +
+	"\x0edatagrams_sent\x18\t \x01(\x04R\rdatagramsSent\x12-\n" +
+	"\x12datagrams_received\x18\n" +
+	" \x01(\x04R\x11datagramsReceived\x12\x14\n" +
+	"\x05drops\x18\v \x01(\x04R\x05drops\x12\x16\n" +
+	"\x06cookie\x18\f \x01(\x04R\x06cookie\"\xa5\x02\n" +
 	"\aProcess\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x12\n" +
@@ -1558,7 +1993,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"ttlSeconds\"?\n" +
 	"\vSocketOwner\x12\x16\n" +
 	"\x06socket\x18\x01 \x01(\rR\x06socket\x12\x18\n" +
-	"\aprocess\x18\x02 \x01(\rR\aprocess\"\xc6\x01\n" +
+	"\aprocess\x18\x02 \x01(\rR\aprocess\"\xcb\x02\n" +
 	"\vSocketStats\x12\x1f\n" +
 	"\vhandle_gaps\x18\x01 \x03(\rR\n" +
 	"handleGaps\x12\x1d\n" +
@@ -1566,7 +2001,12 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"bytes_sent\x18\x02 \x03(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x03 \x03(\x04R\rbytesReceived\x12#\n" +
 	"\rsegments_sent\x18\x04 \x03(\x04R\fsegmentsSent\x12+\n" +
-	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\"\xdc\x02\n" +
+	"\x11segments_received\x18\x05 \x03(\x04R\x10segmentsReceived\x12 \n" +
+	"\vretransmits\x18\x06 \x03(\x04R\vretransmits\x12\x1f\n" +
+	"\vresets_sent\x18\a \x03(\x04R\n" +
+	"resetsSent\x12'\n" +
+	"\x0fresets_received\x18\b \x03(\x04R\x0eresetsReceived\x12\x17\n" +
+	"\asrtt_us\x18\t \x03(\rR\x06srttUs\"\x8f\x04\n" +
 	"\x04Loss\x12\x1b\n" +
 	"\tring_full\x18\x01 \x01(\x04R\bringFull\x12\x19\n" +
 	"\bmap_full\x18\x02 \x01(\x04R\amapFull\x12%\n" +
@@ -1577,9 +2017,20 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x11conntrack_overrun\x18\x06 \x01(\x04R\x10conntrackOverrun\x12(\n" +
 	"\x10dns_parse_errors\x18\a \x01(\x04R\x0ednsParseErrors\x12\"\n" +
 	"\rdns_ring_full\x18\b \x01(\x04R\vdnsRingFull\x12*\n" +
-	"\x11process_ring_full\x18\t \x01(\x04R\x0fprocessRingFull\"!\n" +
+	"\x11process_ring_full\x18\t \x01(\x04R\x0fprocessRingFull\x126\n" +
+	"\x17failed_connects_dropped\x18\n" +
+	" \x01(\x04R\x15failedConnectsDropped\x12+\n" +
+	"\x11resets_unreported\x18\v \x01(\x04R\x10resetsUnreported\x12 \n" +
+	"\fudp_peer_cap\x18\f \x01(\x04R\n" +
+	"udpPeerCap\x12*\n" +
+	"\x11udp_flows_dropped\x18\r \x01(\x04R\x0fudpFlowsDropped\"!\n" +
 	"\x03Ack\x12\x1a\n" +
-	"\bsequence\x18\x01 \x01(\x04R\bsequence*>\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence*\x8c\x01\n" +
+	"\x0eConnectFailure\x12\x1f\n" +
+	"\x1bCONNECT_FAILURE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17CONNECT_FAILURE_REFUSED\x10\x01\x12\x1b\n" +
+	"\x17CONNECT_FAILURE_TIMEOUT\x10\x02\x12\x1f\n" +
+	"\x1bCONNECT_FAILURE_UNREACHABLE\x10\x03*>\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_CLIENT\x10\x01\x12\x0f\n" +
@@ -1599,52 +2050,58 @@ func file_weir_ingest_v1_ingest_proto_rawDescGZIP() []byte {
 	return file_weir_ingest_v1_ingest_proto_rawDescData
 }
 
-var file_weir_ingest_v1_ingest_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_weir_ingest_v1_ingest_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_weir_ingest_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_weir_ingest_v1_ingest_proto_goTypes = []any{
-	(Role)(0),                     // 0: weir.ingest.v1.Role
-	(*StreamRequest)(nil),         // 1: weir.ingest.v1.StreamRequest
-	(*StreamResponse)(nil),        // 2: weir.ingest.v1.StreamResponse
-	(*Welcome)(nil),               // 3: weir.ingest.v1.Welcome
-	(*Hello)(nil),                 // 4: weir.ingest.v1.Hello
-	(*Batch)(nil),                 // 5: weir.ingest.v1.Batch
-	(*Process)(nil),               // 6: weir.ingest.v1.Process
-	(*Socket)(nil),                // 7: weir.ingest.v1.Socket
-	(*Translation)(nil),           // 8: weir.ingest.v1.Translation
-	(*DnsFlow)(nil),               // 9: weir.ingest.v1.DnsFlow
-	(*DnsRcodeCount)(nil),         // 10: weir.ingest.v1.DnsRcodeCount
-	(*DnsAnswer)(nil),             // 11: weir.ingest.v1.DnsAnswer
-	(*SocketOwner)(nil),           // 12: weir.ingest.v1.SocketOwner
-	(*SocketStats)(nil),           // 13: weir.ingest.v1.SocketStats
-	(*Loss)(nil),                  // 14: weir.ingest.v1.Loss
-	(*Ack)(nil),                   // 15: weir.ingest.v1.Ack
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(ConnectFailure)(0),           // 0: weir.ingest.v1.ConnectFailure
+	(Role)(0),                     // 1: weir.ingest.v1.Role
+	(*StreamRequest)(nil),         // 2: weir.ingest.v1.StreamRequest
+	(*StreamResponse)(nil),        // 3: weir.ingest.v1.StreamResponse
+	(*Welcome)(nil),               // 4: weir.ingest.v1.Welcome
+	(*Hello)(nil),                 // 5: weir.ingest.v1.Hello
+	(*Batch)(nil),                 // 6: weir.ingest.v1.Batch
+	(*FailedConnect)(nil),         // 7: weir.ingest.v1.FailedConnect
+	(*UdpFlow)(nil),               // 8: weir.ingest.v1.UdpFlow
+	(*Process)(nil),               // 9: weir.ingest.v1.Process
+	(*Socket)(nil),                // 10: weir.ingest.v1.Socket
+	(*Translation)(nil),           // 11: weir.ingest.v1.Translation
+	(*DnsFlow)(nil),               // 12: weir.ingest.v1.DnsFlow
+	(*DnsRcodeCount)(nil),         // 13: weir.ingest.v1.DnsRcodeCount
+	(*DnsAnswer)(nil),             // 14: weir.ingest.v1.DnsAnswer
+	(*SocketOwner)(nil),           // 15: weir.ingest.v1.SocketOwner
+	(*SocketStats)(nil),           // 16: weir.ingest.v1.SocketStats
+	(*Loss)(nil),                  // 17: weir.ingest.v1.Loss
+	(*Ack)(nil),                   // 18: weir.ingest.v1.Ack
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_weir_ingest_v1_ingest_proto_depIdxs = []int32{
-	4,  // 0: weir.ingest.v1.StreamRequest.hello:type_name -> weir.ingest.v1.Hello
-	5,  // 1: weir.ingest.v1.StreamRequest.batch:type_name -> weir.ingest.v1.Batch
-	15, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
-	3,  // 3: weir.ingest.v1.StreamResponse.welcome:type_name -> weir.ingest.v1.Welcome
-	16, // 4: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
-	17, // 5: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
-	6,  // 6: weir.ingest.v1.Batch.processes:type_name -> weir.ingest.v1.Process
-	7,  // 7: weir.ingest.v1.Batch.sockets:type_name -> weir.ingest.v1.Socket
-	12, // 8: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
-	13, // 9: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
-	14, // 10: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
-	9,  // 11: weir.ingest.v1.Batch.dns_flows:type_name -> weir.ingest.v1.DnsFlow
-	11, // 12: weir.ingest.v1.Batch.dns_answers:type_name -> weir.ingest.v1.DnsAnswer
-	0,  // 13: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
-	8,  // 14: weir.ingest.v1.Socket.nat:type_name -> weir.ingest.v1.Translation
-	10, // 15: weir.ingest.v1.DnsFlow.responses:type_name -> weir.ingest.v1.DnsRcodeCount
-	1,  // 16: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
-	2,  // 17: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
-	17, // [17:18] is the sub-list for method output_type
-	16, // [16:17] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	5,  // 0: weir.ingest.v1.StreamRequest.hello:type_name -> weir.ingest.v1.Hello
+	6,  // 1: weir.ingest.v1.StreamRequest.batch:type_name -> weir.ingest.v1.Batch
+	18, // 2: weir.ingest.v1.StreamResponse.ack:type_name -> weir.ingest.v1.Ack
+	4,  // 3: weir.ingest.v1.StreamResponse.welcome:type_name -> weir.ingest.v1.Welcome
+	19, // 4: weir.ingest.v1.Hello.report_interval:type_name -> google.protobuf.Duration
+	20, // 5: weir.ingest.v1.Batch.time:type_name -> google.protobuf.Timestamp
+	9,  // 6: weir.ingest.v1.Batch.processes:type_name -> weir.ingest.v1.Process
+	10, // 7: weir.ingest.v1.Batch.sockets:type_name -> weir.ingest.v1.Socket
+	15, // 8: weir.ingest.v1.Batch.owners:type_name -> weir.ingest.v1.SocketOwner
+	16, // 9: weir.ingest.v1.Batch.stats:type_name -> weir.ingest.v1.SocketStats
+	17, // 10: weir.ingest.v1.Batch.loss:type_name -> weir.ingest.v1.Loss
+	12, // 11: weir.ingest.v1.Batch.dns_flows:type_name -> weir.ingest.v1.DnsFlow
+	14, // 12: weir.ingest.v1.Batch.dns_answers:type_name -> weir.ingest.v1.DnsAnswer
+	7,  // 13: weir.ingest.v1.Batch.failed_connects:type_name -> weir.ingest.v1.FailedConnect
+	8,  // 14: weir.ingest.v1.Batch.udp_flows:type_name -> weir.ingest.v1.UdpFlow
+	0,  // 15: weir.ingest.v1.FailedConnect.reason:type_name -> weir.ingest.v1.ConnectFailure
+	1,  // 16: weir.ingest.v1.Socket.role:type_name -> weir.ingest.v1.Role
+	11, // 17: weir.ingest.v1.Socket.nat:type_name -> weir.ingest.v1.Translation
+	13, // 18: weir.ingest.v1.DnsFlow.responses:type_name -> weir.ingest.v1.DnsRcodeCount
+	2,  // 19: weir.ingest.v1.IngestService.Stream:input_type -> weir.ingest.v1.StreamRequest
+	3,  // 20: weir.ingest.v1.IngestService.Stream:output_type -> weir.ingest.v1.StreamResponse
+	20, // [20:21] is the sub-list for method output_type
+	19, // [19:20] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_weir_ingest_v1_ingest_proto_init() }
@@ -1665,8 +2122,8 @@ func file_weir_ingest_v1_ingest_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_weir_ingest_v1_ingest_proto_rawDesc), len(file_weir_ingest_v1_ingest_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   15,
+			NumEnums:      2,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
