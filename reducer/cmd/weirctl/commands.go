@@ -1,15 +1,18 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	observerv1 "github.com/weir-project/weir/proto/weir/observer/v1"
@@ -157,6 +160,8 @@ func serviceMap(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(fs.Output(), "Usage: weirctl map [flags]\n\nPrints the service map: the edges between workloads, largest first.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
+	watch := fs.Bool("watch", false, "keep printing the map as it changes (WatchServiceMap), until interrupted")
+	every := fs.Duration("interval", 5*time.Second, "with --watch: how often the reducer sends the changes")
 	if err := c.parse(fs, args, "table", "json", "dot"); err != nil {
 		return err
 	}
@@ -165,6 +170,9 @@ func serviceMap(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer done()
+	if *watch {
+		return c.watchMap(ctx, client, *every, stdout)
+	}
 	uctx, cancel := c.unary(ctx)
 	defer cancel()
 	resp, err := client.GetServiceMap(uctx, &observerv1.GetServiceMapRequest{})
@@ -208,4 +216,89 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	newPrinter(stdout).status(resp, time.Now())
 	return nil
+}
+
+// watchMap prints the map, then again each time it changes. With -o json
+// it prints the stream's messages, one per line.
+func (c *common) watchMap(ctx context.Context, client observerv1.ObserverServiceClient, every time.Duration, stdout io.Writer) error {
+	stream, err := client.WatchServiceMap(ctx, &observerv1.WatchServiceMapRequest{Interval: durationpb.New(every)})
+	if err != nil {
+		return c.explain(err)
+	}
+	p := newPrinter(stdout)
+	var m *observerv1.ServiceMap
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return c.explain(err)
+		}
+		if c.output == "json" {
+			if err := writeJSON(stdout, resp); err != nil {
+				return err
+			}
+			continue
+		}
+		if snap := resp.GetSnapshot(); snap != nil {
+			m = snap
+		} else if ch := resp.GetChange(); ch != nil && m != nil {
+			if len(ch.GetEdgesUpdated())+len(ch.GetEdgesRemoved())+len(ch.GetNodesAdded())+len(ch.GetNodesRemoved()) == 0 {
+				continue
+			}
+			m = applyChange(m, ch)
+		} else {
+			continue
+		}
+		if p.color {
+			fmt.Fprint(stdout, "\x1b[H\x1b[2J") // a terminal: redraw in place
+		} else {
+			fmt.Fprintln(stdout)
+		}
+		fmt.Fprintln(stdout, m.GetTime().AsTime().In(p.loc).Format("15:04:05"))
+		if c.output == "dot" {
+			mapDot(stdout, m)
+		} else {
+			p.mapTable(m)
+		}
+	}
+}
+
+// applyChange returns m with the change applied, edges sorted by bytes.
+func applyChange(m *observerv1.ServiceMap, ch *observerv1.ServiceMapChange) *observerv1.ServiceMap {
+	type key struct{ s, d string }
+	edges := make(map[key]*observerv1.Edge, len(m.GetEdges()))
+	for _, e := range m.GetEdges() {
+		edges[key{e.GetSourceId(), e.GetDestinationId()}] = e
+	}
+	for _, e := range ch.GetEdgesUpdated() {
+		edges[key{e.GetSourceId(), e.GetDestinationId()}] = e
+	}
+	for _, e := range ch.GetEdgesRemoved() {
+		delete(edges, key{e.GetSourceId(), e.GetDestinationId()})
+	}
+	nodes := make(map[string]*observerv1.Node, len(m.GetNodes()))
+	for _, n := range m.GetNodes() {
+		nodes[n.GetId()] = n
+	}
+	for _, n := range ch.GetNodesAdded() {
+		nodes[n.GetId()] = n
+	}
+	for _, id := range ch.GetNodesRemoved() {
+		delete(nodes, id)
+	}
+	out := &observerv1.ServiceMap{Time: ch.GetTime(), Level: m.GetLevel()}
+	for _, e := range edges {
+		out.Edges = append(out.Edges, e)
+	}
+	slices.SortFunc(out.Edges, func(a, b *observerv1.Edge) int {
+		return cmp.Or(cmp.Compare(b.GetTcpBytes(), a.GetTcpBytes()),
+			strings.Compare(a.GetSourceId(), b.GetSourceId()), strings.Compare(a.GetDestinationId(), b.GetDestinationId()))
+	})
+	for _, n := range nodes {
+		out.Nodes = append(out.Nodes, n)
+	}
+	slices.SortFunc(out.Nodes, func(a, b *observerv1.Node) int { return strings.Compare(a.GetId(), b.GetId()) })
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -197,5 +198,23 @@ func TestParseSince(t *testing.T) {
 	}
 	if _, err := parseSince("-5m", now); err == nil {
 		t.Error("negative duration accepted")
+	}
+}
+
+func TestApplyChange(t *testing.T) {
+	m := testMap()
+	web := m.Edges[1]
+	grown := proto.Clone(web).(*observerv1.Edge)
+	grown.TcpBytes = 4 << 30
+	ch := &observerv1.ServiceMapChange{
+		Time:         timestamppb.New(t0.Add(5 * time.Second)),
+		EdgesUpdated: []*observerv1.Edge{grown},
+		EdgesRemoved: []*observerv1.Edge{{SourceId: "deployment/shop/api", DestinationId: "deployment/shop/web"}},
+		NodesRemoved: []string{"nobody"},
+	}
+	got := applyChange(m, ch)
+	if len(got.Edges) != 2 || got.Edges[0].TcpBytes != 4<<30 || got.Edges[0].SourceId != "deployment/shop/web" ||
+		got.Edges[1].DestinationId != "statefulset/data/postgres" || len(got.Nodes) != 3 || !got.Time.AsTime().Equal(t0.Add(5*time.Second)) {
+		t.Errorf("applied: %v", got)
 	}
 }
