@@ -3,6 +3,7 @@
 package encode
 
 import (
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -136,6 +137,24 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 
 	b.Stats = e.stats(c.Deltas)
 
+	// Failed connects reference their process for this batch only: it is
+	// forgotten below unless a socket still holds it.
+	for i := range c.Failed {
+		f := &c.Failed[i]
+		p := e.ref(b, f.Owner)
+		b.FailedConnects = append(b.FailedConnects, &ingestv1.FailedConnect{
+			Process:        handleOf(p),
+			LocalAddr:      f.LocalAddr.AsSlice(),
+			LocalPort:      uint32(f.LocalPort),
+			RemoteAddr:     f.RemoteAddr.AsSlice(),
+			RemotePort:     uint32(f.RemotePort),
+			Netns:          f.NetNS,
+			Reason:         wireFailure(f.Reason),
+			SynRetransmits: uint64(f.SynRetransmits),
+		})
+		e.unref(p)
+	}
+
 	e.freeSocks = e.freeSocks[:0]
 	for _, cookie := range c.Closed {
 		s := e.socks[cookie]
@@ -167,7 +186,9 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	b.Loss = &ingestv1.Loss{
 		BufferDropped:      c.Loss.BufferDropped,
 		SocketCap:          c.Loss.SocketCap,
-		CounterRegressions: c.Loss.CounterRegressions,
+		CounterRegressions:    c.Loss.CounterRegressions,
+		FailedConnectsDropped: c.Loss.FailedDropped,
+		ResetsUnreported:      c.Loss.ResetsUnreported,
 	}
 	return b
 }
@@ -200,6 +221,25 @@ func (e *Encoder) stats(deltas []sockets.Delta) *ingestv1.SocketStats {
 	st.BytesReceived = make([]uint64, 0, n)
 	st.SegmentsSent = make([]uint64, 0, n)
 	st.SegmentsReceived = make([]uint64, 0, n)
+	// The rare columns (retransmits, resets) and the RTT go out only when
+	// some entry of the batch has one: an empty column means all zero.
+	var retrans, rst, rtt bool
+	for i := range deltas {
+		d := &deltas[i]
+		retrans = retrans || d.Retransmits != 0
+		rst = rst || d.ResetsSent|d.ResetsReceived != 0
+		rtt = rtt || d.SRTT != 0
+	}
+	if retrans {
+		st.Retransmits = make([]uint64, 0, n)
+	}
+	if rst {
+		st.ResetsSent = make([]uint64, 0, n)
+		st.ResetsReceived = make([]uint64, 0, n)
+	}
+	if rtt {
+		st.SrttUs = make([]uint32, 0, n)
+	}
 	var prev uint32
 	for h, i := range e.slots {
 		if i < 0 {
@@ -212,6 +252,16 @@ func (e *Encoder) stats(deltas []sockets.Delta) *ingestv1.SocketStats {
 		st.BytesReceived = append(st.BytesReceived, d.BytesReceived)
 		st.SegmentsSent = append(st.SegmentsSent, d.SegmentsSent)
 		st.SegmentsReceived = append(st.SegmentsReceived, d.SegmentsReceived)
+		if retrans {
+			st.Retransmits = append(st.Retransmits, d.Retransmits)
+		}
+		if rst {
+			st.ResetsSent = append(st.ResetsSent, d.ResetsSent)
+			st.ResetsReceived = append(st.ResetsReceived, d.ResetsReceived)
+		}
+		if rtt {
+			st.SrttUs = append(st.SrttUs, uint32(min(d.SRTT/time.Microsecond, math.MaxUint32)))
+		}
 	}
 	return st
 }
@@ -269,6 +319,18 @@ func handleOf(p *process) uint32 {
 		return 0
 	}
 	return p.handle
+}
+
+func wireFailure(r probe.FailReason) ingestv1.ConnectFailure {
+	switch r {
+	case probe.FailRefused:
+		return ingestv1.ConnectFailure_CONNECT_FAILURE_REFUSED
+	case probe.FailTimeout:
+		return ingestv1.ConnectFailure_CONNECT_FAILURE_TIMEOUT
+	case probe.FailUnreachable:
+		return ingestv1.ConnectFailure_CONNECT_FAILURE_UNREACHABLE
+	}
+	return ingestv1.ConnectFailure_CONNECT_FAILURE_UNSPECIFIED
 }
 
 func wireRole(r probe.Role) ingestv1.Role {

@@ -19,6 +19,9 @@ type metrics struct {
 	bufferDroppedBytes                              prometheus.Counter
 	listenersEvicted                                prometheus.Counter
 	eventErrors                                     prometheus.Counter
+	failed                                          *prometheus.CounterVec
+	failedDropped                                   prometheus.Counter
+	resetsUnreported                                prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
@@ -57,10 +60,18 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Listening sockets forgotten because the listener table was full."),
 		eventErrors: counter("weir_collector_event_errors_total",
 			"Lifecycle events that could not be read or decoded, skipped."),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_collector_failed_connects_total",
+			Help: "TCP connects that never established, by reason (refused, timeout, unreachable).",
+		}, []string{"reason"}),
+		failedDropped: counter("weir_collector_failed_connects_dropped_total",
+			"Failed TCP connects dropped unreported because the queue of them awaiting report was full."),
+		resetsUnreported: counter("weir_collector_resets_unreported_total",
+			"RST events of sockets the collector had already reported closed; not counted."),
 	}
 	collectors := []prometheus.Collector{
 		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.backwardReads, m.socketCap, m.vanished, m.invalidEndpoints,
-		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors,
+		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors, m.failed, m.failedDropped, m.resetsUnreported,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",
 			Help: "Live sockets tracked.",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,11 +29,14 @@ type Config struct {
 	// Owners finds the owners of sockets found already open whose event
 	// carries none, by socket inode (a /proc scan). Nil: no scan.
 	Owners OwnerScanner
+	// MaxFailed caps the failed connects awaiting report; beyond it they
+	// are dropped and counted. 0 means DefaultConfig's.
+	MaxFailed int
 }
 
 // DefaultConfig returns the defaults of a Table.
 func DefaultConfig() Config {
-	return Config{BufferBytes: 8 << 20, MaxSockets: 65536, MaxListeners: 65536}
+	return Config{BufferBytes: 8 << 20, MaxSockets: 65536, MaxListeners: 65536, MaxFailed: defaultMaxFailed}
 }
 
 // Sampler reads the current state of every socket the kernel tracks. A walk
@@ -64,10 +68,14 @@ const (
 	stateReleased
 )
 
+// defaultMaxFailed is how many failed connects wait for a report at most.
+const defaultMaxFailed = 16384
+
 // totals are a socket's counters accumulated since the table first saw it,
 // in 64 bits: the kernel's 32-bit segment counters wrap, these do not.
 type totals struct {
 	bytesSent, bytesReceived, segsSent, segsReceived uint64
+	retransmits, resetsSent, resetsReceived         uint64
 }
 
 type socket struct {
@@ -80,7 +88,7 @@ type socket struct {
 	newConn    bool  // announce with new_connection: established while the probe was loaded, never announced
 	ownerDirty bool  // exposed, owner changed since the last drain
 	owner      probe.Owner
-	raw        probe.Counters // the kernel's counters as last read
+	raw        probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
 	total      totals         // counted since first seen
 	rep        totals         // total as of the last drain: the baseline of deltas
 }
@@ -104,7 +112,7 @@ type Table struct {
 	closed []*socket // closed sockets awaiting report, oldest first
 	// closing are the cookies of the sockets in closed: a late sample of
 	// one of them is the same socket, not a new one.
-	closing map[uint64]struct{}
+	closing map[uint64]*socket
 	// closedDropped are the cookies of exposed sockets dropped from the
 	// buffer: their final delta is lost but the reducer still learns that
 	// they closed.
@@ -119,7 +127,9 @@ type Table struct {
 	// completeGen is the last complete poll, whose word on a socket's
 	// absence counts.
 	completeGen uint64
-	loss        Loss
+	// failed are the failed connects awaiting report, oldest first.
+	failed []FailedConnect
+	loss   Loss
 }
 
 // Loss are the table's cumulative loss counters.
@@ -127,6 +137,16 @@ type Loss struct {
 	BufferDropped      uint64 // closed sockets dropped from the buffer unreported
 	SocketCap          uint64 // sockets refused at the cap
 	CounterRegressions uint64 // counter reads that went backwards (the wire's Loss.counter_regressions)
+	FailedDropped      uint64 // failed connects dropped because MaxFailed were awaiting report
+	ResetsUnreported   uint64 // RSTs of sockets already reported closed, not counted
+}
+
+// FailedConnect is a TCP connect that never established.
+type FailedConnect struct {
+	probe.Endpoint
+	Owner          probe.Owner
+	Reason         probe.FailReason
+	SynRetransmits uint32
 }
 
 // New returns an empty Table whose metrics are registered with reg.
@@ -140,12 +160,15 @@ func New(cfg Config, reg prometheus.Registerer) (*Table, error) {
 	if cfg.MaxListeners <= 0 {
 		return nil, errors.New("max listeners must be positive")
 	}
+	if cfg.MaxFailed <= 0 {
+		cfg.MaxFailed = defaultMaxFailed
+	}
 	t := &Table{
 		cfg:       cfg,
 		live:      make(map[uint64]*socket),
 		listeners: make(map[listenKey]probe.Owner),
 		refused:   make(map[uint64]uint64),
-		closing:   make(map[uint64]struct{}),
+		closing:   make(map[uint64]*socket),
 	}
 	m, err := newMetrics(reg, t)
 	if err != nil {
@@ -213,6 +236,31 @@ func (t *Table) apply(ev probe.Event) {
 	case probe.EventListen:
 		t.m.listens.Inc()
 		t.listen(listenKey{netns: ev.NetNS, port: ev.LocalPort}, ev.Owner)
+	case probe.EventFailed:
+		t.m.failed.WithLabelValues(ev.Reason.String()).Inc()
+		if len(t.failed) >= t.cfg.MaxFailed {
+			t.loss.FailedDropped++
+			t.m.failedDropped.Inc()
+			return
+		}
+		t.failed = append(t.failed, FailedConnect{Endpoint: ev.Endpoint, Owner: ev.Owner, Reason: ev.Reason, SynRetransmits: ev.Counters.Retransmits})
+	case probe.EventReset:
+		// A RST sent or received just after the close event (close() with
+		// SO_LINGER 0 or unread data). Only the reset counters are taken:
+		// the kernel read the rest after the close, without the state
+		// that tells the FIN apart.
+		s := t.live[ev.Cookie]
+		if s == nil {
+			s = t.closing[ev.Cookie]
+		}
+		if s == nil {
+			t.loss.ResetsUnreported++
+			t.m.resetsUnreported.Inc()
+			return
+		}
+		c := s.raw
+		c.ResetsSent, c.ResetsRecv = ev.Counters.ResetsSent, ev.Counters.ResetsRecv
+		t.advance(s, c)
 	default:
 		t.m.unknownEvents.Inc()
 	}
@@ -321,6 +369,21 @@ func (t *Table) advance(s *socket, c probe.Counters) {
 	} else {
 		regressed = true
 	}
+	if d, ok := delta32(c.Retransmits, s.raw.Retransmits); ok {
+		s.total.retransmits += uint64(d)
+	} else {
+		regressed = true
+	}
+	if d, ok := delta32(c.ResetsSent, s.raw.ResetsSent); ok {
+		s.total.resetsSent += uint64(d)
+	} else {
+		regressed = true
+	}
+	if d, ok := delta32(c.ResetsRecv, s.raw.ResetsRecv); ok {
+		s.total.resetsReceived += uint64(d)
+	} else {
+		regressed = true
+	}
 	s.raw = c
 	if regressed {
 		t.loss.CounterRegressions++
@@ -346,7 +409,7 @@ func (t *Table) close(s *socket) {
 	}
 	s.state = stateClosed
 	t.closed = append(t.closed, s)
-	t.closing[s.Cookie] = struct{}{}
+	t.closing[s.Cookie] = s
 	for t.closedBytes() > t.cfg.BufferBytes && len(t.closed) > 0 {
 		t.dropOldest()
 	}
@@ -552,10 +615,12 @@ type OwnerChange struct {
 }
 
 // Delta is how far an announced socket's counters moved since the previous
-// Drain.
+// Drain, and its smoothed RTT when last read (0 if not measured).
 type Delta struct {
 	Cookie                                                   uint64
 	BytesSent, BytesReceived, SegmentsSent, SegmentsReceived uint64
+	Retransmits, ResetsSent, ResetsReceived                  uint64
+	SRTT                                                     time.Duration
 }
 
 // Changes is what changed since the previous Drain, in the order a reducer
@@ -572,6 +637,8 @@ type Changes struct {
 	// Closed are the cookies of announced sockets that closed, including
 	// those in Opened.
 	Closed []uint64
+	// Failed are the connects that failed since the previous Drain.
+	Failed []FailedConnect
 	// Loss are the table's cumulative loss counters.
 	Loss Loss
 }
@@ -582,6 +649,8 @@ func (c *Changes) reset() {
 	c.Owners = c.Owners[:0]
 	c.Deltas = c.Deltas[:0]
 	c.Closed = c.Closed[:0]
+	clear(c.Failed)
+	c.Failed = c.Failed[:0]
 }
 
 // Drain fills c (its slices are reused) with what changed since the
@@ -639,6 +708,9 @@ func (t *Table) Drain(c *Changes) {
 	t.closed = t.closed[:0]
 	c.Closed = append(c.Closed, t.closedDropped...)
 	t.closedDropped = t.closedDropped[:0]
+	c.Failed = append(c.Failed, t.failed...)
+	clear(t.failed)
+	t.failed = t.failed[:0]
 	c.Loss = t.loss
 }
 
@@ -652,6 +724,10 @@ func (t *Table) drainDelta(c *Changes, s *socket) {
 		BytesReceived:    s.total.bytesReceived - s.rep.bytesReceived,
 		SegmentsSent:     s.total.segsSent - s.rep.segsSent,
 		SegmentsReceived: s.total.segsReceived - s.rep.segsReceived,
+		Retransmits:      s.total.retransmits - s.rep.retransmits,
+		ResetsSent:       s.total.resetsSent - s.rep.resetsSent,
+		ResetsReceived:   s.total.resetsReceived - s.rep.resetsReceived,
+		SRTT:             s.raw.SRTT,
 	})
 	s.rep = s.total
 }
