@@ -2,12 +2,22 @@ package otlpexport
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +32,7 @@ import (
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/proto"
@@ -496,5 +507,98 @@ func BenchmarkOTLPExport(b *testing.B) {
 			b.ReportMetric(float64(rawB)/float64(b.N), "raw-B/export")
 			b.ReportMetric(float64(n*4), "points/export")
 		})
+	}
+}
+
+// writeCerts writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, as PEM files in dir.
+func writeCerts(t *testing.T, dir string) (ca, serverCert, serverKey, clientCert, clientKey string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalECPrivateKey(k)
+		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kder)
+	}
+	serverCert, serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
+	return write("ca.pem", "CERTIFICATE", caDER), serverCert, serverKey, clientCert, clientKey
+}
+
+// TestExportMTLS pushes to an endpoint that requires a client certificate.
+func TestExportMTLS(t *testing.T) {
+	ca, sc, sk, cc, ck := writeCerts(t, t.TempDir())
+	cert, err := tls.LoadX509KeyPair(sc, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(ca)
+	pool.AppendCertsFromPEM(b)
+	r := &receiver{}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13,
+	})))
+	colmetricpb.RegisterMetricsServiceServer(srv, r)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	src := &source{}
+	src.set(edge("web", "api", 1000, 10, 1, 1))
+	for _, tc := range []struct {
+		name   string
+		cert   bool
+		wantOK bool
+	}{{"client certificate", true, true}, {"no client certificate", false, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Endpoint, cfg.TLSCA, cfg.Timeout = lis.Addr().String(), ca, time.Second
+			if tc.cert {
+				cfg.TLSCert, cfg.TLSKey = cc, ck
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			client, err := NewClient(t.Context(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = client.Shutdown(context.Background()) }()
+			c := newConverter(cfg, src.Metrics(), src.Level(), time.Now())
+			rm, _, _ := c.convert(snapshot{time: time.Now(), series: src.Snapshot(nil)})
+			err = client.Export(t.Context(), rm)
+			if tc.wantOK != (err == nil) {
+				t.Errorf("export: %v", err)
+			}
+		})
+	}
+	if _, _, n := r.last(); n != 1 {
+		t.Errorf("%d exports received, want 1", n)
 	}
 }
