@@ -31,6 +31,9 @@ type Config struct {
 	LogLevel    string
 	Version     bool
 
+	// Telemetry is the processes, DNS and NAT part (telemetry.go).
+	Telemetry TelemetryConfig
+
 	// Deprecated are the deprecated flags given, to warn about once the
 	// logger exists.
 	Deprecated []string
@@ -49,6 +52,7 @@ func defaultConfig() Config {
 		BufferBytes: 8 << 20,
 		ProcRoot:    "/proc",
 		LogLevel:    "info",
+		Telemetry:   defaultTelemetryConfig(),
 	}
 }
 
@@ -87,6 +91,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that verifies the reducer's certificate")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&cfg.Version, "version", false, "print the version and exit")
+	cfg.Telemetry.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -160,7 +165,7 @@ func (c Config) Validate() error {
 	if _, err := c.level(); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	return nil
+	return c.Telemetry.Validate()
 }
 
 func (c Config) level() (slog.Level, error) {

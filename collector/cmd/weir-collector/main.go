@@ -87,12 +87,17 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	if err := registerRuntime(reg); err != nil {
 		return err
 	}
-	if err := reg.Register(newBPFStats(p)); err != nil {
-		return fmt.Errorf("register eBPF program metrics: %w", err)
-	}
 	procs, err := proc.New(cfg.ProcRoot)
 	if err != nil {
 		return err
+	}
+	tel, err := openTelemetry(cfg.Telemetry, procs, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer tel.Close()
+	if err := reg.Register(newBPFStats(allStats{p, tel})); err != nil {
+		return fmt.Errorf("register eBPF program metrics: %w", err)
 	}
 	tcfg := sockets.DefaultConfig()
 	tcfg.BufferBytes = cfg.BufferBytes
@@ -114,7 +119,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,
 		KernelRelease:    kernelRelease(),
-	}, table, encode.New(table, procs), p, reg, logger)
+	}, table, reporter{encode.New(table, tel.procTable), tel}, p, reg, logger)
 	if err != nil {
 		return fmt.Errorf("stream: %w", err)
 	}
@@ -141,6 +146,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		return p.Close()
 	})
 	g.Go(func() error { return table.Follow(p) })
+	g.Go(func() error { return tel.run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return httpServer.Run(gctx, cfg.HTTPAddr) })
 	return g.Wait()

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/procs"
 	"github.com/weir-project/weir/collector/internal/sockets"
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
@@ -24,6 +25,13 @@ type Source interface {
 // belongs to the process that started at startTime.
 type Cgroups interface {
 	CgroupPath(pid uint32, startTime uint64) (string, error)
+}
+
+// Describer describes a process once per lifetime: what the wire's Process
+// carries besides its identity. A Cgroups that is also a Describer is asked
+// for this instead of the cgroup path alone.
+type Describer interface {
+	Describe(pid uint32, startTime uint64, comm string) procs.Info
 }
 
 // procKey is a process's identity: pid and start time tell apart the
@@ -277,14 +285,7 @@ func (e *Encoder) ref(b *ingestv1.Batch, o probe.Owner) *process {
 	if p == nil {
 		p = &process{key: k, handle: e.procHandles.get()}
 		e.procs[k] = p
-		b.Processes = append(b.Processes, &ingestv1.Process{
-			Handle:    p.handle,
-			Pid:       o.PID,
-			Comm:      o.Comm,
-			Cgroup:    e.cgroupPath(o),
-			StartTime: o.StartTime,
-			CgroupId:  o.CgroupID,
-		})
+		b.Processes = append(b.Processes, e.describe(p.handle, o))
 	}
 	p.refs++
 	return p
@@ -301,6 +302,30 @@ func (e *Encoder) unref(p *process) {
 		p.forgotten = true
 		e.orphans = append(e.orphans, p)
 	}
+}
+
+// describe announces the process of owner o under handle h.
+func (e *Encoder) describe(h uint32, o probe.Owner) *ingestv1.Process {
+	wp := &ingestv1.Process{
+		Handle:    h,
+		Pid:       o.PID,
+		Comm:      o.Comm,
+		StartTime: o.StartTime,
+		CgroupId:  o.CgroupID,
+	}
+	d, ok := e.cgroups.(Describer)
+	if !ok {
+		wp.Cgroup = e.cgroupPath(o)
+		return wp
+	}
+	info := d.Describe(o.PID, o.StartTime, o.Comm)
+	wp.Cgroup = info.Cgroup
+	wp.Ppid = info.PPID
+	wp.Executable = info.Executable
+	wp.Cmdline = info.Cmdline
+	wp.ContainerId = info.Container.ID
+	wp.PodUid = info.Container.PodUID
+	return wp
 }
 
 func (e *Encoder) cgroupPath(o probe.Owner) string {

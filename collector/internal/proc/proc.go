@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/prometheus/procfs"
 
@@ -152,4 +153,68 @@ func pickCgroup(cgroups []procfs.Cgroup) (string, bool) {
 		return cgroups[0].Path, true
 	}
 	return "", false
+}
+
+// Details are what the process table wants of a process besides its
+// identity.
+type Details struct {
+	PPID       uint32
+	Executable string // empty when the link cannot be read (a kernel thread, or no permission)
+	// Cmdline is the command line, arguments joined by spaces, cut to the
+	// length asked for.
+	Cmdline string
+	// Cgroups are the process's cgroup paths, the unified one first, then
+	// the v1 hierarchies in the order listed.
+	Cgroups []string
+}
+
+// Details reads pid's parent, executable, command line and cgroup paths,
+// provided it is still the process that started at startTime (0: not
+// checked). The command line is cut to maxCmdline bytes.
+func (f *FS) Details(pid uint32, startTime uint64, maxCmdline int) (Details, error) {
+	p, err := f.fs.Proc(int(pid))
+	if err != nil {
+		return Details{}, err
+	}
+	var d Details
+	cgroups, err := p.Cgroups()
+	if err != nil {
+		return Details{}, err
+	}
+	for _, c := range cgroups {
+		if c.HierarchyID == 0 && len(c.Controllers) == 0 {
+			d.Cgroups = append(d.Cgroups, c.Path)
+		}
+	}
+	for _, c := range cgroups {
+		if c.HierarchyID != 0 || len(c.Controllers) != 0 {
+			d.Cgroups = append(d.Cgroups, c.Path)
+		}
+	}
+	d.Executable, _ = p.Executable()
+	if args, err := p.CmdLine(); err == nil {
+		d.Cmdline = truncate(strings.Join(args, " "), maxCmdline)
+	}
+	// Checked last: if the pid was reused before the reads above, the
+	// start time differs now.
+	st, err := p.Stat()
+	if err != nil {
+		return Details{}, err
+	}
+	if startTime != 0 && st.Starttime != startTime {
+		return Details{}, ErrReused
+	}
+	d.PPID = uint32(st.PPID)
+	return d, nil
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"os"
+	"slices"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -130,5 +131,46 @@ func TestSelfOnRealProc(t *testing.T) {
 	}
 	if _, err := fs.SocketOwners(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestDetails(t *testing.T) {
+	fs := testFS(t)
+	d, err := fs.Details(200, 6000, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.PPID != 12473 {
+		t.Errorf("ppid %d, want 12473", d.PPID)
+	}
+	if d.Cmdline != "nginx: worker proces" {
+		t.Errorf("cmdline %q", d.Cmdline)
+	}
+	want := []string{"/system.slice/nginx.service", "/legacy", "/system.slice/nginx.service"}
+	if !slices.Equal(d.Cgroups, want) {
+		t.Errorf("cgroups %q, want %q (unified first)", d.Cgroups, want)
+	}
+	if _, err := fs.Details(200, 5999, 20); !errors.Is(err, ErrReused) {
+		t.Errorf("reused pid: %v", err)
+	}
+	if _, err := fs.Details(999, 0, 20); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("no process: %v", err)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 5, "abc"},
+		{"abcdef", 3, "abc"},
+		{"aé", 2, "a"},
+		{"", 0, ""},
+	} {
+		if got := truncate(tc.in, tc.n); got != tc.want {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
 	}
 }

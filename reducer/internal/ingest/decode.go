@@ -26,6 +26,12 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 			Cgroup:    p.GetCgroup(),
 			StartTime: p.GetStartTime(),
 			CgroupID:  p.GetCgroupId(),
+
+			PPID:        p.GetPpid(),
+			Executable:  p.GetExecutable(),
+			Cmdline:     p.GetCmdline(),
+			ContainerID: p.GetContainerId(),
+			PodUID:      p.GetPodUid(),
 		})
 	}
 	for i, s := range in.GetSockets() {

@@ -42,7 +42,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		if _, ok := e.newProcs[p.Handle]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d announced twice", seq, i, p.Handle)
 		}
-		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup}
+		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID)}
 	}
 	for i, k := range b.Sockets {
 		if _, ok := s.socks[k.Handle]; ok {
@@ -465,7 +465,7 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 	if s := f.ends[i]; s != nil {
 		ep.Local, ep.Node, ep.Netns = true, s.ident.sess.node, s.ident.netns
 		if p := s.process; p != nil {
-			ep.Known, ep.Comm, ep.CgroupID = true, p.comm, p.cgroupID
+			ep.Known, ep.Comm, ep.CgroupID, ep.Container = true, p.comm, p.cgroupID, p.container
 		}
 	}
 	return e.resolver.Resolve(f, &f.uses, int(i), ep)

@@ -33,6 +33,13 @@ type Process struct {
 	Cgroup    string
 	StartTime uint64
 	CgroupID  uint64
+	// From the collector's process table: parent, executable, command
+	// line, and what the cgroup path says (container id, pod UID).
+	PPID        uint32
+	Executable  string
+	Cmdline     string
+	ContainerID string
+	PodUID      string
 }
 
 // Socket is one end of a TCP connection announced under a new handle.

@@ -15,6 +15,7 @@ type process struct {
 	startTime uint64 // with pid, the process's identity across pid reuse
 	cgroupID  uint64
 	cgroup    string
+	container string // short container id, from the cgroup path; empty outside a container
 }
 
 // socket is a live socket handle of a session: one end of a flow. It is

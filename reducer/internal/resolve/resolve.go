@@ -15,8 +15,9 @@ import (
 
 // Workload kinds that the resolver makes up itself, without metadata.
 const (
-	KindProcess  = "process"
-	KindExternal = "external"
+	KindProcess   = "process"
+	KindContainer = "container"
+	KindExternal  = "external"
 )
 
 // Unknown is the local end of a socket whose owning process is not known.
@@ -107,6 +108,9 @@ type Endpoint struct {
 	Known    bool
 	Comm     string
 	CgroupID uint64
+	// Container is the short id of the process's container, from its
+	// cgroup path; empty outside a container.
+	Container string
 }
 
 // maxKeys is the number of keys an end resolves through at most.
@@ -237,7 +241,8 @@ func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after ag
 // arriving for them later re-resolves f.
 //
 // A local end is, in order: what the metadata says of its cgroup, of its
-// network namespace, else its process's comm. A remote end is what the
+// network namespace, else its process's container (by short id), else its
+// process's comm. A remote end is what the
 // metadata says of its address, else the address itself, of kind external.
 func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Workload {
 	var keys [maxKeys]Key
@@ -268,6 +273,8 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 	switch {
 	case !ep.Local:
 		return aggregate.Workload{Name: ep.Addr.String(), Kind: KindExternal}
+	case ep.Known && ep.Container != "":
+		return aggregate.Workload{Name: ep.Container, Kind: KindContainer, Node: ep.Node}
 	case !ep.Known || ep.Comm == "":
 		w := Unknown
 		w.Node = ep.Node

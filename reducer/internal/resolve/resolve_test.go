@@ -24,6 +24,9 @@ var (
 )
 
 func TestResolve(t *testing.T) {
+	inContainer := curlEnd
+	inContainer.Container = "0123456789ab"
+
 	tests := []struct {
 		name string
 		put  func(r *Resolver[int])
@@ -60,6 +63,13 @@ func TestResolve(t *testing.T) {
 				r.Sink(RankNode).Put(IPKey(curlEnd.Addr), aggregate.Workload{Name: "n", Kind: "node"})
 			},
 			want: aggregate.Workload{Name: "curl", Kind: KindProcess, Node: nodeA}},
+		{name: "local in a container", ep: inContainer,
+			want: aggregate.Workload{Name: "0123456789ab", Kind: KindContainer, Node: nodeA}},
+		{name: "a pod by netns beats the container", ep: inContainer,
+			put:  func(r *Resolver[int]) { r.Sink(RankPod).Put(NetnsKey(nodeA, 1), web) },
+			want: aggregate.Workload{Name: "web", Kind: "deployment", Namespace: "shop", Node: nodeA}},
+		{name: "container of an unknown owner is not used", ep: Endpoint{Addr: podA, Local: true, Node: nodeA, Container: "0123456789ab"},
+			want: aggregate.Workload{Name: "unknown", Kind: KindProcess, Node: nodeA}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weir-project/weir/collector/internal/encode"
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/proc"
+	"github.com/weir-project/weir/collector/internal/procs"
+	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+)
+
+// TelemetryConfig configures the probes beside the TCP socket probe:
+// processes, DNS and NAT.
+type TelemetryConfig struct {
+	Processes bool
+	ProcProbe probe.ProcessConfig
+	ProcTable procs.Config
+}
+
+func defaultTelemetryConfig() TelemetryConfig {
+	return TelemetryConfig{
+		Processes: true,
+		ProcProbe: probe.ProcessConfig{RingBytes: 1 << 18},
+		ProcTable: procs.DefaultConfig(),
+	}
+}
+
+func (c *TelemetryConfig) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&c.Processes, "processes", c.Processes, "follow process forks, execs and exits (sched tracepoints) for the process table: parent, executable, command line, container")
+	fs.Func("process-ring-bytes", fmt.Sprintf("process event ring buffer size in `bytes`, a power of two and a multiple of the page size (default %d)", c.ProcProbe.RingBytes),
+		intFlag(&c.ProcProbe.RingBytes, 32))
+	fs.Func("max-processes", fmt.Sprintf("max `processes` in the process table; beyond, new ones are dropped and counted (default %d)", c.ProcTable.MaxProcesses),
+		intFlag(&c.ProcTable.MaxProcesses, strconv.IntSize-1))
+	fs.Func("max-cmdline", fmt.Sprintf("command lines are cut to this many `bytes` (default %d)", c.ProcTable.MaxCmdline),
+		intFlag(&c.ProcTable.MaxCmdline, 20))
+}
+
+// Validate reports the first bad setting, named by its flag.
+func (c TelemetryConfig) Validate() error {
+	if c.Processes {
+		if err := c.ProcProbe.Validate(); err != nil {
+			return err
+		}
+	}
+	return c.ProcTable.Validate()
+}
+
+// telemetry is the running part of TelemetryConfig.
+type telemetry struct {
+	procProbe *probe.Processes // nil when --processes=false
+	procTable *procs.Table
+	logger    *slog.Logger
+}
+
+// openTelemetry loads the probes the config asks for. On error, what was
+// loaded is closed.
+func openTelemetry(cfg TelemetryConfig, fs *proc.FS, reg prometheus.Registerer, logger *slog.Logger) (*telemetry, error) {
+	t := &telemetry{logger: logger}
+	table, err := procs.New(cfg.ProcTable, fs, reg)
+	if err != nil {
+		return nil, err
+	}
+	t.procTable = table
+	if cfg.Processes {
+		p, err := probe.OpenProcesses(cfg.ProcProbe)
+		if err != nil {
+			return nil, fmt.Errorf("process probe: %w", err)
+		}
+		t.procProbe = p
+	}
+	return t, nil
+}
+
+// run follows the probes until ctx is done.
+func (t *telemetry) run(ctx context.Context) error {
+	if t.procProbe == nil {
+		<-ctx.Done()
+		return nil
+	}
+	go func() {
+		<-ctx.Done()
+		_ = t.procProbe.Close()
+	}()
+	return t.procTable.Follow(ctx, t.procProbe)
+}
+
+// Close releases the probes; it is idempotent.
+func (t *telemetry) Close() error {
+	var errs []error
+	if t.procProbe != nil {
+		errs = append(errs, t.procProbe.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ProgramStats returns the statistics of the programs of these probes.
+func (t *telemetry) ProgramStats() ([]probe.ProgramStats, error) {
+	var out []probe.ProgramStats
+	if t.procProbe != nil {
+		st, err := t.procProbe.ProgramStats()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st...)
+	}
+	return out, nil
+}
+
+// fill adds to a batch what these probes have for it: their losses.
+func (t *telemetry) fill(b *ingestv1.Batch) {
+	if b.Loss == nil {
+		b.Loss = &ingestv1.Loss{}
+	}
+	if t.procProbe != nil {
+		if n, err := t.procProbe.RingFull(); err == nil {
+			b.Loss.ProcessRingFull = n
+		}
+	}
+}
+
+// reporter is the encoder with the telemetry's parts added to each batch.
+type reporter struct {
+	*encode.Encoder
+	t *telemetry
+}
+
+func (r reporter) Report(now time.Time) *ingestv1.Batch {
+	b := r.Encoder.Report(now)
+	r.t.fill(b)
+	return b
+}
+
+// allStats joins the program statistics of several probes.
+type allStats []programStatser
+
+func (a allStats) ProgramStats() ([]probe.ProgramStats, error) {
+	var out []probe.ProgramStats
+	var errs []error
+	for _, s := range a {
+		st, err := s.ProgramStats()
+		errs = append(errs, err)
+		out = append(out, st...)
+	}
+	return out, errors.Join(errs...)
+}
