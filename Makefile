@@ -7,7 +7,7 @@ CACHE        ?= $(HOME)/.cache/weir
 TOOLS        := $(CACHE)/bin
 BIN          := $(CURDIR)/bin
 GO           ?= go
-MODULES      := proto collector reducer test
+MODULES      := proto collector reducer k8s-watcher test
 PKGS         := $(foreach m,$(MODULES),github.com/weir-project/weir/$(m)/...)
 
 BUF_VERSION           := v1.75.0
@@ -30,6 +30,7 @@ build:
 	  github.com/weir-project/weir/collector/cmd/weir-collector \
 	  github.com/weir-project/weir/reducer/cmd/weir-reducer \
 	  github.com/weir-project/weir/reducer/cmd/weirctl \
+	  github.com/weir-project/weir/k8s-watcher/cmd/weir-k8s-watcher \
 	  github.com/weir-project/weir/test/cmd/flowsrv \
 	  github.com/weir-project/weir/test/cmd/flowcli
 
