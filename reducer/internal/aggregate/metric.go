@@ -34,6 +34,10 @@ type Metric struct {
 	// Buckets are the upper bounds of a histogram's buckets, ascending;
 	// only for MetricHistogram.
 	Buckets []float64
+	// Sparse: a counter whose series appears only once it is above zero,
+	// for the rare events (retransmits, resets, failed connects) and the
+	// UDP metrics, which most edges never have.
+	Sparse bool
 }
 
 // The flow metrics of FlowMetrics, by id.
@@ -42,7 +46,19 @@ const (
 	TCPPackets
 	TCPConnectionsOpened
 	TCPActiveConnections
+	TCPRetransmits
+	TCPResets
+	TCPSynTimeouts
+	TCPConnectionsRefused
+	TCPRTT
+	UDPBytes
+	UDPPackets
+	UDPDrops
 )
+
+// RTTBuckets are the bounds of weir_tcp_rtt_seconds: 50 µs (loopback) to
+// 2 s (a congested path across continents).
+var RTTBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2}
 
 // FlowMetrics returns the flow metrics the reducer serves, indexed by their
 // MetricID constants.
@@ -59,6 +75,22 @@ var flowMetrics = []Metric{
 		Help: "TCP connections src (client) opened to dst (server)."},
 	TCPActiveConnections: {Name: "weir_tcp_active_connections", Type: MetricGauge,
 		Help: "Open TCP connections, src = client, dst = server."},
+	TCPRetransmits: {Name: "weir_tcp_retransmits_total", Type: MetricCounter, Sparse: true,
+		Help: "TCP segments src retransmitted toward dst (the sender's tcp_sock.total_retrans)."},
+	TCPResets: {Name: "weir_tcp_resets_total", Type: MetricCounter, Sparse: true,
+		Help: "TCP RSTs src sent to dst, the larger of the sender's and the receiver's count; a refused connect counts one from the server."},
+	TCPSynTimeouts: {Name: "weir_tcp_syn_timeouts_total", Type: MetricCounter, Sparse: true,
+		Help: "TCP connects of src (client) to dst that failed because the SYN retries ran out."},
+	TCPConnectionsRefused: {Name: "weir_tcp_connections_refused_total", Type: MetricCounter, Sparse: true,
+		Help: "TCP connects of src (client) to dst that dst refused with a RST."},
+	TCPRTT: {Name: "weir_tcp_rtt_seconds", Type: MetricHistogram, Buckets: RTTBuckets,
+		Help: "Smoothed round-trip time measured by src on its connections with dst, one observation per connection with traffic per report interval."},
+	UDPBytes: {Name: "weir_udp_bytes_total", Type: MetricCounter, Sparse: true,
+		Help: "UDP payload bytes sent from src to dst."},
+	UDPPackets: {Name: "weir_udp_packets_total", Type: MetricCounter, Sparse: true,
+		Help: "UDP datagrams sent from src to dst."},
+	UDPDrops: {Name: "weir_udp_drops_total", Type: MetricCounter, Sparse: true,
+		Help: "UDP datagrams from src dropped at dst's socket (receive queue full)."},
 }
 
 // Level is the aggregation level of the edge table: which labels a key has.

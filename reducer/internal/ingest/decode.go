@@ -64,6 +64,24 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	if err := DecodeStats(&dst.Stats, in.GetStats()); err != nil {
 		return fmt.Errorf("batch %d: %w", seq, err)
 	}
+	for i, f := range in.GetFailedConnects() {
+		local, err := endpoint(f.GetLocalAddr(), f.GetLocalPort())
+		if err != nil {
+			return fmt.Errorf("batch %d: failed connect %d: local %w", seq, i, err)
+		}
+		remote, err := endpoint(f.GetRemoteAddr(), f.GetRemotePort())
+		if err != nil {
+			return fmt.Errorf("batch %d: failed connect %d: remote %w", seq, i, err)
+		}
+		dst.Failed = append(dst.Failed, match.FailedConnect{
+			Process:        f.GetProcess(),
+			Local:          local,
+			Remote:         remote,
+			Netns:          f.GetNetns(),
+			Reason:         match.ConnectFailure(min(uint32(f.GetReason()), uint32(match.ConnectUnreachable))),
+			SynRetransmits: f.GetSynRetransmits(),
+		})
+	}
 	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
 	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
 	return nil
@@ -89,6 +107,21 @@ func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
 			return fmt.Errorf("stats: column %s has %d entries, handle_gaps has %d", c.name, c.len, n)
 		}
 	}
+	// The optional columns are empty (all zero) or full.
+	optional := [...]struct {
+		name string
+		len  int
+	}{
+		{"retransmits", len(in.GetRetransmits())},
+		{"resets_sent", len(in.GetResetsSent())},
+		{"resets_received", len(in.GetResetsReceived())},
+		{"srtt_us", len(in.GetSrttUs())},
+	}
+	for _, c := range optional {
+		if c.len != 0 && c.len != n {
+			return fmt.Errorf("stats: column %s has %d entries, handle_gaps has %d", c.name, c.len, n)
+		}
+	}
 	handles := dst.Handles[:0]
 	var h uint64
 	for i, g := range gaps {
@@ -106,6 +139,10 @@ func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
 	dst.BytesReceived = in.GetBytesReceived()
 	dst.SegmentsSent = in.GetSegmentsSent()
 	dst.SegmentsReceived = in.GetSegmentsReceived()
+	dst.Retransmits = in.GetRetransmits()
+	dst.ResetsSent = in.GetResetsSent()
+	dst.ResetsReceived = in.GetResetsReceived()
+	dst.SrttUs = in.GetSrttUs()
 	return nil
 }
 

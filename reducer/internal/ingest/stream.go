@@ -201,7 +201,8 @@ type lossState struct {
 
 // lossReasons label the collector's loss counters, in the order of
 // lossState.counts.
-var lossReasons = [...]string{"ring_full", "map_full", "buffer_dropped", "socket_cap", "counter_regressions"}
+var lossReasons = [...]string{"ring_full", "map_full", "buffer_dropped", "socket_cap", "counter_regressions",
+	"failed_connects_dropped", "resets_unreported", "udp_peer_cap", "udp_flows_dropped"}
 
 // recordLoss adds what a collector's cumulative loss counters gained since
 // its last report. Counters that went down belong to a restarted collector
@@ -218,6 +219,7 @@ func (s *Server) recordLoss(node, bootID string, l *ingestv1.Loss) {
 	}
 	next := lossState{bootID: bootID, counts: [...]uint64{
 		l.GetRingFull(), l.GetMapFull(), l.GetBufferDropped(), l.GetSocketCap(), l.GetCounterRegressions(),
+		l.GetFailedConnectsDropped(), l.GetResetsUnreported(), l.GetUdpPeerCap(), l.GetUdpFlowsDropped(),
 	}}
 	for i, n := range next.counts {
 		d := n

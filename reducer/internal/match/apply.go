@@ -74,6 +74,9 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		}
 		e.statSocks = append(e.statSocks, sk)
 	}
+	if err := e.prepareFailed(s, b); err != nil {
+		return err
+	}
 	reuse(&e.seen)
 	for i, h := range b.Closed {
 		if _, ok := e.lookupSock(s, h); !ok {
@@ -164,7 +167,11 @@ func (e *Engine) commit(s *Session, b *Batch) {
 			d.recvSegs += sr
 			e.account(now, f, 1-end)
 		}
+		if st.hasHealth() {
+			e.countHealth(now, f, end, st, i)
+		}
 	}
+	e.countFailed(now, s, b.Failed)
 	e.updates.Add(float64(len(e.statSocks)))
 
 	for _, h := range b.Closed {
@@ -479,6 +486,7 @@ func (e *Engine) account(now time.Time, f *flow, d uint8) {
 	if !f.has(flowPublished) {
 		return // held: the views keep what the ends report
 	}
+	e.accountHealth(now, f, d)
 	dir := &f.dir[d]
 	b := max(dir.sentBytes, dir.recvBytes)
 	sg := max(dir.sentSegs, dir.recvSegs)

@@ -68,6 +68,11 @@ type Stats struct {
 	BytesReceived    []uint64
 	SegmentsSent     []uint64
 	SegmentsReceived []uint64
+	// Optional columns: empty when all zero, else one entry per handle.
+	Retransmits    []uint64
+	ResetsSent     []uint64
+	ResetsReceived []uint64
+	SrttUs         []uint32
 }
 
 // Batch is one decoded batch of a session, applied as a whole or not at all.
@@ -81,6 +86,8 @@ type Batch struct {
 	Stats     Stats
 	Closed    []uint32
 	Forgotten []uint32
+	// Failed are the connects that failed, applied after Stats.
+	Failed []FailedConnect
 }
 
 // Reset empties the batch and keeps its capacity for the next one.
@@ -92,6 +99,7 @@ func (b *Batch) Reset() {
 		Stats:     Stats{Handles: b.Stats.Handles[:0]},
 		Closed:    b.Closed[:0],
 		Forgotten: b.Forgotten[:0],
+		Failed:    b.Failed[:0],
 	}
 }
 

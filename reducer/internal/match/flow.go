@@ -116,6 +116,7 @@ type flow struct {
 	pendingOpen bool            // opened, not yet counted on an edge
 	dirty       bool            // ends, owners or metadata changed since the last settle
 	uses        resolve.Uses    // the metadata keys its ends resolved through
+	health      *health         // retransmits and resets; nil until the first
 }
 
 // client returns the index of the client endpoint: the role an end knows,

@@ -431,8 +431,17 @@ func newConverter(cfg Config, metrics []aggregate.Metric, level aggregate.Level,
 	return c
 }
 
-// points returns the number of points of a snapshot of n series.
-func (c *converter) points(n int) int { return n * len(c.metrics) }
+// points estimates the number of points of a snapshot of n series: one per
+// dense counter and gauge (sparse counters and histograms mostly have none).
+func (c *converter) points(n int) int {
+	dense := 0
+	for _, m := range c.metrics {
+		if m.Type != aggregate.MetricHistogram && !m.Sparse {
+			dense++
+		}
+	}
+	return n * dense
+}
 
 // convert returns the OTLP data of s, its number of points, and the commit
 // that makes s the baseline of the next deltas.
@@ -470,9 +479,12 @@ func (c *converter) convert(s snapshot) (*metricdata.ResourceMetrics, int, func(
 		m := metricdata.Metrics{Name: c.names[id].Name, Unit: c.names[id].Unit, Description: md.Help}
 		switch md.Type {
 		case aggregate.MetricCounter:
-			pts := make([]metricdata.DataPoint[int64], len(s.series))
+			pts := make([]metricdata.DataPoint[int64], 0, len(s.series))
 			for i := range s.series {
 				st, v := states[i], s.series[i].Values[id]
+				if md.Sparse && v == 0 {
+					continue // as on /metrics: a rare event that never happened
+				}
 				p := metricdata.DataPoint[int64]{Attributes: st.attrs, StartTime: st.start, Time: s.time, Value: int64(v)}
 				if delta {
 					p.StartTime = st.sentAt
@@ -480,26 +492,28 @@ func (c *converter) convert(s snapshot) (*metricdata.ResourceMetrics, int, func(
 						p.Value = int64(v - st.sent[id])
 					}
 				}
-				pts[i] = p
+				pts = append(pts, p)
 			}
 			m.Data = metricdata.Sum[int64]{DataPoints: pts, Temporality: c.temporality.otel(), IsMonotonic: true}
+			n += len(pts)
 		case aggregate.MetricGauge:
 			pts := make([]metricdata.DataPoint[int64], len(s.series))
 			for i := range s.series {
 				pts[i] = metricdata.DataPoint[int64]{Attributes: states[i].attrs, StartTime: states[i].start, Time: s.time, Value: int64(s.series[i].Values[id])}
 			}
 			m.Data = metricdata.Gauge[int64]{DataPoints: pts}
+			n += len(pts)
 		case aggregate.MetricHistogram:
 			pts := make([]metricdata.HistogramDataPoint[float64], 0, len(s.series))
 			for i := range s.series {
-				if s.series[i].Hists == nil {
-					continue
+				if s.series[i].Hists == nil || s.series[i].Hists[id].Count == 0 {
+					continue // no observation yet
 				}
 				pts = append(pts, c.histogram(states[i], md, id, &s.series[i].Hists[id], s.time, delta))
 			}
 			m.Data = metricdata.Histogram[float64]{DataPoints: pts, Temporality: c.temporality.otel()}
+			n += len(pts)
 		}
-		n += len(s.series)
 		ms = append(ms, m)
 	}
 	rm := &metricdata.ResourceMetrics{Resource: c.res, ScopeMetrics: []metricdata.ScopeMetrics{{Scope: c.scope, Metrics: ms}}}

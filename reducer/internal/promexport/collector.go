@@ -55,6 +55,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for id, m := range c.metrics {
 			switch m.Type {
 			case aggregate.MetricCounter:
+				if m.Sparse && s.Values[id] == 0 {
+					continue // never happened on this edge: no series
+				}
 				ch <- prometheus.MustNewConstMetric(c.descs[id], prometheus.CounterValue, float64(s.Values[id]), v...)
 			case aggregate.MetricGauge:
 				ch <- prometheus.MustNewConstMetric(c.descs[id], prometheus.GaugeValue, float64(s.Values[id]), v...)

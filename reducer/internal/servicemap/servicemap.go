@@ -108,6 +108,9 @@ func NewEdge(level aggregate.Level, metrics []aggregate.Metric, s *aggregate.Ser
 			continue
 		}
 		v := s.Values[id]
+		if md.Sparse && v == 0 {
+			continue // as on /metrics: a rare event that never happened
+		}
 		e.Values[md.Name] = v
 		switch aggregate.MetricID(id) {
 		case aggregate.TCPBytes:

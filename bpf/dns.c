@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+//go:build ignore
+
+/*
+ * DNS payloads for the weir collector.
+ *
+ * Two cgroup_skb programs on the cgroup-v2 root see every packet of every
+ * local socket, in every network namespace, without kprobes. A socket filter
+ * was the other choice: it would have to be attached to each socket (or to a
+ * raw socket per namespace, which also sees forwarded traffic and copies
+ * every packet to the filter's socket), and it cannot tell which process
+ * sent a query. cgroup_skb runs in the sender's context on egress, knows the
+ * socket (cookie, cgroup), and never sees a packet that no local socket
+ * sends or receives.
+ *
+ * Only the client side is kept: a query sent to port 53 (egress) and an
+ * answer received from port 53 (ingress). Everything else, which is almost
+ * every packet, returns at once after reading the IP protocol byte and, for
+ * UDP, the ports, by direct packet access. DNS over TCP is not captured.
+ * Payloads (at most DNS_MAX bytes) go to the `dns_events` ring buffer; a
+ * full ring is counted in dns_drops. Both programs always let the packet
+ * pass.
+ */
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_endian.h"
+#include "bpf_core_read.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* The leading part of the UAPI struct __sk_buff: stable, not relocated. */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+};
+
+/* Task fields to find the sender's network namespace. */
+struct ns_common___weir {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+struct net___weir {
+	struct ns_common___weir ns;
+} __attribute__((preserve_access_index));
+struct nsproxy___weir {
+	struct net___weir *net_ns;
+} __attribute__((preserve_access_index));
+struct task_struct___dns {
+	struct nsproxy___weir *nsproxy;
+} __attribute__((preserve_access_index));
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_UDP 17
+#define DNS_PORT 53
+#define DNS_MAX 512
+
+struct dns_event {
+	u64 time;      /* bpf_ktime_get_ns */
+	u64 cookie;    /* socket cookie */
+	u64 cgroup_id; /* the socket's cgroup v2 id */
+	u32 pid;       /* tgid of the sender (egress only) */
+	u32 netns;     /* the sender's network namespace inode (egress only) */
+	u8 saddr[16];
+	u8 daddr[16];
+	u16 sport;
+	u16 dport;
+	u16 len;   /* payload bytes in payload */
+	u8 egress; /* 1: a query sent; 0: an answer received */
+	u8 family; /* 4 or 6 */
+	char comm[16];
+	u8 payload[DNS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); /* set from probe.DNSConfig before load */
+	__type(value, struct dns_event);
+} dns_events SEC(".maps");
+
+/* dns_drops[0] counts payloads lost because the ring was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} dns_drops SEC(".maps");
+
+/*
+ * udp_ports finds the UDP header of skb: it returns the offset of the UDP
+ * payload, or 0 for anything that is not UDP. The ports come back in host
+ * order.
+ */
+static __always_inline u32 udp_ports(struct __sk_buff *skb, u8 *family, u16 *sport, u16 *dport)
+{
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	u32 off;
+	u16 ports[2];
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (data + 20 > end)
+			goto slow;
+		if (data[9] != IPPROTO_UDP)
+			return 0;
+		off = (data[0] & 0xf) * 4;
+		*family = 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (data + 40 > end)
+			goto slow;
+		if (data[6] != IPPROTO_UDP)
+			return 0; /* extension headers are not followed */
+		off = 40;
+		*family = 6;
+	} else {
+		return 0;
+	}
+	if (off < 20 || off > 60)
+		return 0;
+	if (data + off + 4 > end) {
+		if (bpf_skb_load_bytes(skb, off, ports, 4))
+			return 0;
+	} else {
+		__builtin_memcpy(ports, data + off, 4);
+	}
+	*sport = bpf_ntohs(ports[0]);
+	*dport = bpf_ntohs(ports[1]);
+	return off + 8;
+
+slow: {
+	/* Headers outside the linear data: read them. */
+	u8 h[10];
+	if (bpf_skb_load_bytes(skb, 0, h, 10))
+		return 0;
+	if ((h[0] >> 4) == 4) {
+		if (h[9] != IPPROTO_UDP)
+			return 0;
+		off = (h[0] & 0xf) * 4;
+		*family = 4;
+	} else if ((h[0] >> 4) == 6) {
+		if (h[6] != IPPROTO_UDP)
+			return 0;
+		off = 40;
+		*family = 6;
+	} else {
+		return 0;
+	}
+	if (off < 20 || off > 60)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, ports, 4))
+		return 0;
+	*sport = bpf_ntohs(ports[0]);
+	*dport = bpf_ntohs(ports[1]);
+	return off + 8;
+}
+}
+
+static __always_inline void capture(struct __sk_buff *skb, u8 egress)
+{
+	u8 family = 0;
+	u16 sport = 0, dport = 0;
+	u32 off = udp_ports(skb, &family, &sport, &dport);
+
+	if (!off)
+		return;
+	if (egress ? dport != DNS_PORT : sport != DNS_PORT)
+		return;
+	if (skb->len <= off + 12)
+		return; /* shorter than a DNS header */
+	u32 len = skb->len - off;
+	if (len > DNS_MAX)
+		len = DNS_MAX;
+
+	struct dns_event *ev = bpf_ringbuf_reserve(&dns_events, sizeof(*ev), 0);
+	if (!ev) {
+		u32 k = 0;
+		u64 *n = bpf_map_lookup_elem(&dns_drops, &k);
+		if (n)
+			(*n)++;
+		return;
+	}
+	ev->time = bpf_ktime_get_ns();
+	ev->cookie = bpf_get_socket_cookie(skb);
+	ev->cgroup_id = bpf_skb_cgroup_id(skb);
+	ev->sport = sport;
+	ev->dport = dport;
+	ev->egress = egress;
+	ev->family = family;
+	ev->pid = 0;
+	ev->netns = 0;
+	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+	__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
+	__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
+	if (family == 4) {
+		bpf_skb_load_bytes(skb, 12, ev->saddr, 4);
+		bpf_skb_load_bytes(skb, 16, ev->daddr, 4);
+	} else {
+		bpf_skb_load_bytes(skb, 8, ev->saddr, 16);
+		bpf_skb_load_bytes(skb, 24, ev->daddr, 16);
+	}
+	if (egress) {
+		/* Egress runs in the sending task's context. */
+		struct task_struct___dns *task = (void *)bpf_get_current_task();
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		ev->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	}
+	ev->len = 0;
+	if (len >= 1 && len <= DNS_MAX && bpf_skb_load_bytes(skb, off, ev->payload, len) == 0)
+		ev->len = len;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("cgroup_skb/egress")
+int dns_egress(struct __sk_buff *skb)
+{
+	capture(skb, 1);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int dns_ingress(struct __sk_buff *skb)
+{
+	capture(skb, 0);
+	return 1;
+}
