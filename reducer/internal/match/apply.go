@@ -42,7 +42,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		if _, ok := e.newProcs[p.Handle]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d announced twice", seq, i, p.Handle)
 		}
-		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID)}
+		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID), podUID: p.PodUID}
 	}
 	for i, k := range b.Sockets {
 		if _, ok := s.socks[k.Handle]; ok {
@@ -187,6 +187,10 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		// A socket that still points to the process keeps its workload.
 		delete(s.procs, h)
 	}
+	if s.orphans != nil {
+		// The first batch announced everything live again.
+		e.closeOrphans(s)
+	}
 	e.settle(now)
 	e.setGauges()
 }
@@ -208,7 +212,7 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 	key, end := newFlowKey(local, remote, loop, s.node, in.Netns)
 	f := e.find(key, end, sk.ident, in.NewConnection)
 	if f == nil && !loop {
-		if last := e.last(key); last != nil && last.ends[end] != nil && !last.has(closedFlag(end)) &&
+		if last := e.last(key); last != nil && last.live(end) &&
 			last.ends[end].ident.sess.node != s.node {
 			// Another node's live socket claims the same endpoints, e.g.
 			// the same private addresses behind two NATs: keep this one to
@@ -222,12 +226,12 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 		f = e.newFlow(now, key, loop, remote.Addr())
 	}
 	f.ends[end] = sk
-	f.claim[end] = sk.ident
+	f.flags &^= vacantFlag(end)
 	sk.flow, sk.end = f, end
 	if in.NewConnection && !f.opened {
 		f.opened, f.pendingOpen = true, true
 	}
-	if !f.has(flowPublished) && f.claim[1-end] != nil {
+	if !f.has(flowPublished) && f.ends[1-end] != nil {
 		e.publish(f) // both ends are here
 	}
 	e.markDirty(f)
@@ -361,8 +365,7 @@ func (e *Engine) leave(sk *socket) {
 		sk.flow = nil
 		return
 	}
-	f.ends[i] = nil
-	sk.flow = nil
+	f.flags |= vacantFlag(i)
 	e.markDirty(f)
 }
 
@@ -382,7 +385,7 @@ func (e *Engine) settle(now time.Time) {
 		if !f.has(flowPublished) {
 			continue // held: no edge until it is published
 		}
-		if f.empty() {
+		if f.empty() && !f.has(flowVacant0|flowVacant1) {
 			if f.has(flowRecount) {
 				// A tombstone published: count what it held.
 				f.flags &^= flowRecount
@@ -473,6 +476,7 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 		ep.Local, ep.Node, ep.Netns = true, s.ident.sess.node, s.ident.netns
 		if p := s.process; p != nil {
 			ep.Known, ep.Comm, ep.CgroupID, ep.Container = true, p.comm, p.cgroupID, p.container
+			ep.PodUID = p.podUID
 		}
 	}
 	return e.resolver.Resolve(f, &f.uses, int(i), ep)

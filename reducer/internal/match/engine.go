@@ -58,6 +58,7 @@ type Session struct {
 	lag        time.Duration           // how far its last batch's time was behind the reducer's clock
 	addrs      map[netip.Addr]struct{} // the local addresses of its sockets: fleet addresses
 	reported   bool                    // a batch arrived: its addresses are known
+	orphans    []*socket               // its predecessor's sockets, vacant until its first batch
 }
 
 // Node returns the session's node name.
@@ -258,11 +259,12 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
+	var orphans []*socket
 	if old := e.sessions[h.Node]; old != nil {
 		if old.bootID == h.BootID && h.Epoch <= old.epoch {
 			return nil, refuse(ReasonStaleEpoch, "stale epoch %d: node %q is at epoch %d", h.Epoch, h.Node, old.epoch)
 		}
-		e.drop(now, old)
+		orphans = e.drop(now, old, old.bootID == h.BootID)
 		if old.cancel != nil {
 			old.cancel()
 		}
@@ -278,6 +280,7 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		attached: true,
 		interval: h.ReportInterval,
 		addrs:    make(map[netip.Addr]struct{}),
+		orphans:  orphans,
 	}
 	e.sessions[h.Node] = s
 	e.unreported++
@@ -314,7 +317,7 @@ func (e *Engine) Sweep() {
 		if s.attached || now.Sub(s.detachedAt) < e.cfg.SessionTTL {
 			continue
 		}
-		e.drop(now, s)
+		e.drop(now, s, false)
 		e.expired.Inc()
 		e.logger.Info("session expired", "node", s.node, "epoch", s.epoch)
 	}
@@ -349,13 +352,24 @@ func (e *Engine) Counts() (sockets, flows, edges int) {
 }
 
 // drop removes a session and takes its sockets out of their flows.
-func (e *Engine) drop(now time.Time, s *Session) {
+//
+// A replaced session's sockets leave their flows vacant, for the new
+// session to announce again (it returns them); an expired session's
+// sockets, and a replaced session's that the new one did not announce
+// again, close.
+func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []*socket) {
 	e.emitting = e.events.active()
+	e.closeOrphans(s)
 	for _, sk := range s.socks {
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
 		}
-		e.leave(sk)
+		if replaced {
+			e.leave(sk)
+			orphans = append(orphans, sk)
+		} else {
+			e.close(sk)
+		}
 	}
 	e.nsockets -= len(s.socks)
 	e.reported(s)
@@ -371,6 +385,21 @@ func (e *Engine) drop(now time.Time, s *Session) {
 	}
 	e.settle(now)
 	e.setGauges()
+	return orphans
+}
+
+// closeOrphans closes the ends that s's predecessor left vacant and s did
+// not take back: the collector did not announce them again, so they
+// closed while it was away.
+func (e *Engine) closeOrphans(s *Session) {
+	for _, sk := range s.orphans {
+		f := sk.flow
+		if f != nil && f.ends[sk.end] == sk && f.has(vacantFlag(sk.end)) {
+			f.flags = f.flags&^vacantFlag(sk.end) | closedFlag(sk.end)
+			e.markDirty(f)
+		}
+	}
+	s.orphans = nil
 }
 
 // reported notes that s reported its first batch, or will not.

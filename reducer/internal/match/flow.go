@@ -16,6 +16,7 @@ type process struct {
 	cgroupID  uint64
 	cgroup    string
 	container string // short container id, from the cgroup path; empty outside a container
+	podUID    string // from the cgroup path; empty outside a pod
 }
 
 // socket is a live socket handle of a session: one end of a flow. It is
@@ -82,7 +83,7 @@ const (
 	// flowPublished: the flow counts on edges. Until then it is held: its
 	// peer is a fleet address whose end has not reported yet, and its
 	// views and its opened count wait for that end or for the join window.
-	flowPublished uint8 = 1 << iota
+	flowPublished uint16 = 1 << iota
 	// flowClosed0 and flowClosed1: end 0 or 1 was reported closed; no
 	// other socket ever becomes that end of this flow.
 	flowClosed0
@@ -94,6 +95,11 @@ const (
 	// flowRecount: the flow was published; its views are counted at its
 	// next settle.
 	flowRecount
+	// flowVacant0 and flowVacant1: the socket of end 0 or 1 left with its
+	// session; it names the end's workload until it comes back or the flow
+	// ends.
+	flowVacant0
+	flowVacant1
 )
 
 // flow is one TCP connection with up to two reporting ends. The flows of
@@ -101,14 +107,11 @@ const (
 // and each side's sockets join the flows of the chain in the order they
 // opened.
 type flow struct {
-	key  flowKey
-	next *flow // the next, newer flow of the same 4-tuple
-	ends [2]*socket
-	// claim[i] identifies the socket that was end i, kept after it left:
-	// nil while no socket claimed end i.
-	claim [2]*socketIdent
+	key   flowKey
+	next  *flow // the next, newer flow of the same 4-tuple
+	ends  [2]*socket
 	born  int64 // unix nanoseconds when the first end arrived
-	flags uint8
+	flags uint16
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir         [2]direction
 	conn        *aggregate.Edge // edge where the flow counts as active
@@ -144,25 +147,33 @@ func (f *flow) client() uint8 {
 func (f *flow) empty() bool { return !f.live(0) && !f.live(1) }
 
 // live reports whether a socket reports end i.
-func (f *flow) live(i uint8) bool { return f.ends[i] != nil && !f.has(closedFlag(i)) }
+func (f *flow) live(i uint8) bool {
+	return f.ends[i] != nil && !f.has(closedFlag(i)|vacantFlag(i))
+}
 
-func (f *flow) has(flag uint8) bool { return f.flags&flag != 0 }
+func (f *flow) has(flag uint16) bool { return f.flags&flag != 0 }
 
 // closedFlag is the flag of end i being closed.
-func closedFlag(i uint8) uint8 { return flowClosed0 << i }
+func closedFlag(i uint8) uint16 { return flowClosed0 << i }
+
+// vacantFlag is the flag of end i being vacant.
+func vacantFlag(i uint8) uint16 { return flowVacant0 << i }
 
 // joinable reports whether a new socket sk may become end i of f: a socket
 // that no other socket preceded as end i, or the same socket coming back
 // after its collector's session was replaced (same node, boot and cookie;
 // or, without cookies, a socket announced as existing).
 func (f *flow) joinable(i uint8, id *socketIdent, newConn bool) (fresh, again bool) {
-	if f.ends[i] != nil || f.has(closedFlag(i)) || f.has(flowGone) {
+	if f.has(closedFlag(i)) || f.has(flowGone) {
 		return false, false
 	}
-	c := f.claim[i]
-	if c == nil {
+	if f.ends[i] == nil {
 		return true, false
 	}
+	if !f.has(vacantFlag(i)) {
+		return false, false
+	}
+	c := f.ends[i].ident
 	if c.sess.node != id.sess.node || c.sess.bootID != id.sess.bootID || c.netns != id.netns {
 		return false, false
 	}
