@@ -36,6 +36,13 @@ const (
 	KeyCgroup
 	// KeyNetns is a network namespace (its inode) on a node: a pod.
 	KeyNetns
+	// KeyPod is a pod UID, as a cgroup path names it: the local end of a
+	// socket of a process in that pod.
+	KeyPod
+	// KeyLocalIP is an address as the local end of a socket: a pod's IP
+	// names the pod for the sockets in the pod's network namespace (host
+	// network pods have none: their address is the node's).
+	KeyLocalIP
 )
 
 // Key names a piece of metadata.
@@ -44,6 +51,7 @@ type Key struct {
 	Node string     // KeyCgroup and KeyNetns
 	Addr netip.Addr // KeyIP
 	ID   uint64     // the cgroup id or the netns inode
+	UID  string     // KeyPod
 }
 
 // IPKey is the key of an address.
@@ -51,6 +59,12 @@ func IPKey(a netip.Addr) Key { return Key{Kind: KeyIP, Addr: a.Unmap()} }
 
 // CgroupKey is the key of a cgroup of a node.
 func CgroupKey(node string, id uint64) Key { return Key{Kind: KeyCgroup, Node: node, ID: id} }
+
+// PodKey is the key of a pod by its UID.
+func PodKey(uid string) Key { return Key{Kind: KeyPod, UID: uid} }
+
+// LocalIPKey is the key of an address as a socket's local end.
+func LocalIPKey(a netip.Addr) Key { return Key{Kind: KeyLocalIP, Addr: a.Unmap()} }
 
 // NetnsKey is the key of a network namespace of a node.
 func NetnsKey(node string, inode uint32) Key {
@@ -111,10 +125,13 @@ type Endpoint struct {
 	// Container is the short id of the process's container, from its
 	// cgroup path; empty outside a container.
 	Container string
+	// PodUID is the UID of the process's pod, from its cgroup path; empty
+	// outside a pod.
+	PodUID string
 }
 
 // maxKeys is the number of keys an end resolves through at most.
-const maxKeys = 2
+const maxKeys = 4
 
 // keyID is a key in use by flows, interned: a flow records 4-byte ids
 // rather than its keys.
@@ -240,20 +257,29 @@ func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after ag
 // u and in the reverse indexes the keys it went through, so that metadata
 // arriving for them later re-resolves f.
 //
-// A local end is, in order: what the metadata says of its cgroup, of its
-// network namespace, else its process's container (by short id), else its
+// A local end is, in order: what the metadata says of its pod (by the UID
+// in its cgroup path), of its cgroup, of its network namespace, of its
+// address as a local address (a pod IP), else its process's container (by short id), else its
 // process's comm. A remote end is what the
 // metadata says of its address, else the address itself, of kind external.
 func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Workload {
 	var keys [maxKeys]Key
 	n := 0
 	if ep.Local {
+		if ep.Known && ep.PodUID != "" {
+			keys[n] = PodKey(ep.PodUID)
+			n++
+		}
 		if ep.Known && ep.CgroupID != 0 {
 			keys[n] = CgroupKey(ep.Node, ep.CgroupID)
 			n++
 		}
 		keys[n] = NetnsKey(ep.Node, ep.Netns)
 		n++
+		if a := ep.Addr.Unmap(); a.IsValid() && !a.IsLoopback() && !a.IsUnspecified() {
+			keys[n] = LocalIPKey(a)
+			n++
+		}
 	} else {
 		keys[n] = IPKey(ep.Addr)
 		n++
