@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/weir-project/weir/collector/internal/dns"
 	"github.com/weir-project/weir/collector/internal/encode"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/proc"
@@ -24,6 +26,10 @@ type TelemetryConfig struct {
 	Processes bool
 	ProcProbe probe.ProcessConfig
 	ProcTable procs.Config
+
+	DNS      bool
+	DNSProbe probe.DNSConfig
+	DNSTrack dns.Config
 }
 
 func defaultTelemetryConfig() TelemetryConfig {
@@ -31,6 +37,9 @@ func defaultTelemetryConfig() TelemetryConfig {
 		Processes: true,
 		ProcProbe: probe.ProcessConfig{RingBytes: 1 << 18},
 		ProcTable: procs.DefaultConfig(),
+		DNS:       true,
+		DNSProbe:  probe.DNSConfig{RingBytes: 1 << 20},
+		DNSTrack:  dns.DefaultConfig(),
 	}
 }
 
@@ -42,12 +51,25 @@ func (c *TelemetryConfig) flags(fs *flag.FlagSet) {
 		intFlag(&c.ProcTable.MaxProcesses, strconv.IntSize-1))
 	fs.Func("max-cmdline", fmt.Sprintf("command lines are cut to this many `bytes` (default %d)", c.ProcTable.MaxCmdline),
 		intFlag(&c.ProcTable.MaxCmdline, 20))
+	fs.BoolVar(&c.DNS, "dns", c.DNS, "capture the DNS queries and answers of local clients (cgroup_skb on the cgroup-v2 root) for weir_dns_* and DNS names of external ends")
+	fs.DurationVar(&c.DNSTrack.Timeout, "dns-timeout", c.DNSTrack.Timeout, "a DNS query without an answer after this long counts as a timeout")
+	fs.Func("dns-ring-bytes", fmt.Sprintf("DNS payload ring buffer size in `bytes`, a power of two and a multiple of the page size; about 600 bytes a packet (default %d)", c.DNSProbe.RingBytes),
+		intFlag(&c.DNSProbe.RingBytes, 32))
+	fs.StringVar(&c.DNSProbe.CgroupRoot, "cgroup2-root", "", "cgroup-v2 mount that the DNS programs attach to (default: the first cgroup2 mount, e.g. /sys/fs/cgroup/unified on a hybrid host)")
 }
 
 // Validate reports the first bad setting, named by its flag.
 func (c TelemetryConfig) Validate() error {
 	if c.Processes {
 		if err := c.ProcProbe.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.DNS {
+		if err := c.DNSProbe.Validate(); err != nil {
+			return err
+		}
+		if err := c.DNSTrack.Validate(); err != nil {
 			return err
 		}
 	}
@@ -58,6 +80,8 @@ func (c TelemetryConfig) Validate() error {
 type telemetry struct {
 	procProbe *probe.Processes // nil when --processes=false
 	procTable *procs.Table
+	dnsProbe  *probe.DNS // nil when --dns=false
+	dns       *dns.Tracker
 	logger    *slog.Logger
 }
 
@@ -77,20 +101,36 @@ func openTelemetry(cfg TelemetryConfig, fs *proc.FS, reg prometheus.Registerer, 
 		}
 		t.procProbe = p
 	}
+	if cfg.DNS {
+		tr, err := dns.New(cfg.DNSTrack, table, reg)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		p, err := probe.OpenDNS(cfg.DNSProbe)
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("DNS probe: %w", err)
+		}
+		t.dns, t.dnsProbe = tr, p
+	}
 	return t, nil
 }
 
 // run follows the probes until ctx is done.
 func (t *telemetry) run(ctx context.Context) error {
-	if t.procProbe == nil {
-		<-ctx.Done()
-		return nil
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		<-gctx.Done()
+		return t.Close() // unblocks the readers
+	})
+	if t.procProbe != nil {
+		g.Go(func() error { return t.procTable.Follow(gctx, t.procProbe) })
 	}
-	go func() {
-		<-ctx.Done()
-		_ = t.procProbe.Close()
-	}()
-	return t.procTable.Follow(ctx, t.procProbe)
+	if t.dnsProbe != nil {
+		g.Go(func() error { return t.dns.Follow(gctx, t.dnsProbe) })
+	}
+	return g.Wait()
 }
 
 // Close releases the probes; it is idempotent.
@@ -98,6 +138,9 @@ func (t *telemetry) Close() error {
 	var errs []error
 	if t.procProbe != nil {
 		errs = append(errs, t.procProbe.Close())
+	}
+	if t.dnsProbe != nil {
+		errs = append(errs, t.dnsProbe.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -112,10 +155,18 @@ func (t *telemetry) ProgramStats() ([]probe.ProgramStats, error) {
 		}
 		out = append(out, st...)
 	}
+	if t.dnsProbe != nil {
+		st, err := t.dnsProbe.ProgramStats()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st...)
+	}
 	return out, nil
 }
 
-// fill adds to a batch what these probes have for it: their losses.
+// fill adds to a batch what these probes have for it: the DNS flows and
+// answers of the interval, and their losses.
 func (t *telemetry) fill(b *ingestv1.Batch) {
 	if b.Loss == nil {
 		b.Loss = &ingestv1.Loss{}
@@ -123,6 +174,12 @@ func (t *telemetry) fill(b *ingestv1.Batch) {
 	if t.procProbe != nil {
 		if n, err := t.procProbe.RingFull(); err == nil {
 			b.Loss.ProcessRingFull = n
+		}
+	}
+	if t.dns != nil {
+		b.DnsFlows, b.DnsAnswers, b.Loss.DnsParseErrors = t.dns.Drain()
+		if n, err := t.dnsProbe.RingFull(); err == nil {
+			b.Loss.DnsRingFull = n
 		}
 	}
 }
