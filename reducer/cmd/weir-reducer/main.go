@@ -21,6 +21,7 @@ import (
 	"github.com/weir-project/weir/reducer/internal/grpcserver"
 	"github.com/weir-project/weir/reducer/internal/ingest"
 	"github.com/weir-project/weir/reducer/internal/match"
+	"github.com/weir-project/weir/reducer/internal/metadata"
 	"github.com/weir-project/weir/reducer/internal/promexport"
 	"github.com/weir-project/weir/reducer/internal/web"
 )
@@ -84,6 +85,13 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// observer later.
 	grpcSrv := grpcserver.New(gcfg, logger, ing.StatsHandler())
 	ing.Register(grpcSrv)
+	// Kubernetes metadata from a k8s-watcher names pods, services and
+	// nodes.
+	meta, err := metadata.New(metadata.NewCache(metadata.SinksOf(engine)), reg, logger)
+	if err != nil {
+		return err
+	}
+	meta.Register(grpcSrv)
 	httpSrv := web.New(cfg.HTTPAddr, reg, grpcSrv.Ready, logger)
 
 	if err := httpSrv.Start(ctx); err != nil {
@@ -103,7 +111,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		<-gctx.Done()
 		// Ingest ends its streams first, so that the server stops
 		// gracefully.
-		shutdown(logger, ing, grpcSrv, httpSrv)
+		shutdown(logger, ing, meta, grpcSrv, httpSrv)
 		return nil
 	})
 	err = g.Wait()
