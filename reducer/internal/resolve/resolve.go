@@ -263,6 +263,25 @@ func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after ag
 // process's comm. A remote end is what the
 // metadata says of its address, else the address itself, of kind external.
 func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Workload {
+	keys, n := keysOf(ep)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reindex(f, u, i, keys[:n])
+	return r.name(keys[:n], ep)
+}
+
+// Lookup returns the workload of an end as Resolve does, for a caller that
+// keeps no flow (e.g. the DNS edges of an interval): metadata arriving later
+// does not revise it.
+func (r *Resolver[F]) Lookup(ep Endpoint) aggregate.Workload {
+	keys, n := keysOf(ep)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.name(keys[:n], ep)
+}
+
+// keysOf returns the keys an end resolves through, in order.
+func keysOf(ep Endpoint) ([maxKeys]Key, int) {
 	var keys [maxKeys]Key
 	n := 0
 	if ep.Local {
@@ -284,10 +303,13 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 		keys[n] = IPKey(ep.Addr)
 		n++
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reindex(f, u, i, keys[:n])
-	for _, k := range keys[:n] {
+	return keys, n
+}
+
+// name returns what the metadata of keys names, else what the end says of
+// itself. r.mu is held.
+func (r *Resolver[F]) name(keys []Key, ep Endpoint) aggregate.Workload {
+	for _, k := range keys {
 		if es := r.table[k]; len(es) > 0 {
 			w := es[0].w
 			if ep.Local && w.Node == "" {

@@ -81,6 +81,9 @@ func TestResolve(t *testing.T) {
 			if got := r.Resolve(1, &u, 0, tc.ep); got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
+			if got := r.Lookup(tc.ep); got != tc.want {
+				t.Errorf("Lookup: got %+v, want %+v", got, tc.want)
+			}
 		})
 	}
 }
