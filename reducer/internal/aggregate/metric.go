@@ -38,6 +38,9 @@ type Metric struct {
 	// for the rare events (retransmits, resets, failed connects) and the
 	// UDP metrics, which most edges never have.
 	Sparse bool
+	// ConstLabels are labels of the metric's own beyond the edge's, e.g.
+	// rcode: several metrics of one Name, one per value, are one family.
+	ConstLabels map[string]string
 }
 
 // The flow metrics of FlowMetrics, by id.
@@ -54,7 +57,47 @@ const (
 	UDPBytes
 	UDPPackets
 	UDPDrops
+	// DNS answers by response code: one metric per rcode label value.
+	DNSResponsesNoError
+	DNSResponsesFormErr
+	DNSResponsesServFail
+	DNSResponsesNXDomain
+	DNSResponsesNotImp
+	DNSResponsesRefused
+	DNSResponsesOther
+	DNSTimeouts
+	DNSDuration
 )
+
+// DNSResponses returns the metric of answers with DNS response code rcode.
+func DNSResponses(rcode uint32) MetricID {
+	switch rcode {
+	case 0:
+		return DNSResponsesNoError
+	case 1:
+		return DNSResponsesFormErr
+	case 2:
+		return DNSResponsesServFail
+	case 3:
+		return DNSResponsesNXDomain
+	case 4:
+		return DNSResponsesNotImp
+	case 5:
+		return DNSResponsesRefused
+	}
+	return DNSResponsesOther
+}
+
+// DNSBuckets are the bounds of weir_dns_duration_seconds: a cache hit on the
+// node to a slow recursive resolution.
+var DNSBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+
+const dnsResponsesHelp = "DNS answers to src's queries sent by dst (the DNS server), by response code (other: a code not named)."
+
+func dnsResponses(rcode string) Metric {
+	return Metric{Name: "weir_dns_responses_total", Type: MetricCounter, Sparse: true, Help: dnsResponsesHelp,
+		ConstLabels: map[string]string{"rcode": rcode}}
+}
 
 // RTTBuckets are the bounds of weir_tcp_rtt_seconds: 50 µs (loopback) to
 // 2 s (a congested path across continents).
@@ -91,6 +134,17 @@ var flowMetrics = []Metric{
 		Help: "UDP datagrams sent from src to dst."},
 	UDPDrops: {Name: "weir_udp_drops_total", Type: MetricCounter, Sparse: true,
 		Help: "UDP datagrams from src dropped at dst's socket (receive queue full)."},
+	DNSResponsesNoError:  dnsResponses("NOERROR"),
+	DNSResponsesFormErr:  dnsResponses("FORMERR"),
+	DNSResponsesServFail: dnsResponses("SERVFAIL"),
+	DNSResponsesNXDomain: dnsResponses("NXDOMAIN"),
+	DNSResponsesNotImp:   dnsResponses("NOTIMP"),
+	DNSResponsesRefused:  dnsResponses("REFUSED"),
+	DNSResponsesOther:    dnsResponses("other"),
+	DNSTimeouts: {Name: "weir_dns_timeouts_total", Type: MetricCounter, Sparse: true,
+		Help: "DNS queries of src to dst (the DNS server) left unanswered past the collector's --dns-timeout."},
+	DNSDuration: {Name: "weir_dns_duration_seconds", Type: MetricHistogram, Buckets: DNSBuckets,
+		Help: "Time from a query of src to the answer of dst (the DNS server), measured at src's node."},
 }
 
 // Level is the aggregation level of the edge table: which labels a key has.

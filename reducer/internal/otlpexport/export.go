@@ -485,7 +485,7 @@ func (c *converter) convert(s snapshot) (*metricdata.ResourceMetrics, int, func(
 				if md.Sparse && v == 0 {
 					continue // as on /metrics: a rare event that never happened
 				}
-				p := metricdata.DataPoint[int64]{Attributes: st.attrs, StartTime: st.start, Time: s.time, Value: int64(v)}
+				p := metricdata.DataPoint[int64]{Attributes: withConst(st.attrs, md.ConstLabels), StartTime: st.start, Time: s.time, Value: int64(v)}
 				if delta {
 					p.StartTime = st.sentAt
 					if st.sent != nil && v >= st.sent[id] {
@@ -514,6 +514,9 @@ func (c *converter) convert(s snapshot) (*metricdata.ResourceMetrics, int, func(
 			m.Data = metricdata.Histogram[float64]{DataPoints: pts, Temporality: c.temporality.otel()}
 			n += len(pts)
 		}
+		if last := len(ms) - 1; last >= 0 && ms[last].Name == m.Name && mergeSums(&ms[last], m) {
+			continue // one metric per name: the points of its other label values join it
+		}
 		ms = append(ms, m)
 	}
 	rm := &metricdata.ResourceMetrics{Resource: c.res, ScopeMetrics: []metricdata.ScopeMetrics{{Scope: c.scope, Metrics: ms}}}
@@ -528,6 +531,32 @@ func (c *converter) convert(s snapshot) (*metricdata.ResourceMetrics, int, func(
 		}
 	}
 	return rm, n, commit
+}
+
+// withConst adds a metric's own labels (e.g. rcode) to the attributes of a
+// series.
+func withConst(attrs attribute.Set, labels map[string]string) attribute.Set {
+	if len(labels) == 0 {
+		return attrs
+	}
+	kvs := attrs.ToSlice()
+	for k, v := range labels {
+		kvs = append(kvs, attribute.String(AttributeName(k), v))
+	}
+	return attribute.NewSet(kvs...)
+}
+
+// mergeSums appends the points of the counter m to the counter into, of
+// the same name; false if either is not a counter.
+func mergeSums(into *metricdata.Metrics, m metricdata.Metrics) bool {
+	a, ok := into.Data.(metricdata.Sum[int64])
+	b, ok2 := m.Data.(metricdata.Sum[int64])
+	if !ok || !ok2 {
+		return false
+	}
+	a.DataPoints = append(a.DataPoints, b.DataPoints...)
+	into.Data = a
+	return true
 }
 
 // histogram returns the point of histogram id of a series.

@@ -78,7 +78,7 @@ func edge(src, dst string, bytes, packets, opened, active uint64) aggregate.Seri
 			Src: aggregate.Workload{Name: src, Kind: "deployment", Namespace: "shop"},
 			Dst: aggregate.Workload{Name: dst, Kind: "process"},
 		},
-		Values: []uint64{aggregate.TCPBytes: bytes, aggregate.TCPPackets: packets, aggregate.TCPConnectionsOpened: opened, aggregate.TCPActiveConnections: active, aggregate.UDPDrops: 0},
+		Values: []uint64{aggregate.TCPBytes: bytes, aggregate.TCPPackets: packets, aggregate.TCPConnectionsOpened: opened, aggregate.TCPActiveConnections: active, aggregate.DNSDuration: 0},
 	}
 }
 

@@ -35,7 +35,7 @@ func New(src Source, metrics []aggregate.Metric, level aggregate.Level) *Collect
 	c := &Collector{src: src, level: level, metrics: metrics}
 	labels := level.Labels()
 	for _, m := range metrics {
-		c.descs = append(c.descs, prometheus.NewDesc(m.Name, m.Help, labels, nil))
+		c.descs = append(c.descs, prometheus.NewDesc(m.Name, m.Help, labels, m.ConstLabels))
 	}
 	return c
 }

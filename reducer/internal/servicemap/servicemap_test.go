@@ -19,7 +19,7 @@ func series(src, dst string, bytes, active uint64) aggregate.Series {
 			Src: aggregate.Workload{Name: src, Kind: "deployment", Namespace: "shop"},
 			Dst: aggregate.Workload{Name: dst, Kind: "deployment", Namespace: "shop"},
 		},
-		Values: []uint64{aggregate.TCPBytes: bytes, aggregate.TCPPackets: bytes / 100, aggregate.TCPConnectionsOpened: 1, aggregate.TCPActiveConnections: active, aggregate.UDPDrops: 0},
+		Values: []uint64{aggregate.TCPBytes: bytes, aggregate.TCPPackets: bytes / 100, aggregate.TCPConnectionsOpened: 1, aggregate.TCPActiveConnections: active, aggregate.DNSDuration: 0},
 	}
 }
 
