@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"time"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 	"github.com/weir-project/weir/reducer/internal/match"
@@ -84,6 +85,9 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	}
 	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
 	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
+	if err := decodeDNS(dst, in); err != nil {
+		return fmt.Errorf("batch %d: %w", seq, err)
+	}
 	return nil
 }
 
@@ -168,4 +172,44 @@ func decodeRole(r ingestv1.Role) (match.Role, error) {
 		return match.RoleServer, nil
 	}
 	return 0, fmt.Errorf("unknown role %d", r)
+}
+
+// decodeDNS decodes the DNS flows and answers of a batch.
+func decodeDNS(dst *match.Batch, in *ingestv1.Batch) error {
+	for i, f := range in.GetDnsFlows() {
+		client, ok := netip.AddrFromSlice(f.GetClientAddr())
+		if !ok {
+			return fmt.Errorf("dns flow %d: client address has %d bytes (want 4 or 16)", i, len(f.GetClientAddr()))
+		}
+		server, err := endpoint(f.GetServerAddr(), f.GetServerPort())
+		if err != nil {
+			return fmt.Errorf("dns flow %d: server %w", i, err)
+		}
+		df := match.DNSFlow{
+			Client: client.Unmap(), Server: server, Netns: f.GetNetns(), Comm: f.GetComm(),
+			CgroupID: f.GetCgroupId(), ContainerID: f.GetContainerId(), Timeouts: f.GetTimeouts(),
+		}
+		for _, r := range f.GetResponses() {
+			df.Responses = append(df.Responses, match.DNSCount{RCode: r.GetRcode(), Count: r.GetCount()})
+		}
+		for _, us := range f.GetDurationsUs() {
+			df.Durations = append(df.Durations, time.Duration(us)*time.Microsecond)
+		}
+		dst.DNSFlows = append(dst.DNSFlows, df)
+	}
+	for i, a := range in.GetDnsAnswers() {
+		da := match.DNSAnswer{Name: a.GetName(), TTL: time.Duration(a.GetTtlSeconds()) * time.Second}
+		if da.Name == "" {
+			return fmt.Errorf("dns answer %d: empty name", i)
+		}
+		for j, b := range a.GetAddrs() {
+			addr, ok := netip.AddrFromSlice(b)
+			if !ok {
+				return fmt.Errorf("dns answer %d: address %d has %d bytes (want 4 or 16)", i, j, len(b))
+			}
+			da.Addrs = append(da.Addrs, addr.Unmap())
+		}
+		dst.DNSAnswers = append(dst.DNSAnswers, da)
+	}
+	return nil
 }

@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		loss: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_reducer_collector_loss_total",
-			Help: "Losses reported by collectors, by node and reason (ring_full: lifecycle events, map_full: sockets, buffer_dropped: closed sockets, socket_cap: sockets over the collector's cap, counter_regressions: counter reads that went backwards, failed_connects_dropped: failed TCP connects over the collector's queue, resets_unreported: RSTs after a socket was reported closed, udp_peer_cap: UDP datagrams folded into other peers, udp_flows_dropped: UDP remote addresses over the collector's table).",
+			Help: "Losses reported by collectors, by node and reason (ring_full: lifecycle events, map_full: sockets, buffer_dropped: closed sockets, socket_cap: sockets over the collector's cap, counter_regressions: counter reads that went backwards, failed_connects_dropped: failed TCP connects over the collector's queue, resets_unreported: RSTs after a socket was reported closed, udp_peer_cap: UDP datagrams folded into other peers, udp_flows_dropped: UDP remote addresses over the collector's table, conntrack_overrun: conntrack events lost to a netlink overrun, dns_parse_errors: DNS payloads that did not parse, dns_ring_full: DNS payloads lost to a full ring, process_ring_full: process events lost to a full ring).",
 		}, []string{"node", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.connected, m.messages, m.receivedBytes, m.rejected, m.loss} {

@@ -107,6 +107,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			if err := s.engine.Apply(sess, &b); err != nil {
 				return s.rejectEngine(logger, err)
 			}
+			s.engine.ApplyDNS(sess, &b)
 			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
 			last = batch.GetSequence()
 			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
@@ -202,7 +203,8 @@ type lossState struct {
 // lossReasons label the collector's loss counters, in the order of
 // lossState.counts.
 var lossReasons = [...]string{"ring_full", "map_full", "buffer_dropped", "socket_cap", "counter_regressions",
-	"failed_connects_dropped", "resets_unreported", "udp_peer_cap", "udp_flows_dropped"}
+	"failed_connects_dropped", "resets_unreported", "udp_peer_cap", "udp_flows_dropped",
+	"conntrack_overrun", "dns_parse_errors", "dns_ring_full", "process_ring_full"}
 
 // recordLoss adds what a collector's cumulative loss counters gained since
 // its last report. Counters that went down belong to a restarted collector
@@ -220,6 +222,7 @@ func (s *Server) recordLoss(node, bootID string, l *ingestv1.Loss) {
 	next := lossState{bootID: bootID, counts: [...]uint64{
 		l.GetRingFull(), l.GetMapFull(), l.GetBufferDropped(), l.GetSocketCap(), l.GetCounterRegressions(),
 		l.GetFailedConnectsDropped(), l.GetResetsUnreported(), l.GetUdpPeerCap(), l.GetUdpFlowsDropped(),
+		l.GetConntrackOverrun(), l.GetDnsParseErrors(), l.GetDnsRingFull(), l.GetProcessRingFull(),
 	}}
 	for i, n := range next.counts {
 		d := n

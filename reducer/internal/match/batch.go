@@ -88,6 +88,10 @@ type Batch struct {
 	Forgotten []uint32
 	// Failed are the connects that failed, applied after Stats.
 	Failed []FailedConnect
+	// DNS is what the node's clients asked DNS servers during the interval,
+	// applied by ApplyDNS.
+	DNSFlows   []DNSFlow
+	DNSAnswers []DNSAnswer
 }
 
 // Reset empties the batch and keeps its capacity for the next one.
@@ -100,6 +104,9 @@ func (b *Batch) Reset() {
 		Closed:    b.Closed[:0],
 		Forgotten: b.Forgotten[:0],
 		Failed:    b.Failed[:0],
+
+		DNSFlows:   b.DNSFlows[:0],
+		DNSAnswers: b.DNSAnswers[:0],
 	}
 }
 

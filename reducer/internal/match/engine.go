@@ -83,7 +83,8 @@ type Engine struct {
 	dirty    []*flow
 	nsockets int
 	nflows   int
-	emitting bool // someone subscribes to events; set at each commit
+	emitting bool      // someone subscribes to events; set at each commit
+	dns      *dnsNames // names that DNS answers gave to addresses; nil until the first answer
 
 	// Held flows, oldest first: they wait for their peer's end until the
 	// join window has passed since they were born.
