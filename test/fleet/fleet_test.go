@@ -15,6 +15,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if runRole() {
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 
