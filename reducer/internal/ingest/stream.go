@@ -104,6 +104,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			if err := DecodeBatch(&b, batch); err != nil {
 				return s.reject(logger, reasonInvalidBatch, status.Error(codes.InvalidArgument, err.Error()))
 			}
+			s.engine.NameDNS(&b)
 			if err := s.engine.Apply(sess, &b); err != nil {
 				return s.rejectEngine(logger, err)
 			}

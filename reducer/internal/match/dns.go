@@ -49,10 +49,9 @@ const (
 )
 
 // ApplyDNS counts the DNS flows of b on the edges from each client to its
-// server (weir_dns_*) and names the answers' addresses by the names asked,
-// for the remote ends of flows (resolution rank DNS).
+// server (weir_dns_*), after Apply.
 func (e *Engine) ApplyDNS(s *Session, b *Batch) {
-	if len(b.DNSFlows) == 0 && len(b.DNSAnswers) == 0 {
+	if len(b.DNSFlows) == 0 {
 		return
 	}
 	e.mu.Lock()
@@ -79,9 +78,19 @@ func (e *Engine) ApplyDNS(s *Session, b *Batch) {
 			edge.Observe(now, aggregate.DNSDuration, d.Seconds())
 		}
 	}
+}
+
+// NameDNS names the addresses of b's DNS answers by the names asked, for the
+// remote ends of flows (resolution rank DNS). It comes before Apply, so
+// that a connection to an address opened in the same interval as its
+// lookup is named from its first byte.
+func (e *Engine) NameDNS(b *Batch) {
 	if len(b.DNSAnswers) == 0 {
 		return
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
 	if e.dns == nil {
 		e.dns = newDNSNames(e.resolver.Sink(resolve.RankDNS), dnsMaxNames)
 	}
