@@ -59,8 +59,14 @@ func helper(args []string) error {
 		_, _ = io.Copy(io.Discard, in)
 		return nil
 	}
+	if h, ok := helpers[args[0]]; ok {
+		return h(args[1:])
+	}
 	return fmt.Errorf("unknown helper %q", args[0])
 }
+
+// helpers are the other helper modes, by name.
+var helpers = map[string]func(args []string) error{}
 
 // randomHex returns n random bytes in hex.
 func randomHex(t testing.TB, n int) string {

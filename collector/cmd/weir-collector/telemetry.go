@@ -30,6 +30,8 @@ type TelemetryConfig struct {
 	DNS      bool
 	DNSProbe probe.DNSConfig
 	DNSTrack dns.Config
+
+	NAT bool
 }
 
 func defaultTelemetryConfig() TelemetryConfig {
@@ -40,6 +42,7 @@ func defaultTelemetryConfig() TelemetryConfig {
 		DNS:       true,
 		DNSProbe:  probe.DNSConfig{RingBytes: 1 << 20},
 		DNSTrack:  dns.DefaultConfig(),
+		NAT:       true,
 	}
 }
 
@@ -55,6 +58,7 @@ func (c *TelemetryConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DNSTrack.Timeout, "dns-timeout", c.DNSTrack.Timeout, "a DNS query without an answer after this long counts as a timeout")
 	fs.Func("dns-ring-bytes", fmt.Sprintf("DNS payload ring buffer size in `bytes`, a power of two and a multiple of the page size; about 600 bytes a packet (default %d)", c.DNSProbe.RingBytes),
 		intFlag(&c.DNSProbe.RingBytes, 32))
+	fs.BoolVar(&c.NAT, "nat", c.NAT, "follow conntrack (netlink) in every network namespace and send each socket's NAT translation, so that a connection to a virtual IP joins its backend")
 	fs.StringVar(&c.DNSProbe.CgroupRoot, "cgroup2-root", "", "cgroup-v2 mount that the DNS programs attach to (default: the first cgroup2 mount, e.g. /sys/fs/cgroup/unified on a hybrid host)")
 }
 
