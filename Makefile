@@ -85,7 +85,8 @@ run: build
 	echo "a weir process exited on its own; stopping the other" >&2; exit 1
 
 ## bench: the hot-path benchmarks and the end-to-end figures; P<n> and bpf-ns lines also land in bench/results.txt
-## (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load)
+#   (P<n> lines that a benchmark prints itself pass through; the simulated fleet's P5 is shown as P5-fleet)
+#   (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load)
 bench: build
 	@mkdir -p bench
 	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
@@ -98,11 +99,16 @@ bench: build
 	    if (u ~ /^bpf-ns\/run:/) { name = substr(u, 12); if (!(name in bpf)) order[++nb] = name; bpf[name] = $$i } } } \
 	  $$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ { for (i = 3; i < NF; i++) if ($$(i+1) == "B/update") p5 = $$i } \
 	  $$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ { for (i = 3; i < NF; i++) if ($$(i+1) == "s/edge-max") p6 = $$i } \
+	  /^P[0-9]+(-[A-Za-z0-9]+)? / { k = $$1; if (k == "P5") { sub(/^P5 /, "P5-fleet "); k = "P5-fleet" } \
+	    if (!(k in pt)) pord[++np] = k; pt[k] = $$0 } \
 	  END { if (p1 != "") printf "P1 %s ratio (spread %s–%s)\n", p1, p1lo, p1hi; \
 	        if (pc != "") printf "P1-churn %s ratio (spread %s–%s)\n", pc, pclo, pchi; \
 	        if (p2 != "") printf "P2 %s millicores (%s ns/request)\n", p2, p2ns; \
 	        for (k = 1; k <= nb; k++) printf "bpf-ns %s %s\n", order[k], bpf[order[k]]; \
-	        if (p5 != "") print "P5", p5, "B/update"; if (p6 != "") print "P6", p6, "s" }' bench/raw.txt | tee bench/results.txt
+	        for (k = 1; k <= np; k++) if (pord[k] ~ /^P[34]/) print pt[pord[k]]; \
+	        if (p5 != "") print "P5", p5, "B/update"; if ("P5-fleet" in pt) print pt["P5-fleet"]; \
+	        if (p6 != "") print "P6", p6, "s"; \
+	        for (k = 1; k <= np; k++) if (pord[k] !~ /^P[345]/) print pt[pord[k]] }' bench/raw.txt | tee bench/results.txt
 
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
 lint: tools-go tools-lint
