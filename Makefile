@@ -86,10 +86,11 @@ run: build
 
 ## bench: the hot-path benchmarks and the end-to-end figures; P<n> and bpf-ns lines also land in bench/results.txt
 #   (P<n> lines that a benchmark prints itself pass through; the simulated fleet's P5 is shown as P5-fleet)
-#   (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load)
+#   (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load;
+#    -p 1: one package's benchmarks at a time, so that none measures while another loads the machine)
 bench: build
 	@mkdir -p bench
-	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
+	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -p 1 -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
 	@WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
 	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt
 	@awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
