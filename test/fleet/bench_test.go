@@ -1,0 +1,123 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-project/weir/test/internal/harness"
+)
+
+func fullBench() bool { return os.Getenv("WEIR_BENCH_FULL") == "1" }
+
+// rssBytes returns the resident set (VmRSS) and its peak (VmHWM) of pid.
+func rssBytes(tb testing.TB, pid int) (rss, peak float64) {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = v * 1024
+		case "VmHWM:":
+			peak = v * 1024
+		}
+	}
+	return rss, peak
+}
+
+func cpuSeconds(tb testing.TB, p *harness.Process) float64 {
+	tb.Helper()
+	s, err := p.CPUSeconds()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func scrape(tb testing.TB, url string) harness.Metrics {
+	tb.Helper()
+	m, err := harness.Scrape(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// BenchmarkFleet runs the fleet scenario against a real reducer: with
+// WEIR_BENCH_FULL=1, 1,000 collectors, 1,000,000 sockets, 10% of sockets
+// changing and 1% of connections closing and reopening per 1 s interval.
+// It prints the P3 (socket updates per reducer core-second), P3-total
+// (updates per second), P4 (reducer RSS per tracked socket) and P5 (wire
+// bytes per update) lines, and checks the edges exactly.
+func BenchmarkFleet(b *testing.B) {
+	b.ReportAllocs()
+	cfg := Config{
+		Collectors: 50, Sockets: 20000, Interval: 200 * time.Millisecond, Intervals: 20,
+		MaxSkew: 2, Change: 0.10, Reopen: 0.01, Short: 100, Reconnects: 2, Compressor: "gzip", Seed: 7,
+	}
+	if fullBench() {
+		cfg = Config{
+			Collectors: 1000, Sockets: 1_000_000, Interval: time.Second, Intervals: 25,
+			MaxSkew: 3, Change: 0.10, Reopen: 0.01, Short: 1000, Reconnects: 10, Compressor: "gzip", Seed: 7,
+		}
+	}
+	if c := os.Getenv("WEIR_FLEET_COMPRESSOR"); c != "" {
+		cfg.Compressor = strings.TrimPrefix(c, "none")
+	}
+	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true,
+		ReducerArgs: []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}})
+	cfg.Reducers = []string{w.GRPCAddr}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	type out struct {
+		res *Result
+		err error
+	}
+	done := make(chan out, 1)
+	b.ResetTimer()
+	go func() {
+		res, err := Run(ctx, cfg)
+		done <- out{res, err}
+	}()
+	// The steady state: from the 5th interval to 3 before the last.
+	time.Sleep(time.Duration(cfg.MaxSkew+5) * cfg.Interval)
+	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
+	time.Sleep(time.Duration(cfg.Intervals-8) * cfg.Interval)
+	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
+	rss, _ := rssBytes(b, w.Reducer.PID())
+	sockets, _ := m1.Value("weir_reducer_sockets", nil)
+	o := <-done
+	b.StopTimer()
+	if o.err != nil {
+		b.Fatal(o.err)
+	}
+	_, peak := rssBytes(b, w.Reducer.PID())
+	updates := m1.Sum("weir_reducer_socket_updates_total", nil) - m0.Sum("weir_reducer_socket_updates_total", nil)
+	wire := m1.Sum("weir_reducer_received_bytes_total", nil) - m0.Sum("weir_reducer_received_bytes_total", nil)
+	cpu, wall := cpu1-cpu0, t1.Sub(t0).Seconds()
+	if updates == 0 || cpu == 0 {
+		b.Fatalf("%v updates in %.1f reducer CPU seconds", updates, cpu)
+	}
+	b.ReportMetric(updates/cpu, "updates/core-s")
+	b.ReportMetric(updates/wall, "updates/s")
+	b.ReportMetric(rss/sockets, "B/socket")
+	b.ReportMetric(wire/updates, "wire-B/update")
+	b.ReportMetric(peak/(1<<20), "peak-MiB")
+	fmt.Printf("P3 %.0f updates/core-s (%d collectors, %d sockets, %.2f reducer cores)\n", updates/cpu, cfg.Collectors, int(sockets), cpu/wall)
+	fmt.Printf("P3-total %.0f updates/s\n", updates/wall)
+	fmt.Printf("P4 %.0f B/socket (RSS %.0f MiB, peak %.0f MiB, %d sockets)\n", rss/sockets, rss/(1<<20), peak/(1<<20), int(sockets))
+	fmt.Printf("P5 %.2f wire-B/update (%s)\n", wire/updates, cfg.Compressor)
+	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
+}
