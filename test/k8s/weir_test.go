@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/weir-project/weir/test/internal/harness"
 	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
+	"github.com/weir-project/weir/test/internal/harness"
 )
 
 var (
