@@ -22,7 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/collector/internal/admin"
-	"github.com/weir-project/weir/collector/internal/encode"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/proc"
 	"github.com/weir-project/weir/collector/internal/sockets"
@@ -91,7 +90,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	if err != nil {
 		return err
 	}
-	tel, err := openTelemetry(cfg.Telemetry, procs, reg, logger)
+	tel, err := openTelemetry(cfg.Telemetry, cfg.ProcRoot, procs, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -119,7 +118,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,
 		KernelRelease:    kernelRelease(),
-	}, table, reporter{encode.New(table, tel.procTable), tel}, p, reg, logger)
+	}, table, reporter{tel.encoder(table), tel}, p, reg, logger)
 	if err != nil {
 		return fmt.Errorf("stream: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/weir-project/weir/collector/internal/dns"
 	"github.com/weir-project/weir/collector/internal/encode"
+	"github.com/weir-project/weir/collector/internal/nat"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/proc"
 	"github.com/weir-project/weir/collector/internal/procs"
@@ -31,7 +32,8 @@ type TelemetryConfig struct {
 	DNSProbe probe.DNSConfig
 	DNSTrack dns.Config
 
-	NAT bool
+	NAT      bool
+	NATTable nat.Config
 }
 
 func defaultTelemetryConfig() TelemetryConfig {
@@ -43,6 +45,7 @@ func defaultTelemetryConfig() TelemetryConfig {
 		DNSProbe:  probe.DNSConfig{RingBytes: 1 << 20},
 		DNSTrack:  dns.DefaultConfig(),
 		NAT:       true,
+		NATTable:  nat.DefaultConfig(),
 	}
 }
 
@@ -59,6 +62,8 @@ func (c *TelemetryConfig) flags(fs *flag.FlagSet) {
 	fs.Func("dns-ring-bytes", fmt.Sprintf("DNS payload ring buffer size in `bytes`, a power of two and a multiple of the page size; about 600 bytes a packet (default %d)", c.DNSProbe.RingBytes),
 		intFlag(&c.DNSProbe.RingBytes, 32))
 	fs.BoolVar(&c.NAT, "nat", c.NAT, "follow conntrack (netlink) in every network namespace and send each socket's NAT translation, so that a connection to a virtual IP joins its backend")
+	fs.Func("nat-max-entries", fmt.Sprintf("max NAT `translations` kept; beyond, new ones are dropped and counted (default %d)", c.NATTable.MaxEntries),
+		intFlag(&c.NATTable.MaxEntries, strconv.IntSize-1))
 	fs.StringVar(&c.DNSProbe.CgroupRoot, "cgroup2-root", "", "cgroup-v2 mount that the DNS programs attach to (default: the first cgroup2 mount, e.g. /sys/fs/cgroup/unified on a hybrid host)")
 }
 
@@ -77,6 +82,11 @@ func (c TelemetryConfig) Validate() error {
 			return err
 		}
 	}
+	if c.NAT {
+		if err := c.NATTable.Validate(); err != nil {
+			return err
+		}
+	}
 	return c.ProcTable.Validate()
 }
 
@@ -86,12 +96,13 @@ type telemetry struct {
 	procTable *procs.Table
 	dnsProbe  *probe.DNS // nil when --dns=false
 	dns       *dns.Tracker
+	nat       *nat.Table // nil when --nat=false
 	logger    *slog.Logger
 }
 
 // openTelemetry loads the probes the config asks for. On error, what was
 // loaded is closed.
-func openTelemetry(cfg TelemetryConfig, fs *proc.FS, reg prometheus.Registerer, logger *slog.Logger) (*telemetry, error) {
+func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg prometheus.Registerer, logger *slog.Logger) (*telemetry, error) {
 	t := &telemetry{logger: logger}
 	table, err := procs.New(cfg.ProcTable, fs, reg)
 	if err != nil {
@@ -118,6 +129,16 @@ func openTelemetry(cfg TelemetryConfig, fs *proc.FS, reg prometheus.Registerer, 
 		}
 		t.dns, t.dnsProbe = tr, p
 	}
+	if cfg.NAT {
+		ncfg := cfg.NATTable
+		ncfg.ProcRoot = procRoot
+		nt, err := nat.New(ncfg, reg, logger)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		t.nat = nt
+	}
 	return t, nil
 }
 
@@ -133,6 +154,9 @@ func (t *telemetry) run(ctx context.Context) error {
 	}
 	if t.dnsProbe != nil {
 		g.Go(func() error { return t.dns.Follow(gctx, t.dnsProbe) })
+	}
+	if t.nat != nil {
+		g.Go(func() error { return t.nat.Run(gctx) })
 	}
 	return g.Wait()
 }
@@ -180,12 +204,25 @@ func (t *telemetry) fill(b *ingestv1.Batch) {
 			b.Loss.ProcessRingFull = n
 		}
 	}
+	if t.nat != nil {
+		b.Loss.ConntrackOverrun = t.nat.Overruns()
+	}
 	if t.dns != nil {
 		b.DnsFlows, b.DnsAnswers, b.Loss.DnsParseErrors = t.dns.Drain()
 		if n, err := t.dnsProbe.RingFull(); err == nil {
 			b.Loss.DnsRingFull = n
 		}
 	}
+}
+
+// encoder returns the wire encoder of table, with the NAT translations
+// when they are followed.
+func (t *telemetry) encoder(table encode.Source) *encode.Encoder {
+	e := encode.New(table, t.procTable)
+	if t.nat != nil {
+		e.SetTranslator(t.nat)
+	}
+	return e
 }
 
 // reporter is the encoder with the telemetry's parts added to each batch.

@@ -4,10 +4,12 @@ package encode
 
 import (
 	"math"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/weir-project/weir/collector/internal/nat"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/procs"
 	"github.com/weir-project/weir/collector/internal/sockets"
@@ -32,6 +34,12 @@ type Cgroups interface {
 // for this instead of the cgroup path alone.
 type Describer interface {
 	Describe(pid uint32, startTime uint64, comm string) procs.Info
+}
+
+// Translator finds the NAT translation of a TCP connection, by its ends as
+// its socket sees them.
+type Translator interface {
+	Translate(local, remote netip.AddrPort) (nat.Translation, bool)
 }
 
 // procKey is a process's identity: pid and start time tell apart the
@@ -77,7 +85,12 @@ type Encoder struct {
 	orphans     []*process
 	slots       []int32 // Changes.Deltas index by socket handle, -1 for none
 	freeSocks   []uint32
+	nat         Translator // nil: no translations
 }
+
+// SetTranslator makes the encoder announce each socket with its NAT
+// translation, when t knows one.
+func (e *Encoder) SetTranslator(t Translator) { e.nat = t }
 
 // New returns an Encoder of the changes of src. cgroups may be nil: no
 // cgroup paths are announced then.
@@ -125,6 +138,7 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 			Netns:         o.NetNS,
 			NewConnection: o.NewConnection,
 			Cookie:        o.Cookie,
+			Nat:           e.translate(o),
 		})
 	}
 
@@ -301,6 +315,23 @@ func (e *Encoder) unref(p *process) {
 	if p.refs == 0 && !p.forgotten {
 		p.forgotten = true
 		e.orphans = append(e.orphans, p)
+	}
+}
+
+// translate returns the NAT translation of socket o, nil if none.
+func (e *Encoder) translate(o *sockets.Socket) *ingestv1.Translation {
+	if e.nat == nil {
+		return nil
+	}
+	tr, ok := e.nat.Translate(netip.AddrPortFrom(o.LocalAddr, o.LocalPort), netip.AddrPortFrom(o.RemoteAddr, o.RemotePort))
+	if !ok {
+		return nil
+	}
+	return &ingestv1.Translation{
+		LocalAddr:  tr.Local.Addr().AsSlice(),
+		LocalPort:  uint32(tr.Local.Port()),
+		RemoteAddr: tr.Remote.Addr().AsSlice(),
+		RemotePort: uint32(tr.Remote.Port()),
 	}
 }
 

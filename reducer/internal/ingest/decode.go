@@ -44,6 +44,16 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 		if err != nil {
 			return fmt.Errorf("batch %d: socket %d: remote %w", seq, i, err)
 		}
+		if n := s.GetNat(); n != nil {
+			// The connection as its peer sees it, after NAT: a client of a
+			// virtual IP joins the backend's socket.
+			if local, err = endpoint(n.GetLocalAddr(), n.GetLocalPort()); err != nil {
+				return fmt.Errorf("batch %d: socket %d: nat local %w", seq, i, err)
+			}
+			if remote, err = endpoint(n.GetRemoteAddr(), n.GetRemotePort()); err != nil {
+				return fmt.Errorf("batch %d: socket %d: nat remote %w", seq, i, err)
+			}
+		}
 		role, err := decodeRole(s.GetRole())
 		if err != nil {
 			return fmt.Errorf("batch %d: socket %d: %w", seq, i, err)

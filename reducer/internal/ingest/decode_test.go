@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -129,11 +130,42 @@ func TestDecodeBatch(t *testing.T) {
 			t.Errorf("decoded %+v", b)
 		}
 	})
+	t.Run("nat and dns", func(t *testing.T) {
+		in := good()
+		in.Sockets[0].Nat = &ingestv1.Translation{LocalAddr: v4, LocalPort: 40000, RemoteAddr: []byte{10, 0, 9, 9}, RemotePort: 8080}
+		in.DnsFlows = []*ingestv1.DnsFlow{{ClientAddr: v4, ServerAddr: mapped, ServerPort: 53, Comm: "curl",
+			Responses: []*ingestv1.DnsRcodeCount{{Rcode: 3, Count: 2}}, Timeouts: 1, DurationsUs: []uint32{1500}}}
+		in.DnsAnswers = []*ingestv1.DnsAnswer{{Name: "api.example.com", Addrs: [][]byte{{198, 18, 7, 7}}, TtlSeconds: 30}}
+		var b match.Batch
+		if err := DecodeBatch(&b, in); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.Sockets[0].Remote; got != netip.MustParseAddrPort("10.0.9.9:8080") {
+			t.Errorf("remote %s, want the backend after NAT", got)
+		}
+		f := b.DNSFlows[0]
+		if f.Server != netip.MustParseAddrPort("10.0.0.2:53") || f.Responses[0] != (match.DNSCount{RCode: 3, Count: 2}) ||
+			f.Timeouts != 1 || f.Durations[0] != 1500*time.Microsecond {
+			t.Errorf("dns flow %+v", f)
+		}
+		a := b.DNSAnswers[0]
+		if a.Name != "api.example.com" || a.TTL != 30*time.Second || a.Addrs[0] != netip.MustParseAddr("198.18.7.7") {
+			t.Errorf("dns answer %+v", a)
+		}
+	})
 	tests := []struct {
 		name   string
 		mutate func(*ingestv1.Batch)
 		want   string
 	}{
+		{"short nat address", func(b *ingestv1.Batch) {
+			b.Sockets[0].Nat = &ingestv1.Translation{LocalAddr: []byte{1}, RemoteAddr: []byte{1, 2, 3, 4}}
+		},
+			"batch 7: socket 0: nat local address has 1 bytes"},
+		{"short dns client", func(b *ingestv1.Batch) { b.DnsFlows = []*ingestv1.DnsFlow{{ClientAddr: []byte{1}}} },
+			"batch 7: dns flow 0: client address has 1 bytes"},
+		{"dns answer without name", func(b *ingestv1.Batch) { b.DnsAnswers = []*ingestv1.DnsAnswer{{}} },
+			"batch 7: dns answer 0: empty name"},
 		{"short local address", func(b *ingestv1.Batch) { b.Sockets[0].LocalAddr = []byte{10, 0, 0} },
 			"batch 7: socket 0: local address has 3 bytes (want 4 or 16)"},
 		{"empty remote address", func(b *ingestv1.Batch) { b.Sockets[0].RemoteAddr = nil },

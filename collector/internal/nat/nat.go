@@ -1,0 +1,356 @@
+// Package nat keeps the NAT translations of the node's connections, learnt
+// from conntrack events over netlink in every network namespace, so that a
+// socket connected to a virtual IP can be reported with the backend it
+// really talks to.
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+)
+
+// Config bounds a Table.
+type Config struct {
+	// MaxEntries caps the translations kept (flag --nat-max-entries); a new
+	// one beyond is dropped and counted.
+	MaxEntries int
+	// TTL is how long a translation is kept after conntrack announced it:
+	// long enough for the socket to be reported, and announced again after
+	// a reconnect.
+	TTL time.Duration
+	// Rescan is how often the network namespaces are listed again.
+	Rescan time.Duration
+	// ProcRoot is where /proc is mounted; the namespaces are found through
+	// its processes, and through RunNetns.
+	ProcRoot string
+	// RunNetns is the directory of named namespaces (ip netns).
+	RunNetns string
+	// ReadBuffer is the receive buffer of each netlink socket, in bytes.
+	ReadBuffer int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{MaxEntries: 65536, TTL: 10 * time.Minute, Rescan: 2 * time.Second,
+		ProcRoot: "/proc", RunNetns: "/run/netns", ReadBuffer: 1 << 20}
+}
+
+// Validate reports a bad field, named by its flag.
+func (c Config) Validate() error {
+	if c.MaxEntries <= 0 {
+		return fmt.Errorf("--nat-max-entries: %d is not positive", c.MaxEntries)
+	}
+	if c.TTL <= 0 || c.Rescan <= 0 {
+		return errors.New("nat: TTL and rescan interval must be positive")
+	}
+	return nil
+}
+
+// Translation is where a connection really goes: Local is the address the
+// peer answers to (the client's, after source NAT), Remote the peer's real
+// address (the backend's, after destination NAT).
+type Translation struct {
+	Local, Remote netip.AddrPort
+}
+
+type key struct {
+	src, dst netip.AddrPort
+}
+
+type entry struct {
+	Translation
+	added time.Time
+}
+
+// Table holds the translations of TCP connections by their original
+// tuple. It is safe for concurrent use.
+type Table struct {
+	cfg    Config
+	logger *slog.Logger
+	now    func() time.Time
+
+	mu      sync.Mutex
+	entries map[key]entry
+	order   []key // insertion order, for expiry
+
+	overruns atomic.Uint64
+	m        *metrics
+}
+
+// New returns an empty table whose metrics are registered with reg.
+func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Table, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Table{cfg: cfg, logger: logger.With("component", "nat"), now: time.Now, entries: make(map[key]entry)}
+	m, err := newMetrics(reg, t)
+	if err != nil {
+		return nil, err
+	}
+	t.m = m
+	return t, nil
+}
+
+// Translate returns the translation of the TCP connection from local to
+// remote, as the socket sees it, if conntrack rewrote it.
+func (t *Table) Translate(local, remote netip.AddrPort) (Translation, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[key{unmap(local), unmap(remote)}]
+	if ok {
+		t.m.hits.Inc()
+	}
+	return e.Translation, ok
+}
+
+// Overruns returns the conntrack events lost so far to netlink overruns
+// (ENOBUFS): the socket was closed by the kernel and opened again.
+func (t *Table) Overruns() uint64 { return t.overruns.Load() }
+
+// Len returns the number of translations kept.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.entries)
+}
+
+// add records a conntrack flow if it was translated.
+func (t *Table) add(f *conntrack.Flow) {
+	o, r := f.TupleOrig, f.TupleReply
+	if o.Proto.Protocol != unix.IPPROTO_TCP {
+		return
+	}
+	src := netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort)
+	dst := netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort)
+	// The reply comes from the real peer to the address it saw.
+	peer := netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort)
+	seen := netip.AddrPortFrom(r.IP.DestinationAddress.Unmap(), r.Proto.DestinationPort)
+	if peer == dst && seen == src {
+		return // not translated
+	}
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expire(now)
+	k := key{src, dst}
+	if _, ok := t.entries[k]; !ok {
+		if len(t.entries) >= t.cfg.MaxEntries {
+			t.m.dropped.Inc()
+			return
+		}
+		t.order = append(t.order, k)
+	}
+	t.entries[k] = entry{Translation: Translation{Local: seen, Remote: peer}, added: now}
+	t.m.added.Inc()
+}
+
+// expire drops the translations older than the TTL.
+func (t *Table) expire(now time.Time) {
+	n := 0
+	for _, k := range t.order {
+		e, ok := t.entries[k]
+		if ok && now.Sub(e.added) < t.cfg.TTL {
+			break
+		}
+		if ok {
+			delete(t.entries, k)
+		}
+		n++
+	}
+	if n > 0 {
+		clear(t.order[:n])
+		t.order = t.order[n:]
+	}
+}
+
+// Run follows conntrack in every network namespace until ctx is done.
+func (t *Table) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	watched := make(map[uint64]context.CancelFunc)
+	defer func() {
+		for _, cancel := range watched {
+			cancel()
+		}
+	}()
+	tick := time.NewTicker(t.cfg.Rescan)
+	defer tick.Stop()
+	for {
+		seen := t.namespaces()
+		for ino, path := range seen {
+			if _, ok := watched[ino]; ok {
+				continue
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			watched[ino] = cancel
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t.watch(wctx, path)
+			}()
+		}
+		for ino, cancel := range watched {
+			if _, ok := seen[ino]; !ok {
+				cancel()
+				delete(watched, ino)
+			}
+		}
+		t.m.namespaces.Set(float64(len(watched)))
+		t.mu.Lock()
+		t.expire(t.now())
+		t.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// namespaces lists the network namespaces by inode, each with a path that
+// opens it.
+func (t *Table) namespaces() map[uint64]string {
+	out := make(map[uint64]string)
+	add := func(path string) {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return
+		}
+		if _, ok := out[st.Ino]; !ok {
+			out[st.Ino] = path
+		}
+	}
+	add(filepath.Join(t.cfg.ProcRoot, "1/ns/net"))
+	if names, err := os.ReadDir(t.cfg.RunNetns); err == nil {
+		for _, n := range names {
+			add(filepath.Join(t.cfg.RunNetns, n.Name()))
+		}
+	}
+	procs, err := os.ReadDir(t.cfg.ProcRoot)
+	if err != nil {
+		return out
+	}
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		add(filepath.Join(t.cfg.ProcRoot, p.Name(), "ns/net"))
+	}
+	return out
+}
+
+// watch follows the conntrack events of the namespace at path until ctx is
+// done, opening the socket again after an overrun.
+func (t *Table) watch(ctx context.Context, path string) {
+	for ctx.Err() == nil {
+		err := t.listen(ctx, path)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, unix.ENOBUFS):
+			// Events were lost; the dump of the new socket catches up.
+			t.overruns.Add(1)
+			t.m.overruns.Inc()
+			continue
+		case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ENOENT):
+			return // the namespace is gone
+		}
+		t.m.errors.Inc()
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// listen dumps the translated connections of the namespace, then applies
+// its new-connection events until ctx is done (nil) or the socket fails.
+func (t *Table) listen(ctx context.Context, path string) error {
+	c, err := dial(path)
+	if err != nil {
+		return err
+	}
+	if err := c.SetReadBuffer(t.cfg.ReadBuffer); err != nil {
+		c.Close()
+		return err
+	}
+	events := make(chan conntrack.Event, 256)
+	errs, err := c.Listen(events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew})
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("conntrack events in %s: %w", path, err)
+	}
+	// The connections that were translated before the events began. A
+	// namespace without conntrack has none.
+	if d, err := dial(path); err == nil {
+		if flows, err := d.Dump(nil); err == nil {
+			for i := range flows {
+				t.add(&flows[i])
+			}
+		}
+		d.Close()
+	}
+	var result error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case ev := <-events:
+			if ev.Flow != nil {
+				t.add(ev.Flow)
+			}
+		case err := <-errs:
+			result = err
+			break loop
+		}
+	}
+	// Close waits for the worker, which may be blocked handing over an
+	// event or an error.
+	done := make(chan struct{})
+	go func() {
+		_ = c.Close()
+		close(done)
+	}()
+	for {
+		select {
+		case <-events:
+		case <-errs:
+		case <-done:
+			return result
+		}
+	}
+}
+
+// dial opens a conntrack socket in the namespace at path.
+func dial(path string) (*conntrack.Conn, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		return nil, fmt.Errorf("conntrack in %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
