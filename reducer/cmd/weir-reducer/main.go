@@ -64,6 +64,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Loopback:   cfg.Loopback,
 		Level:      cfg.Aggregation,
 		JoinWindow: cfg.matchJoinWindow(),
+		Sharded:    cfg.Sharded,
 	}, reg, logger)
 	if err != nil {
 		return err

@@ -234,6 +234,10 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 	if !f.has(flowPublished) && f.ends[1-end] != nil {
 		e.publish(f) // both ends are here
 	}
+	if f.has(flowPartial) && f.ends[1-end] != nil {
+		// The peer's end reported here after all: count all of it.
+		f.flags = f.flags&^flowPartial | flowRecount
+	}
 	e.markDirty(f)
 }
 
@@ -325,6 +329,13 @@ func (e *Engine) publishDue(now time.Time) {
 				break
 			}
 			e.oneSided.Inc()
+			if e.cfg.Sharded {
+				for i := range uint8(2) {
+					if peer := f.key.endpoint(i).Addr(); f.ends[i] == nil && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
+						f.flags |= flowPartial
+					}
+				}
+			}
 			e.publish(f)
 		}
 		f.flags &^= flowQueued
@@ -392,12 +403,11 @@ func (e *Engine) settle(now time.Time) {
 				e.account(now, f, 0)
 				e.account(now, f, 1)
 			}
-			if f.pendingOpen {
+			if c := f.client(); f.pendingOpen && f.counts(c) {
 				w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
-				c := f.client()
 				e.store.Edge(now, aggregate.Key{Src: w[c], Dst: w[1-c]}).Add(now, aggregate.TCPConnectionsOpened, 1)
-				f.pendingOpen = false
 			}
+			f.pendingOpen = false
 			if f.conn != nil {
 				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
 				f.conn = nil
@@ -416,7 +426,7 @@ func (e *Engine) settle(now time.Time) {
 			cur := f.dir[d].edge
 			switch {
 			case cur != nil && !cur.Dead() && cur.Matches(k):
-			case uint8(d) == client:
+			case uint8(d) == client && f.counts(client):
 				// The connection counts on the client's edge from now on.
 				f.dir[d].edge = e.store.Edge(now, k)
 			default:
@@ -424,19 +434,26 @@ func (e *Engine) settle(now time.Time) {
 			}
 		}
 		conn := f.dir[client].edge
+		if !f.counts(client) {
+			conn = nil // the client's reducer counts the connection
+		}
 		if conn != f.conn {
 			if f.conn != nil {
 				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
-				if e.emitting {
+				if e.emitting && conn != nil {
 					e.emit(Event{Kind: EventEdgeChange, Time: now, Local: f.key.endpoint(client), Remote: f.key.endpoint(1 - client),
 						Key: conn.Key(), Prev: f.conn.Key()})
 				}
 			}
-			conn.Add(now, aggregate.TCPActiveConnections, 1)
+			if conn != nil {
+				conn.Add(now, aggregate.TCPActiveConnections, 1)
+			}
 			f.conn = conn
 		}
 		if f.pendingOpen {
-			conn.Add(now, aggregate.TCPConnectionsOpened, 1)
+			if conn != nil {
+				conn.Add(now, aggregate.TCPConnectionsOpened, 1)
+			}
 			f.pendingOpen = false
 		}
 		if f.has(flowRecount) {
@@ -489,6 +506,9 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 func (e *Engine) account(now time.Time, f *flow, d uint8) {
 	if !f.has(flowPublished) {
 		return // held: the views keep what the ends report
+	}
+	if !f.counts(d) {
+		return // another reducer has the sending end
 	}
 	e.accountHealth(now, f, d)
 	dir := &f.dir[d]

@@ -39,6 +39,13 @@ type Config struct {
 	// at once; a negative value derives the window from the collectors'
 	// report intervals and their observed lag (see Engine.Window).
 	JoinWindow time.Duration
+	// Sharded: this reducer is one of several, each with the collectors of
+	// some nodes. A flow whose peer is a fleet address that does not report
+	// here within the join window counts only what this reducer's end
+	// sends (and the connection when its end is the client): the peer's
+	// reducer counts the rest, so the sum over reducers counts each byte
+	// once. Bytes from outside the fleet count here.
+	Sharded bool
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }

@@ -100,6 +100,11 @@ const (
 	// ends.
 	flowVacant0
 	flowVacant1
+	// flowPartial: a sharded reducer's flow whose peer end is a fleet
+	// address that did not report here: another reducer has that end. This
+	// reducer counts what its end sends, and the connection only when its
+	// end is the client.
+	flowPartial
 )
 
 // flow is one TCP connection with up to two reporting ends. The flows of
@@ -145,6 +150,10 @@ func (f *flow) client() uint8 {
 // empty reports whether no end reports the flow any more: each end is
 // closed or was never (or is no longer) reported.
 func (f *flow) empty() bool { return !f.live(0) && !f.live(1) }
+
+// counts reports whether this reducer counts what endpoint i sends, and
+// the connection when i is the client: not when another reducer has end i.
+func (f *flow) counts(i uint8) bool { return !f.has(flowPartial) || f.ends[i] != nil }
 
 // live reports whether a socket reports end i.
 func (f *flow) live(i uint8) bool {

@@ -3,10 +3,14 @@ package match
 import (
 	"io"
 	"log/slog"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/resolve"
 )
 
 // newWindowEngine returns an engine that holds flows to fleet addresses
@@ -161,4 +165,37 @@ func TestJoinWindow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSharded: two reducers, each with one node's collector, count a
+// connection between their nodes once in their sum: each what its end
+// sends, the connection on the client's reducer.
+func TestSharded(t *testing.T) {
+	engines := make([]*Engine, 2)
+	clocks := make([]*clock, 2)
+	for i := range engines {
+		c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+		e, err := New(Config{SeriesTTL: time.Hour, SessionTTL: time.Hour, JoinWindow: 10 * time.Second, Sharded: true, Now: c.now},
+			prometheus.NewPedanticRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Both nodes' addresses are in the fleet, as Kubernetes metadata
+		// says of node and pod IPs.
+		for _, a := range []string{"10.0.0.1", "10.0.0.2"} {
+			e.Metadata(resolve.RankNode).Put(resolve.IPKey(netip.MustParseAddr(a)), aggregate.Workload{Name: "node-" + a, Kind: "node"})
+		}
+		c.advance(time.Minute)
+		engines[i], clocks[i] = e, c
+	}
+	a := openSession(t, engines[0], "node-a", 1)
+	b := openSession(t, engines[1], "node-b", 1)
+	apply(t, engines[0], a, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{clientEnd}, Stats: statsOf(stat{1, 100, 500, 2, 3})})
+	apply(t, engines[1], b, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "nginx"}}, Sockets: []Socket{serverEnd}, Stats: statsOf(stat{1, 500, 100, 3, 2})})
+	for i, e := range engines {
+		clocks[i].advance(11 * time.Second)
+		e.PublishDue()
+	}
+	sameLines(t, edgeLines(engines[0]), []string{"curl/process -> node-10.0.0.2/node bytes=100 packets=2 opened=1 active=1"})
+	sameLines(t, edgeLines(engines[1]), []string{"nginx/process -> node-10.0.0.1/node bytes=500 packets=3 opened=0 active=0"})
 }
