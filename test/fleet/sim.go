@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
+	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 )
 
 // Config shapes a simulated fleet and its traffic.
@@ -55,7 +56,12 @@ type Config struct {
 	Reducers []string
 	// Compressor is the gRPC compressor of the streams: "gzip" or "".
 	Compressor string
-	Seed       uint64
+	// Pods: each node is a pod of a deployment app-<node%8>, and a watcher
+	// streams the pods to every reducer before the collectors start, as
+	// the k8s-watcher does: edges are named by deployment, on both ends,
+	// and the pods' IPs are fleet addresses for every reducer.
+	Pods bool
+	Seed uint64
 }
 
 // Edge is an edge between two workloads, by their names.
@@ -164,14 +170,23 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		var c *conn
 		if float64(i%1000) < cfg.CrossShare*1000 && len(nodes) > 1 {
 			sn := nodes[(cn.id+1+rng.IntN(len(nodes)-1))%len(nodes)]
-			c = newConn(cn, sn, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(sn.addr, 8080))
+			c = newConn(cfg, cn, sn, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(sn.addr, 8080))
 		} else {
 			ext := netip.AddrFrom4([4]byte{198, 19, 0, byte(1 + rng.IntN(8))})
-			c = newConn(cn, nil, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(ext, 443))
+			c = newConn(cfg, cn, nil, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(ext, 443))
 		}
 		conns = append(conns, c)
 		c.open(res)
 		c.traffic(res, rng)
+	}
+	if cfg.Pods {
+		for _, addr := range cfg.Reducers {
+			stop, err := watch(ctx, addr, nodes)
+			if err != nil {
+				return nil, fmt.Errorf("metadata to %s: %w", addr, err)
+			}
+			defer stop()
+		}
 	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(nodes))
@@ -206,9 +221,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				var c *conn
 				if rng.IntN(2) == 0 && len(nodes) > 1 {
 					sn := nodes[(cn.id+1+rng.IntN(len(nodes)-1))%len(nodes)]
-					c = newConn(cn, sn, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(sn.addr, 8081))
+					c = newConn(cfg, cn, sn, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(sn.addr, 8081))
 				} else {
-					c = newConn(cn, nil, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 0, 200}), 80))
+					c = newConn(cfg, cn, nil, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 0, 200}), 80))
 				}
 				c.open(res)
 				c.traffic(res, rng)
@@ -249,11 +264,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 func newBuilder() *builder { return &builder{stats: make(map[uint32]*[4]uint64)} }
 
-func newConn(cn, sn *node, local, remote netip.AddrPort) *conn {
+func newConn(cfg Config, cn, sn *node, local, remote netip.AddrPort) *conn {
 	c := &conn{cn: cn, sn: sn}
 	cli := fmt.Sprintf("cli-%d", cn.id%4)
+	if cfg.Pods {
+		cli = appOf(cn)
+	}
 	if sn != nil {
 		srv := fmt.Sprintf("srv-%d", sn.id%4)
+		if cfg.Pods {
+			srv = appOf(sn)
+		}
 		c.edge, c.back = Edge{cli, srv}, Edge{srv, cli}
 	} else {
 		ext := remote.Addr().String()
@@ -554,4 +575,53 @@ func (st *stream) end() error {
 	}
 	_ = st.s.CloseSend()
 	return nil
+}
+
+// appOf is the deployment of a node's pod in Pods mode.
+func appOf(n *node) string { return fmt.Sprintf("app-%d", n.id%8) }
+
+// watch streams a snapshot of the nodes' pods to the reducer at addr, as a
+// k8s-watcher does, and waits for its ack. stop ends the stream.
+func watch(ctx context.Context, addr string, nodes []*node) (stop func(), err error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stop = func() { cancel(); cc.Close() }
+	s, err := metadatav1.NewMetadataServiceClient(cc).Stream(sctx)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	send := func(r *metadatav1.StreamRequest) {
+		if err == nil {
+			err = s.Send(r)
+		}
+	}
+	send(&metadatav1.StreamRequest{Kind: &metadatav1.StreamRequest_Hello{Hello: &metadatav1.Hello{Cluster: "fleet", Watcher: "sim", Epoch: 1}}})
+	if err == nil {
+		_, err = s.Recv() // the welcome
+	}
+	send(&metadatav1.StreamRequest{Kind: &metadatav1.StreamRequest_SnapshotStart{SnapshotStart: &metadatav1.SnapshotStart{Epoch: 1, Version: 1, Objects: uint32(len(nodes))}}})
+	ds := &metadatav1.Deltas{Version: 1}
+	created := time.Now().Add(-time.Hour).UnixNano()
+	for _, n := range nodes {
+		ds.Deltas = append(ds.Deltas, &metadatav1.Delta{Version: 1, Object: &metadatav1.Delta_Pod{Pod: &metadatav1.Pod{
+			Uid: "uid-" + n.name, Name: appOf(n) + "-" + n.name, Namespace: "fleet", Node: n.name,
+			Ips: []string{n.addr.String()}, Workload: &metadatav1.Workload{Kind: "deployment", Name: appOf(n)},
+			Phase: metadatav1.PodPhase_POD_PHASE_RUNNING, CreationTimeUnixNano: created,
+		}}})
+	}
+	send(&metadatav1.StreamRequest{Kind: &metadatav1.StreamRequest_Deltas{Deltas: ds}})
+	send(&metadatav1.StreamRequest{Kind: &metadatav1.StreamRequest_SnapshotEnd{SnapshotEnd: &metadatav1.SnapshotEnd{Version: 1}}})
+	if err == nil {
+		_, err = s.Recv() // the snapshot's ack
+	}
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
 }
