@@ -21,7 +21,7 @@
  * through its BTF pointer.
  */
 
-#include "tcp.h"
+#include "udp.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -315,16 +315,22 @@ static __always_inline int on_activity(struct sock *sk, int ret)
 	return 0;
 }
 
-/* Arguments: struct sock *sk, int ret, int flags. */
+/* Arguments: struct sock *sk, int ret, int flags. UDP is counted in udp.h. */
 SEC("tp_btf/sock_send_length")
 int sock_send_length(u64 *ctx)
 {
-	return on_activity((struct sock *)ctx[0], (int)ctx[1]);
+	struct sock *sk = (struct sock *)ctx[0];
+	if (sk->sk_protocol == IPPROTO_UDP)
+		return on_udp(sk, (int)ctx[1], DIR_SENT);
+	return on_activity(sk, (int)ctx[1]);
 }
 
-/* Arguments: struct sock *sk, int ret, int flags. */
+/* Arguments: struct sock *sk, int ret, int flags. UDP is counted in udp.h. */
 SEC("tp_btf/sock_recv_length")
 int sock_recv_length(u64 *ctx)
 {
-	return on_activity((struct sock *)ctx[0], (int)ctx[1]);
+	struct sock *sk = (struct sock *)ctx[0];
+	if (sk->sk_protocol == IPPROTO_UDP)
+		return on_udp(sk, (int)ctx[1], DIR_RECV);
+	return on_activity(sk, (int)ctx[1]);
 }

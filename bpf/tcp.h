@@ -62,7 +62,11 @@ enum drop_reason {
 	DROP_RING_FULL = 0,
 	DROP_STORAGE_FULL = 1,
 	DROP_SAMPLE_FALLBACK = 2, /* a sample written to the seq_file: the sample ring was full */
-	DROP_MAX = 3,
+	DROP_UDP_RING_FULL = 3,   /* UDP close records lost: the UDP event ring was full */
+	DROP_UDP_STORAGE_FULL = 4, /* UDP sockets not tracked: no socket storage */
+	DROP_UDP_UNATTRIBUTED = 5, /* UDP datagrams whose peer was not known: counted as other peers */
+	DROP_UDP_FALLBACK = 6,    /* UDP samples written to the seq_file: the sample ring was full */
+	DROP_MAX = 7,
 };
 
 /* sk_state.flags */

@@ -25,6 +25,7 @@ import (
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type discovered tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type udp_record udp ../../../bpf/udp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
 // Config sizes the ring buffers and turns on run-time statistics.
 type Config struct {
@@ -43,11 +44,13 @@ type Config struct {
 	// ProcRoot is where the host's /proc is mounted; Discover finds the
 	// network namespaces through it. Empty means /proc.
 	ProcRoot string
+	// UDP turns on and sizes the UDP accounting.
+	UDP UDPConfig
 }
 
 // DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
-	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc"}
+	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc", UDP: DefaultUDPConfig()}
 }
 
 // defaultSampleRingBytes holds the samples of 65,536 sockets, rounded up
@@ -66,7 +69,7 @@ func (c Config) Validate() error {
 	if c.SampleRingBytes < page || c.SampleRingBytes&(c.SampleRingBytes-1) != 0 {
 		return fmt.Errorf("--sample-ring-bytes: %d is not a power of two of at least the page size (%d)", c.SampleRingBytes, page)
 	}
-	return nil
+	return c.UDP.Validate()
 }
 
 // tracepoints are the BTF tracepoints the programs attach to, by name.
@@ -86,6 +89,10 @@ const (
 	dropRingFull    uint32 = 0
 	dropStorageFull uint32 = 1
 	dropFallback    uint32 = 2
+	dropUDPRing     uint32 = 3
+	dropUDPStorage  uint32 = 4
+	dropUDPUnknown  uint32 = 5
+	dropUDPFallback uint32 = 6
 )
 
 // Probe is the loaded and attached set of programs.
@@ -97,6 +104,7 @@ type Probe struct {
 	discover *link.Iter // finds the sockets of the namespace that opens it
 	reader   *ringbuf.Reader
 	samples  *sampleRing // the sampling iterator's ring
+	udp      *udpProbe   // nil unless Config.UDP.Enabled
 	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
 	procRoot string      // where Discover looks for network namespaces
 
@@ -135,6 +143,18 @@ func Open(cfg Config) (*Probe, error) {
 	if err := spec.Variables[tcpVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
+	udpOn, peers := uint32(0), cfg.UDP.Peers
+	if cfg.UDP.Enabled {
+		udpOn = 1
+	} else {
+		peers = MaxUDPPeers
+	}
+	if err := spec.Variables[tcpVarUdpOn].Set(udpOn); err != nil {
+		return nil, fmt.Errorf("set udp_on: %w", err)
+	}
+	if err := spec.Variables[tcpVarPeerCap].Set(peers); err != nil {
+		return nil, fmt.Errorf("set peer_cap: %w", err)
+	}
 
 	procRoot := cfg.ProcRoot
 	if procRoot == "" {
@@ -151,6 +171,9 @@ func Open(cfg Config) (*Probe, error) {
 		return nil, errors.Join(loadError("programs", err), p.release())
 	}
 	if err := p.loadIter(cfg); err != nil {
+		return nil, errors.Join(err, p.release())
+	}
+	if err := p.loadUDP(cfg.UDP, spec); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
 	for _, tp := range tracepoints {
@@ -543,7 +566,14 @@ func (p *Probe) Drops() (Drops, error) {
 	if err != nil {
 		return Drops{}, err
 	}
-	return Drops{RingFull: ring, StorageFull: full, SampleFallbacks: fallbacks}, nil
+	var udp [4]uint64
+	for i, reason := range []uint32{dropUDPRing, dropUDPStorage, dropUDPUnknown, dropUDPFallback} {
+		if udp[i], err = p.sumDrops(reason); err != nil {
+			return Drops{}, err
+		}
+	}
+	return Drops{RingFull: ring, StorageFull: full, SampleFallbacks: fallbacks,
+		UDPRingFull: udp[0], UDPStorageFull: udp[1], UDPUnattributed: udp[2], UDPSampleFallbacks: udp[3]}, nil
 }
 
 func (p *Probe) sumDrops(reason uint32) (uint64, error) {
@@ -565,10 +595,7 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 	if p.closed {
 		return nil, fmt.Errorf("program stats: %w", ErrClosed)
 	}
-	progs := []struct {
-		name string
-		prog *ebpf.Program
-	}{
+	progs := []namedProgram{
 		{tcpProgInetSockSetState, p.objs.InetSockSetState},
 		{tcpProgSockSendLength, p.objs.SockSendLength},
 		{tcpProgSockRecvLength, p.objs.SockRecvLength},
@@ -576,6 +603,9 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 		{tcpProgTcpReceiveReset, p.objs.TcpReceiveReset},
 		{tcpIterProgSampleSockets, p.iter.SampleSockets},
 		{tcpIterProgDiscoverSockets, p.iter.DiscoverSockets},
+	}
+	if p.udp != nil {
+		progs = append(progs, p.udp.programs()...)
 	}
 	out := make([]ProgramStats, 0, len(progs))
 	for _, pr := range progs {
@@ -592,8 +622,12 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 func (p *Probe) Close() error {
 	var err error
 	p.closeMu.Do(func() {
-		// Closing the reader first unblocks a pending ReadEvent.
+		// Closing the readers first unblocks a pending ReadEvent or ReadUDP.
 		err = p.reader.Close()
+		if p.udp != nil && p.udp.reader != nil {
+			err = errors.Join(err, p.udp.reader.Close())
+			p.udp.reader = nil
+		}
 		p.readMu.Lock()
 		defer p.readMu.Unlock()
 		p.mu.Lock()
@@ -607,6 +641,12 @@ func (p *Probe) Close() error {
 // release detaches the links and frees the maps and programs.
 func (p *Probe) release() error {
 	var errs []error
+	if p.udp != nil {
+		if err := p.udp.close(); err != nil {
+			errs = append(errs, fmt.Errorf("free UDP programs: %w", err))
+		}
+		p.udp = nil
+	}
 	for _, l := range p.links {
 		if err := l.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach: %w", err))

@@ -58,6 +58,11 @@ func newSampleRing(m *ebpf.Map) (*sampleRing, error) {
 // drain calls fn with each record in the ring until it is empty, and hands
 // the space back to the kernel. fn must not keep the record.
 func (r *sampleRing) drain(fn func(*tcpEvent)) error {
+	return r.drainRecords(eventSize, func(p unsafe.Pointer) { fn((*tcpEvent)(p)) })
+}
+
+// drainRecords is drain for records of size bytes.
+func (r *sampleRing) drainRecords(size int, fn func(unsafe.Pointer)) error {
 	end := atomic.LoadUint64(r.end)
 	pos := atomic.LoadUint64(r.pos)
 	var err error
@@ -76,11 +81,11 @@ func (r *sampleRing) drain(fn func(*tcpEvent)) error {
 		}
 		n := uint64(hdr &^ (ringBusyBit | ringDiscard))
 		if hdr&ringDiscard == 0 {
-			if n < uint64(eventSize) {
-				err = fmt.Errorf("sample ring: %d-byte record, want %d", n, eventSize)
+			if n < uint64(size) {
+				err = fmt.Errorf("sample ring: %d-byte record, want %d", n, size)
 				break
 			}
-			fn((*tcpEvent)(unsafe.Pointer(&r.data[(pos+ringHdrBytes)&r.mask])))
+			fn(unsafe.Pointer(&r.data[(pos+ringHdrBytes)&r.mask]))
 		}
 		pos += (ringHdrBytes + n + 7) &^ 7
 	}

@@ -154,6 +154,18 @@ type Drops struct {
 	// seq_file because the sample ring was full: each walk that had one
 	// was chunked and may have repeated or missed a socket (see Samples).
 	SampleFallbacks uint64
+	// UDPRingFull counts UDP close records lost because their ring was
+	// full: that traffic since the last poll is lost.
+	UDPRingFull uint64
+	// UDPStorageFull counts UDP datagrams (or binds) not counted because
+	// the socket's storage could not be allocated.
+	UDPStorageFull uint64
+	// UDPUnattributed counts datagrams of unconnected sockets whose remote
+	// was not known (the thread moved to another CPU in the call); they
+	// are counted under other peers.
+	UDPUnattributed uint64
+	// UDPSampleFallbacks is SampleFallbacks for the UDP walk.
+	UDPSampleFallbacks uint64
 }
 
 // ProgramStats is the in-kernel cost of one program since it was loaded.

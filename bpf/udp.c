@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+//go:build ignore
+
+/*
+ * UDP traffic for the weir collector, per socket and remote address.
+ *
+ * Every user-space UDP socket (AF_INET, AF_INET6) that binds, sends or
+ * receives gets socket storage in `udp_states`, freed by the kernel with the
+ * socket. It holds the owner and up to peer_cap remote addresses, each with
+ * cumulative counters (bytes and datagrams both ways, receive drops); what
+ * a socket exchanges with more remotes than that goes to one more slot,
+ * "other peers", and is counted in `folded`. Counters are cumulative, so
+ * user space reads them when it wants (sample_udp walks the storage at poll
+ * time, like the TCP sampler), and a socket's close writes its final
+ * counters to the `udp_events` ring (cgroup sock_release), so that a socket
+ * that lives less than an interval (a DNS query) is counted too.
+ *
+ * Why these hooks, without kprobes:
+ *  - sizes: tp_btf sock_send_length and sock_recv_length (the return of
+ *    every sendmsg and recvmsg: bytes, one datagram per call for UDP); the
+ *    TCP programs already sit there, and for TCP this adds one branch;
+ *  - the remote of a connected socket is the socket's own;
+ *  - the remote of an unconnected socket comes from the cgroup sock_addr
+ *    hooks sendmsg4/6 (destination) and recvmsg4/6 (source) on the cgroup-v2
+ *    root: they run in the same call just before the tracepoint, only for
+ *    UDP with an address (never for TCP), and leave it in a per-CPU stash
+ *    that the tracepoint takes if the thread and the socket match (a thread
+ *    moved to another CPU in between is counted as unattributed, under
+ *    "other peers");
+ *  - drops: tp_btf udp:udp_fail_queue_rcv_skb, where the kernel gives up
+ *    queueing a datagram (receive buffer full) and adds to sk_drops; the
+ *    source is read from the datagram's headers;
+ *  - the owner: bind4/6 in the binding process (a socket that only
+ *    receives, or never reads), then whoever sends or receives.
+ *  - the close: cgroup sock_release, in close(); for a UDP socket with
+ *    storage it writes one record per remote, for anything else it returns.
+ */
+
+#include "udp.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Close records, one per remote of a closing socket. Sized from probe.Config before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} udp_events SEC(".maps");
+
+/* Sample records of one walk of sample_udp, drained as the TCP samples ring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} udp_samples SEC(".maps");
+
+/* As wakeup_bytes in tcp.c: wake the reader only past this much. Set from probe.Config. */
+const volatile u64 udp_wakeup_bytes = 1 << 18;
+
+/* stash_remote leaves the remote of this sendmsg or recvmsg for on_udp. */
+static __always_inline int stash_remote(struct bpf_sock_addr *ctx, bool v6)
+{
+	if (ctx->protocol != IPPROTO_UDP || !udp_on)
+		return 1;
+	u32 zero = 0;
+	struct stash *s = bpf_map_lookup_elem(&stashes, &zero);
+	if (!s)
+		return 1;
+	s->pid_tgid = bpf_get_current_pid_tgid();
+	s->cookie = bpf_get_socket_cookie(ctx);
+	s->port = bpf_ntohs((u16)ctx->user_port);
+	if (!v6) {
+		u32 a = ctx->user_ip4;
+		set_peer(s->addr, &s->family, AF_INET, (const u8 *)&a);
+	} else {
+		u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+		set_peer(s->addr, &s->family, AF_INET6, (const u8 *)a);
+	}
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int udp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return stash_remote(ctx, false);
+}
+
+SEC("cgroup/sendmsg6")
+int udp_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return stash_remote(ctx, true);
+}
+
+SEC("cgroup/recvmsg4")
+int udp_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return stash_remote(ctx, false);
+}
+
+SEC("cgroup/recvmsg6")
+int udp_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return stash_remote(ctx, true);
+}
+
+/*
+ * on_bind gives a UDP socket its storage and owner when it binds, in the
+ * binding process: a socket that only receives, or never reads, has one.
+ * Only the pid, the thread's comm and the cgroup are at hand here; the
+ * next send or receive completes the owner.
+ */
+static __always_inline int on_bind(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != IPPROTO_UDP || !udp_on)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct udp_state *st = bpf_sk_storage_get(&udp_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count_drop(DROP_UDP_STORAGE_FULL);
+		return 1;
+	}
+	if (st->owner.pid)
+		return 1;
+	u32 seq = st->owner_seq;
+	if ((seq & 1) || __sync_val_compare_and_swap(&st->owner_seq, seq, seq + 1) != seq)
+		return 1;
+	st->owner.pid = bpf_get_current_pid_tgid() >> 32;
+	st->owner.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(st->owner.comm, sizeof(st->owner.comm));
+	__sync_val_compare_and_swap(&st->owner_seq, seq + 1, seq + 2);
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int udp_bind4(struct bpf_sock_addr *ctx)
+{
+	return on_bind(ctx);
+}
+
+SEC("cgroup/bind6")
+int udp_bind6(struct bpf_sock_addr *ctx)
+{
+	return on_bind(ctx);
+}
+
+/* Arguments: int rc, struct sock *sk, struct sk_buff *skb. */
+SEC("tp_btf/udp_fail_queue_rcv_skb")
+int udp_fail_queue_rcv_skb(u64 *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[1];
+	struct sk_buff *skb = (struct sk_buff *)ctx[2];
+	if (!udp_on || !sk || !skb || !udp_inet(sk) || !user_socket(sk))
+		return 0;
+	unsigned char *head = skb->head;
+	u16 nh = skb->network_header, th = skb->transport_header;
+	struct remote r = {};
+	u8 ver = 0;
+	bpf_probe_read_kernel(&ver, 1, head + nh);
+	if ((ver >> 4) == 4) {
+		u32 a = 0;
+		bpf_probe_read_kernel(&a, 4, head + nh + 12);
+		set_peer(r.addr, &r.family, AF_INET, (const u8 *)&a);
+	} else if ((ver >> 4) == 6) {
+		u32 a[4] = {};
+		bpf_probe_read_kernel(a, 16, head + nh + 8);
+		set_peer(r.addr, &r.family, AF_INET6, (const u8 *)a);
+	}
+	u16 sport = 0;
+	bpf_probe_read_kernel(&sport, 2, head + th);
+	r.port = bpf_ntohs(sport);
+	struct udp_state *st = udp_state_of(sk);
+	if (!st || (st->flags & UDP_CLOSED))
+		return 0;
+	count(st, &r, DIR_DROP, 0);
+	return 0;
+}
+
+/* fill_record describes slot i of st; false for a slot with nothing to tell. */
+static __always_inline bool fill_record(struct udp_record *rec, struct udp_state *st, u32 i, u64 cookie, u8 kind)
+{
+	if (i > UDP_MAX_PEERS)
+		return false;
+	struct udp_peer *p = &st->peers[i];
+	bool other = i == UDP_MAX_PEERS;
+	if (!other && p->state != PEER_READY)
+		return false;
+	if (!p->dgrams_sent && !p->dgrams_recv && !p->drops)
+		return false;
+	rec->cookie = cookie;
+	__builtin_memcpy(rec->saddr, st->saddr, 16);
+	rec->netns = st->netns;
+	rec->sport = st->sport;
+	rec->sfamily = st->sfamily;
+	rec->kind = kind;
+	rec->slot = i;
+	rec->folded = st->folded;
+	read_udp_owner(st, &rec->owner);
+	if (other) {
+		rec->other = 1;
+	} else {
+		__builtin_memcpy(rec->daddr, p->addr, 16);
+		rec->dport = p->port;
+		rec->family = p->family;
+	}
+	rec->bytes_sent = p->bytes_sent;
+	rec->bytes_recv = p->bytes_recv;
+	rec->dgrams_sent = p->dgrams_sent;
+	rec->dgrams_recv = p->dgrams_recv;
+	rec->drops = p->drops;
+	return true;
+}
+
+/*
+ * udp_release: close(), for every inet socket (cgroup sock_release). A UDP
+ * socket with storage writes its final counters, one record per remote,
+ * and is not sampled again.
+ */
+SEC("cgroup/sock_release")
+int udp_release(struct bpf_sock *ctx)
+{
+	if (ctx->protocol != IPPROTO_UDP || !udp_on)
+		return 1;
+	struct udp_state *st = bpf_sk_storage_get(&udp_states, ctx, 0, 0);
+	if (!st || (st->flags & UDP_CLOSED))
+		return 1;
+	st->flags |= UDP_CLOSED;
+	u64 cookie = bpf_get_socket_cookie(ctx);
+	for (u32 i = 0; i <= UDP_MAX_PEERS; i++) {
+		struct udp_record *rec = bpf_ringbuf_reserve(&udp_events, sizeof(*rec), 0);
+		if (!rec) {
+			count_drop(DROP_UDP_RING_FULL);
+			continue;
+		}
+		__builtin_memset(rec, 0, sizeof(*rec));
+		if (!fill_record(rec, st, i, cookie, UDP_CLOSE)) {
+			bpf_ringbuf_discard(rec, 1 /* BPF_RB_NO_WAKEUP */);
+			continue;
+		}
+		u64 flags = bpf_ringbuf_query(&udp_events, 0) >= udp_wakeup_bytes ? 2 : 1;
+		bpf_ringbuf_submit(rec, flags);
+	}
+	return 1;
+}
+
+/*
+ * sample_udp (iter/bpf_sk_storage_map on udp_states) writes one record per
+ * remote of every live UDP socket with storage, in every network
+ * namespace, into udp_samples; as sample_sockets in tcp_iter.c.
+ */
+SEC("iter/bpf_sk_storage_map")
+int sample_udp(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct udp_state *st = ctx->value;
+	if (!sk || !st || (st->flags & UDP_CLOSED))
+		return 0;
+	u64 cookie = bpf_get_socket_cookie(sk);
+	for (u32 i = 0; i <= UDP_MAX_PEERS; i++) {
+		struct udp_record *rec = bpf_ringbuf_reserve(&udp_samples, sizeof(*rec), 0);
+		if (rec) {
+			__builtin_memset(rec, 0, sizeof(*rec));
+			if (fill_record(rec, st, i, cookie, UDP_SAMPLE))
+				bpf_ringbuf_submit(rec, 1 /* BPF_RB_NO_WAKEUP */);
+			else
+				bpf_ringbuf_discard(rec, 1);
+			continue;
+		}
+		struct udp_record f = {};
+		if (!fill_record(&f, st, i, cookie, UDP_SAMPLE))
+			continue;
+		count_drop(DROP_UDP_FALLBACK);
+		bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
+	}
+	return 0;
+}

@@ -1,0 +1,318 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// UDPConfig turns on the UDP accounting of bpf/udp.c and sizes it.
+type UDPConfig struct {
+	// Enabled loads and attaches the UDP programs (flag --udp).
+	Enabled bool
+	// Peers is how many remote addresses a socket is reported with, at
+	// most MaxUDPPeers; the rest is folded into "other peers" and counted
+	// (flag --udp-peers).
+	Peers uint32
+	// RingBytes sizes the ring of close records: 136 bytes per remote of a
+	// closing socket. A power of two and a multiple of the page size
+	// (flag --udp-ring-bytes).
+	RingBytes uint32
+	// SampleRingBytes sizes the ring one walk of the UDP sockets writes
+	// into: 144 bytes per remote of a live socket (flag
+	// --udp-sample-ring-bytes). A walk over more falls back to a chunked
+	// walk, as for TCP.
+	SampleRingBytes uint32
+	// CgroupRoot is the cgroup-v2 mount the sock_addr and sock_release
+	// programs attach to; empty means the first cgroup2 mount.
+	CgroupRoot string
+}
+
+// MaxUDPPeers is the most remote addresses a UDP socket has slots for.
+const MaxUDPPeers = 16
+
+// DefaultUDPConfig returns the defaults: on, 16 peers per socket.
+func DefaultUDPConfig() UDPConfig {
+	return UDPConfig{Enabled: true, Peers: MaxUDPPeers, RingBytes: 1 << 20, SampleRingBytes: 4 << 20}
+}
+
+// Validate reports the first bad field, named by its flag.
+func (c UDPConfig) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	page := uint32(os.Getpagesize())
+	if c.Peers == 0 || c.Peers > MaxUDPPeers {
+		return fmt.Errorf("--udp-peers: %d is not within 1 to %d", c.Peers, MaxUDPPeers)
+	}
+	if c.RingBytes == 0 || c.RingBytes&(c.RingBytes-1) != 0 || c.RingBytes%page != 0 {
+		return fmt.Errorf("--udp-ring-bytes: %d is not a power of two and a multiple of the page size (%d)", c.RingBytes, page)
+	}
+	if c.SampleRingBytes < page || c.SampleRingBytes&(c.SampleRingBytes-1) != 0 {
+		return fmt.Errorf("--udp-sample-ring-bytes: %d is not a power of two of at least the page size (%d)", c.SampleRingBytes, page)
+	}
+	return nil
+}
+
+// UDPRecordKind tells a sample from a close record.
+type UDPRecordKind uint8
+
+// Kinds of UDP records; they match enum udp_record_kind in bpf/udp.c.
+const (
+	UDPSample UDPRecordKind = iota
+	UDPClose
+)
+
+// UDPRecord is one remote of one UDP socket: its cumulative counters when
+// the walk read them (UDPSample), or its final ones (UDPClose). The
+// counters are the kernel's u32 and u64 fields: the u32 ones wrap.
+type UDPRecord struct {
+	Kind   UDPRecordKind
+	Cookie uint64
+	// Local is the socket's bound address: unspecified for a socket bound
+	// to any address.
+	Local netip.AddrPort
+	// Remote is the remote address; invalid for Other.
+	Remote netip.AddrPort
+	// Other: the slot of the remotes beyond the socket's cap, or whose
+	// address was not known.
+	Other bool
+	// Slot is the remote's slot: two slots of a socket may hold the same
+	// remote when two CPUs claimed one at once.
+	Slot  uint8
+	NetNS uint32
+	Owner Owner
+	// Folded counts the socket's datagrams counted under Other at the cap
+	// (the same in every record of the socket).
+	Folded            uint32
+	BytesSent         uint64
+	BytesReceived     uint64
+	DatagramsSent     uint32
+	DatagramsReceived uint32
+	Drops             uint32 // datagrams from Remote the socket dropped (receive queue full)
+}
+
+var _ rawOwner = udpUdpRecord{}.Owner
+
+const udpRecordSize = int(unsafe.Sizeof(udpUdpRecord{}))
+
+// udpProbe is the UDP part of a Probe.
+type udpProbe struct {
+	objs    udpObjects
+	links   []link.Link
+	sampler *link.Iter
+	reader  *ringbuf.Reader
+	record  ringbuf.Record
+	samples *sampleRing
+}
+
+// loadUDP loads the UDP programs, sharing the socket storage, the stash and
+// the drops array with the TCP programs (whose send and receive programs
+// count UDP), and attaches them.
+func (p *Probe) loadUDP(cfg UDPConfig, tcpSpec *ebpf.CollectionSpec) error {
+	if !cfg.Enabled {
+		return nil
+	}
+	root := cfg.CgroupRoot
+	if root == "" {
+		var err error
+		if root, err = CgroupV2Root(); err != nil {
+			return err
+		}
+	}
+	spec, err := loadUdp()
+	if err != nil {
+		return err
+	}
+	spec.Maps[udpMapUdpEvents].MaxEntries = cfg.RingBytes
+	spec.Maps[udpMapUdpSamples].MaxEntries = cfg.SampleRingBytes
+	for _, v := range []struct {
+		spec  *ebpf.CollectionSpec
+		name  string
+		value any
+	}{
+		{spec, udpVarPeerCap, cfg.Peers},
+		{spec, udpVarUdpWakeupBytes, uint64(cfg.RingBytes / 4)},
+	} {
+		if err := v.spec.Variables[v.name].Set(v.value); err != nil {
+			return fmt.Errorf("set %s: %w", v.name, err)
+		}
+	}
+	u := &udpProbe{}
+	p.udp = u
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		udpMapUdpStates: p.objs.UdpStates,
+		udpMapStashes:   p.objs.Stashes,
+		udpMapDrops:     p.objs.Drops,
+		udpMapSkStates:  p.objs.SkStates,
+	}}
+	if err := spec.LoadAndAssign(&u.objs, opts); err != nil {
+		return loadError("UDP programs", err)
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: u.objs.UdpFailQueueRcvSkb})
+	if err != nil {
+		return fmt.Errorf("attach tp_btf/udp_fail_queue_rcv_skb: %w", err)
+	}
+	u.links = append(u.links, l)
+	for _, c := range []struct {
+		name   string
+		attach ebpf.AttachType
+		prog   *ebpf.Program
+	}{
+		{"cgroup/sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, u.objs.UdpSendmsg4},
+		{"cgroup/sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, u.objs.UdpSendmsg6},
+		{"cgroup/recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, u.objs.UdpRecvmsg4},
+		{"cgroup/recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, u.objs.UdpRecvmsg6},
+		{"cgroup/bind4", ebpf.AttachCGroupInet4Bind, u.objs.UdpBind4},
+		{"cgroup/bind6", ebpf.AttachCGroupInet6Bind, u.objs.UdpBind6},
+		{"cgroup/sock_release", ebpf.AttachCgroupInetSockRelease, u.objs.UdpRelease},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: c.attach, Program: c.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", c.name, root, err)
+		}
+		u.links = append(u.links, l)
+	}
+	u.sampler, err = link.AttachIter(link.IterOptions{Program: u.objs.SampleUdp, Map: p.objs.UdpStates})
+	if err != nil {
+		return fmt.Errorf("attach iter/bpf_sk_storage_map (udp): %w", err)
+	}
+	u.reader, err = ringbuf.NewReader(u.objs.UdpEvents)
+	if err != nil {
+		return fmt.Errorf("open UDP ring buffer: %w", err)
+	}
+	u.samples, err = newSampleRing(u.objs.UdpSamples)
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// UDPEnabled reports whether the UDP programs are loaded.
+func (p *Probe) UDPEnabled() bool { return p.udp != nil }
+
+// ReadUDP blocks for the next close record of a UDP socket; after Close, or
+// when UDP is off, it returns an error wrapping ErrClosed.
+func (p *Probe) ReadUDP() (UDPRecord, error) {
+	u := p.udp
+	if u == nil {
+		return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
+	}
+	for {
+		u.reader.SetDeadline(time.Now().Add(eventWait))
+		err := u.reader.ReadInto(&u.record)
+		switch {
+		case err == nil:
+			if len(u.record.RawSample) < udpRecordSize {
+				return UDPRecord{}, fmt.Errorf("decode UDP record: %d bytes, want %d", len(u.record.RawSample), udpRecordSize)
+			}
+			return udpRecordOf((*udpUdpRecord)(unsafe.Pointer(unsafe.SliceData(u.record.RawSample))), comm), nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
+			return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
+		default:
+			return UDPRecord{}, fmt.Errorf("read UDP record: %w", err)
+		}
+	}
+}
+
+// SampleUDP calls fn with every remote of every live UDP socket that has
+// storage, in every network namespace, with its counters read during the
+// call; complete is false when the walk was chunked (see Samples): a
+// remote may then have been reported twice or not at all.
+func (p *Probe) SampleUDP(fn func(UDPRecord)) (complete bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.udp == nil {
+		return false, fmt.Errorf("UDP samples: %w", ErrClosed)
+	}
+	u := p.udp
+	u.samples.skip()
+	r, err := u.sampler.Open()
+	if err != nil {
+		return false, fmt.Errorf("UDP samples: open iterator: %w", err)
+	}
+	defer r.Close()
+	emit := func(ptr unsafe.Pointer) {
+		fn(udpRecordOf((*udpUdpRecord)(ptr), p.internComm))
+	}
+	complete = true
+	err = readRecords(r, p.buf, udpRecordSize, func(raw []byte) {
+		complete = false
+		emit(unsafe.Pointer(unsafe.SliceData(raw)))
+	}, func(again bool) error {
+		if again {
+			complete = false
+		}
+		return u.samples.drainRecords(udpRecordSize, emit)
+	})
+	if err != nil {
+		return false, fmt.Errorf("UDP samples: %w", err)
+	}
+	return complete, nil
+}
+
+func udpRecordOf(r *udpUdpRecord, commOf func(*[16]int8) string) UDPRecord {
+	rec := UDPRecord{
+		Kind:              UDPRecordKind(r.Kind),
+		Cookie:            r.Cookie,
+		Local:             netip.AddrPortFrom(addr(r.Sfamily, &r.Saddr), r.Sport),
+		Other:             r.Other != 0,
+		Slot:              r.Slot,
+		NetNS:             r.Netns,
+		Owner:             owner(&r.Owner, commOf(&r.Owner.Comm)),
+		Folded:            r.Folded,
+		BytesSent:         r.BytesSent,
+		BytesReceived:     r.BytesRecv,
+		DatagramsSent:     r.DgramsSent,
+		DatagramsReceived: r.DgramsRecv,
+		Drops:             r.Drops,
+	}
+	if !rec.Other {
+		rec.Remote = netip.AddrPortFrom(addr(r.Family, &r.Daddr), r.Dport)
+	}
+	return rec
+}
+
+// programs lists the UDP programs for ProgramStats.
+func (u *udpProbe) programs() []namedProgram {
+	return []namedProgram{
+		{udpProgUdpSendmsg4, u.objs.UdpSendmsg4},
+		{udpProgUdpSendmsg6, u.objs.UdpSendmsg6},
+		{udpProgUdpRecvmsg4, u.objs.UdpRecvmsg4},
+		{udpProgUdpRecvmsg6, u.objs.UdpRecvmsg6},
+		{udpProgUdpBind4, u.objs.UdpBind4},
+		{udpProgUdpBind6, u.objs.UdpBind6},
+		{udpProgUdpRelease, u.objs.UdpRelease},
+		{udpProgUdpFailQueueRcvSkb, u.objs.UdpFailQueueRcvSkb},
+		{udpProgSampleUdp, u.objs.SampleUdp},
+	}
+}
+
+// close detaches and frees the UDP programs and maps.
+func (u *udpProbe) close() error {
+	var errs []error
+	if u.reader != nil {
+		errs = append(errs, u.reader.Close())
+	}
+	if u.samples != nil {
+		errs = append(errs, u.samples.close())
+	}
+	for _, l := range u.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach: %w", err))
+		}
+	}
+	if u.sampler != nil {
+		errs = append(errs, u.sampler.Close())
+	}
+	errs = append(errs, u.objs.Close())
+	return errors.Join(errs...)
+}
