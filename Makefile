@@ -90,10 +90,12 @@ run: build
 #    -p 1: one package's benchmarks at a time, so that none measures while another loads the machine)
 bench: build
 	@mkdir -p bench
-	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -p 1 -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) | tee bench/raw.txt
-	@WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
-	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt
-	@awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
+	@# The figures are printed even when a benchmark fails; the target fails afterwards.
+	WEIR_BIN_DIR=$(BIN) WEIR_BENCH_FULL=1 $(GO) test -p 1 -timeout 30m -run '^$$' -bench . -benchmem -count=1 $(PKGS) \
+	  | tee bench/raw.txt; status=$$?; \
+	WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
+	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt || status=1; \
+	awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
 	    if (u == "ratio") p1 = $$i; if (u == "ratio-min") p1lo = $$i; if (u == "ratio-max") p1hi = $$i; \
 	    if (u == "churn-ratio") pc = $$i; if (u == "churn-ratio-min") pclo = $$i; if (u == "churn-ratio-max") pchi = $$i; \
 	    if (u == "collector-mcores") p2 = $$i; if (u == "collector-ns/request") p2ns = $$i; \
@@ -109,7 +111,8 @@ bench: build
 	        for (k = 1; k <= np; k++) if (pord[k] ~ /^P[34]/) print pt[pord[k]]; \
 	        if (p5 != "") print "P5", p5, "B/update"; if ("P5-fleet" in pt) print pt["P5-fleet"]; \
 	        if (p6 != "") print "P6", p6, "s"; \
-	        for (k = 1; k <= np; k++) if (pord[k] !~ /^P[345]/) print pt[pord[k]] }' bench/raw.txt | tee bench/results.txt
+	        for (k = 1; k <= np; k++) if (pord[k] !~ /^P[345]/) print pt[pord[k]] }' bench/raw.txt | tee bench/results.txt; \
+	exit $$status
 
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
 lint: tools-go tools-lint
