@@ -763,7 +763,13 @@ type UdpFlow struct {
 	// Datagrams from the remote that the socket dropped (receive queue full).
 	Drops uint64 `protobuf:"varint,11,opt,name=drops,proto3" json:"drops,omitempty"`
 	// The kernel's socket cookie.
-	Cookie        uint64 `protobuf:"varint,12,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	Cookie uint64 `protobuf:"varint,12,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	// The remote is a socket this collector also reports, whose own record
+	// counts what it sent here: the received view of this record is covered
+	// and the reducer does not count it again.
+	PeerLocal bool `protobuf:"varint,13,opt,name=peer_local,json=peerLocal,proto3" json:"peer_local,omitempty"`
+	// The socket closed: this is its last record for this remote.
+	Closed        bool `protobuf:"varint,14,opt,name=closed,proto3" json:"closed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,6 +886,20 @@ func (x *UdpFlow) GetCookie() uint64 {
 		return x.Cookie
 	}
 	return 0
+}
+
+func (x *UdpFlow) GetPeerLocal() bool {
+	if x != nil {
+		return x.PeerLocal
+	}
+	return false
+}
+
+func (x *UdpFlow) GetClosed() bool {
+	if x != nil {
+		return x.Closed
+	}
+	return false
 }
 
 // Process is a process that owns sockets.
@@ -1906,7 +1926,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"remotePort\x12\x14\n" +
 	"\x05netns\x18\x06 \x01(\rR\x05netns\x126\n" +
 	"\x06reason\x18\a \x01(\x0e2\x1e.weir.ingest.v1.ConnectFailureR\x06reason\x12'\n" +
-	"\x0fsyn_retransmits\x18\b \x01(\x04R\x0esynRetransmits\"\x83\x03\n" +
+	"\x0fsyn_retransmits\x18\b \x01(\x04R\x0esynRetransmits\"\xba\x03\n" +
 	"\aUdpFlow\x12\x18\n" +
 	"\aprocess\x18\x01 \x01(\rR\aprocess\x12\x1d\n" +
 	"\n" +
@@ -1925,7 +1945,10 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x12datagrams_received\x18\n" +
 	" \x01(\x04R\x11datagramsReceived\x12\x14\n" +
 	"\x05drops\x18\v \x01(\x04R\x05drops\x12\x16\n" +
-	"\x06cookie\x18\f \x01(\x04R\x06cookie\"\xa5\x02\n" +
+	"\x06cookie\x18\f \x01(\x04R\x06cookie\x12\x1d\n" +
+	"\n" +
+	"peer_local\x18\r \x01(\bR\tpeerLocal\x12\x16\n" +
+	"\x06closed\x18\x0e \x01(\bR\x06closed\"\xa5\x02\n" +
 	"\aProcess\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x12\n" +
