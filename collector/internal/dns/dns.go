@@ -41,7 +41,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Timeout: 5 * time.Second, MaxPending: 65536, MaxFlows: 4096, MaxDurations: 256, MaxAnswers: 4096}
+	return Config{Timeout: 5 * time.Second, MaxPending: 65536, MaxFlows: 4096, MaxDurations: 4096, MaxAnswers: 4096}
 }
 
 // Validate reports a bad field, named by its flag.
@@ -230,6 +230,8 @@ func (t *Tracker) answer(ev probe.DNSEvent, h dnsmessage.Header, q dnsmessage.Qu
 		if len(f.durations) < t.cfg.MaxDurations {
 			d := max(ev.Time-pq.sent, 0)
 			f.durations = append(f.durations, uint32(min(d.Microseconds(), 1<<32-1)))
+		} else {
+			t.m.durationsDropped.Inc()
 		}
 	}
 	if len(addrs) == 0 {

@@ -7,15 +7,16 @@ import (
 )
 
 type metrics struct {
-	queries        *prometheus.CounterVec
-	answers        *prometheus.CounterVec
-	timeouts       prometheus.Counter
-	parseErrors    prometheus.Counter
-	unmatched      prometheus.Counter
-	pendingDropped prometheus.Counter
-	flowsDropped   prometheus.Counter
-	answersDropped prometheus.Counter
-	pending        prometheus.Gauge
+	queries          *prometheus.CounterVec
+	answers          *prometheus.CounterVec
+	timeouts         prometheus.Counter
+	parseErrors      prometheus.Counter
+	unmatched        prometheus.Counter
+	pendingDropped   prometheus.Counter
+	flowsDropped     prometheus.Counter
+	answersDropped   prometheus.Counter
+	durationsDropped prometheus.Counter
+	pending          prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,13 +53,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "weir_collector_dns_names_dropped_total",
 			Help: "DNS names not sent because the interval's names were at their cap.",
 		}),
+		durationsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_collector_dns_durations_dropped_total",
+			Help: "DNS answer latencies not sent because the flow had its interval's cap of latencies; the answers still count.",
+		}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_collector_dns_pending",
 			Help: "DNS queries awaiting an answer, at the last report.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.answers, m.timeouts, m.parseErrors, m.unmatched,
-		m.pendingDropped, m.flowsDropped, m.answersDropped, m.pending} {
+		m.pendingDropped, m.flowsDropped, m.answersDropped, m.durationsDropped, m.pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register DNS metrics: %w", err)
 		}

@@ -1,0 +1,122 @@
+package telemetry2
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-project/weir/test/internal/harness"
+)
+
+// TestPrivilegedChurn runs rounds of short-lived work through every probe
+// of this part at once: a DNS lookup, a short connection to a virtual IP
+// that is DNATed to a server, and a short process. The process, DNS and
+// NAT programs keep no per-entry kernel state (ring buffers and one per-CPU
+// counter each), so what must stay bounded is the collector: its process
+// table, pending DNS queries and NAT translations, and its RSS from the
+// warm-up round to the last. The counts are exact: every query answered,
+// every byte on the client → server edge or, when a connection closed
+// before its translation arrived, on the DNS-named virtual IP.
+func TestPrivilegedChurn(t *testing.T) {
+	harness.RequireRoot(t)
+	rounds, per := 4, 1500
+	if testing.Short() {
+		rounds, per = 2, 300
+	}
+	const size = 100
+	client, server := harness.TwoHosts(t, "t2churn")
+	run(t, "ip", "-n", client.NS, "route", "add", apiVIP+"/32", "via", server.IPv4)
+	nft(t, server.NS, `table ip weirt2 {
+	chain pre {
+		type nat hook prerouting priority -100;
+		ip daddr `+apiVIP+` tcp dport 80 dnat to `+server.IPv4+`:8080
+	}
+}`)
+	w := harness.StartWeir(t, harness.WeirOptions{})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := harness.Start(t, "churn-server", server.Exec(self, "weir-helper", "dnsserver", server.IPv4+":53", server.IPv4+":8080")...)
+	srv.WaitLine(t, "ready", 30*time.Second)
+	time.Sleep(5 * time.Second) // the collector follows the new namespaces' conntrack
+
+	comm := commOf(t, self)
+	var rss []int64
+	for r := range rounds {
+		start := time.Now()
+		cli := harness.Start(t, fmt.Sprintf("churn-%d", r), client.Exec(self, "weir-helper", "churn", server.IPv4+":53", strconv.Itoa(per), strconv.Itoa(size))...)
+		cli.WaitLine(t, "done", 10*time.Minute)
+		if err := cli.Wait(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second) // a few report intervals
+		kb := rssKB(t, w.Collector.PID())
+		rss = append(rss, kb)
+		t.Logf("round %d: %d rounds of lookup + connection + process in %s; collector RSS %d KiB", r, per, time.Since(start).Round(time.Millisecond), kb)
+	}
+	total := float64(rounds * per)
+	dnsEdge := map[string]string{"src_workload": comm, "dst_workload": server.IPv4, "rcode": "NOERROR"}
+	m := harness.WaitFor(t, w.MetricsURL, 60*time.Second, "every answer and every byte", func(m harness.Metrics) bool {
+		bytes := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": comm}) +
+			m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": "api.example.com"})
+		return m.Sum("weir_dns_responses_total", dnsEdge) == total && bytes == total*size
+	})
+	joined := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": comm}) / size
+	t.Logf("%.0f of %.0f connections joined to the backend through NAT", joined, total)
+	if joined < 0.9*total {
+		t.Errorf("%.0f of %.0f connections joined through NAT, want at least 90%%", joined, total)
+	}
+	if got := histCount(m, "weir_dns_duration_seconds", map[string]string{"src_workload": comm, "dst_workload": server.IPv4}); got != total {
+		t.Errorf("%v DNS durations, want %v", got, total)
+	}
+
+	c, err := harness.Scrape(w.CollectorMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Sum("weir_collector_dns_pending", nil); p > 10 {
+		t.Errorf("%v DNS queries pending after the churn", p)
+	}
+	// Exited processes stay described for a minute: the table holds at
+	// most what exited in that time, far under its cap.
+	if p := c.Sum("weir_collector_processes", nil); p >= 65536 {
+		t.Errorf("%v processes in the table: at the cap", p)
+	}
+	for _, name := range []string{"weir_collector_processes_dropped_total", "weir_collector_dns_pending_dropped_total",
+		"weir_collector_dns_durations_dropped_total", "weir_collector_nat_translations_dropped_total"} {
+		if v := c.Sum(name, nil); v != 0 {
+			t.Errorf("%s = %v, want 0", name, v)
+		}
+	}
+	// RSS is flat: the last round's within 16 MiB of the warm-up round's.
+	if growth := rss[len(rss)-1] - rss[0]; growth > 16<<10 {
+		t.Errorf("collector RSS grew %d KiB from round 1 to round %d: %v", growth, rounds, rss)
+	}
+}
+
+// rssKB reads VmRSS of a process.
+func rssKB(t *testing.T, pid int) int64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
