@@ -23,6 +23,7 @@ type Config struct {
 	HTTPAddr    string
 	Probe       probe.Config
 	MaxSockets  int
+	MaxUDPFlows int
 	BufferBytes int64
 	ProcRoot    string
 	TLSCert     string
@@ -49,6 +50,7 @@ func defaultConfig() Config {
 		HTTPAddr:    "127.0.0.1:7011",
 		Probe:       probe.DefaultConfig(),
 		MaxSockets:  65536,
+		MaxUDPFlows: 65536,
 		BufferBytes: 8 << 20,
 		ProcRoot:    "/proc",
 		LogLevel:    "info",
@@ -85,6 +87,11 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.Func("sample-ring-bytes", fmt.Sprintf("kernel memory in `bytes` for the samples of one poll, 144 bytes per live socket; a power of two of at least the page size (default %d)", cfg.Probe.SampleRingBytes),
 		intFlag(&cfg.Probe.SampleRingBytes, 32))
+	fs.BoolVar(&cfg.Probe.UDP.Enabled, "udp", cfg.Probe.UDP.Enabled, "count UDP per socket and remote address (cgroup sendmsg/recvmsg/bind/sock_release hooks on the cgroup-v2 root, and the UDP drop tracepoint)")
+	fs.Func("udp-peers", fmt.Sprintf("remote `addresses` a UDP socket is reported with, at most %d; the rest is folded into other peers and counted (default %d)", probe.MaxUDPPeers, cfg.Probe.UDP.Peers),
+		intFlag(&cfg.Probe.UDP.Peers, 32))
+	fs.Func("max-udp-flows", fmt.Sprintf("max UDP socket and remote pairs tracked; pairs beyond are counted and not reported (default %d)", cfg.MaxUDPFlows),
+		intFlag(&cfg.MaxUDPFlows, strconv.IntSize-1))
 	fs.BoolVar(&cfg.Probe.Stats, "bpf-stats", cfg.Probe.Stats, "enable the kernel's BPF run-time statistics while running, for weir_collector_bpf_* (costs a clock read per program run)")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "client certificate for mTLS to the reducer")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "client key for mTLS to the reducer")
@@ -96,6 +103,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	cfg.Probe.ProcRoot = cfg.ProcRoot
+	cfg.Probe.UDP.CgroupRoot = cfg.Telemetry.DNSProbe.CgroupRoot
 	if fs.NArg() > 0 {
 		err := fmt.Errorf("unexpected argument %q", fs.Arg(0))
 		fmt.Fprintln(output, err)
@@ -137,6 +145,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Probe.Validate(); err != nil {
 		return err
+	}
+	if c.Probe.UDP.Enabled && c.MaxUDPFlows <= 0 {
+		return errors.New("--max-udp-flows: must be positive")
 	}
 	if c.MaxSockets <= 0 {
 		name := "--max-sockets"

@@ -102,6 +102,11 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	tcfg.BufferBytes = cfg.BufferBytes
 	tcfg.MaxSockets = cfg.MaxSockets
 	tcfg.Owners = procs
+	if p.UDPEnabled() {
+		if tcfg.UDP, err = sockets.NewUDP(cfg.MaxUDPFlows, reg); err != nil {
+			return fmt.Errorf("UDP table: %w", err)
+		}
+	}
 	table, err := sockets.New(tcfg, reg)
 	if err != nil {
 		return fmt.Errorf("socket table: %w", err)
@@ -126,7 +131,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 
 	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
 		"http_addr", cfg.HTTPAddr, "max_sockets", cfg.MaxSockets, "ring_bytes", cfg.Probe.RingBytes,
-		"sample_ring_bytes", cfg.Probe.SampleRingBytes,
+		"sample_ring_bytes", cfg.Probe.SampleRingBytes, "udp", cfg.Probe.UDP.Enabled, "udp_peers", cfg.Probe.UDP.Peers,
 		"buffer_bytes", cfg.BufferBytes, "proc_root", cfg.ProcRoot, "bpf_stats", cfg.Probe.Stats)
 	defer logger.Info("collector stopped")
 
@@ -145,6 +150,9 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		return p.Close()
 	})
 	g.Go(func() error { return table.Follow(p) })
+	if tcfg.UDP != nil {
+		g.Go(func() error { return tcfg.UDP.Follow(p) })
+	}
 	g.Go(func() error { return tel.run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return httpServer.Run(gctx, cfg.HTTPAddr) })

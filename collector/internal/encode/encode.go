@@ -85,7 +85,8 @@ type Encoder struct {
 	orphans     []*process
 	slots       []int32 // Changes.Deltas index by socket handle, -1 for none
 	freeSocks   []uint32
-	nat         Translator // nil: no translations
+	nat         Translator          // nil: no translations
+	udp         map[uint64]*process // the process of each UDP socket (by cookie) announced with a flow
 }
 
 // SetTranslator makes the encoder announce each socket with its NAT
@@ -100,6 +101,7 @@ func New(src Source, cgroups Cgroups) *Encoder {
 		cgroups: cgroups,
 		socks:   make(map[uint64]*socket),
 		procs:   make(map[procKey]*process),
+		udp:     make(map[uint64]*process),
 	}
 }
 
@@ -107,6 +109,7 @@ func New(src Source, cgroups Cgroups) *Encoder {
 // announces every live socket and its process again.
 func (e *Encoder) Resync() {
 	clear(e.socks)
+	clear(e.udp)
 	clear(e.procs)
 	e.sockHandles.reset()
 	e.procHandles.reset()
@@ -177,6 +180,8 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 		e.unref(p)
 	}
 
+	e.udpFlows(b, c.UDP)
+
 	e.freeSocks = e.freeSocks[:0]
 	for _, cookie := range c.Closed {
 		s := e.socks[cookie]
@@ -206,13 +211,67 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	}
 
 	b.Loss = &ingestv1.Loss{
-		BufferDropped:      c.Loss.BufferDropped,
-		SocketCap:          c.Loss.SocketCap,
+		BufferDropped:         c.Loss.BufferDropped,
+		SocketCap:             c.Loss.SocketCap,
 		CounterRegressions:    c.Loss.CounterRegressions,
 		FailedConnectsDropped: c.Loss.FailedDropped,
 		ResetsUnreported:      c.Loss.ResetsUnreported,
+		UdpPeerCap:            c.Loss.UDP.PeerCap,
+		UdpFlowsDropped:       c.Loss.UDP.FlowsDropped,
 	}
 	return b
+}
+
+// udpFlows encodes the UDP deltas. A UDP socket holds a reference to its
+// process from its first flow to its close, so that a process is announced
+// once per socket lifetime rather than once per batch.
+func (e *Encoder) udpFlows(b *ingestv1.Batch, deltas []sockets.UDPDelta) {
+	for i := range deltas {
+		d := &deltas[i]
+		p := e.udpProcess(b, d.Cookie, d.Owner)
+		f := &ingestv1.UdpFlow{
+			Process:           handleOf(p),
+			LocalAddr:         d.Local.Addr().AsSlice(),
+			LocalPort:         uint32(d.Local.Port()),
+			Netns:             d.NetNS,
+			BytesSent:         d.BytesSent,
+			BytesReceived:     d.BytesReceived,
+			DatagramsSent:     d.DatagramsSent,
+			DatagramsReceived: d.DatagramsReceived,
+			Drops:             d.Drops,
+			Cookie:            d.Cookie,
+			PeerLocal:         d.PeerLocal,
+			Closed:            d.Closed,
+		}
+		if d.Remote.IsValid() {
+			f.RemoteAddr = d.Remote.Addr().AsSlice()
+			f.RemotePort = uint32(d.Remote.Port())
+		}
+		b.UdpFlows = append(b.UdpFlows, f)
+	}
+	for i := range deltas {
+		if d := &deltas[i]; d.Closed {
+			if p, ok := e.udp[d.Cookie]; ok {
+				e.unref(p)
+				delete(e.udp, d.Cookie)
+			}
+		}
+	}
+}
+
+// udpProcess returns the process of UDP socket cookie, referencing the
+// process of owner o when it is a new one.
+func (e *Encoder) udpProcess(b *ingestv1.Batch, cookie uint64, o probe.Owner) *process {
+	cur := e.udp[cookie]
+	if o.PID == 0 || (cur != nil && cur.key == keyOf(o)) {
+		return cur
+	}
+	p := e.ref(b, o)
+	if cur != nil {
+		e.unref(cur)
+	}
+	e.udp[cookie] = p
+	return p
 }
 
 // stats encodes the deltas as columns in ascending handle order.

@@ -572,7 +572,8 @@ func (p *Probe) Drops() (Drops, error) {
 			return Drops{}, err
 		}
 	}
-	return Drops{RingFull: ring, StorageFull: full, SampleFallbacks: fallbacks,
+	// The wire's ring_full and map_full count UDP's losses of the same kinds.
+	return Drops{RingFull: ring + udp[0], StorageFull: full + udp[1], SampleFallbacks: fallbacks,
 		UDPRingFull: udp[0], UDPStorageFull: udp[1], UDPUnattributed: udp[2], UDPSampleFallbacks: udp[3]}, nil
 }
 

@@ -155,7 +155,8 @@ type Drops struct {
 	// was chunked and may have repeated or missed a socket (see Samples).
 	SampleFallbacks uint64
 	// UDPRingFull counts UDP close records lost because their ring was
-	// full: that traffic since the last poll is lost.
+	// full: that traffic since the last poll is lost. RingFull includes
+	// it, and StorageFull includes UDPStorageFull.
 	UDPRingFull uint64
 	// UDPStorageFull counts UDP datagrams (or binds) not counted because
 	// the socket's storage could not be allocated.

@@ -32,6 +32,9 @@ type Config struct {
 	// MaxFailed caps the failed connects awaiting report; beyond it they
 	// are dropped and counted. 0 means DefaultConfig's.
 	MaxFailed int
+	// UDP is the UDP table that Poll also polls (when its source is a
+	// UDPSampler) and Drain also drains; nil without UDP.
+	UDP *UDP
 }
 
 // DefaultConfig returns the defaults of a Table.
@@ -139,6 +142,7 @@ type Loss struct {
 	CounterRegressions uint64 // counter reads that went backwards (the wire's Loss.counter_regressions)
 	FailedDropped      uint64 // failed connects dropped because MaxFailed were awaiting report
 	ResetsUnreported   uint64 // RSTs of sockets already reported closed, not counted
+	UDP                UDPLoss
 }
 
 // FailedConnect is a TCP connect that never established.
@@ -470,6 +474,14 @@ func (t *Table) setOwner(s *socket, o probe.Owner) {
 // socket is gone. The table stays locked during the walk so that events
 // are applied either before or after it, never in the middle.
 func (t *Table) Poll(src Sampler) error {
+	err := t.pollTCP(src)
+	if us, ok := src.(UDPSampler); ok && t.cfg.UDP != nil {
+		err = errors.Join(err, t.cfg.UDP.Poll(us))
+	}
+	return err
+}
+
+func (t *Table) pollTCP(src Sampler) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.pollGen++
@@ -639,6 +651,9 @@ type Changes struct {
 	Closed []uint64
 	// Failed are the connects that failed since the previous Drain.
 	Failed []FailedConnect
+	// UDP are the UDP remotes that moved or closed since the previous
+	// Drain.
+	UDP []UDPDelta
 	// Loss are the table's cumulative loss counters.
 	Loss Loss
 }
@@ -651,6 +666,8 @@ func (c *Changes) reset() {
 	c.Closed = c.Closed[:0]
 	clear(c.Failed)
 	c.Failed = c.Failed[:0]
+	clear(c.UDP)
+	c.UDP = c.UDP[:0]
 }
 
 // Drain fills c (its slices are reused) with what changed since the
@@ -711,6 +728,9 @@ func (t *Table) Drain(c *Changes) {
 	c.Failed = append(c.Failed, t.failed...)
 	clear(t.failed)
 	t.failed = t.failed[:0]
+	if t.cfg.UDP != nil {
+		c.UDP, t.loss.UDP = t.cfg.UDP.drain(c.UDP)
+	}
 	c.Loss = t.loss
 }
 

@@ -93,6 +93,30 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 			SynRetransmits: f.GetSynRetransmits(),
 		})
 	}
+	for i, f := range in.GetUdpFlows() {
+		local, err := endpoint(f.GetLocalAddr(), f.GetLocalPort())
+		if err != nil {
+			return fmt.Errorf("batch %d: UDP flow %d: local %w", seq, i, err)
+		}
+		var remote netip.AddrPort
+		if len(f.GetRemoteAddr()) != 0 {
+			if remote, err = endpoint(f.GetRemoteAddr(), f.GetRemotePort()); err != nil {
+				return fmt.Errorf("batch %d: UDP flow %d: remote %w", seq, i, err)
+			}
+		}
+		dst.UDP = append(dst.UDP, match.UDPFlow{
+			Process:           f.GetProcess(),
+			Local:             local,
+			Remote:            remote,
+			Netns:             f.GetNetns(),
+			BytesSent:         f.GetBytesSent(),
+			BytesReceived:     f.GetBytesReceived(),
+			DatagramsSent:     f.GetDatagramsSent(),
+			DatagramsReceived: f.GetDatagramsReceived(),
+			Drops:             f.GetDrops(),
+			PeerLocal:         f.GetPeerLocal(),
+		})
+	}
 	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
 	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
 	if err := decodeDNS(dst, in); err != nil {

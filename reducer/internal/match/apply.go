@@ -77,6 +77,9 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 	if err := e.prepareFailed(s, b); err != nil {
 		return err
 	}
+	if err := e.prepareUDP(s, b); err != nil {
+		return err
+	}
 	reuse(&e.seen)
 	for i, h := range b.Closed {
 		if _, ok := e.lookupSock(s, h); !ok {
@@ -172,6 +175,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		}
 	}
 	e.countFailed(now, s, b.Failed)
+	e.countUDP(now, s, b.UDP)
 	e.updates.Add(float64(len(e.statSocks)))
 
 	for _, h := range b.Closed {

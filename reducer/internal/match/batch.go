@@ -88,6 +88,8 @@ type Batch struct {
 	Forgotten []uint32
 	// Failed are the connects that failed, applied after Stats.
 	Failed []FailedConnect
+	// UDP is the UDP traffic of the interval, applied after Failed.
+	UDP []UDPFlow
 	// DNS is what the node's clients asked DNS servers during the interval,
 	// applied by ApplyDNS.
 	DNSFlows   []DNSFlow
@@ -104,6 +106,7 @@ func (b *Batch) Reset() {
 		Closed:    b.Closed[:0],
 		Forgotten: b.Forgotten[:0],
 		Failed:    b.Failed[:0],
+		UDP:       b.UDP[:0],
 
 		DNSFlows:   b.DNSFlows[:0],
 		DNSAnswers: b.DNSAnswers[:0],
