@@ -93,6 +93,21 @@ struct {
 	__type(value, struct dns_event);
 } dns_events SEC(".maps");
 
+/*
+ * Wake the reader only once this much is waiting: it also reads on a short
+ * timer. A wakeup is an interrupt (in a VM, an exit), which costs several
+ * microseconds per record. Set from probe.DNSConfig before load.
+ */
+const volatile u64 wakeup_bytes = 1 << 16;
+
+static __always_inline void submit(void *rec)
+{
+	u64 flags = bpf_ringbuf_query(&dns_events, 0 /* BPF_RB_AVAIL_DATA */) >= wakeup_bytes ?
+			    2 /* BPF_RB_FORCE_WAKEUP */ :
+			    1 /* BPF_RB_NO_WAKEUP */;
+	bpf_ringbuf_submit(rec, flags);
+}
+
 /* dns_drops[0] counts payloads lost because the ring was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -223,7 +238,7 @@ static __always_inline void capture(struct __sk_buff *skb, u8 egress)
 	ev->len = 0;
 	if (len >= 1 && len <= DNS_MAX && bpf_skb_load_bytes(skb, off, ev->payload, len) == 0)
 		ev->len = len;
-	bpf_ringbuf_submit(ev, 0);
+	submit(ev);
 }
 
 SEC("cgroup_skb/egress")

@@ -51,6 +51,21 @@ struct {
 	__type(value, struct proc_event);
 } proc_events SEC(".maps");
 
+/*
+ * Wake the reader only once this much is waiting: it also reads on a short
+ * timer. A wakeup is an interrupt (in a VM, an exit), which costs several
+ * microseconds per record. Set from probe.ProcessConfig before load.
+ */
+const volatile u64 wakeup_bytes = 1 << 16;
+
+static __always_inline void submit(void *rec)
+{
+	u64 flags = bpf_ringbuf_query(&proc_events, 0 /* BPF_RB_AVAIL_DATA */) >= wakeup_bytes ?
+			    2 /* BPF_RB_FORCE_WAKEUP */ :
+			    1 /* BPF_RB_NO_WAKEUP */;
+	bpf_ringbuf_submit(rec, flags);
+}
+
 /* proc_drops[0] counts records lost because the ring was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -77,7 +92,7 @@ static __always_inline void emit(u8 kind, struct task_struct___weir *t, u32 ppid
 	ev->cgroup_id = bpf_get_current_cgroup_id();
 	__builtin_memcpy(ev->comm, leader->comm, sizeof(ev->comm));
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
-	bpf_ringbuf_submit(ev, 0);
+	submit(ev);
 }
 
 SEC("tp_btf/sched_process_fork")

@@ -36,6 +36,7 @@ func TestPrivilegedChurn(t *testing.T) {
 		ip daddr `+apiVIP+` tcp dport 80 dnat to `+server.IPv4+`:8080
 	}
 }`)
+	harness.EnableBPFStats(t)
 	w := harness.StartWeir(t, harness.WeirOptions{})
 	self, err := os.Executable()
 	if err != nil {
@@ -46,6 +47,10 @@ func TestPrivilegedChurn(t *testing.T) {
 	time.Sleep(5 * time.Second) // the collector follows the new namespaces' conntrack
 
 	comm := commOf(t, self)
+	before, err := harness.ProgramsOf(w.Collector.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
 	var rss []int64
 	for r := range rounds {
 		start := time.Now()
@@ -59,13 +64,44 @@ func TestPrivilegedChurn(t *testing.T) {
 		rss = append(rss, kb)
 		t.Logf("round %d: %d rounds of lookup + connection + process in %s; collector RSS %d KiB", r, per, time.Since(start).Round(time.Millisecond), kb)
 	}
+	after, err := harness.ProgramsOf(w.Collector.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The in-kernel cost of this part's programs under the churn (and
+	// whatever else the machine runs): logged, and bounded generously,
+	// since a loaded 2-core machine stretches every figure.
+	for name, d := range harness.Sub(after, before) {
+		if !strings.HasPrefix(name, "dns_") && !strings.HasPrefix(name, "proc_") || d.RunCount == 0 {
+			continue
+		}
+		per := d.RunTime / time.Duration(d.RunCount)
+		t.Logf("bpf %s: %d runs, %d ns/run", name, d.RunCount, per.Nanoseconds())
+		if per > 5*time.Microsecond {
+			t.Errorf("bpf %s: %s per run", name, per)
+		}
+	}
 	total := float64(rounds * per)
 	dnsEdge := map[string]string{"src_workload": comm, "dst_workload": server.IPv4, "rcode": "NOERROR"}
-	m := harness.WaitFor(t, w.MetricsURL, 60*time.Second, "every answer and every byte", func(m harness.Metrics) bool {
-		bytes := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": comm}) +
+	var answers, bytes float64
+	var m harness.Metrics
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if m, err = harness.Scrape(w.MetricsURL); err != nil {
+			t.Fatal(err)
+		}
+		answers = m.Sum("weir_dns_responses_total", dnsEdge)
+		bytes = m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": comm}) +
 			m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": "api.example.com"})
-		return m.Sum("weir_dns_responses_total", dnsEdge) == total && bytes == total*size
-	})
+		if answers == total && bytes == total*size {
+			break
+		}
+		if time.Now().After(deadline) {
+			c, _ := harness.Scrape(w.CollectorMetricsURL)
+			t.Fatalf("answers %v, bytes %v; want %v and %v (collector: dns ring drops %v, unmatched answers %v, pending dropped %v; reducer losses %v)",
+				answers, bytes, total, total*size, c.Sum("weir_collector_dns_ring_full_total", nil), c.Sum("weir_collector_dns_unmatched_answers_total", nil),
+				c.Sum("weir_collector_dns_pending_dropped_total", nil), m.Sum("weir_reducer_collector_loss_total", nil))
+		}
+	}
 	joined := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": comm}) / size
 	t.Logf("%.0f of %.0f connections joined to the backend through NAT", joined, total)
 	if joined < 0.9*total {

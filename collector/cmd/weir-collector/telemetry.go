@@ -129,6 +129,22 @@ func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg promet
 		}
 		t.dns, t.dnsProbe = tr, p
 	}
+	var rings []ringCounter
+	if t.procProbe != nil {
+		rings = append(rings, ringCounter{"weir_collector_process_ring_full_total", "Process events lost because the process ring buffer was full.", t.procProbe})
+	}
+	if t.dnsProbe != nil {
+		rings = append(rings, ringCounter{"weir_collector_dns_ring_full_total", "DNS payloads lost because the DNS ring buffer was full.", t.dnsProbe})
+	}
+	for _, c := range rings {
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, func() float64 {
+			n, _ := c.ring.RingFull()
+			return float64(n)
+		})); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("register %s: %w", c.name, err)
+		}
+	}
 	if cfg.NAT {
 		ncfg := cfg.NATTable
 		ncfg.ProcRoot = procRoot
@@ -140,6 +156,12 @@ func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg promet
 		t.nat = nt
 	}
 	return t, nil
+}
+
+// ringCounter exports a probe's ring drops.
+type ringCounter struct {
+	name, help string
+	ring       interface{ RingFull() (uint64, error) }
 }
 
 // run follows the probes until ctx is done.

@@ -87,6 +87,9 @@ func OpenDNS(cfg DNSConfig) (*DNS, error) {
 		return nil, fmt.Errorf("load DNS spec: %w", err)
 	}
 	spec.Maps["dns_events"].MaxEntries = cfg.RingBytes
+	if err := spec.Variables[dnsVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
+		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
 	d := &DNS{}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		return nil, fmt.Errorf("load DNS programs: %w", err)

@@ -39,6 +39,7 @@ const (
 	dnsMapDnsEvents   = "dns_events"
 	dnsProgDnsEgress  = "dns_egress"
 	dnsProgDnsIngress = "dns_ingress"
+	dnsVarWakeupBytes = "wakeup_bytes"
 )
 
 // loadDns returns the embedded CollectionSpec for dns.
@@ -99,6 +100,7 @@ type dnsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dnsVariableSpecs struct {
+	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // dnsObjects contains all objects after they have been loaded into the kernel.
@@ -136,6 +138,7 @@ func (m *dnsMaps) Close() error {
 //
 // It can be passed to loadDnsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dnsVariables struct {
+	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // dnsPrograms contains all programs after they have been loaded into the kernel.

@@ -81,6 +81,9 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 		return nil, fmt.Errorf("load process spec: %w", err)
 	}
 	spec.Maps["proc_events"].MaxEntries = cfg.RingBytes
+	if err := spec.Variables[procVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
+		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
 	p := &Processes{}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		return nil, fmt.Errorf("load process programs: %w", err)

@@ -28,11 +28,12 @@ type procProcEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	procMapProcDrops  = "proc_drops"
-	procMapProcEvents = "proc_events"
-	procProgProcExec  = "proc_exec"
-	procProgProcExit  = "proc_exit"
-	procProgProcFork  = "proc_fork"
+	procMapProcDrops   = "proc_drops"
+	procMapProcEvents  = "proc_events"
+	procProgProcExec   = "proc_exec"
+	procProgProcExit   = "proc_exit"
+	procProgProcFork   = "proc_fork"
+	procVarWakeupBytes = "wakeup_bytes"
 )
 
 // loadProc returns the embedded CollectionSpec for proc.
@@ -94,6 +95,7 @@ type procMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type procVariableSpecs struct {
+	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // procObjects contains all objects after they have been loaded into the kernel.
@@ -131,6 +133,7 @@ func (m *procMaps) Close() error {
 //
 // It can be passed to loadProcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type procVariables struct {
+	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // procPrograms contains all programs after they have been loaded into the kernel.
