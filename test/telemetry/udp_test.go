@@ -1,0 +1,147 @@
+package telemetry
+
+import (
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-project/weir/test/internal/harness"
+)
+
+// TestPrivilegedUDP sends UDP between two network namespaces on a bridge,
+// over IPv4 and IPv6, from unconnected sockets bound to any address (the
+// remote of each datagram is only known per call), and checks weir's UDP
+// metrics exactly: bytes and datagrams both ways, each counted once; the
+// drops of a receiver that never reads, equal to its socket's drops in
+// /proc/net/udp; and a socket that talks to more remotes than --udp-peers,
+// whose excess is folded into other peers and counted as collector loss.
+func TestPrivilegedUDP(t *testing.T) {
+	harness.RequireRoot(t)
+	a, b := harness.BridgedHosts(t, "udp")
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--udp-peers", "4"}})
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			t.Run("echo", func(t *testing.T) { testUDPEcho(t, w, a, b, fam.addr(b)) })
+			t.Run("drops", func(t *testing.T) { testUDPDrops(t, w, a, b, fam.addr(b), fam.name) })
+			t.Run("peer-cap", func(t *testing.T) { testUDPPeerCap(t, w, a, b, fam.addr(b)) })
+		})
+	}
+}
+
+// testUDPEcho sends datagrams of one size from a to an echo server in b,
+// which sends each back: each direction counts once, from its sender.
+func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) {
+	p := port()
+	srvPath, srv := namedHelper(t, "ue")
+	cliPath, cli := namedHelper(t, "uc")
+	echo := startIn(t, b, srvPath, "udp-echo", hostPort(addr, p))
+	echo.WaitLine(t, "listening", 30*time.Second)
+	c := startIn(t, a, cliPath, "udp-send", hostPort(addr, p))
+	c.Send(t, "700 50 echo")
+	c.WaitLine(t, "sent", time.Minute)
+	c.Send(t, "1200 7 echo")
+	c.WaitLine(t, "sent", time.Minute)
+	const bytes, datagrams = 700*50 + 1200*7, 57
+	for _, who := range []string{cli, srv} {
+		waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes)
+		waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": who}, datagrams)
+	}
+	for _, who := range []string{cli, srv} {
+		// The other end's sent view counts what this end received.
+		stayValue(t, w, "weir_udp_bytes_total", map[string]string{"dst_workload": who}, 0)
+		stayValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes)
+	}
+	stayValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, 0)
+}
+
+// testUDPDrops sends faster than a receiver that never reads can hold:
+// the kernel drops what its receive buffer cannot take, and weir's drops
+// equal the socket's own drop counter.
+func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family string) {
+	p := port()
+	srvPath, srv := namedHelper(t, "ud")
+	cliPath, cli := namedHelper(t, "us")
+	deaf := startIn(t, b, srvPath, "udp-deaf", hostPort(addr, p))
+	deaf.WaitLine(t, "listening", 30*time.Second)
+	c := startIn(t, a, cliPath, "udp-send", hostPort(addr, p))
+	c.Send(t, "1000 3000")
+	c.WaitLine(t, "sent", time.Minute)
+	drops := socketDrops(t, b, family, p)
+	if drops == 0 {
+		t.Fatalf("the receiver dropped nothing")
+	}
+	t.Logf("kernel: %d of 3000 datagrams dropped at the receiver", drops)
+	waitValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops))
+	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli}, 3000)
+	waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": cli}, 3000*1000)
+	stayValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops))
+	stayValue(t, w, "weir_udp_bytes_total", map[string]string{"dst_workload": srv}, 0)
+}
+
+// socketDrops reads the drops of the UDP socket bound to port in host's
+// namespace from /proc/net/udp (or udp6): the last column.
+func socketDrops(t *testing.T, h harness.Host, family string, port int) uint64 {
+	t.Helper()
+	file := "/proc/net/udp"
+	if family == "ipv6" {
+		file = "/proc/net/udp6"
+	}
+	out, err := exec.Command("ip", "netns", "exec", h.NS, "cat", file).Output()
+	if err != nil {
+		t.Fatalf("read %s in %s: %v", file, h.NS, err)
+	}
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(out), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 13 || !strings.HasSuffix(f[1], suffix) {
+			continue
+		}
+		n, err := strconv.ParseUint(f[len(f)-1], 10, 64)
+		if err != nil {
+			t.Fatalf("drops of %q: %v", line, err)
+		}
+		return n
+	}
+	t.Fatalf("no socket on port %d in %s:\n%s", port, file, out)
+	return 0
+}
+
+// testUDPPeerCap sends from one socket to eight remotes, at a cap of four:
+// the four beyond the cap count under dst_workload="other", and their
+// datagrams as collector loss udp_peer_cap.
+func testUDPPeerCap(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) {
+	base := port()
+	var peers []string
+	for i := range 8 {
+		peers = append(peers, hostPort(addr, base+i))
+	}
+	before := lossOf(t, w, "udp_peer_cap")
+	cliPath, cli := namedHelper(t, "up")
+	c := startIn(t, a, cliPath, append([]string{"udp-send"}, peers...)...)
+	c.Send(t, "300 10")
+	c.WaitLine(t, "sent", time.Minute)
+	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli}, 80)
+	waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": cli}, 80*300)
+	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": "other"}, 40)
+	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": addr}, 40)
+	deadline := time.Now().Add(metricsWait)
+	for lossOf(t, w, "udp_peer_cap")-before != 40 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := lossOf(t, w, "udp_peer_cap") - before; got != 40 {
+		t.Fatalf("udp_peer_cap loss grew by %v, want 40", got)
+	}
+}
+
+// lossOf is the reducer's weir_reducer_collector_loss_total for reason.
+func lossOf(t *testing.T, w *harness.Weir, reason string) float64 {
+	t.Helper()
+	m, err := harness.Scrape(w.MetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Sum("weir_reducer_collector_loss_total", map[string]string{"reason": reason})
+}
