@@ -101,6 +101,12 @@ const ServiceCIDRs = "198.19.255.0/24,2001:2:ff::/112"
 // StartControlPlane starts etcd, n kube-apiservers and the controller
 // manager, and waits until they serve.
 func StartControlPlane(t testing.TB, n int) *ControlPlane {
+	return startControlPlane(t, n, true)
+}
+
+// startControlPlane starts etcd, n kube-apiservers, and the controller
+// manager when controllers is set.
+func startControlPlane(t testing.TB, n int, controllers bool) *ControlPlane {
 	t.Helper()
 	bin := controlPlaneBin(t)
 	dir := t.TempDir()
@@ -146,6 +152,9 @@ func StartControlPlane(t testing.TB, n int) *ControlPlane {
 	cp.Admin, err = kubernetes.NewForConfig(cp.RestConfig(len(cp.APIServers)-1, cp.adminToken))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !controllers {
+		return cp
 	}
 	// The controller manager runs the controllers that turn a Deployment
 	// into a ReplicaSet and pods, and a Job into pods.

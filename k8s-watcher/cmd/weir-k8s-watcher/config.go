@@ -24,6 +24,7 @@ type Config struct {
 	RenewDeadline  time.Duration
 	RetryPeriod    time.Duration
 	MaxTombstones  int
+	Pprof          bool
 	TLSCert        string
 	TLSKey         string
 	TLSCA          string
@@ -66,6 +67,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RenewDeadline, "renew-deadline", c.RenewDeadline, "how long the leader retries renewing before it gives up")
 	fs.DurationVar(&c.RetryPeriod, "retry-period", c.RetryPeriod, "time between attempts to acquire or renew the Lease")
 	fs.IntVar(&c.MaxTombstones, "max-tombstones", c.MaxTombstones, "deletions remembered for resuming a stream; a reducer further behind gets a snapshot")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP address (e.g. /debug/pprof/heap?gc=1 runs a GC first)")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "client certificate (PEM); with --tls-key and --tls-ca enables mTLS to the reducer")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "client private key (PEM)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that the reducer's certificate must chain to")

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 
 	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 )
@@ -27,10 +28,11 @@ func (p *pod) GetObjectMeta() metav1.Object {
 	return &metav1.ObjectMeta{Name: p.pb.GetName(), Namespace: p.pb.GetNamespace()}
 }
 
-// owner is a slimmed ReplicaSet or Job: its name and its controlling owner.
+// owner is a slimmed ReplicaSet or Job: its name, and the workload of its
+// pods, which they share: its Deployment or CronJob, else itself.
 type owner struct {
-	name, namespace      string
-	ownerKind, ownerName string
+	name, namespace string
+	workload        *metadatav1.Workload
 }
 
 func (o *owner) GetObjectMeta() metav1.Object {
@@ -105,15 +107,42 @@ func transformPod(obj any) (any, error) {
 	return out, nil
 }
 
-// transformOwner slims the metadata of a ReplicaSet or Job.
-func transformOwner(obj any) (any, error) {
-	m, ok := obj.(*metav1.PartialObjectMetadata)
-	if !ok {
-		return obj, nil
+// transformOwner returns the transform of the metadata of a ReplicaSet or
+// Job (self: "replicaset" or "job"), whose top owner is a Deployment or a
+// CronJob (top).
+func transformOwner(self, top string) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		m, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok {
+			return obj, nil
+		}
+		o := &owner{name: m.Name, namespace: m.Namespace}
+		if kind, name := controller(m.OwnerReferences); kind == top {
+			o.workload = &metadatav1.Workload{Kind: lowerKind(kind), Name: name}
+		} else {
+			o.workload = &metadatav1.Workload{Kind: self, Name: m.Name}
+		}
+		return o, nil
 	}
-	o := &owner{name: m.Name, namespace: m.Namespace}
-	o.ownerKind, o.ownerName = controller(m.OwnerReferences)
-	return o, nil
+}
+
+// lowerKind is a kind in lower case, without allocating for the usual ones.
+func lowerKind(kind string) string {
+	switch kind {
+	case "Deployment":
+		return "deployment"
+	case "ReplicaSet":
+		return "replicaset"
+	case "StatefulSet":
+		return "statefulset"
+	case "DaemonSet":
+		return "daemonset"
+	case "CronJob":
+		return "cronjob"
+	case "Job":
+		return "job"
+	}
+	return strings.ToLower(kind)
 }
 
 // transformService slims a service.

@@ -7,11 +7,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	apiwatch "k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -54,7 +58,17 @@ func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *s
 		meta:   metadatainformer.NewSharedInformerFactory(mc, 0),
 		events: events,
 	}
-	w.pods = w.core.Core().V1().Pods().Informer()
+	// Pods get an informer of their own, with only the index by owner:
+	// the factory's would add a namespace index, an entry per pod that the
+	// watcher never reads.
+	w.pods = cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return cs.CoreV1().Pods("").List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (apiwatch.Interface, error) {
+			return cs.CoreV1().Pods("").Watch(ctx, o)
+		},
+	}, &corev1.Pod{}, 0, cache.Indexers{})
 	w.services = w.core.Core().V1().Services().Informer()
 	w.nodes = w.core.Core().V1().Nodes().Informer()
 	w.replicaSets = w.meta.ForResource(schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "replicasets"}).Informer()
@@ -63,7 +77,7 @@ func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *s
 	for _, s := range []struct {
 		inf cache.SharedIndexInformer
 		fn  cache.TransformFunc
-	}{{w.pods, transformPod}, {w.services, transformService}, {w.nodes, transformNode}, {w.replicaSets, transformOwner}, {w.jobs, transformOwner}} {
+	}{{w.pods, transformPod}, {w.services, transformService}, {w.nodes, transformNode}, {w.replicaSets, transformOwner("replicaset", "Deployment")}, {w.jobs, transformOwner("job", "CronJob")}} {
 		if err := s.inf.SetTransform(s.fn); err != nil {
 			return nil, fmt.Errorf("set transform: %w", err)
 		}
@@ -105,6 +119,7 @@ func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *s
 // running until ctx is done. ready is called once the view is complete.
 func (w *Watcher) Run(ctx context.Context, ready func()) error {
 	w.core.Start(ctx.Done())
+	go w.pods.RunWithContext(ctx)
 	w.meta.Start(ctx.Done())
 	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), w.pods.HasSynced, w.services.HasSynced, w.nodes.HasSynced,
@@ -125,7 +140,8 @@ func (w *Watcher) Run(ctx context.Context, ready func()) error {
 
 func ownerIndex(ns, kind, name string) string { return ns + "/" + kind + "/" + name }
 
-// workload names the pod's top owner from the owner stores.
+// workload names the pod's top owner from the owner stores. The pods of a
+// ReplicaSet or Job share its owner's Workload message.
 func (w *Watcher) workload(p *pod) *metadatav1.Workload {
 	kind, name := p.ownerKind, p.ownerName
 	var store cache.Store
@@ -140,15 +156,11 @@ func (w *Watcher) workload(p *pod) *metadatav1.Workload {
 	if store != nil {
 		if obj, ok, _ := store.GetByKey(p.pb.GetNamespace() + "/" + name); ok {
 			if o, ok := obj.(*owner); ok {
-				switch {
-				case kind == "ReplicaSet" && o.ownerKind == "Deployment",
-					kind == "Job" && o.ownerKind == "CronJob":
-					kind, name = o.ownerKind, o.ownerName
-				}
+				return o.workload
 			}
 		}
 	}
-	return &metadatav1.Workload{Kind: strings.ToLower(kind), Name: name}
+	return &metadatav1.Workload{Kind: lowerKind(kind), Name: name}
 }
 
 func (w *Watcher) upsertPod(obj any) {
@@ -162,15 +174,26 @@ func (w *Watcher) upsertPod(obj any) {
 }
 
 // setPod records p with its workload; w.mu is held.
+//
+// The informer's slim pod and the view share one message: a pod fresh from
+// the transform has no workload yet and nobody else has seen it, so it gets
+// its workload in place. A pod the view already has is copied when its
+// workload changes (its owner arrived or changed), since the stream may be
+// reading the old message.
 func (w *Watcher) setPod(p *pod) {
-	pb := p.pb
-	out := &metadatav1.Pod{
-		Uid: pb.Uid, Name: pb.Name, Namespace: pb.Namespace, Node: pb.Node, Ips: pb.Ips,
-		HostNetwork: pb.HostNetwork, ContainerIds: pb.ContainerIds, Phase: pb.Phase,
-		DeletionTimeUnixNano: pb.DeletionTimeUnixNano, CreationTimeUnixNano: pb.CreationTimeUnixNano,
-		Workload: w.workload(p),
+	pb, wl := p.pb, w.workload(p)
+	switch {
+	case pb.Workload == nil:
+		pb.Workload = wl
+	case !proto.Equal(pb.Workload, wl):
+		pb = &metadatav1.Pod{
+			Uid: pb.Uid, Name: pb.Name, Namespace: pb.Namespace, Node: pb.Node, Ips: pb.Ips,
+			HostNetwork: pb.HostNetwork, ContainerIds: pb.ContainerIds, Phase: pb.Phase,
+			DeletionTimeUnixNano: pb.DeletionTimeUnixNano, CreationTimeUnixNano: pb.CreationTimeUnixNano,
+			Workload: wl,
+		}
 	}
-	w.view.Set(view.Key{Kind: metadatav1.ObjectKind_OBJECT_KIND_POD, ID: pb.Uid}, &metadatav1.Delta{Object: &metadatav1.Delta_Pod{Pod: out}})
+	w.view.Set(view.Key{Kind: metadatav1.ObjectKind_OBJECT_KIND_POD, ID: pb.Uid}, &metadatav1.Delta{Object: &metadatav1.Delta_Pod{Pod: pb}})
 }
 
 func (w *Watcher) deletePod(obj any) {
@@ -242,4 +265,3 @@ func (w *Watcher) deleteNode(obj any) {
 		w.view.Delete(view.Key{Kind: metadatav1.ObjectKind_OBJECT_KIND_NODE, ID: n.pb.GetName()}, time.Now().UnixNano())
 	}
 }
-
