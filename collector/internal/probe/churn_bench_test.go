@@ -13,11 +13,22 @@ import (
 // costs per connection (both its sockets, every state change).
 func BenchmarkChurn(b *testing.B) {
 	requirePrivileged(b)
-	p, err := Open(Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, Stats: true})
+	// Every program attached, UDP included: its sock_release program runs
+	// at every close.
+	cfg := DefaultConfig()
+	cfg.Stats = true
+	p, err := Open(cfg)
 	if err != nil {
 		b.Fatalf("Open: %v", err)
 	}
 	defer p.Close()
+	go func() {
+		for {
+			if _, err := p.ReadUDP(); err != nil {
+				return
+			}
+		}
+	}()
 	read := make(chan error, 1)
 	go func() {
 		for {
