@@ -302,6 +302,10 @@ func TestPrivilegedControlPlane(t *testing.T) {
 	full[nodeIP] = "node/node-a zone=zone-3"
 	r.Eventually(t, "leader killed", 4*time.Second+3*time.Second, full)
 	t.Logf("leader killed → the standby's view on the reducer in %s (lease duration 4s)", time.Since(killed).Round(time.Millisecond))
+
+	// Least privilege: without any one rule of the RBAC file, the watcher
+	// fails.
+	checkRBACIsNeeded(t, cp, ctx)
 }
 
 func waitMetric(t testing.TB, w *Watcher, name string, want float64, timeout time.Duration) {

@@ -102,8 +102,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Help: "1 while this replica streams to the reducer (it holds the Lease, or runs without --leader-elect)."})
 	synced := prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_watcher_synced",
 		Help: "1 once every informer has listed its objects."})
-	reg.MustRegister(events, leader, synced, viewCollector{v})
-	w, err := watch.New(cs, mc, v, logger, func(kind, op string) { events.WithLabelValues(kind, op).Inc() })
+	listErrors := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weir_watcher_list_watch_errors_total",
+		Help: "Failed lists and watches of the API server, by object kind (e.g. forbidden: a missing permission; the informer retries)."}, []string{"kind"})
+	reg.MustRegister(events, listErrors, leader, synced, viewCollector{v})
+	w, err := watch.New(cs, mc, v, logger, func(kind, op string) { events.WithLabelValues(kind, op).Inc() },
+		func(kind string) { listErrors.WithLabelValues(kind).Inc() })
 	if err != nil {
 		return err
 	}

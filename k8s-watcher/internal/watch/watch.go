@@ -46,10 +46,14 @@ type Watcher struct {
 }
 
 // New returns a watcher of the cluster that cs and mc talk to. events, if
-// set, counts each informer event.
-func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *slog.Logger, events func(kind, op string)) (*Watcher, error) {
+// set, counts each informer event, and listErrors each failed list or watch
+// (e.g. forbidden: a missing permission).
+func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *slog.Logger, events func(kind, op string), listErrors func(kind string)) (*Watcher, error) {
 	if events == nil {
 		events = func(string, string) {}
+	}
+	if listErrors == nil {
+		listErrors = func(string) {}
 	}
 	w := &Watcher{
 		logger: logger.With("component", "watch"),
@@ -104,6 +108,12 @@ func New(cs kubernetes.Interface, mc metadata.Interface, v *view.View, logger *s
 	}
 	for _, h := range handlers {
 		kind, upsert, onDelete := h.kind, h.upsert, h.onDelete
+		if err := h.inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+			listErrors(kind)
+			cache.DefaultWatchErrorHandler(ctx, r, err)
+		}); err != nil {
+			return nil, fmt.Errorf("set %s watch error handler: %w", kind, err)
+		}
 		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { w.events(kind, "add"); upsert(obj) },
 			UpdateFunc: func(_, obj any) { w.events(kind, "update"); upsert(obj) },
