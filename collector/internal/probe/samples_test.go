@@ -80,7 +80,7 @@ func churn(stop <-chan struct{}, max int) (int, error) {
 		if err != nil {
 			return n, err
 		}
-		c.(*net.TCPConn).SetLinger(0)
+		_ = c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	}
 	return max, nil

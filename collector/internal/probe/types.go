@@ -130,7 +130,7 @@ type Endpoint struct {
 type Event struct {
 	Kind EventKind
 	Endpoint
-	Inode    uint64 // inode of the socket's file; 0 when it has none (Discover only)
+	Inode    uint64     // inode of the socket's file; 0 when it has none (Discover only)
 	Reason   FailReason // EventFailed only
 	Owner    Owner
 	Counters Counters

@@ -78,7 +78,7 @@ const defaultMaxFailed = 16384
 // in 64 bits: the kernel's 32-bit segment counters wrap, these do not.
 type totals struct {
 	bytesSent, bytesReceived, segsSent, segsReceived uint64
-	retransmits, resetsSent, resetsReceived         uint64
+	retransmits, resetsSent, resetsReceived          uint64
 }
 
 type socket struct {

@@ -253,11 +253,11 @@ func (u *UDP) Poll(src UDPSampler) error {
 // UDPDelta is how far one remote of a UDP socket moved since the previous
 // drain.
 type UDPDelta struct {
-	Cookie uint64
-	Local  netip.AddrPort // unspecified address for a socket bound to any
-	Remote netip.AddrPort // invalid for other peers
-	NetNS  uint32
-	Owner  probe.Owner
+	Cookie                                                            uint64
+	Local                                                             netip.AddrPort // unspecified address for a socket bound to any
+	Remote                                                            netip.AddrPort // invalid for other peers
+	NetNS                                                             uint32
+	Owner                                                             probe.Owner
 	BytesSent, BytesReceived, DatagramsSent, DatagramsReceived, Drops uint64
 	// PeerLocal: the remote is a socket of this node whose own record
 	// counts what it sent here.

@@ -11,10 +11,10 @@ import (
 // UDPFlow is the UDP traffic of one local socket with one remote address
 // during an interval, as the collector reports it.
 type UDPFlow struct {
-	Process uint32 // 0: unknown
-	Local   netip.AddrPort
-	Remote  netip.AddrPort // invalid: the socket's other peers, beyond its cap
-	Netns   uint32
+	Process                                                           uint32 // 0: unknown
+	Local                                                             netip.AddrPort
+	Remote                                                            netip.AddrPort // invalid: the socket's other peers, beyond its cap
+	Netns                                                             uint32
 	BytesSent, BytesReceived, DatagramsSent, DatagramsReceived, Drops uint64
 	// PeerLocal: the same collector reports the remote's socket, whose sent
 	// view covers this received view.
