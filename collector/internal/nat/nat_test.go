@@ -1,0 +1,186 @@
+package nat
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ti-mo/conntrack"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func flow(src, dst, replySrc, replyDst string) *conntrack.Flow {
+	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
+	rs, rd := netip.MustParseAddrPort(replySrc), netip.MustParseAddrPort(replyDst)
+	f := &conntrack.Flow{}
+	f.TupleOrig.IP.SourceAddress, f.TupleOrig.IP.DestinationAddress = s.Addr(), d.Addr()
+	f.TupleOrig.Proto = conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: s.Port(), DestinationPort: d.Port()}
+	f.TupleReply.IP.SourceAddress, f.TupleReply.IP.DestinationAddress = rs.Addr(), rd.Addr()
+	f.TupleReply.Proto = conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: rs.Port(), DestinationPort: rd.Port()}
+	return f
+}
+
+func newTable(t *testing.T, cfg Config) (*Table, *time.Time) {
+	t.Helper()
+	tb, err := New(cfg, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	tb.now = func() time.Time { return now }
+	return tb, &now
+}
+
+func TestTranslate(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxEntries = 2
+	tb, now := newTable(t, cfg)
+	client, vip := netip.MustParseAddrPort("10.0.0.5:40000"), netip.MustParseAddrPort("10.96.0.10:80")
+	tb.add(flow("10.0.0.5:40000", "10.96.0.10:80", "10.1.0.7:8080", "10.0.0.5:40000"))            // DNAT
+	tb.add(flow("10.0.0.5:40001", "198.18.0.1:443", "198.18.0.1:443", "192.0.2.1:61000"))         // SNAT
+	tb.add(flow("10.0.0.5:40002", "198.18.0.1:443", "198.18.0.1:443", "10.0.0.5:40002"))          // none
+	tb.add(flow("[2001:2::5]:40003", "[2001:2::a]:80", "[2001:2::77]:8080", "[2001:2::5]:40003")) // over the cap
+	got, ok := tb.Translate(client, vip)
+	if !ok || got != (Translation{Local: client, Remote: netip.MustParseAddrPort("10.1.0.7:8080")}) {
+		t.Errorf("DNAT: %v %v", got, ok)
+	}
+	got, ok = tb.Translate(netip.MustParseAddrPort("10.0.0.5:40001"), netip.MustParseAddrPort("198.18.0.1:443"))
+	if !ok || got.Local != netip.MustParseAddrPort("192.0.2.1:61000") {
+		t.Errorf("SNAT: %v %v", got, ok)
+	}
+	if _, ok := tb.Translate(netip.MustParseAddrPort("10.0.0.5:40002"), netip.MustParseAddrPort("198.18.0.1:443")); ok {
+		t.Error("untranslated connection kept")
+	}
+	if tb.Len() != 2 {
+		t.Errorf("%d entries, want the cap 2", tb.Len())
+	}
+	// An IPv4-mapped socket address finds its entry.
+	if _, ok := tb.Translate(netip.MustParseAddrPort("[::ffff:10.0.0.5]:40000"), netip.MustParseAddrPort("[::ffff:10.96.0.10]:80")); !ok {
+		t.Error("mapped address not found")
+	}
+	*now = now.Add(cfg.TTL)
+	tb.add(flow("10.0.0.6:1", "10.96.0.10:80", "10.1.0.8:8080", "10.0.0.6:1"))
+	if tb.Len() != 1 {
+		t.Errorf("%d entries after the TTL, want 1", tb.Len())
+	}
+}
+
+// TestPrivilegedRun follows a namespace with a DNAT rule and finds the
+// translation of a connection to its virtual address.
+func TestPrivilegedRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (network namespaces, conntrack); CI=true: not skipping")
+		}
+		t.Skip("needs root")
+	}
+	ns := "weir-nat-unit-" + strings.ReplaceAll(time.Now().Format("150405.000"), ".", "")
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	sh("ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	sh("ip", "-n", ns, "link", "set", "lo", "up")
+	sh("ip", "-n", ns, "addr", "add", "198.18.9.1/32", "dev", "lo")
+	sh("ip", "-n", ns, "route", "add", "198.18.9.99/32", "dev", "lo")
+	nft := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(`table ip weirunit {
+	chain out {
+		type nat hook output priority -100;
+		ip daddr 198.18.9.99 tcp dport 80 dnat to 198.18.9.1:8080
+	}
+}
+`)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	cfg := DefaultConfig()
+	cfg.Rescan = 100 * time.Millisecond
+	tb, _ := newTable(t, cfg)
+	tb.now = time.Now
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tb.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // the namespace is followed
+
+	// A server and a client in the namespace: sockets stay in the
+	// namespace they were made in.
+	var local netip.AddrPort
+	err := inNetns(ns, func() error {
+		ln, err := net.Listen("tcp", "198.18.9.1:8080")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				c.Close()
+			}
+		}()
+		c, err := net.Dial("tcp", "198.18.9.99:80")
+		if err != nil {
+			return err
+		}
+		local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+		return c.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tr, ok := tb.Translate(local, netip.MustParseAddrPort("198.18.9.99:80"))
+		if ok {
+			if tr.Remote != netip.MustParseAddrPort("198.18.9.1:8080") {
+				t.Errorf("translation %v", tr)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no translation of %s → 198.18.9.99:80", local)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// inNetns runs fn on a thread in the named network namespace.
+func inNetns(name string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is left locked, so that it exits with the goroutine
+		// rather than return to the pool in the wrong namespace.
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
