@@ -436,3 +436,18 @@ func TestCollectorLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestAcksUncompressed: a collector that compresses its batches gets the
+// welcome and the acks uncompressed.
+func TestAcksUncompressed(t *testing.T) {
+	ts := startServer(t)
+	s := ts.open(t, grpc.UseCompressor(gzip.Name))
+	welcomed(t, s, "node-a", 1)
+	md, err := s.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc := md.Get("grpc-encoding"); len(enc) > 0 && enc[0] != "identity" {
+		t.Errorf("responses compressed with %v", enc)
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
@@ -39,6 +40,11 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 		return s.reject(logger, reasonBadHello, status.Error(codes.InvalidArgument, "hello: empty node_name"))
 	}
 
+	// Acks and the welcome are a few bytes: compressing them with the
+	// collector's compressor costs more CPU than it saves wire.
+	if err := grpc.SetSendCompressor(ctx, encoding.Identity); err != nil {
+		logger.Debug("acks keep the stream's compressor", "error", err)
+	}
 	replaced := make(chan struct{})
 	var once sync.Once
 	sess, err := s.engine.Open(match.Hello{
