@@ -1,0 +1,52 @@
+package encode
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	cg "github.com/weir-project/weir/collector/internal/cgroups"
+	"github.com/weir-project/weir/collector/internal/nat"
+	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/procs"
+)
+
+// translator translates the connections to one address.
+type translator map[netip.AddrPort]nat.Translation
+
+func (tr translator) Translate(_, remote netip.AddrPort) (nat.Translation, bool) {
+	t, ok := tr[remote]
+	return t, ok
+}
+
+// describer describes every process as being in one container.
+type describer struct{ cgroups }
+
+func (describer) Describe(pid uint32, start uint64, comm string) procs.Info {
+	return procs.Info{PID: pid, PPID: 1, StartTime: start, Comm: comm, Executable: "/bin/" + comm, Cmdline: comm + " -v",
+		Cgroup: "/docker/c", Container: cg.Container{ID: "c0ffee", PodUID: "uid"}}
+}
+
+// TestTelemetry: a socket is announced with its NAT translation, and its
+// process with what the process table describes.
+func TestTelemetry(t *testing.T) {
+	_, tab, _ := newEncoder(t, nil)
+	enc := New(tab, describer{})
+	backend := netip.MustParseAddrPort("10.9.9.9:8080")
+	enc.SetTranslator(translator{netip.AddrPortFrom(remoteIP, 80): {Local: netip.AddrPortFrom(localIP, 40000), Remote: backend}})
+	owner := probe.Owner{PID: 42, StartTime: 7, Comm: "curl"}
+	apply(t, tab, open(1, probe.RoleClient, 40000, owner, ctr(10, 0, 1, 0)))
+	b := enc.Report(time.Unix(1, 0))
+	if len(b.Sockets) != 1 || b.Sockets[0].GetNat() == nil {
+		t.Fatalf("sockets %v, want one with a translation", b.Sockets)
+	}
+	n := b.Sockets[0].GetNat()
+	if got, _ := netip.AddrFromSlice(n.GetRemoteAddr()); got != backend.Addr() || n.GetRemotePort() != 8080 || n.GetLocalPort() != 40000 {
+		t.Errorf("translation %v", n)
+	}
+	p := b.Processes[0]
+	if p.GetContainerId() != "c0ffee" || p.GetPodUid() != "uid" || p.GetPpid() != 1 || p.GetExecutable() != "/bin/curl" ||
+		p.GetCmdline() != "curl -v" || p.GetCgroup() != "/docker/c" {
+		t.Errorf("process %v", p)
+	}
+}
