@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
@@ -440,14 +442,38 @@ func TestCollectorLoss(t *testing.T) {
 // TestAcksUncompressed: a collector that compresses its batches gets the
 // welcome and the acks uncompressed.
 func TestAcksUncompressed(t *testing.T) {
-	ts := startServer(t)
-	s := ts.open(t, grpc.UseCompressor(gzip.Name))
-	welcomed(t, s, "node-a", 1)
-	md, err := s.Header()
+	ts := serve(t, nil)
+	var compressed atomic.Int64
+	conn, err := grpc.NewClient("passthrough:///"+ts.grpc.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(inPayloads{&compressed}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if enc := md.Get("grpc-encoding"); len(enc) > 0 && enc[0] != "identity" {
-		t.Errorf("responses compressed with %v", enc)
+	defer conn.Close()
+	s, err := ingestv1.NewIngestServiceClient(conn).Stream(t.Context(), grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	welcomed(t, s, "node-a", 1)
+	if err := s.Send(batch(&ingestv1.Batch{Sequence: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if n := compressed.Load(); n != 0 {
+		t.Errorf("%d responses arrived compressed", n)
+	}
+}
+
+// inPayloads counts the received messages that were compressed.
+type inPayloads struct{ compressed *atomic.Int64 }
+
+func (h inPayloads) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (h inPayloads) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (h inPayloads) HandleConn(context.Context, stats.ConnStats)                       {}
+func (h inPayloads) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if p, ok := s.(*stats.InPayload); ok && p.CompressedLength != p.Length {
+		h.compressed.Add(1)
 	}
 }
