@@ -80,9 +80,11 @@ func (e *Engine) countHealth(now time.Time, f *flow, end uint8, st *Stats, i int
 	}
 }
 
-// accountHealth counts on direction d's edge what its health views gained.
+// accountHealth counts on direction d's edge what its health views gained;
+// as for bytes, not when another reducer has the sending end (both ends
+// report a reset).
 func (e *Engine) accountHealth(now time.Time, f *flow, d uint8) {
-	if f.health == nil || !f.has(flowPublished) {
+	if f.health == nil || !f.has(flowPublished) || !f.counts(d) {
 		return
 	}
 	h := &f.health.dir[d]
