@@ -98,6 +98,9 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	if err := reg.Register(newBPFStats(allStats{p, tel})); err != nil {
 		return fmt.Errorf("register eBPF program metrics: %w", err)
 	}
+	if err := registerProbeDrops(reg, p); err != nil {
+		return err
+	}
 	tcfg := sockets.DefaultConfig()
 	tcfg.BufferBytes = cfg.BufferBytes
 	tcfg.MaxSockets = cfg.MaxSockets
@@ -157,6 +160,35 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return httpServer.Run(gctx, cfg.HTTPAddr) })
 	return g.Wait()
+}
+
+// registerProbeDrops exports the probe's counters that the stream does not
+// send in-band: chunked walks and UDP datagrams of unknown remote.
+func registerProbeDrops(reg prometheus.Registerer, p *probe.Probe) error {
+	drop := func(f func(probe.Drops) uint64) func() float64 {
+		return func() float64 {
+			d, err := p.Drops()
+			if err != nil {
+				return 0
+			}
+			return float64(f(d))
+		}
+	}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_sample_fallbacks_total",
+			Help: "Samples written through the iterator's seq_file because the sample ring was full (TCP and UDP): the walk was chunked.",
+		}, drop(func(d probe.Drops) uint64 { return d.SampleFallbacks + d.UDPSampleFallbacks })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_udp_unattributed_total",
+			Help: "UDP datagrams of unconnected sockets whose remote was not known (the thread changed CPU within the call); counted under other peers.",
+		}, drop(func(d probe.Drops) uint64 { return d.UDPUnattributed })),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register probe metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func registerRuntime(reg prometheus.Registerer) error {
