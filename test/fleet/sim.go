@@ -54,7 +54,8 @@ type Config struct {
 	// Reducers are the reducers' gRPC addresses; each collector sends to
 	// the one that the rendezvous hash of its node name picks.
 	Reducers []string
-	// Compressor is the gRPC compressor of the streams: "gzip" or "".
+	// Compressor is the gRPC compressor of the streams: "gzip", "zstd" or
+	// "" (none).
 	Compressor string
 	// Pods: each node is a pod of a deployment app-<node%8>, and a watcher
 	// streams the pods to every reducer before the collectors start, as
@@ -451,8 +452,11 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 	}
 	defer cc.Close()
 	var opts []grpc.CallOption
-	if cfg.Compressor == "gzip" {
+	switch cfg.Compressor {
+	case "gzip":
 		opts = append(opts, grpc.UseCompressor(gzip.Name))
+	case Zstd:
+		opts = append(opts, grpc.UseCompressor(Zstd))
 	}
 	var epoch uint64
 	var st *stream
