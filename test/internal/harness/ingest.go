@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,8 +85,16 @@ func (x stubService) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, 
 	if hello == nil {
 		return errors.New("stub: the first message is not a hello")
 	}
+	// Every capability is accepted but the compressors other than gzip,
+	// which the stub does not have: the collector then stays on gzip.
+	var caps []string
+	for _, c := range hello.GetCapabilities() {
+		if !strings.HasPrefix(c, "compression_") {
+			caps = append(caps, c)
+		}
+	}
 	if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Welcome{Welcome: &ingestv1.Welcome{
-		ProtocolVersion: hello.GetProtocolVersion(), Capabilities: hello.GetCapabilities(),
+		ProtocolVersion: hello.GetProtocolVersion(), Capabilities: caps,
 	}}}); err != nil {
 		return err
 	}

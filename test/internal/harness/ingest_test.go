@@ -39,8 +39,8 @@ func TestIngestStub(t *testing.T) {
 		}
 		return r
 	}
-	send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: &ingestv1.Hello{ProtocolVersion: 1, NodeName: "n", Capabilities: []string{"x"}}}})
-	if w := recv().GetWelcome(); w.GetProtocolVersion() != 1 || len(w.GetCapabilities()) != 1 {
+	send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: &ingestv1.Hello{ProtocolVersion: 1, NodeName: "n", Capabilities: []string{"x", "compression_zstd"}}}})
+	if w := recv().GetWelcome(); w.GetProtocolVersion() != 1 || len(w.GetCapabilities()) != 1 || w.GetCapabilities()[0] != "x" {
 		t.Fatalf("welcome = %v", w)
 	}
 	v4 := []byte{198, 18, 0, 1}
