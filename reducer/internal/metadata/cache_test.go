@@ -8,9 +8,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/resolve"
-	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
