@@ -69,9 +69,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := reg.Register(promexport.New(engine, engine.Metrics(), engine.Level())); err != nil {
-		return fmt.Errorf("register flow metrics: %w", err)
-	}
+	// The flow metrics bypass the registry: /metrics builds them directly,
+	// fast at 100,000 edges.
+	flows := promexport.New(engine, engine.Metrics(), engine.Level())
 	ing, err := ingest.New(engine, reg, logger)
 	if err != nil {
 		return err
@@ -93,7 +93,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	meta.Register(grpcSrv)
-	httpSrv := web.New(cfg.HTTPAddr, reg, grpcSrv.Ready, logger)
+	httpSrv := web.New(cfg.HTTPAddr, promexport.Gatherer{Base: reg, Flows: flows}, grpcSrv.Ready, logger)
 
 	if err := httpSrv.Start(ctx); err != nil {
 		return err

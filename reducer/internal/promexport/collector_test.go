@@ -4,11 +4,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"go.uber.org/goleak"
 
@@ -93,6 +95,12 @@ func TestCollector(t *testing.T) {
 			if err := testutil.CollectAndCompare(c, strings.NewReader(string(want))); err != nil {
 				t.Error(err)
 			}
+			// What the reducer serves: the Gatherer's families, the same
+			// samples in the table's order.
+			g := sorted{Gatherer{Base: prometheus.NewRegistry(), Flows: c}}
+			if err := testutil.GatherAndCompare(g, strings.NewReader(string(want))); err != nil {
+				t.Errorf("Gatherer: %v", err)
+			}
 		})
 	}
 }
@@ -122,4 +130,28 @@ func pad(v ...uint64) []uint64 {
 	out := make([]uint64, len(aggregate.FlowMetrics()))
 	copy(out, v)
 	return out
+}
+
+// sorted orders a gatherer's families, samples and labels as a registry
+// does.
+type sorted struct{ g prometheus.Gatherer }
+
+func (s sorted) Gather() ([]*dto.MetricFamily, error) {
+	mfs, err := s.g.Gather()
+	key := func(m *dto.Metric) string {
+		var b strings.Builder
+		for _, l := range m.GetLabel() {
+			b.WriteString(l.GetName() + "=" + l.GetValue() + ",")
+		}
+		return b.String()
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			m.Label = slices.Clone(m.Label)
+			slices.SortFunc(m.Label, func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
+		}
+		slices.SortFunc(mf.Metric, func(a, b *dto.Metric) int { return strings.Compare(key(a), key(b)) })
+	}
+	slices.SortFunc(mfs, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return mfs, err
 }
