@@ -131,7 +131,7 @@ type Endpoint struct {
 }
 
 // maxKeys is the number of keys an end resolves through at most.
-const maxKeys = 4
+const maxKeys = 3
 
 // keyID is a key in use by flows, interned: a flow records 4-byte ids
 // rather than its keys.
@@ -295,7 +295,8 @@ func keysOf(ep Endpoint) ([maxKeys]Key, int) {
 		}
 		keys[n] = NetnsKey(ep.Node, ep.Netns)
 		n++
-		if a := ep.Addr.Unmap(); a.IsValid() && !a.IsLoopback() && !a.IsUnspecified() {
+		// A pod UID names the pod already: its IP would name the same.
+		if a := ep.Addr.Unmap(); ep.PodUID == "" && a.IsValid() && !a.IsLoopback() && !a.IsUnspecified() {
 			keys[n] = LocalIPKey(a)
 			n++
 		}
