@@ -3,6 +3,7 @@
 package aggregate
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -30,6 +31,11 @@ type Key struct {
 // Edge holds the values of one Key: one per metric of the store, indexed by
 // MetricID, and the histograms. Its owner mutates it through the methods
 // below while holding the lock that guards the Store.
+//
+// Beyond the store's cap an edge is folded: it lists no series of its own,
+// and what it counts goes into the edge of its "other" key (into), while
+// it keeps its own gauges (to take them along when it is unfolded) and its
+// recent activity. The store swaps folded and listed edges by activity.
 type Edge struct {
 	key    Key
 	values []uint64
@@ -37,6 +43,8 @@ type Edge struct {
 	last   time.Time
 	dead   bool
 	store  *Store
+	into   *Edge  // the "other" edge that a folded edge counts into; nil when listed
+	recent uint64 // the first metric's (bytes') increase since the last rebalance
 }
 
 // Key returns the edge's key.
@@ -48,20 +56,40 @@ func (e *Edge) Dead() bool { return e.dead }
 
 // Add adds v to the counter or gauge id.
 func (e *Edge) Add(now time.Time, id MetricID, v uint64) {
-	e.values[id] += v
 	e.last = now
+	if id == 0 {
+		e.recent += v
+	}
+	if e.into != nil {
+		e.into.Add(now, id, v)
+		if !e.store.isGauge[id] {
+			return
+		}
+	}
+	e.values[id] += v
 }
 
 // AddPair adds va to the value a and vb to the value b, e.g. the bytes and
 // the segments of one delta: the counting loop's one call per delta.
 func (e *Edge) AddPair(now time.Time, a MetricID, va uint64, b MetricID, vb uint64) {
+	if e.into != nil {
+		e.Add(now, a, va)
+		e.Add(now, b, vb)
+		return
+	}
 	e.values[a] += va
 	e.values[b] += vb
+	if a == 0 {
+		e.recent += va
+	}
 	e.last = now
 }
 
 // Sub takes v from the gauge id, never below zero.
 func (e *Edge) Sub(now time.Time, id MetricID, v uint64) {
+	if e.into != nil {
+		e.into.Sub(now, id, min(v, e.values[id]))
+	}
 	e.values[id] -= min(v, e.values[id])
 	e.last = now
 }
@@ -71,6 +99,11 @@ func (e *Edge) Value(id MetricID) uint64 { return e.values[id] }
 
 // Observe adds v to the histogram id.
 func (e *Edge) Observe(now time.Time, id MetricID, v float64) {
+	if e.into != nil {
+		e.into.Observe(now, id, v)
+		e.last = now
+		return
+	}
 	h := e.hists[id]
 	if h == nil {
 		h = &Histogram{Counts: make([]uint64, len(e.store.metrics[id].Buckets)+1)}
@@ -131,7 +164,9 @@ type Store struct {
 	gauges   []MetricID
 	hists    bool
 	level    Level
-	edges    map[Key]*Edge
+	edges    map[Key]*Edge // listed: their series are on /metrics
+	folds    map[Key]*Edge // folded into an "other" edge
+	isGauge  []bool        // by MetricID
 	gauge    prometheus.Gauge
 	expired  prometheus.Counter
 	folded   prometheus.Counter
@@ -148,6 +183,8 @@ func NewStore(cfg Config, reg prometheus.Registerer) (*Store, error) {
 		metrics:  cfg.Metrics,
 		level:    cfg.Level,
 		edges:    make(map[Key]*Edge),
+		folds:    make(map[Key]*Edge),
+		isGauge:  make([]bool, len(cfg.Metrics)),
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_reducer_edges",
 			Help: "Edges between workloads currently in the table.",
@@ -165,6 +202,7 @@ func NewStore(cfg Config, reg prometheus.Registerer) (*Store, error) {
 		switch m.Type {
 		case MetricGauge:
 			s.gauges = append(s.gauges, MetricID(i))
+			s.isGauge[i] = true
 		case MetricHistogram:
 			s.hists = true
 		}
@@ -185,34 +223,56 @@ func (s *Store) Level() Level { return s.level }
 
 // Edge returns the edge of k, creating it when absent. The key loses the
 // fields its level does not label. When the table is at its cap, a new edge
-// folds into the destination workload "other" of the same kind. The folded
-// edges may take the table up to twice the cap; past that the source folds
-// into "other" as well, so the table grows by at most one more edge per pair
-// of kinds.
+// is folded: it counts into the destination workload "other" of the same
+// kind. The "other" edges may take the table up to twice the cap; past that
+// the source folds into "other" as well, so the table grows by at most one
+// more edge per pair of kinds. Expire swaps folded edges that carry more
+// traffic than listed ones with them, so that the cap keeps the most
+// active edges, not the first ones.
 func (s *Store) Edge(now time.Time, k Key) *Edge {
 	k = k.project(s.level)
 	if e, ok := s.edges[k]; ok {
 		return e
 	}
+	if e, ok := s.folds[k]; ok {
+		return e
+	}
 	if s.maxEdges > 0 && len(s.edges) >= s.maxEdges {
 		s.folded.Inc()
-		k.Dst = Workload{Name: Other, Kind: k.Dst.Kind}
+		e := s.newEdge(now, k)
+		e.into = s.other(now, k)
+		s.folds[k] = e
+		return e
+	}
+	e := s.newEdge(now, k)
+	s.edges[k] = e
+	s.gauge.Set(float64(len(s.edges)))
+	return e
+}
+
+// other returns the listed "other" edge that k folds into.
+func (s *Store) other(now time.Time, k Key) *Edge {
+	k.Dst = Workload{Name: Other, Kind: k.Dst.Kind}
+	if e, ok := s.edges[k]; ok {
+		return e
+	}
+	if len(s.edges) >= 2*s.maxEdges {
+		k.Src = Workload{Name: Other, Kind: k.Src.Kind}
 		if e, ok := s.edges[k]; ok {
 			return e
 		}
-		if len(s.edges) >= 2*s.maxEdges {
-			k.Src = Workload{Name: Other, Kind: k.Src.Kind}
-			if e, ok := s.edges[k]; ok {
-				return e
-			}
-		}
 	}
+	e := s.newEdge(now, k)
+	s.edges[k] = e
+	s.gauge.Set(float64(len(s.edges)))
+	return e
+}
+
+func (s *Store) newEdge(now time.Time, k Key) *Edge {
 	e := &Edge{key: k, last: now, store: s, values: make([]uint64, len(s.metrics))}
 	if s.hists {
 		e.hists = make([]*Histogram, len(s.metrics))
 	}
-	s.edges[k] = e
-	s.gauge.Set(float64(len(s.edges)))
 	return e
 }
 
@@ -224,18 +284,125 @@ func (s *Store) Len() int { return len(s.edges) }
 func (s *Store) Expire(now time.Time) int {
 	n := 0
 	for k, e := range s.edges {
-		if now.Sub(e.last) < s.ttl || e.live() {
+		if now.Sub(e.last) < s.ttl || e.live() || s.feeds(e) {
 			continue
 		}
 		e.dead = true
 		delete(s.edges, k)
 		n++
 	}
+	for k, e := range s.folds {
+		if now.Sub(e.last) < s.ttl || e.live() {
+			continue
+		}
+		e.dead = true
+		delete(s.folds, k)
+	}
+	s.rebalance(now)
 	if n > 0 {
 		s.expired.Add(float64(n))
 		s.gauge.Set(float64(len(s.edges)))
 	}
 	return n
+}
+
+// feeds reports whether folded edges still count into e.
+func (s *Store) feeds(e *Edge) bool {
+	if e.key.Dst.Name != Other || len(s.folds) == 0 {
+		return false
+	}
+	for _, f := range s.folds {
+		if f.into == e {
+			return true
+		}
+	}
+	return false
+}
+
+// rebalance lists the folded edges whose recent traffic is more than twice
+// that of the least active listed edges in their place: a listed edge that
+// is folded adds what it counted to its "other" edge, so that the sum of
+// the series stays the same, and an edge that is listed starts its series
+// from zero, its past traffic staying on "other". Gauges move with the edge.
+func (s *Store) rebalance(now time.Time) {
+	defer func() {
+		for _, e := range s.edges {
+			e.recent = 0
+		}
+		for _, e := range s.folds {
+			e.recent = 0
+		}
+	}()
+	if s.maxEdges <= 0 || len(s.folds) == 0 {
+		return
+	}
+	var cands []*Edge
+	for _, e := range s.folds {
+		if e.recent > 0 {
+			cands = append(cands, e)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	slices.SortFunc(cands, func(a, b *Edge) int { return cmp.Compare(b.recent, a.recent) })
+	var listed []*Edge
+	for _, e := range s.edges {
+		if e.key.Dst.Name != Other && e.key.Src.Name != Other {
+			listed = append(listed, e)
+		}
+	}
+	slices.SortFunc(listed, func(a, b *Edge) int { return cmp.Compare(a.recent, b.recent) })
+	j := 0
+	for _, c := range cands {
+		if len(s.edges) >= s.maxEdges {
+			if j >= len(listed) || c.recent <= 2*listed[j].recent {
+				break
+			}
+			s.fold(now, listed[j])
+			j++
+		}
+		s.unfold(c)
+	}
+	s.gauge.Set(float64(len(s.edges)))
+}
+
+// fold makes a listed edge count into its "other" edge from now on.
+func (s *Store) fold(now time.Time, e *Edge) {
+	delete(s.edges, e.key)
+	into := s.other(now, e.key)
+	for id, v := range e.values {
+		into.values[id] += v
+		if !s.isGauge[id] {
+			e.values[id] = 0
+		}
+	}
+	for id, h := range e.hists {
+		if h == nil {
+			continue
+		}
+		if into.hists[id] == nil {
+			into.hists[id] = &Histogram{Counts: make([]uint64, len(h.Counts))}
+		}
+		for i, c := range h.Counts {
+			into.hists[id].Counts[i] += c
+		}
+		into.hists[id].Count += h.Count
+		into.hists[id].Sum += h.Sum
+		e.hists[id] = nil
+	}
+	e.into = into
+	s.folds[e.key] = e
+}
+
+// unfold lists a folded edge, with its gauges.
+func (s *Store) unfold(e *Edge) {
+	delete(s.folds, e.key)
+	for _, id := range s.gauges {
+		e.into.values[id] -= min(e.values[id], e.into.values[id])
+	}
+	e.into = nil
+	s.edges[e.key] = e
 }
 
 // Snapshot appends a copy of every edge to dst and returns it.

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -111,6 +112,16 @@ func TestEdgeCounters(t *testing.T) {
 	}
 }
 
+// snapshotBytes renders a store's listed edges with their bytes and active
+// connections.
+func snapshotBytes(s *Store) map[string][2]uint64 {
+	out := make(map[string][2]uint64)
+	for _, sr := range s.Snapshot(nil) {
+		out[sr.Key.Src.Name+" -> "+sr.Key.Dst.Name] = [2]uint64{sr.Value(TCPBytes), sr.Value(TCPActiveConnections)}
+	}
+	return out
+}
+
 func TestMaxSeriesFolds(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	s, err := NewStore(Config{TTL: time.Minute, MaxEdges: 2}, reg)
@@ -120,37 +131,72 @@ func TestMaxSeriesFolds(t *testing.T) {
 	ext := func(ip string) Workload { return Workload{Name: ip, Kind: "external"} }
 	a := s.Edge(t0, Key{Src: curl, Dst: nginx})
 	b := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.1")})
-	// At the cap: a new destination folds into "other" of its kind.
+	// At the cap: new destinations fold into "other" of their kind, the
+	// same "other" edge for the same source and kind.
 	c := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.2")})
-	if want := (Key{Src: curl, Dst: Workload{Name: Other, Kind: "external"}}); c.Key() != want {
-		t.Fatalf("folded key = %+v, want %+v", c.Key(), want)
-	}
-	// The next one of the same source and kind lands on the same edge.
-	if d := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.3")}); d != c {
-		t.Errorf("second fold made another edge: %+v", d.Key())
-	}
-	// Another source gets its own folded edge, up to twice the cap.
+	d := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.3")})
+	// Another source gets its own "other" edge, up to twice the cap; then
+	// both sides fold: one edge per pair of kinds.
 	e := s.Edge(t0, Key{Src: ext("198.18.0.9"), Dst: curl})
-	if want := (Key{Src: ext("198.18.0.9"), Dst: Workload{Name: Other, Kind: curl.Kind}}); e.Key() != want {
-		t.Errorf("folded key = %+v, want %+v", e.Key(), want)
-	}
-	// At twice the cap both sides fold: one edge per pair of kinds.
 	f := s.Edge(t0, Key{Src: ext("198.18.0.10"), Dst: curl})
-	if want := (Key{Src: Workload{Name: Other, Kind: "external"}, Dst: Workload{Name: Other, Kind: curl.Kind}}); f.Key() != want {
-		t.Errorf("doubly folded key = %+v, want %+v", f.Key(), want)
+	g := s.Edge(t0, Key{Src: ext("198.18.0.11"), Dst: nginx})
+	for i, x := range []*Edge{a, b, c, d, e, f, g} {
+		x.AddPair(t0, TCPBytes, uint64(i+1), TCPPackets, 1)
 	}
-	if g := s.Edge(t0, Key{Src: ext("198.18.0.11"), Dst: nginx}); g != f {
-		t.Errorf("second double fold made another edge: %+v", g.Key())
+	c.Add(t0, TCPActiveConnections, 1)
+	want := map[string][2]uint64{
+		"curl -> nginx":       {1, 0},
+		"curl -> 198.18.0.1":  {2, 0},
+		"curl -> other":       {3 + 4, 1},
+		"198.18.0.9 -> other": {5, 0},
+		"other -> other":      {6 + 7, 0},
+	}
+	if got := snapshotBytes(s); !maps.Equal(got, want) {
+		t.Errorf("edges %v, want %v", got, want)
 	}
 	// Existing edges are still found at the cap.
-	if s.Edge(t0, Key{Src: curl, Dst: nginx}) != a || s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.1")}) != b {
-		t.Error("an existing edge was folded")
-	}
-	if s.Len() != 5 {
-		t.Errorf("edges = %d, want 5 (2 under the cap, 3 folded)", s.Len())
+	if s.Edge(t0, Key{Src: curl, Dst: nginx}) != a || s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.2")}) != c {
+		t.Error("an edge was not found again")
 	}
 	if got := testutil.ToFloat64(s.folded); got != 5 {
 		t.Errorf("weir_reducer_series_folded_total = %v, want 5", got)
+	}
+}
+
+// TestMaxSeriesKeepsActive: the cap keeps the most active edges. A folded
+// edge with more than twice the traffic of a listed one takes its place at
+// the next Expire; the sum of the series stays the same, and the active
+// connections move with the edge.
+func TestMaxSeriesKeepsActive(t *testing.T) {
+	s, err := NewStore(Config{TTL: time.Hour, MaxEdges: 1}, prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := func(ip string) Workload { return Workload{Name: ip, Kind: "external"} }
+	quiet := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.1")})
+	busy := s.Edge(t0, Key{Src: curl, Dst: ext("198.18.0.2")}) // folded
+	quiet.AddPair(t0, TCPBytes, 10, TCPPackets, 1)
+	quiet.Add(t0, TCPActiveConnections, 1)
+	busy.AddPair(t0, TCPBytes, 1000, TCPPackets, 1)
+	busy.Add(t0, TCPActiveConnections, 2)
+	before := snapshotBytes(s)
+	if want := (map[string][2]uint64{"curl -> 198.18.0.1": {10, 1}, "curl -> other": {1000, 2}}); !maps.Equal(before, want) {
+		t.Fatalf("before: %v, want %v", before, want)
+	}
+	s.Expire(t0.Add(time.Second))
+	busy.AddPair(t0, TCPBytes, 5, TCPPackets, 1)
+	quiet.AddPair(t0, TCPBytes, 1, TCPPackets, 1)
+	want := map[string][2]uint64{
+		"curl -> 198.18.0.2": {5, 2},             // listed from zero, with its connections
+		"curl -> other":      {1000 + 10 + 1, 1}, // its past, and the folded edge's
+	}
+	if got := snapshotBytes(s); !maps.Equal(got, want) {
+		t.Errorf("after: %v, want %v", got, want)
+	}
+	busy.Sub(t0, TCPActiveConnections, 2)
+	quiet.Sub(t0, TCPActiveConnections, 1)
+	if got := snapshotBytes(s); got["curl -> 198.18.0.2"][1] != 0 || got["curl -> other"][1] != 0 {
+		t.Errorf("active connections after the closes: %v", got)
 	}
 }
 
