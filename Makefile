@@ -117,7 +117,7 @@ bench: build
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
 lint: tools-go tools-lint
 	$(GO) vet $(PKGS)
-	for m in collector reducer test; do (cd $$m && $(TOOLS)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
+	for m in collector reducer k8s-watcher test; do (cd $$m && $(TOOLS)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd proto && PATH=$(TOOLS):$$PATH buf lint
 
