@@ -1,6 +1,8 @@
-// Package probe loads and attaches weir's TCP eBPF programs and reads what
-// they record: lifecycle events from a ring buffer, and the counters of every
-// tracked socket, in every network namespace, from an iterator over the
+// Package probe loads and attaches weir's eBPF programs and reads what they
+// record: TCP lifecycle events (closes, listens, failed connects, late
+// resets) from a ring buffer, and the counters of every tracked TCP socket
+// (bytes, segments, retransmits, resets, smoothed RTT) and every UDP
+// socket's remotes, in every network namespace, from iterators over the
 // kernel's socket storage.
 package probe
 

@@ -1,5 +1,6 @@
 // Package sockets tracks the node's TCP sockets by cookie (endpoints, owners
-// and counters) and tells what changed since the previous report.
+// and counters), its failed connects, and its UDP sockets' remotes, and
+// tells what changed since the previous report.
 package sockets
 
 import (
