@@ -3,6 +3,8 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -120,4 +122,54 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Printf("P4 %.0f B/socket (RSS %.0f MiB, peak %.0f MiB, %d sockets)\n", rss/sockets, rss/(1<<20), peak/(1<<20), int(sockets))
 	fmt.Printf("P5 %.2f wire-B/update (%s)\n", wire/updates, cfg.Compressor)
 	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
+}
+
+// BenchmarkScrape100k: a real reducer with 100,000 edges (collectors whose
+// connections each have a peer of its own outside the fleet), and the time
+// of one /metrics scrape as Prometheus makes it (gzip accepted) and plain.
+// Target: at most 1 s.
+func BenchmarkScrape100k(b *testing.B) {
+	b.ReportAllocs()
+	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: []string{"--max-series", "300000"}})
+	cfg := Config{Collectors: 100, Sockets: 50_000, CrossShare: -1, DistinctPeers: true,
+		Interval: time.Second, Intervals: 2, Change: 0.1, Reducers: []string{w.GRPCAddr}, Seed: 9}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := Run(ctx, cfg); err != nil {
+		b.Fatal(err)
+	}
+	harness.WaitFor(b, w.MetricsURL, 60*time.Second, "100,000 edges", func(m harness.Metrics) bool {
+		v, _ := m.Value("weir_reducer_edges", nil)
+		return v >= 100_000
+	})
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: time.Minute}
+	var gz, plain time.Duration
+	var size int64
+	b.ResetTimer()
+	for range b.N {
+		for _, enc := range []string{"gzip", ""} {
+			req, _ := http.NewRequest("GET", w.MetricsURL, nil)
+			if enc != "" {
+				req.Header.Set("Accept-Encoding", enc)
+			}
+			start := time.Now()
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if enc == "" {
+				plain, size = time.Since(start), n
+			} else {
+				gz = time.Since(start)
+			}
+		}
+	}
+	b.StopTimer()
+	m := scrape(b, w.MetricsURL)
+	edges, _ := m.Value("weir_reducer_edges", nil)
+	b.ReportMetric(gz.Seconds(), "s/scrape-gzip")
+	b.ReportMetric(plain.Seconds(), "s/scrape")
+	fmt.Printf("scrape %.3f s gzip, %.3f s plain (%.0f edges, %.1f MiB)\n", gz.Seconds(), plain.Seconds(), edges, float64(size)/(1<<20))
 }

@@ -62,7 +62,10 @@ type Config struct {
 	// the k8s-watcher does: edges are named by deployment, on both ends,
 	// and the pods' IPs are fleet addresses for every reducer.
 	Pods bool
-	Seed uint64
+	// DistinctPeers: every connection with a peer outside the fleet has a
+	// peer address of its own (up to 65,536), so that each is an edge.
+	DistinctPeers bool
+	Seed          uint64
 }
 
 // Edge is an edge between two workloads, by their names.
@@ -137,6 +140,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.CrossShare == 0 {
 		cfg.CrossShare = 0.5
 	}
+	if cfg.CrossShare < 0 {
+		cfg.CrossShare = 0
+	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 42))
 	res := &Result{Edges: make(map[Edge]*Want)}
 	nodes := make([]*node, cfg.Collectors)
@@ -174,6 +180,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			c = newConn(cfg, cn, sn, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(sn.addr, 8080))
 		} else {
 			ext := netip.AddrFrom4([4]byte{198, 19, 0, byte(1 + rng.IntN(8))})
+			if cfg.DistinctPeers {
+				ext = netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
+			}
 			c = newConn(cfg, cn, nil, netip.AddrPortFrom(cn.addr, port), netip.AddrPortFrom(ext, 443))
 		}
 		conns = append(conns, c)
