@@ -173,3 +173,46 @@ func BenchmarkScrape100k(b *testing.B) {
 	b.ReportMetric(plain.Seconds(), "s/scrape")
 	fmt.Printf("scrape %.3f s gzip, %.3f s plain (%.0f edges, %.1f MiB)\n", gz.Seconds(), plain.Seconds(), edges, float64(size)/(1<<20))
 }
+
+// BenchmarkReconnectHerd: collectors that hold sockets lose their reducer
+// for 10 s; from its return, the time until every one of them has its
+// snapshot acked again, and the new reducer's peak RSS. With
+// WEIR_BENCH_FULL=1, 1,000 collectors of 1,000 sockets each.
+func BenchmarkReconnectHerd(b *testing.B) {
+	b.ReportAllocs()
+	n, per := 100, 200
+	if fullBench() {
+		n, per = 1000, 1000
+	}
+	const interval = time.Second
+	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true,
+		ReducerArgs: []string{"--max-message-bytes", strconv.Itoa(64 << 20)}})
+	h := NewHerd(w.GRPCAddr, n, per, interval)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); h.Wait() }()
+	h.Run(ctx)
+	waitConnected := func(timeout time.Duration) time.Duration {
+		start := time.Now()
+		for h.Connected() < n {
+			if time.Since(start) > timeout {
+				b.Fatalf("%d of %d collectors connected after %s", h.Connected(), n, timeout)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	first := waitConnected(5 * time.Minute)
+	b.ResetTimer()
+	w.Reducer.Stop(10 * time.Second)
+	time.Sleep(10 * time.Second)
+	w.RestartReducer(b)
+	back := waitConnected(2 * time.Minute)
+	b.StopTimer()
+	_, peak := rssBytes(b, w.Reducer.PID())
+	m := scrape(b, w.MetricsURL)
+	sockets, _ := m.Value("weir_reducer_sockets", nil)
+	b.ReportMetric(back.Seconds(), "s/all-back")
+	b.ReportMetric(peak/(1<<20), "peak-MiB")
+	fmt.Printf("reconnect %d collectors (%d sockets) all back %.2f s after the reducer's return (interval %s; first connect %.2f s); reducer peak RSS %.0f MiB\n",
+		n, int(sockets), back.Seconds(), interval, first.Seconds(), peak/(1<<20))
+}
