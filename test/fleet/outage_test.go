@@ -44,7 +44,7 @@ func TestPrivilegedOutage(t *testing.T) {
 		rounds   = 5
 	)
 	a, b := harness.BridgedHosts(t, "outage")
-	w := harness.StartWeir(t, harness.WeirOptions{Interval: interval})
+	w := harness.StartWeir(t, harness.WeirOptions{Interval: interval, CollectorArgs: []string{"--buffer-bytes", strconv.Itoa(256 << 20)}})
 	bin := harness.Binaries(t)
 	srvName, cliName := "osrv"+strconv.Itoa(os.Getpid()), "ocli"+strconv.Itoa(os.Getpid())
 	listen := net.JoinHostPort(b.IPv4, "8080")
@@ -65,8 +65,16 @@ func TestPrivilegedOutage(t *testing.T) {
 
 	w.Reducer.Stop(10 * time.Second)
 	stopped := time.Now()
-	// Under churn: short connections through the reused-port peers, and
-	// rounds on the held connections, while the reducer is away.
+	// Rounds on the held connections while the reducer is away.
+	for range rounds {
+		cli.Send(t, "more")
+		cli.WaitLine(t, "done", 10*time.Second)
+		time.Sleep(outage / (2 * rounds))
+	}
+	// Then churn: short connections. The collector keeps the closed
+	// sockets of an outage up to --buffer-bytes and drops the oldest first;
+	// it sees the whole machine, where other tests may churn too, so they
+	// come last, with room to spare.
 	rcli, rsrv := peerCopies(t)
 	rlisten := net.JoinHostPort(b.IPv4, "8081")
 	churnSrv := harness.Start(t, filepath.Base(rsrv), b.Exec("env", roleEnv+"=server", "WEIR_FLEET_LISTEN="+rlisten,
@@ -75,11 +83,6 @@ func TestPrivilegedOutage(t *testing.T) {
 	const churn = 5000
 	churnCli := harness.Start(t, filepath.Base(rcli), a.Exec("env", roleEnv+"=client", "WEIR_FLEET_CONNECT="+rlisten,
 		"WEIR_FLEET_CONNS="+strconv.Itoa(churn), "WEIR_FLEET_DIALERS=1", "WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rcli)...)
-	for range rounds {
-		cli.Send(t, "more")
-		cli.WaitLine(t, "done", 10*time.Second)
-		time.Sleep(outage / (2 * rounds))
-	}
 	if err := churnCli.Wait(outage); err != nil {
 		t.Fatalf("short connections: %v\n%s", err, churnCli.Stderr())
 	}
