@@ -71,6 +71,7 @@ type UDPLoss struct {
 type udpMetrics struct {
 	closes, vanished, refused, regressions prometheus.Counter
 	flows                                  prometheus.GaugeFunc
+	folded                                 prometheus.CounterFunc
 }
 
 // NewUDP returns an empty UDP table of at most maxFlows remotes, whose
@@ -92,8 +93,16 @@ func NewUDP(maxFlows int, reg prometheus.Registerer) (*UDP, error) {
 			Name: "weir_collector_udp_flows",
 			Help: "UDP remotes of live sockets tracked.",
 		}, func() float64 { return float64(u.Len()) }),
+		folded: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_udp_peer_cap_total",
+			Help: "UDP datagrams (sent, received or dropped) of sockets at their --udp-peers cap, reported under other peers.",
+		}, func() float64 {
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			return float64(u.loss.PeerCap)
+		}),
 	}
-	for _, c := range []prometheus.Collector{u.m.closes, u.m.vanished, u.m.refused, u.m.regressions, u.m.flows} {
+	for _, c := range []prometheus.Collector{u.m.closes, u.m.vanished, u.m.refused, u.m.regressions, u.m.flows, u.m.folded} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register UDP metrics: %w", err)
 		}
