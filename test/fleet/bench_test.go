@@ -71,7 +71,7 @@ func BenchmarkFleet(b *testing.B) {
 	}
 	if fullBench() {
 		cfg = Config{
-			Collectors: 1000, Sockets: 1_000_000, Interval: time.Second, Intervals: 25,
+			Collectors: 1000, Sockets: 1_000_000, Interval: time.Second, Intervals: 30,
 			MaxSkew: 3, Change: 0.10, Reopen: 0.01, Short: 1000, Reconnects: 10, Compressor: "gzip", Seed: 7,
 		}
 	}
@@ -93,10 +93,15 @@ func BenchmarkFleet(b *testing.B) {
 		res, err := Run(ctx, cfg)
 		done <- out{res, err}
 	}()
-	// The steady state: from the 5th interval to 3 before the last.
-	time.Sleep(time.Duration(cfg.MaxSkew+5) * cfg.Interval)
+	// The steady state: from three intervals after every socket is
+	// announced, for half the run.
+	harness.WaitFor(b, w.MetricsURL, 5*time.Minute, "every socket", func(m harness.Metrics) bool {
+		v, _ := m.Value("weir_reducer_sockets", nil)
+		return v >= 0.95*float64(cfg.Sockets)
+	})
+	time.Sleep(time.Duration(cfg.MaxSkew+3) * cfg.Interval)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	time.Sleep(time.Duration(cfg.Intervals-8) * cfg.Interval)
+	time.Sleep(time.Duration(cfg.Intervals/2) * cfg.Interval)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	rss, _ := rssBytes(b, w.Reducer.PID())
 	sockets, _ := m1.Value("weir_reducer_sockets", nil)

@@ -162,7 +162,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// Connections: cross pairs have two sockets, one-sided ones one.
 	nconns := int(float64(cfg.Sockets) / (1 + cfg.CrossShare))
 	conns := make([]*conn, 0, nconns)
-	start := time.Now().Add(200 * time.Millisecond)
 	for _, n := range nodes {
 		n.b = newBuilder()
 	}
@@ -198,6 +197,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			defer stop()
 		}
 	}
+	// The intervals start once the connections exist.
+	start := time.Now().Add(200 * time.Millisecond)
 	var wg sync.WaitGroup
 	errc := make(chan error, len(nodes))
 	var stats Stats

@@ -214,20 +214,19 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 		return
 	}
 	key, end := newFlowKey(local, remote, loop, s.node, in.Netns)
-	f := e.find(key, end, sk.ident, in.NewConnection)
-	if f == nil && !loop {
-		if last := e.last(key); last != nil && last.live(end) &&
-			last.ends[end].ident.sess.node != s.node {
-			// Another node's live socket claims the same endpoints, e.g.
-			// the same private addresses behind two NATs: keep this one to
-			// its node.
-			e.conflicts.Inc()
-			key, end = newFlowKey(local, remote, true, s.node, in.Netns)
-			f = e.find(key, end, sk.ident, in.NewConnection)
-		}
+	head := e.flows[key]
+	f, last := find(head, end, sk.ident, in.NewConnection)
+	if f == nil && !loop && last != nil && last.live(end) && last.ends[end].ident.sess.node != s.node {
+		// Another node's live socket claims the same endpoints, e.g. the
+		// same private addresses behind two NATs: keep this one to its
+		// node.
+		e.conflicts.Inc()
+		key, end = newFlowKey(local, remote, true, s.node, in.Netns)
+		head = e.flows[key]
+		f, last = find(head, end, sk.ident, in.NewConnection)
 	}
 	if f == nil {
-		f = e.newFlow(now, key, loop, remote.Addr())
+		f = e.newFlow(now, key, last, loop, remote.Addr())
 	}
 	f.ends[end] = sk
 	f.flags &^= vacantFlag(end)
@@ -245,40 +244,35 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 	e.markDirty(f)
 }
 
-// find returns the flow of key that a new socket becomes end i of: the
+// find returns the flow of a chain that a new socket becomes end i of: the
 // flow it was end i of before its session was replaced, else the oldest
 // flow whose end i no socket claimed yet. A reused 4-tuple is a new flow,
 // and both sides open the flows of one 4-tuple in the same order, so the
 // n-th socket of a side joins the n-th flow, whatever the order in which
 // the sides report.
-func (e *Engine) find(key flowKey, i uint8, id *socketIdent, newConn bool) *flow {
+//
+// It also returns the newest flow of the chain that starts at head.
+func find(head *flow, i uint8, id *socketIdent, newConn bool) (match, last *flow) {
 	var fresh *flow
-	for f := e.flows[key]; f != nil; f = f.next {
+	for f := head; f != nil; f = f.next {
+		last = f
 		first, again := f.joinable(i, id, newConn)
 		if again {
-			return f
+			return f, nil
 		}
 		if first && fresh == nil {
 			fresh = f
 		}
 	}
-	return fresh
+	return fresh, last
 }
 
-// last returns the newest flow of key.
-func (e *Engine) last(key flowKey) *flow {
-	f := e.flows[key]
-	for f != nil && f.next != nil {
-		f = f.next
-	}
-	return f
-}
-
-// newFlow adds a flow to the end of key's chain. A flow whose peer may be
-// a fleet address is held for the join window.
-func (e *Engine) newFlow(now time.Time, key flowKey, loop bool, peer netip.Addr) *flow {
+// newFlow adds a flow after last, the newest of key's chain (nil: the
+// first of a new chain). A flow whose peer may be a fleet address is held
+// for the join window.
+func (e *Engine) newFlow(now time.Time, key flowKey, last *flow, loop bool, peer netip.Addr) *flow {
 	f := &flow{key: key, born: now.UnixNano()}
-	if last := e.last(key); last != nil {
+	if last != nil {
 		last.next = f
 	} else {
 		e.flows[key] = f
