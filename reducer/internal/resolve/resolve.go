@@ -334,6 +334,9 @@ func (r *Resolver[F]) name(keys []Key, ep Endpoint) aggregate.Workload {
 
 // reindex makes keys the keys of end i of f.
 func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
+	if r.same(u, i, keys) {
+		return // the common case: an end resolved again through the same keys
+	}
 	var ids [maxKeys]keyID
 	for j, k := range keys {
 		ids[j] = r.intern(k)
@@ -353,6 +356,20 @@ func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
 	}
 	u.ids[i] = ids
 	u.n[i] = uint8(len(keys))
+}
+
+// same reports whether end i of a flow went through keys last time, by
+// comparing the keys themselves: no hashing.
+func (r *Resolver[F]) same(u *Uses, i int, keys []Key) bool {
+	if int(u.n[i]) != len(keys) {
+		return false
+	}
+	for j, id := range u.ids[i][:u.n[i]] {
+		if r.slots[id].key != keys[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // intern returns the id of k, making one if no flow uses k yet.
