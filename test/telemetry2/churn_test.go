@@ -37,7 +37,7 @@ func TestPrivilegedChurn(t *testing.T) {
 	}
 }`)
 	harness.EnableBPFStats(t)
-	w := harness.StartWeir(t, harness.WeirOptions{})
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--dns"}})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -51,9 +51,27 @@ func TestPrivilegedChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The collector's own rate of CPU use without this test's load (the
+	// machine's other sockets), taken out of each round's.
+	idle0, err := w.Collector.CPUSeconds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idleStart := time.Now()
+	time.Sleep(3 * time.Second)
+	idle1, err := w.Collector.CPUSeconds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idleRate := (idle1 - idle0) / time.Since(idleStart).Seconds()
+	t.Logf("collector idle: %.1f millicores", 1000*idleRate)
 	var rss []int64
 	for r := range rounds {
 		start := time.Now()
+		cpu0, err := w.Collector.CPUSeconds()
+		if err != nil {
+			t.Fatal(err)
+		}
 		cli := harness.Start(t, fmt.Sprintf("churn-%d", r), client.Exec(self, "weir-helper", "churn", server.IPv4+":53", strconv.Itoa(per), strconv.Itoa(size))...)
 		cli.WaitLine(t, "done", 10*time.Minute)
 		if err := cli.Wait(30 * time.Second); err != nil {
@@ -62,7 +80,13 @@ func TestPrivilegedChurn(t *testing.T) {
 		time.Sleep(3 * time.Second) // a few report intervals
 		kb := rssKB(t, w.Collector.PID())
 		rss = append(rss, kb)
-		t.Logf("round %d: %d rounds of lookup + connection + process in %s; collector RSS %d KiB", r, per, time.Since(start).Round(time.Millisecond), kb)
+		cpu1, err := w.Collector.CPUSeconds()
+		if err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		t.Logf("round %d: %d rounds of lookup + connection + process in %s; collector RSS %d KiB, CPU %.0f µs per round over its idle rate",
+			r, per, took.Round(time.Millisecond), kb, 1e6*(cpu1-cpu0-idleRate*took.Seconds())/float64(per))
 	}
 	after, err := harness.ProgramsOf(w.Collector.PID())
 	if err != nil {
@@ -122,6 +146,10 @@ func TestPrivilegedChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("collector: %v process events, %v NAT translations learnt, %v conntrack namespaces, %v conntrack errors, %v overruns",
+		c.Sum("weir_collector_process_events_total", nil), c.Sum("weir_collector_nat_translations_total", nil),
+		c.Sum("weir_collector_conntrack_namespaces", nil), c.Sum("weir_collector_conntrack_errors_total", nil),
+		c.Sum("weir_collector_conntrack_overruns_total", nil))
 	if p := c.Sum("weir_collector_dns_pending", nil); p > 10 {
 		t.Errorf("%v DNS queries pending after the churn", p)
 	}

@@ -28,7 +28,7 @@ func TestPrivilegedDNS(t *testing.T) {
 	}
 }`)
 	// NAT joins are off here: the end stays the virtual IP, named by DNS.
-	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--dns-timeout", "1s", "--nat=false"}})
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--dns", "--dns-timeout", "1s", "--nat=false"}})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -41,11 +41,15 @@ func defaultTelemetryConfig() TelemetryConfig {
 		Processes: true,
 		ProcProbe: probe.ProcessConfig{RingBytes: 1 << 18},
 		ProcTable: procs.DefaultConfig(),
-		DNS:       true,
-		DNSProbe:  probe.DNSConfig{RingBytes: 1 << 20},
-		DNSTrack:  dns.DefaultConfig(),
-		NAT:       true,
-		NATTable:  nat.DefaultConfig(),
+		// Off by default: the two cgroup_skb programs run on every packet of
+		// the node, 39 ns each (bpf-ns in BenchmarkPrivilegedOverhead),
+		// about 17 millicores of in-kernel time at 130k requests/s on two
+		// cores: most of P2's budget of 20 on their own.
+		DNS:      false,
+		DNSProbe: probe.DNSConfig{RingBytes: 1 << 20},
+		DNSTrack: dns.DefaultConfig(),
+		NAT:      true,
+		NATTable: nat.DefaultConfig(),
 	}
 }
 
@@ -57,7 +61,7 @@ func (c *TelemetryConfig) flags(fs *flag.FlagSet) {
 		intFlag(&c.ProcTable.MaxProcesses, strconv.IntSize-1))
 	fs.Func("max-cmdline", fmt.Sprintf("command lines are cut to this many `bytes` (default %d)", c.ProcTable.MaxCmdline),
 		intFlag(&c.ProcTable.MaxCmdline, 20))
-	fs.BoolVar(&c.DNS, "dns", c.DNS, "capture the DNS queries and answers of local clients (cgroup_skb on the cgroup-v2 root) for weir_dns_* and DNS names of external ends")
+	fs.BoolVar(&c.DNS, "dns", c.DNS, "capture the DNS queries and answers of local clients (cgroup_skb on the cgroup-v2 root) for weir_dns_* and DNS names of external ends; costs about 40 ns of kernel time per packet in each direction, on every packet")
 	fs.DurationVar(&c.DNSTrack.Timeout, "dns-timeout", c.DNSTrack.Timeout, "a DNS query without an answer after this long counts as a timeout")
 	fs.Func("dns-ring-bytes", fmt.Sprintf("DNS payload ring buffer size in `bytes`, a power of two and a multiple of the page size; about 600 bytes a packet (default %d)", c.DNSProbe.RingBytes),
 		intFlag(&c.DNSProbe.RingBytes, 32))
