@@ -65,10 +65,6 @@ func main() {
 	}
 }
 
-// errLostLease ends the process when another replica took the Lease: its
-// restart makes it a standby with a fresh view.
-var errLostLease = errors.New("lost the lease")
-
 func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	restCfg, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
@@ -173,7 +169,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return err
 }
 
-// elect runs fn while this replica holds the Lease.
+// elect runs fn while this replica holds the Lease. A replica that loses
+// the Lease (it could not renew it, e.g. while the API server was away)
+// stops streaming and campaigns again: its informers keep its view current
+// meanwhile, so when it leads again it resumes where the reducer is, or
+// sends a snapshot if another replica streamed in between.
 func elect(ctx context.Context, cfg Config, cs kubernetes.Interface, logger *slog.Logger, fn func(context.Context) error) error {
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Name: cfg.LeaseName, Namespace: cfg.LeaseNamespace},
@@ -181,6 +181,24 @@ func elect(ctx context.Context, cfg Config, cs kubernetes.Interface, logger *slo
 		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
 	}
 	logger = logger.With("component", "leader")
+	for {
+		if err := campaign(ctx, cfg, lock, logger, fn); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.RetryPeriod):
+		}
+	}
+}
+
+// campaign runs one leader election: it returns when this replica stops
+// leading, or fails.
+func campaign(ctx context.Context, cfg Config, lock resourcelock.Interface, logger *slog.Logger, fn func(context.Context) error) error {
 	errc := make(chan error, 1)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
@@ -196,7 +214,7 @@ func elect(ctx context.Context, cfg Config, cs kubernetes.Interface, logger *slo
 					errc <- err
 				}
 			},
-			OnStoppedLeading: func() { logger.Info("stopped leading") },
+			OnStoppedLeading: func() { logger.Info("stopped leading; campaigning again") },
 			OnNewLeader: func(id string) {
 				if id != cfg.Identity {
 					logger.Info("following", "leader", id)
@@ -213,10 +231,7 @@ func elect(ctx context.Context, cfg Config, cs kubernetes.Interface, logger *slo
 		return err
 	default:
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return errLostLease
+	return nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
