@@ -42,7 +42,7 @@ func TestPrivilegedChurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := harness.Start(t, "churn-server", server.Exec(self, "weir-helper", "dnsserver", server.IPv4+":53", server.IPv4+":8080")...)
+	srv := harness.Start(t, "churn-server", server.Exec(self, "weir-helper", "dnsserver", "udp="+server.IPv4+":53", "tcp="+server.IPv4+":8080")...)
 	srv.WaitLine(t, "ready", 30*time.Second)
 	time.Sleep(5 * time.Second) // the collector follows the new namespaces' conntrack
 

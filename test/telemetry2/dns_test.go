@@ -1,6 +1,7 @@
 package telemetry2
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -13,66 +14,97 @@ import (
 
 // TestPrivilegedDNS runs a DNS server in one namespace and, in another, a
 // client whose Go resolver sends its queries over a UDP socket to the
-// server's port 53: one answered, one NXDOMAIN, one never answered. The
-// client then connects to the answered name, whose address (a virtual IP
-// that the server's host DNATs to itself) no collector reports as local:
-// that end is named by the DNS name.
+// server's port 53, over IPv4 (A) and IPv6 (AAAA): one answered, one
+// NXDOMAIN, one never answered. The client then connects to the answered
+// name, whose address (a virtual IP that the server's host DNATs to itself)
+// no collector reports as local: that end is named by the DNS name.
 func TestPrivilegedDNS(t *testing.T) {
 	harness.RequireRoot(t)
 	client, server := harness.TwoHosts(t, "t2dns")
-	run(t, "ip", "-n", client.NS, "route", "add", apiVIP+"/32", "via", server.IPv4)
-	nft(t, server.NS, `table ip weirt2 {
-	chain pre {
-		type nat hook prerouting priority -100;
-		ip daddr `+apiVIP+` tcp dport 80 dnat to `+server.IPv4+`:8080
-	}
-}`)
+	dnat(t, client, server)
 	// NAT joins are off here: the end stays the virtual IP, named by DNS.
 	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--dns", "--dns-timeout", "1s", "--nat=false"}})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := harness.Start(t, "dns-server", server.Exec(self, "weir-helper", "dnsserver", server.IPv4+":53", server.IPv4+":8080")...)
+	srv := harness.Start(t, "dns-server", server.Exec(self, "weir-helper", "dnsserver",
+		"udp="+server.IPv4+":53", "udp=["+server.IPv6+"]:53", "tcp="+server.IPv4+":8080", "tcp=["+server.IPv6+"]:8080")...)
 	srv.WaitLine(t, "ready", 30*time.Second)
 
-	const n = 12345
-	cli := harness.Start(t, "dns-client", client.Exec(self, "weir-helper", "dnsclient", server.IPv4+":53", strconv.Itoa(n),
-		apiName, "nothere.example.com.", slowName)...)
-	for _, want := range []string{"lookup " + apiName + " " + apiVIP, "lookup nothere.example.com. notfound", "lookup " + slowName + " timeout"} {
-		if got := cli.WaitLine(t, "lookup", 30*time.Second); got != want {
-			t.Fatalf("client: %q, want %q", got, want)
-		}
-	}
-	cli.WaitLine(t, "sent", 30*time.Second)
-
 	comm := commOf(t, self)
-	edge := map[string]string{"src_workload": comm, "src_kind": "process", "dst_workload": server.IPv4, "dst_kind": "external"}
-	with := func(k, v string) map[string]string {
-		m := map[string]string{k: v}
-		for a, b := range edge {
-			m[a] = b
-		}
-		return m
+	families := []struct {
+		network, server, vip string
+		bytes                int
+	}{
+		{"ip4", server.IPv4, apiVIP, 12345},
+		{"ip6", server.IPv6, apiVIP6, 23456},
 	}
-	m := harness.WaitFor(t, w.MetricsURL, 60*time.Second, "DNS answers, timeouts and the DNS-named end", func(m harness.Metrics) bool {
-		return m.Sum("weir_dns_responses_total", with("rcode", "NOERROR")) >= 1 &&
-			m.Sum("weir_dns_responses_total", with("rcode", "NXDOMAIN")) >= 1 &&
-			m.Sum("weir_dns_timeouts_total", edge) >= 1 &&
-			m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": "api.example.com", "dst_kind": "external"}) == n
+	total := 0
+	for _, f := range families {
+		cli := harness.Start(t, "dns-client-"+f.network, client.Exec(self, "weir-helper", "dnsclient",
+			net.JoinHostPort(f.server, "53"), f.network, strconv.Itoa(f.bytes), apiName, "nothere.example.com.", slowName)...)
+		for _, want := range []string{"lookup " + apiName + " " + f.vip, "lookup nothere.example.com. notfound", "lookup " + slowName + " timeout"} {
+			if got := cli.WaitLine(t, "lookup", 30*time.Second); got != want {
+				t.Fatalf("%s client: %q, want %q", f.network, got, want)
+			}
+		}
+		cli.WaitLine(t, "sent", 30*time.Second)
+		total += f.bytes
+	}
+
+	api := map[string]string{"src_workload": comm, "dst_workload": "api.example.com", "dst_kind": "external"}
+	harness.WaitFor(t, w.MetricsURL, 60*time.Second, "the client's bytes on the DNS-named end", func(m harness.Metrics) bool {
+		return m.Sum("weir_tcp_bytes_total", api) == float64(total)
 	})
-	// Each lookup sent one query: exact.
-	for rcode, want := range map[string]float64{"NOERROR": 1, "NXDOMAIN": 1} {
-		if got := m.Sum("weir_dns_responses_total", with("rcode", rcode)); got != want {
-			t.Errorf("%s answers %v, want %v", rcode, got, want)
+	for _, f := range families {
+		edge := map[string]string{"src_workload": comm, "src_kind": "process", "dst_workload": f.server, "dst_kind": "external"}
+		with := func(k, v string) map[string]string {
+			m := map[string]string{k: v}
+			for a, b := range edge {
+				m[a] = b
+			}
+			return m
+		}
+		m := harness.WaitFor(t, w.MetricsURL, 60*time.Second, f.network+": DNS answers and timeouts", func(m harness.Metrics) bool {
+			return m.Sum("weir_dns_responses_total", with("rcode", "NOERROR")) >= 1 &&
+				m.Sum("weir_dns_responses_total", with("rcode", "NXDOMAIN")) >= 1 &&
+				m.Sum("weir_dns_timeouts_total", edge) >= 1
+		})
+		// Each lookup sent one query: exact.
+		for rcode, want := range map[string]float64{"NOERROR": 1, "NXDOMAIN": 1} {
+			if got := m.Sum("weir_dns_responses_total", with("rcode", rcode)); got != want {
+				t.Errorf("%s: %s answers %v, want %v", f.network, rcode, got, want)
+			}
+		}
+		if got := histCount(m, "weir_dns_duration_seconds", edge); got != 2 {
+			t.Errorf("%s: %v DNS durations, want 2 (one per answer)", f.network, got)
+		}
+		if got := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": f.vip}); got != 0 {
+			t.Errorf("%s: %v bytes to the raw virtual IP, want 0 (all named by DNS)", f.network, got)
 		}
 	}
-	if got := histCount(m, "weir_dns_duration_seconds", edge); got != 2 {
-		t.Errorf("%v DNS durations, want 2 (one per answer)", got)
+}
+
+// dnat routes the virtual IPs (v4 and v6) from client to server, where
+// they are rewritten to the server's own addresses, port 80 to 8080: a
+// ClusterIP's stand-in.
+func dnat(t *testing.T, client, server harness.Host) {
+	t.Helper()
+	run(t, "ip", "-n", client.NS, "route", "add", apiVIP+"/32", "via", server.IPv4)
+	run(t, "ip", "-n", client.NS, "-6", "route", "add", apiVIP6+"/128", "via", server.IPv6)
+	nft(t, server.NS, `table ip weirt2 {
+	chain pre {
+		type nat hook prerouting priority -100;
+		ip daddr `+apiVIP+` tcp dport 80 dnat to `+server.IPv4+`:8080
 	}
-	if got := m.Sum("weir_tcp_bytes_total", map[string]string{"src_workload": comm, "dst_workload": apiVIP}); got != 0 {
-		t.Errorf("%v bytes to the raw virtual IP, want 0 (all named by DNS)", got)
+}
+table ip6 weirt2 {
+	chain pre {
+		type nat hook prerouting priority -100;
+		ip6 daddr `+apiVIP6+` tcp dport 80 dnat to [`+server.IPv6+`]:8080
 	}
+}`)
 }
 
 // commOf is the comm of a process running the executable path.

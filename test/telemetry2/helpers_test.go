@@ -22,21 +22,38 @@ const (
 	apiName  = "api.example.com."
 	slowName = "slow.example.com."
 	apiVIP   = "198.18.0.99" // routed to the server host, which DNATs it
+	apiVIP6  = "2001:2::99"
 )
 
-// dnsServer answers the test zone on addr (UDP) until stdin closes, and
-// accepts TCP connections on sink, reading them to the end.
-func dnsServer(addr, sink string) error {
-	pc, err := net.ListenPacket("udp", addr)
+// dnsServer answers the test zone on each udp=ADDR argument until stdin
+// closes, and accepts TCP connections on each tcp=ADDR, reading them to the
+// end.
+func dnsServer(args []string) error {
+	for _, a := range args {
+		var err error
+		switch kind, addr, _ := strings.Cut(a, "="); kind {
+		case "udp":
+			err = serveDNS(addr)
+		case "tcp":
+			err = serveSink(addr)
+		default:
+			err = fmt.Errorf("argument %q", a)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// serveSink accepts TCP connections on addr and reads them to the end.
+func serveSink(addr string) error {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	defer pc.Close()
-	ln, err := net.Listen("tcp", sink)
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -49,6 +66,15 @@ func dnsServer(addr, sink string) error {
 			}()
 		}
 	}()
+	return nil
+}
+
+// serveDNS answers the test zone on addr.
+func serveDNS(addr string) error {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
 	go func() {
 		buf := make([]byte, 512)
 		for {
@@ -61,8 +87,6 @@ func dnsServer(addr, sink string) error {
 			}
 		}
 	}()
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }
 
@@ -88,19 +112,22 @@ func answer(in []byte) ([]byte, bool) {
 	_ = b.StartQuestions()
 	_ = b.Question(q)
 	_ = b.StartAnswers()
-	if name == apiName && q.Type == dnsmessage.TypeA {
-		vip := netip.MustParseAddr(apiVIP).As4()
-		_ = b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 300}, dnsmessage.AResource{A: vip})
+	rr := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 300}
+	switch {
+	case name == apiName && q.Type == dnsmessage.TypeA:
+		_ = b.AResource(rr, dnsmessage.AResource{A: netip.MustParseAddr(apiVIP).As4()})
+	case name == apiName && q.Type == dnsmessage.TypeAAAA:
+		_ = b.AAAAResource(rr, dnsmessage.AAAAResource{AAAA: netip.MustParseAddr(apiVIP6).As16()})
 	}
 	out, err := b.Finish()
 	return out, err == nil
 }
 
 // dnsClient resolves each name through the server (a UDP socket to port 53,
-// by Go's resolver), printing "lookup NAME RESULT", then connects to
-// api.example.com port 80, sends n bytes, prints "sent" and holds the
-// connection until stdin closes.
-func dnsClient(server string, n int, names []string) error {
+// by Go's resolver) for network ("ip4": A, "ip6": AAAA), printing "lookup
+// NAME RESULT", then connects to api.example.com port 80, sends n bytes,
+// prints "sent" and holds the connection until stdin closes.
+func dnsClient(server, network string, n int, names []string) error {
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", server)
@@ -108,7 +135,7 @@ func dnsClient(server string, n int, names []string) error {
 	var api net.IP
 	for _, name := range names {
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-		ips, err := r.LookupIP(ctx, "ip4", name)
+		ips, err := r.LookupIP(ctx, network, name)
 		cancel()
 		var dnsErr *net.DNSError
 		switch {
@@ -142,12 +169,12 @@ func dnsClient(server string, n int, names []string) error {
 }
 
 func init() {
-	helpers["dnsserver"] = func(args []string) error { return dnsServer(args[0], args[1]) }
+	helpers["dnsserver"] = dnsServer
 	helpers["dnsclient"] = func(args []string) error {
-		n, err := strconv.Atoi(args[1])
+		n, err := strconv.Atoi(args[2])
 		if err != nil {
 			return err
 		}
-		return dnsClient(args[0], n, args[2:])
+		return dnsClient(args[0], args[1], n, args[3:])
 	}
 }
