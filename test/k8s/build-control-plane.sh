@@ -3,6 +3,7 @@
 # ${WEIR_K8S_CACHE:-~/.cache/weir/k8s}/<version>/bin, outside the clone, so later runs (and CI's
 # fresh clone on the same machine) reuse them. Idempotent: exits at once when all are built.
 set -euo pipefail
+export GOWORK=off
 K8S_VERSION=${K8S_VERSION:-v1.34.12}
 STAGING_VERSION=v0${K8S_VERSION#v1}
 CACHE=${WEIR_K8S_CACHE:-$HOME/.cache/weir/k8s}/$K8S_VERSION
