@@ -103,13 +103,13 @@ func OpenDNS(cfg DNSConfig) (*DNS, error) {
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: a.attach, Program: a.prog})
 		if err != nil {
-			d.release()
+			_ = d.release()
 			return nil, fmt.Errorf("attach %s to %s: %w", a.prog, root, err)
 		}
 		d.links = append(d.links, l)
 	}
 	if d.reader, err = ringbuf.NewReader(d.objs.DnsEvents); err != nil {
-		d.release()
+		_ = d.release()
 		return nil, fmt.Errorf("DNS ring reader: %w", err)
 	}
 	return d, nil

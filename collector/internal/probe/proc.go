@@ -98,14 +98,14 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 	} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
-			p.release()
+			_ = p.release()
 			return nil, fmt.Errorf("attach %s: %w", tp.name, err)
 		}
 		p.links = append(p.links, l)
 	}
 	p.reader, err = ringbuf.NewReader(p.objs.ProcEvents)
 	if err != nil {
-		p.release()
+		_ = p.release()
 		return nil, fmt.Errorf("process ring reader: %w", err)
 	}
 	return p, nil
