@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -278,7 +279,7 @@ func TestSession(t *testing.T) {
 			start(t, c)
 
 			hello := recv(t, r.hellos, "hello")
-			if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie"}) || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
+			if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd"}) || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
 				hello.CollectorVersion != "test" || hello.KernelRelease != "6.18.0" ||
 				hello.ReportInterval.AsDuration() != cfg.Interval || hello.Epoch < uint64(before.UnixNano()) {
 				t.Fatalf("hello %v", hello)
@@ -368,7 +369,10 @@ func TestReconnect(t *testing.T) {
 	src := newFakeSource()
 	src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 100}))
 	src.set(sampleOf(2, 40002, probe.Counters{}))
-	c, err := New(testConfig(addr), tab, enc, src, reg, logger())
+	// The backoff is capped at the report interval as well as MaxBackoff.
+	cfg := testConfig(addr)
+	cfg.Interval = cfg.MaxBackoff
+	c, err := New(cfg, tab, enc, src, reg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,6 +405,9 @@ func TestReconnect(t *testing.T) {
 	t.Logf("%d attempts, gaps %v", len(at), gaps)
 	if late < 2*early || late < 100*time.Millisecond {
 		t.Fatalf("retry gaps do not grow: %v", gaps)
+	}
+	if longest := slices.Max(gaps); longest > cfg.Interval*3/2+100*time.Millisecond {
+		t.Fatalf("a retry gap of %s, above 1.5 intervals (%s)", longest, cfg.Interval)
 	}
 	if src.pollCount() <= polls {
 		t.Fatal("the sockets were not polled while disconnected")
@@ -701,5 +708,75 @@ func TestVersionNegotiation(t *testing.T) {
 				t.Fatalf("acks %v from a session that should have ended", got)
 			}
 		})
+	}
+}
+
+// TestZstdNegotiation: a reducer whose welcome names compression_zstd gets
+// one gzip session, whose first batch it acks, and then a new session
+// compressed with zstd, which stays.
+func TestZstdNegotiation(t *testing.T) {
+	r := newReducer()
+	r.welcome = &ingestv1.Welcome{ProtocolVersion: 1, Capabilities: []string{"socket_cookie", capZstd}}
+	addr, _ := serve(t, r, "127.0.0.1:0")
+	reg := prometheus.NewPedanticRegistry()
+	tab, enc := newTable(t, reg, 0)
+	c, err := New(testConfig(addr), tab, enc, newFakeSource(), reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	if got := recv(t, r.compression, "first compression"); got != "gzip" {
+		t.Fatalf("first stream compression %q, want gzip", got)
+	}
+	if got := recv(t, r.compression, "second compression"); got != zstdName {
+		t.Fatalf("second stream compression %q, want zstd", got)
+	}
+	first, second := recv(t, r.hellos, "first hello"), recv(t, r.hellos, "second hello")
+	if second.Epoch <= first.Epoch {
+		t.Errorf("epochs %d then %d, want a new epoch", first.Epoch, second.Epoch)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.LastAcked() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("last acked %d on the zstd stream", c.LastAcked())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case got := <-r.compression:
+		t.Errorf("a third stream (%s)", got)
+	default:
+	}
+}
+
+// TestRendezvous: a reducer name with several addresses is dialed at the
+// one the node's rendezvous hash picks; when one of the others goes, the
+// pick stays.
+func TestRendezvous(t *testing.T) {
+	addrs := []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"}
+	moved := 0
+	for i := range 300 {
+		node := fmt.Sprintf("node-%d", i)
+		p := Rendezvous(node, addrs)
+		if !slices.Contains(addrs, p) {
+			t.Fatalf("pick %q", p)
+		}
+		rest := slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a != p && a == addrs[(slices.Index(addrs, p)+1)%3] })
+		if Rendezvous(node, rest) != p {
+			moved++
+		}
+	}
+	if moved != 0 {
+		t.Errorf("%d nodes moved when a reducer they did not use went away", moved)
+	}
+	c := &Client{cfg: Config{Addr: "weir-reducer.weir.svc:7000", NodeName: "node-a"},
+		lookupHost: func(context.Context, string) ([]string, error) { return []string{"10.0.0.2", "10.0.0.1"}, nil }}
+	target, authority := c.pick(context.Background())
+	if want := Rendezvous("node-a", []string{"10.0.0.2:7000", "10.0.0.1:7000"}); target != want || authority != "weir-reducer.weir.svc" {
+		t.Errorf("pick %q (authority %q), want %q", target, authority, want)
+	}
+	c.cfg.Addr = "127.0.0.1:7000"
+	if target, authority := c.pick(context.Background()); target != "127.0.0.1:7000" || authority != "" {
+		t.Errorf("an address: pick %q (authority %q)", target, authority)
 	}
 }
