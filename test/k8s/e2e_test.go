@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,14 +17,12 @@ import (
 // TestPrivilegedEndToEndDeployments: two network namespaces stand in for
 // pods of two Deployments in two Kubernetes namespaces, with the real
 // collector's eBPF, the real watcher and the real reducer at
-// --aggregation=pod. A client in one calls a server in the other directly;
-// /metrics shows deployment → deployment, each end's pod, node and zone,
-// with the exact bytes.
-//
-// Not covered: the same call through a ClusterIP (a DNAT rule standing in
-// for kube-proxy). The collector reports the socket's addresses as the
-// client sees them (the ClusterIP) and has no conntrack reader yet, so the
-// reducer cannot join the two ends of a DNATed connection.
+// --aggregation=pod. A client in one calls a server in the other directly,
+// then through the ClusterIP of the server's Service (a DNAT rule in the
+// server's namespace stands in for kube-proxy; the collector follows
+// conntrack and reports the client's socket with its translation). /metrics
+// shows deployment → deployment, each end's pod, node and zone, with the
+// exact bytes of both paths, and nothing to the ClusterIP.
 func TestPrivilegedEndToEndDeployments(t *testing.T) {
 	harness.RequireRoot(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -98,6 +97,57 @@ func TestPrivilegedEndToEndDeployments(t *testing.T) {
 	}
 	if d, _ := m.Value("weir_tcp_bytes_total", down); d != conns*response {
 		t.Errorf("bytes cart → checkout after close = %v, want %d", d, conns*response)
+	}
+
+	// The same through the ClusterIP of cart's Service.
+	vip := c.CreateService("store", "cart")[0]
+	run(t, "ip", "-n", a.NS, "route", "add", vip+"/32", "via", b.IPv4)
+	nft(t, b.NS, `table ip weirk8s {
+	chain pre {
+		type nat hook prerouting priority -100;
+		ip daddr `+vip+` tcp dport 80 dnat to `+b.IPv4+`:8080
+	}
+}`)
+	r.Eventually(t, "service", 10*time.Second, map[string]string{vip: "service/cart@store"})
+	time.Sleep(3 * time.Second) // the collector lists namespaces' conntrack every 2 s
+	s = harness.Start(t, "flowsrv", b.Exec(srv, "-listen", listen, "-conns", strconv.Itoa(conns),
+		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
+	s.WaitLine(t, "listening", 10*time.Second)
+	cl = harness.Start(t, "flowcli", a.Exec(cli, "-connect", net.JoinHostPort(vip, "80"), "-conns", strconv.Itoa(conns),
+		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
+	cl.WaitLine(t, "done", 20*time.Second)
+	m = harness.WaitFor(t, w.MetricsURL, 15*time.Second, "checkout → cart through the ClusterIP with every byte", func(m harness.Metrics) bool {
+		u, _ := m.Value("weir_tcp_bytes_total", up)
+		d, _ := m.Value("weir_tcp_bytes_total", down)
+		return u == 2*conns*request && d == 2*conns*response
+	})
+	if got := m.Sum("weir_tcp_bytes_total", map[string]string{"dst_workload": "cart", "dst_kind": "service"}) +
+		m.Sum("weir_tcp_bytes_total", map[string]string{"dst_workload": vip}); got != 0 {
+		t.Errorf("%v bytes to the ClusterIP %s, want 0 (joined to the backend pod)", got, vip)
+	}
+	cm, err := harness.Scrape(w.CollectorMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cm.Sum("weir_collector_nat_sockets_translated_total", nil); got < conns {
+		t.Errorf("the collector translated %v sockets, want at least %d: the ClusterIP path was not taken", got, conns)
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// nft loads a ruleset into a namespace.
+func nft(t *testing.T, ns, rules string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v\n%s", ns, err, out)
 	}
 }
 
