@@ -41,6 +41,7 @@ type serviceMetrics struct {
 	deltas       prometheus.Counter
 	snapshots    prometheus.Counter
 	swept        prometheus.Counter
+	coalesced    prometheus.Counter
 	errors       *prometheus.CounterVec
 	applySeconds prometheus.Gauge
 	snapObjects  prometheus.Gauge
@@ -61,6 +62,8 @@ func New(cache *Cache, reg prometheus.Registerer, logger *slog.Logger) (*Service
 			Help: "Complete snapshots applied."}),
 		swept: prometheus.NewCounter(prometheus.CounterOpts{Name: "weir_reducer_metadata_swept_total",
 			Help: "Objects deleted because a snapshot no longer named them."}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "weir_reducer_metadata_coalesced_total",
+			Help: "Changes the watcher replaced by later ones before sending them, as it reports in-band: states this reducer never saw because it was slower than the changes."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weir_reducer_metadata_stream_errors_total",
 			Help: "Metadata streams that ended with an error, by reason."}, []string{"reason"}),
 		applySeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_metadata_snapshot_apply_seconds",
@@ -70,7 +73,7 @@ func New(cache *Cache, reg prometheus.Registerer, logger *slog.Logger) (*Service
 	}
 	objects := prometheus.NewDesc("weir_reducer_metadata_objects", "Objects in the metadata cache, by kind.", []string{"kind"}, nil)
 	invalid := prometheus.NewDesc("weir_reducer_metadata_invalid_addresses_total", "Addresses in metadata that did not parse.", nil, nil)
-	for _, c := range []prometheus.Collector{s.m.streams, s.m.deltas, s.m.snapshots, s.m.swept, s.m.errors, s.m.applySeconds, s.m.snapObjects,
+	for _, c := range []prometheus.Collector{s.m.streams, s.m.deltas, s.m.snapshots, s.m.swept, s.m.coalesced, s.m.errors, s.m.applySeconds, s.m.snapObjects,
 		collectorFunc{descs: []*prometheus.Desc{objects, invalid}, collect: func(ch chan<- prometheus.Metric) {
 			p, sv, n := cache.Counts()
 			ch <- prometheus.MustNewConstMetric(objects, prometheus.GaugeValue, float64(p), KindPod)
@@ -218,6 +221,7 @@ func (s *Service) Stream(ss grpc.BidiStreamingServer[metadatav1.StreamRequest, m
 		case *metadatav1.StreamRequest_Deltas:
 			ds := k.Deltas.GetDeltas()
 			s.cache.ApplyAll(ds)
+			s.m.coalesced.Add(float64(k.Deltas.GetDropped()))
 			s.m.deltas.Add(float64(len(ds)))
 			if keep != nil {
 				for _, d := range ds {
