@@ -31,8 +31,11 @@ type Config struct {
 	// one beyond is dropped and counted.
 	MaxEntries int
 	// TTL is how long a translation is kept after conntrack announced it:
-	// long enough for the socket to be reported, and announced again after
-	// a reconnect.
+	// long enough for the socket to be reported (an interval), short
+	// enough that MaxEntries holds the translations of MaxEntries/TTL new
+	// connections a second (546 at the defaults). A socket announced again
+	// after the TTL (after a reconnect to the reducer) goes without its
+	// translation, to the virtual IP's name.
 	TTL time.Duration
 	// Rescan is how often the network namespaces are listed again.
 	Rescan time.Duration
@@ -47,7 +50,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{MaxEntries: 65536, TTL: 10 * time.Minute, Rescan: 2 * time.Second,
+	return Config{MaxEntries: 65536, TTL: 2 * time.Minute, Rescan: 2 * time.Second,
 		ProcRoot: "/proc", RunNetns: "/run/netns", ReadBuffer: 1 << 20}
 }
 
