@@ -116,9 +116,13 @@ func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg promet
 	if cfg.Processes {
 		p, err := probe.OpenProcesses(cfg.ProcProbe)
 		if err != nil {
-			return nil, fmt.Errorf("process probe: %w", err)
+			// Not fatal: the table reads a process from /proc when it
+			// first owns a socket; only ancestry and short-lived
+			// processes' inherited metadata are lost.
+			logger.Warn("process probe unavailable; processes are read from /proc only", "error", err)
+		} else {
+			t.procProbe = p
 		}
-		t.procProbe = p
 	}
 	if cfg.DNS {
 		tr, err := dns.New(cfg.DNSTrack, table, reg)
