@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"testing"
 
+	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/resolve"
-	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 )
 
 // FuzzCache applies arbitrary sequences of pods, services, nodes and

@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/resolve"
-	metadatav1 "github.com/weir-project/weir/proto/weir/metadata/v1"
 )
 
 func startService(t *testing.T) (metadatav1.MetadataServiceClient, *Service) {
