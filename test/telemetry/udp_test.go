@@ -21,19 +21,22 @@ import (
 func TestPrivilegedUDP(t *testing.T) {
 	harness.RequireRoot(t)
 	a, b := harness.BridgedHosts(t, "udp")
-	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--udp-peers", "4"}})
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: append([]string{"--udp-peers", "4"}, bigRing...)})
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
-			t.Run("echo", func(t *testing.T) { testUDPEcho(t, w, a, b, fam.addr(b)) })
-			t.Run("drops", func(t *testing.T) { testUDPDrops(t, w, a, b, fam.addr(b), fam.name) })
-			t.Run("peer-cap", func(t *testing.T) { testUDPPeerCap(t, w, a, b, fam.addr(b)) })
+			addr := fam.addr(b)
+			t.Run("echo", func(t *testing.T) { retryOnLoss(t, w, func() error { return testUDPEcho(t, w, a, b, addr) }) })
+			t.Run("drops", func(t *testing.T) {
+				retryOnLoss(t, w, func() error { return testUDPDrops(t, w, a, b, addr, fam.name) })
+			})
+			t.Run("peer-cap", func(t *testing.T) { retryOnLoss(t, w, func() error { return testUDPPeerCap(t, w, a, addr) }) })
 		})
 	}
 }
 
 // testUDPEcho sends datagrams of one size from a to an echo server in b,
 // which sends each back: each direction counts once, from its sender.
-func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) {
+func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) error {
 	p := port()
 	srvPath, srv := namedHelper(t, "ue")
 	cliPath, cli := namedHelper(t, "uc")
@@ -45,22 +48,25 @@ func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) 
 	c.Send(t, "1200 7 echo")
 	c.WaitLine(t, "sent", time.Minute)
 	const bytes, datagrams = 700*50 + 1200*7, 57
+	var checks []check
 	for _, who := range []string{cli, srv} {
-		waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes)
-		waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": who}, datagrams)
+		checks = append(checks,
+			wait("weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes),
+			wait("weir_udp_packets_total", map[string]string{"src_workload": who}, datagrams))
 	}
 	for _, who := range []string{cli, srv} {
 		// The other end's sent view counts what this end received.
-		stayValue(t, w, "weir_udp_bytes_total", map[string]string{"dst_workload": who}, 0)
-		stayValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes)
+		checks = append(checks,
+			stay("weir_udp_bytes_total", map[string]string{"dst_workload": who}, 0),
+			stay("weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes))
 	}
-	stayValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, 0)
+	return verify(w, append(checks, stay("weir_udp_drops_total", map[string]string{"dst_workload": srv}, 0))...)
 }
 
 // testUDPDrops sends faster than a receiver that never reads can hold:
 // the kernel drops what its receive buffer cannot take, and weir's drops
 // equal the socket's own drop counter.
-func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family string) {
+func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family string) error {
 	p := port()
 	srvPath, srv := namedHelper(t, "ud")
 	cliPath, cli := namedHelper(t, "us")
@@ -74,11 +80,12 @@ func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family
 		t.Fatalf("the receiver dropped nothing")
 	}
 	t.Logf("kernel: %d of 3000 datagrams dropped at the receiver", drops)
-	waitValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops))
-	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli}, 3000)
-	waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": cli}, 3000*1000)
-	stayValue(t, w, "weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops))
-	stayValue(t, w, "weir_udp_bytes_total", map[string]string{"dst_workload": srv}, 0)
+	return verify(w,
+		wait("weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops)),
+		wait("weir_udp_packets_total", map[string]string{"src_workload": cli}, 3000),
+		wait("weir_udp_bytes_total", map[string]string{"src_workload": cli}, 3000*1000),
+		stay("weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops)),
+		stay("weir_udp_bytes_total", map[string]string{"dst_workload": srv}, 0))
 }
 
 // socketDrops reads the drops of the UDP socket bound to port in host's
@@ -111,8 +118,9 @@ func socketDrops(t *testing.T, h harness.Host, family string, port int) uint64 {
 
 // testUDPPeerCap sends from one socket to eight remotes, at a cap of four:
 // the four beyond the cap count under dst_workload="other", and their
-// datagrams as collector loss udp_peer_cap.
-func testUDPPeerCap(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) {
+// datagrams as collector loss udp_peer_cap (which also counts the folds of
+// other tests' sockets: at least 40).
+func testUDPPeerCap(t *testing.T, w *harness.Weir, a harness.Host, addr string) error {
 	base := port()
 	var peers []string
 	for i := range 8 {
@@ -123,17 +131,26 @@ func testUDPPeerCap(t *testing.T, w *harness.Weir, a, b harness.Host, addr strin
 	c := startIn(t, a, cliPath, append([]string{"udp-send"}, peers...)...)
 	c.Send(t, "300 10")
 	c.WaitLine(t, "sent", time.Minute)
-	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli}, 80)
-	waitValue(t, w, "weir_udp_bytes_total", map[string]string{"src_workload": cli}, 80*300)
-	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": "other"}, 40)
-	waitValue(t, w, "weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": addr}, 40)
+	if err := verify(w,
+		wait("weir_udp_packets_total", map[string]string{"src_workload": cli}, 80),
+		wait("weir_udp_bytes_total", map[string]string{"src_workload": cli}, 80*300),
+		wait("weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": "other"}, 40),
+		wait("weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": addr}, 40)); err != nil {
+		return err
+	}
+	// The loss counts the folds of every UDP socket of the machine, where
+	// other tests may talk to more than four remotes from one socket too:
+	// this socket's share is the 40 on the other edge above.
 	deadline := time.Now().Add(metricsWait)
-	for lossOf(t, w, "udp_peer_cap")-before != 40 && time.Now().Before(deadline) {
+	for lossOf(t, w, "udp_peer_cap")-before < 40 && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
 	}
-	if got := lossOf(t, w, "udp_peer_cap") - before; got != 40 {
-		t.Fatalf("udp_peer_cap loss grew by %v, want 40", got)
+	if got := lossOf(t, w, "udp_peer_cap") - before; got < 40 {
+		return fmt.Errorf("udp_peer_cap loss grew by %v, want 40 or more", got)
+	} else if got > 40 {
+		t.Logf("udp_peer_cap loss grew by %v: 40 of this socket, the rest of other sockets on the machine", got)
 	}
+	return nil
 }
 
 // lossOf is the reducer's weir_reducer_collector_loss_total for reason.
