@@ -208,7 +208,7 @@ func startCollector(t *testing.T, extraArgs ...string) (*recorder, *ingestv1.Hel
 func TestPrivilegedRun(t *testing.T) {
 	requireRoot(t)
 	r, hello := startCollector(t)
-	if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie"}) {
+	if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd"}) {
 		t.Fatalf("hello %v", hello)
 	}
 
