@@ -127,6 +127,10 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Printf("P4 %.0f B/socket (RSS %.0f MiB, peak %.0f MiB, %d sockets)\n", rss/sockets, rss/(1<<20), peak/(1<<20), int(sockets))
 	fmt.Printf("P5 %.2f wire-B/update (%s)\n", wire/updates, cfg.Compressor)
 	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
+	end := scrape(b, w.MetricsURL)
+	flows, _ := end.Value("weir_reducer_flows", nil)
+	held, _ := end.Value("weir_reducer_flows_held", nil)
+	b.Logf("at the end: %v flows (%v held) for %d sockets", flows, held, int(sockets))
 }
 
 // BenchmarkScrape100k: a real reducer with 100,000 edges (collectors whose
