@@ -24,6 +24,7 @@ type Config struct {
 	Probe       probe.Config
 	MaxSockets  int
 	MaxUDPFlows int
+	NoRTT       bool
 	BufferBytes int64
 	ProcRoot    string
 	TLSCert     string
@@ -87,6 +88,11 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.Func("sample-ring-bytes", fmt.Sprintf("kernel memory in `bytes` for the samples of one poll, 144 bytes per live socket; a power of two of at least the page size (default %d)", cfg.Probe.SampleRingBytes),
 		intFlag(&cfg.Probe.SampleRingBytes, 32))
+	fs.BoolFunc("tcp-rtt", "send each active TCP socket's smoothed RTT every interval, for weir_tcp_rtt_seconds (default true; about 1 byte per socket update on the wire)", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		cfg.NoRTT = !on
+		return err
+	})
 	fs.BoolVar(&cfg.Probe.UDP.Enabled, "udp", cfg.Probe.UDP.Enabled, "count UDP per socket and remote address (cgroup sendmsg/recvmsg/bind/sock_release hooks on the cgroup-v2 root, and the UDP drop tracepoint)")
 	fs.Func("udp-peers", fmt.Sprintf("remote `addresses` a UDP socket is reported with, at most %d; the rest is folded into other peers and counted (default %d)", probe.MaxUDPPeers, cfg.Probe.UDP.Peers),
 		intFlag(&cfg.Probe.UDP.Peers, 32))

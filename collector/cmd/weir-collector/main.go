@@ -105,6 +105,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	tcfg.BufferBytes = cfg.BufferBytes
 	tcfg.MaxSockets = cfg.MaxSockets
 	tcfg.Owners = procs
+	tcfg.NoRTT = cfg.NoRTT
 	if p.UDPEnabled() {
 		if tcfg.UDP, err = sockets.NewUDP(cfg.MaxUDPFlows, reg); err != nil {
 			return fmt.Errorf("UDP table: %w", err)

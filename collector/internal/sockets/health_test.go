@@ -203,3 +203,17 @@ func TestUDPCapAndVanish(t *testing.T) {
 		t.Fatalf("vanished: %+v, %d left", ch.UDP, u.Len())
 	}
 }
+
+// TestNoRTT: with NoRTT, deltas carry no RTT.
+func TestNoRTT(t *testing.T) {
+	tab, _ := newTable(t, func(c *Config) { c.NoRTT = true })
+	c := probe.Counters{BytesAcked: 100, SRTT: 150 * time.Microsecond}
+	if err := tab.Poll(samples{{Endpoint: endpoint(1, probe.RoleClient, 40000), Owner: curl, Counters: c}}); err != nil {
+		t.Fatal(err)
+	}
+	var ch Changes
+	tab.Drain(&ch)
+	if len(ch.Deltas) != 1 || ch.Deltas[0].SRTT != 0 || ch.Deltas[0].BytesSent != 100 {
+		t.Fatalf("deltas %+v", ch.Deltas)
+	}
+}

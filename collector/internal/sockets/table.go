@@ -36,6 +36,9 @@ type Config struct {
 	// UDP is the UDP table that Poll also polls (when its source is a
 	// UDPSampler) and Drain also drains; nil without UDP.
 	UDP *UDP
+	// NoRTT leaves the smoothed RTT out of the deltas (about 1 byte per
+	// update on the wire).
+	NoRTT bool
 }
 
 // DefaultConfig returns the defaults of a Table.
@@ -750,6 +753,9 @@ func (t *Table) drainDelta(c *Changes, s *socket) {
 		ResetsReceived:   s.total.resetsReceived - s.rep.resetsReceived,
 		SRTT:             s.raw.SRTT,
 	})
+	if t.cfg.NoRTT {
+		c.Deltas[len(c.Deltas)-1].SRTT = 0
+	}
 	s.rep = s.total
 }
 
