@@ -129,8 +129,8 @@ type Series struct {
 	// Values holds one value per metric, indexed by MetricID; histograms
 	// have theirs in Hists.
 	Values []uint64
-	// Hists holds the histograms by MetricID; nil entries were never
-	// observed. Nil when the store has no histogram metric.
+	// Hists holds the histograms by MetricID; zero entries were never
+	// observed. Nil when no histogram of the edge was ever observed.
 	Hists []Histogram
 }
 
@@ -413,13 +413,16 @@ func (s *Store) Snapshot(dst []Series) []Series {
 		values = values[len(s.metrics):]
 		copy(v, e.values)
 		sr := Series{Key: e.key, Values: v}
-		if s.hists {
-			sr.Hists = make([]Histogram, len(s.metrics))
-			for i, h := range e.hists {
-				if h != nil {
-					sr.Hists[i] = Histogram{Counts: slices.Clone(h.Counts), Count: h.Count, Sum: h.Sum}
-				}
+		for i, h := range e.hists {
+			if h == nil {
+				continue
 			}
+			// Only edges with an observation carry histograms: most
+			// edges have none, and the copy is per scrape.
+			if sr.Hists == nil {
+				sr.Hists = make([]Histogram, len(s.metrics))
+			}
+			sr.Hists[i] = Histogram{Counts: slices.Clone(h.Counts), Count: h.Count, Sum: h.Sum}
 		}
 		dst = append(dst, sr)
 	}
