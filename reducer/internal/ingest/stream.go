@@ -79,6 +79,9 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 				errc <- err
 				return
 			}
+			if cap(f.Data) > bigBuffer {
+				f.Data = nil // a snapshot's size: not kept for the stream's life
+			}
 			select {
 			case msgs <- m:
 			case <-ctx.Done():
@@ -115,6 +118,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 				return s.rejectEngine(logger, err)
 			}
 			s.engine.ApplyDNS(sess, &b)
+			b.Shrink(bigBatch)
 			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
 			last = batch.GetSequence()
 			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
@@ -125,6 +129,16 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 		}
 	}
 }
+
+// bigBuffer (bytes) and bigBatch (entries) are the sizes beyond which a
+// stream lets a buffer go after use instead of keeping it for the next
+// message: the first batch of a stream announces every live socket of its
+// node, the batches that follow are small, and a thousand streams would
+// otherwise each keep a snapshot's buffers.
+const (
+	bigBuffer = 64 << 10
+	bigBatch  = 1024
+)
 
 // minVersion returns the lowest protocol version of the hello's range.
 func minVersion(h *ingestv1.Hello) uint32 {

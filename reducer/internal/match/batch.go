@@ -96,6 +96,27 @@ type Batch struct {
 	DNSAnswers []DNSAnswer
 }
 
+// Shrink lets go of the parts that grew beyond n entries, e.g. after the
+// snapshot that opens a stream, so that a stream does not keep a snapshot's
+// buffers for its life.
+func (b *Batch) Shrink(n int) {
+	if cap(b.Processes) > n {
+		b.Processes = nil
+	}
+	if cap(b.Sockets) > n {
+		b.Sockets = nil
+	}
+	if cap(b.Owners) > n {
+		b.Owners = nil
+	}
+	if cap(b.Stats.Handles) > 16*n {
+		b.Stats.Handles = nil
+	}
+	if cap(b.Closed) > n {
+		b.Closed = nil
+	}
+}
+
 // Reset empties the batch and keeps its capacity for the next one.
 func (b *Batch) Reset() {
 	*b = Batch{
