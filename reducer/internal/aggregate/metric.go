@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"fmt"
+	"math"
 	"slices"
 )
 
@@ -230,13 +231,28 @@ func (k Key) project(l Level) Key {
 	return k
 }
 
-// Histogram is the state of one histogram metric of an edge.
+// Histogram is the state of one histogram metric of an edge: classic
+// buckets, and the exponential buckets of a Prometheus native histogram.
 type Histogram struct {
 	// Counts[i] counts observations at most Buckets[i], not cumulative;
 	// the last entry counts those above every bound.
 	Counts []uint64
 	Count  uint64
 	Sum    float64
+	// Native counts the observations above zero by native bucket index
+	// at NativeSchema: bucket i holds (2^((i-1)/8), 2^(i/8)].
+	Native map[int]int64
+	// NativeZero counts the observations at or below zero.
+	NativeZero uint64
+}
+
+// NativeSchema is the resolution of the native buckets: 3, eight buckets
+// per power of two (each about 9% wide).
+const NativeSchema = 3
+
+// nativeIndex is the native bucket of v > 0 at NativeSchema.
+func nativeIndex(v float64) int {
+	return int(math.Ceil(math.Log2(v) * (1 << NativeSchema)))
 }
 
 // observe adds v to h, whose bucket bounds are bounds.
@@ -245,6 +261,14 @@ func (h *Histogram) observe(bounds []float64, v float64) {
 	h.Counts[i]++
 	h.Count++
 	h.Sum += v
+	if v <= 0 {
+		h.NativeZero++
+		return
+	}
+	if h.Native == nil {
+		h.Native = make(map[int]int64)
+	}
+	h.Native[nativeIndex(v)]++
 }
 
 // Cumulative returns the counts of observations at most each bound, as

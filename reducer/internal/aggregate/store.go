@@ -5,6 +5,7 @@ package aggregate
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -422,7 +423,7 @@ func (s *Store) Snapshot(dst []Series) []Series {
 			if sr.Hists == nil {
 				sr.Hists = make([]Histogram, len(s.metrics))
 			}
-			sr.Hists[i] = Histogram{Counts: slices.Clone(h.Counts), Count: h.Count, Sum: h.Sum}
+			sr.Hists[i] = Histogram{Counts: slices.Clone(h.Counts), Count: h.Count, Sum: h.Sum, Native: maps.Clone(h.Native), NativeZero: h.NativeZero}
 		}
 		dst = append(dst, sr)
 	}

@@ -3,7 +3,10 @@
 package promexport
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
@@ -69,8 +72,41 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 				if h.Count == 0 {
 					continue // no observation yet: no series
 				}
-				ch <- prometheus.MustNewConstHistogram(c.descs[id], h.Count, h.Sum, h.Cumulative(m.Buckets), v...)
+				ch <- histogram(c.descs[id], &h, m.Buckets, v)
 			}
 		}
 	}
+}
+
+// histogram is one histogram sample with its classic buckets and, for
+// scrapes in the protobuf format, its native buckets: the const API makes
+// each kind on its own (MustNewConstHistogram, NewConstNativeHistogram),
+// and bothKinds writes them as one.
+func histogram(desc *prometheus.Desc, h *aggregate.Histogram, bounds []float64, labels []string) prometheus.Metric {
+	classic := prometheus.MustNewConstHistogram(desc, h.Count, h.Sum, h.Cumulative(bounds), labels...)
+	native, err := prometheus.NewConstNativeHistogram(desc, h.Count, h.Sum, h.Native, nil, h.NativeZero,
+		aggregate.NativeSchema, 0, time.Time{}, labels...)
+	if err != nil {
+		return classic // counts that do not add up: the classic buckets alone
+	}
+	return bothKinds{classic: classic, native: native}
+}
+
+// bothKinds is a histogram sample with classic and native buckets.
+type bothKinds struct{ classic, native prometheus.Metric }
+
+func (b bothKinds) Desc() *prometheus.Desc { return b.classic.Desc() }
+
+func (b bothKinds) Write(out *dto.Metric) error {
+	var n dto.Metric
+	if err := b.native.Write(&n); err != nil {
+		return err
+	}
+	if err := b.classic.Write(out); err != nil {
+		return err
+	}
+	h, nh := out.GetHistogram(), n.GetHistogram()
+	h.Schema, h.ZeroThreshold, h.ZeroCount = nh.Schema, nh.ZeroThreshold, nh.ZeroCount
+	h.PositiveSpan, h.PositiveDelta = nh.PositiveSpan, nh.PositiveDelta
+	return nil
 }
