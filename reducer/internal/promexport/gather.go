@@ -117,7 +117,7 @@ func (c *Collector) Families() []*dto.MetricFamily {
 					continue
 				}
 				values = s.Key.Values(c.level, values[:0])
-				pm := prometheus.MustNewConstHistogram(c.descs[id], h.Count, h.Sum, h.Cumulative(m.Buckets), values...)
+				pm := histogram(c.descs[id], &h, m.Buckets, values) // classic and native buckets
 				dm := &dto.Metric{}
 				if err := pm.Write(dm); err != nil {
 					continue

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
@@ -22,16 +23,24 @@ func TestNativeHistogram(t *testing.T) {
 	for _, v := range []float64{0.00015, 0.00015, 0.002, 0.05} {
 		e.Observe(now, 0, v)
 	}
+	c := New(SourceFunc(store.Snapshot), metrics, aggregate.LevelWorkload)
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(New(SourceFunc(store.Snapshot), metrics, aggregate.LevelWorkload))
+	reg.MustRegister(c)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
-		t.Fatalf("gathered %v", mfs)
+	// The reducer serves the families built directly: the same samples.
+	for _, mfs := range [][]*dto.MetricFamily{mfs, c.Families()} {
+		if len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+			t.Fatalf("gathered %v", mfs)
+		}
+		checkBothKinds(t, mfs[0].GetMetric()[0].GetHistogram())
 	}
-	h := mfs[0].GetMetric()[0].GetHistogram()
+}
+
+func checkBothKinds(t *testing.T, h *dto.Histogram) {
+	t.Helper()
 	if h.GetSampleCount() != 4 || len(h.GetBucket()) != 2 || h.GetBucket()[1].GetCumulativeCount() != 3 {
 		t.Errorf("classic part: %v", h)
 	}
