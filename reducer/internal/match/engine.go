@@ -367,7 +367,13 @@ func (e *Engine) Counts() (sockets, flows, edges int) {
 // again, close.
 func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []*socket) {
 	e.emitting = e.events.active()
-	e.closeOrphans(s)
+	if replaced {
+		// Its predecessor's sockets it did not take back may still come
+		// back under its successor.
+		orphans, s.orphans = s.orphans, nil
+	} else {
+		e.closeOrphans(s)
+	}
 	for _, sk := range s.socks {
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
