@@ -783,6 +783,12 @@ func TestPrivilegedClose(t *testing.T) {
 	if _, err := p.Drops(); !errors.Is(err, ErrClosed) {
 		t.Errorf("Drops after Close: %v, want ErrClosed", err)
 	}
+	if _, err := p.ReadUDP(); !errors.Is(err, ErrClosed) {
+		t.Errorf("ReadUDP after Close: %v, want ErrClosed", err)
+	}
+	if _, err := p.SampleUDP(func(UDPRecord) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("SampleUDP after Close: %v, want ErrClosed", err)
+	}
 	if _, err := p.ProgramStats(); !errors.Is(err, ErrClosed) {
 		t.Errorf("ProgramStats after Close: %v, want ErrClosed", err)
 	}

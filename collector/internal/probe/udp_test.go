@@ -94,3 +94,38 @@ func TestPrivilegedUDP(t *testing.T) {
 		})
 	}
 }
+
+// TestPrivilegedLingerReset: close() with SO_LINGER 0 moves the client to
+// CLOSE and then sends the RST: the close event carries no reset, and an
+// EventReset follows with the final counters and the reset sent; the
+// server's close event carries the reset received.
+func TestPrivilegedLingerReset(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	cp := dialPair(t, ln)
+	cp.exchange(t, 100, 100)
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+	if err := cp.client.(*net.TCPConn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reset := r.wait(t, "client reset", onPorts(EventReset, client.Port(), server.Port()))
+	if reset.Counters.ResetsSent != 1 || reset.Counters.ResetsRecv != 0 {
+		t.Errorf("client reset event: %+v", reset.Counters)
+	}
+	closed := r.wait(t, "client close", onPorts(EventClose, client.Port(), server.Port()))
+	if closed.Counters.ResetsSent != 0 || closed.Counters.BytesAcked != 100 {
+		t.Errorf("client close event: %+v", closed.Counters)
+	}
+	// The server learns of the RST on its next read.
+	buf := make([]byte, 1)
+	_, _ = cp.server.Read(buf)
+	srv := r.wait(t, "server close", onPorts(EventClose, server.Port(), client.Port()))
+	if srv.Counters.ResetsRecv != 1 || srv.Counters.ResetsSent != 0 {
+		t.Errorf("server close event: %+v", srv.Counters)
+	}
+	cp.server.Close()
+}
