@@ -10,6 +10,8 @@ GO           ?= go
 MODULES      := proto collector reducer k8s-watcher test
 PKGS         := $(foreach m,$(MODULES),github.com/weir-project/weir/$(m)/...)
 K8S_TESTS    := github.com/weir-project/weir/test/k8s
+UNIT_PKGS    := $(foreach m,proto collector reducer k8s-watcher,github.com/weir-project/weir/$(m)/...)
+SYSTEM_PKGS  := github.com/weir-project/weir/test/...
 
 BUF_VERSION           := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
@@ -61,11 +63,16 @@ generate-proto: tools-go
 ## test: unit, privileged (real BPF on this kernel) and end-to-end tests; benchmarks run once so they keep compiling
 test: build
 	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
-	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -v '^$(K8S_TESTS)$$')
-	@# The Kubernetes tests run alone: a control plane starting up takes both cores for seconds, which
-	@# would disturb the timing of the other packages' tests. The first run builds it (about 12 min).
+	@# Module packages (unit tests, and the collector's privileged tests) run side by side.
+	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $(UNIT_PKGS)
+	@# The system tests under test/ run one package at a time: each starts real collectors that
+	@# see every socket on the machine, and exact counts need the machine to themselves.
+	@# test/k8s runs last: a control plane starting takes both cores for seconds. Its first run
+	@# builds the control plane into ~/.cache/weir/k8s (about 12 min).
+	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list $(SYSTEM_PKGS) | grep -v '^$(K8S_TESTS)$$')
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m -bench . -benchtime=1x $(K8S_TESTS)
-	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v '^$(K8S_TESTS)$$')
+	@# Every benchmark once, so that they keep compiling and working.
+	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v '^$(K8S_TESTS)$$')
 
 ## run: start a reducer and a collector on this machine; Ctrl-C stops both
 run: build
