@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/weir-project/weir/collector/internal/cgroups"
 	"github.com/weir-project/weir/collector/internal/dns"
 	"github.com/weir-project/weir/collector/internal/encode"
 	"github.com/weir-project/weir/collector/internal/nat"
@@ -113,6 +114,14 @@ func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg promet
 		return nil, err
 	}
 	t.procTable = table
+	root := cfg.DNSProbe.CgroupRoot
+	if root == "" {
+		root, _ = probe.CgroupV2Root()
+	}
+	if root != "" {
+		// Names the cgroup of a process gone before /proc was read.
+		table.SetCgroupIndex(cgroups.NewIndex(root))
+	}
 	if cfg.Processes {
 		p, err := probe.OpenProcesses(cfg.ProcProbe)
 		if err != nil {

@@ -36,6 +36,11 @@ type Reader interface {
 	Details(pid uint32, startTime uint64, maxCmdline int) (proc.Details, error)
 }
 
+// CgroupIndex finds a cgroup v2 path by its id.
+type CgroupIndex interface {
+	Path(id uint64) (string, bool)
+}
+
 // Events is the kernel's stream of process events.
 type Events interface {
 	ReadEvent() (probe.ProcessEvent, error)
@@ -76,15 +81,19 @@ type key struct {
 
 type entry struct {
 	Info
-	read   bool      // details read from /proc since the last exec
-	exited time.Time // zero while alive
+	// cgroupID is the cgroup v2 id the kernel reported at its fork or
+	// exec; 0 if unknown.
+	cgroupID uint64
+	read     bool      // details read from /proc since the last exec
+	exited   time.Time // zero while alive
 }
 
 // Table is the process table. It is safe for concurrent use.
 type Table struct {
-	cfg    Config
-	reader Reader
-	now    func() time.Time
+	cfg     Config
+	reader  Reader
+	cgroups CgroupIndex // nil: none
+	now     func() time.Time
 
 	mu     sync.Mutex
 	byPID  map[uint32]*entry // the newest process of each pid
@@ -130,6 +139,10 @@ func New(cfg Config, reader Reader, reg prometheus.Registerer) (*Table, error) {
 	return t, nil
 }
 
+// SetCgroupIndex makes the table name the cgroup of a process that exited
+// before /proc was read from the cgroup id of its last exec.
+func (t *Table) SetCgroupIndex(x CgroupIndex) { t.cgroups = x }
+
 // Len returns the number of processes in the table.
 func (t *Table) Len() int {
 	t.mu.Lock()
@@ -138,6 +151,11 @@ func (t *Table) Len() int {
 }
 
 // Follow applies the events of src until it fails (ErrClosed after Close).
+// A process that execs is read from /proc at once: the cgroup it was moved
+// to before its exec (as runc moves a container's process into its pod's
+// cgroup) is known only from /proc, and a short-lived process is gone by
+// the time its sockets are first reported. That is one read of /proc per
+// exec, done here rather than on the socket path.
 func (t *Table) Follow(ctx context.Context, src Events) error {
 	for {
 		ev, err := src.ReadEvent()
@@ -148,6 +166,9 @@ func (t *Table) Follow(ctx context.Context, src Events) error {
 			return err
 		}
 		t.Apply(ev)
+		if ev.Kind == probe.ProcessExec {
+			t.Describe(ev.PID, ev.StartTime, ev.Comm)
+		}
 	}
 }
 
@@ -160,7 +181,9 @@ func (t *Table) Apply(ev probe.ProcessEvent) {
 	switch ev.Kind {
 	case probe.ProcessFork:
 		t.events.WithLabelValues("fork").Inc()
-		e := &entry{Info: Info{PID: ev.PID, PPID: ev.PPID, StartTime: ev.StartTime, Comm: ev.Comm}}
+		// The tracepoint runs in the parent, whose cgroup the child
+		// starts in.
+		e := &entry{Info: Info{PID: ev.PID, PPID: ev.PPID, StartTime: ev.StartTime, Comm: ev.Comm}, cgroupID: ev.CgroupID}
 		if parent := t.byPID[ev.PPID]; parent != nil && parent.exited.IsZero() {
 			// Until it execs, a child runs its parent's program in its
 			// parent's cgroup: what it inherits stands if it is gone
@@ -178,6 +201,9 @@ func (t *Table) Apply(ev probe.ProcessEvent) {
 			}
 		}
 		e.Comm, e.PPID, e.read = ev.Comm, ev.PPID, false
+		if ev.CgroupID != 0 {
+			e.cgroupID = ev.CgroupID
+		}
 	case probe.ProcessExit:
 		t.events.WithLabelValues("exit").Inc()
 		if e := t.byPID[ev.PID]; e != nil && e.StartTime == ev.StartTime && e.exited.IsZero() {
@@ -232,11 +258,24 @@ func (t *Table) Describe(pid uint32, startTime uint64, comm string) Info {
 		t.mu.Unlock()
 		return info
 	}
+	var cgroupID uint64
+	if e != nil && (startTime == 0 || e.StartTime == startTime) {
+		cgroupID = e.cgroupID
+	}
 	t.mu.Unlock()
 
 	d, err := t.reader.Details(pid, startTime, t.cfg.MaxCmdline)
+	var byID cgroups.Container
+	var byIDPath string
 	if err != nil {
 		t.reads.WithLabelValues("gone").Inc()
+		// Gone before it was read: the cgroup the kernel saw at its
+		// exec may still be there, and name its container or pod.
+		if t.cgroups != nil {
+			if p, ok := t.cgroups.Path(cgroupID); ok {
+				byIDPath, byID = p, cgroups.Parse(p)
+			}
+		}
 	} else {
 		t.reads.WithLabelValues("ok").Inc()
 	}
@@ -261,6 +300,13 @@ func (t *Table) Describe(pid uint32, startTime uint64, comm string) Info {
 	if err == nil {
 		e.Info = describe(e.Info, d)
 		e.read = true
+	} else if byIDPath != "" && e.cgroupID == cgroupID {
+		// The v2 path is the kernel's; the container inherited from
+		// the parent's v1 paths stands unless the v2 path names one.
+		e.Cgroup = byIDPath
+		if byID != (cgroups.Container{}) {
+			e.Container = byID
+		}
 	}
 	return e.Info
 }

@@ -1,7 +1,9 @@
 package procs
 
 import (
+	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +98,87 @@ func TestCap(t *testing.T) {
 	}
 	if tb.Len() != 2 {
 		t.Errorf("%d processes, want the cap 2", tb.Len())
+	}
+}
+
+// events is a fixed stream of process events.
+type events []probe.ProcessEvent
+
+func (e *events) ReadEvent() (probe.ProcessEvent, error) {
+	if len(*e) == 0 {
+		return probe.ProcessEvent{}, probe.ErrClosed
+	}
+	ev := (*e)[0]
+	*e = (*e)[1:]
+	return ev, nil
+}
+
+// TestFollowReadsAtExec: a process that joins a pod's cgroup and then execs
+// (as runc starts a container's process) is read at its exec, so that it is
+// described with its pod even when it has exited before its sockets are
+// reported; what it inherited at fork was its parent's cgroup.
+func TestFollowReadsAtExec(t *testing.T) {
+	const uid = "6f1a2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+	pod := "/kubepods/besteffort/pod" + uid + "/" + cid
+	f := &fakeProc{procs: map[key]proc.Details{
+		{10, 100}: {PPID: 1, Executable: "/usr/bin/sh", Cgroups: []string{"/user.slice"}},
+		{11, 200}: {PPID: 10, Executable: "/app/client", Cmdline: "client", Cgroups: []string{"/", "/"}},
+	}}
+	tb, _ := newTable(t, f, DefaultConfig())
+	tb.Describe(10, 100, "sh")
+	// pid 11 is in the pod's cgroup (v1 only, as on a hybrid host) when
+	// it execs; /proc says so until it exits.
+	f.procs[key{11, 200}] = proc.Details{PPID: 10, Executable: "/app/client", Cmdline: "client", Cgroups: []string{"/", pod}}
+	src := events{
+		{Kind: probe.ProcessFork, PID: 11, PPID: 10, StartTime: 200, Comm: "sh"},
+		{Kind: probe.ProcessExec, PID: 11, PPID: 10, StartTime: 200, Comm: "client"},
+	}
+	if err := tb.Follow(context.Background(), &src); err != nil {
+		t.Fatal(err)
+	}
+	delete(f.procs, key{11, 200})
+	tb.Apply(probe.ProcessEvent{Kind: probe.ProcessExit, PID: 11, StartTime: 200})
+	got := tb.Describe(11, 200, "client")
+	want := cgroups.Container{ID: cid, PodUID: uid}
+	if got.Container != want || got.Executable != "/app/client" || got.Comm != "client" {
+		t.Errorf("exited process read at exec: %+v, want container %+v", got, want)
+	}
+}
+
+// fakeIndex is a cgroup2 mount of fixed cgroups.
+type fakeIndex map[uint64]string
+
+func (x fakeIndex) Path(id uint64) (string, bool) { p, ok := x[id]; return p, ok }
+
+// TestDescribeByCgroupID: a process that exits before /proc is read is
+// named by the cgroup id of its exec, which the kernel reports, when that
+// cgroup names a container or pod; else it keeps what it inherited.
+func TestDescribeByCgroupID(t *testing.T) {
+	const uid = "6f1a2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+	pod := "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice/cri-containerd-" + cid + ".scope"
+	f := &fakeProc{procs: map[key]proc.Details{{10, 100}: {PPID: 1, Executable: "/usr/bin/sh", Cgroups: []string{"/user.slice"}}}}
+	tb, _ := newTable(t, f, DefaultConfig())
+	tb.SetCgroupIndex(fakeIndex{7: pod, 3: "/user.slice/other"})
+	tb.Describe(10, 100, "sh")
+	for _, tc := range []struct {
+		name   string
+		pid    uint32
+		cgroup uint64
+		want   cgroups.Container
+		path   string
+	}{
+		{"moved to a pod", 11, 7, cgroups.Container{ID: cid, Runtime: cgroups.RuntimeContainerd, PodUID: uid}, pod},
+		{"moved elsewhere", 12, 3, cgroups.Container{}, "/user.slice/other"},
+		{"cgroup gone", 13, 9, cgroups.Container{}, "/user.slice"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb.Apply(probe.ProcessEvent{Kind: probe.ProcessFork, PID: tc.pid, PPID: 10, StartTime: 200, CgroupID: 2, Comm: "sh"})
+			tb.Apply(probe.ProcessEvent{Kind: probe.ProcessExec, PID: tc.pid, PPID: 10, StartTime: 200, CgroupID: tc.cgroup, Comm: "client"})
+			tb.Apply(probe.ProcessEvent{Kind: probe.ProcessExit, PID: tc.pid, StartTime: 200})
+			got := tb.Describe(tc.pid, 200, "client")
+			if got.Container != tc.want || got.Cgroup != tc.path {
+				t.Errorf("Describe = %+v, want container %+v in %s", got, tc.want, tc.path)
+			}
+		})
 	}
 }
