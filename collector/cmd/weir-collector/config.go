@@ -10,7 +10,10 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/collector/internal/probe"
 )
@@ -27,11 +30,14 @@ type Config struct {
 	NoRTT       bool
 	BufferBytes int64
 	ProcRoot    string
-	TLSCert     string
-	TLSKey      string
-	TLSCA       string
-	LogLevel    string
-	Version     bool
+	// NetNS are the network namespace files whose sockets are tracked
+	// (--netns); empty: every namespace.
+	NetNS    []string
+	TLSCert  string
+	TLSKey   string
+	TLSCA    string
+	LogLevel string
+	Version  bool
 
 	// Telemetry is the processes, DNS and NAT part (telemetry.go).
 	Telemetry TelemetryConfig
@@ -73,7 +79,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	}
 	fs.StringVar(&cfg.Reducer, "reducer", cfg.Reducer, "reducer gRPC address, host:port")
 	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "report interval")
-	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node (default: the hostname)")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "name of this node; the default is the hostname")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "address of /metrics and /healthz")
 	fs.Func("max-sockets", fmt.Sprintf("max live `sockets` tracked; sockets beyond are refused and counted (default %d)", cfg.MaxSockets),
 		intFlag(&cfg.MaxSockets, strconv.IntSize-1))
@@ -86,6 +92,15 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in `bytes` for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
 		intFlag(&cfg.BufferBytes, 63))
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
+	fs.Func("netns", "track only the sockets of these network namespaces: comma-separated `paths` of namespace files (/run/netns/x, /proc/PID/ns/net), resolved at start; sockets of others are ignored and counted in weir_collector_netns_ignored_total (default: every namespace)", func(s string) error {
+		for _, p := range strings.Split(s, ",") {
+			if p == "" {
+				return errors.New("empty path")
+			}
+			cfg.NetNS = append(cfg.NetNS, p)
+		}
+		return nil
+	})
 	fs.Func("sample-ring-bytes", fmt.Sprintf("kernel memory in `bytes` for the samples of one poll, 144 bytes per live socket; a power of two of at least the page size (default %d)", cfg.Probe.SampleRingBytes),
 		intFlag(&cfg.Probe.SampleRingBytes, 32))
 	fs.BoolFunc("tcp-rtt", "send each active TCP socket's smoothed RTT every interval, for weir_tcp_rtt_seconds (default true; about 1 byte per socket update on the wire)", func(v string) error {
@@ -109,6 +124,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	cfg.Probe.ProcRoot = cfg.ProcRoot
+	cfg.Probe.NetNS = cfg.NetNS
 	cfg.Probe.UDP.CgroupRoot = cfg.Telemetry.DNSProbe.CgroupRoot
 	if fs.NArg() > 0 {
 		err := fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -170,6 +186,9 @@ func (c Config) Validate() error {
 	} else if !st.IsDir() {
 		return fmt.Errorf("--proc-root: %s is not a directory", c.ProcRoot)
 	}
+	if _, err := netnsInodes(c.NetNS); err != nil {
+		return fmt.Errorf("--netns: %w", err)
+	}
 	set := 0
 	for _, f := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {
 		if f != "" {
@@ -189,4 +208,30 @@ func (c Config) level() (slog.Level, error) {
 	var l slog.Level
 	err := l.UnmarshalText([]byte(c.LogLevel))
 	return l, err
+}
+
+// netnsInodes resolves network namespace files to the inodes the probe
+// reports sockets with; nil for none.
+func netnsInodes(paths []string) (map[uint32]struct{}, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	set := make(map[uint32]struct{}, len(paths))
+	for _, p := range paths {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+		var st unix.Stat_t
+		if err == nil {
+			err = unix.Fstat(fd, &st)
+		}
+		unix.Close(fd)
+		if err != nil || typ != unix.CLONE_NEWNET {
+			return nil, fmt.Errorf("%s is not a network namespace", p)
+		}
+		set[uint32(st.Ino)] = struct{}{}
+	}
+	return set, nil
 }
