@@ -106,6 +106,9 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	tcfg.MaxSockets = cfg.MaxSockets
 	tcfg.Owners = procs
 	tcfg.NoRTT = cfg.NoRTT
+	if tcfg.NetNS, err = netnsInodes(cfg.NetNS); err != nil {
+		return fmt.Errorf("--netns: %w", err)
+	}
 	if p.UDPEnabled() {
 		if tcfg.UDP, err = sockets.NewUDP(cfg.MaxUDPFlows, reg); err != nil {
 			return fmt.Errorf("UDP table: %w", err)
@@ -136,7 +139,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
 		"http_addr", cfg.HTTPAddr, "max_sockets", cfg.MaxSockets, "ring_bytes", cfg.Probe.RingBytes,
 		"sample_ring_bytes", cfg.Probe.SampleRingBytes, "udp", cfg.Probe.UDP.Enabled, "udp_peers", cfg.Probe.UDP.Peers,
-		"buffer_bytes", cfg.BufferBytes, "proc_root", cfg.ProcRoot, "bpf_stats", cfg.Probe.Stats)
+		"buffer_bytes", cfg.BufferBytes, "proc_root", cfg.ProcRoot, "bpf_stats", cfg.Probe.Stats, "netns", cfg.NetNS)
 	defer logger.Info("collector stopped")
 
 	// The sockets open before the probe was loaded, before following those

@@ -63,6 +63,10 @@ func TestFlags(t *testing.T) {
 		{name: "buffer in hex", args: []string{"--buffer-bytes", "0x100"}, wantCode: 2, wantErr: `invalid value "0x100" for flag -buffer-bytes`},
 		{name: "missing proc root", args: []string{"--proc-root", "/nonexistent/proc"}, wantCode: 2, wantErr: "--proc-root:"},
 		{name: "proc root not a directory", args: []string{"--proc-root", "/proc/self/stat"}, wantCode: 2, wantErr: "--proc-root:"},
+		{name: "missing netns", args: []string{"--netns", "/run/netns/weir-nonexistent"}, wantCode: 2, wantErr: "--netns: /run/netns/weir-nonexistent:"},
+		{name: "netns not a network namespace", args: []string{"--netns", "/proc/self/ns/net,/proc/self/ns/uts"}, wantCode: 2, wantErr: "--netns: /proc/self/ns/uts is not a network namespace"},
+		{name: "netns not a namespace", args: []string{"--netns", "/proc/self/stat"}, wantCode: 2, wantErr: "--netns: /proc/self/stat is not a network namespace"},
+		{name: "netns empty path", args: []string{"--netns", "/proc/self/ns/net,"}, wantCode: 2, wantErr: `invalid value "/proc/self/ns/net," for flag -netns: empty path`},
 		{name: "partial tls", args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantCode: 2, wantErr: "--tls-cert, --tls-key, --tls-ca:"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantCode: 2, wantErr: "--log-level:"},
 	}
@@ -107,6 +111,10 @@ func TestIntegerFlags(t *testing.T) {
 		}},
 		{name: "the later flag wins", args: []string{"--socket-map-entries", "4096", "--max-sockets", "100"}, want: func(c Config) bool {
 			return c.MaxSockets == 100
+		}},
+		{name: "netns", args: []string{"--netns", "/proc/self/ns/net,/proc/1/ns/net", "--netns", "/run/netns/x"}, want: func(c Config) bool {
+			// Discovery looks in these namespaces only.
+			return slices.Equal(c.NetNS, []string{"/proc/self/ns/net", "/proc/1/ns/net", "/run/netns/x"}) && slices.Equal(c.Probe.NetNS, c.NetNS)
 		}},
 		{name: "bpf stats and proc root", args: []string{"--bpf-stats", "--proc-root", "/host/proc"}, want: func(c Config) bool {
 			// Discovery finds the network namespaces there too.

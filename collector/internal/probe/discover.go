@@ -20,7 +20,8 @@ import (
 // listeners again but no socket already tracked.
 //
 // The namespaces are those of every thread in Config.ProcRoot and the ones
-// mounted in /run/netns. A namespace that goes away meanwhile is skipped.
+// mounted in /run/netns, or only those of Config.NetNS. A namespace that
+// goes away meanwhile is skipped.
 func (p *Probe) Discover(fn func(Event)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -32,7 +33,11 @@ func (p *Probe) Discover(fn func(Event)) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		events, errs = p.discoverAll(netnsPaths(p.procRoot))
+		paths := p.netns
+		if len(paths) == 0 {
+			paths = netnsPaths(p.procRoot)
+		}
+		events, errs = p.discoverAll(paths)
 	}()
 	<-done
 	for _, ev := range events {

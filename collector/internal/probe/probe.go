@@ -46,6 +46,9 @@ type Config struct {
 	// ProcRoot is where the host's /proc is mounted; Discover finds the
 	// network namespaces through it. Empty means /proc.
 	ProcRoot string
+	// NetNS are network namespace files (/run/netns/x, /proc/PID/ns/net)
+	// that Discover looks in instead of every namespace (flag --netns).
+	NetNS []string
 	// UDP turns on and sizes the UDP accounting.
 	UDP UDPConfig
 }
@@ -109,6 +112,7 @@ type Probe struct {
 	udp      *udpProbe   // nil unless Config.UDP.Enabled
 	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
 	procRoot string      // where Discover looks for network namespaces
+	netns    []string    // the namespaces Discover looks in; empty: all
 
 	readMu  sync.Mutex // serialises ReadEvent
 	record  ringbuf.Record
@@ -162,7 +166,7 @@ func Open(cfg Config) (*Probe, error) {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
-	p := &Probe{flushed: make(chan struct{}, 1), procRoot: procRoot}
+	p := &Probe{flushed: make(chan struct{}, 1), procRoot: procRoot, netns: cfg.NetNS}
 	if cfg.Stats {
 		p.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 		if err != nil {

@@ -22,6 +22,7 @@ type metrics struct {
 	failed                                          *prometheus.CounterVec
 	failedDropped                                   prometheus.Counter
 	resetsUnreported                                prometheus.Counter
+	otherNetNS                                      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
@@ -68,10 +69,14 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Failed TCP connects dropped unreported because the queue of them awaiting report was full."),
 		resetsUnreported: counter("weir_collector_resets_unreported_total",
 			"RST events of sockets the collector had already reported closed; not counted."),
+		otherNetNS: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_collector_netns_ignored_total",
+			Help: "Lifecycle events, samples and UDP records of sockets in network namespaces outside --netns, ignored; by source (event, sample, udp).",
+		}, []string{"source"}),
 	}
 	collectors := []prometheus.Collector{
 		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.backwardReads, m.socketCap, m.vanished, m.invalidEndpoints,
-		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors, m.failed, m.failedDropped, m.resetsUnreported,
+		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors, m.failed, m.failedDropped, m.resetsUnreported, m.otherNetNS,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",
 			Help: "Live sockets tracked.",

@@ -39,6 +39,10 @@ type Config struct {
 	// NoRTT leaves the smoothed RTT out of the deltas (about 1 byte per
 	// update on the wire).
 	NoRTT bool
+	// NetNS are the inodes of the network namespaces whose sockets are
+	// tracked (flag --netns); empty: every namespace. Events and samples
+	// of other namespaces are ignored and counted.
+	NetNS map[uint32]struct{}
 }
 
 // DefaultConfig returns the defaults of a Table.
@@ -183,6 +187,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Table, error) {
 		return nil, err
 	}
 	t.m = m
+	if cfg.UDP != nil {
+		cfg.UDP.only(t.ours, m.otherNetNS.WithLabelValues("udp"))
+	}
 	return t, nil
 }
 
@@ -211,7 +218,20 @@ func (t *Table) Apply(ev probe.Event) {
 	t.apply(ev)
 }
 
+// ours reports whether sockets of network namespace ns are tracked.
+func (t *Table) ours(ns uint32) bool {
+	if len(t.cfg.NetNS) == 0 {
+		return true
+	}
+	_, ok := t.cfg.NetNS[ns]
+	return ok
+}
+
 func (t *Table) apply(ev probe.Event) {
+	if !t.ours(ev.NetNS) {
+		t.m.otherNetNS.WithLabelValues("event").Inc()
+		return
+	}
 	switch ev.Kind {
 	case probe.EventExisting:
 		t.m.existing.Inc()
@@ -490,6 +510,10 @@ func (t *Table) pollTCP(src Sampler) error {
 	defer t.mu.Unlock()
 	t.pollGen++
 	complete, err := src.SampleWalk(func(smp probe.Sample) {
+		if !t.ours(smp.NetNS) {
+			t.m.otherNetNS.WithLabelValues("sample").Inc()
+			return
+		}
 		if s := t.live[smp.Cookie]; s != nil {
 			s.seen = t.pollGen
 			t.update(s, smp.Counters, smp.Owner)

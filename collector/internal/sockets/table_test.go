@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -621,5 +622,44 @@ func TestNewRejectsBadConfig(t *testing.T) {
 				t.Fatal("want an error")
 			}
 		})
+	}
+}
+
+// TestNetNS: a table restricted to one network namespace (--netns) tracks
+// its sockets only; the events and samples of another are ignored and
+// counted by source.
+func TestNetNS(t *testing.T) {
+	const other = netns + 1
+	tab, reg := newTable(t, func(c *Config) { c.NetNS = map[uint32]struct{}{netns: {}} })
+	foreign := func(ev probe.Event) probe.Event { ev.NetNS = other; return ev }
+	tab.Apply(foreign(existing(1, 1001, curl, ctr(10, 10, 1, 1))))
+	tab.Apply(foreign(listen(8080, nginx)))
+	closed := closeEv(2, ctr(500, 50, 2, 2))
+	closed.Endpoint = endpoint(2, probe.RoleClient, 1002)
+	tab.Apply(foreign(closed))
+	foreignSample := sample(3, curl, ctr(70, 7, 1, 1))
+	foreignSample.NetNS = other
+	if err := tab.Poll(samples{foreignSample, sample(4, curl, ctr(80, 8, 1, 1))}); err != nil {
+		t.Fatal(err)
+	}
+	tab.Apply(existing(5, 1005, curl, ctr(1, 1, 1, 1)))
+	var c Changes
+	tab.Drain(&c)
+	var got []uint64
+	for _, s := range c.Opened {
+		got = append(got, s.Cookie)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []uint64{4, 5}) {
+		t.Errorf("opened %v, want the sockets of the namespace only: [4 5]", got)
+	}
+	want := `
+# HELP weir_collector_netns_ignored_total Lifecycle events, samples and UDP records of sockets in network namespaces outside --netns, ignored; by source (event, sample, udp).
+# TYPE weir_collector_netns_ignored_total counter
+weir_collector_netns_ignored_total{source="event"} 3
+weir_collector_netns_ignored_total{source="sample"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "weir_collector_netns_ignored_total"); err != nil {
+		t.Error(err)
 	}
 }

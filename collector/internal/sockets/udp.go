@@ -53,6 +53,10 @@ type udpFlow struct {
 type UDP struct {
 	maxFlows int
 	m        *udpMetrics
+	// ours tells the network namespaces whose remotes are tracked;
+	// records of others are counted in otherNetNS.
+	ours       func(netns uint32) bool
+	otherNetNS prometheus.Counter
 
 	mu          sync.Mutex
 	flows       map[udpKey]*udpFlow
@@ -121,6 +125,9 @@ func (u *UDP) Len() int {
 func (u *UDP) Apply(r probe.UDPRecord) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.other(r.NetNS) {
+		return
+	}
 	u.m.closes.Inc()
 	f := u.flow(r)
 	if f == nil {
@@ -226,6 +233,9 @@ func (u *UDP) Poll(src UDPSampler) error {
 	defer u.mu.Unlock()
 	u.pollGen++
 	complete, err := src.SampleUDP(func(r probe.UDPRecord) {
+		if u.other(r.NetNS) {
+			return
+		}
 		f := u.flow(r)
 		if f == nil || f.closed {
 			return // refused, or a sample older than the close already applied
@@ -324,4 +334,21 @@ func (u *UDP) drain(dst []UDPDelta) ([]UDPDelta, UDPLoss) {
 		}
 	}
 	return dst, u.loss
+}
+
+// only restricts the table to the network namespaces ours accepts.
+func (u *UDP) only(ours func(netns uint32) bool, other prometheus.Counter) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.ours, u.otherNetNS = ours, other
+}
+
+// other reports, and counts, a record of a namespace not tracked. u.mu is
+// held.
+func (u *UDP) other(netns uint32) bool {
+	if u.ours == nil || u.ours(netns) {
+		return false
+	}
+	u.otherNetNS.Inc()
+	return true
 }
