@@ -217,3 +217,28 @@ func TestNoRTT(t *testing.T) {
 		t.Fatalf("deltas %+v", ch.Deltas)
 	}
 }
+
+// TestUDPNetNS: with --netns, the UDP records of other namespaces, sampled
+// or closing, are ignored and counted.
+func TestUDPNetNS(t *testing.T) {
+	u, err := NewUDP(100, prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, reg := newTable(t, func(c *Config) { c.UDP = u; c.NetNS = map[uint32]struct{}{netns: {}} })
+	ours := probe.UDPRecord{Cookie: 1, Local: anyAddr, Remote: server, NetNS: netns, Owner: curl, BytesSent: 100, DatagramsSent: 2}
+	theirs := probe.UDPRecord{Cookie: 2, Local: anyAddr, Remote: server, NetNS: netns + 1, Owner: curl, BytesSent: 70, DatagramsSent: 1}
+	if err := tab.Poll(both{nil, udpSamples{ours, theirs}}); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Kind = probe.UDPClose
+	u.Apply(theirs)
+	var ch Changes
+	tab.Drain(&ch)
+	if len(ch.UDP) != 1 || ch.UDP[0].Cookie != 1 || u.Len() != 1 {
+		t.Errorf("deltas %+v (%d remotes), want socket 1's only", ch.UDP, u.Len())
+	}
+	if got := metricValue(t, reg, "weir_collector_netns_ignored_total"); got != 2 {
+		t.Errorf("%v records ignored, want 2", got)
+	}
+}
