@@ -12,7 +12,9 @@ import (
 // (bpf_get_current_cgroup_id: the directory's inode number on the cgroup2
 // mount). It names the cgroup of a process that has exited before /proc
 // was read, as long as the cgroup itself remains (a pod's outlives its
-// processes). A miss walks the mount again, at most once per MinWalk.
+// processes). A miss walks the mount again: at once for an id above any
+// the last walk saw (kernfs hands out ids in increasing order, so that
+// cgroup is newer than the walk), else at most once per second.
 type Index struct {
 	root    string
 	minWalk time.Duration
@@ -20,6 +22,7 @@ type Index struct {
 
 	mu     sync.Mutex
 	paths  map[uint64]string
+	maxID  uint64 // the largest id of the last walk
 	walked time.Time
 }
 
@@ -40,9 +43,9 @@ func (x *Index) Path(id uint64) (string, bool) {
 	if p, ok := x.paths[id]; ok {
 		return p, true
 	}
-	if now := x.now(); x.paths == nil || now.Sub(x.walked) >= x.minWalk {
+	if now := x.now(); x.paths == nil || id > x.maxID || now.Sub(x.walked) >= x.minWalk {
 		x.walked = now
-		x.paths = x.walk()
+		x.paths, x.maxID = x.walk()
 	}
 	p, ok := x.paths[id]
 	return p, ok
@@ -50,8 +53,9 @@ func (x *Index) Path(id uint64) (string, bool) {
 
 // walk maps the id of each directory under the mount to its path; cgroups
 // removed since the last walk are left out.
-func (x *Index) walk() map[uint64]string {
+func (x *Index) walk() (map[uint64]string, uint64) {
 	paths := make(map[uint64]string)
+	var maxID uint64
 	_ = filepath.WalkDir(x.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil // a cgroup removed during the walk
@@ -72,7 +76,8 @@ func (x *Index) walk() map[uint64]string {
 			rel = ""
 		}
 		paths[st.Ino] = "/" + rel
+		maxID = max(maxID, st.Ino)
 		return nil
 	})
-	return paths
+	return paths, maxID
 }

@@ -39,17 +39,31 @@ func TestIndex(t *testing.T) {
 		t.Error("id 0 found")
 	}
 
-	// A cgroup created after the walk is found by the next walk, not
-	// before MinWalk has passed.
+	// A cgroup created after the walk has a larger id than any it saw: it
+	// is walked for at once. An id no walk saw, below those, is looked for
+	// again only after MinWalk.
 	late := filepath.Join(root, "kubepods", "burstable")
 	if err := os.Mkdir(late, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := x.Path(inode(t, late)); ok {
-		t.Error("found before MinWalk: walked again too soon")
+	if p, ok := x.Path(inode(t, late)); !ok || p != "/kubepods/burstable" {
+		t.Errorf("new cgroup: Path = %q, %v", p, ok)
+	}
+	walked := x.walked
+	now = now.Add(time.Second / 2)
+	below := x.maxID - 1
+	for x.paths[below] != "" {
+		below--
+	}
+	if _, ok := x.Path(below); ok || x.walked != walked {
+		t.Errorf("an unknown id below the last walk's: found %v, walked again %v", ok, x.walked != walked)
+	}
+	if _, ok := x.Path(x.maxID + 1000); ok || x.walked == walked {
+		t.Errorf("an id above the last walk's: found %v, walked again %v", ok, x.walked != walked)
 	}
 	now = now.Add(time.Second)
-	if p, ok := x.Path(inode(t, late)); !ok || p != "/kubepods/burstable" {
-		t.Errorf("after MinWalk: Path = %q, %v", p, ok)
+	walked = x.walked
+	if _, ok := x.Path(below); ok || x.walked == walked {
+		t.Errorf("after MinWalk: found %v, walked again %v", ok, x.walked != walked)
 	}
 }
