@@ -51,7 +51,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SeriesTTL, "series-ttl", c.SeriesTTL, "quiet edges with no active connection disappear after this")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
 	fs.IntVar(&c.MaxSeries, "max-series", c.MaxSeries, "edges (series per flow metric) kept at most; beyond it new edges fold into dst_workload=\"other\"")
-	fs.TextVar(&c.Aggregation, "aggregation", c.Aggregation, "labels of the flow metrics: workload; node adds src_node/dst_node; pod adds src_pod/dst_pod as well")
+	fs.TextVar(&c.Aggregation, "aggregation", c.Aggregation, "labels of the flow metrics: workload; node adds src_node/dst_node; pod adds src_pod/dst_pod as well; process: workload plus src_process/dst_process, the comm of the process owning each end's socket")
 	fs.BoolVar(&c.Sharded, "sharded", c.Sharded, "this reducer is one of several behind one Service, each with the collectors of some nodes: a connection to a fleet address (a pod or node IP from the k8s-watcher, or a local address of a collector here) that no collector here reports counts what this reducer's end sends, so that a sum over the reducers counts each byte once")
 	fs.DurationVar(&c.JoinWindow, "join-window", c.JoinWindow, "how long a flow to a fleet address waits for its peer's end before it counts as one-sided; 0 derives it from the collectors' report intervals and lag, a negative value counts every flow at once")
 	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
@@ -79,6 +79,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTTL <= 0 {
 		return fmt.Errorf("--session-ttl %s: must be positive", c.SessionTTL)
+	}
+	if c.Aggregation > aggregate.LevelProcess {
+		return fmt.Errorf("--aggregation %d: want workload, node, pod or process", c.Aggregation)
 	}
 	set := 0
 	for _, v := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {

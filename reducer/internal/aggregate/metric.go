@@ -149,7 +149,8 @@ var flowMetrics = []Metric{
 }
 
 // Level is the aggregation level of the edge table: which labels a key has.
-// Every level has the labels of the levels before it.
+// Every level has the workload labels; node and pod add the node, pod adds
+// the pod as well, and process adds the process instead.
 type Level uint8
 
 // Aggregation levels.
@@ -160,6 +161,9 @@ const (
 	LevelNode
 	// LevelPod adds src_pod and dst_pod.
 	LevelPod
+	// LevelProcess adds src_process and dst_process to the workload
+	// labels: the comm of the process that owns each end's socket.
+	LevelProcess
 )
 
 // String returns the level's flag value.
@@ -171,6 +175,8 @@ func (l Level) String() string {
 		return "node"
 	case LevelPod:
 		return "pod"
+	case LevelProcess:
+		return "process"
 	}
 	return "unknown"
 }
@@ -178,16 +184,25 @@ func (l Level) String() string {
 // MarshalText returns the level's flag value.
 func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
 
-// UnmarshalText parses a flag value: workload, node or pod.
+// UnmarshalText parses a flag value: workload, node, pod or process.
 func (l *Level) UnmarshalText(b []byte) error {
-	for _, v := range []Level{LevelWorkload, LevelNode, LevelPod} {
+	for _, v := range []Level{LevelWorkload, LevelNode, LevelPod, LevelProcess} {
 		if string(b) == v.String() {
 			*l = v
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown aggregation level %q (want workload, node or pod)", b)
+	return fmt.Errorf("unknown aggregation level %q (want workload, node, pod or process)", b)
 }
+
+// ByNode reports whether the level labels the node: node and pod do.
+func (l Level) ByNode() bool { return l == LevelNode || l == LevelPod }
+
+// ByPod reports whether the level labels the pod.
+func (l Level) ByPod() bool { return l == LevelPod }
+
+// ByProcess reports whether the level labels the process.
+func (l Level) ByProcess() bool { return l == LevelProcess }
 
 // Labels returns the label names of the level, in the order of Key.Values.
 func (l Level) Labels() []string {
@@ -195,11 +210,14 @@ func (l Level) Labels() []string {
 		"src_workload", "src_kind", "src_namespace", "src_zone",
 		"dst_workload", "dst_kind", "dst_namespace", "dst_zone",
 	}
-	if l >= LevelNode {
+	if l.ByNode() {
 		out = append(out, "src_node", "dst_node")
 	}
-	if l >= LevelPod {
+	if l.ByPod() {
 		out = append(out, "src_pod", "dst_pod")
+	}
+	if l.ByProcess() {
+		out = append(out, "src_process", "dst_process")
 	}
 	return out
 }
@@ -210,11 +228,14 @@ func (k Key) Values(l Level, dst []string) []string {
 	dst = append(dst,
 		k.Src.Name, k.Src.Kind, k.Src.Namespace, k.Src.Zone,
 		k.Dst.Name, k.Dst.Kind, k.Dst.Namespace, k.Dst.Zone)
-	if l >= LevelNode {
+	if l.ByNode() {
 		dst = append(dst, k.Src.Node, k.Dst.Node)
 	}
-	if l >= LevelPod {
+	if l.ByPod() {
 		dst = append(dst, k.Src.Pod, k.Dst.Pod)
+	}
+	if l.ByProcess() {
+		dst = append(dst, k.Src.Process, k.Dst.Process)
 	}
 	return dst
 }
@@ -222,10 +243,13 @@ func (k Key) Values(l Level, dst []string) []string {
 // project drops from k the fields that level l does not label, so that the
 // edges that differ only in them aggregate into one.
 func (k Key) project(l Level) Key {
-	if l < LevelPod {
+	if !l.ByProcess() {
+		k.Src.Process, k.Dst.Process = "", ""
+	}
+	if !l.ByPod() {
 		k.Src.Pod, k.Dst.Pod = "", ""
 	}
-	if l < LevelNode {
+	if !l.ByNode() {
 		k.Src.Node, k.Dst.Node = "", ""
 	}
 	return k

@@ -13,7 +13,7 @@ import (
 )
 
 // Workload is one side of an edge, as it appears in the metric labels.
-// Node and Pod are labels only at the node and pod aggregation levels.
+// Node, Pod and Process are labels only at the levels that name them.
 type Workload struct {
 	Name      string
 	Kind      string
@@ -21,6 +21,10 @@ type Workload struct {
 	Zone      string
 	Node      string
 	Pod       string
+	// Process is the comm of the process that owns the end's socket, as
+	// its collector reported it; empty for an end with no process (e.g.
+	// external).
+	Process string
 }
 
 // Key identifies an edge: traffic from Src to Dst.

@@ -254,4 +254,28 @@ func TestHistogramAndLevels(t *testing.T) {
 	if got := LevelPod.Labels(); got[len(got)-1] != "dst_pod" || len(got) != 12 {
 		t.Errorf("pod labels %v", got)
 	}
+	// The process level is the workload labels and the process, not the
+	// node or pod.
+	if got := LevelProcess.Labels(); got[len(got)-1] != "dst_process" || len(got) != 10 {
+		t.Errorf("process labels %v", got)
+	}
+	var l Level
+	if err := l.UnmarshalText([]byte("process")); err != nil || l != LevelProcess {
+		t.Errorf("parse process: %v, %v", l, err)
+	}
+	proc, err := NewStore(Config{TTL: time.Minute, Level: LevelProcess}, prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := podA, podA
+	a.Process, b.Process = "curl", "python3"
+	if proc.Edge(t0, Key{Src: a, Dst: curl}) == proc.Edge(t0, Key{Src: b, Dst: curl}) {
+		t.Error("two processes share an edge at the process level")
+	}
+	if k := proc.Edge(t0, Key{Src: a, Dst: curl}).Key(); k.Src.Process != "curl" || k.Src.Node != "" || k.Src.Pod != "" {
+		t.Errorf("process-level key %+v", k.Src)
+	}
+	if node.Edge(t0, Key{Src: a, Dst: curl}) != node.Edge(t0, Key{Src: b, Dst: curl}) {
+		t.Error("two processes split an edge at the node level")
+	}
 }

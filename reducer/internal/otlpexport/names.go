@@ -69,6 +69,8 @@ var attributeNames = map[string]string{
 	"dst_node":      "dest.node.name",
 	"src_pod":       "source.pod.name",
 	"dst_pod":       "dest.pod.name",
+	"src_process":   "source.process.name",
+	"dst_process":   "dest.process.name",
 }
 
 // AttributeName returns the OTLP attribute of a Prometheus label.

@@ -28,7 +28,12 @@ var (
 	nginx    = aggregate.Workload{Name: "nginx", Kind: "process"}
 	external = aggregate.Workload{Name: "203.0.113.9", Kind: "external"}
 	curlOnA  = aggregate.Workload{Name: "curl", Kind: "process", Node: "node-a"}
-	rtt      = aggregate.Metric{Name: "weir_tcp_rtt_seconds", Help: "Smoothed RTT measured by src on connections with dst.",
+	// Two binaries of one Deployment and the one of another, at the
+	// process level.
+	shopCurl   = aggregate.Workload{Name: "shop", Kind: "deployment", Namespace: "prod", Process: "curl"}
+	shopPython = aggregate.Workload{Name: "shop", Kind: "deployment", Namespace: "prod", Process: "python3"}
+	apiNginx   = aggregate.Workload{Name: "api", Kind: "deployment", Namespace: "prod", Process: "nginx"}
+	rtt        = aggregate.Metric{Name: "weir_tcp_rtt_seconds", Help: "Smoothed RTT measured by src on connections with dst.",
 		Type: aggregate.MetricHistogram, Buckets: []float64{0.001, 0.01}}
 )
 
@@ -61,6 +66,18 @@ func TestCollector(t *testing.T) {
 					Hists: []aggregate.Histogram{{}, {Counts: []uint64{1, 2, 0}, Count: 3, Sum: 0.012}}},
 				// Never observed: no histogram series.
 				{Key: aggregate.Key{Src: nginx, Dst: curlOnA}, Values: []uint64{7, 0}, Hists: make([]aggregate.Histogram, 2)},
+			},
+		},
+		{
+			// An end with no process (external) has no process label.
+			name:   "process level",
+			golden: "process",
+			level:  aggregate.LevelProcess,
+			series: []aggregate.Series{
+				{Key: aggregate.Key{Src: shopCurl, Dst: apiNginx}, Values: pad(100, 2, 1, 1)},
+				{Key: aggregate.Key{Src: shopPython, Dst: apiNginx}, Values: pad(30, 1, 1, 1)},
+				{Key: aggregate.Key{Src: apiNginx, Dst: shopCurl}, Values: pad(1000, 3, 0, 0)},
+				{Key: aggregate.Key{Src: shopCurl, Dst: external}, Values: pad(5, 1, 1, 1)},
 			},
 		},
 	}

@@ -307,9 +307,19 @@ func keysOf(ep Endpoint) ([maxKeys]Key, int) {
 	return keys, n
 }
 
-// name returns what the metadata of keys names, else what the end says of
-// itself. r.mu is held.
+// name returns the workload of an end, with the comm of the process that
+// owns its socket, if known. r.mu is held.
 func (r *Resolver[F]) name(keys []Key, ep Endpoint) aggregate.Workload {
+	w := r.workload(keys, ep)
+	if ep.Local && ep.Known {
+		w.Process = ep.Comm
+	}
+	return w
+}
+
+// workload returns what the metadata of keys names, else what the end says
+// of itself, without the process. r.mu is held.
+func (r *Resolver[F]) workload(keys []Key, ep Endpoint) aggregate.Workload {
 	for _, k := range keys {
 		if es := r.table[k]; len(es) > 0 {
 			w := es[0].w

@@ -131,15 +131,18 @@ func NewWorkload(w aggregate.Workload) *observerv1.Workload {
 	return &observerv1.Workload{Name: w.Name, Kind: w.Kind, Namespace: w.Namespace, Zone: w.Zone, Node: w.Node, Pod: w.Pod}
 }
 
-// ID is a workload's node id in the map: kind/namespace/name, then node and
-// pod at the levels that label them.
+// ID is a workload's node id in the map: kind/namespace/name, then node,
+// pod and process at the levels that label them.
 func ID(level aggregate.Level, w aggregate.Workload) string {
 	id := w.Kind + "/" + w.Namespace + "/" + w.Name
-	if level >= aggregate.LevelNode {
+	if level.ByNode() {
 		id += "/" + w.Node
 	}
-	if level >= aggregate.LevelPod {
+	if level.ByPod() {
 		id += "/" + w.Pod
+	}
+	if level.ByProcess() {
+		id += "/" + w.Process
 	}
 	return id
 }
