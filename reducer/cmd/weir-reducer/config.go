@@ -27,6 +27,7 @@ type Config struct {
 	TLSKey          string
 	TLSCA           string
 	LogLevel        slog.Level
+	Consumers       Consumers // OTLP push and Observer API
 }
 
 // defaultConfig returns the defaults of every setting.
@@ -40,6 +41,7 @@ func defaultConfig() Config {
 		MaxSeries:       10000,
 		Loopback:        true,
 		LogLevel:        slog.LevelInfo,
+		Consumers:       defaultConsumers(),
 	}
 }
 
@@ -59,6 +61,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that client certificates must chain to")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	c.Consumers.bind(fs)
 }
 
 // Validate checks the configuration and names the first bad flag.
@@ -82,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Aggregation > aggregate.LevelProcess {
 		return fmt.Errorf("--aggregation %d: want workload, node, pod or process", c.Aggregation)
+	}
+	if err := c.Consumers.validate(); err != nil {
+		return err
 	}
 	set := 0
 	for _, v := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {

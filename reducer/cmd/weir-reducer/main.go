@@ -23,6 +23,7 @@ import (
 	"github.com/weir-project/weir/reducer/internal/match"
 	"github.com/weir-project/weir/reducer/internal/metadata"
 	"github.com/weir-project/weir/reducer/internal/promexport"
+	"github.com/weir-project/weir/reducer/internal/servicemap"
 	"github.com/weir-project/weir/reducer/internal/web"
 )
 
@@ -76,16 +77,25 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	obs, err := newObserver(cfg.Consumers, engine, reg, logger)
+	if err != nil {
+		return err
+	}
+	otlp, err := newOTLP(ctx, cfg.Consumers, engine, reg, logger)
+	if err != nil {
+		return err
+	}
 	gcfg := grpcserver.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}
 	if cfg.tls() {
 		if gcfg.TLS, err = grpcserver.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
 			return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
 		}
 	}
-	// One gRPC server for every service: ingest today, metadata and
-	// observer later.
-	grpcSrv := grpcserver.New(gcfg, logger, ing.StatsHandler())
+	// One gRPC server for every service: ingest, metadata and the
+	// observer.
+	grpcSrv := grpcserver.New(gcfg, logger, ing.StatsHandler(), obs.StatsHandler())
 	ing.Register(grpcSrv)
+	obs.Register(grpcSrv)
 	// Kubernetes metadata from a k8s-watcher names pods, services and
 	// nodes.
 	meta, err := metadata.New(metadata.NewCache(metadata.SinksOf(engine)), reg, logger)
@@ -94,6 +104,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	meta.Register(grpcSrv)
 	httpSrv := web.New(cfg.HTTPAddr, promexport.Gatherer{Base: reg, Flows: flows}, grpcSrv.Ready, logger)
+	httpSrv.Handle("GET /api/v1/map", servicemap.New(engine))
 
 	if err := httpSrv.Start(ctx); err != nil {
 		return err
@@ -104,6 +115,15 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	logger.Info("weir-reducer started", "grpc_addr", cfg.GRPCAddr, "http_addr", cfg.HTTPAddr, "loopback", cfg.Loopback, "aggregation", cfg.Aggregation)
 
+	// The consumers: observer streams end before the gRPC server stops;
+	// the OTLP push goes last, with one final export.
+	parts := []stopper{ing, meta, obs, grpcSrv, httpSrv}
+	_ = obs.Start(ctx)
+	if otlp != nil {
+		_ = otlp.Start(ctx)
+		parts = append(parts, otlp)
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
 	g.Go(func() error { return waitErr(gctx, grpcSrv.Err()) })
@@ -112,7 +132,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		<-gctx.Done()
 		// Ingest ends its streams first, so that the server stops
 		// gracefully.
-		shutdown(logger, ing, meta, grpcSrv, httpSrv)
+		shutdown(logger, parts...)
 		return nil
 	})
 	err = g.Wait()
