@@ -270,6 +270,15 @@ func TestPrivilegedObserverStalledConsumer(t *testing.T) {
 	if r := m.Sum("weir_reducer_streams_rejected_total", nil); r != 0 {
 		t.Errorf("%v collector streams rejected", r)
 	}
+	// A stalled consumer must cost the flows nothing: no loss on the way
+	// (closed sockets over --buffer-bytes were once dropped here), and every
+	// request's connection counted.
+	if l := m.Sum("weir_reducer_collector_loss_total", map[string]string{"reason": "buffer_dropped"}); l != 0 {
+		t.Errorf("the collector dropped %v closed sockets at its buffer cap", l)
+	}
+	if opened < float64(requests) {
+		t.Errorf("%v connections counted, fewer than the %d requests", opened, requests)
+	}
 
 	// The consumer resumes: it reads what was buffered, then the loss.
 	var flows int

@@ -843,3 +843,25 @@ func TestDroppedAnnouncedSocketStillCloses(t *testing.T) {
 		t.Fatalf("final deltas of %d sockets, want the 2 newest", len(b.Stats.HandleGaps))
 	}
 }
+
+// TestBufferPressure: the table asks for an early report once the closed
+// sockets awaiting report pass half of the cap, and not before.
+func TestBufferPressure(t *testing.T) {
+	closedEntryBytes := entryBytes(t)
+	_, tab, _ := newEncoder(t, func(c *sockets.Config) { c.BufferBytes = 10 * closedEntryBytes })
+	for i := range 6 {
+		apply(t, tab, open(uint64(i+1), probe.RoleClient, uint16(i+1), curl, probe.Counters{}))
+	}
+	for i := range 6 {
+		tab.Apply(closeEv(uint64(i+1), ctr(10, 0, 1, 0)))
+		select {
+		case <-tab.Pressure():
+			if i+1 <= 5 {
+				t.Fatalf("pressure after %d closed sockets, want it only past 5 of 10", i+1)
+			}
+			return
+		default:
+		}
+	}
+	t.Fatal("no pressure with 6 of 10 closed sockets buffered")
+}

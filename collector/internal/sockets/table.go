@@ -124,6 +124,10 @@ type Table struct {
 	// closing are the cookies of the sockets in closed: a late sample of
 	// one of them is the same socket, not a new one.
 	closing map[uint64]*socket
+	// pressure is signalled, without blocking, when the closed sockets pass
+	// half of BufferBytes, so that a connected stream reports before the
+	// next interval instead of dropping the oldest at the cap.
+	pressure chan struct{}
 	// closedDropped are the cookies of exposed sockets dropped from the
 	// buffer: their final delta is lost but the reducer still learns that
 	// they closed.
@@ -181,6 +185,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Table, error) {
 		listeners: make(map[listenKey]probe.Owner),
 		refused:   make(map[uint64]uint64),
 		closing:   make(map[uint64]*socket),
+		pressure:  make(chan struct{}, 1),
 	}
 	m, err := newMetrics(reg, t)
 	if err != nil {
@@ -427,6 +432,11 @@ func delta32(cur, prev uint32) (uint32, bool) {
 	return d, d <= 1<<31
 }
 
+// Pressure is signalled when the closed sockets awaiting report pass half of
+// the buffer's cap: a connected stream should report before the next
+// interval. --buffer-bytes must otherwise hold one interval's closed sockets.
+func (t *Table) Pressure() <-chan struct{} { return t.pressure }
+
 // close moves a live socket to the queue of closed sockets awaiting report.
 func (t *Table) close(s *socket) {
 	delete(t.live, s.Cookie)
@@ -438,6 +448,12 @@ func (t *Table) close(s *socket) {
 	s.state = stateClosed
 	t.closed = append(t.closed, s)
 	t.closing[s.Cookie] = s
+	if t.closedBytes() > t.cfg.BufferBytes/2 {
+		select {
+		case t.pressure <- struct{}{}:
+		default:
+		}
+	}
 	for t.closedBytes() > t.cfg.BufferBytes && len(t.closed) > 0 {
 		t.dropOldest()
 	}

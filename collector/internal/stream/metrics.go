@@ -12,14 +12,15 @@ import (
 )
 
 type metrics struct {
-	connected  prometheus.Gauge
-	reconnects prometheus.Counter
-	batches    prometheus.Counter
-	updates    prometheus.Counter
-	sentBytes  prometheus.Counter
-	acks       prometheus.Counter
-	unacked    prometheus.Counter
-	pollErrors prometheus.Counter
+	connected    prometheus.Gauge
+	reconnects   prometheus.Counter
+	batches      prometheus.Counter
+	updates      prometheus.Counter
+	sentBytes    prometheus.Counter
+	acks         prometheus.Counter
+	unacked      prometheus.Counter
+	pollErrors   prometheus.Counter
+	earlyReports prometheus.Counter
 
 	src       Source
 	dropsMu   sync.Mutex
@@ -43,10 +44,12 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		unacked: counter("weir_collector_batches_unacknowledged_total",
 			"Batches sent but not acknowledged when their stream ended; the reducer may not have applied them, and they are not resent."),
 		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel's socket storage."),
-		src:        src,
+		earlyReports: counter("weir_collector_early_reports_total",
+			"Batches sent before the report interval because closed sockets awaiting report passed half of --buffer-bytes."),
+		src: src,
 	}
 	collectors := []prometheus.Collector{
-		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.pollErrors,
+		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.pollErrors, m.earlyReports,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "weir_collector_ring_full_total",
 			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",

@@ -120,6 +120,12 @@ type Table interface {
 	Poll(src sockets.Sampler) error
 }
 
+// pressurer is a Table that asks for an early report when its buffer of
+// closed sockets fills up.
+type pressurer interface {
+	Pressure() <-chan struct{}
+}
+
 // Reporter builds the batches: Report encodes what changed since the
 // previous one, Resync starts a new epoch in which everything live is
 // announced again.
@@ -282,6 +288,10 @@ func (c *Client) idle(ctx context.Context, ticker *time.Ticker, d time.Duration)
 // session runs one stream until it fails or ctx is done. up reports
 // whether the reducer acknowledged at least one batch.
 func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err error) {
+	var pressure <-chan struct{} // nil, never ready, for a table without one
+	if p, ok := c.table.(pressurer); ok {
+		pressure = p.Pressure()
+	}
 	target, authority := c.pick(ctx)
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(c.creds),
@@ -398,6 +408,11 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 				return acked.Load(), err
 			}
 			return acked.Load(), fmt.Errorf("receive: %w", err)
+		case <-pressure:
+			// Closed sockets near --buffer-bytes: report now rather than
+			// drop the oldest before the next tick.
+			tick = true
+			c.m.earlyReports.Inc()
 		case <-ticker.C:
 			tick = true
 			if compressor != zstdName && c.zstd.Load() && c.acked.Load() >= seq {
