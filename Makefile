@@ -62,7 +62,8 @@ generate-proto: tools-go
 
 ## test: unit, privileged (real BPF on this kernel) and end-to-end tests; benchmarks run once so they keep compiling
 test: build
-	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
+	@command -v ip >/dev/null && command -v nft >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables; }
 	@# Module packages (unit tests, and the collector's privileged tests) run side by side.
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $(UNIT_PKGS)
 	@# The system tests under test/ run one package at a time: each starts real collectors that
