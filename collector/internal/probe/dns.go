@@ -194,11 +194,7 @@ func (d *DNS) RingFull() (uint64, error) {
 	if err := d.objs.DnsDrops.Lookup(uint32(0), &per); err != nil {
 		return 0, fmt.Errorf("DNS drops: %w", err)
 	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n, nil
+	return sumPerCPU(per), nil
 }
 
 // ProgramStats returns the run count and run time of each DNS program.

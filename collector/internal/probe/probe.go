@@ -587,11 +587,16 @@ func (p *Probe) sumDrops(reason uint32) (uint64, error) {
 	if err := p.objs.Drops.Lookup(reason, &p.perCPU); err != nil {
 		return 0, fmt.Errorf("drops: lookup %d: %w", reason, err)
 	}
+	return sumPerCPU(p.perCPU), nil
+}
+
+// sumPerCPU adds up the per-CPU values of one map entry.
+func sumPerCPU(per []uint64) uint64 {
 	var sum uint64
-	for _, n := range p.perCPU {
+	for _, n := range per {
 		sum += n
 	}
-	return sum, nil
+	return sum
 }
 
 // ProgramStats returns the run count and run time of each of the probe's
@@ -614,15 +619,7 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 	if p.udp != nil {
 		progs = append(progs, p.udp.programs()...)
 	}
-	out := make([]ProgramStats, 0, len(progs))
-	for _, pr := range progs {
-		st, err := pr.prog.Stats()
-		if err != nil {
-			return nil, fmt.Errorf("program stats %s: %w", pr.name, err)
-		}
-		out = append(out, ProgramStats{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime})
-	}
-	return out, nil
+	return programStats(progs)
 }
 
 // Close detaches and frees everything; idempotent.

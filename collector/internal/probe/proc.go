@@ -158,11 +158,7 @@ func (p *Processes) RingFull() (uint64, error) {
 	if err := p.objs.ProcDrops.Lookup(uint32(0), &per); err != nil {
 		return 0, fmt.Errorf("process drops: %w", err)
 	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n, nil
+	return sumPerCPU(per), nil
 }
 
 // ProgramStats returns the run count and run time of each process program.
