@@ -21,7 +21,7 @@ import (
 func TestPrivilegedUDP(t *testing.T) {
 	harness.RequireRoot(t)
 	a, b := harness.BridgedHosts(t, "udp")
-	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: append([]string{"--udp-peers", "4"}, bigRing...)})
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: append([]string{"--udp", "--udp-peers", "4"}, bigRing...)})
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			addr := fam.addr(b)
@@ -35,7 +35,10 @@ func TestPrivilegedUDP(t *testing.T) {
 }
 
 // testUDPEcho sends datagrams of one size from a to an echo server in b,
-// which sends each back: each direction counts once, from its sender.
+// which sends each back. Both sockets are on this node, the client's bound
+// to any address: the reducer joins their two ends, and each direction
+// counts once, from its sender, on the one process → process edge, with
+// nothing on the addresses.
 func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) error {
 	p := port()
 	srvPath, srv := namedHelper(t, "ue")
@@ -49,23 +52,26 @@ func testUDPEcho(t *testing.T, w *harness.Weir, a, b harness.Host, addr string) 
 	c.WaitLine(t, "sent", time.Minute)
 	const bytes, datagrams = 700*50 + 1200*7, 57
 	var checks []check
-	for _, who := range []string{cli, srv} {
+	for _, pair := range [][2]string{{cli, srv}, {srv, cli}} {
+		edge := map[string]string{"src_workload": pair[0], "src_kind": "process", "dst_workload": pair[1], "dst_kind": "process"}
 		checks = append(checks,
-			wait("weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes),
-			wait("weir_udp_packets_total", map[string]string{"src_workload": who}, datagrams))
+			wait("weir_udp_bytes_total", edge, bytes),
+			wait("weir_udp_packets_total", edge, datagrams))
 	}
 	for _, who := range []string{cli, srv} {
-		// The other end's sent view counts what this end received.
+		// Nothing else from or to either end: no edge to an address.
 		checks = append(checks,
-			stay("weir_udp_bytes_total", map[string]string{"dst_workload": who}, 0),
-			stay("weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes))
+			stay("weir_udp_bytes_total", map[string]string{"dst_workload": who}, bytes),
+			stay("weir_udp_bytes_total", map[string]string{"src_workload": who}, bytes),
+			stay("weir_udp_packets_total", map[string]string{"src_workload": who}, datagrams))
 	}
 	return verify(w, append(checks, stay("weir_udp_drops_total", map[string]string{"dst_workload": srv}, 0))...)
 }
 
 // testUDPDrops sends faster than a receiver that never reads can hold:
 // the kernel drops what its receive buffer cannot take, and weir's drops
-// equal the socket's own drop counter.
+// equal the socket's own drop counter, on the joined sender → receiver
+// edge with the sender's bytes.
 func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family string) error {
 	p := port()
 	srvPath, srv := namedHelper(t, "ud")
@@ -81,11 +87,12 @@ func testUDPDrops(t *testing.T, w *harness.Weir, a, b harness.Host, addr, family
 	}
 	t.Logf("kernel: %d of 3000 datagrams dropped at the receiver", drops)
 	return verify(w,
-		wait("weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops)),
-		wait("weir_udp_packets_total", map[string]string{"src_workload": cli}, 3000),
-		wait("weir_udp_bytes_total", map[string]string{"src_workload": cli}, 3000*1000),
+		wait("weir_udp_drops_total", map[string]string{"src_workload": cli, "dst_workload": srv}, float64(drops)),
+		wait("weir_udp_packets_total", map[string]string{"src_workload": cli, "dst_workload": srv}, 3000),
+		wait("weir_udp_bytes_total", map[string]string{"src_workload": cli, "dst_workload": srv}, 3000*1000),
 		stay("weir_udp_drops_total", map[string]string{"dst_workload": srv}, float64(drops)),
-		stay("weir_udp_bytes_total", map[string]string{"dst_workload": srv}, 0))
+		stay("weir_udp_bytes_total", map[string]string{"src_workload": cli}, 3000*1000),
+		stay("weir_udp_bytes_total", map[string]string{"dst_workload": srv}, 3000*1000))
 }
 
 // socketDrops reads the drops of the UDP socket bound to port in host's

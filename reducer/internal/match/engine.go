@@ -96,6 +96,7 @@ type Engine struct {
 	// Held flows, oldest first: they wait for their peer's end until the
 	// join window has passed since they were born.
 	held    []*flow
+	udp     udpJoin // UDP ends and their joins (udp.go); its held ends count in nheld
 	nheld   int
 	window  time.Duration
 	started time.Time
@@ -219,6 +220,7 @@ func (e *Engine) PublishDue() {
 	e.emitting = e.events.active()
 	e.updateWindow()
 	e.publishDue(now)
+	e.publishUDP(now)
 	e.settle(now)
 	e.setGauges()
 }

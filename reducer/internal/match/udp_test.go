@@ -1,0 +1,143 @@
+package match
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// udpEngine is an engine with a join window of 2 s, past its first window.
+func udpEngine(t *testing.T) (*Engine, *clock) {
+	e, c := newWindowEngine(t, 2*time.Second)
+	c.advance(time.Hour)
+	return e, c
+}
+
+func udpFlow(proc uint32, local, remote string, netns uint32, sent, dgSent, recv, dgRecv uint64) UDPFlow {
+	return UDPFlow{Process: proc, Local: netip.MustParseAddrPort(local), Remote: netip.MustParseAddrPort(remote), Netns: netns,
+		BytesSent: sent, DatagramsSent: dgSent, BytesReceived: recv, DatagramsReceived: dgRecv}
+}
+
+func wantLines(t *testing.T, e *Engine, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if got := healthLines(e); !slices.Equal(got, want) {
+		t.Errorf("edges:\ngot:\n  %s\nwant:\n  %s", join(got), join(want))
+	}
+}
+
+// TestUDPJoin: the two ends of a UDP exchange, reported in different
+// batches, count on one process → process edge each way, from each sender's
+// view; the first end waits for the second, within the join window.
+func TestUDPJoin(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		cliLocal, srvRem string // the client's local address; the server's view of it
+		cliNode          string
+		cliNetns         uint32
+		remote           string // where the client sends
+		srvLocal         string
+	}{
+		{name: "namespaces, client bound to any", cliLocal: "0.0.0.0:5000", srvRem: "10.0.0.1:5000", cliNode: "node-a", cliNetns: 1, remote: "10.0.0.2:53", srvLocal: "10.0.0.2:53"},
+		{name: "namespaces, v6, both bound to any", cliLocal: "[::]:5000", srvRem: "[2001:db8::1]:5000", cliNode: "node-a", cliNetns: 1, remote: "[2001:db8::2]:53", srvLocal: "[::]:53"},
+		{name: "two nodes", cliLocal: "10.0.0.1:5000", srvRem: "10.0.0.1:5000", cliNode: "node-b", cliNetns: 1, remote: "10.0.0.2:53", srvLocal: "10.0.0.2:53"},
+		{name: "loopback", cliLocal: "127.0.0.1:5000", srvRem: "127.0.0.1:5000", cliNode: "node-a", cliNetns: 2, remote: "127.0.0.1:53", srvLocal: "127.0.0.1:53"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, clk := udpEngine(t)
+			sa := openSession(t, e, "node-a", 1)
+			sc := sa
+			if tc.cliNode != "node-a" {
+				sc = openSession(t, e, tc.cliNode, 1)
+			}
+			seqs := map[*Session]uint64{}
+			next := func(s *Session) uint64 { seqs[s]++; return seqs[s] }
+			// The server's node knows its address from another socket, as
+			// a real node does.
+			srvAddr := netip.MustParseAddrPort(tc.remote).Addr()
+			apply(t, e, sa, Batch{Sequence: next(sa), Processes: []Process{{Handle: 1, PID: 20, Comm: "srv"}},
+				UDP: []UDPFlow{udpFlow(1, netip.AddrPortFrom(srvAddr, 9).String(), "192.0.2.1:9", 2, 0, 0, 0, 0)}})
+			apply(t, e, sc, Batch{Sequence: next(sc), Processes: []Process{{Handle: 7, PID: 10, Comm: "cli"}}})
+			const cliProc = 7
+			cli := udpFlow(cliProc, tc.cliLocal, tc.remote, tc.cliNetns, 700, 7, 300, 3)
+			cli.PeerLocal = sc == sa
+			apply(t, e, sc, Batch{Sequence: next(sc), UDP: []UDPFlow{cli}})
+			wantLines(t, e) // held for the server's end
+			clk.advance(time.Second)
+			srv := udpFlow(1, tc.srvLocal, tc.srvRem, 2, 300, 3, 700, 7)
+			srv.Drops = 4
+			srv.PeerLocal = sc == sa
+			apply(t, e, sa, Batch{Sequence: next(sa), UDP: []UDPFlow{srv}})
+			wantLines(t, e,
+				"cli -> srv retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=700/7 drops=4",
+				"srv -> cli retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=300/3 drops=0")
+			// Later traffic counts at once on the joined edges.
+			clk.advance(time.Second)
+			apply(t, e, sa, Batch{Sequence: next(sa), UDP: []UDPFlow{udpFlow(1, tc.srvLocal, tc.srvRem, 2, 10, 1, 0, 0)}})
+			wantLines(t, e,
+				"cli -> srv retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=700/7 drops=4",
+				"srv -> cli retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=310/4 drops=0")
+			if n := testutil.ToFloat64(e.oneSided); n != 0 {
+				t.Errorf("%v ends unjoined", n)
+			}
+			if e.nheld != 0 {
+				t.Errorf("%d held", e.nheld)
+			}
+		})
+	}
+}
+
+// TestUDPUnjoined: an end whose peer does not report within the join
+// window counts one-sided, toward its remote's address; its peer's late
+// report joins it and counts nothing twice; ends are forgotten after the
+// TTL; loopback ends of two namespaces never join.
+func TestUDPUnjoined(t *testing.T) {
+	e, clk := udpEngine(t)
+	s := openSession(t, e, "node-a", 1)
+	// The address of the server's node, from another socket: a fleet address.
+	apply(t, e, s, Batch{Sequence: 1, Processes: []Process{{Handle: 1, PID: 10, Comm: "cli"}, {Handle: 2, PID: 20, Comm: "srv"}},
+		UDP: []UDPFlow{udpFlow(2, "10.0.0.2:9", "192.0.2.1:9", 2, 0, 0, 0, 0)}})
+	apply(t, e, s, Batch{Sequence: 2, UDP: []UDPFlow{
+		udpFlow(1, "10.0.0.1:5000", "10.0.0.2:53", 1, 100, 1, 0, 0),
+		udpFlow(1, "127.0.0.1:6000", "127.0.0.1:7000", 1, 40, 1, 0, 0),
+	}})
+	wantLines(t, e)
+	clk.advance(3 * time.Second)
+	e.PublishDue()
+	wantLines(t, e,
+		"cli -> 10.0.0.2 retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=100/1 drops=0",
+		"cli -> 127.0.0.1 retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=40/1 drops=0")
+	if n := testutil.ToFloat64(e.oneSided); n != 2 {
+		t.Errorf("%v ends unjoined, want 2", n)
+	}
+	// The server reports late: its received view is the client's sent one,
+	// counted already; what it sends joins the client. The loopback
+	// receiver is in another namespace: no join, its received view counts
+	// from the loopback address.
+	apply(t, e, s, Batch{Sequence: 3, UDP: []UDPFlow{
+		udpFlow(2, "10.0.0.2:53", "10.0.0.1:5000", 2, 50, 1, 100, 1),
+		udpFlow(2, "127.0.0.1:7000", "127.0.0.1:6000", 2, 0, 0, 40, 1),
+	}})
+	clk.advance(3 * time.Second)
+	e.PublishDue()
+	wantLines(t, e,
+		"cli -> 10.0.0.2 retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=100/1 drops=0",
+		"cli -> 127.0.0.1 retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=40/1 drops=0",
+		"127.0.0.1 -> srv retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=40/1 drops=0",
+		"srv -> cli retrans=0 resets=0 syn_timeouts=0 refused=0 rtt=0/0.000000 udp=50/1 drops=0")
+	// Quiet past the TTL: forgotten.
+	clk.advance(2 * udpEndTTL)
+	e.PublishDue()
+	if n := len(e.udp.ends); n != 0 {
+		t.Errorf("%d UDP ends kept after the TTL", n)
+	}
+	if n := len(e.udp.byPorts); n != 0 {
+		t.Errorf("%d port pairs kept after the TTL", n)
+	}
+	if e.nheld != 0 {
+		t.Errorf("%d held", e.nheld)
+	}
+}
