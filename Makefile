@@ -19,10 +19,10 @@ PROTOC_GEN_GRPC_VER   := v1.6.2
 GOLANGCI_LINT_VERSION := v2.15.0
 
 REDUCER_GRPC ?= 127.0.0.1:7000
-REDUCER_HTTP ?= :7010
+REDUCER_HTTP ?= 127.0.0.1:7010
 INTERVAL     ?= 5s
 
-.PHONY: all build generate generate-bpf generate-proto test run bench lint tools-apt tools-go tools-lint clean
+.PHONY: all build images generate generate-bpf generate-proto test run bench lint tools-apt tools-go tools-lint clean
 
 all: build
 
@@ -36,6 +36,28 @@ build:
 	  github.com/weir-project/weir/k8s-watcher/cmd/weir-k8s-watcher \
 	  github.com/weir-project/weir/test/cmd/flowsrv \
 	  github.com/weir-project/weir/test/cmd/flowcli
+
+## images: OCI image tarballs of the four binaries in bin/images/<name>.tar, tagged
+#   $(IMAGE_REPO)/<name>:$(IMAGE_TAG), built with go-containerregistry (no container engine):
+#   static binaries (CGO_ENABLED=0), user 65532, OCI labels. `ctr -n k8s.io images import` loads them.
+VERSION        ?= dev
+IMAGE_REPO     ?= ghcr.io/weir-project
+IMAGE_TAG      ?= $(VERSION)
+IMAGE_LICENSES ?= NOASSERTION
+IMAGE_SOURCE   ?= https://github.com/weir-project/weir
+export WEIR_IMAGE_REPO = $(IMAGE_REPO)
+export WEIR_IMAGE_TAG  = $(IMAGE_TAG)
+images:
+	@mkdir -p $(BIN)/static $(BIN)/images
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/static/ \
+	  github.com/weir-project/weir/collector/cmd/weir-collector \
+	  github.com/weir-project/weir/reducer/cmd/weir-reducer \
+	  github.com/weir-project/weir/reducer/cmd/weirctl \
+	  github.com/weir-project/weir/k8s-watcher/cmd/weir-k8s-watcher
+	$(GO) run github.com/weir-project/weir/test/cmd/weir-images --bin-dir $(BIN)/static --out-dir $(BIN)/images \
+	  --repo $(IMAGE_REPO) --tag $(IMAGE_TAG) --version $(VERSION) --licenses "$(IMAGE_LICENSES)" --source $(IMAGE_SOURCE) \
+	  --revision "$$(git rev-parse HEAD 2>/dev/null || echo unknown)" --created "$$(git log -1 --format=%ct 2>/dev/null)" \
+	  --ca-certs "$$(test -f /etc/ssl/certs/ca-certificates.crt && echo /etc/ssl/certs/ca-certificates.crt)"
 
 ## generate: rebuild the bpf2go output and the protobuf Go code
 generate: generate-bpf generate-proto
@@ -61,7 +83,7 @@ generate-proto: tools-go
 	cd proto && PATH=$(TOOLS):$$PATH buf lint && PATH=$(TOOLS):$$PATH buf generate
 
 ## test: unit, privileged (real BPF on this kernel) and end-to-end tests; benchmarks run once so they keep compiling
-test: build
+test: build images
 	@command -v ip >/dev/null && command -v nft >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables; }
 	@# Module packages (unit tests, and the collector's privileged tests) run side by side.
