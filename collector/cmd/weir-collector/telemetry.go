@@ -271,6 +271,9 @@ type reporter struct {
 }
 
 func (r reporter) Report(now time.Time) *ingestv1.Batch {
+	if r.t.nat != nil {
+		r.t.nat.Sync() // every established socket's translation first
+	}
 	b := r.Encoder.Report(now)
 	r.t.fill(b)
 	return b

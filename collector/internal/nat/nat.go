@@ -94,6 +94,12 @@ type Table struct {
 
 	overruns atomic.Uint64
 	m        *metrics
+
+	// wmu guards the event sockets, which Run drains every pollEvery and
+	// Sync drains on demand.
+	wmu     sync.Mutex
+	watches map[uint64]*watch
+	buf     []byte
 }
 
 // New returns an empty table whose metrics are registered with reg.
@@ -101,7 +107,8 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Table, er
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Table{cfg: cfg, logger: logger.With("component", "nat"), now: time.Now, entries: make(map[key]entry)}
+	t := &Table{cfg: cfg, logger: logger.With("component", "nat"), now: time.Now, entries: make(map[key]entry),
+		watches: make(map[uint64]*watch), buf: make([]byte, 1<<16)}
 	m, err := newMetrics(reg, t)
 	if err != nil {
 		return nil, err
@@ -203,65 +210,87 @@ type watch struct {
 
 // Run follows conntrack in every network namespace until ctx is done.
 func (t *Table) Run(ctx context.Context) error {
-	watches := make(map[uint64]*watch)
 	defer func() {
-		for _, w := range watches {
+		t.wmu.Lock()
+		defer t.wmu.Unlock()
+		for ino, w := range t.watches {
 			w.close()
+			delete(t.watches, ino)
 		}
 	}()
-	buf := make([]byte, 1<<16)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	var scanned time.Time
 	for {
 		now := t.now()
+		t.wmu.Lock()
 		if now.Sub(scanned) >= t.cfg.Rescan {
 			scanned = now
 			seen := t.namespaces()
 			for ino, path := range seen {
-				if _, ok := watches[ino]; !ok {
+				if _, ok := t.watches[ino]; !ok {
 					w := &watch{path: path}
-					watches[ino] = w
+					t.watches[ino] = w
 					t.open(w)
 				}
 			}
-			for ino, w := range watches {
+			for ino, w := range t.watches {
 				if _, ok := seen[ino]; !ok {
 					w.close()
-					delete(watches, ino)
+					delete(t.watches, ino)
 				}
 			}
-			t.m.namespaces.Set(float64(len(watches)))
+			t.m.namespaces.Set(float64(len(t.watches)))
 			t.mu.Lock()
 			t.expire(now)
 			t.mu.Unlock()
 		}
-		for _, w := range watches {
-			if w.c == nil {
-				if now.After(w.retryAt) {
-					t.open(w)
-				}
-				continue
-			}
-			err := t.drain(w.c, buf)
-			switch {
-			case err == nil:
-			case errors.Is(err, unix.ENOBUFS):
-				// Events were lost; the dump of the new socket catches up.
-				t.overruns.Add(1)
-				t.m.overruns.Inc()
-				w.close()
-				t.open(w)
-			default:
-				t.m.errors.Inc()
-				w.close()
-				w.retryAt = now.Add(retryAfter)
-			}
-		}
+		t.drainAll(now)
+		t.wmu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+	}
+}
+
+// Sync applies every conntrack event already delivered to the event
+// sockets. The kernel delivers a connection's event when its first packet
+// is confirmed, before the SYN leaves the namespace that translates it, so
+// after Sync every translated connection whose socket is established (or
+// closed) has its translation here, except in a namespace that appeared
+// since the last rescan or whose socket overran (counted). The collector
+// calls it before each report, so that a short connection is never sent
+// before its translation arrived.
+func (t *Table) Sync() {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	t.drainAll(t.now())
+}
+
+// drainAll drains every event socket. t.wmu is held.
+func (t *Table) drainAll(now time.Time) {
+	for _, w := range t.watches {
+		if w.c == nil {
+			if now.After(w.retryAt) {
+				t.open(w)
+			}
+			continue
+		}
+		err := t.drain(w.c, t.buf)
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.ENOBUFS):
+			// Events were lost; the dump of the new socket catches up.
+			t.overruns.Add(1)
+			t.m.overruns.Inc()
+			w.close()
+			t.open(w)
+		default:
+			t.m.errors.Inc()
+			w.close()
+			w.retryAt = now.Add(retryAfter)
 		}
 	}
 }
