@@ -10,6 +10,7 @@ GO           ?= go
 MODULES      := proto collector reducer k8s-watcher test
 PKGS         := $(foreach m,$(MODULES),github.com/weir-project/weir/$(m)/...)
 K8S_TESTS    := github.com/weir-project/weir/test/k8s
+CLUSTER_TESTS := github.com/weir-project/weir/test/cluster
 UNIT_PKGS    := $(foreach m,proto collector reducer k8s-watcher,github.com/weir-project/weir/$(m)/...)
 SYSTEM_PKGS  := github.com/weir-project/weir/test/...
 
@@ -92,10 +93,16 @@ test: build images
 	@# see every socket on the machine, and exact counts need the machine to themselves.
 	@# test/k8s runs last: a control plane starting takes both cores for seconds. Its first run
 	@# builds the control plane into ~/.cache/weir/k8s (about 12 min).
-	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list $(SYSTEM_PKGS) | grep -v '^$(K8S_TESTS)$$')
+	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -timeout 30m $$($(GO) list $(SYSTEM_PKGS) | grep -v -e '^$(K8S_TESTS)$$' -e '^$(CLUSTER_TESTS)$$')
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m -bench . -benchtime=1x $(K8S_TESTS)
+	@# test/cluster: the Helm chart (lint, template, schema, flags), then installed on a real
+	@# single-node Kubernetes (containerd, runc and the CNI plugins from Debian; kube-scheduler and
+	@# kubelet built beside test/k8s's control plane, helm into ~/.cache/weir/bin).
+	@command -v containerd >/dev/null && command -v runc >/dev/null && test -x /usr/lib/cni/bridge || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc containernetworking-plugins; }
+	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m $(CLUSTER_TESTS)
 	@# Every benchmark once, so that they keep compiling and working.
-	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v '^$(K8S_TESTS)$$')
+	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v -e '^$(K8S_TESTS)$$' -e '^$(CLUSTER_TESTS)$$')
 
 ## run: start a reducer and a collector on this machine; Ctrl-C stops both
 run: build
