@@ -26,17 +26,17 @@ func TestObserverMTLS(t *testing.T) {
 		stderr string
 	}{
 		{"client certificate", []string{"status", "--server", w.GRPCAddr,
-			"--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey, "--tls-ca", certs.CA}, 0, "Reducer", ""},
+			"--tls-cert", certs.ObserverCert, "--tls-key", certs.ObserverKey, "--tls-ca", certs.CA}, 0, "Reducer", ""},
 		{"map with a client certificate", []string{"map", "--server", w.GRPCAddr, "-o", "json",
-			"--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey, "--tls-ca", certs.CA}, 0, `"edges"`, ""},
+			"--tls-cert", certs.ObserverCert, "--tls-key", certs.ObserverKey, "--tls-ca", certs.CA}, 0, `"edges"`, ""},
 		{"no certificate", []string{"status", "--server", w.GRPCAddr}, 1, "",
 			"it probably requires mTLS; pass --tls-cert, --tls-key and --tls-ca"},
 		{"untrusted client certificate", []string{"status", "--server", w.GRPCAddr,
-			"--tls-cert", other.ClientCert, "--tls-key", other.ClientKey, "--tls-ca", certs.CA}, 1, "", "the client certificate"},
+			"--tls-cert", other.ObserverCert, "--tls-key", other.ObserverKey, "--tls-ca", certs.CA}, 1, "", "the client certificate"},
 		{"unknown server CA", []string{"status", "--server", w.GRPCAddr,
-			"--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey, "--tls-ca", other.CA}, 1, "", "does not verify against --tls-ca"},
+			"--tls-cert", certs.ObserverCert, "--tls-key", certs.ObserverKey, "--tls-ca", other.CA}, 1, "", "does not verify against --tls-ca"},
 		{"TLS to a plaintext reducer", []string{"status", "--server", plain.GRPCAddr,
-			"--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey, "--tls-ca", certs.CA}, 1, "", "speaks plaintext, not TLS"},
+			"--tls-cert", certs.ObserverCert, "--tls-key", certs.ObserverKey, "--tls-ca", certs.CA}, 1, "", "speaks plaintext, not TLS"},
 		{"plaintext", []string{"status", "--server", plain.GRPCAddr}, 0, "Reducer", ""},
 	}
 	for _, tc := range tests {

@@ -26,6 +26,7 @@ type Config struct {
 	TLSCert         string
 	TLSKey          string
 	TLSCA           string
+	Security        Security
 	LogLevel        slog.Level
 	Consumers       Consumers // OTLP push and Observer API
 }
@@ -33,8 +34,8 @@ type Config struct {
 // defaultConfig returns the defaults of every setting.
 func defaultConfig() Config {
 	return Config{
-		GRPCAddr:        ":7000",
-		HTTPAddr:        ":7010",
+		GRPCAddr:        "", // see Security.listenAddrs
+		HTTPAddr:        "",
 		MaxMessageBytes: 4 << 20,
 		SeriesTTL:       5 * time.Minute,
 		SessionTTL:      2 * time.Minute,
@@ -42,13 +43,14 @@ func defaultConfig() Config {
 		Loopback:        true,
 		LogLevel:        slog.LevelInfo,
 		Consumers:       defaultConsumers(),
+		Security:        defaultSecurity(),
 	}
 }
 
 // bind declares the flags of c on fs.
 func (c *Config) bind(fs *flag.FlagSet) {
-	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "address of the gRPC ingest server")
-	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "address of the HTTP server (/metrics, /healthz, /readyz)")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "address of the gRPC server (ingest, metadata, observer); default 127.0.0.1:7000 in plaintext, :7000 with --tls-* or --insecure-listen")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "address of the HTTP server (/metrics, /healthz, /readyz, /api/v1/map); default 127.0.0.1:7010 in plaintext, :7010 with --tls-* or --insecure-listen")
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", c.MaxMessageBytes, "largest gRPC message accepted from a collector")
 	fs.DurationVar(&c.SeriesTTL, "series-ttl", c.SeriesTTL, "quiet edges with no active connection disappear after this")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "how long the sockets of a disconnected collector are kept")
@@ -62,10 +64,12 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that client certificates must chain to")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	c.Consumers.bind(fs)
+	c.Security.bind(fs)
 }
 
 // Validate checks the configuration and names the first bad flag.
 func (c *Config) Validate() error {
+	c.GRPCAddr, c.HTTPAddr = c.Security.listenAddrs(c.GRPCAddr, c.HTTPAddr, c.tls())
 	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--http-addr", c.HTTPAddr}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("%s %q: %w", a.flag, a.addr, err)
@@ -98,7 +102,7 @@ func (c *Config) Validate() error {
 	if set != 0 && set != 3 {
 		return errors.New("--tls-cert, --tls-key and --tls-ca: set all three for mTLS, or none for plaintext")
 	}
-	return nil
+	return c.Security.validate(c.GRPCAddr, c.HTTPAddr, c.tls())
 }
 
 // matchJoinWindow is the join window in the engine's terms: negative

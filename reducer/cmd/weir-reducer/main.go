@@ -77,6 +77,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	ing.SetAdmission(cfg.Security.Admission)
 	obs, err := newObserver(cfg.Consumers, engine, reg, logger)
 	if err != nil {
 		return err
@@ -85,11 +86,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gcfg := grpcserver.Config{Addr: cfg.GRPCAddr, MaxMessageBytes: cfg.MaxMessageBytes}
-	if cfg.tls() {
-		if gcfg.TLS, err = grpcserver.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
-		}
+	gcfg, err := grpcConfig(cfg, reg, logger)
+	if err != nil {
+		return err
 	}
 	// One gRPC server for every service: ingest, metadata and the
 	// observer.

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // collectors send gzip-compressed streams
@@ -32,6 +33,17 @@ type Config struct {
 	// TLS, when set, makes the server require and verify client
 	// certificates. Plaintext when nil.
 	TLS *tls.Config
+	// Limits bound the connections and streams of each peer.
+	Limits Limits
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2
+	// handshake; grpc's default (120 s) when zero.
+	HandshakeTimeout time.Duration
+	// StreamInterceptors and UnaryInterceptors run, in order, before every
+	// service's handler, after the limits (e.g. the authn.Authorizer).
+	StreamInterceptors []grpc.StreamServerInterceptor
+	UnaryInterceptors  []grpc.UnaryServerInterceptor
+	// Registerer takes the metrics of the limits; none when nil.
+	Registerer prometheus.Registerer
 }
 
 // Server is the gRPC server. It is a grpc.ServiceRegistrar: services
@@ -42,6 +54,7 @@ type Server struct {
 	grpc   *grpc.Server
 
 	lis   net.Listener
+	lim   *limiter
 	ready atomic.Bool
 	errc  chan error
 	once  sync.Once
@@ -50,7 +63,15 @@ type Server struct {
 // New returns a server whose every RPC goes through handlers, e.g. a
 // service's wire-bytes counter.
 func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
+	logger = logger.With("component", "grpc")
+	lim, err := newLimiter(cfg.Limits, cfg.Registerer)
+	if err != nil {
+		logger.Warn("limit metrics not registered", "error", err)
+		lim, _ = newLimiter(cfg.Limits, nil)
+	}
 	opts := []grpc.ServerOption{
+		// Keepalive enforcement: a client pinging more often than every
+		// 10 s gets GOAWAY (too_many_pings) and its connection closes.
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -59,12 +80,19 @@ func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
 	for _, h := range handlers {
 		opts = append(opts, grpc.StatsHandler(h))
 	}
+	if cfg.HandshakeTimeout > 0 {
+		opts = append(opts, grpc.ConnectionTimeout(cfg.HandshakeTimeout))
+	}
+	opts = append(opts,
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{lim.streamInterceptor}, cfg.StreamInterceptors...)...),
+		grpc.ChainUnaryInterceptor(cfg.UnaryInterceptors...))
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
 	return &Server{
 		cfg:    cfg,
-		logger: logger.With("component", "grpc"),
+		logger: logger,
+		lim:    lim,
 		grpc:   grpc.NewServer(opts...),
 		errc:   make(chan error, 1),
 	}
@@ -83,6 +111,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
 	}
+	lis = &listener{Listener: lis, l: s.lim}
 	s.lis = lis
 	go func() {
 		if err := s.grpc.Serve(lis); err != nil {

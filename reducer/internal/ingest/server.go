@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -30,6 +31,8 @@ type Server struct {
 	engine  *match.Engine
 	logger  *slog.Logger
 	metrics *metrics
+	adm     Admission
+	now     func() time.Time // the reducer's clock, for the epoch bound
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -49,6 +52,8 @@ func New(engine *match.Engine, reg prometheus.Registerer, logger *slog.Logger) (
 		engine:   engine,
 		logger:   logger.With("component", "ingest"),
 		metrics:  m,
+		adm:      DefaultAdmission(),
+		now:      time.Now,
 		stopping: make(chan struct{}),
 		loss:     make(map[string]lossState),
 	}, nil

@@ -21,9 +21,9 @@ import (
 func (s *Server) serve(stream grpc.ServerStream) error {
 	ctx := stream.Context()
 	var f grpcserver.Frame
-	first, err := recvRequest(stream, &f)
+	first, err := s.recvHello(stream, &f)
 	if err != nil {
-		return s.recvError(s.logger, err)
+		return err
 	}
 	s.metrics.messages.Inc()
 	hello := first.GetHello()
@@ -47,15 +47,9 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	}
 	replaced := make(chan struct{})
 	var once sync.Once
-	sess, err := s.engine.Open(match.Hello{
-		Node:   hello.GetNodeName(),
-		BootID: hello.GetBootId(),
-		Epoch:  hello.GetEpoch(),
-
-		ReportInterval: hello.GetReportInterval().AsDuration(),
-	}, func() { once.Do(func() { close(replaced) }) })
+	sess, err := s.open(ctx, logger, hello, func() { once.Do(func() { close(replaced) }) })
 	if err != nil {
-		return s.rejectEngine(logger, err)
+		return err
 	}
 	s.metrics.connected.Inc()
 	defer s.metrics.connected.Dec()
@@ -92,9 +86,11 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 
 	var b match.Batch
 	var last uint64
+	var held holdings
 	for {
 		select {
 		case <-replaced:
+			s.metrics.replaced.Inc()
 			logger.Info("stream replaced by a newer epoch")
 			return status.Error(codes.Aborted, "session replaced by a newer epoch")
 		case <-s.stopping:
@@ -110,6 +106,9 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			if seq := batch.GetSequence(); seq != last+1 {
 				return s.reject(logger, reasonBadSequence, status.Errorf(codes.InvalidArgument, "batch %d: sequence must be %d", seq, last+1))
 			}
+			if err := s.admit(logger, &held, batch); err != nil {
+				return err
+			}
 			if err := DecodeBatch(&b, batch); err != nil {
 				return s.reject(logger, reasonInvalidBatch, status.Error(codes.InvalidArgument, err.Error()))
 			}
@@ -117,6 +116,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			if err := s.engine.Apply(sess, &b); err != nil {
 				return s.rejectEngine(logger, err)
 			}
+			held.applied(batch)
 			s.engine.ApplyDNS(sess, &b)
 			b.Shrink(bigBatch)
 			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
@@ -200,6 +200,7 @@ func (s *Server) rejectEngine(logger *slog.Logger, err error) error {
 	}
 	switch me.Reason {
 	case match.ReasonSessionReplaced:
+		s.metrics.replaced.Inc()
 		logger.Info("stream replaced by a newer epoch")
 		return status.Error(codes.Aborted, me.Msg)
 	case match.ReasonStaleEpoch:
