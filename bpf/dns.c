@@ -14,12 +14,16 @@
  * sends or receives.
  *
  * Only the client side is kept: a query sent to port 53 (egress) and an
- * answer received from port 53 (ingress). Everything else, which is almost
- * every packet, returns at once after reading the IP protocol byte and, for
- * UDP, the ports, by direct packet access. DNS over TCP is not captured.
- * Payloads (at most DNS_MAX bytes) go to the `dns_events` ring buffer; a
- * full ring is counted in dns_drops. Both programs always let the packet
- * pass.
+ * answer received from port 53 (ingress), over UDP and over TCP. Everything
+ * else, which is almost every packet, returns at once after reading the IP
+ * protocol byte and, for UDP and TCP, the ports, by direct packet access.
+ * A TCP segment to or from port 53 without payload (SYN, ACK, FIN) returns
+ * after reading its header. Payloads (at most DNS_MAX bytes of each
+ * datagram or segment) go to the `dns_events` ring buffer; a full ring is
+ * counted in dns_drops. A TCP segment carries its sequence number and its
+ * whole payload length, so that user space reassembles the length-prefixed
+ * messages of the stream, drops retransmissions and knows what was cut.
+ * Both programs always let the packet pass.
  */
 
 #include "vmlinux.h"
@@ -67,6 +71,7 @@ struct task_struct___dns {
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_UDP 17
+#define IPPROTO_TCP 6
 #define DNS_PORT 53
 #define DNS_MAX 512
 
@@ -83,6 +88,10 @@ struct dns_event {
 	u16 len;   /* payload bytes in payload */
 	u8 egress; /* 1: a query sent; 0: an answer received */
 	u8 family; /* 4 or 6 */
+	u8 tcp;    /* 1: a TCP segment; 0: a UDP datagram */
+	u8 pad[3];
+	u32 seq;   /* TCP: sequence number of the payload's first byte */
+	u32 total; /* payload bytes of the datagram or segment; more than len when cut */
 	char comm[16];
 	u8 payload[DNS_MAX];
 };
@@ -117,11 +126,10 @@ struct {
 } dns_drops SEC(".maps");
 
 /*
- * udp_ports finds the UDP header of skb: it returns the offset of the UDP
- * payload, or 0 for anything that is not UDP. The ports come back in host
- * order.
+ * l4_ports finds the UDP or TCP header of skb: it returns its offset, or 0
+ * for anything that is neither. The ports come back in host order.
  */
-static __always_inline u32 udp_ports(struct __sk_buff *skb, u8 *family, u16 *sport, u16 *dport)
+static __always_inline u32 l4_ports(struct __sk_buff *skb, u8 *family, u8 *proto, u16 *sport, u16 *dport)
 {
 	u8 *data = (u8 *)(long)skb->data;
 	u8 *end = (u8 *)(long)skb->data_end;
@@ -131,20 +139,20 @@ static __always_inline u32 udp_ports(struct __sk_buff *skb, u8 *family, u16 *spo
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		if (data + 20 > end)
 			goto slow;
-		if (data[9] != IPPROTO_UDP)
-			return 0;
+		*proto = data[9];
 		off = (data[0] & 0xf) * 4;
 		*family = 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		if (data + 40 > end)
 			goto slow;
-		if (data[6] != IPPROTO_UDP)
-			return 0; /* extension headers are not followed */
+		*proto = data[6]; /* extension headers are not followed */
 		off = 40;
 		*family = 6;
 	} else {
 		return 0;
 	}
+	if (*proto != IPPROTO_UDP && *proto != IPPROTO_TCP)
+		return 0;
 	if (off < 20 || off > 60)
 		return 0;
 	if (data + off + 4 > end) {
@@ -155,7 +163,7 @@ static __always_inline u32 udp_ports(struct __sk_buff *skb, u8 *family, u16 *spo
 	}
 	*sport = bpf_ntohs(ports[0]);
 	*dport = bpf_ntohs(ports[1]);
-	return off + 8;
+	return off;
 
 slow: {
 	/* Headers outside the linear data: read them. */
@@ -163,41 +171,59 @@ slow: {
 	if (bpf_skb_load_bytes(skb, 0, h, 10))
 		return 0;
 	if ((h[0] >> 4) == 4) {
-		if (h[9] != IPPROTO_UDP)
-			return 0;
+		*proto = h[9];
 		off = (h[0] & 0xf) * 4;
 		*family = 4;
 	} else if ((h[0] >> 4) == 6) {
-		if (h[6] != IPPROTO_UDP)
-			return 0;
+		*proto = h[6];
 		off = 40;
 		*family = 6;
 	} else {
 		return 0;
 	}
+	if (*proto != IPPROTO_UDP && *proto != IPPROTO_TCP)
+		return 0;
 	if (off < 20 || off > 60)
 		return 0;
 	if (bpf_skb_load_bytes(skb, off, ports, 4))
 		return 0;
 	*sport = bpf_ntohs(ports[0]);
 	*dport = bpf_ntohs(ports[1]);
-	return off + 8;
+	return off;
 }
 }
 
 static __always_inline void capture(struct __sk_buff *skb, u8 egress)
 {
-	u8 family = 0;
+	u8 family = 0, proto = 0;
 	u16 sport = 0, dport = 0;
-	u32 off = udp_ports(skb, &family, &sport, &dport);
+	u32 seq = 0;
+	u32 off = l4_ports(skb, &family, &proto, &sport, &dport);
 
 	if (!off)
 		return;
 	if (egress ? dport != DNS_PORT : sport != DNS_PORT)
 		return;
-	if (skb->len <= off + 12)
-		return; /* shorter than a DNS header */
-	u32 len = skb->len - off;
+	if (proto == IPPROTO_TCP) {
+		u8 th[13];
+		u32 doff;
+
+		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)))
+			return;
+		doff = (th[12] >> 4) * 4;
+		if (doff < 20)
+			return;
+		off += doff;
+		if (skb->len <= off)
+			return; /* no payload: a SYN, an ACK or a FIN */
+		seq = ((u32)th[4] << 24) | ((u32)th[5] << 16) | ((u32)th[6] << 8) | th[7];
+	} else {
+		off += 8;
+		if (skb->len <= off + 12)
+			return; /* shorter than a DNS header */
+	}
+	u32 total = skb->len - off;
+	u32 len = total;
 	if (len > DNS_MAX)
 		len = DNS_MAX;
 
@@ -216,6 +242,10 @@ static __always_inline void capture(struct __sk_buff *skb, u8 egress)
 	ev->dport = dport;
 	ev->egress = egress;
 	ev->family = family;
+	ev->tcp = proto == IPPROTO_TCP;
+	ev->seq = seq;
+	ev->total = total;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	ev->pid = 0;
 	ev->netns = 0;
 	__builtin_memset(ev->comm, 0, sizeof(ev->comm));

@@ -19,6 +19,18 @@ import (
 // name, whose address (a virtual IP that the server's host DNATs to itself)
 // no collector reports as local: that end is named by the DNS name.
 func TestPrivilegedDNS(t *testing.T) {
+	testDNS(t, "udp")
+}
+
+// TestPrivilegedDNSOverTCP is TestPrivilegedDNS with the client's queries
+// over TCP to port 53, each answer split by the server across three
+// segments (the length prefix alone, then the message in two): the
+// collector reassembles them, and the counts are the same, exactly.
+func TestPrivilegedDNSOverTCP(t *testing.T) {
+	testDNS(t, "tcp")
+}
+
+func testDNS(t *testing.T, transport string) {
 	harness.RequireRoot(t)
 	client, server := harness.TwoHosts(t, "t2dns")
 	dnat(t, client, server)
@@ -28,8 +40,12 @@ func TestPrivilegedDNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dnsArg, clientPrefix := "udp=", ""
+	if transport == "tcp" {
+		dnsArg, clientPrefix = "dnstcp=", "tcp/"
+	}
 	srv := harness.Start(t, "dns-server", server.Exec(self, "weir-helper", "dnsserver",
-		"udp="+server.IPv4+":53", "udp=["+server.IPv6+"]:53", "tcp="+server.IPv4+":8080", "tcp=["+server.IPv6+"]:8080")...)
+		dnsArg+server.IPv4+":53", dnsArg+"["+server.IPv6+"]:53", "tcp="+server.IPv4+":8080", "tcp=["+server.IPv6+"]:8080")...)
 	srv.WaitLine(t, "ready", 30*time.Second)
 
 	comm := commOf(t, self)
@@ -43,7 +59,7 @@ func TestPrivilegedDNS(t *testing.T) {
 	total := 0
 	for _, f := range families {
 		cli := harness.Start(t, "dns-client-"+f.network, client.Exec(self, "weir-helper", "dnsclient",
-			net.JoinHostPort(f.server, "53"), f.network, strconv.Itoa(f.bytes), apiName, "nothere.example.com.", slowName)...)
+			clientPrefix+net.JoinHostPort(f.server, "53"), f.network, strconv.Itoa(f.bytes), apiName, "nothere.example.com.", slowName)...)
 		for _, want := range []string{"lookup " + apiName + " " + f.vip, "lookup nothere.example.com. notfound", "lookup " + slowName + " timeout"} {
 			if got := cli.WaitLine(t, "lookup", 30*time.Second); got != want {
 				t.Fatalf("%s client: %q, want %q", f.network, got, want)
@@ -84,6 +100,22 @@ func TestPrivilegedDNS(t *testing.T) {
 			t.Errorf("%s: %v bytes to the raw virtual IP, want 0 (all named by DNS)", f.network, got)
 		}
 	}
+	if transport != "tcp" {
+		return
+	}
+	c, err := harness.Scrape(w.CollectorMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Per family: three queries and two answers, each its own message.
+	if got := c.Sum("weir_collector_dns_tcp_messages_total", nil); got < 10 {
+		t.Errorf("%v DNS messages reassembled from TCP, want at least 10", got)
+	}
+	if got := c.Sum("weir_collector_dns_tcp_dropped_total", nil); got != 0 {
+		t.Errorf("%v DNS-over-TCP segments dropped, want 0", got)
+	}
+	t.Logf("collector: %v DNS messages reassembled from TCP, %v parse errors", c.Sum("weir_collector_dns_tcp_messages_total", nil),
+		c.Sum("weir_collector_dns_parse_errors_total", nil))
 }
 
 // dnat routes the virtual IPs (v4 and v6) from client to server, where

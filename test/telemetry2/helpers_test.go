@@ -25,15 +25,17 @@ const (
 	apiVIP6  = "2001:2::99"
 )
 
-// dnsServer answers the test zone on each udp=ADDR argument until stdin
-// closes, and accepts TCP connections on each tcp=ADDR, reading them to the
-// end.
+// dnsServer answers the test zone on each udp=ADDR argument (and over TCP
+// on each dnstcp=ADDR) until stdin closes, and accepts TCP connections on
+// each tcp=ADDR, reading them to the end.
 func dnsServer(args []string) error {
 	for _, a := range args {
 		var err error
 		switch kind, addr, _ := strings.Cut(a, "="); kind {
 		case "udp":
 			err = serveDNS(addr)
+		case "dnstcp":
+			err = serveDNSTCP(addr)
 		case "tcp":
 			err = serveSink(addr)
 		default:
@@ -90,6 +92,50 @@ func serveDNS(addr string) error {
 	return nil
 }
 
+// serveDNSTCP answers the test zone over TCP on addr (RFC 7766): each
+// answer goes in three segments, its length prefix alone, then its first
+// ten bytes, then the rest, so that the collector reassembles it.
+func serveDNSTCP(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					var l [2]byte
+					if _, err := io.ReadFull(r, l[:]); err != nil {
+						return
+					}
+					in := make([]byte, int(l[0])<<8|int(l[1]))
+					if _, err := io.ReadFull(r, in); err != nil {
+						return
+					}
+					out, ok := answer(in)
+					if !ok {
+						continue // slow.example.com: never answered
+					}
+					// Go sets TCP_NODELAY: each write is a segment of its own.
+					for _, part := range [][]byte{{byte(len(out) >> 8), byte(len(out))}, out[:10], out[10:]} {
+						if _, err := c.Write(part); err != nil {
+							return
+						}
+						time.Sleep(2 * time.Millisecond)
+					}
+				}
+			}()
+		}
+	}()
+	return nil
+}
+
 func answer(in []byte) ([]byte, bool) {
 	var p dnsmessage.Parser
 	h, err := p.Start(in)
@@ -124,13 +170,18 @@ func answer(in []byte) ([]byte, bool) {
 }
 
 // dnsClient resolves each name through the server (a UDP socket to port 53,
-// by Go's resolver) for network ("ip4": A, "ip6": AAAA), printing "lookup
+// by Go's resolver; over TCP when server is "tcp/ADDR") for network ("ip4": A, "ip6": AAAA), printing "lookup
 // NAME RESULT", then connects to api.example.com port 80, sends n bytes,
 // prints "sent" and holds the connection until stdin closes.
 func dnsClient(server, network string, n int, names []string) error {
+	transport := "udp"
+	if addr, ok := strings.CutPrefix(server, "tcp/"); ok {
+		// Go's resolver frames its queries for TCP on a stream connection.
+		transport, server = "tcp", addr
+	}
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "udp", server)
+		return d.DialContext(ctx, transport, server)
 	}}
 	var api net.IP
 	for _, name := range names {

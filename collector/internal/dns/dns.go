@@ -37,11 +37,15 @@ type Config struct {
 	MaxDurations int
 	// MaxAnswers caps the names sent per interval.
 	MaxAnswers int
+	// MaxStreams caps the DNS-over-TCP stream directions reassembled at
+	// once (each keeps at most 4 KiB of its message in progress); segments
+	// of streams beyond are dropped and counted.
+	MaxStreams int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Timeout: 5 * time.Second, MaxPending: 65536, MaxFlows: 4096, MaxDurations: 4096, MaxAnswers: 4096}
+	return Config{Timeout: 5 * time.Second, MaxPending: 65536, MaxFlows: 4096, MaxDurations: 4096, MaxAnswers: 4096, MaxStreams: 1024}
 }
 
 // Validate reports a bad field, named by its flag.
@@ -49,7 +53,7 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("--dns-timeout: %s is not positive", c.Timeout)
 	}
-	if c.MaxPending <= 0 || c.MaxFlows <= 0 || c.MaxDurations < 0 || c.MaxAnswers < 0 {
+	if c.MaxPending <= 0 || c.MaxFlows <= 0 || c.MaxDurations < 0 || c.MaxAnswers < 0 || c.MaxStreams <= 0 {
 		return errors.New("dns: caps must be positive")
 	}
 	return nil
@@ -107,6 +111,7 @@ type Tracker struct {
 	pending     map[pendingKey]pending
 	flows       map[flowKey]*flow
 	answers     map[string]*answer
+	streams     map[streamKey]*stream // DNS over TCP (tcp.go)
 	parseErrors uint64
 
 	m *metrics
@@ -129,6 +134,7 @@ func New(cfg Config, procs Describer, reg prometheus.Registerer) (*Tracker, erro
 		pending: make(map[pendingKey]pending),
 		flows:   make(map[flowKey]*flow),
 		answers: make(map[string]*answer),
+		streams: make(map[streamKey]*stream),
 		m:       m,
 	}, nil
 }
@@ -153,8 +159,18 @@ func (t *Tracker) Follow(ctx context.Context, src Events) error {
 	}
 }
 
-// Apply records one payload.
+// Apply records one payload: a UDP datagram's message, or a TCP segment's
+// part of a stream of messages.
 func (t *Tracker) Apply(ev probe.DNSEvent) {
+	if ev.TCP {
+		t.tcpSegment(ev)
+		return
+	}
+	t.message(ev)
+}
+
+// message records one DNS message.
+func (t *Tracker) message(ev probe.DNSEvent) {
 	var p dnsmessage.Parser
 	h, err := p.Start(ev.Payload)
 	if err != nil {
@@ -321,6 +337,7 @@ func (t *Tracker) Drain() (flows []*ingestv1.DnsFlow, answers []*ingestv1.DnsAns
 		}
 	}
 	t.m.pending.Set(float64(len(t.pending)))
+	t.expireStreams(now)
 	for k, f := range t.flows {
 		wf := &ingestv1.DnsFlow{
 			ClientAddr:  k.client.AsSlice(),

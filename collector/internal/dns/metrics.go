@@ -17,6 +17,9 @@ type metrics struct {
 	answersDropped   prometheus.Counter
 	durationsDropped prometheus.Counter
 	pending          prometheus.Gauge
+	tcpMessages      prometheus.Counter
+	tcpDropped       *prometheus.CounterVec
+	tcpStreams       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -61,9 +64,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "weir_collector_dns_pending",
 			Help: "DNS queries awaiting an answer, at the last report.",
 		}),
+		tcpMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_collector_dns_tcp_messages_total",
+			Help: "DNS messages reassembled from TCP segments.",
+		}),
+		tcpDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_collector_dns_tcp_dropped_total",
+			Help: "DNS-over-TCP segments not reassembled: stream_cap (streams at their cap), gap (a stream that lost its place at a missing segment).",
+		}, []string{"reason"}),
+		tcpStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_collector_dns_tcp_streams",
+			Help: "DNS-over-TCP stream directions being reassembled, at the last report.",
+		}),
+	}
+	for _, r := range []string{"stream_cap", "gap"} {
+		m.tcpDropped.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.answers, m.timeouts, m.parseErrors, m.unmatched,
-		m.pendingDropped, m.flowsDropped, m.answersDropped, m.durationsDropped, m.pending} {
+		m.pendingDropped, m.flowsDropped, m.answersDropped, m.durationsDropped, m.pending,
+		m.tcpMessages, m.tcpDropped, m.tcpStreams} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register DNS metrics: %w", err)
 		}

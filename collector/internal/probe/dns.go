@@ -49,8 +49,15 @@ type DNSEvent struct {
 	Comm     string        // the sender's comm; empty for an answer
 	Egress   bool
 	Src, Dst netip.AddrPort
-	// Payload is the DNS message, cut to 512 bytes. It is only valid until
-	// the next ReadEvent.
+	// TCP: a TCP segment's payload, part of a stream of length-prefixed
+	// messages (RFC 1035 4.2.2) that starts at sequence number Seq.
+	TCP bool
+	Seq uint32
+	// Total is the payload's length in the packet; Payload holds its first
+	// 512 bytes.
+	Total int
+	// Payload is the DNS message (UDP) or the segment's payload (TCP), cut
+	// to 512 bytes. It is only valid until the next ReadEvent.
 	Payload []byte
 }
 
@@ -165,6 +172,9 @@ func decodeDNSEvent(raw []byte) (DNSEvent, error) {
 		PID:      ev.Pid,
 		NetNS:    ev.Netns,
 		Egress:   ev.Egress == 1,
+		TCP:      ev.Tcp == 1,
+		Seq:      ev.Seq,
+		Total:    int(ev.Total),
 		Payload:  ev.Payload[:min(int(ev.Len), len(ev.Payload))],
 	}
 	if ev.Pid != 0 {

@@ -27,8 +27,13 @@ type dnsDnsEvent struct {
 	Len      uint16
 	Egress   uint8
 	Family   uint8
+	Tcp      uint8
+	Pad      [3]uint8
+	Seq      uint32
+	Total    uint32
 	Comm     [16]int8
 	Payload  [512]uint8
+	_        [4]byte
 }
 
 // Names of all BPF objects in the ELF.
