@@ -140,6 +140,8 @@ func (c *common) explain(err error) error {
 	switch {
 	case st.Code() == codes.Unimplemented:
 		return fmt.Errorf("the server at %s does not serve the Observer API (is it a weir reducer of this version?): %s", c.server, msg)
+	case st.Code() == codes.PermissionDenied:
+		return fmt.Errorf("the reducer refused the identity of --tls-cert %s: weirctl needs an observer certificate (spiffe://<trust-domain>/observer/<name>, from weirctl certs --observers): %s", c.tlsCert, msg)
 	case st.Code() == codes.ResourceExhausted:
 		return errors.New(msg)
 	case st.Code() == codes.DeadlineExceeded:

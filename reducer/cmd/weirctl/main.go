@@ -25,6 +25,8 @@ Commands:
   observe   print flow events (open, counters, close), like hubble observe
   map       print the service map: a table sorted by bytes, JSON or Graphviz dot
   status    print the reducer's status: collectors, losses, table sizes
+  certs     write a CA and certificates for the reducer, nodes, the
+            k8s-watcher and observers (mTLS with identities)
   version   print weirctl's version
 
 Every command takes --server (default localhost:7000) and, for mTLS,
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cmd = serviceMap
 	case "status":
 		cmd = statusCmd
+	case "certs":
+		cmd = certs
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "weirctl", version)
 		return 0
