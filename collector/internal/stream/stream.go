@@ -3,8 +3,6 @@ package stream
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -12,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -21,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -187,7 +183,7 @@ func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Regis
 	if cfg.InitialBackoff <= 0 || cfg.MaxBackoff < cfg.InitialBackoff {
 		return nil, errors.New("backoff must be positive, max not below initial")
 	}
-	creds, err := transportCredentials(cfg)
+	creds, err := transportCredentials(cfg, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -196,32 +192,6 @@ func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Regis
 		return nil, err
 	}
 	return c, nil
-}
-
-func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
-	if cfg.TLSCert == "" && cfg.TLSKey == "" && cfg.TLSCA == "" {
-		return insecure.NewCredentials(), nil
-	}
-	if cfg.TLSCert == "" || cfg.TLSKey == "" || cfg.TLSCA == "" {
-		return nil, errors.New("tls needs a certificate, a key and a CA")
-	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-	if err != nil {
-		return nil, fmt.Errorf("load tls key pair: %w", err)
-	}
-	pem, err := os.ReadFile(cfg.TLSCA)
-	if err != nil {
-		return nil, fmt.Errorf("read tls ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("tls ca %s: no certificate found", cfg.TLSCA)
-	}
-	return credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		MinVersion:   tls.VersionTLS13,
-	}), nil
 }
 
 // LastAcked returns the sequence number of the last batch the reducer
