@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/collector/internal/admin"
+	"github.com/weir-project/weir/collector/internal/caps"
 	"github.com/weir-project/weir/collector/internal/probe"
 	"github.com/weir-project/weir/collector/internal/proc"
 	"github.com/weir-project/weir/collector/internal/sockets"
@@ -61,6 +62,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.Warn("deprecated flag", "flag", "--"+name, "use", "--max-sockets")
 	}
 
+	// Least privilege: the capabilities of caps.Required, and no more
+	// (see the README's security section). A missing one is named here
+	// rather than left to an EPERM from the kernel.
+	if err := caps.Check(); err != nil {
+		fmt.Fprintf(stderr, "weir-collector: %v\n", err)
+		return 1
+	}
+	if !caps.Has(caps.SysAdmin) {
+		logger.Info("running without CAP_SYS_ADMIN: other network namespaces cannot be entered (setns), so their sockets open before start are not discovered and their conntrack is not read")
+	}
 	if err := probe.Check(); err != nil {
 		fmt.Fprintf(stderr, "weir-collector: %s\n", unsupportedMessage(err))
 		return 1

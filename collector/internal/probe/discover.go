@@ -63,12 +63,22 @@ func (p *Probe) discoverAll(paths []string) ([]Event, []error) {
 
 	var events []Event
 	var errs []error
+	var st unix.Stat_t
+	_ = unix.Fstat(int(self.Fd()), &st)
+	entered := false
 	for _, path := range paths {
-		evs, err := p.discoverIn(path)
+		evs, moved, err := p.discoverIn(path, st.Ino)
+		entered = entered || moved
 		if err != nil {
 			errs = append(errs, err)
 		}
 		events = append(events, evs...)
+	}
+	if !entered {
+		// Never left: nothing to return from (setns needs CAP_SYS_ADMIN,
+		// which a least-privilege collector does not have).
+		runtime.UnlockOSThread()
+		return events, errs
 	}
 	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
 		return events, append(errs, fmt.Errorf("return to own network namespace: %w", err))
@@ -77,19 +87,32 @@ func (p *Probe) discoverAll(paths []string) ([]Event, []error) {
 	return events, errs
 }
 
-// discoverIn runs the discovery iterator in the network namespace at path.
-func (p *Probe) discoverIn(path string) ([]Event, error) {
+// discoverIn runs the discovery iterator in the network namespace at path;
+// it enters the namespace unless it is the thread's own (inode self), and
+// reports whether it did.
+func (p *Probe) discoverIn(path string, self uint64) ([]Event, bool, error) {
 	ns, err := os.Open(path)
 	if err != nil {
 		if gone(err) {
-			return nil, nil
+			return nil, false, nil
 		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, false, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer ns.Close()
-	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("enter %s: %w", path, err)
+	var st unix.Stat_t
+	entered := false
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil || st.Ino != self {
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return nil, false, fmt.Errorf("enter %s: %w", path, err)
+		}
+		entered = true
 	}
+	events, err := p.discoverHere(path)
+	return events, entered, err
+}
+
+// discoverHere runs the discovery iterator in the thread's namespace.
+func (p *Probe) discoverHere(path string) ([]Event, error) {
 	// The iterator walks the namespace of the thread that opens it.
 	r, err := p.discover.Open()
 	if err != nil {
