@@ -82,6 +82,19 @@ type udpEnd struct {
 	gone  bool
 }
 
+// udpIndex finds the ends that may be the peer of an end: by their local
+// port, their remote port and their local address (unspecified for a
+// socket bound to any address), so that the ends of one well-known port
+// pair (123 to 123, say) on many hosts are not one long list.
+type udpIndex struct {
+	lport, rport uint16
+	laddr        netip.Addr
+}
+
+func indexOf(k udpKey) udpIndex {
+	return udpIndex{lport: k.local.Port(), rport: k.remote.Port(), laddr: k.local.Addr()}
+}
+
 // udpHeld is an entry of the queue of held ends.
 type udpHeld struct {
 	end  *udpEnd
@@ -91,8 +104,8 @@ type udpHeld struct {
 // udpJoin is the engine's table of UDP ends.
 type udpJoin struct {
 	ends      map[udpKey]*udpEnd
-	byPorts   map[[2]uint16][]*udpEnd // (local port, remote port) → ends
-	held      []udpHeld               // oldest first
+	byPorts   map[udpIndex][]*udpEnd
+	held      []udpHeld // oldest first
 	lastSweep int64
 	batch     []*udpEnd // scratch: the ends of the batch being counted
 }
@@ -116,7 +129,7 @@ func (e *Engine) countUDP(now time.Time, s *Session, flows []UDPFlow) {
 	u := &e.udp
 	if u.ends == nil {
 		u.ends = make(map[udpKey]*udpEnd)
-		u.byPorts = make(map[[2]uint16][]*udpEnd)
+		u.byPorts = make(map[udpIndex][]*udpEnd)
 	}
 	e.publishUDP(now)
 	for i := range flows {
@@ -154,8 +167,8 @@ func (e *Engine) countUDP(now time.Time, s *Session, flows []UDPFlow) {
 		if end == nil {
 			end = &udpEnd{key: k}
 			u.ends[k] = end
-			pp := [2]uint16{local.Port(), remote.Port()}
-			u.byPorts[pp] = append(u.byPorts[pp], end)
+			ix := indexOf(k)
+			u.byPorts[ix] = append(u.byPorts[ix], end)
 		}
 		end.sess, end.last = s, ns
 		if p != nil || end.proc == nil {
@@ -208,13 +221,26 @@ func (e *Engine) udpPair(now time.Time, end *udpEnd) {
 	u := &e.udp
 	k := end.key
 	var found *udpEnd
-	for _, c := range u.byPorts[[2]uint16{k.remote.Port(), k.local.Port()}] {
-		if c == end || c.gone || (c.peer != nil && !c.peer.gone) || !udpMatch(end, c) {
-			continue
+	// The peer's socket is bound to the address this end sent to, or to
+	// any address.
+	var buf [3]netip.Addr
+	laddrs := append(buf[:0], k.remote.Addr(), netip.IPv6Unspecified())
+	if k.remote.Addr().Is4() {
+		// A dual-stack socket bound to [::] too.
+		laddrs = append(laddrs, netip.IPv4Unspecified())
+	}
+	for _, laddr := range laddrs {
+		if found != nil {
+			break
 		}
-		found = c
-		if c.key.local.Addr() == k.remote.Addr() && c.key.remote.Addr() == k.local.Addr() {
-			break // both addresses known and equal: the best match
+		for _, c := range u.byPorts[udpIndex{lport: k.remote.Port(), rport: k.local.Port(), laddr: laddr}] {
+			if c == end || c.gone || (c.peer != nil && !c.peer.gone) || !udpMatch(end, c) {
+				continue
+			}
+			found = c
+			if c.key.remote.Addr() == k.local.Addr() {
+				break // both addresses known and equal: the best match
+			}
 		}
 	}
 	if found == nil {
@@ -374,8 +400,8 @@ func (e *Engine) publishUDP(now time.Time) {
 		}
 		end.peer = nil
 		delete(u.ends, k)
-		pp := [2]uint16{k.local.Port(), k.remote.Port()}
-		list := u.byPorts[pp]
+		ix := indexOf(k)
+		list := u.byPorts[ix]
 		for i, x := range list {
 			if x == end {
 				list[i] = list[len(list)-1]
@@ -385,9 +411,9 @@ func (e *Engine) publishUDP(now time.Time) {
 			}
 		}
 		if len(list) == 0 {
-			delete(u.byPorts, pp)
+			delete(u.byPorts, ix)
 		} else {
-			u.byPorts[pp] = list
+			u.byPorts[ix] = list
 		}
 	}
 }

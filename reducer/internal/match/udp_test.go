@@ -43,6 +43,7 @@ func TestUDPJoin(t *testing.T) {
 	}{
 		{name: "namespaces, client bound to any", cliLocal: "0.0.0.0:5000", srvRem: "10.0.0.1:5000", cliNode: "node-a", cliNetns: 1, remote: "10.0.0.2:53", srvLocal: "10.0.0.2:53"},
 		{name: "namespaces, v6, both bound to any", cliLocal: "[::]:5000", srvRem: "[2001:db8::1]:5000", cliNode: "node-a", cliNetns: 1, remote: "[2001:db8::2]:53", srvLocal: "[::]:53"},
+		{name: "namespaces, dual-stack server bound to [::]", cliLocal: "10.0.0.1:5000", srvRem: "10.0.0.1:5000", cliNode: "node-a", cliNetns: 1, remote: "10.0.0.2:53", srvLocal: "[::]:53"},
 		{name: "two nodes", cliLocal: "10.0.0.1:5000", srvRem: "10.0.0.1:5000", cliNode: "node-b", cliNetns: 1, remote: "10.0.0.2:53", srvLocal: "10.0.0.2:53"},
 		{name: "loopback", cliLocal: "127.0.0.1:5000", srvRem: "127.0.0.1:5000", cliNode: "node-a", cliNetns: 2, remote: "127.0.0.1:53", srvLocal: "127.0.0.1:53"},
 	} {
