@@ -177,7 +177,7 @@ func TestPrivilegedChurn(t *testing.T) {
 }
 
 // rssKB reads VmRSS of a process.
-func rssKB(t *testing.T, pid int) int64 {
+func rssKB(t testing.TB, pid int) int64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

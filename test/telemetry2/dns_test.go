@@ -140,7 +140,7 @@ table ip6 weirt2 {
 }
 
 // commOf is the comm of a process running the executable path.
-func commOf(t *testing.T, path string) string {
+func commOf(t testing.TB, path string) string {
 	t.Helper()
 	base := path[strings.LastIndex(path, "/")+1:]
 	if len(base) > 15 {
@@ -174,7 +174,7 @@ func histCount(m harness.Metrics, name string, match map[string]string) float64 
 	return n
 }
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
@@ -182,7 +182,7 @@ func run(t *testing.T, args ...string) {
 }
 
 // nft loads a ruleset into a namespace.
-func nft(t *testing.T, ns, rules string) {
+func nft(t testing.TB, ns, rules string) {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
