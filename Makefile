@@ -87,6 +87,9 @@ generate-proto: tools-go
 test: build images
 	@command -v ip >/dev/null && command -v nft >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables; }
+	@# test/mappage draws the /map page in Debian's headless Chromium.
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; }
 	@# Module packages (unit tests, and the collector's privileged tests) run side by side.
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m $(UNIT_PKGS)
 	@# The system tests under test/ run one package at a time: each starts real collectors that

@@ -1,5 +1,6 @@
 // Package web serves the reducer's HTTP endpoints: /metrics, /healthz,
-// /readyz, and what other parts add with Handle (e.g. /api/v1/map).
+// /readyz, the /map page, and what other parts add with Handle (e.g.
+// /api/v1/map, which the page draws).
 package web
 
 import (
@@ -47,6 +48,7 @@ func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *s
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	handleMap(mux)
 	return &Server{
 		addr:   addr,
 		logger: logger,
