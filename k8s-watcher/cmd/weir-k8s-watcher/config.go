@@ -68,7 +68,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryPeriod, "retry-period", c.RetryPeriod, "time between attempts to acquire or renew the Lease")
 	fs.IntVar(&c.MaxTombstones, "max-tombstones", c.MaxTombstones, "deletions remembered for resuming a stream; a reducer further behind gets a snapshot")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP address (e.g. /debug/pprof/heap?gc=1 runs a GC first)")
-	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "client certificate (PEM); with --tls-key and --tls-ca enables mTLS to the reducer")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "client certificate (PEM) naming spiffe://<trust-domain>/k8s-watcher (weirctl certs writes one); with --tls-key and --tls-ca enables mTLS to the reducer")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "client private key (PEM)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that the reducer's certificate must chain to")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
