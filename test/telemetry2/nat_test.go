@@ -18,9 +18,13 @@ import (
 // process, with exact bytes, and nothing goes to the virtual IPs.
 func TestPrivilegedNAT(t *testing.T) {
 	harness.RequireRoot(t)
+	// The namespaces appear after the collector started, and the client
+	// connects at once: the collector lists the namespaces again before
+	// a report, and a new one's connections come from the dump that
+	// follows its conntrack socket's opening.
+	w := harness.StartWeir(t, harness.WeirOptions{})
 	client, server := harness.TwoHosts(t, "t2nat")
 	dnat(t, client, server)
-	w := harness.StartWeir(t, harness.WeirOptions{})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -28,10 +32,6 @@ func TestPrivilegedNAT(t *testing.T) {
 	srv := harness.Start(t, "nat-server", server.Exec(self, "weir-helper", "dnsserver",
 		"tcp="+server.IPv4+":8080", "tcp=["+server.IPv6+"]:8080")...)
 	srv.WaitLine(t, "ready", 30*time.Second)
-	// The collector lists the network namespaces every 2 s: the new ones
-	// are followed before the connections are made, so that their sockets
-	// are announced with their translations.
-	time.Sleep(5 * time.Second)
 
 	total := 0
 	for _, c := range []struct {

@@ -2,11 +2,14 @@ package telemetry2
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,7 +21,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/test/internal/harness"
 )
@@ -98,6 +103,7 @@ func socketChurn(t testing.TB, n int) float64 {
 	srv.WaitLine(t, "ready", 30*time.Second)
 
 	pid := w.Collector.PID()
+	ours := [2]uint32{netnsInode(t, client.NS), netnsInode(t, server.NS)}
 	// The baseline: once the collector has started and the hosts exist.
 	time.Sleep(2 * time.Second)
 	base, err := storageEntries(pid)
@@ -105,7 +111,7 @@ func socketChurn(t testing.TB, n int) float64 {
 		t.Fatal(err)
 	}
 	rss0 := rssKB(t, pid)
-	t.Logf("before: socket storage entries %v, collector RSS %d KiB", base, rss0)
+	t.Logf("before: %s; collector RSS %d KiB", describeEntries(base, ours), rss0)
 
 	// Ten steps, each a tenth of the connections: the RSS after each.
 	const steps = 10
@@ -113,8 +119,12 @@ func socketChurn(t testing.TB, n int) float64 {
 		strconv.Itoa(n / steps), "100", "16", udpAddr}, addrs...)...)...)
 	var rss []int64
 	start := time.Now()
+	peak := 0 // the most entries of the namespaces seen during a step
 	for s := range steps {
 		cli.Send(t, "go")
+		if e, err := storageEntries(pid); err == nil {
+			peak = max(peak, e["sk_states"][ours[0]]+e["sk_states"][ours[1]])
+		}
 		cli.WaitLine(t, "done", 10*time.Minute)
 		rss = append(rss, rssKB(t, pid))
 		if s == 0 || s == steps-1 {
@@ -122,7 +132,7 @@ func socketChurn(t testing.TB, n int) float64 {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("after %d connections: socket storage entries %v, collector RSS %d KiB", (s+1)*(n/steps), e, rss[s])
+			t.Logf("after %d connections: %s; collector RSS %d KiB", (s+1)*(n/steps), describeEntries(e, ours), rss[s])
 		}
 	}
 	took := time.Since(start)
@@ -132,31 +142,40 @@ func socketChurn(t testing.TB, n int) float64 {
 	}
 	total := steps * (n / steps)
 	rate := float64(total) / took.Seconds()
-	t.Logf("%d connections in %s (%.0f/s); collector RSS after each tenth (KiB): %v", total, took.Round(time.Millisecond), rate, rss)
+	t.Logf("%d connections in %s (%.0f/s); collector RSS after each tenth (KiB): %v; at most %d sk_states entries of the namespaces seen during the churn",
+		total, took.Round(time.Millisecond), rate, rss, peak)
+	if peak == 0 {
+		t.Errorf("no socket storage of the namespaces seen during the churn: the collector tracked none of its sockets")
+	}
 
 	// The maps go back to their baseline: every socket of the churn freed
-	// its storage. Other sockets of the machine come and go meanwhile (the
-	// collector tracks every namespace), hence a small allowance, far below
-	// what one leaked entry per thousand connections would show.
-	slack := 64
-	var after map[string]int
+	// its storage. The entries of the two namespaces are counted apart
+	// from the machine's other sockets, which come and go meanwhile (the
+	// collector tracks every namespace): theirs are exact.
+	var after map[string]map[uint32]int
+	back := func() bool {
+		for name, b := range base {
+			for _, ns := range ours {
+				if after[name][ns] != b[ns] {
+					return false
+				}
+			}
+		}
+		return true
+	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		if after, err = storageEntries(pid); err != nil {
 			t.Fatal(err)
 		}
-		ok := true
-		for name, b := range base {
-			ok = ok && after[name] <= b+slack
-		}
-		if ok || time.Now().After(deadline) {
+		if back() || time.Now().After(deadline) {
 			break
 		}
 	}
-	t.Logf("after the churn: socket storage entries %v (before %v)", after, base)
-	for name, b := range base {
-		if after[name] > b+slack {
-			t.Errorf("%s: %d entries after %d connections, %d before", name, after[name], total, b)
-		}
+	t.Logf("after the churn: %s; TCP sockets by state: client %v, server %v",
+		describeEntries(after, ours), tcpStates(t, client), tcpStates(t, server))
+	if !back() {
+		t.Errorf("socket storage entries in the test's namespaces after %d connections: %s; before: %s", total,
+			describeEntries(after, ours), describeEntries(base, ours))
 	}
 	if len(base) != 2 {
 		t.Errorf("socket storage maps of the collector: %v, want sk_states and udp_states", base)
@@ -272,10 +291,24 @@ func init() {
 }
 
 // storageEntries counts the entries of each socket-storage map that process
-// pid holds, by name, with a bpf_sk_storage_map iterator that writes one
-// byte per entry: the kernel's own count, independent of the collector's.
-func storageEntries(pid int) (map[string]int, error) {
+// pid holds, by map name and by the network namespace (inode) of each
+// entry's socket, with a bpf_sk_storage_map iterator of the test's own that
+// writes the namespace of each entry: the kernel's own count, independent
+// of the collector's.
+func storageEntries(pid int) (map[string]map[uint32]int, error) {
 	ids, err := socketStorageMaps(pid)
+	if err != nil {
+		return nil, err
+	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, err
+	}
+	netOff, err := fieldOffset(kernel, "sock", "__sk_common", "skc_net", "net")
+	if err != nil {
+		return nil, err
+	}
+	inumOff, err := fieldOffset(kernel, "net", "ns", "inum")
 	if err != nil {
 		return nil, err
 	}
@@ -287,15 +320,16 @@ func storageEntries(pid int) (map[string]int, error) {
 		License:    "GPL",
 		Instructions: asm.Instructions{
 			// struct bpf_iter__bpf_sk_storage_map { meta; map; sk; value; }
-			asm.LoadMem(asm.R2, asm.R1, 16, asm.DWord), // ctx->sk
-			asm.JEq.Imm(asm.R2, 0, "exit"),             // the end of the walk
-			asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord),  // ctx->meta
-			asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord),  // meta->seq
-			asm.Mov.Imm(asm.R4, '.'),
-			asm.StoreMem(asm.RFP, -8, asm.R4, asm.DWord),
+			asm.LoadMem(asm.R2, asm.R1, 16, asm.DWord),            // ctx->sk
+			asm.JEq.Imm(asm.R2, 0, "exit"),                        // the end of the walk
+			asm.LoadMem(asm.R3, asm.R2, int16(netOff), asm.DWord), // sk->sk_net.net
+			asm.LoadMem(asm.R4, asm.R3, int16(inumOff), asm.Word), // net->ns.inum
+			asm.StoreMem(asm.RFP, -8, asm.R4, asm.Word),
+			asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord), // ctx->meta
+			asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord), // meta->seq
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, -8),
-			asm.Mov.Imm(asm.R3, 1),
+			asm.Mov.Imm(asm.R3, 4),
 			asm.FnSeqWrite.Call(),
 			asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
 			asm.Return(),
@@ -305,36 +339,108 @@ func storageEntries(pid int) (map[string]int, error) {
 		return nil, fmt.Errorf("load the counting iterator: %w", err)
 	}
 	defer prog.Close()
-	out := make(map[string]int)
+	out := make(map[string]map[uint32]int)
 	for name, id := range ids {
 		m, err := ebpf.NewMapFromID(id)
 		if err != nil {
 			return nil, fmt.Errorf("map %s (%d): %w", name, id, err)
 		}
-		n, err := countIter(prog, m)
+		b, err := readIter(prog, m)
 		m.Close()
 		if err != nil {
 			return nil, fmt.Errorf("count %s: %w", name, err)
 		}
-		out[name] = n
+		byNS := make(map[uint32]int)
+		for i := 0; i+4 <= len(b); i += 4 {
+			byNS[binary.NativeEndian.Uint32(b[i:])]++
+		}
+		out[name] = byNS
 	}
 	return out, nil
 }
 
-// countIter runs prog over m and returns the bytes it wrote.
-func countIter(prog *ebpf.Program, m *ebpf.Map) (int, error) {
+// fieldOffset returns the byte offset of a path of fields in a kernel
+// struct, through anonymous members and typedefs.
+func fieldOffset(spec *btf.Spec, typ string, path ...string) (uint32, error) {
+	var s *btf.Struct
+	if err := spec.TypeByName(typ, &s); err != nil {
+		return 0, err
+	}
+	var t btf.Type = s
+	off := uint32(0)
+	for _, name := range path {
+		m, o, ok := member(t, name)
+		if !ok {
+			return 0, fmt.Errorf("no field %s in %s (%s)", name, typ, strings.Join(path, "."))
+		}
+		off += o
+		t = btf.UnderlyingType(m.Type)
+	}
+	return off, nil
+}
+
+// member finds a field of a struct or union, looking into anonymous
+// members, and its byte offset.
+func member(t btf.Type, name string) (btf.Member, uint32, bool) {
+	var members []btf.Member
+	switch c := t.(type) {
+	case *btf.Struct:
+		members = c.Members
+	case *btf.Union:
+		members = c.Members
+	default:
+		return btf.Member{}, 0, false
+	}
+	for _, m := range members {
+		if m.Name == name {
+			return m, m.Offset.Bytes(), true
+		}
+		if m.Name == "" {
+			if in, o, ok := member(btf.UnderlyingType(m.Type), name); ok {
+				return in, m.Offset.Bytes() + o, true
+			}
+		}
+	}
+	return btf.Member{}, 0, false
+}
+
+// netnsInode is the inode of a named network namespace.
+func netnsInode(t testing.TB, name string) uint32 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(st.Ino)
+}
+
+// describeEntries shows the entries of each map: in the client's and the
+// server's namespaces, and in all.
+func describeEntries(e map[string]map[uint32]int, ours [2]uint32) string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(e)) {
+		all := 0
+		for _, c := range e[name] {
+			all += c
+		}
+		out = append(out, fmt.Sprintf("%s %d client, %d server, %d in all", name, e[name][ours[0]], e[name][ours[1]], all))
+	}
+	return strings.Join(out, "; ")
+}
+
+// readIter runs prog over m and returns what it wrote.
+func readIter(prog *ebpf.Program, m *ebpf.Map) ([]byte, error) {
 	it, err := link.AttachIter(link.IterOptions{Program: prog, Map: m})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer it.Close()
 	r, err := it.Open()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer r.Close()
-	n, err := io.Copy(io.Discard, r)
-	return int(n), err
+	return io.ReadAll(r)
 }
 
 // socketStorageMaps returns the ids of the socket-storage maps that process
@@ -380,4 +486,21 @@ func socketStorageMaps(pid int) (map[string]ebpf.MapID, error) {
 		out[info.Name] = ebpf.MapID(n)
 	}
 	return out, nil
+}
+
+// tcpStates counts the TCP sockets of a host's namespace by state, as ss
+// shows them.
+func tcpStates(t testing.TB, h harness.Host) map[string]int {
+	out, err := exec.Command("ip", "netns", "exec", h.NS, "ss", "-Htan").Output()
+	if err != nil {
+		t.Logf("ss in %s: %v", h.NS, err)
+		return nil
+	}
+	n := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			n[f[0]]++
+		}
+	}
+	return n
 }

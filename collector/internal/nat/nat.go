@@ -100,6 +100,7 @@ type Table struct {
 	wmu     sync.Mutex
 	watches map[uint64]*watch
 	buf     []byte
+	scanned time.Time // the last listing of the namespaces
 }
 
 // New returns an empty table whose metrics are registered with reg.
@@ -220,30 +221,11 @@ func (t *Table) Run(ctx context.Context) error {
 	}()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
-	var scanned time.Time
 	for {
 		now := t.now()
 		t.wmu.Lock()
-		if now.Sub(scanned) >= t.cfg.Rescan {
-			scanned = now
-			seen := t.namespaces()
-			for ino, path := range seen {
-				if _, ok := t.watches[ino]; !ok {
-					w := &watch{path: path}
-					t.watches[ino] = w
-					t.open(w)
-				}
-			}
-			for ino, w := range t.watches {
-				if _, ok := seen[ino]; !ok {
-					w.close()
-					delete(t.watches, ino)
-				}
-			}
-			t.m.namespaces.Set(float64(len(t.watches)))
-			t.mu.Lock()
-			t.expire(now)
-			t.mu.Unlock()
+		if now.Sub(t.scanned) >= t.cfg.Rescan {
+			t.rescan(now)
 		}
 		t.drainAll(now)
 		t.wmu.Unlock()
@@ -260,13 +242,47 @@ func (t *Table) Run(ctx context.Context) error {
 // is confirmed, before the SYN leaves the namespace that translates it, so
 // after Sync every translated connection whose socket is established (or
 // closed) has its translation here, except in a namespace that appeared
-// since the last rescan or whose socket overran (counted). The collector
+// less than 250 ms ago or whose socket overran (counted). The collector
 // calls it before each report, so that a short connection is never sent
 // before its translation arrived.
 func (t *Table) Sync() {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	t.drainAll(t.now())
+	now := t.now()
+	if now.Sub(t.scanned) >= syncRescan {
+		// A namespace created since the last listing: its connections
+		// so far come from the dump that follows its socket's opening.
+		t.rescan(now)
+	}
+	t.drainAll(now)
+}
+
+// syncRescan is how old the namespace listing may be at a Sync.
+const syncRescan = 250 * time.Millisecond
+
+// rescan lists the network namespaces again: it follows the new ones
+// (seeded by a dump of their connections) and forgets the gone ones. t.wmu
+// is held.
+func (t *Table) rescan(now time.Time) {
+	t.scanned = now
+	seen := t.namespaces()
+	for ino, path := range seen {
+		if _, ok := t.watches[ino]; !ok {
+			w := &watch{path: path}
+			t.watches[ino] = w
+			t.open(w)
+		}
+	}
+	for ino, w := range t.watches {
+		if _, ok := seen[ino]; !ok {
+			w.close()
+			delete(t.watches, ino)
+		}
+	}
+	t.m.namespaces.Set(float64(len(t.watches)))
+	t.mu.Lock()
+	t.expire(now)
+	t.mu.Unlock()
 }
 
 // drainAll drains every event socket. t.wmu is held.
