@@ -413,7 +413,7 @@ func (e *Engine) settle(now time.Time) {
 			e.unlink(f)
 			e.resolver.Forget(f, &f.uses)
 			if e.emitting {
-				e.emit(Event{Kind: EventFlowClose, Time: now, Local: f.key.a, Remote: f.key.b})
+				e.emitFlowClose(now, f)
 			}
 			continue
 		}
@@ -528,9 +528,8 @@ func (e *Engine) account(now time.Time, f *flow, d uint8) {
 		dir.edge = e.store.Edge(now, dir.edge.Key())
 	}
 	dir.edge.AddPair(now, aggregate.TCPBytes, db, aggregate.TCPPackets, ds)
-	if e.emitting {
-		e.emit(Event{Kind: EventFlowUpdate, Time: now, Local: f.key.endpoint(d), Remote: f.key.endpoint(1 - d),
-			Key: dir.edge.Key(), Bytes: db, Segments: ds})
+	if e.emitting && !f.has(flowTraffic) {
+		e.markTraffic(f, d, db, ds)
 	}
 }
 

@@ -25,10 +25,12 @@ const (
 	// EventFlowOpen: the first end of a connection arrived. Local and
 	// Remote are its endpoints, in key order.
 	EventFlowOpen
-	// EventFlowUpdate: traffic of a flow was counted on the edge Key, from
-	// Local to Remote: Bytes and Segments.
-	EventFlowUpdate
-	// EventFlowClose: no end reports the flow any more.
+	// EventFlowClose: no end reports the flow any more. Local is its
+	// client end, Remote its server end, Key the edge from client to
+	// server (zero if neither direction counted on an edge), and Total what
+	// it counted from Local (0) and from Remote (1) over its life. The
+	// traffic of a flow while it is open is not an event: see
+	// DrainTraffic.
 	EventFlowClose
 	// EventEdgeChange: the connection from Local (client) to Remote moved
 	// from the edge Prev to the edge Key, e.g. because an end resolved to
@@ -45,8 +47,6 @@ func (k EventKind) String() string {
 		return "socket_close"
 	case EventFlowOpen:
 		return "flow_open"
-	case EventFlowUpdate:
-		return "flow_update"
 	case EventFlowClose:
 		return "flow_close"
 	case EventEdgeChange:
@@ -57,14 +57,16 @@ func (k EventKind) String() string {
 
 // Event is one change in the engine, as subscribers see it.
 type Event struct {
-	Kind          EventKind
+	Kind EventKind
+	// Seq numbers the events in the order the engine published them,
+	// from 1; DrainTraffic tells which of them its counts follow.
+	Seq           uint64
 	Time          time.Time
 	Node          string
 	Cookie        uint64
 	Local, Remote netip.AddrPort
 	Key, Prev     aggregate.Key
-	Bytes         uint64
-	Segments      uint64
+	Total         [2]Counts
 }
 
 // subscriber is one subscription.
@@ -82,6 +84,11 @@ type events struct {
 
 	mu   sync.Mutex // guards subs and the closing of their channels
 	subs []*subscriber
+
+	// Guarded by Engine.mu, under which every event is published.
+	seq   uint64        // of the last event published
+	marks []trafficMark // flows with traffic not yet drained, from head on
+	head  int
 }
 
 func newEvents() *events {
@@ -98,6 +105,8 @@ func (ev *events) active() bool { return ev.on.Load() }
 func (ev *events) publish(e Event) {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
+	ev.seq++
+	e.Seq = ev.seq
 	for _, s := range ev.subs {
 		select {
 		case s.ch <- e:
@@ -110,8 +119,9 @@ func (ev *events) publish(e Event) {
 // Subscribe returns a channel of the engine's events from now on, buffered
 // to size events. A subscriber that falls behind loses the events that do
 // not fit, counted in weir_reducer_events_lost_total{subscriber=name}; the
-// engine never waits for it. cancel ends the subscription and closes the
-// channel; it is safe to call more than once.
+// engine never waits for it. While anyone subscribes, the engine also
+// notes the flows that count traffic, for DrainTraffic. cancel ends the
+// subscription and closes the channel; it is safe to call more than once.
 func (e *Engine) Subscribe(name string, size int) (<-chan Event, func()) {
 	ev := e.events
 	s := &subscriber{ch: make(chan Event, max(size, 1)), lost: ev.lost.WithLabelValues(name)}
@@ -122,10 +132,15 @@ func (e *Engine) Subscribe(name string, size int) (<-chan Event, func()) {
 	var once sync.Once
 	return s.ch, func() {
 		once.Do(func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
 			ev.mu.Lock()
 			defer ev.mu.Unlock()
 			ev.subs = slices.DeleteFunc(ev.subs, func(x *subscriber) bool { return x == s })
 			ev.on.Store(len(ev.subs) > 0)
+			if len(ev.subs) == 0 {
+				e.forgetTraffic()
+			}
 			close(s.ch)
 		})
 	}
@@ -141,5 +156,19 @@ func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
 	if f := sk.flow; f != nil {
 		ev.Local, ev.Remote = f.key.endpoint(sk.end), f.key.endpoint(1-sk.end)
 	}
+	e.emit(ev)
+}
+
+// emitFlowClose publishes the close of f, which left the table.
+func (e *Engine) emitFlowClose(now time.Time, f *flow) {
+	c := f.client()
+	ev := Event{Kind: EventFlowClose, Time: now, Local: f.key.endpoint(c), Remote: f.key.endpoint(1 - c)}
+	if ed := f.dir[c].edge; ed != nil {
+		ev.Key = ed.Key()
+	} else if ed := f.dir[1-c].edge; ed != nil {
+		k := ed.Key()
+		ev.Key = aggregate.Key{Src: k.Dst, Dst: k.Src}
+	}
+	ev.Total = [2]Counts{f.dir[c].counted(), f.dir[1-c].counted()}
 	e.emit(ev)
 }

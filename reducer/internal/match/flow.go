@@ -105,6 +105,9 @@ const (
 	// reducer counts what its end sends, and the connection only when its
 	// end is the client.
 	flowPartial
+	// flowTraffic: the flow is on the list of flows with traffic not yet
+	// drained (DrainTraffic).
+	flowTraffic
 )
 
 // flow is one TCP connection with up to two reporting ends. The flows of

@@ -2,6 +2,7 @@ package observer
 
 import (
 	"context"
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -14,9 +15,12 @@ import (
 )
 
 // EventSource is where flow events come from; *match.Engine is one. The
-// channel must never block its sender (match.Engine drops and counts).
+// channel must never block its sender (match.Engine drops and counts). The
+// traffic of open flows is not in the events: DrainTraffic reads it, and
+// orders it among the events by their Seq (see match.Engine.DrainTraffic).
 type EventSource interface {
 	Subscribe(name string, size int) (<-chan match.Event, func())
+	DrainTraffic(dst []match.Traffic, limit int) ([]match.Traffic, uint64)
 }
 
 // item is one entry of a stream's buffer: a flow event, or the number of
@@ -54,6 +58,8 @@ type flowState struct {
 	client   int8      // index of the client end; -1 while unknown
 	bytes    uint64    // totals, both directions
 	packets  uint64
+	reported [2]match.Counts // totals by sending end, as far as counted here
+	wlEdge   *aggregate.Edge // the edge that wl was taken from
 	openedAt time.Time
 	openSent bool
 	// Traffic counted since the last update event, by sending end.
@@ -92,11 +98,15 @@ type hub struct {
 	lastStream time.Time // when the last following stream ended
 
 	// The hub goroutine's own state.
-	flows   map[pairKey]*flowState
-	nodes   map[netip.AddrPort]string // local endpoint → node of the collector that reports it
-	pending []*flowState              // opens not yet sent
-	dirty   []*flowState              // flows with traffic not yet sent as an update
-	out     []*observerv1.Flow
+	flows    map[pairKey]*flowState
+	nodes    map[netip.AddrPort]string // local endpoint → node of the collector that reports it
+	pending  []*flowState              // opens not yet sent
+	dirty    []*flowState              // flows with traffic not yet sent as an update
+	out      []*observerv1.Flow
+	traffic  []match.Traffic
+	lastRead time.Time   // of the traffic
+	held     match.Event // an event read ahead of the traffic that precedes it
+	holding  bool
 }
 
 func newHub(cfg Config, m *metrics, src EventSource) *hub {
@@ -112,14 +122,17 @@ func newHub(cfg Config, m *metrics, src EventSource) *hub {
 }
 
 // run follows the engine until ctx is done. It follows on demand: the
-// engine builds and publishes events only while someone subscribes, which
-// costs ingest (see BenchmarkIngestObservers), so the hub subscribes when
-// the first WatchFlows stream follows and unsubscribes Linger after the
-// last one ended (never, when Linger is negative). It polls the channel
-// rather than waiting on it, so that the engine's sends find room in the
-// buffer instead of waking a receiver for every event; and it sends the
-// traffic of each flow as one update per UpdateInterval, so that its work
-// per engine event is a map lookup.
+// engine builds events (one per socket and connection opened or closed)
+// and notes the flows with traffic only while someone subscribes, so the
+// hub subscribes when the first WatchFlows stream follows and unsubscribes
+// Linger after the last one ended (never, when Linger is negative). It
+// polls the channel rather than waiting on it, so that the engine's sends
+// find room in the buffer instead of waking a receiver for every event.
+// The traffic of open flows costs ingest no event per update: each
+// UpdateInterval (each OpenPoll while opens wait for their flows' first
+// traffic) the hub reads the counts of the flows that counted traffic
+// (match.Engine.DrainTraffic), and sends one update per flow and direction
+// per UpdateInterval.
 func (h *hub) run(ctx context.Context) {
 	if h.cfg.Linger < 0 {
 		h.mu.Lock()
@@ -147,8 +160,11 @@ func (h *hub) run(ctx context.Context) {
 				continue
 			}
 			h.out = h.out[:0]
-			drainEvents(h, events)
 			tick := !now.Before(next) || idle
+			if tick || len(h.pending) > 0 && now.Sub(h.lastRead) >= h.cfg.OpenPoll {
+				h.readTraffic(events, now)
+			}
+			h.drainEvents(events, math.MaxUint64)
 			if tick {
 				h.flushUpdates()
 				h.flushPending(now)
@@ -188,6 +204,7 @@ func (h *hub) unfollow() {
 	}
 	h.cancel()
 	h.events, h.cancel = nil, nil
+	h.held, h.holding = match.Event{}, false
 	clear(h.flows)
 	clear(h.nodes)
 	clear(h.pending)
@@ -197,21 +214,126 @@ func (h *hub) unfollow() {
 	h.metrics.following.Set(0)
 }
 
-// drainEvents handles what the channel holds, up to its size; false when it
-// is closed.
-func drainEvents(h *hub, events <-chan match.Event) bool {
+// drainEvents handles the events that the channel holds, up to its size,
+// whose Seq is at most upTo; it keeps the first later one for the next
+// call.
+func (h *hub) drainEvents(events <-chan match.Event, upTo uint64) {
+	if h.holding {
+		if h.held.Seq > upTo {
+			return
+		}
+		h.holding = false
+		h.handle(h.held)
+	}
 	for range cap(events) + 1 {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return false
+				return
+			}
+			if ev.Seq > upTo {
+				h.held, h.holding = ev, true
+				return
 			}
 			h.handle(ev)
 		default:
-			return true
+			return
 		}
 	}
-	return true
+}
+
+// readTraffic reads the counts of the flows that counted traffic since the
+// last read, DrainBatch flows at a time, each batch after the events it
+// follows and before the later ones.
+func (h *hub) readTraffic(events <-chan match.Event, now time.Time) {
+	h.lastRead = now
+	for range h.cfg.MaxFlows/h.cfg.DrainBatch + 1 {
+		var seq uint64
+		h.traffic, seq = h.src.DrainTraffic(h.traffic[:0], h.cfg.DrainBatch)
+		h.drainEvents(events, seq)
+		for i := range h.traffic {
+			h.count(&h.traffic[i], now)
+		}
+		n := len(h.traffic)
+		clear(h.traffic) // lets go of the edges
+		if n < h.cfg.DrainBatch {
+			return
+		}
+	}
+}
+
+// count adds what a flow counted since the last read to its pending
+// update.
+func (h *hub) count(t *match.Traffic, now time.Time) {
+	k := pairKey{t.Ends[0], t.Ends[1]}
+	st := h.flows[k]
+	if st == nil {
+		// A flow that was open before the hub started: updates only, and
+		// its totals from its start.
+		st = &flowState{ep: t.Ends, client: -1, openSent: true}
+		for i, tot := range t.Total {
+			st.reported[i] = match.Counts{Bytes: tot.Bytes - t.Delta[i].Bytes, Segments: tot.Segments - t.Delta[i].Segments}
+			st.bytes += st.reported[i].Bytes
+			st.packets += st.reported[i].Segments
+		}
+		st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
+		if len(h.flows) < h.cfg.MaxFlows {
+			h.flows[k] = st
+			st.tracked = true
+		}
+	}
+	st.client = int8(t.Client)
+	for i, n := range t.Nodes {
+		if n != "" {
+			st.node[i] = n
+		}
+	}
+	// The client's edge names both ends; else the other direction's.
+	c := int(t.Client)
+	if ed := t.Edges[c]; ed != nil {
+		st.setWorkloads(c, ed)
+	} else if ed := t.Edges[1-c]; ed != nil {
+		st.setWorkloads(1-c, ed)
+	}
+	if !st.openSent {
+		h.emitOpen(st)
+	}
+	st.add(t.Delta, now)
+	switch {
+	case !st.tracked:
+		h.emitUpdates(st) // no later close to flush it: now
+	case !st.dirty:
+		st.dirty = true
+		h.dirty = append(h.dirty, st)
+	}
+}
+
+// setWorkloads names the ends from the key of edge ed, the edge of the
+// traffic from end i.
+func (st *flowState) setWorkloads(i int, ed *aggregate.Edge) {
+	if st.wlEdge == ed {
+		return
+	}
+	st.wlEdge = ed
+	k := ed.Key()
+	st.wl[i], st.wl[1-i] = workload(k.Src), workload(k.Dst)
+}
+
+// add adds what was counted from each end to the totals and the pending
+// update.
+func (st *flowState) add(delta [2]match.Counts, at time.Time) {
+	for i, d := range delta {
+		if d.Bytes|d.Segments == 0 {
+			continue
+		}
+		st.reported[i].Bytes += d.Bytes
+		st.reported[i].Segments += d.Segments
+		st.bytes += d.Bytes
+		st.packets += d.Segments
+		st.pend[i].bytes += d.Bytes
+		st.pend[i].packets += d.Segments
+		st.pendAt = at
+	}
 }
 
 // handle converts one engine event into zero or more flow events in h.out.
@@ -242,36 +364,6 @@ func (h *hub) handle(ev match.Event) {
 		st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
 		h.flows[k] = st
 		h.pending = append(h.pending, st)
-	case match.EventFlowUpdate:
-		k, i := newPairKey(ev.Local, ev.Remote)
-		st := h.flows[k]
-		if st == nil {
-			// A flow that was open before the hub started: updates only.
-			st = &flowState{ep: [2]netip.AddrPort{k.a, k.b}, client: -1, openSent: true}
-			st.node[0], st.node[1] = h.nodes[k.a], h.nodes[k.b]
-			if len(h.flows) < h.cfg.MaxFlows {
-				h.flows[k] = st
-				st.tracked = true
-			}
-		}
-		if st.wl[i] == nil || st.wl[i].Name != ev.Key.Src.Name || st.wl[1-i] == nil || st.wl[1-i].Name != ev.Key.Dst.Name {
-			st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
-		}
-		if !st.openSent {
-			h.emitOpen(st)
-		}
-		st.bytes += ev.Bytes
-		st.packets += ev.Segments
-		st.pend[i].bytes += ev.Bytes
-		st.pend[i].packets += ev.Segments
-		st.pendAt = ev.Time
-		switch {
-		case !st.tracked:
-			h.emitUpdates(st) // no later close to flush it: now
-		case !st.dirty:
-			st.dirty = true
-			h.dirty = append(h.dirty, st)
-		}
 	case match.EventEdgeChange:
 		k, i := newPairKey(ev.Local, ev.Remote)
 		if st := h.flows[k]; st != nil {
@@ -279,16 +371,29 @@ func (h *hub) handle(ev match.Event) {
 			st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
 		}
 	case match.EventFlowClose:
-		k, _ := newPairKey(ev.Local, ev.Remote)
+		// Local is the client end; the close carries the flow's totals, of
+		// which the traffic since the last read is still to be sent.
+		k, i := newPairKey(ev.Local, ev.Remote)
 		st := h.flows[k]
 		if st == nil {
 			return
 		}
 		delete(h.flows, k)
 		st.closed = true
+		st.client = int8(i)
+		if ev.Key != (aggregate.Key{}) {
+			st.wl[i], st.wl[1-i] = workload(ev.Key.Src), workload(ev.Key.Dst)
+		}
+		var delta [2]match.Counts
+		for j, tot := range ev.Total {
+			end := i ^ j // Total[0] is from the client
+			r := st.reported[end]
+			delta[end] = match.Counts{Bytes: tot.Bytes - min(r.Bytes, tot.Bytes), Segments: tot.Segments - min(r.Segments, tot.Segments)}
+		}
 		if !st.openSent {
 			h.emitOpen(st)
 		}
+		st.add(delta, ev.Time)
 		h.emitUpdates(st)
 		h.out = append(h.out, h.flow(ev.Time, observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE, st, st.clientIndex()))
 	}

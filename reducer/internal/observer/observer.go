@@ -40,7 +40,9 @@ type Config struct {
 	StreamBuffer int
 	// RingSize is the number of recent flow events kept for since/last.
 	RingSize int
-	// EventBuffer is the buffer of the subscription to the engine's events.
+	// EventBuffer is the buffer of the subscription to the engine's events
+	// (a few per connection: its sockets' and its flow's opens and closes),
+	// read each Poll.
 	EventBuffer int
 	// MaxFlows caps the connections whose state (endpoints, workloads,
 	// totals) the observer keeps.
@@ -52,9 +54,16 @@ type Config struct {
 	Linger time.Duration
 	// Poll is how often the engine's events are read.
 	Poll time.Duration
-	// UpdateInterval is how often the traffic of a connection is sent as
-	// update events (one per direction with traffic).
+	// UpdateInterval is how often the traffic of a connection is read from
+	// the engine and sent as update events (one per direction with
+	// traffic).
 	UpdateInterval time.Duration
+	// OpenPoll is how often the traffic is read while opens wait for
+	// their flows' first traffic, which names their workloads.
+	OpenPoll time.Duration
+	// DrainBatch is how many flows' traffic is read from the engine at a
+	// time (under its lock).
+	DrainBatch int
 	// OpenGrace is how long an open waits for the flow's first traffic,
 	// which names its workloads, before it is sent without them.
 	OpenGrace time.Duration
@@ -71,11 +80,13 @@ func DefaultConfig() Config {
 		MaxStreams:     16,
 		StreamBuffer:   1024,
 		RingSize:       4096,
-		EventBuffer:    1 << 16,
+		EventBuffer:    1 << 14,
 		MaxFlows:       1 << 18,
 		Linger:         5 * time.Minute,
 		Poll:           5 * time.Millisecond,
 		UpdateInterval: time.Second,
+		OpenPoll:       100 * time.Millisecond,
+		DrainBatch:     16384,
 		OpenGrace:      2 * time.Second,
 		MapInterval:    5 * time.Second,
 		MinMapInterval: 100 * time.Millisecond,
@@ -92,10 +103,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("stream buffer %d: must be at least 1", c.StreamBuffer)
 	case c.RingSize < 0:
 		return fmt.Errorf("ring size %d: must not be negative", c.RingSize)
-	case c.EventBuffer < 1, c.MaxFlows < 1:
-		return errors.New("event buffer and max flows must be at least 1")
-	case c.OpenGrace <= 0, c.MapInterval <= 0, c.MinMapInterval <= 0, c.Poll <= 0, c.UpdateInterval <= 0:
-		return errors.New("poll, update, open grace and map intervals must be positive")
+	case c.EventBuffer < 1, c.MaxFlows < 1, c.DrainBatch < 1:
+		return errors.New("event buffer, max flows and drain batch must be at least 1")
+	case c.OpenGrace <= 0, c.MapInterval <= 0, c.MinMapInterval <= 0, c.Poll <= 0, c.UpdateInterval <= 0, c.OpenPoll <= 0:
+		return errors.New("poll, update, open poll, open grace and map intervals must be positive")
 	}
 	return nil
 }

@@ -421,6 +421,8 @@ func (nopSource) Subscribe(string, int) (<-chan match.Event, func()) {
 	return make(chan match.Event), func() {}
 }
 
+func (nopSource) DrainTraffic(dst []match.Traffic, _ int) ([]match.Traffic, uint64) { return dst, 0 }
+
 func TestFollowOnDemand(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Linger = 100 * time.Millisecond
@@ -487,4 +489,74 @@ func TestEngineLossReported(t *testing.T) {
 		t.Errorf("reported again: %+v", it)
 	default:
 	}
+}
+
+// TestWatchFlowsTraffic follows the traffic of open connections, which the
+// observer reads from the engine's counts rather than from events: the
+// open with its workloads, one update per direction and read, the rest at
+// the close; and, for a connection opened before anyone followed, updates
+// with totals since its start.
+func TestWatchFlowsTraffic(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.UpdateInterval = 50 * time.Millisecond
+	cfg.OpenPoll = 10 * time.Millisecond
+	f := newFixture(t, cfg)
+	older := netip.MustParseAddrPort("198.18.0.1:40001")
+	f.apply(t, match.Batch{
+		Processes: []match.Process{{Handle: 3, PID: 11, Comm: "client"}, {Handle: 4, PID: 21, Comm: "server"}},
+		Sockets: []match.Socket{
+			{Handle: 3, Process: 3, Role: match.RoleClient, Local: older, Remote: serverEP, NewConnection: true},
+			{Handle: 4, Process: 4, Role: match.RoleServer, Local: serverEP, Remote: older, NewConnection: true},
+		},
+		Stats: match.Stats{Handles: []uint32{3}, BytesSent: []uint64{5000}, BytesReceived: []uint64{0}, SegmentsSent: []uint64{5}, SegmentsReceived: []uint64{0}},
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	s, err := f.client.WatchFlows(ctx, &observerv1.WatchFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFollowers(t, f.obs, 1)
+
+	type ev struct {
+		typ          observerv1.FlowEventType
+		srcPort      uint32
+		bytes, total uint64
+	}
+	next := func() ev {
+		t.Helper()
+		r := recvFlow(t, s).GetFlow()
+		if r == nil {
+			t.Fatal("not a flow")
+		}
+		if r.Source.GetWorkload().GetKind() != "process" || r.Destination.GetWorkload().GetKind() != "process" || r.Source.Node != "node-a" {
+			t.Errorf("%v: ends not resolved", r)
+		}
+		return ev{r.Type, r.Source.Port, r.Bytes, r.TotalBytes}
+	}
+	expect := func(want ...ev) {
+		t.Helper()
+		for i, w := range want {
+			if g := next(); g != w {
+				t.Errorf("event %d: %+v, want %+v", i, g, w)
+			}
+		}
+	}
+	const (
+		open   = observerv1.FlowEventType_FLOW_EVENT_TYPE_OPEN
+		update = observerv1.FlowEventType_FLOW_EVENT_TYPE_UPDATE
+		closed = observerv1.FlowEventType_FLOW_EVENT_TYPE_CLOSE
+	)
+	// The older connection: no open, its totals from its start.
+	f.apply(t, match.Batch{Stats: match.Stats{Handles: []uint32{3}, BytesSent: []uint64{10}, BytesReceived: []uint64{0}, SegmentsSent: []uint64{1}, SegmentsReceived: []uint64{0}}})
+	expect(ev{update, 40001, 10, 5010})
+
+	f.openConn(t) // 1000 up, 200 down
+	expect(ev{open, 40000, 0, 0}, ev{update, 40000, 1000, 1200}, ev{update, 8080, 200, 1200})
+	f.apply(t, match.Batch{Stats: match.Stats{Handles: []uint32{1}, BytesSent: []uint64{50}, BytesReceived: []uint64{0}, SegmentsSent: []uint64{1}, SegmentsReceived: []uint64{0}}})
+	expect(ev{update, 40000, 50, 1250})
+	// What was counted after the last read comes with the close.
+	f.apply(t, match.Batch{Stats: match.Stats{Handles: []uint32{1}, BytesSent: []uint64{7}, BytesReceived: []uint64{0}, SegmentsSent: []uint64{1}, SegmentsReceived: []uint64{0}},
+		Closed: []uint32{1, 2}})
+	expect(ev{update, 40000, 7, 1257}, ev{closed, 40000, 0, 1257})
 }
