@@ -5,332 +5,74 @@
  * TCP socket lifecycle for the weir collector.
  *
  * Every TCP socket (AF_INET, AF_INET6) established while the probe is
- * loaded gets socket storage in `sk_states`: created in connect() for a
- * client (current is the owner), at establishment for an accepted socket,
- * and freed by the kernel with the socket. It holds the owner, the role and
- * the SYN baselines; never a counter. Lifecycle events (close, listen) go
- * through the `events` ring buffer, a close carrying the final counters.
- * There is no open event: the next walk of the iterator in tcp_iter.c reports
- * every established socket with its endpoint, role and owner, and a socket
- * that closes before it is described whole by its close event. A connect
- * that fails (SYN_SENT -> CLOSE with an error) is an EVENT_FAILED: there is
- * no established socket to sample, so the event is all there is of it.
- * Resets are counted in the socket storage by tcp_send_reset and
- * tcp_receive_reset, for sockets that have storage only. All programs are
- * BTF tracepoints: no trace record is formatted, and the socket is read
- * through its BTF pointer.
+ * loaded gets socket storage in `sk_states`, freed by the kernel with the
+ * socket. It holds the owner, the role and the SYN baselines; never a
+ * counter. Where the owner comes from, without any per-message hook:
+ *  - a client: connect() (CLOSE -> SYN_SENT) runs in the owner's context;
+ *  - a listener: listen() (-> LISTEN) runs in the owner's context too, and
+ *    its storage is created there with that owner;
+ *  - an accepted socket: sk_states has BPF_F_CLONE, so the kernel copies
+ *    the listener's storage into the child when it clones it, and the
+ *    child's owner is the process that listened on that very listening
+ *    socket (each SO_REUSEPORT listener its own). Its cgroup id is the
+ *    listener's, as the child's own sk_cgrp_data is the listener's copy.
+ *    A pre-fork server whose workers accept on a socket their parent
+ *    listened on is reported as the parent (the same container or pod). A
+ *    descriptor passed to another process keeps its first owner.
+ * Lifecycle events (close, listen) go through the `events` ring buffer, a
+ * close carrying the final counters. There is no open event: the next walk
+ * of the iterator in tcp_iter.c reports every established socket with its
+ * endpoint, role and owner, and a socket that closes before it is described
+ * whole by its close event. A connect that fails (SYN_SENT -> CLOSE with an
+ * error) is an EVENT_FAILED: there is no established socket to sample, so
+ * the event is all there is of it. Resets are counted in the socket storage
+ * by tcp_send_reset and tcp_receive_reset, for sockets that have storage
+ * only. No trace record is formatted: the socket is read through its BTF
+ * pointer.
+ *
+ * Two ways of hooking the state changes, one object (user space loads one,
+ * probe.Path): the sock:inet_sock_set_state BTF tracepoint (the tracepoint
+ * path), or fentry on inet_sk_state_store(), the kernel function that
+ * fires that tracepoint for every change weir uses: tcp_set_state() ends in
+ * it, and listen() calls it; only the clone's change to SYN_RECV
+ * (inet_sk_set_state()), which carries nothing, goes elsewhere (the fentry
+ * path). The logic is tcp_events.h.
+ *
+ * What these programs need of the kernel (probe.Check tells which is
+ * missing, with these releases):
+ *  - tp_btf programs (BTF raw tracepoints) and fentry: 5.5 (fentry on
+ *    x86-64; arm64 has it since 6.0); sock:inet_sock_set_state 4.16;
+ *    tcp:tcp_send_reset and tcp:tcp_receive_reset 4.15;
+ *  - bpf_sk_storage_get from tracing programs: 5.11;
+ *  - bpf_get_current_task_btf: 5.11; bpf_get_socket_cookie from tracing
+ *    programs: 5.12; bpf_skc_to_tcp_sock: 5.9;
+ *  - BPF_F_CLONE on socket storage: 5.4; the ring buffer: 5.8;
+ *  - iter/tcp and iter/bpf_sk_storage_map (tcp_iter.c): 5.9.
+ * So TCP runs on 5.12 and later, on either path. UDP byte counting (udp.c)
+ * adds sock:sock_send_length and sock:sock_recv_length (6.3) on the
+ * tracepoint path, fexit on udp_sendmsg/udp_recvmsg and their IPv6 twins on
+ * the fentry path.
  */
 
-#include "udp.h"
-
-char __license[] SEC("license") = "Dual BSD/GPL";
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20); /* set from probe.Config before load */
-	__type(value, struct event);
-} events SEC(".maps");
-
-/*
- * Wake the reader only once this much is waiting: user space also reads on
- * a short timer, so a quiet ring costs no wakeup per event. Set from
- * probe.Config before load.
- */
-const volatile u64 wakeup_bytes = 1 << 18;
-
-/* submit_event publishes ev, waking the reader only when the ring fills up. */
-static __always_inline void submit_event(struct event *ev)
-{
-	u64 flags = bpf_ringbuf_query(&events, 0 /* BPF_RB_AVAIL_DATA */) >= wakeup_bytes ?
-			    2 /* BPF_RB_FORCE_WAKEUP */ :
-			    1 /* BPF_RB_NO_WAKEUP */;
-	bpf_ringbuf_submit(ev, flags);
-}
-
-static __always_inline struct event *reserve_event(u8 kind)
-{
-	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_drop(DROP_RING_FULL);
-		return 0;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->endpoint.kind = kind;
-	return ev;
-}
-
-/* current_owner describes the process current belongs to. */
-static __always_inline void current_owner(struct owner *o)
-{
-	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
-
-	o->pid = bpf_get_current_pid_tgid() >> 32;
-	o->start_time = leader->start_boottime;
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	__builtin_memcpy(o->comm, leader->comm, sizeof(o->comm));
-}
-
-/*
- * set_owner makes current the owner of st. If another writer holds
- * owner_seq it gives up: that writer sets an owner, and the next send or
- * receive tries again.
- */
-static __always_inline void set_owner(struct sk_state *st)
-{
-	u32 seq = st->owner_seq;
-	if (seq & 1)
-		return;
-	if (__sync_val_compare_and_swap(&st->owner_seq, seq, seq + 1) != seq)
-		return;
-	current_owner(&st->owner);
-	__sync_val_compare_and_swap(&st->owner_seq, seq + 1, seq + 2);
-}
-
-static __always_inline bool tcp_inet(const struct sock *sk)
-{
-	u16 family = sk->__sk_common.skc_family;
-	return sk->sk_protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6);
-}
-
-/* on_connect: CLOSE -> SYN_SENT, in connect(), so current is the owner. */
-static __always_inline void on_connect(struct sock *sk)
-{
-	if (!tcp_inet(sk))
-		return;
-	/* A failed creation is counted at establishment, once. */
-	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return;
-	/* The storage can be left from an earlier connect() of the same socket. */
-	st->role = ROLE_CLIENT;
-	st->flags = SK_STATE_TRACKED;
-	st->syn_acked = 0;
-	st->syn_delivered = 0;
-	st->rst_sent = 0;
-	st->rst_received = 0;
-	set_owner(st);
-}
-
-/*
- * on_established: SYN_SENT or SYN_RECV -> ESTABLISHED, in softirq: current
- * is unrelated. A client's owner is in its storage since connect(); an
- * accepted socket's is learnt on its first send or receive.
- */
-static __always_inline void on_established(struct sock *sk, u8 role)
-{
-	if (!tcp_inet(sk))
-		return;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
-	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		count_drop(DROP_STORAGE_FULL);
-		return;
-	}
-	if (role == ROLE_SERVER || !(st->flags & SK_STATE_TRACKED)) {
-		/* Fresh storage: a client that connected before the probe was loaded has no owner. */
-		st->role = role;
-		st->flags = SK_STATE_TRACKED;
-	}
-	/* Nothing but the handshake has been acked yet: take it as the baseline. */
-	st->syn_acked = tp->bytes_acked;
-	st->syn_delivered = tp->delivered;
-}
-
-/*
- * fail_reason tells why a connect in SYN_SENT ended, from the error the
- * kernel set before tcp_done(): 0 when the application gave up (close or
- * shutdown before the handshake), which is not a failure of the network.
- */
-static __always_inline u8 fail_reason(struct sock *sk)
-{
-	int err = sk->sk_err;
-	switch (err) {
-	case 0:
-		return 0;
-	case ECONNREFUSED:
-		return FAIL_REFUSED;
-	case ETIMEDOUT:
-		return FAIL_TIMEOUT;
-	}
-	return FAIL_UNREACHABLE;
-}
-
-/*
- * on_close: -> CLOSE. The final counters go out with the event; a connect
- * that failed goes out as EVENT_FAILED, with the reason.
- */
-static __always_inline void on_close(struct sock *sk, int oldstate)
-{
-	if (!sk->sk_bpf_storage)
-		return; /* not tracked: skip the lookup */
-	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
-	if (!st || (st->flags & SK_STATE_CLOSED))
-		return;
-	st->flags |= SK_STATE_CLOSED;
-	u8 kind = EVENT_CLOSE, reason = 0;
-	if (oldstate == TCP_SYN_SENT) {
-		reason = fail_reason(sk);
-		if (!reason)
-			return; /* abandoned before the handshake: nothing to report */
-		kind = EVENT_FAILED;
-	}
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
-	struct event *ev = reserve_event(kind);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, st->role);
-	ev->endpoint.reason = reason;
-	read_owner(st, &ev->owner);
-	read_counters(tp, st, st->syn_acked, st->syn_delivered, oldstate, &ev->counters);
-	submit_event(ev);
-}
-
-/*
- * on_reset counts a RST that sk sent or received in its storage, for
- * sockets that have one: a reset of a socket weir does not track, or with
- * no socket at all (a SYN to a closed port: the client's refused connect
- * counts it), is left alone. The kernel often sends a RST just after the
- * socket moved to CLOSE (close() with SO_LINGER 0 or unread data), after
- * the close event: the final counters then go out again as EVENT_RESET.
- */
-static __always_inline void on_reset(struct sock *sk, bool sent)
-{
-	if (!sk)
-		return;
-	/* Time-wait and request sockets are not full sockets: no storage field. */
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
-	struct sock *full = &tp->inet_conn.icsk_inet.sk;
-	if (!full->sk_bpf_storage)
-		return;
-	struct sk_state *st = bpf_sk_storage_get(&sk_states, full, 0, 0);
-	if (!st || !(st->flags & SK_STATE_TRACKED))
-		return;
-	if (sent)
-		__sync_fetch_and_add(&st->rst_sent, 1);
-	else
-		__sync_fetch_and_add(&st->rst_received, 1);
-	if (!(st->flags & SK_STATE_CLOSED))
-		return; /* the next sample or the close event carries it */
-	int state = full->__sk_common.skc_state;
-	if (state != TCP_CLOSE)
-		return;
-	struct event *ev = reserve_event(EVENT_RESET);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, st->role);
-	read_owner(st, &ev->owner);
-	/* The state before the close is gone: take the FIN as not queued. */
-	read_counters(tp, st, st->syn_acked, st->syn_delivered, TCP_CLOSE, &ev->counters);
-	submit_event(ev);
-}
-
-/* Arguments: const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason. */
-SEC("tp_btf/tcp_send_reset")
-int tcp_send_reset(u64 *ctx)
-{
-	on_reset((struct sock *)ctx[0], true);
-	return 0;
-}
-
-/* Arguments: struct sock *sk. */
-SEC("tp_btf/tcp_receive_reset")
-int tcp_receive_reset(u64 *ctx)
-{
-	on_reset((struct sock *)ctx[0], false);
-	return 0;
-}
-
-/* on_listen: CLOSE -> LISTEN, in listen(), so current is the owner. */
-static __always_inline void on_listen(struct sock *sk)
-{
-	if (!tcp_inet(sk))
-		return;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
-	struct event *ev = reserve_event(EVENT_LISTEN);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, ROLE_UNKNOWN);
-	current_owner(&ev->owner);
-	submit_event(ev);
-}
+#include "tcp_events.h"
 
 /* Arguments: const struct sock *sk, int oldstate, int newstate. */
 SEC("tp_btf/inet_sock_set_state")
 int inet_sock_set_state(u64 *ctx)
 {
-	struct sock *sk = (struct sock *)ctx[0];
-	int oldstate = (int)ctx[1];
-	int newstate = (int)ctx[2];
-
-	switch (newstate) {
-	case TCP_SYN_SENT:
-		on_connect(sk);
-		break;
-	case TCP_ESTABLISHED:
-		if (oldstate == TCP_SYN_SENT)
-			on_established(sk, ROLE_CLIENT);
-		else if (oldstate == TCP_SYN_RECV)
-			on_established(sk, ROLE_SERVER);
-		break;
-	case TCP_CLOSE:
-		if (oldstate != TCP_CLOSE)
-			on_close(sk, oldstate);
-		break;
-	case TCP_LISTEN:
-		on_listen(sk);
-		break;
-	}
+	on_state_change((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2]);
 	return 0;
 }
 
 /*
- * on_activity runs in the process that sends or receives, so current is a
- * real user of the socket: it becomes the owner of a tracked socket whose
- * owner is unknown (accepted) or another process (a passed descriptor). It
- * never reads or writes counters. Sockets without storage are left alone:
- * anything established while the probe is loaded has storage, and what
- * existed before is found by discovery.
+ * The fentry path: inet_sk_state_store(sk, newstate) fires the tracepoint
+ * above and then stores the state, so at entry sk->sk_state is still the
+ * old state.
  */
-static __always_inline int on_activity(struct sock *sk, int ret)
+SEC("fentry/inet_sk_state_store")
+int fentry_inet_sk_state_store(u64 *ctx)
 {
-	if (ret <= 0)
-		return 0;
-	/* Most sockets (UDP, unix, untracked TCP) carry no storage at all: skip the lookup. */
-	if (!sk->sk_bpf_storage)
-		return 0;
-	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
-	if (!st)
-		return 0;
-	if (st->owner.pid == bpf_get_current_pid_tgid() >> 32)
-		return 0;
-	set_owner(st);
+	struct sock *sk = (struct sock *)ctx[0];
+	on_state_change(sk, sk->__sk_common.skc_state, (int)ctx[1]);
 	return 0;
-}
-
-/* Arguments: struct sock *sk, int ret, int flags. UDP is counted in udp.h. */
-SEC("tp_btf/sock_send_length")
-int sock_send_length(u64 *ctx)
-{
-	struct sock *sk = (struct sock *)ctx[0];
-	if (sk->sk_protocol == IPPROTO_UDP)
-		return on_udp(sk, (int)ctx[1], DIR_SENT);
-	return on_activity(sk, (int)ctx[1]);
-}
-
-/* Arguments: struct sock *sk, int ret, int flags. UDP is counted in udp.h. */
-SEC("tp_btf/sock_recv_length")
-int sock_recv_length(u64 *ctx)
-{
-	struct sock *sk = (struct sock *)ctx[0];
-	if (sk->sk_protocol == IPPROTO_UDP)
-		return on_udp(sk, (int)ctx[1], DIR_RECV);
-	return on_activity(sk, (int)ctx[1]);
 }

@@ -73,7 +73,19 @@ enum drop_reason {
 enum {
 	SK_STATE_TRACKED = 1, /* set when the storage is filled in; 0 in a fresh one */
 	SK_STATE_CLOSED = 2,  /* the close event is out: the socket is not sampled again */
+	/*
+	 * A listening socket's storage: it only carries the owner (the process
+	 * that called listen()) for the kernel to copy into every child.
+	 */
+	SK_STATE_LISTENER = 4,
 };
+
+/*
+ * Map flag (uapi BPF_F_CLONE, Linux 5.4): the kernel copies a listener's
+ * storage into each socket it clones from it (sk_clone_lock), before the
+ * child's first state change.
+ */
+#define BPF_F_CLONE (1U << 9)
 
 /* Which socket: its cookie and its addresses. */
 struct endpoint {
@@ -159,9 +171,15 @@ struct sk_state {
 	u32 rst_received;  /* RSTs it received (tcp_receive_reset) */
 };
 
+/*
+ * Per-socket state of every tracked TCP socket, and of listeners. With
+ * BPF_F_CLONE an accepted socket starts with a copy of its listener's
+ * storage, so its owner is the process that called listen() on that
+ * listening socket: the owner is known without any per-message hook.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 	__type(key, int);
 	__type(value, struct sk_state);
 } sk_states SEC(".maps");

@@ -2,8 +2,7 @@
 /*
  * What the UDP programs share (see udp.c): the per-socket storage with its
  * remotes, the records handed to user space, and on_udp, which the
- * sock_send_length and sock_recv_length programs of tcp.c call for UDP
- * sockets.
+ * sock_send_length and sock_recv_length programs call for UDP sockets.
  */
 #ifndef __WEIR_UDP_H__
 #define __WEIR_UDP_H__
@@ -336,18 +335,12 @@ static __always_inline void count(struct udp_state *st, struct remote *r, enum d
 	}
 }
 
-/* Set from probe.Config: 0 turns the UDP accounting of tcp.c off. */
-const volatile u32 udp_on = 1;
-
 /*
  * on_udp counts one datagram that current sent or received on sk: called
- * from the sock_send_length and sock_recv_length programs of tcp.c, after
- * their TCP test.
+ * from the sock_send_length and sock_recv_length programs of udp.c.
  */
 static __always_inline int on_udp(struct sock *sk, int ret, enum dir d)
 {
-	if (!udp_on)
-		return 0;
 	struct remote r = {};
 	/* Take the stash whatever happens, so that none is left behind. */
 	bool stashed = take_stash(sk, &r);

@@ -22,6 +22,11 @@ import (
 // -benchtime=1x so that it keeps compiling) it runs two short pairs.
 func fullBench() bool { return os.Getenv("WEIR_BENCH_FULL") == "1" }
 
+// benchCollectorArgs are extra flags of the collector in the overhead
+// benchmark, from WEIR_BENCH_COLLECTOR_ARGS (space-separated): e.g. "--udp"
+// measures what the UDP programs cost the same TCP load.
+func benchCollectorArgs() []string { return strings.Fields(os.Getenv("WEIR_BENCH_COLLECTOR_ARGS")) }
+
 // loadResult is one flowcli --load window.
 type loadResult struct {
 	requests, errors   int64
@@ -103,7 +108,7 @@ func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window
 	var col *harness.Process
 	colPort := harness.FreePort(tb)
 	if withCollector {
-		col = harness.StartCollector(tb, r.red.GRPCAddr, colPort, 5*time.Second)
+		col = harness.StartCollector(tb, r.red.GRPCAddr, colPort, 5*time.Second, benchCollectorArgs()...)
 		time.Sleep(time.Second) // the programs are attached once /healthz answers; let start-up work finish
 		defer col.Stop(10 * time.Second)
 	}
@@ -265,6 +270,9 @@ func BenchmarkPrivilegedOverhead(b *testing.B) {
 	n, window := 2, time.Second
 	if fullBench() {
 		n, window = max(5, b.N), 5*time.Second
+	}
+	if args := benchCollectorArgs(); len(args) > 0 {
+		b.Logf("collector flags from WEIR_BENCH_COLLECTOR_ARGS: %q", args)
 	}
 	harness.EnableBPFStats(b)
 	harness.Nice(b, -10)

@@ -108,7 +108,12 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		cfg.NoRTT = !on
 		return err
 	})
-	fs.BoolVar(&cfg.Probe.UDP.Enabled, "udp", cfg.Probe.UDP.Enabled, "count UDP per socket and remote address (cgroup sendmsg/recvmsg/bind/sock_release hooks on the cgroup-v2 root, and the UDP drop tracepoint)")
+	fs.BoolVar(&cfg.Probe.UDP.Enabled, "udp", cfg.Probe.UDP.Enabled, "count UDP per socket and remote address (cgroup sendmsg/recvmsg/bind/sock_release hooks on the cgroup-v2 root, the UDP drop tracepoint, and the send/receive tracepoints of Linux 6.3, which run for every TCP message too: about 40-50 ns of kernel time per send and per receive, hence off by default)")
+	fs.Func("probe-path", "how the kernel is hooked where there is a choice: `auto` (BTF tracepoints where the kernel has them, else fentry/fexit), tracepoint, fentry, or kprobe (refused: kprobe programs cannot use socket storage); the choice is logged at start (default auto)", func(s string) error {
+		p, err := probe.ParsePath(s)
+		cfg.Probe.Path = p
+		return err
+	})
 	fs.Func("udp-peers", fmt.Sprintf("remote `addresses` a UDP socket is reported with, at most %d; the rest is folded into other peers and counted (default %d)", probe.MaxUDPPeers, cfg.Probe.UDP.Peers),
 		intFlag(&cfg.Probe.UDP.Peers, 32))
 	fs.Func("max-udp-flows", fmt.Sprintf("max UDP socket and remote pairs tracked; pairs beyond are counted and not reported (default %d)", cfg.MaxUDPFlows),

@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer p.Close()
+	logProbePath(logger, cfg.Probe.Path, p)
 
 	if err := serve(ctx, cfg, p, logger); err != nil {
 		logger.Error("collector failed", "error", err)
@@ -110,6 +111,9 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		return fmt.Errorf("register eBPF program metrics: %w", err)
 	}
 	if err := registerProbeDrops(reg, p); err != nil {
+		return err
+	}
+	if err := registerFeatures(reg, p); err != nil {
 		return err
 	}
 	tcfg := sockets.DefaultConfig()
@@ -224,7 +228,44 @@ func unsupportedMessage(err error) string {
 		return fmt.Sprintf("feature probe: %v", err)
 	}
 	feature := strings.TrimSuffix(err.Error(), ": "+probe.ErrNotSupported.Error())
-	return fmt.Sprintf("this kernel lacks %s (kernel >= 6.3 needed; the fallback path is not implemented yet)", feature)
+	return fmt.Sprintf("this kernel lacks %s", feature)
+}
+
+// logProbePath logs in one line the path the probe took and what it
+// delivers, and each signal this kernel and path cannot give, once, by name.
+func logProbePath(logger *slog.Logger, asked probe.Path, p *probe.Probe) {
+	if asked == "" {
+		asked = probe.PathAuto
+	}
+	attrs := []any{"asked", string(asked), "path", string(p.Path())}
+	for _, f := range p.Features() {
+		attrs = append(attrs, f.Name, f.Enabled)
+	}
+	logger.Info("probe path chosen", attrs...)
+	for _, f := range p.Features() {
+		if !f.Enabled {
+			logger.Warn("signal not collected", "feature", f.Name, "reason", f.Reason)
+		}
+	}
+}
+
+// registerFeatures exports weir_collector_feature_enabled{feature}.
+func registerFeatures(reg prometheus.Registerer, p *probe.Probe) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "weir_collector_feature_enabled",
+		Help: "1 when the collector delivers this signal on this kernel and probe path, 0 when not (off by flag, or the kernel cannot give it; logged at start with the reason).",
+	}, []string{"feature"})
+	for _, f := range p.Features() {
+		v := 0.0
+		if f.Enabled {
+			v = 1
+		}
+		g.WithLabelValues(f.Name).Set(v)
+	}
+	if err := reg.Register(g); err != nil {
+		return fmt.Errorf("register feature metric: %w", err)
+	}
+	return nil
 }
 
 func bootID(procRoot string) string {

@@ -69,6 +69,7 @@ func TestFlags(t *testing.T) {
 		{name: "netns empty path", args: []string{"--netns", "/proc/self/ns/net,"}, wantCode: 2, wantErr: `invalid value "/proc/self/ns/net," for flag -netns: empty path`},
 		{name: "partial tls", args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantCode: 2, wantErr: "--tls-cert, --tls-key, --tls-ca:"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantCode: 2, wantErr: "--log-level:"},
+		{name: "bad probe path", args: []string{"--probe-path", "uprobe"}, wantCode: 2, wantErr: `invalid value "uprobe" for flag -probe-path: "uprobe" is not auto, tracepoint, fentry or kprobe`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,8 +143,8 @@ func TestUnsupportedMessage(t *testing.T) {
 	}{
 		{
 			name: "missing tracepoint",
-			err:  fmt.Errorf("tracepoint sock:sock_send_length: %w", probe.ErrNotSupported),
-			want: "this kernel lacks tracepoint sock:sock_send_length (kernel >= 6.3 needed; the fallback path is not implemented yet)",
+			err:  fmt.Errorf("bpf_sk_storage_get in tp_btf (Linux 5.11): %w", probe.ErrNotSupported),
+			want: "this kernel lacks bpf_sk_storage_get in tp_btf (Linux 5.11)",
 		},
 		{
 			name: "other failure",
@@ -234,6 +235,40 @@ func TestPrivilegedRun(t *testing.T) {
 		t.Errorf("new connection: client %v, server %v", c.newConn, s.newConn)
 	}
 	checkSelf(t, c, s)
+}
+
+// TestPrivilegedProbePath forces the probe paths: kprobe is refused with
+// its reason (exit 1); fentry either runs or, on a kernel that does not
+// permit it (this development VM: fentry gives EPERM, and there are no
+// kprobes), exits 1 with a message naming the path and the reason; the
+// default still runs (TestPrivilegedRun), on tracepoints where the kernel
+// has them (the probe package's TestPrivilegedForcedPath).
+func TestPrivilegedProbePath(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"kprobe", "--probe-path=kprobe: not available: kprobe programs cannot use socket storage"},
+		{"fentry", "--probe-path=fentry: "},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			code := run(ctx, []string{"--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0", "--probe-path", tc.path}, &stdout, &stderr)
+			if code == 0 && tc.path == "fentry" {
+				if !strings.Contains(stderr.String(), "path=fentry") {
+					t.Errorf("ran, but the log does not say path=fentry:\n%s", stderr.String())
+				}
+				t.Log("this kernel permits fentry: the collector ran on it")
+				return
+			}
+			if code != 1 || !strings.Contains(stderr.String(), tc.want) {
+				t.Fatalf("exit %d, stderr %q; want 1 with %q", code, stderr.String(), tc.want)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(stderr.String()))
+		})
+	}
 }
 
 // checkSelf checks that both ends are owned by this process: its pid,

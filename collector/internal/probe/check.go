@@ -11,15 +11,21 @@ import (
 	"github.com/cilium/ebpf/features"
 )
 
-// Check runs the feature probes: kernel BTF, the ring buffer and socket storage map types, a BTF tracepoint (tp_btf)
-// program on each of sock:inet_sock_set_state, sock:sock_send_length and
-// sock:sock_recv_length, and the tcp and bpf_sk_storage_map iterators. It
-// returns an error wrapping ErrNotSupported that names the missing feature,
-// e.g. "tp_btf/sock_send_length: not supported".
+// Check runs the feature probes for what every path needs: kernel BTF,
+// the ring buffer and socket storage map types, socket storage that the
+// kernel clones into accepted sockets (BPF_F_CLONE), the helpers the
+// programs call from BTF tracepoints (bpf_sk_storage_get,
+// bpf_get_socket_cookie, bpf_get_current_task_btf, bpf_skc_to_tcp_sock),
+// the tcp:tcp_send_reset and tcp:tcp_receive_reset BTF tracepoints, and the
+// tcp and bpf_sk_storage_map iterators. It returns an error wrapping
+// ErrNotSupported that names the missing feature and the first release
+// with it, e.g. "bpf_sk_storage_get in tp_btf (Linux 5.11): not
+// supported". What differs between paths (the TCP state hook, UDP sizes)
+// Open chooses and reports (Probe.Path, Probe.Features).
 func Check() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		if errors.Is(err, btf.ErrNotSupported) || errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("kernel BTF: %w", ErrNotSupported)
+			return feature("kernel BTF", ebpf.ErrNotSupported)
 		}
 		return fmt.Errorf("kernel BTF: %w", err)
 	}
@@ -29,33 +35,65 @@ func Check() error {
 	if err := feature("map type sk_storage", features.HaveMapType(ebpf.SkStorage)); err != nil {
 		return err
 	}
-	for _, tp := range tracepoints {
-		if err := feature("tp_btf/"+tp.name, loadTracing(ebpf.AttachTraceRawTp, tp.name)); err != nil {
+	spec, err := loadTcp()
+	if err != nil {
+		return err
+	}
+	// sk_states itself: socket storage needs BTF for its value.
+	storage, err := ebpf.NewMap(spec.Maps[tcpMapSkStates])
+	if err != nil {
+		return feature("sk_storage flag BPF_F_CLONE", fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err))
+	}
+	defer storage.Close()
+	for _, tp := range []string{"tcp_send_reset", "tcp_receive_reset"} {
+		if err := feature("tp_btf/"+tp, loadTracing(ebpf.AttachTraceRawTp, tp, nil)); err != nil {
+			return err
+		}
+	}
+	// Each helper from a tp_btf program whose first argument is a socket.
+	sk := asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord)
+	for _, h := range []struct {
+		name  string
+		insns asm.Instructions
+	}{
+		{"bpf_sk_storage_get in tp_btf", asm.Instructions{sk,
+			asm.LoadMapPtr(asm.R1, storage.FD()), asm.Mov.Reg(asm.R2, asm.R6),
+			asm.Mov.Imm(asm.R3, 0), asm.Mov.Imm(asm.R4, 0), asm.FnSkStorageGet.Call()}},
+		{"bpf_get_socket_cookie in tp_btf", asm.Instructions{sk, asm.Mov.Reg(asm.R1, asm.R6), asm.FnGetSocketCookie.Call()}},
+		{"bpf_get_current_task_btf", asm.Instructions{asm.FnGetCurrentTaskBtf.Call()}},
+		{"bpf_skc_to_tcp_sock", asm.Instructions{sk, asm.Mov.Reg(asm.R1, asm.R6), asm.FnSkcToTcpSock.Call()}},
+	} {
+		if err := feature(h.name, loadTracing(ebpf.AttachTraceRawTp, "tcp_receive_reset", h.insns)); err != nil {
 			return err
 		}
 	}
 	for _, it := range []string{"tcp", "bpf_sk_storage_map"} {
-		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it)); err != nil {
+		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it, nil)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// loadTracing loads a program that does nothing, of the tracing type with
-// the given attach type and target; a missing target is ErrNotSupported.
-func loadTracing(attach ebpf.AttachType, target string) error {
+// loadTracing loads a program of the tracing type with the given attach
+// type and target, body followed by "return 0". A missing target, and a
+// helper the kernel does not offer there, are ErrNotSupported.
+func loadTracing(attach ebpf.AttachType, target string, body asm.Instructions) error {
+	insns := append(append(asm.Instructions{}, body...), asm.Mov.Imm(asm.R0, 0), asm.Return())
 	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-		Type:       ebpf.Tracing,
-		AttachType: attach,
-		AttachTo:   target,
-		License:    "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, 0),
-			asm.Return(),
-		},
+		Type:         ebpf.Tracing,
+		AttachType:   attach,
+		AttachTo:     target,
+		License:      "GPL",
+		Instructions: insns,
 	}, ebpf.ProgramOptions{})
 	if errors.Is(err, btf.ErrNotFound) {
+		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+	}
+	var verr *ebpf.VerifierError
+	if len(body) > 0 && errors.As(err, &verr) {
+		// The trivial program loads (Check tried the target first): the
+		// verifier refused the helper.
 		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
 	}
 	if err != nil {
@@ -64,12 +102,16 @@ func loadTracing(attach ebpf.AttachType, target string) error {
 	return prog.Close()
 }
 
-// feature names the result of one feature probe.
+// feature names the result of one feature probe, with the first release
+// that has the feature.
 func feature(name string, err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ebpf.ErrNotSupported):
+		if v := minKernel[name]; v != "" {
+			return fmt.Errorf("%s (Linux %s): %w", name, v, ErrNotSupported)
+		}
 		return fmt.Errorf("%s: %w", name, ErrNotSupported)
 	default:
 		return fmt.Errorf("probe %s: %w", name, err)

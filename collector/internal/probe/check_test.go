@@ -22,7 +22,7 @@ func TestFeature(t *testing.T) {
 			name:         "missing",
 			err:          fmt.Errorf("map type RingBuf: %w", ebpf.ErrNotSupported),
 			notSupported: true,
-			msg:          "map type ringbuf: not supported",
+			msg:          "map type ringbuf (Linux 5.8): not supported",
 		},
 		{
 			name: "probe failed",

@@ -13,8 +13,7 @@ import (
 // costs per connection (both its sockets, every state change).
 func BenchmarkChurn(b *testing.B) {
 	requirePrivileged(b)
-	// Every program attached, UDP included: its sock_release program runs
-	// at every close.
+	// The default programs (UDP off).
 	cfg := DefaultConfig()
 	cfg.Stats = true
 	p, err := Open(cfg)
@@ -74,7 +73,7 @@ func BenchmarkChurn(b *testing.B) {
 		}
 		ns := float64((s.RunTime - before[i].RunTime).Nanoseconds())
 		b.ReportMetric(ns/float64(runs), s.Name+"-ns/run")
-		if s.Name == "inet_sock_set_state" {
+		if s.Name == p.objs.stateName {
 			b.ReportMetric(ns/float64(conns), s.Name+"-ns/conn")
 			b.ReportMetric(float64(runs)/float64(conns), s.Name+"-runs/conn")
 		}

@@ -51,12 +51,18 @@ type Config struct {
 	NetNS []string
 	// UDP turns on and sizes the UDP accounting.
 	UDP UDPConfig
+	// Path is how the TCP state changes and UDP sizes are hooked (flag
+	// --probe-path); empty is auto.
+	Path Path
 }
 
 // DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
-	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc", UDP: DefaultUDPConfig()}
+	return Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, ProcRoot: "/proc", UDP: DefaultUDPConfig(), Path: defaultPath}
 }
+
+// defaultPath is auto; this package's tests set it from $WEIR_PROBE_PATH.
+var defaultPath = PathAuto
 
 // defaultSampleRingBytes holds the samples of 65,536 sockets, rounded up
 // to a power of two.
@@ -74,19 +80,87 @@ func (c Config) Validate() error {
 	if c.SampleRingBytes < page || c.SampleRingBytes&(c.SampleRingBytes-1) != 0 {
 		return fmt.Errorf("--sample-ring-bytes: %d is not a power of two of at least the page size (%d)", c.SampleRingBytes, page)
 	}
+	if _, err := ParsePath(string(c.Path)); err != nil {
+		return fmt.Errorf("--probe-path: %w", err)
+	}
 	return c.UDP.Validate()
 }
 
-// tracepoints are the BTF tracepoints the programs attach to, by name.
-var tracepoints = []struct {
-	name string
-	prog func(*tcpPrograms) *ebpf.Program
-}{
-	{"inet_sock_set_state", func(p *tcpPrograms) *ebpf.Program { return p.InetSockSetState }},
-	{"sock_send_length", func(p *tcpPrograms) *ebpf.Program { return p.SockSendLength }},
-	{"sock_recv_length", func(p *tcpPrograms) *ebpf.Program { return p.SockRecvLength }},
-	{"tcp_send_reset", func(p *tcpPrograms) *ebpf.Program { return p.TcpSendReset }},
-	{"tcp_receive_reset", func(p *tcpPrograms) *ebpf.Program { return p.TcpReceiveReset }},
+// tcpObjs is what Open loads of bpf/tcp.c: its maps, the reset programs,
+// and the state-change program of the chosen path.
+type tcpObjs struct {
+	tcpMaps
+	tcpResets
+	state     *ebpf.Program
+	stateName string // the program's C name
+}
+
+// tcpResets are the reset programs, tp_btf on every path.
+type tcpResets struct {
+	TcpSendReset    *ebpf.Program `ebpf:"tcp_send_reset"`
+	TcpReceiveReset *ebpf.Program `ebpf:"tcp_receive_reset"`
+}
+
+func (o *tcpObjs) Close() error {
+	var errs []error
+	for _, prog := range []*ebpf.Program{o.state, o.TcpSendReset, o.TcpReceiveReset} {
+		if prog != nil {
+			errs = append(errs, prog.Close())
+		}
+	}
+	return errors.Join(append(errs, o.tcpMaps.Close())...)
+}
+
+// loadTCP loads the TCP programs of path (tracepoint or fentry) and
+// attaches them; on failure nothing is left loaded.
+func loadTCP(spec *ebpf.CollectionSpec, path Path) (tcpObjs, []link.Link, error) {
+	var o tcpObjs
+	switch path {
+	case PathTracepoint:
+		var l struct {
+			tcpMaps
+			tcpResets
+			State *ebpf.Program `ebpf:"inet_sock_set_state"`
+		}
+		if err := spec.LoadAndAssign(&l, nil); err != nil {
+			return o, nil, loadError("TCP programs (tracepoint path)", err)
+		}
+		o = tcpObjs{tcpMaps: l.tcpMaps, tcpResets: l.tcpResets, state: l.State, stateName: tcpProgInetSockSetState}
+	case PathFentry:
+		var l struct {
+			tcpMaps
+			tcpResets
+			State *ebpf.Program `ebpf:"fentry_inet_sk_state_store"`
+		}
+		if err := spec.LoadAndAssign(&l, nil); err != nil {
+			return o, nil, fentryError(loadError("TCP programs (fentry path)", err))
+		}
+		o = tcpObjs{tcpMaps: l.tcpMaps, tcpResets: l.tcpResets, state: l.State, stateName: tcpProgFentryInetSkStateStore}
+	default:
+		return o, nil, fmt.Errorf("TCP programs: no path %q", path)
+	}
+	var links []link.Link
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{spec.Programs[o.stateName].SectionName, o.state},
+		{"tp_btf/tcp_send_reset", o.TcpSendReset},
+		{"tp_btf/tcp_receive_reset", o.TcpReceiveReset},
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			if path == PathFentry {
+				err = fentryError(err)
+			}
+			return tcpObjs{}, nil, errors.Join(fmt.Errorf("attach %s: %w", tp.name, err), o.Close())
+		}
+		links = append(links, l)
+	}
+	return o, links, nil
 }
 
 // Indexes into the drops array; they match enum drop_reason in bpf/tcp.h.
@@ -102,7 +176,9 @@ const (
 
 // Probe is the loaded and attached set of programs.
 type Probe struct {
-	objs     tcpObjects
+	objs     tcpObjs
+	path     Path      // the path the TCP programs took
+	features []Feature // what this kernel and path deliver
 	iter     tcpIterObjects
 	links    []link.Link
 	sampler  *link.Iter // writes a sample per tracked socket
@@ -149,18 +225,6 @@ func Open(cfg Config) (*Probe, error) {
 	if err := spec.Variables[tcpVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
-	udpOn, peers := uint32(0), cfg.UDP.Peers
-	if cfg.UDP.Enabled {
-		udpOn = 1
-	} else {
-		peers = MaxUDPPeers
-	}
-	if err := spec.Variables[tcpVarUdpOn].Set(udpOn); err != nil {
-		return nil, fmt.Errorf("set udp_on: %w", err)
-	}
-	if err := spec.Variables[tcpVarPeerCap].Set(peers); err != nil {
-		return nil, fmt.Errorf("set peer_cap: %w", err)
-	}
 
 	procRoot := cfg.ProcRoot
 	if procRoot == "" {
@@ -173,21 +237,41 @@ func Open(cfg Config) (*Probe, error) {
 			return nil, fmt.Errorf("enable run-time statistics: %w", err)
 		}
 	}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
-		return nil, errors.Join(loadError("programs", err), p.release())
+	path := cfg.Path
+	if path == "" {
+		path = PathAuto
 	}
+	switch path {
+	case PathKprobe:
+		return nil, errors.Join(kprobeRefusal(), p.release())
+	case PathAuto:
+		// The tracepoint where it is, else fentry.
+		objs, links, err := loadTCP(spec, PathTracepoint)
+		p.path = PathTracepoint
+		if err != nil {
+			var ferr error
+			objs, links, ferr = loadTCP(spec, PathFentry)
+			if ferr != nil {
+				return nil, errors.Join(fmt.Errorf("no path for TCP: tracepoint: %w; fentry: %w", err, ferr), p.release())
+			}
+			p.path = PathFentry
+		}
+		p.objs, p.links = objs, links
+	default:
+		objs, links, err := loadTCP(spec, path)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("--probe-path=%s: %w", path, err), p.release())
+		}
+		p.objs, p.links, p.path = objs, links, path
+	}
+	p.features = append(p.features,
+		Feature{Name: "tcp", Enabled: true, Reason: p.objs.stateName},
+		Feature{Name: "tcp_resets", Enabled: true, Reason: "tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset"})
 	if err := p.loadIter(cfg); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
-	if err := p.loadUDP(cfg.UDP, spec); err != nil {
+	if err := p.loadUDP(cfg.UDP, path); err != nil {
 		return nil, errors.Join(err, p.release())
-	}
-	for _, tp := range tracepoints {
-		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog(&p.objs.tcpPrograms)})
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("attach tp_btf/%s: %w", tp.name, err), p.release())
-		}
-		p.links = append(p.links, l)
 	}
 	p.reader, err = ringbuf.NewReader(p.objs.Events)
 	if err != nil {
@@ -201,6 +285,14 @@ func Open(cfg Config) (*Probe, error) {
 	p.perCPU = make([]uint64, 0, 8)
 	p.comms = make(map[[16]int8]string)
 	return p, nil
+}
+
+// fentryError says what EPERM means for an fentry or fexit program.
+func fentryError(err error) error {
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("the kernel does not permit fentry/fexit programs here (no BPF trampolines, or a lockdown): %w", err)
+	}
+	return err
 }
 
 // loadError spells out a verifier log.
@@ -608,9 +700,7 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 		return nil, fmt.Errorf("program stats: %w", ErrClosed)
 	}
 	progs := []namedProgram{
-		{tcpProgInetSockSetState, p.objs.InetSockSetState},
-		{tcpProgSockSendLength, p.objs.SockSendLength},
-		{tcpProgSockRecvLength, p.objs.SockRecvLength},
+		{p.objs.stateName, p.objs.state},
 		{tcpProgTcpSendReset, p.objs.TcpSendReset},
 		{tcpProgTcpReceiveReset, p.objs.TcpReceiveReset},
 		{tcpIterProgSampleSockets, p.iter.SampleSockets},
@@ -621,6 +711,15 @@ func (p *Probe) ProgramStats() ([]ProgramStats, error) {
 	}
 	return programStats(progs)
 }
+
+// Path returns the path the TCP programs took (tracepoint or fentry).
+func (p *Probe) Path() Path { return p.path }
+
+// Features returns what this kernel and path deliver, and what not, with
+// why: tcp, tcp_resets, udp (off unless Config.UDP.Enabled, or when no
+// path has UDP sizes), udp_drop_remotes (the remote of a dropped
+// datagram: Linux 6.10).
+func (p *Probe) Features() []Feature { return p.features }
 
 // Close detaches and frees everything; idempotent.
 func (p *Probe) Close() error {

@@ -1,3 +1,15 @@
+// The privileged tests of this package load the real programs into the
+// running kernel (root needed; under CI=true they fail instead of
+// skipping). WEIR_PROBE_PATH forces the probe path every test's
+// DefaultConfig takes: auto (the default), tracepoint, fentry or kprobe
+// (refused: see Path). A kernel matrix runs this package's test binary
+// once per path the kernel permits, e.g.
+//
+//	WEIR_PROBE_PATH=fentry ./probe.test -test.run Privileged
+//
+// TestPrivilegedForcedPath prints what each forced path gives on the
+// kernel at hand (the refusal's reason where it cannot run).
+
 package probe
 
 import (
@@ -8,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,7 +34,32 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(listenHelperEnv) == "1" {
+		listenHelper()
+		return
+	}
+	path, err := PathFromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	// Every test's DefaultConfig takes the forced path.
+	defaultPath = path
 	goleak.VerifyTestMain(m)
+}
+
+// listenHelperEnv makes the test binary a helper process that calls
+// listen() on its descriptor 3, says so, and waits for its stdin to close.
+const listenHelperEnv = "WEIR_PROBE_TEST_LISTEN_FD3"
+
+func listenHelper() {
+	if err := unix.Listen(3, 64); err != nil {
+		fmt.Fprintln(os.Stderr, "listen on descriptor 3:", err)
+		os.Exit(1)
+	}
+	fmt.Println("listening")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
 }
 
 // requirePrivileged skips without root, or fails when CI=true.
@@ -402,18 +440,19 @@ func TestPrivilegedLoopbackCounts(t *testing.T) {
 			if clientOpen.Cookie == serverOpen.Cookie {
 				t.Errorf("client and server share cookie %#x", clientOpen.Cookie)
 			}
-			// The client's owner is taken in connect().
+			// The client's owner is taken in connect(); the accepted
+			// socket's is its listener's, copied at the clone, before any
+			// send or receive.
 			if clientOpen.Owner != me.owner() {
 				t.Errorf("client open: owner %+v, want %+v", clientOpen.Owner, me.owner())
 			}
-			if serverOpen.Owner != (Owner{}) {
-				t.Errorf("server open: owner %+v, want unknown (accepted in softirq)", serverOpen.Owner)
+			if serverOpen.Owner != me.owner() {
+				t.Errorf("server open: owner %+v, want the listener's %+v", serverOpen.Owner, me.owner())
 			}
 
 			cp.exchange(t, up, down)
 
-			// Both sockets are sampled, owned by this process (the server
-			// since its first receive). The counters are read at poll
+			// Both sockets are sampled, owned by this process. The counters are read at poll
 			// time, so they reach the exact totals even for the server,
 			// whose last send returned before it was acked.
 			want := map[uint64]Counters{
@@ -539,6 +578,97 @@ func TestPrivilegedListenEvent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPrivilegedAcceptedOwner: an accepted socket's owner is the process
+// that called listen() on its listening socket, copied by the kernel from
+// the listener's storage into the child (BPF_F_CLONE), before and without
+// any send or receive: here another process listens on a socket this one
+// created, and this one accepts and does all the I/O.
+func TestPrivilegedAcceptedOwner(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	me := readSelf(t)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	defer f.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), listenHelperEnv+"=1")
+	cmd.ExtraFiles = []*os.File{f}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("listen helper: %v", err)
+		}
+	}()
+	line := make([]byte, len("listening\n"))
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "listening\n" {
+		t.Fatalf("listen helper said %q: %v", line, err)
+	}
+	helper := Owner{PID: uint32(cmd.Process.Pid), StartTime: startTimeOf(t, cmd.Process.Pid), CgroupID: me.cgroupID, Comm: me.comm}
+	ev := r.wait(t, "listen", func(ev Event) bool { return ev.Kind == EventListen && ev.Owner.PID == helper.PID })
+	if ev.Owner != helper {
+		t.Errorf("listen event owner %+v, want the helper %+v", ev.Owner, helper)
+	}
+
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cp := dialPair(t, ln)
+	defer cp.close()
+	cp.exchange(t, 1000, 1000)
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+	seen := waitCounters(t, r.p, map[uint64]Counters{waitSample(t, r.p, server.Port(), client.Port()).Cookie: {BytesAcked: 1000, BytesReceived: 1000}})
+	for _, s := range seen {
+		if s.Role != RoleServer {
+			t.Errorf("role %v, want server", s.Role)
+		}
+		if s.Owner != helper {
+			t.Errorf("accepted socket's owner %+v, want the process that listened %+v (this one: %+v)", s.Owner, helper, me.owner())
+		}
+	}
+	if s := waitSample(t, r.p, client.Port(), server.Port()); s.Owner != me.owner() {
+		t.Errorf("client's owner %+v, want %+v", s.Owner, me.owner())
+	}
+}
+
+// startTimeOf reads field 22 of /proc/PID/stat.
+func startTimeOf(t *testing.T, pid int) uint64 {
+	t.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	v, err := strconv.ParseUint(fields[22-3], 10, 64)
+	if err != nil {
+		t.Fatalf("start time in /proc/%d/stat: %v", pid, err)
+	}
+	return v
 }
 
 // TestPrivilegedCookies: two connections, one after the other, on the same
@@ -744,7 +874,7 @@ func TestPrivilegedRingFull(t *testing.T) {
 
 func TestPrivilegedClose(t *testing.T) {
 	requirePrivileged(t)
-	p, err := Open(DefaultConfig())
+	p, err := Open(udpConfig())
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -796,7 +926,9 @@ func TestPrivilegedClose(t *testing.T) {
 
 func TestPrivilegedProgramStats(t *testing.T) {
 	requirePrivileged(t)
-	r := openRecorded(t, Config{RingBytes: 1 << 20, SampleRingBytes: defaultSampleRingBytes, Stats: true})
+	cfg := udpConfig()
+	cfg.Stats = true
+	r := openRecorded(t, cfg)
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	for range 20 {
 		cp := dialPair(t, ln)
@@ -817,7 +949,13 @@ func TestPrivilegedProgramStats(t *testing.T) {
 			t.Logf("%-20s %8d runs %6d ns/run", s.Name, s.Runs, s.RunTime.Nanoseconds()/int64(s.Runs))
 		}
 	}
-	for _, name := range []string{"inet_sock_set_state", "sock_send_length", "sock_recv_length", "sample_sockets"} {
+	// The UDP programs' send and receive hooks run for TCP messages too
+	// (on the tracepoint path); the fexit ones only for UDP.
+	sizes := []string{"sock_send_length", "sock_recv_length"}
+	if r.p.udp != nil && len(r.p.udp.objs.sizes) == 4 {
+		sizes = []string{"fexit_udp_sendmsg", "fexit_udp_recvmsg"}
+	}
+	for _, name := range append([]string{r.p.objs.stateName, "sample_sockets"}, sizes...) {
 		if s, ok := names[name]; !ok || s.Runs == 0 || s.RunTime == 0 {
 			t.Errorf("%s: %+v, want runs and run time", name, s)
 		}

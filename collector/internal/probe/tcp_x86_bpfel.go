@@ -70,67 +70,18 @@ type tcpSkState struct {
 	RstReceived  uint32
 }
 
-type tcpStash struct {
-	_       structs.HostLayout
-	PidTgid uint64
-	Cookie  uint64
-	Addr    [16]uint8
-	Port    uint16
-	Family  uint16
-	Pad     uint32
-}
-
-type tcpUdpState struct {
-	_     structs.HostLayout
-	Owner struct {
-		_         structs.HostLayout
-		StartTime uint64
-		CgroupId  uint64
-		Pid       uint32
-		Pad       uint32
-		Comm      [16]int8
-	}
-	OwnerSeq uint32
-	Flags    uint32
-	Folded   uint32
-	Saddr    [16]uint8
-	Netns    uint32
-	Sport    uint16
-	Sfamily  uint16
-	_        [4]byte
-	Peers    [17]struct {
-		_          structs.HostLayout
-		Addr       [16]uint8
-		Port       uint16
-		Family     uint16
-		State      uint32
-		BytesSent  uint64
-		BytesRecv  uint64
-		DgramsSent uint32
-		DgramsRecv uint32
-		Drops      uint32
-		Pad        uint32
-	}
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcpMapDrops             = "drops"
-	tcpMapEvents            = "events"
-	tcpMapSkStates          = "sk_states"
-	tcpMapStashes           = "stashes"
-	tcpMapUdpStates         = "udp_states"
-	tcpProgInetSockSetState = "inet_sock_set_state"
-	tcpProgSockRecvLength   = "sock_recv_length"
-	tcpProgSockSendLength   = "sock_send_length"
-	tcpProgTcpReceiveReset  = "tcp_receive_reset"
-	tcpProgTcpSendReset     = "tcp_send_reset"
-	tcpVarPeerCap           = "peer_cap"
-	tcpVarUdpOn             = "udp_on"
-	tcpVarUnusedUdpRecord   = "unused_udp_record"
-	tcpVarWakeupBytes       = "wakeup_bytes"
+	tcpMapDrops                   = "drops"
+	tcpMapEvents                  = "events"
+	tcpMapSkStates                = "sk_states"
+	tcpProgFentryInetSkStateStore = "fentry_inet_sk_state_store"
+	tcpProgInetSockSetState       = "inet_sock_set_state"
+	tcpProgTcpReceiveReset        = "tcp_receive_reset"
+	tcpProgTcpSendReset           = "tcp_send_reset"
+	tcpVarWakeupBytes             = "wakeup_bytes"
 )
 
 // loadTcp returns the embedded CollectionSpec for tcp.
@@ -175,32 +126,26 @@ type tcpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpProgramSpecs struct {
-	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
-	SockRecvLength   *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
-	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
-	TcpReceiveReset  *ebpf.ProgramSpec `ebpf:"tcp_receive_reset"`
-	TcpSendReset     *ebpf.ProgramSpec `ebpf:"tcp_send_reset"`
+	FentryInetSkStateStore *ebpf.ProgramSpec `ebpf:"fentry_inet_sk_state_store"`
+	InetSockSetState       *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	TcpReceiveReset        *ebpf.ProgramSpec `ebpf:"tcp_receive_reset"`
+	TcpSendReset           *ebpf.ProgramSpec `ebpf:"tcp_send_reset"`
 }
 
 // tcpMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpMapSpecs struct {
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	SkStates  *ebpf.MapSpec `ebpf:"sk_states"`
-	Stashes   *ebpf.MapSpec `ebpf:"stashes"`
-	UdpStates *ebpf.MapSpec `ebpf:"udp_states"`
+	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	Events   *ebpf.MapSpec `ebpf:"events"`
+	SkStates *ebpf.MapSpec `ebpf:"sk_states"`
 }
 
 // tcpVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpVariableSpecs struct {
-	PeerCap         *ebpf.VariableSpec `ebpf:"peer_cap"`
-	UdpOn           *ebpf.VariableSpec `ebpf:"udp_on"`
-	UnusedUdpRecord *ebpf.VariableSpec `ebpf:"unused_udp_record"`
-	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcpObjects contains all objects after they have been loaded into the kernel.
@@ -223,11 +168,9 @@ func (o *tcpObjects) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpMaps struct {
-	Drops     *ebpf.Map `ebpf:"drops"`
-	Events    *ebpf.Map `ebpf:"events"`
-	SkStates  *ebpf.Map `ebpf:"sk_states"`
-	Stashes   *ebpf.Map `ebpf:"stashes"`
-	UdpStates *ebpf.Map `ebpf:"udp_states"`
+	Drops    *ebpf.Map `ebpf:"drops"`
+	Events   *ebpf.Map `ebpf:"events"`
+	SkStates *ebpf.Map `ebpf:"sk_states"`
 }
 
 func (m *tcpMaps) Close() error {
@@ -235,8 +178,6 @@ func (m *tcpMaps) Close() error {
 		m.Drops,
 		m.Events,
 		m.SkStates,
-		m.Stashes,
-		m.UdpStates,
 	)
 }
 
@@ -244,28 +185,23 @@ func (m *tcpMaps) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpVariables struct {
-	PeerCap         *ebpf.Variable `ebpf:"peer_cap"`
-	UdpOn           *ebpf.Variable `ebpf:"udp_on"`
-	UnusedUdpRecord *ebpf.Variable `ebpf:"unused_udp_record"`
-	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcpPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpPrograms struct {
-	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
-	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
-	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
-	TcpReceiveReset  *ebpf.Program `ebpf:"tcp_receive_reset"`
-	TcpSendReset     *ebpf.Program `ebpf:"tcp_send_reset"`
+	FentryInetSkStateStore *ebpf.Program `ebpf:"fentry_inet_sk_state_store"`
+	InetSockSetState       *ebpf.Program `ebpf:"inet_sock_set_state"`
+	TcpReceiveReset        *ebpf.Program `ebpf:"tcp_receive_reset"`
+	TcpSendReset           *ebpf.Program `ebpf:"tcp_send_reset"`
 }
 
 func (p *tcpPrograms) Close() error {
 	return _TcpClose(
+		p.FentryInetSkStateStore,
 		p.InetSockSetState,
-		p.SockRecvLength,
-		p.SockSendLength,
 		p.TcpReceiveReset,
 		p.TcpSendReset,
 	)

@@ -138,7 +138,7 @@ type Event struct {
 
 // Sample is one tracked socket's current state, read at poll time from the
 // socket storage in every network namespace. Owner is zero while unknown
-// (an accepted socket before its first send or receive, a discovered one),
+// (an accepted socket whose listener was open before the probe, a discovered one),
 // and for one poll if a new owner was being written at that instant.
 type Sample struct {
 	Endpoint

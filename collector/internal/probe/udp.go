@@ -38,9 +38,10 @@ type UDPConfig struct {
 // MaxUDPPeers is the most remote addresses a UDP socket has slots for.
 const MaxUDPPeers = 16
 
-// DefaultUDPConfig returns the defaults: on, 16 peers per socket.
+// DefaultUDPConfig returns the defaults: off (the UDP programs cost every
+// TCP send and receive too; see bpf/udp.c), 16 peers per socket.
 func DefaultUDPConfig() UDPConfig {
-	return UDPConfig{Enabled: true, Peers: MaxUDPPeers, RingBytes: 1 << 20, SampleRingBytes: 4 << 20}
+	return UDPConfig{Enabled: false, Peers: MaxUDPPeers, RingBytes: 1 << 20, SampleRingBytes: 4 << 20}
 }
 
 // Validate reports the first bad field, named by its flag.
@@ -105,7 +106,7 @@ const udpRecordSize = int(unsafe.Sizeof(udpUdpRecord{}))
 
 // udpProbe is the UDP part of a Probe.
 type udpProbe struct {
-	objs    udpObjects
+	objs    udpObjs
 	links   []link.Link
 	sampler *link.Iter
 	reader  *ringbuf.Reader
@@ -113,16 +114,101 @@ type udpProbe struct {
 	samples *sampleRing
 }
 
-// loadUDP loads the UDP programs, sharing the socket storage, the stash and
-// the drops array with the TCP programs (whose send and receive programs
-// count UDP), and attaches them.
-func (p *Probe) loadUDP(cfg UDPConfig, tcpSpec *ebpf.CollectionSpec) error {
+// udpCommon are the UDP programs of every path.
+type udpCommon struct {
+	UdpSendmsg4        *ebpf.Program `ebpf:"udp_sendmsg4"`
+	UdpSendmsg6        *ebpf.Program `ebpf:"udp_sendmsg6"`
+	UdpRecvmsg4        *ebpf.Program `ebpf:"udp_recvmsg4"`
+	UdpRecvmsg6        *ebpf.Program `ebpf:"udp_recvmsg6"`
+	UdpBind4           *ebpf.Program `ebpf:"udp_bind4"`
+	UdpBind6           *ebpf.Program `ebpf:"udp_bind6"`
+	UdpRelease         *ebpf.Program `ebpf:"udp_release"`
+	UdpFailQueueRcvSkb *ebpf.Program `ebpf:"udp_fail_queue_rcv_skb"`
+	SampleUdp          *ebpf.Program `ebpf:"sample_udp"`
+}
+
+// udpObjs is what loadUDP loads of bpf/udp.c: the maps, the programs of
+// every path, and the size programs of the chosen path.
+type udpObjs struct {
+	udpMaps
+	udpCommon
+	sizes []namedProgram
+}
+
+func (o *udpObjs) Close() error {
+	var errs []error
+	for _, prog := range o.common() {
+		errs = append(errs, prog.prog.Close())
+	}
+	for _, prog := range o.sizes {
+		errs = append(errs, prog.prog.Close())
+	}
+	return errors.Join(append(errs, o.udpMaps.Close())...)
+}
+
+func (o *udpObjs) common() []namedProgram {
+	return []namedProgram{
+		{udpProgUdpSendmsg4, o.UdpSendmsg4},
+		{udpProgUdpSendmsg6, o.UdpSendmsg6},
+		{udpProgUdpRecvmsg4, o.UdpRecvmsg4},
+		{udpProgUdpRecvmsg6, o.UdpRecvmsg6},
+		{udpProgUdpBind4, o.UdpBind4},
+		{udpProgUdpBind6, o.UdpBind6},
+		{udpProgUdpRelease, o.UdpRelease},
+		{udpProgUdpFailQueueRcvSkb, o.UdpFailQueueRcvSkb},
+		{udpProgSampleUdp, o.SampleUdp},
+	}
+}
+
+// udpSizesPath chooses how UDP sizes are hooked: the tracepoints on
+// PathTracepoint, fexit on PathFentry; on PathAuto the tracepoints where
+// the kernel has them (6.3), else fexit.
+func udpSizesPath(path Path) Path {
+	if path != PathAuto {
+		return path
+	}
+	if tracepointArgs("sock_send_length") > 0 && tracepointArgs("sock_recv_length") > 0 {
+		return PathTracepoint
+	}
+	return PathFentry
+}
+
+// loadUDP loads the UDP programs, sharing the drops array with the TCP
+// programs, and attaches them. On PathAuto, a kernel where no path has UDP
+// sizes turns UDP off (Probe.Features says why) instead of failing.
+func (p *Probe) loadUDP(cfg UDPConfig, path Path) error {
 	if !cfg.Enabled {
+		p.features = append(p.features, Feature{Name: "udp", Reason: "off (--udp)"})
 		return nil
 	}
+	sizes := udpSizesPath(path)
+	err := p.openUDP(cfg, sizes)
+	if err != nil && path == PathAuto {
+		p.features = append(p.features, Feature{Name: "udp", Reason: err.Error()})
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("--probe-path=%s: %w", path, err)
+	}
+	how := "tp_btf/sock_send_length, tp_btf/sock_recv_length"
+	if sizes == PathFentry {
+		how = "fexit/udp_sendmsg, udpv6_sendmsg, udp_recvmsg, udpv6_recvmsg"
+	}
+	p.features = append(p.features, Feature{Name: "udp", Enabled: true, Reason: how})
+	if tracepointArgs("udp_fail_queue_rcv_skb") >= 3 {
+		p.features = append(p.features, Feature{Name: "udp_drop_remotes", Enabled: true, Reason: "tp_btf/udp_fail_queue_rcv_skb with the datagram"})
+	} else {
+		p.features = append(p.features, Feature{Name: "udp_drop_remotes",
+			Reason: "tp_btf/udp_fail_queue_rcv_skb has no datagram before Linux 6.10: drops are counted under other peers"})
+	}
+	return nil
+}
+
+// openUDP loads and attaches the UDP programs with the sizes of path; on
+// failure nothing is left loaded.
+func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 	root := cfg.CgroupRoot
 	if root == "" {
-		var err error
 		if root, err = CgroupV2Root(); err != nil {
 			return err
 		}
@@ -133,34 +219,81 @@ func (p *Probe) loadUDP(cfg UDPConfig, tcpSpec *ebpf.CollectionSpec) error {
 	}
 	spec.Maps[udpMapUdpEvents].MaxEntries = cfg.RingBytes
 	spec.Maps[udpMapUdpSamples].MaxEntries = cfg.SampleRingBytes
+	hasSkb := uint32(0)
+	if tracepointArgs("udp_fail_queue_rcv_skb") >= 3 {
+		hasSkb = 1
+	}
+	recvArgs := uint32(kernelArgs("udp_recvmsg"))
+	if recvArgs != 6 {
+		recvArgs = 5
+	}
 	for _, v := range []struct {
-		spec  *ebpf.CollectionSpec
 		name  string
 		value any
 	}{
-		{spec, udpVarPeerCap, cfg.Peers},
-		{spec, udpVarUdpWakeupBytes, uint64(cfg.RingBytes / 4)},
+		{udpVarPeerCap, cfg.Peers},
+		{udpVarUdpWakeupBytes, uint64(cfg.RingBytes / 4)},
+		{udpVarFailQueueHasSkb, hasSkb},
+		{udpVarRecvmsgNargs, recvArgs},
 	} {
-		if err := v.spec.Variables[v.name].Set(v.value); err != nil {
+		if err := spec.Variables[v.name].Set(v.value); err != nil {
 			return fmt.Errorf("set %s: %w", v.name, err)
 		}
 	}
 	u := &udpProbe{}
-	p.udp = u
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, u.close())
+		}
+	}()
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		udpMapUdpStates: p.objs.UdpStates,
-		udpMapStashes:   p.objs.Stashes,
-		udpMapDrops:     p.objs.Drops,
-		udpMapSkStates:  p.objs.SkStates,
+		udpMapDrops:    p.objs.Drops,
+		udpMapSkStates: p.objs.SkStates,
 	}}
-	if err := spec.LoadAndAssign(&u.objs, opts); err != nil {
-		return loadError("UDP programs", err)
+	var tracing []namedProgram // attached with link.AttachTracing, by section
+	switch sizes {
+	case PathTracepoint:
+		var l struct {
+			udpMaps
+			udpCommon
+			SockSendLength *ebpf.Program `ebpf:"sock_send_length"`
+			SockRecvLength *ebpf.Program `ebpf:"sock_recv_length"`
+		}
+		if err := spec.LoadAndAssign(&l, opts); err != nil {
+			return loadError("UDP programs (tracepoint path)", err)
+		}
+		u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
+			{udpProgSockSendLength, l.SockSendLength}, {udpProgSockRecvLength, l.SockRecvLength}}}
+	case PathFentry:
+		var l struct {
+			udpMaps
+			udpCommon
+			Sendmsg  *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
+			Sendmsg6 *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
+			Recvmsg  *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
+			Recvmsg6 *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
+		}
+		if err := spec.LoadAndAssign(&l, opts); err != nil {
+			return fentryError(loadError("UDP programs (fentry path)", err))
+		}
+		u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
+			{udpProgFexitUdpSendmsg, l.Sendmsg}, {udpProgFexitUdpv6Sendmsg, l.Sendmsg6},
+			{udpProgFexitUdpRecvmsg, l.Recvmsg}, {udpProgFexitUdpv6Recvmsg, l.Recvmsg6}}}
+	default:
+		return fmt.Errorf("UDP programs: no path %q", sizes)
 	}
-	l, err := link.AttachTracing(link.TracingOptions{Program: u.objs.UdpFailQueueRcvSkb})
-	if err != nil {
-		return fmt.Errorf("attach tp_btf/udp_fail_queue_rcv_skb: %w", err)
+	tracing = append(tracing, u.objs.sizes...)
+	tracing = append(tracing, namedProgram{udpProgUdpFailQueueRcvSkb, u.objs.UdpFailQueueRcvSkb})
+	for _, tp := range tracing {
+		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog})
+		if err != nil {
+			if sizes == PathFentry {
+				err = fentryError(err)
+			}
+			return fmt.Errorf("attach %s: %w", spec.Programs[tp.name].SectionName, err)
+		}
+		u.links = append(u.links, l)
 	}
-	u.links = append(u.links, l)
 	for _, c := range []struct {
 		name   string
 		attach ebpf.AttachType
@@ -180,7 +313,7 @@ func (p *Probe) loadUDP(cfg UDPConfig, tcpSpec *ebpf.CollectionSpec) error {
 		}
 		u.links = append(u.links, l)
 	}
-	u.sampler, err = link.AttachIter(link.IterOptions{Program: u.objs.SampleUdp, Map: p.objs.UdpStates})
+	u.sampler, err = link.AttachIter(link.IterOptions{Program: u.objs.SampleUdp, Map: u.objs.UdpStates})
 	if err != nil {
 		return fmt.Errorf("attach iter/bpf_sk_storage_map (udp): %w", err)
 	}
@@ -192,6 +325,7 @@ func (p *Probe) loadUDP(cfg UDPConfig, tcpSpec *ebpf.CollectionSpec) error {
 	if err != nil {
 		return err
 	}
+	p.udp = u
 	return nil
 }
 
@@ -283,17 +417,7 @@ func udpRecordOf(r *udpUdpRecord, commOf func(*[16]int8) string) UDPRecord {
 
 // programs lists the UDP programs for ProgramStats.
 func (u *udpProbe) programs() []namedProgram {
-	return []namedProgram{
-		{udpProgUdpSendmsg4, u.objs.UdpSendmsg4},
-		{udpProgUdpSendmsg6, u.objs.UdpSendmsg6},
-		{udpProgUdpRecvmsg4, u.objs.UdpRecvmsg4},
-		{udpProgUdpRecvmsg6, u.objs.UdpRecvmsg6},
-		{udpProgUdpBind4, u.objs.UdpBind4},
-		{udpProgUdpBind6, u.objs.UdpBind6},
-		{udpProgUdpRelease, u.objs.UdpRelease},
-		{udpProgUdpFailQueueRcvSkb, u.objs.UdpFailQueueRcvSkb},
-		{udpProgSampleUdp, u.objs.SampleUdp},
-	}
+	return append(u.objs.common(), u.objs.sizes...)
 }
 
 // close detaches and frees the UDP programs and maps.

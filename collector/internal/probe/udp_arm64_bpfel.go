@@ -118,7 +118,13 @@ const (
 	udpMapUdpEvents           = "udp_events"
 	udpMapUdpSamples          = "udp_samples"
 	udpMapUdpStates           = "udp_states"
+	udpProgFexitUdpRecvmsg    = "fexit_udp_recvmsg"
+	udpProgFexitUdpSendmsg    = "fexit_udp_sendmsg"
+	udpProgFexitUdpv6Recvmsg  = "fexit_udpv6_recvmsg"
+	udpProgFexitUdpv6Sendmsg  = "fexit_udpv6_sendmsg"
 	udpProgSampleUdp          = "sample_udp"
+	udpProgSockRecvLength     = "sock_recv_length"
+	udpProgSockSendLength     = "sock_send_length"
 	udpProgUdpBind4           = "udp_bind4"
 	udpProgUdpBind6           = "udp_bind6"
 	udpProgUdpFailQueueRcvSkb = "udp_fail_queue_rcv_skb"
@@ -127,8 +133,9 @@ const (
 	udpProgUdpRelease         = "udp_release"
 	udpProgUdpSendmsg4        = "udp_sendmsg4"
 	udpProgUdpSendmsg6        = "udp_sendmsg6"
+	udpVarFailQueueHasSkb     = "fail_queue_has_skb"
 	udpVarPeerCap             = "peer_cap"
-	udpVarUdpOn               = "udp_on"
+	udpVarRecvmsgNargs        = "recvmsg_nargs"
 	udpVarUdpWakeupBytes      = "udp_wakeup_bytes"
 	udpVarUnusedUdpRecord     = "unused_udp_record"
 )
@@ -175,7 +182,13 @@ type udpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udpProgramSpecs struct {
+	FexitUdpRecvmsg    *ebpf.ProgramSpec `ebpf:"fexit_udp_recvmsg"`
+	FexitUdpSendmsg    *ebpf.ProgramSpec `ebpf:"fexit_udp_sendmsg"`
+	FexitUdpv6Recvmsg  *ebpf.ProgramSpec `ebpf:"fexit_udpv6_recvmsg"`
+	FexitUdpv6Sendmsg  *ebpf.ProgramSpec `ebpf:"fexit_udpv6_sendmsg"`
 	SampleUdp          *ebpf.ProgramSpec `ebpf:"sample_udp"`
+	SockRecvLength     *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
+	SockSendLength     *ebpf.ProgramSpec `ebpf:"sock_send_length"`
 	UdpBind4           *ebpf.ProgramSpec `ebpf:"udp_bind4"`
 	UdpBind6           *ebpf.ProgramSpec `ebpf:"udp_bind6"`
 	UdpFailQueueRcvSkb *ebpf.ProgramSpec `ebpf:"udp_fail_queue_rcv_skb"`
@@ -202,8 +215,9 @@ type udpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udpVariableSpecs struct {
+	FailQueueHasSkb *ebpf.VariableSpec `ebpf:"fail_queue_has_skb"`
 	PeerCap         *ebpf.VariableSpec `ebpf:"peer_cap"`
-	UdpOn           *ebpf.VariableSpec `ebpf:"udp_on"`
+	RecvmsgNargs    *ebpf.VariableSpec `ebpf:"recvmsg_nargs"`
 	UdpWakeupBytes  *ebpf.VariableSpec `ebpf:"udp_wakeup_bytes"`
 	UnusedUdpRecord *ebpf.VariableSpec `ebpf:"unused_udp_record"`
 }
@@ -251,8 +265,9 @@ func (m *udpMaps) Close() error {
 //
 // It can be passed to loadUdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udpVariables struct {
+	FailQueueHasSkb *ebpf.Variable `ebpf:"fail_queue_has_skb"`
 	PeerCap         *ebpf.Variable `ebpf:"peer_cap"`
-	UdpOn           *ebpf.Variable `ebpf:"udp_on"`
+	RecvmsgNargs    *ebpf.Variable `ebpf:"recvmsg_nargs"`
 	UdpWakeupBytes  *ebpf.Variable `ebpf:"udp_wakeup_bytes"`
 	UnusedUdpRecord *ebpf.Variable `ebpf:"unused_udp_record"`
 }
@@ -261,7 +276,13 @@ type udpVariables struct {
 //
 // It can be passed to loadUdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udpPrograms struct {
+	FexitUdpRecvmsg    *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
+	FexitUdpSendmsg    *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
+	FexitUdpv6Recvmsg  *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
+	FexitUdpv6Sendmsg  *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
 	SampleUdp          *ebpf.Program `ebpf:"sample_udp"`
+	SockRecvLength     *ebpf.Program `ebpf:"sock_recv_length"`
+	SockSendLength     *ebpf.Program `ebpf:"sock_send_length"`
 	UdpBind4           *ebpf.Program `ebpf:"udp_bind4"`
 	UdpBind6           *ebpf.Program `ebpf:"udp_bind6"`
 	UdpFailQueueRcvSkb *ebpf.Program `ebpf:"udp_fail_queue_rcv_skb"`
@@ -274,7 +295,13 @@ type udpPrograms struct {
 
 func (p *udpPrograms) Close() error {
 	return _UdpClose(
+		p.FexitUdpRecvmsg,
+		p.FexitUdpSendmsg,
+		p.FexitUdpv6Recvmsg,
+		p.FexitUdpv6Sendmsg,
 		p.SampleUdp,
+		p.SockRecvLength,
+		p.SockSendLength,
 		p.UdpBind4,
 		p.UdpBind6,
 		p.UdpFailQueueRcvSkb,

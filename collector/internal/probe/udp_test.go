@@ -23,9 +23,16 @@ func udpSamples(t *testing.T, p *Probe, local netip.AddrPort) map[netip.AddrPort
 	return out
 }
 
+// udpConfig is the default configuration with UDP on.
+func udpConfig() Config {
+	cfg := DefaultConfig()
+	cfg.UDP.Enabled = true
+	return cfg
+}
+
 func TestPrivilegedUDP(t *testing.T) {
 	requirePrivileged(t)
-	p, err := Open(DefaultConfig())
+	p, err := Open(udpConfig())
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
