@@ -422,7 +422,7 @@ func events(path string, readBuffer int) (*netlink.Conn, error) {
 		return nil, err
 	}
 	defer f.Close()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nsConfig(f))
 	if err != nil {
 		return nil, fmt.Errorf("conntrack events in %s: %w", path, err)
 	}
@@ -443,6 +443,17 @@ func events(path string, readBuffer int) (*netlink.Conn, error) {
 	return c, nil
 }
 
+// nsConfig is the netlink configuration for the namespace open as f: none
+// for the collector's own namespace, which it reads without setns (and so
+// without CAP_SYS_ADMIN, which a least-privilege collector lacks).
+func nsConfig(f *os.File) *netlink.Config {
+	var ns, self unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &ns) == nil && unix.Stat("/proc/self/ns/net", &self) == nil && ns.Ino == self.Ino && ns.Dev == self.Dev {
+		return &netlink.Config{}
+	}
+	return &netlink.Config{NetNS: int(f.Fd())}
+}
+
 // dial opens a conntrack socket in the namespace at path.
 func dial(path string) (*conntrack.Conn, error) {
 	f, err := os.Open(path)
@@ -450,7 +461,7 @@ func dial(path string) (*conntrack.Conn, error) {
 		return nil, err
 	}
 	defer f.Close()
-	c, err := conntrack.Dial(&netlink.Config{NetNS: int(f.Fd())})
+	c, err := conntrack.Dial(nsConfig(f))
 	if err != nil {
 		return nil, fmt.Errorf("conntrack in %s: %w", path, err)
 	}
