@@ -64,6 +64,7 @@ const state = {
   rtt: new Map(), // "src→dst" → {sum, count}
   selected: null, // {type: 'edge'|'node', key}
   zoom: { k: 1, x: 0, y: 0 },
+  userView: false, // the user zoomed or panned: no more fitting by itself
   alpha: 0,
   timer: 0,
   groups: new Map(), // namespace → its place on the grid
@@ -328,7 +329,12 @@ function kick() {
     const t0 = performance.now();
     do tick(); while (performance.now() - t0 < 8 && state.alpha > 0.02);
     positions();
-    frame = state.alpha > 0.02 ? requestAnimationFrame(step) : 0;
+    if (state.alpha > 0.02) {
+      frame = requestAnimationFrame(step);
+    } else {
+      frame = 0;
+      if (!state.userView) fit(); // the layout settled: show all of it
+    }
   };
   frame = requestAnimationFrame(step);
 }
@@ -582,8 +588,10 @@ function fit() {
   for (const n of nodes) {
     x0 = Math.min(x0, n.x); y0 = Math.min(y0, n.y); x1 = Math.max(x1, n.x); y1 = Math.max(y1, n.y);
   }
-  const w = svg.clientWidth || 800, h = svg.clientHeight || 600, pad = 60;
-  const k = Math.min(2, (w - 2 * pad) / Math.max(1, x1 - x0), (h - 2 * pad) / Math.max(1, y1 - y0));
+  // Room for the circles, their labels and the namespace boxes.
+  x0 -= 40; y0 -= 50; x1 += 140; y1 += 40;
+  const w = svg.clientWidth || 800, h = svg.clientHeight || 600, pad = 10;
+  const k = Math.min(1.25, (w - 2 * pad) / Math.max(1, x1 - x0), (h - 2 * pad) / Math.max(1, y1 - y0));
   state.zoom = { k, x: w / 2 - k * (x0 + x1) / 2, y: h / 2 - k * (y0 + y1) / 2 };
   applyZoom();
 }
@@ -602,6 +610,7 @@ svg.addEventListener('wheel', (ev) => {
   z.x = px - (px - z.x) * (k / z.k);
   z.y = py - (py - z.y) * (k / z.k);
   const relabel = (z.k > 1.6) !== (k > 1.6);
+  state.userView = true;
   z.k = k;
   applyZoom();
   if (relabel) render();
@@ -615,6 +624,7 @@ svg.addEventListener('pointerdown', (ev) => {
   svg.setPointerCapture(ev.pointerId);
   const move = (e) => {
     moved = moved || Math.abs(e.clientX - start.x) + Math.abs(e.clientY - start.y) > 3;
+    state.userView = true;
     state.zoom.x = start.zx + e.clientX - start.x;
     state.zoom.y = start.zy + e.clientY - start.y;
     applyZoom();
@@ -660,7 +670,7 @@ for (const id of ['ns', 'kind', 'ext', 'top']) {
 $('q').addEventListener('input', () => { applyFilter(); render(); state.alpha = Math.max(state.alpha, 0.3); kick(); });
 $('refresh').addEventListener('change', refresh);
 $('rtt').addEventListener('change', refresh);
-$('fit').addEventListener('click', fit);
+$('fit').addEventListener('click', () => { state.userView = false; fit(); });
 document.addEventListener('visibilitychange', () => { if (!document.hidden && Number($('refresh').value) > 0) refresh(); });
 
 applyZoom();
