@@ -146,6 +146,17 @@ func TestChartTemplate(t *testing.T) {
 			checkServices(t, r, sharded, name)
 			if name == "mtls" {
 				checkMTLS(t, r)
+			} else {
+				// Plaintext: the reducer must be told to listen beyond loopback.
+				var args []string
+				if d, ok := r.find("Deployment", "-reducer").(*appsv1.Deployment); ok {
+					args = d.Spec.Template.Spec.Containers[0].Args
+				} else if s, ok := r.find("StatefulSet", "-reducer").(*appsv1.StatefulSet); ok {
+					args = s.Spec.Template.Spec.Containers[0].Args
+				}
+				if !slices.Contains(args, "--insecure-listen") {
+					t.Errorf("plaintext reducer without --insecure-listen: %v", args)
+				}
 			}
 			if name == "otlp" {
 				checkOTLP(t, r)
@@ -388,13 +399,13 @@ func checkMTLS(t *testing.T, r rendered) {
 		items  []string
 	}{
 		{"collector", ds.Spec.Template.Spec, "weir-node-tls",
-			[]string{"--tls-ca=/etc/weir/tls/ca.crt", "--tls-cert=/etc/weir/tls/node-$(NODE_NAME).crt", "--tls-key=/etc/weir/tls/node-$(NODE_NAME).key"}, nil},
+			[]string{"--tls-ca=/etc/weir/tls/ca.pem", "--tls-cert=/etc/weir/tls/node-$(NODE_NAME).pem", "--tls-key=/etc/weir/tls/node-$(NODE_NAME)-key.pem"}, nil},
 		{"reducer", red.Spec.Template.Spec, "weir-tls",
-			[]string{"--tls-ca=/etc/weir/tls/ca.crt", "--tls-cert=/etc/weir/tls/reducer.crt", "--tls-key=/etc/weir/tls/reducer.key"},
-			[]string{"ca.crt", "reducer.crt", "reducer.key"}},
+			[]string{"--tls-ca=/etc/weir/tls/ca.pem", "--tls-cert=/etc/weir/tls/reducer.pem", "--tls-key=/etc/weir/tls/reducer-key.pem", "--trust-domain=weir.local"},
+			[]string{"ca.pem", "reducer.pem", "reducer-key.pem"}},
 		{"k8s-watcher", w.Spec.Template.Spec, "weir-tls",
-			[]string{"--tls-ca=/etc/weir/tls/ca.crt", "--tls-cert=/etc/weir/tls/k8s-watcher.crt", "--tls-key=/etc/weir/tls/k8s-watcher.key"},
-			[]string{"ca.crt", "k8s-watcher.crt", "k8s-watcher.key"}},
+			[]string{"--tls-ca=/etc/weir/tls/ca.pem", "--tls-cert=/etc/weir/tls/k8s-watcher.pem", "--tls-key=/etc/weir/tls/k8s-watcher-key.pem"},
+			[]string{"ca.pem", "k8s-watcher.pem", "k8s-watcher-key.pem"}},
 	} {
 		for _, a := range tc.args {
 			if !slices.Contains(tc.pod.Containers[0].Args, a) {
@@ -418,6 +429,9 @@ func checkMTLS(t *testing.T, r rendered) {
 		if !found {
 			t.Errorf("%s: Secret %s not mounted", tc.name, tc.secret)
 		}
+	}
+	if slices.Contains(red.Spec.Template.Spec.Containers[0].Args, "--insecure-listen") {
+		t.Error("reducer: --insecure-listen with mTLS")
 	}
 }
 

@@ -101,20 +101,20 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* mTLS flags of a client (collector or watcher) whose files are name.crt and name.key. */}}
+{{/* mTLS flags of a peer whose files (as `weirctl certs` names them) are name.pem and name-key.pem. */}}
 {{- define "weir.mtlsArgs" -}}
-- --tls-ca=/etc/weir/tls/ca.crt
-- --tls-cert=/etc/weir/tls/{{ . }}.crt
-- --tls-key=/etc/weir/tls/{{ . }}.key
+- --tls-ca=/etc/weir/tls/ca.pem
+- --tls-cert=/etc/weir/tls/{{ . }}.pem
+- --tls-key=/etc/weir/tls/{{ . }}-key.pem
 {{- end }}
 
 {{/* Checks of values that the schema cannot express. */}}
 {{- define "weir.validate" -}}
 {{- if and .Values.mtls.enabled (not .Values.mtls.existingSecret) }}
-{{- fail "mtls.enabled needs mtls.existingSecret: a Secret with ca.crt, reducer.crt/.key and k8s-watcher.crt/.key (see the chart's README)" }}
+{{- fail "mtls.enabled needs mtls.existingSecret: a Secret with ca.pem, reducer.pem, reducer-key.pem, k8s-watcher.pem and k8s-watcher-key.pem from weirctl certs (see the chart's README)" }}
 {{- end }}
 {{- if and .Values.mtls.enabled .Values.collector.enabled (not .Values.mtls.nodeSecret) }}
-{{- fail "mtls.enabled needs mtls.nodeSecret: a Secret with ca.crt and node-<node name>.crt/.key for every node (see the chart's README)" }}
+{{- fail "mtls.enabled needs mtls.nodeSecret: a Secret with ca.pem and node-<node name>.pem and node-<node name>-key.pem for every node, from weirctl certs --nodes (see the chart's README)" }}
 {{- end }}
 {{- if and .Values.reducer.otlp.tlsSecret .Values.reducer.otlp.insecure }}
 {{- fail "reducer.otlp.tlsSecret and reducer.otlp.insecure exclude each other" }}
