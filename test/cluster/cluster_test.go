@@ -43,7 +43,9 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	n := StartNode(t, images)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	t.Cleanup(cancel)
-	t.Cleanup(func() { t.Logf("wall time %s; timeline:\n%s", time.Since(start).Round(100*time.Millisecond), n.Timeline()) })
+	t.Cleanup(func() {
+		t.Logf("wall time %s; timeline:\n%s", time.Since(start).Round(100*time.Millisecond), n.Timeline())
+	})
 
 	// kube-proxy's part: the kubernetes Service (the watcher's in-cluster
 	// configuration) and, once the reducer has an address, its Service.
