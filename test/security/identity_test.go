@@ -113,6 +113,7 @@ func TestPrivilegedNodeIdentity(t *testing.T) {
 		{"weir_reducer_streams_rejected_total", "node_mismatch", 3},
 		{"weir_reducer_streams_rejected_total", "epoch_in_future", 2},
 		{"weir_reducer_auth_denied_total", "wrong_kind", 2},
+		{"weir_reducer_tls_handshake_failures_total", "refused", 1}, // the plaintext hijack
 	} {
 		if v := red.Sum(c.name, map[string]string{"reason": c.reason}); v < c.min {
 			t.Errorf("%s{reason=%q} = %v, want at least %v", c.name, c.reason, v, c.min)

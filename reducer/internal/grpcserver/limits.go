@@ -47,8 +47,9 @@ type limiter struct {
 	conns   map[netip.Addr]int
 	streams map[netip.Addr]int
 
-	open    prometheus.Gauge
-	refused *prometheus.CounterVec
+	open      prometheus.Gauge
+	refused   *prometheus.CounterVec
+	handshake *prometheus.CounterVec
 }
 
 func newLimiter(lim Limits, reg prometheus.Registerer) (*limiter, error) {
@@ -64,12 +65,19 @@ func newLimiter(lim Limits, reg prometheus.Registerer) (*limiter, error) {
 			Name: "weir_reducer_connections_refused_total",
 			Help: "Connections closed at accept, or streams ended with RESOURCE_EXHAUSTED, by the limit they hit (max_conns, max_conns_per_peer, max_streams_per_peer).",
 		}, []string{"reason"}),
+		handshake: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_reducer_tls_handshake_failures_total",
+			Help: "TLS handshakes on the gRPC port that failed, by reason (timeout: none complete within --handshake-timeout; refused: not TLS, no or an untrusted client certificate).",
+		}, []string{"reason"}),
 	}
 	for _, r := range []string{refusedMaxConns, refusedMaxConnsPerPeer, refusedMaxStreamsPerPeer} {
 		l.refused.WithLabelValues(r)
 	}
+	for _, r := range []string{handshakeTimeout, handshakeRefused} {
+		l.handshake.WithLabelValues(r)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{l.open, l.refused} {
+		for _, c := range []prometheus.Collector{l.open, l.refused, l.handshake} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

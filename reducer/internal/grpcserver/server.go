@@ -87,7 +87,7 @@ func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
 		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{lim.streamInterceptor}, cfg.StreamInterceptors...)...),
 		grpc.ChainUnaryInterceptor(cfg.UnaryInterceptors...))
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.Creds(countedCreds{TransportCredentials: credentials.NewTLS(cfg.TLS), failures: lim.handshake}))
 	}
 	return &Server{
 		cfg:    cfg,
