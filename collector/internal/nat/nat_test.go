@@ -2,6 +2,8 @@ package nat
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/ti-mo/conntrack"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -163,24 +166,124 @@ func TestPrivilegedRun(t *testing.T) {
 	}
 }
 
-// inNetns runs fn on a thread in the named network namespace.
+// TestPrivilegedSync: without the Run loop, Sync alone follows a namespace
+// created after the table (its connection so far from the dump) and then
+// applies the event of a new connection at once: a report that calls Sync
+// first sends every established socket with its translation.
+func TestPrivilegedSync(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (network namespaces, conntrack); CI=true: not skipping")
+		}
+		t.Skip("needs root")
+	}
+	tb, _ := newTable(t, DefaultConfig())
+	tb.now = time.Now
+	defer func() {
+		for _, w := range tb.watches {
+			w.close()
+		}
+	}()
+	ns := "weir-nat-sync-" + strings.ReplaceAll(time.Now().Format("150405.000"), ".", "")
+	for _, args := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "addr", "add", "198.18.9.1/32", "dev", "lo"},
+		{"ip", "-n", ns, "route", "add", "198.18.9.99/32", "dev", "lo"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		if args[2] == "add" && args[1] == "netns" {
+			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	nft := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(`table ip weirunit {
+	chain out {
+		type nat hook output priority -100;
+		ip daddr 198.18.9.99 tcp dport 80 dnat to 198.18.9.1:8080
+	}
+}
+`)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	vip := netip.MustParseAddrPort("198.18.9.99:80")
+	var ln net.Listener
+	if err := inNetns(ns, func() (err error) { ln, err = net.Listen("tcp", "198.18.9.1:8080"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	connect := func() netip.AddrPort {
+		var local netip.AddrPort
+		if err := inNetns(ns, func() error {
+			c, err := net.Dial("tcp", vip.String())
+			if err != nil {
+				return err
+			}
+			local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+			return c.Close()
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return local
+	}
+	for i, what := range []string{"a connection of a namespace not followed yet (the dump)", "a new connection (its event)"} {
+		local := connect()
+		tb.Sync()
+		tr, ok := tb.Translate(local, vip)
+		if !ok || tr.Remote != netip.MustParseAddrPort("198.18.9.1:8080") {
+			t.Errorf("%d, %s: translation %v, %v right after Sync (namespaces followed %d, translations %d, conntrack errors %v)",
+				i, what, tr, ok, len(tb.watches), tb.Len(), testutil.ToFloat64(tb.m.errors))
+		}
+	}
+}
+
+// inNetns runs fn on a thread in the named network namespace, and puts the
+// thread back in its own namespace afterwards. A thread left in another
+// namespace would be the main thread at times, which the runtime cannot
+// end: the test process would stay in that namespace.
 func inNetns(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is left locked, so that it exits with the goroutine
-		// rather than return to the pool in the wrong namespace.
 		runtime.LockOSThread()
+		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
 		f, err := os.Open("/run/netns/" + name)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
+			// Left locked: the thread ends with the goroutine.
+			errc <- errors.Join(err, rerr)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
