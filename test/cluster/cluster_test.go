@@ -33,7 +33,11 @@ import (
 //   - the watcher streams the cluster's metadata to the reducer;
 //   - helm upgrade rolls every component (the edge comes back with its pods'
 //     names at --aggregation=pod, bytes exact) and leaves no pod of the old
-//     revision; helm uninstall leaves no object, pod, container or process.
+//     revision; helm uninstall leaves no object, pod, container or process;
+//   - installed again with mTLS from weirctl certs, the collector connects
+//     with its node's identity and the watcher with its own, the edge is
+//     exact, weirctl reads the map with an observer certificate and not
+//     without one; uninstalled, nothing is left.
 func TestPrivilegedHelmInstall(t *testing.T) {
 	harness.RequireRoot(t)
 	requireNodeTools(t)
@@ -208,6 +212,84 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	n.mark("helm uninstall")
 	waitGone(t, n, ctx, collectorPID)
 	n.mark("nothing left of the release")
+
+	// mTLS: certificates from weirctl certs, the collector with its node's
+	// own identity (spiffe://weir.local/node/weir-node), the watcher with
+	// the watcher's, weirctl with an observer's.
+	certs := t.TempDir()
+	weirctl := weirBinary(t, "weirctl")
+	if out, err := exec.Command(weirctl, "certs", "--dir", certs, "--nodes", nodeName, "--observers", "weirctl",
+		"--server-names", reducerVIP+",weir-reducer.weir.svc,weir-reducer.weir.svc.cluster.local").CombinedOutput(); err != nil {
+		t.Fatalf("weirctl certs: %v\n%s", err, out)
+	}
+	createSecret(t, n, ctx, "weir", "weir-tls", certs, "ca.pem", "reducer.pem", "reducer-key.pem", "k8s-watcher.pem", "k8s-watcher-key.pem")
+	createSecret(t, n, ctx, "weir", "weir-node-tls", certs, "ca.pem", "node-"+nodeName+".pem", "node-"+nodeName+"-key.pem")
+	h.run("install", "weir", chartDir(), "--namespace", "weir",
+		"--set", "image.pullPolicy=Never",
+		"--set", "reducer.service.clusterIP="+reducerVIP,
+		"--set", "collector.reducerAddress="+reducerVIP+":7000",
+		"--set", "k8sWatcher.reducerAddress="+reducerVIP+":7000",
+		"--set", "collector.interval=1s",
+		"--set", fmt.Sprintf("collector.httpAddr=127.0.0.1:%d", collectorHTTP),
+		"--set", "mtls.enabled=true", "--set", "mtls.existingSecret=weir-tls", "--set", "mtls.nodeSecret=weir-node-tls")
+	n.mark("helm install with mTLS")
+	reducer = waitPods(t, n, ctx, "weir", "app.kubernetes.io/component=reducer", 1, podHasIP)[0]
+	n.DNATReplace(map[string]string{
+		serviceNet + ".1:443": apiserver,
+		reducerVIP + ":7000":  reducer.Status.PodIP + ":7000",
+	})
+	pods = waitPods(t, n, ctx, "weir", "app.kubernetes.io/instance=weir", 3, podReady)
+	metricsURL = "http://" + reducer.Status.PodIP + ":7010/metrics"
+	harness.WaitFor(t, collectorURL, 30*time.Second, "collector connected over mTLS", func(m harness.Metrics) bool {
+		v, _ := m.Value("weir_collector_connected", nil)
+		return v == 1
+	})
+	watcher = podOf(t, pods, "k8s-watcher")
+	harness.WaitFor(t, "http://"+watcher.Status.PodIP+":7012/metrics", 30*time.Second, "watcher streaming over mTLS", func(m harness.Metrics) bool {
+		c, _ := m.Value("weir_watcher_stream_connected", nil)
+		return c == 1
+	})
+	n.mark("collector and watcher connected over mTLS")
+	delete(up, "src_pod")
+	delete(up, "dst_pod")
+	if err := n.Admin.CoreV1().Pods("shop").Delete(ctx, checkout.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	old := checkout.Name
+	checkout = waitPods(t, n, ctx, "shop", "app=checkout", 1, func(p *corev1.Pod) bool { return podReady(p) && p.Name != old })[0]
+	waitEdge(t, metricsURL, up, conns, request, response)
+	n.mark("edge exact over mTLS")
+	tlsArgs := []string{"--server", reducerVIP + ":7000", "--tls-ca", certs + "/ca.pem",
+		"--tls-cert", certs + "/observer-weirctl.pem", "--tls-key", certs + "/observer-weirctl-key.pem"}
+	out, err = exec.Command(weirctl, append([]string{"map"}, tlsArgs...)...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "shop/checkout[deployment]") {
+		t.Errorf("weirctl map over mTLS: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(weirctl, "map", "--server", reducerVIP+":7000", "--timeout", "3s").CombinedOutput(); err == nil {
+		t.Errorf("weirctl map in plaintext against the mTLS reducer succeeded:\n%s", out)
+	}
+	newCollector = podOf(t, pods, "collector")
+	collectorPID = containerPID(t, n, newCollector)
+	h.run("uninstall", "weir", "--namespace", "weir", "--wait", "--timeout", "2m")
+	waitGone(t, n, ctx, collectorPID)
+	n.mark("nothing left of the mTLS release")
+}
+
+// createSecret makes a Secret of files of dir.
+func createSecret(t *testing.T, n *Node, ctx context.Context, ns, name, dir string, files ...string) {
+	t.Helper()
+	data := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(dir + "/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[f] = b
+	}
+	_, err := n.Admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Data: data}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // helmRun runs helm against the node.
