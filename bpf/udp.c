@@ -172,18 +172,11 @@ int sock_recv_length(u64 *ctx)
  * above see it; they run for UDP (and UDP-Lite, which on_udp leaves out)
  * only, so TCP traffic pays nothing for them. The return value follows the
  * arguments: udp_sendmsg and udpv6_sendmsg have 3; udp_recvmsg and
- * udpv6_recvmsg have recvmsg_nargs (5 since Linux 5.19, 6 before: noblock),
- * set from the kernel's BTF.
+ * udpv6_recvmsg have 5 since Linux 5.19, and 6 before (noblock): user
+ * space loads the variant that matches the kernel's BTF. (One program that
+ * picks the slot at run time does not load: the compiler turns the choice
+ * into arithmetic on the context pointer, which the verifier refuses.)
  */
-const volatile u32 recvmsg_nargs = 5;
-
-static __always_inline int recvmsg_ret(u64 *ctx)
-{
-	if (recvmsg_nargs == 6)
-		return (int)ctx[6];
-	return (int)ctx[5];
-}
-
 SEC("fexit/udp_sendmsg")
 int fexit_udp_sendmsg(u64 *ctx)
 {
@@ -196,16 +189,30 @@ int fexit_udpv6_sendmsg(u64 *ctx)
 	return on_udp((struct sock *)ctx[0], (int)ctx[3], DIR_SENT);
 }
 
+/* Arguments: sk, msg, len, flags, addr_len (Linux 5.19 and later). */
 SEC("fexit/udp_recvmsg")
 int fexit_udp_recvmsg(u64 *ctx)
 {
-	return on_udp((struct sock *)ctx[0], recvmsg_ret(ctx), DIR_RECV);
+	return on_udp((struct sock *)ctx[0], (int)ctx[5], DIR_RECV);
 }
 
 SEC("fexit/udpv6_recvmsg")
 int fexit_udpv6_recvmsg(u64 *ctx)
 {
-	return on_udp((struct sock *)ctx[0], recvmsg_ret(ctx), DIR_RECV);
+	return on_udp((struct sock *)ctx[0], (int)ctx[5], DIR_RECV);
+}
+
+/* Arguments: sk, msg, len, noblock, flags, addr_len (before Linux 5.19). */
+SEC("fexit/udp_recvmsg")
+int fexit_udp_recvmsg_noblock(u64 *ctx)
+{
+	return on_udp((struct sock *)ctx[0], (int)ctx[6], DIR_RECV);
+}
+
+SEC("fexit/udpv6_recvmsg")
+int fexit_udpv6_recvmsg_noblock(u64 *ctx)
+{
+	return on_udp((struct sock *)ctx[0], (int)ctx[6], DIR_RECV);
 }
 
 /*

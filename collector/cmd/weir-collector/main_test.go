@@ -255,7 +255,7 @@ func TestPrivilegedProbePath(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			var stdout, stderr bytes.Buffer
-			code := run(ctx, []string{"--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0", "--probe-path", tc.path}, &stdout, &stderr)
+			code := run(ctx, []string{"--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0", "--nat=false", "--probe-path", tc.path}, &stdout, &stderr)
 			if code == 0 && tc.path == "fentry" {
 				if !strings.Contains(stderr.String(), "path=fentry") {
 					t.Errorf("ran, but the log does not say path=fentry:\n%s", stderr.String())

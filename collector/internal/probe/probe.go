@@ -206,12 +206,20 @@ type Probe struct {
 // maxComms bounds the comm cache; it is emptied when it grows past this.
 const maxComms = 4096
 
+// checked is Check, run once per process: the kernel does not change.
+var checked = sync.OnceValue(Check)
+
 // iterBufBytes is the size of one read from an iterator.
 const iterBufBytes = 64 << 10
 
 // Open loads the programs with the sizes from cfg and attaches them.
 func Open(cfg Config) (*Probe, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	// A kernel that lacks a feature every path needs is named here, with
+	// the release that has it, rather than by a verifier log.
+	if err := checked(); err != nil {
 		return nil, err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {

@@ -223,10 +223,6 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 	if tracepointArgs("udp_fail_queue_rcv_skb") >= 3 {
 		hasSkb = 1
 	}
-	recvArgs := uint32(kernelArgs("udp_recvmsg"))
-	if recvArgs != 6 {
-		recvArgs = 5
-	}
 	for _, v := range []struct {
 		name  string
 		value any
@@ -234,7 +230,6 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 		{udpVarPeerCap, cfg.Peers},
 		{udpVarUdpWakeupBytes, uint64(cfg.RingBytes / 4)},
 		{udpVarFailQueueHasSkb, hasSkb},
-		{udpVarRecvmsgNargs, recvArgs},
 	} {
 		if err := spec.Variables[v.name].Set(v.value); err != nil {
 			return fmt.Errorf("set %s: %w", v.name, err)
@@ -253,6 +248,11 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 	var tracing []namedProgram // attached with link.AttachTracing, by section
 	switch sizes {
 	case PathTracepoint:
+		for _, tp := range []string{"sock_send_length", "sock_recv_length"} {
+			if tracepointArgs(tp) == 0 {
+				return feature("tp_btf/"+tp, ebpf.ErrNotSupported)
+			}
+		}
 		var l struct {
 			udpMaps
 			udpCommon
@@ -265,11 +265,32 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 		u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
 			{udpProgSockSendLength, l.SockSendLength}, {udpProgSockRecvLength, l.SockRecvLength}}}
 	case PathFentry:
+		type sends struct {
+			Sendmsg  *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
+			Sendmsg6 *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
+		}
+		// udp_recvmsg lost its noblock argument in Linux 5.19: the
+		// variant whose return slot matches the kernel's BTF.
+		if kernelArgs("udp_recvmsg") == 6 {
+			var l struct {
+				udpMaps
+				udpCommon
+				sends
+				Recvmsg  *ebpf.Program `ebpf:"fexit_udp_recvmsg_noblock"`
+				Recvmsg6 *ebpf.Program `ebpf:"fexit_udpv6_recvmsg_noblock"`
+			}
+			if err := spec.LoadAndAssign(&l, opts); err != nil {
+				return fentryError(loadError("UDP programs (fentry path)", err))
+			}
+			u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
+				{udpProgFexitUdpSendmsg, l.Sendmsg}, {udpProgFexitUdpv6Sendmsg, l.Sendmsg6},
+				{udpProgFexitUdpRecvmsgNoblock, l.Recvmsg}, {udpProgFexitUdpv6RecvmsgNoblock, l.Recvmsg6}}}
+			break
+		}
 		var l struct {
 			udpMaps
 			udpCommon
-			Sendmsg  *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
-			Sendmsg6 *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
+			sends
 			Recvmsg  *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
 			Recvmsg6 *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
 		}

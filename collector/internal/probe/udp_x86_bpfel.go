@@ -112,32 +112,33 @@ type udpUdpState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	udpMapDrops               = "drops"
-	udpMapSkStates            = "sk_states"
-	udpMapStashes             = "stashes"
-	udpMapUdpEvents           = "udp_events"
-	udpMapUdpSamples          = "udp_samples"
-	udpMapUdpStates           = "udp_states"
-	udpProgFexitUdpRecvmsg    = "fexit_udp_recvmsg"
-	udpProgFexitUdpSendmsg    = "fexit_udp_sendmsg"
-	udpProgFexitUdpv6Recvmsg  = "fexit_udpv6_recvmsg"
-	udpProgFexitUdpv6Sendmsg  = "fexit_udpv6_sendmsg"
-	udpProgSampleUdp          = "sample_udp"
-	udpProgSockRecvLength     = "sock_recv_length"
-	udpProgSockSendLength     = "sock_send_length"
-	udpProgUdpBind4           = "udp_bind4"
-	udpProgUdpBind6           = "udp_bind6"
-	udpProgUdpFailQueueRcvSkb = "udp_fail_queue_rcv_skb"
-	udpProgUdpRecvmsg4        = "udp_recvmsg4"
-	udpProgUdpRecvmsg6        = "udp_recvmsg6"
-	udpProgUdpRelease         = "udp_release"
-	udpProgUdpSendmsg4        = "udp_sendmsg4"
-	udpProgUdpSendmsg6        = "udp_sendmsg6"
-	udpVarFailQueueHasSkb     = "fail_queue_has_skb"
-	udpVarPeerCap             = "peer_cap"
-	udpVarRecvmsgNargs        = "recvmsg_nargs"
-	udpVarUdpWakeupBytes      = "udp_wakeup_bytes"
-	udpVarUnusedUdpRecord     = "unused_udp_record"
+	udpMapDrops                     = "drops"
+	udpMapSkStates                  = "sk_states"
+	udpMapStashes                   = "stashes"
+	udpMapUdpEvents                 = "udp_events"
+	udpMapUdpSamples                = "udp_samples"
+	udpMapUdpStates                 = "udp_states"
+	udpProgFexitUdpRecvmsg          = "fexit_udp_recvmsg"
+	udpProgFexitUdpRecvmsgNoblock   = "fexit_udp_recvmsg_noblock"
+	udpProgFexitUdpSendmsg          = "fexit_udp_sendmsg"
+	udpProgFexitUdpv6Recvmsg        = "fexit_udpv6_recvmsg"
+	udpProgFexitUdpv6RecvmsgNoblock = "fexit_udpv6_recvmsg_noblock"
+	udpProgFexitUdpv6Sendmsg        = "fexit_udpv6_sendmsg"
+	udpProgSampleUdp                = "sample_udp"
+	udpProgSockRecvLength           = "sock_recv_length"
+	udpProgSockSendLength           = "sock_send_length"
+	udpProgUdpBind4                 = "udp_bind4"
+	udpProgUdpBind6                 = "udp_bind6"
+	udpProgUdpFailQueueRcvSkb       = "udp_fail_queue_rcv_skb"
+	udpProgUdpRecvmsg4              = "udp_recvmsg4"
+	udpProgUdpRecvmsg6              = "udp_recvmsg6"
+	udpProgUdpRelease               = "udp_release"
+	udpProgUdpSendmsg4              = "udp_sendmsg4"
+	udpProgUdpSendmsg6              = "udp_sendmsg6"
+	udpVarFailQueueHasSkb           = "fail_queue_has_skb"
+	udpVarPeerCap                   = "peer_cap"
+	udpVarUdpWakeupBytes            = "udp_wakeup_bytes"
+	udpVarUnusedUdpRecord           = "unused_udp_record"
 )
 
 // loadUdp returns the embedded CollectionSpec for udp.
@@ -182,21 +183,23 @@ type udpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udpProgramSpecs struct {
-	FexitUdpRecvmsg    *ebpf.ProgramSpec `ebpf:"fexit_udp_recvmsg"`
-	FexitUdpSendmsg    *ebpf.ProgramSpec `ebpf:"fexit_udp_sendmsg"`
-	FexitUdpv6Recvmsg  *ebpf.ProgramSpec `ebpf:"fexit_udpv6_recvmsg"`
-	FexitUdpv6Sendmsg  *ebpf.ProgramSpec `ebpf:"fexit_udpv6_sendmsg"`
-	SampleUdp          *ebpf.ProgramSpec `ebpf:"sample_udp"`
-	SockRecvLength     *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
-	SockSendLength     *ebpf.ProgramSpec `ebpf:"sock_send_length"`
-	UdpBind4           *ebpf.ProgramSpec `ebpf:"udp_bind4"`
-	UdpBind6           *ebpf.ProgramSpec `ebpf:"udp_bind6"`
-	UdpFailQueueRcvSkb *ebpf.ProgramSpec `ebpf:"udp_fail_queue_rcv_skb"`
-	UdpRecvmsg4        *ebpf.ProgramSpec `ebpf:"udp_recvmsg4"`
-	UdpRecvmsg6        *ebpf.ProgramSpec `ebpf:"udp_recvmsg6"`
-	UdpRelease         *ebpf.ProgramSpec `ebpf:"udp_release"`
-	UdpSendmsg4        *ebpf.ProgramSpec `ebpf:"udp_sendmsg4"`
-	UdpSendmsg6        *ebpf.ProgramSpec `ebpf:"udp_sendmsg6"`
+	FexitUdpRecvmsg          *ebpf.ProgramSpec `ebpf:"fexit_udp_recvmsg"`
+	FexitUdpRecvmsgNoblock   *ebpf.ProgramSpec `ebpf:"fexit_udp_recvmsg_noblock"`
+	FexitUdpSendmsg          *ebpf.ProgramSpec `ebpf:"fexit_udp_sendmsg"`
+	FexitUdpv6Recvmsg        *ebpf.ProgramSpec `ebpf:"fexit_udpv6_recvmsg"`
+	FexitUdpv6RecvmsgNoblock *ebpf.ProgramSpec `ebpf:"fexit_udpv6_recvmsg_noblock"`
+	FexitUdpv6Sendmsg        *ebpf.ProgramSpec `ebpf:"fexit_udpv6_sendmsg"`
+	SampleUdp                *ebpf.ProgramSpec `ebpf:"sample_udp"`
+	SockRecvLength           *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
+	SockSendLength           *ebpf.ProgramSpec `ebpf:"sock_send_length"`
+	UdpBind4                 *ebpf.ProgramSpec `ebpf:"udp_bind4"`
+	UdpBind6                 *ebpf.ProgramSpec `ebpf:"udp_bind6"`
+	UdpFailQueueRcvSkb       *ebpf.ProgramSpec `ebpf:"udp_fail_queue_rcv_skb"`
+	UdpRecvmsg4              *ebpf.ProgramSpec `ebpf:"udp_recvmsg4"`
+	UdpRecvmsg6              *ebpf.ProgramSpec `ebpf:"udp_recvmsg6"`
+	UdpRelease               *ebpf.ProgramSpec `ebpf:"udp_release"`
+	UdpSendmsg4              *ebpf.ProgramSpec `ebpf:"udp_sendmsg4"`
+	UdpSendmsg6              *ebpf.ProgramSpec `ebpf:"udp_sendmsg6"`
 }
 
 // udpMapSpecs contains maps before they are loaded into the kernel.
@@ -217,7 +220,6 @@ type udpMapSpecs struct {
 type udpVariableSpecs struct {
 	FailQueueHasSkb *ebpf.VariableSpec `ebpf:"fail_queue_has_skb"`
 	PeerCap         *ebpf.VariableSpec `ebpf:"peer_cap"`
-	RecvmsgNargs    *ebpf.VariableSpec `ebpf:"recvmsg_nargs"`
 	UdpWakeupBytes  *ebpf.VariableSpec `ebpf:"udp_wakeup_bytes"`
 	UnusedUdpRecord *ebpf.VariableSpec `ebpf:"unused_udp_record"`
 }
@@ -267,7 +269,6 @@ func (m *udpMaps) Close() error {
 type udpVariables struct {
 	FailQueueHasSkb *ebpf.Variable `ebpf:"fail_queue_has_skb"`
 	PeerCap         *ebpf.Variable `ebpf:"peer_cap"`
-	RecvmsgNargs    *ebpf.Variable `ebpf:"recvmsg_nargs"`
 	UdpWakeupBytes  *ebpf.Variable `ebpf:"udp_wakeup_bytes"`
 	UnusedUdpRecord *ebpf.Variable `ebpf:"unused_udp_record"`
 }
@@ -276,28 +277,32 @@ type udpVariables struct {
 //
 // It can be passed to loadUdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udpPrograms struct {
-	FexitUdpRecvmsg    *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
-	FexitUdpSendmsg    *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
-	FexitUdpv6Recvmsg  *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
-	FexitUdpv6Sendmsg  *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
-	SampleUdp          *ebpf.Program `ebpf:"sample_udp"`
-	SockRecvLength     *ebpf.Program `ebpf:"sock_recv_length"`
-	SockSendLength     *ebpf.Program `ebpf:"sock_send_length"`
-	UdpBind4           *ebpf.Program `ebpf:"udp_bind4"`
-	UdpBind6           *ebpf.Program `ebpf:"udp_bind6"`
-	UdpFailQueueRcvSkb *ebpf.Program `ebpf:"udp_fail_queue_rcv_skb"`
-	UdpRecvmsg4        *ebpf.Program `ebpf:"udp_recvmsg4"`
-	UdpRecvmsg6        *ebpf.Program `ebpf:"udp_recvmsg6"`
-	UdpRelease         *ebpf.Program `ebpf:"udp_release"`
-	UdpSendmsg4        *ebpf.Program `ebpf:"udp_sendmsg4"`
-	UdpSendmsg6        *ebpf.Program `ebpf:"udp_sendmsg6"`
+	FexitUdpRecvmsg          *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
+	FexitUdpRecvmsgNoblock   *ebpf.Program `ebpf:"fexit_udp_recvmsg_noblock"`
+	FexitUdpSendmsg          *ebpf.Program `ebpf:"fexit_udp_sendmsg"`
+	FexitUdpv6Recvmsg        *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
+	FexitUdpv6RecvmsgNoblock *ebpf.Program `ebpf:"fexit_udpv6_recvmsg_noblock"`
+	FexitUdpv6Sendmsg        *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
+	SampleUdp                *ebpf.Program `ebpf:"sample_udp"`
+	SockRecvLength           *ebpf.Program `ebpf:"sock_recv_length"`
+	SockSendLength           *ebpf.Program `ebpf:"sock_send_length"`
+	UdpBind4                 *ebpf.Program `ebpf:"udp_bind4"`
+	UdpBind6                 *ebpf.Program `ebpf:"udp_bind6"`
+	UdpFailQueueRcvSkb       *ebpf.Program `ebpf:"udp_fail_queue_rcv_skb"`
+	UdpRecvmsg4              *ebpf.Program `ebpf:"udp_recvmsg4"`
+	UdpRecvmsg6              *ebpf.Program `ebpf:"udp_recvmsg6"`
+	UdpRelease               *ebpf.Program `ebpf:"udp_release"`
+	UdpSendmsg4              *ebpf.Program `ebpf:"udp_sendmsg4"`
+	UdpSendmsg6              *ebpf.Program `ebpf:"udp_sendmsg6"`
 }
 
 func (p *udpPrograms) Close() error {
 	return _UdpClose(
 		p.FexitUdpRecvmsg,
+		p.FexitUdpRecvmsgNoblock,
 		p.FexitUdpSendmsg,
 		p.FexitUdpv6Recvmsg,
+		p.FexitUdpv6RecvmsgNoblock,
 		p.FexitUdpv6Sendmsg,
 		p.SampleUdp,
 		p.SockRecvLength,
