@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/weir-project/weir/reducer/internal/aggregate"
 )
 
 // udpEngine is an engine with a join window of 2 s, past its first window.
@@ -140,5 +142,70 @@ func TestUDPUnjoined(t *testing.T) {
 	}
 	if e.nheld != 0 {
 		t.Errorf("%d held", e.nheld)
+	}
+}
+
+// FuzzUDPJoin applies random UDP flows of a few sockets, on two nodes, in
+// random batches and at random times: whatever joins, waits or counts
+// one-sided, once every window has passed each datagram sent counts once,
+// and each drop once.
+func FuzzUDPJoin(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+	f.Add([]byte{0x13, 0x57, 0x9b, 0xdf, 0x02, 0x46, 0x8a, 0xce, 0xff, 0x80})
+	f.Fuzz(func(t *testing.T, data []byte) { udpFuzzBody(t, data) })
+}
+
+// udpFuzzBody is one input of FuzzUDPJoin: four bytes a flow.
+func udpFuzzBody(t *testing.T, data []byte) {
+	addrs := []string{"10.0.0.1", "10.0.0.2", "127.0.0.1", "0.0.0.0", "192.0.2.9"}
+	ports := []uint16{53, 5000, 6000}
+	{
+		e, clk := udpEngine(t)
+		sess := []*Session{openSession(t, e, "node-a", 1), openSession(t, e, "node-b", 1)}
+		seq := []uint64{0, 0}
+		for i, s := range sess {
+			seq[i]++
+			apply(t, e, s, Batch{Sequence: seq[i], Processes: []Process{{Handle: 1, PID: 10, Comm: "p"}}})
+		}
+		var sent, dgrams, drops uint64
+		for len(data) >= 4 {
+			b := data[:4]
+			data = data[4:]
+			n := int(b[0] & 1)
+			local := netip.AddrPortFrom(netip.MustParseAddr(addrs[int(b[1])%len(addrs)]), ports[int(b[1]>>4)%len(ports)])
+			rAddr := addrs[int(b[2])%len(addrs)]
+			if rAddr == "0.0.0.0" {
+				rAddr = "10.0.0.1"
+			}
+			remote := netip.AddrPortFrom(netip.MustParseAddr(rAddr), ports[int(b[2]>>4)%len(ports)])
+			fl := UDPFlow{Process: 1, Local: local, Remote: remote, Netns: uint32(b[0]>>1) % 2,
+				BytesSent: uint64(b[3]), DatagramsSent: uint64(b[3] % 7), Drops: uint64(b[3] % 3), PeerLocal: b[0]&2 != 0}
+			if b[0]&4 != 0 {
+				fl.Remote = netip.AddrPort{} // other peers
+			}
+			sent += fl.BytesSent
+			dgrams += fl.DatagramsSent
+			drops += fl.Drops
+			seq[n]++
+			apply(t, e, sess[n], Batch{Sequence: seq[n], UDP: []UDPFlow{fl}})
+			clk.advance(time.Duration(b[3]) * 20 * time.Millisecond)
+			if b[0]&8 != 0 {
+				e.PublishDue()
+			}
+		}
+		clk.advance(time.Minute)
+		e.PublishDue()
+		var gotB, gotP, gotD uint64
+		for _, s := range e.Snapshot(nil) {
+			gotB += s.Value(aggregate.UDPBytes)
+			gotP += s.Value(aggregate.UDPPackets)
+			gotD += s.Value(aggregate.UDPDrops)
+		}
+		if gotB != sent || gotP != dgrams || gotD != drops {
+			t.Fatalf("counted %d B, %d datagrams, %d drops; sent %d, %d, %d", gotB, gotP, gotD, sent, dgrams, drops)
+		}
+		if e.nheld != 0 {
+			t.Fatalf("%d held after every window", e.nheld)
+		}
 	}
 }
