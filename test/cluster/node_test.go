@@ -142,10 +142,16 @@ func StartNode(t testing.TB, images []string) *Node {
 	t.Cleanup(n.teardown)
 	n.netnsBase = listNetns()
 	n.cniBase, n.cniDirNew = cniResults(), !fileExists(cniCache)
+	var saved strings.Builder
 	for _, s := range kubeletSysctls {
 		if b, err := os.ReadFile("/proc/sys/" + s); err == nil {
 			n.sysctls[s] = strings.TrimSpace(string(b))
+			fmt.Fprintf(&saved, "%s=%s\n", s, n.sysctls[s])
 		}
+	}
+	// For the next run, should this one be killed before its teardown.
+	if err := os.WriteFile(filepath.Join(dir, "sysctls"), []byte(saved.String()), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	n.network()
 	n.certs()
@@ -836,9 +842,25 @@ func removeStaleNodes() {
 		if err != nil || fileExists(fmt.Sprintf("/proc/%d", pid)) {
 			continue
 		}
+		// libcni's cache entries written since that node started.
+		if fi, err := os.Stat(filepath.Join(d, "owner.pid")); err == nil {
+			entries, _ := os.ReadDir(filepath.Join(cniCache, "results"))
+			for _, e := range entries {
+				if info, err := e.Info(); err == nil && !info.ModTime().Before(fi.ModTime()) {
+					_ = os.Remove(filepath.Join(cniCache, "results", e.Name()))
+				}
+			}
+		}
 		sock := filepath.Join(d, "containerd.sock")
 		root := fmt.Sprintf("/weirnode%d", pid)
 		killProcsMentioning(d)
+		if b, err := os.ReadFile(filepath.Join(d, "sysctls")); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, "="); ok {
+					_ = os.WriteFile("/proc/sys/"+k, []byte(v), 0o644)
+				}
+			}
+		}
 		killCgroupTree(root)
 		killShims(sock)
 		cleanupHost(d, root, fmt.Sprintf("weirk%d", pid%100000), fmt.Sprintf("weirnode%d", pid), listNetnsInUse())
