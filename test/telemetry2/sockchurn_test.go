@@ -34,13 +34,13 @@ import (
 const socketChurnPorts = 8
 
 // TestPrivilegedSocketChurn makes 100,000 short TCP connections (connect,
-// 100 B, close; and a UDP datagram from a new socket with every tenth)
-// between two network namespaces through a real collector and
-// reducer, then checks that the kernel's per-socket maps (the collector's
-// socket storage, sk_states and udp_states, counted by an iterator of this
-// test's own) are back to their entry count from before the churn, and that
-// the collector's RSS is flat: no higher in the second half of the churn
-// than in the first. Every connection is counted on the client → server
+// 100 B, close; and a UDP datagram from a new socket with every tenth),
+// after a warm-up of 50,000, between two network namespaces through a real
+// collector (with --udp) and reducer, then checks that the kernel's
+// per-socket maps (the collector's socket storage, sk_states and
+// udp_states, counted by an iterator of this test's own) are back to their
+// entry count from before the churn, and that the collector's RSS is flat:
+// no higher in the second half of the churn than in the first. Every connection is counted on the client → server
 // edge, exactly, unless the socket probe reports a loss.
 // make bench runs the same with 1,000,000 connections
 // (BenchmarkPrivilegedSocketChurn); WEIR_CHURN_CONNECTIONS sets the count
@@ -82,7 +82,8 @@ func socketChurn(t testing.TB, n int) float64 {
 		run(t, "ip", "netns", "exec", client.NS, "sysctl", "-q", "-w", kv[0]+"="+kv[1])
 	}
 	run(t, "ip", "netns", "exec", server.NS, "sysctl", "-q", "-w", "net.core.somaxconn=4096")
-	w := harness.StartWeir(t, harness.WeirOptions{})
+	// With --udp, so that the UDP socket storage is there to churn too.
+	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--udp"}})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -113,18 +114,41 @@ func socketChurn(t testing.TB, n int) float64 {
 	rss0 := rssKB(t, pid)
 	t.Logf("before: %s; collector RSS %d KiB", describeEntries(base, ours), rss0)
 
-	// Ten steps, each a tenth of the connections: the RSS after each.
+	// Ten steps, each a tenth of the connections: the RSS after each. A
+	// warm-up of its own first (a tenth, at least 50,000 connections):
+	// the collector's heap grows to its working size over the first tens
+	// of thousands.
 	const steps = 10
 	cli := harness.Start(t, "sockchurn-client", client.Exec(append([]string{self, "weir-helper", "sockchurn",
 		strconv.Itoa(n / steps), "100", "16", udpAddr}, addrs...)...)...)
+	warm := max(n/steps, 50_000)
+	cli.Send(t, "go "+strconv.Itoa(warm))
+	cli.WaitLine(t, "done", 10*time.Minute)
+	t.Logf("after a warm-up of %d connections: collector RSS %d KiB", warm, rssKB(t, pid))
 	var rss []int64
 	start := time.Now()
-	peak := 0 // the most entries of the namespaces seen during a step
+	// The most entries of the namespaces seen during the churn: the
+	// storage is really made, and freed.
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if e, err := storageEntries(pid); err == nil {
+				if n := int64(e["sk_states"][ours[0]] + e["sk_states"][ours[1]]); n > peak.Load() {
+					peak.Store(n)
+				}
+			}
+		}
+	}()
 	for s := range steps {
 		cli.Send(t, "go")
-		if e, err := storageEntries(pid); err == nil {
-			peak = max(peak, e["sk_states"][ours[0]]+e["sk_states"][ours[1]])
-		}
 		cli.WaitLine(t, "done", 10*time.Minute)
 		rss = append(rss, rssKB(t, pid))
 		if s == 0 || s == steps-1 {
@@ -136,6 +160,8 @@ func socketChurn(t testing.TB, n int) float64 {
 		}
 	}
 	took := time.Since(start)
+	close(stop)
+	<-sampled
 	cli.CloseStdin()
 	if err := cli.Wait(30 * time.Second); err != nil {
 		t.Fatal(err)
@@ -143,8 +169,8 @@ func socketChurn(t testing.TB, n int) float64 {
 	total := steps * (n / steps)
 	rate := float64(total) / took.Seconds()
 	t.Logf("%d connections in %s (%.0f/s); collector RSS after each tenth (KiB): %v; at most %d sk_states entries of the namespaces seen during the churn",
-		total, took.Round(time.Millisecond), rate, rss, peak)
-	if peak == 0 {
+		total, took.Round(time.Millisecond), rate, rss, peak.Load())
+	if peak.Load() == 0 {
 		t.Errorf("no socket storage of the namespaces seen during the churn: the collector tracked none of its sockets")
 	}
 
@@ -191,22 +217,24 @@ func socketChurn(t testing.TB, n int) float64 {
 		t.Errorf("collector RSS grew %d KiB from the first half of the churn to the second: %v", second-first, rss)
 	}
 
-	// Every connection reached the reducer, on the client → server edge.
+	// Every connection (the warm-up's too) reached the reducer, on the
+	// client → server edge.
+	all := total + warm
 	edge := map[string]string{"src_workload": comm, "dst_workload": comm}
 	var m harness.Metrics
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		if m, err = harness.Scrape(w.MetricsURL); err != nil {
 			t.Fatal(err)
 		}
-		if m.Sum("weir_tcp_connections_opened_total", edge) >= float64(total) || time.Now().After(deadline) {
+		if m.Sum("weir_tcp_connections_opened_total", edge) >= float64(all) || time.Now().After(deadline) {
 			break
 		}
 	}
 	opened, bytes := m.Sum("weir_tcp_connections_opened_total", edge), m.Sum("weir_tcp_bytes_total", edge)
 	t.Logf("reducer: %v connections opened, %v bytes on the client → server edge; losses: %s", opened, bytes, losses(m))
-	if opened != float64(total) || bytes != float64(total*100) {
+	if opened != float64(all) || bytes != float64(all*100) {
 		if socketLoss(m) == 0 {
-			t.Errorf("%v connections and %v bytes on the edge, want %d and %d", opened, bytes, total, total*100)
+			t.Errorf("%v connections and %v bytes on the edge, want %d and %d", opened, bytes, all, all*100)
 		} else {
 			t.Logf("not exact: the socket probe reported losses (%s)", losses(m))
 		}
@@ -217,13 +245,21 @@ func socketChurn(t testing.TB, n int) float64 {
 // sockChurn makes n connections to the addresses in turn from conc
 // goroutines (connect, send size bytes, half-close, read the server's
 // close, close), and with every tenth a datagram to udpAddr from a new UDP
-// socket, for each "go" line on stdin, and prints "done" after each.
-func sockChurn(n, size, conc int, udpAddr string, addrs []string) error {
+// socket, for each "go" line on stdin ("go N": N connections instead), and
+// prints "done" after each.
+func sockChurn(perLine, size, conc int, udpAddr string, addrs []string) error {
 	in := bufio.NewReader(os.Stdin)
 	buf := make([]byte, size)
 	for {
-		if _, err := in.ReadString('\n'); err != nil {
+		line, err := in.ReadString('\n')
+		if err != nil {
 			return nil
+		}
+		n := perLine
+		if f := strings.Fields(line); len(f) == 2 {
+			if n, err = strconv.Atoi(f[1]); err != nil {
+				return err
+			}
 		}
 		var next atomic.Int64
 		var wg sync.WaitGroup
