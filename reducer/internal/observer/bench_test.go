@@ -1,9 +1,14 @@
 package observer
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"syscall"
@@ -79,27 +84,66 @@ func (l *ingestLoad) apply(b *testing.B) {
 	}
 }
 
-// streams opens n follow streams on addr: all read but the first, which
-// never reads (a fixed 64 KiB window, so that it stalls at once).
-func streams(b *testing.B, addr string, n int) func() {
+// streamsEnv, set to "addr n stall", makes the test binary a consumer
+// process of BenchmarkIngestObservers (see TestMain): it follows n
+// WatchFlows streams on addr, the first one stalled when stall is 1, until
+// its stdin closes.
+const streamsEnv = "WEIR_BENCH_OBSERVER_STREAMS"
+
+// runStreams is the consumer process.
+func runStreams(spec string) int {
+	var addr string
+	var n, stall int
+	if _, err := fmt.Sscan(spec, &addr, &n, &stall); err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", streamsEnv, spec, err)
+		return 2
+	}
+	stop, err := openStreams(addr, n, stall == 1)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	stop()
+	return 0
+}
+
+// openStreams opens n follow streams on addr that read everything, but
+// the first one when stall is set: it never reads (a fixed 64 KiB window,
+// so that it stalls at once).
+func openStreams(addr string, n int, stall bool) (func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var conns []*grpc.ClientConn
 	done := make(chan struct{}, n)
+	stop := func() {
+		cancel()
+		for range len(conns) {
+			<-done
+		}
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
 	for i := range n {
+		stalled := stall && i == 0
 		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		if i == 0 {
+		if stalled {
 			opts = append(opts, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
 		}
 		conn, err := grpc.NewClient(addr, opts...)
 		if err != nil {
-			b.Fatal(err)
+			stop()
+			return nil, err
 		}
-		conns = append(conns, conn)
 		s, err := observerv1.NewObserverServiceClient(conn).WatchFlows(ctx, &observerv1.WatchFlowsRequest{Follow: true})
 		if err != nil {
-			b.Fatal(err)
+			_ = conn.Close()
+			stop()
+			return nil, err
 		}
-		go func(stalled bool) {
+		conns = append(conns, conn)
+		go func() {
 			defer func() { done <- struct{}{} }()
 			if stalled {
 				<-ctx.Done()
@@ -110,15 +154,42 @@ func streams(b *testing.B, addr string, n int) func() {
 					return
 				}
 			}
-		}(i == 0)
+		}()
+	}
+	return stop, nil
+}
+
+// consumers runs n streams in a process of their own, as the API's
+// consumers (weirctl) are, so that their decoding is not counted as the
+// reducer's; stop ends it.
+func consumers(b *testing.B, addr string, n int, stall bool) (stop func()) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	st := 0
+	if stall {
+		st = 1
+	}
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", streamsEnv, addr, n, st))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		b.Fatalf("consumer process: %q %v", line, err)
 	}
 	return func() {
-		cancel()
-		for range n {
-			<-done
-		}
-		for _, c := range conns {
-			_ = c.Close()
+		_ = stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("consumer process: %v", err)
 		}
 	}
 }
@@ -126,14 +197,15 @@ func streams(b *testing.B, addr string, n int) func() {
 // BenchmarkIngestObservers measures the engine's ingest rate (socket
 // updates applied per second, 2,000 connections, every one counting traffic
 // in every batch) with the observer and 0, 1 or 10 WatchFlows streams (of
-// the ten, one is stalled), in interleaved windows, and reports the medians
-// and their ratios. With no stream the observer does not follow the engine
-// (Linger 0), so ratio-10/0 is the whole cost of following: the engine's
-// note of each flow with traffic, the observer's read of their counts (one
-// per window: a window is the default update interval) and the fan-out of
-// the updates to the streams; ratio-10/1 is the cost of nine more streams,
-// one of them stalled. cpu-ratio-10/0 is the same ratio per CPU second of
-// the ingest thread, which other processes of a busy machine do not skew.
+// the ten, one is stalled; their consumers run in a process of their own),
+// in interleaved windows, and reports the medians and their ratios. With no
+// stream the observer does not follow the engine (Linger 0), so ratio-10/0
+// is the whole cost of following: the engine's note of each flow with
+// traffic, the observer's read of their counts (one per window: a window is
+// the default update interval) and the sending of their updates (4,000 a
+// second) to the streams; ratio-10/1 is the cost of nine more streams, one
+// of them stalled. cpu-ratio-10/0 is the same ratio per CPU second of the
+// ingest thread, which other processes of a busy machine do not skew.
 func BenchmarkIngestObservers(b *testing.B) {
 	const conns, rounds = 2000, 3
 	reg := prometheus.NewRegistry()
@@ -176,21 +248,22 @@ func BenchmarkIngestObservers(b *testing.B) {
 		u := float64(n * conns)
 		return window3{wall: u / wall.Seconds(), cpu: u / cpu.Seconds(), others: (all - cpu).Seconds() / wall.Seconds()}
 	}
+	// Each window follows a warm-up of the same length with the same
+	// streams, so that it holds the sending of the updates of the read at
+	// its start, spread over the interval, and the next read: the steady
+	// state.
 	with := func(n int) window3 {
-		if n == 0 {
-			return rate()
-		}
-		// streams(n) stalls the first stream; with one stream, read it.
 		var stop func()
-		if n == 1 {
-			stop = readingStream(b, lis.Addr().String())
-		} else {
-			stop = streams(b, lis.Addr().String(), n)
+		if n > 0 {
+			stop = consumers(b, lis.Addr().String(), n, n > 1) // of ten, the first one stalls
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the observer follows
+		rate()
 		r := rate()
-		stop()
-		time.Sleep(20 * time.Millisecond) // the observer stops following
+		if stop != nil {
+			stop()
+			time.Sleep(20 * time.Millisecond) // the observer stops following
+		}
 		return r
 	}
 	var zero, one, ten windows
@@ -208,39 +281,12 @@ func BenchmarkIngestObservers(b *testing.B) {
 	b.ReportMetric(median(ten.wall)/median(one.wall), "ratio-10/1")
 	b.ReportMetric(median(ten.wall)/median(zero.wall), "ratio-10/0")
 	// Per CPU second of the ingest thread, and the cores that the rest of
-	// the process (the observer, its streams, the clients, GC) used.
+	// the process (the observer, its streams, GC) used.
 	b.ReportMetric(median(ten.cpu)/median(zero.cpu), "cpu-ratio-10/0")
 	b.ReportMetric(median(zero.others), "other-cores-0-streams")
 	b.ReportMetric(median(ten.others), "other-cores-10-streams")
 	b.ReportMetric(testutilValue(obs.metrics.events), "flow-events")
 	b.ReportMetric(testutilValue(obs.metrics.lost), "events-lost")
-}
-
-// readingStream opens one follow stream that reads everything.
-func readingStream(b *testing.B, addr string) func() {
-	ctx, cancel := context.WithCancel(context.Background())
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := observerv1.NewObserverServiceClient(conn).WatchFlows(ctx, &observerv1.WatchFlowsRequest{Follow: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			if _, err := s.Recv(); err != nil {
-				return
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-		_ = conn.Close()
-	}
 }
 
 // window3 is one window's ingest rate per wall second and per CPU second

@@ -28,6 +28,7 @@ type EventSource interface {
 // observer itself.
 type item struct {
 	flow    *observerv1.Flow
+	resp    *observerv1.WatchFlowsResponse // of flow, shared by the streams
 	lost    uint64
 	reducer bool
 }
@@ -60,6 +61,7 @@ type flowState struct {
 	packets  uint64
 	reported [2]match.Counts // totals by sending end, as far as counted here
 	wlEdge   *aggregate.Edge // the edge that wl was taken from
+	eps      [2]*observerv1.Endpoint
 	openedAt time.Time
 	openSent bool
 	// Traffic counted since the last update event, by sending end.
@@ -98,15 +100,16 @@ type hub struct {
 	lastStream time.Time // when the last following stream ended
 
 	// The hub goroutine's own state.
-	flows    map[pairKey]*flowState
-	nodes    map[netip.AddrPort]string // local endpoint → node of the collector that reports it
-	pending  []*flowState              // opens not yet sent
-	dirty    []*flowState              // flows with traffic not yet sent as an update
-	out      []*observerv1.Flow
-	traffic  []match.Traffic
-	lastRead time.Time   // of the traffic
-	held     match.Event // an event read ahead of the traffic that precedes it
-	holding  bool
+	flows     map[pairKey]*flowState
+	nodes     map[netip.AddrPort]string // local endpoint → node of the collector that reports it
+	pending   []*flowState              // opens not yet sent
+	dirty     []*flowState              // flows with traffic not yet sent as an update, from dirtyHead on
+	dirtyHead int
+	out       []*observerv1.Flow
+	traffic   []match.Traffic
+	lastRead  time.Time   // of the traffic
+	held      match.Event // an event read ahead of the traffic that precedes it
+	holding   bool
 }
 
 func newHub(cfg Config, m *metrics, src EventSource) *hub {
@@ -132,7 +135,7 @@ func newHub(cfg Config, m *metrics, src EventSource) *hub {
 // UpdateInterval (each OpenPoll while opens wait for their flows' first
 // traffic) the hub reads the counts of the flows that counted traffic
 // (match.Engine.DrainTraffic), and sends one update per flow and direction
-// per UpdateInterval.
+// per UpdateInterval, spread over the polls until the next read.
 func (h *hub) run(ctx context.Context) {
 	if h.cfg.Linger < 0 {
 		h.mu.Lock()
@@ -166,9 +169,13 @@ func (h *hub) run(ctx context.Context) {
 			}
 			h.drainEvents(events, math.MaxUint64)
 			if tick {
-				h.flushUpdates()
 				h.flushPending(now)
 				next = now.Add(h.cfg.UpdateInterval)
+			}
+			if idle {
+				h.flushUpdates(len(h.dirty))
+			} else {
+				h.flushUpdates(h.updateBudget(now, next))
 			}
 			h.publish(h.out)
 			if tick {
@@ -210,7 +217,7 @@ func (h *hub) unfollow() {
 	clear(h.pending)
 	h.pending = h.pending[:0]
 	clear(h.dirty)
-	h.dirty = h.dirty[:0]
+	h.dirty, h.dirtyHead = h.dirty[:0], 0
 	h.metrics.following.Set(0)
 }
 
@@ -416,17 +423,34 @@ func (h *hub) flushPending(now time.Time) {
 	h.pending = keep
 }
 
-// flushUpdates sends one update per flow and direction with the traffic
-// counted since the last one.
-func (h *hub) flushUpdates() {
-	for i, st := range h.dirty {
+// flushUpdates sends the updates of the first n flows with traffic, one
+// per flow and direction with the traffic counted since the last one.
+func (h *hub) flushUpdates(n int) {
+	n = min(n, len(h.dirty)-h.dirtyHead)
+	for i := h.dirtyHead; i < h.dirtyHead+n; i++ {
+		st := h.dirty[i]
 		h.dirty[i] = nil
 		st.dirty = false
 		if !st.closed {
 			h.emitUpdates(st)
 		}
 	}
-	h.dirty = h.dirty[:0]
+	h.dirtyHead += n
+	if h.dirtyHead == len(h.dirty) {
+		h.dirty, h.dirtyHead = h.dirty[:0], 0
+	}
+}
+
+// updateBudget is how many flows' updates to send at a poll: those of one
+// read spread over the polls until the next, so that a stream that keeps
+// up with their rate does not lose them to a burst beyond its buffer.
+func (h *hub) updateBudget(now, next time.Time) int {
+	n := len(h.dirty) - h.dirtyHead
+	polls := int(next.Sub(now) / h.cfg.Poll)
+	if polls <= 1 {
+		return n
+	}
+	return (n + polls - 1) / polls
 }
 
 // emitUpdates sends the pending traffic of st, one update per sending end.
@@ -476,13 +500,20 @@ func (h *hub) flow(t time.Time, typ observerv1.FlowEventType, st *flowState, src
 	}
 }
 
+// endpoint returns end i of st. The events of a flow share it while its
+// workload and node stay the same: sent events are never changed.
 func (h *hub) endpoint(st *flowState, i int) *observerv1.Endpoint {
 	ap := st.ep[i]
 	node := st.node[i]
 	if node == "" {
 		node = h.nodes[ap]
 	}
-	return &observerv1.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port()), Workload: st.wl[i], Node: node}
+	if e := st.eps[i]; e != nil && e.Workload == st.wl[i] && e.Node == node {
+		return e
+	}
+	e := &observerv1.Endpoint{Ip: ap.Addr().String(), Port: uint32(ap.Port()), Workload: st.wl[i], Node: node}
+	st.eps[i] = e
+	return e
 }
 
 func workload(w aggregate.Workload) *observerv1.Workload {
@@ -508,11 +539,15 @@ func (h *hub) publish(flows []*observerv1.Flow) {
 				h.next, h.full = 0, true
 			}
 		}
+		var resp *observerv1.WatchFlowsResponse
 		for s := range h.subs {
 			if !s.wants(f) {
 				continue
 			}
-			h.offer(s, item{flow: f})
+			if resp == nil {
+				resp = &observerv1.WatchFlowsResponse{Response: &observerv1.WatchFlowsResponse_Flow{Flow: f}}
+			}
+			h.offer(s, item{flow: f, resp: resp})
 		}
 	}
 }

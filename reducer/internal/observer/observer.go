@@ -274,7 +274,10 @@ func (o *Observer) WatchFlows(req *observerv1.WatchFlowsRequest, stream grpc.Ser
 		case <-o.stopping:
 			return status.Error(codes.Unavailable, "reducer shutting down")
 		case it := <-s.ch:
-			resp := &observerv1.WatchFlowsResponse{Response: &observerv1.WatchFlowsResponse_Flow{Flow: it.flow}}
+			resp := it.resp
+			if resp == nil {
+				resp = &observerv1.WatchFlowsResponse{Response: &observerv1.WatchFlowsResponse_Flow{Flow: it.flow}}
+			}
 			if it.flow == nil {
 				src := observerv1.LostEventsSource_LOST_EVENTS_SOURCE_OBSERVER_STREAM
 				if it.reducer {

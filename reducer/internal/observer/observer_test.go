@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(streamsEnv); spec != "" {
+		os.Exit(runStreams(spec)) // a consumer process of BenchmarkIngestObservers
+	}
 	goleak.VerifyTestMain(m)
 }
 
