@@ -1,0 +1,199 @@
+// Command kernels runs the collector's privileged tests on other kernels:
+// Debian's cloud kernels booted under qemu (TCG), each from an initramfs
+// that holds the test binaries, a static init and a small userland. It
+// prints one summary line per kernel and probe path, and fails when a test
+// fails on a kernel or a program does not load.
+//
+//	cd test && go run ./kernels [-kernels 6.1-amd64,...] [-run REGEXP] [-j N]
+//
+// Kernels, the guest userland and the package lists are cached under
+// ~/.cache/weir/kernels; qemu is installed with apt-get when missing.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// kernel is one kernel of the matrix: Debian's cloud image of a version
+// series from a suite.
+type kernel struct {
+	series string // the upstream version series, e.g. "6.1"
+	suite  string // the Debian suite it comes from (documentation; the series picks the package)
+	arch   string // Debian architecture: amd64 or arm64
+}
+
+func (k kernel) id() string { return k.series + "-" + k.arch }
+
+// kernels is the matrix.
+var kernels = []kernel{
+	{series: "5.10", suite: "bullseye", arch: "amd64"},
+	{series: "6.1", suite: "bookworm", arch: "amd64"},
+	{series: "6.12", suite: "bookworm-backports", arch: "amd64"},
+	{series: "6.1", suite: "bookworm", arch: "arm64"},
+}
+
+// probePath is one way the collector can attach its programs, forced for
+// the probe package's tests by $WEIR_PROBE_PATH (see the top of
+// collector/internal/probe/probe_test.go). Adding a path is one line here.
+type probePath struct {
+	name string
+	env  []string
+}
+
+var paths = []probePath{
+	{name: "tracepoint", env: []string{"WEIR_PROBE_PATH=tracepoint"}},
+	{name: "fentry", env: []string{"WEIR_PROBE_PATH=fentry"}},
+	{name: "auto", env: nil}, // the collector's own choice at start-up
+}
+
+// suite is one test binary run in each guest: a privileged collector
+// package built with go test -c, the tests to run in it and the paths to
+// run them on. The tests left out are printed by name in every report.
+type suite struct {
+	name  string   // the binary's name in the guest
+	pkg   string   // the package's import path
+	run   string   // -test.run
+	skip  string   // -test.skip: tests left out of the guests, for time
+	paths []string // the paths this suite runs on
+}
+
+var suites = []suite{
+	{
+		name: "probe", pkg: "github.com/weir-project/weir/collector/internal/probe",
+		run:   "^TestPrivileged",
+		skip:  "^TestPrivileged(SamplesExactlyOnce|SamplesFallback|ProgramStats)$",
+		paths: []string{"tracepoint", "fentry"},
+	},
+	{
+		// The whole collector against a test reducer: exact bytes end to
+		// end, and its own choice of path (and each forced path's refusal
+		// or success) at start-up.
+		name: "collector", pkg: "github.com/weir-project/weir/collector/cmd/weir-collector",
+		run:   "^TestPrivileged(Run|ProbePath)$",
+		paths: []string{"auto"},
+	},
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	home, _ := os.UserHomeDir()
+	var (
+		cacheDir = flag.String("cache", filepath.Join(home, ".cache", "weir", "kernels"), "cache of kernels, userland and package lists")
+		only     = flag.String("kernels", "", "comma-separated kernel ids to run (e.g. 6.1-amd64); empty: all")
+		runRE    = flag.String("run", "", "run only the tests matching this regexp (in addition to each suite's filter)")
+		jobs     = flag.Int("j", 2, "guests booted at once")
+		timeout  = flag.Duration("timeout", 10*time.Minute, "time limit of one guest")
+		fetch    = flag.Bool("fetch", false, "only fetch the kernels, qemu and the userland, then exit")
+		verbose  = flag.Bool("v", false, "print every guest's console")
+		strict   = flag.Bool("strict", os.Getenv("WEIR_KERNELS_STRICT") == "1", "fail a kernel on which some test runs on no path (env WEIR_KERNELS_STRICT=1)")
+	)
+	flag.Parse()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	selected := kernels
+	if *only != "" {
+		selected = nil
+		for _, k := range kernels {
+			for id := range strings.SplitSeq(*only, ",") {
+				if k.id() == id {
+					selected = append(selected, k)
+				}
+			}
+		}
+		if len(selected) == 0 {
+			fmt.Fprintf(os.Stderr, "kernels: no kernel matches -kernels %q\n", *only)
+			return 2
+		}
+	}
+
+	start := time.Now()
+	if err := os.MkdirAll(*cacheDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "kernels:", err)
+		return 1
+	}
+	if err := ensureQemu(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "kernels:", err)
+		return 1
+	}
+	a := apt{dir: filepath.Join(*cacheDir, "apt")}
+	if err := a.ensure(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "kernels:", err)
+		return 1
+	}
+	guests := make([]*guest, len(selected))
+	arches := map[string]*archBuild{}
+	for i, k := range selected {
+		img, release, err := a.kernelImage(ctx, *cacheDir, k)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kernels: %s: %v\n", k.id(), err)
+			return 1
+		}
+		if arches[k.arch] == nil {
+			root, err := a.sysroot(ctx, *cacheDir, k.arch)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "kernels: userland %s: %v\n", k.arch, err)
+				return 1
+			}
+			arches[k.arch] = &archBuild{arch: k.arch, sysroot: root}
+		}
+		guests[i] = &guest{kernel: k, image: img, release: release, build: arches[k.arch]}
+	}
+	fetched := time.Since(start)
+	if *fetch {
+		fmt.Printf("kernels: fetched in %.1fs\n", fetched.Seconds())
+		return 0
+	}
+
+	buildStart := time.Now()
+	for _, b := range arches {
+		if err := b.prepare(ctx, filepath.Join(*cacheDir, "build", b.arch)); err != nil {
+			fmt.Fprintf(os.Stderr, "kernels: build %s: %v\n", b.arch, err)
+			return 1
+		}
+	}
+	built := time.Since(buildStart)
+
+	sem := make(chan struct{}, max(*jobs, 1))
+	var wg sync.WaitGroup
+	var mu sync.Mutex // one guest's report at a time
+	for _, g := range guests {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			g.boot(ctx, *timeout, *runRE, filepath.Join(*cacheDir, "build", "guest-"+g.kernel.id()))
+			mu.Lock()
+			defer mu.Unlock()
+			g.report(os.Stdout, *verbose)
+		})
+	}
+	wg.Wait()
+
+	fmt.Printf("\nkernel matrix: fetch %.1fs, build %.1fs, guests %.1fs, total %.1fs\n",
+		fetched.Seconds(), built.Seconds(), time.Since(buildStart.Add(built)).Seconds(), time.Since(start).Seconds())
+	status := 0
+	for _, g := range guests {
+		for _, l := range g.summary() {
+			fmt.Println(l)
+		}
+		if !g.ok(*strict) {
+			status = 1
+		}
+	}
+	return status
+}

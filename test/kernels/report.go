@@ -1,0 +1,270 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// tailLines is how many lines of a failed test's output the report shows:
+// enough for a verifier log's last instructions and its verdict.
+const tailLines = 25
+
+// report prints what happened in one guest: its programs, and per path
+// and suite each test's result; failures with the last lines of their
+// output.
+func (g *guest) report(w io.Writer, verbose bool) {
+	fmt.Fprintf(w, "\n=== kernel %s %s (Debian %s, %s): boot %.1fs, guest total %.1fs\n",
+		g.release, g.kernel.arch, g.kernel.suite, g.kernel.series, g.booted.Seconds(), g.total.Seconds())
+	if verbose || g.bootErr != "" {
+		start := 0
+		if !verbose && len(g.console) > 60 {
+			start = len(g.console) - 60
+		}
+		for _, l := range g.console[start:] {
+			fmt.Fprintf(w, "  | %s\n", l)
+		}
+	}
+	if g.bootErr != "" {
+		fmt.Fprintf(w, "  FAIL: %s\n", g.bootErr)
+	}
+	for _, p := range g.progs {
+		switch p.verdict {
+		case "ok":
+		case "unsupported":
+			fmt.Fprintf(w, "  program %s/%s: no attach target here: %s\n", p.object, p.name, p.detail)
+		default:
+			fmt.Fprintf(w, "  program %s/%s rejected: %s\n", p.object, p.name, p.detail)
+			for _, l := range p.log {
+				fmt.Fprintf(w, "      %s\n", l)
+			}
+		}
+	}
+	for _, r := range g.runs {
+		pass, fail, unsup, skip := r.counts()
+		fmt.Fprintf(w, "  %s/%s: %d passed, %d failed, %d not supported, %d skipped in %.1fs (exit %d)\n",
+			r.path, r.suite, len(pass), len(fail), len(unsup), len(skip), r.seconds, r.exit)
+		for _, t := range r.tests {
+			switch {
+			case t.result == "PASS":
+				fmt.Fprintf(w, "    pass  %s (%s)\n", t.name, t.seconds)
+			case t.unsupErr != "":
+				fmt.Fprintf(w, "    not supported  %s: %s\n", t.name, t.unsupErr)
+			case t.result == "SKIP":
+				fmt.Fprintf(w, "    SKIP  %s: %s\n", t.name, lastOf(t.output, 2))
+			default:
+				what := "FAIL"
+				if t.result == "" {
+					what = "FAIL (the test binary died in it)"
+				}
+				fmt.Fprintf(w, "    %s  %s (%s)\n", what, t.name, t.seconds)
+				start := max(len(t.output)-tailLines, 0)
+				for _, l := range t.output[start:] {
+					fmt.Fprintf(w, "      %s\n", l)
+				}
+			}
+		}
+		leftOutMu.Lock()
+		if names := leftOut[r.suite]; len(names) > 0 {
+			fmt.Fprintf(w, "    left out of the guests (time; they run on the host in make test): %s\n", strings.Join(names, ", "))
+		}
+		leftOutMu.Unlock()
+		if !r.ended || (r.exit != 0 && len(fail) == 0) {
+			fmt.Fprintf(w, "    FAIL: the test binary exited %d without a failed test; its last lines:\n", r.exit)
+			start := max(len(r.output)-tailLines, 0)
+			for _, l := range r.output[start:] {
+				fmt.Fprintf(w, "      %s\n", l)
+			}
+		}
+	}
+}
+
+// counts sorts a run's tests by outcome. A failed test whose output says
+// "not supported" (the collector's ErrNotSupported, which names the
+// missing kernel feature) is not supported, not failed.
+func (r *runResult) counts() (pass, fail, unsup, skip []*testResult) {
+	for _, t := range r.tests {
+		switch {
+		case t.result == "PASS":
+			pass = append(pass, t)
+		case t.unsupErr != "":
+			unsup = append(unsup, t)
+		case t.result == "SKIP":
+			skip = append(skip, t)
+		default:
+			fail = append(fail, t)
+		}
+	}
+	return
+}
+
+func (r *runResult) failed() bool {
+	_, fail, _, skip := r.counts()
+	// Under CI=true a privileged test never skips: a skip hides something.
+	return len(fail) > 0 || len(skip) > 0 || !r.ended || r.exit != 0 && len(fail) == 0 && !r.onlyUnsupported()
+}
+
+// onlyUnsupported: the binary's non-zero exit is explained by its
+// unsupported tests alone.
+func (r *runResult) onlyUnsupported() bool {
+	pass, fail, unsup, skip := r.counts()
+	return len(unsup) > 0 && len(fail) == 0 && len(skip) == 0 && len(pass)+len(unsup) == len(r.tests)
+}
+
+// summary returns the kernel's summary lines: one per path, then one for
+// the programs, then one naming the tests that no path could run.
+func (g *guest) summary() []string {
+	release := g.release
+	var lines []string
+	if g.bootErr != "" {
+		for _, p := range paths {
+			lines = append(lines, fmt.Sprintf("kernel %s %s %s FAIL (0 tests): %s", release, g.kernel.arch, p.name, g.bootErr))
+		}
+		return lines
+	}
+	unsupByTest := map[string][]string{} // test → paths it could not run on
+	ranSomewhere := map[string]bool{}
+	for _, p := range paths {
+		n, failed := 0, false
+		var fails, unsup []string
+		reasons := map[string]bool{}
+		for _, r := range g.runs {
+			if r.path != p.name {
+				continue
+			}
+			pass, fail, us, skip := r.counts()
+			n += len(pass)
+			for _, t := range pass {
+				ranSomewhere[r.suite+"."+t.name] = true
+			}
+			for _, t := range append(fail, skip...) {
+				fails = append(fails, r.suite+"."+t.name)
+			}
+			for _, t := range us {
+				unsup = append(unsup, r.suite+"."+t.name)
+				unsupByTest[r.suite+"."+t.name] = append(unsupByTest[r.suite+"."+t.name], p.name)
+				reasons[reason(t.unsupErr)] = true
+			}
+			if r.failed() {
+				failed = true
+				if len(fail)+len(skip) == 0 {
+					fails = append(fails, r.suite+" (exit "+fmt.Sprint(r.exit)+")")
+				}
+			}
+		}
+		verdict := "pass"
+		switch {
+		case failed:
+			verdict = "FAIL"
+		case n == 0 && len(unsup) > 0:
+			verdict = "unsupported" // the kernel does not permit this path
+		}
+		l := fmt.Sprintf("kernel %s %s %s %s (%d tests)", release, g.kernel.arch, p.name, verdict, n)
+		if len(fails) > 0 {
+			l += "; failed: " + strings.Join(fails, ", ")
+		}
+		if len(unsup) > 0 {
+			l += fmt.Sprintf("; not supported on this path: %s (%s)", strings.Join(unsup, ", "), strings.Join(keys(reasons), "; "))
+		}
+		lines = append(lines, l)
+	}
+
+	loaded, failedProgs := 0, []string{}
+	var unsupProgs []string
+	for _, p := range g.progs {
+		switch p.verdict {
+		case "ok":
+			loaded++
+		case "unsupported":
+			unsupProgs = append(unsupProgs, p.object+"/"+p.name)
+		default:
+			failedProgs = append(failedProgs, p.object+"/"+p.name)
+		}
+	}
+	// Each program loaded on its own: what the collector can pick from on
+	// this kernel. Variants made for other kernels are rejected here by
+	// design, so this line informs; the tests above load what each path
+	// needs and fail with the verifier log when it does not load.
+	l := fmt.Sprintf("kernel %s %s programs: %d of %d load on their own", release, g.kernel.arch, loaded, len(g.progs))
+	if len(failedProgs) > 0 {
+		l += "; rejected by the verifier: " + strings.Join(failedProgs, ", ")
+	}
+	if len(unsupProgs) > 0 {
+		l += "; no attach target here: " + strings.Join(unsupProgs, ", ")
+	}
+	lines = append(lines, l)
+
+	if missing := g.missing(unsupByTest, ranSomewhere); len(missing) > 0 {
+		lines = append(lines, fmt.Sprintf("kernel %s %s any-path MISSING (%d tests run on no path): %s",
+			release, g.kernel.arch, len(missing), strings.Join(missing, ", ")))
+	}
+	return lines
+}
+
+// missing returns the tests that no path could run on this kernel.
+func (g *guest) missing(unsupByTest map[string][]string, ran map[string]bool) []string {
+	var out []string
+	for t := range unsupByTest {
+		if !ran[t] {
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ok tells whether the guest passed: it booted and powered off, every
+// program loaded or lacks only its attach target, and no test failed. With
+// strict, a test that no path could run fails the kernel too.
+func (g *guest) ok(strict bool) bool {
+	if g.bootErr != "" || len(g.progs) == 0 {
+		return false
+	}
+	for _, p := range g.progs {
+		if p.name == "-" { // an object that did not parse
+			return false
+		}
+	}
+	unsupByTest := map[string][]string{}
+	ran := map[string]bool{}
+	for _, r := range g.runs {
+		if r.failed() {
+			return false
+		}
+		pass, _, us, _ := r.counts()
+		for _, t := range pass {
+			ran[r.suite+"."+t.name] = true
+		}
+		for _, t := range us {
+			unsupByTest[r.suite+"."+t.name] = append(unsupByTest[r.suite+"."+t.name], r.path)
+		}
+	}
+	return !strict || len(g.missing(unsupByTest, ran)) == 0
+}
+
+// reason shortens a "not supported" line to the feature it names.
+func reason(line string) string {
+	if i := strings.LastIndex(line, ": not supported"); i >= 0 {
+		head := line[:i]
+		if j := strings.LastIndex(head, ": "); j >= 0 {
+			head = head[j+2:]
+		}
+		return head + ": not supported"
+	}
+	return line
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func lastOf(lines []string, n int) string {
+	start := max(len(lines)-n, 0)
+	return strings.TrimSpace(strings.Join(lines[start:], " "))
+}
