@@ -228,7 +228,7 @@ func unsupportedMessage(err error) string {
 		return fmt.Sprintf("feature probe: %v", err)
 	}
 	feature := strings.TrimSuffix(err.Error(), ": "+probe.ErrNotSupported.Error())
-	return fmt.Sprintf("this kernel lacks %s", feature)
+	return fmt.Sprintf("%s: not supported by this kernel", feature)
 }
 
 // logProbePath logs in one line the path the probe took and what it

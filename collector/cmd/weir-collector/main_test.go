@@ -144,7 +144,7 @@ func TestUnsupportedMessage(t *testing.T) {
 		{
 			name: "missing tracepoint",
 			err:  fmt.Errorf("bpf_sk_storage_get in tp_btf (Linux 5.11): %w", probe.ErrNotSupported),
-			want: "this kernel lacks bpf_sk_storage_get in tp_btf (Linux 5.11)",
+			want: "bpf_sk_storage_get in tp_btf (Linux 5.11): not supported by this kernel",
 		},
 		{
 			name: "other failure",

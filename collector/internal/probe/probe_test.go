@@ -935,6 +935,25 @@ func TestPrivilegedProgramStats(t *testing.T) {
 		cp.exchange(t, 10_000, 10_000)
 		cp.close()
 	}
+	// Datagrams too: on the fentry path only UDP runs the size programs.
+	srv, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := net.Dial("udp4", srv.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for range 5 {
+		if _, err := cli.Write(make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := srv.ReadFrom(make([]byte, 200)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := r.p.Samples(func(Sample) {}); err != nil {
 		t.Fatal(err)
 	}
@@ -953,7 +972,8 @@ func TestPrivilegedProgramStats(t *testing.T) {
 	// (on the tracepoint path); the fexit ones only for UDP.
 	sizes := []string{"sock_send_length", "sock_recv_length"}
 	if r.p.udp != nil && len(r.p.udp.objs.sizes) == 4 {
-		sizes = []string{"fexit_udp_sendmsg", "fexit_udp_recvmsg"}
+		// fexit: the IPv4 send and receive programs.
+		sizes = []string{r.p.udp.objs.sizes[0].name, r.p.udp.objs.sizes[2].name}
 	}
 	for _, name := range append([]string{r.p.objs.stateName, "sample_sockets"}, sizes...) {
 		if s, ok := names[name]; !ok || s.Runs == 0 || s.RunTime == 0 {
