@@ -16,7 +16,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
 
 	"github.com/weir-project/weir/test/internal/harness"
 )
@@ -26,6 +29,8 @@ import (
 //   - the collector pod, not privileged (the apiserver refuses privileged
 //     pods here), runs with exactly the chart's four capabilities in its
 //     effective and bounding sets and has loaded its eBPF programs;
+//   - every rendering of charts/weir/ci/*-values.yaml passes the
+//     apiserver's validation (a server-side dry run);
 //   - the pods of two Deployments in two namespaces, a client and a server
 //     over TCP, are an edge deployment → deployment on the reducer's
 //     /metrics with their names and namespaces and the exact bytes both ways;
@@ -50,6 +55,8 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	t.Cleanup(func() {
 		t.Logf("wall time %s; timeline:\n%s", time.Since(start).Round(100*time.Millisecond), n.Timeline())
 	})
+	t.Run("dry-run", func(t *testing.T) { chartDryRun(t, n, ctx) })
+	n.mark("every ci/*-values.yaml accepted by a server-side dry run")
 
 	// kube-proxy's part: the kubernetes Service (the watcher's in-cluster
 	// configuration) and, once the reducer has an address, its Service.
@@ -638,4 +645,50 @@ func grepLines(text, prefix string, words ...string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// chartDryRun sends every object that each charts/weir/ci/*-values.yaml
+// renders to the real apiserver with a server-side dry run: the apiserver's
+// own validation and admission accept the sharded StatefulSets (with the
+// pod-index label of the watchers' downward API), the mTLS volumes and the
+// OTLP arguments, which the install does not use. The ServiceMonitor is left
+// out: the node has no Prometheus Operator CRDs.
+func chartDryRun(t *testing.T, n *Node, ctx context.Context) {
+	createNamespace(t, n, ctx, "weir")
+	dyn, err := dynamic.NewForConfig(n.restConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, err := restmapper.GetAPIGroupResources(n.Admin.Discovery())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDiscoveryRESTMapper(groups)
+	for name, f := range ciValues(t) {
+		t.Run(name, func(t *testing.T) {
+			r := render(t, "-f", f)
+			sent := 0
+			for _, u := range r.raw {
+				if u.GetKind() == "ServiceMonitor" {
+					continue
+				}
+				gvk := u.GroupVersionKind()
+				m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+				if err != nil {
+					t.Fatalf("%s: %v", gvk, err)
+				}
+				var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+				if m.Scope.Name() == meta.RESTScopeNameNamespace {
+					ri = dyn.Resource(m.Resource).Namespace(u.GetNamespace())
+				}
+				if _, err := ri.Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+					t.Errorf("dry run of %s %s: %v", u.GetKind(), u.GetName(), err)
+				}
+				sent++
+			}
+			if sent < 7 {
+				t.Errorf("only %d objects sent", sent)
+			}
+		})
+	}
 }

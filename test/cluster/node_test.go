@@ -373,9 +373,7 @@ func (n *Node) controlPlane() {
 	n.waitAPIServer(api, 90*time.Second)
 	n.mark("apiserver ready")
 	var err error
-	cfg := &rest.Config{Host: n.APIServer, BearerToken: n.adminToken, QPS: 100, Burst: 200,
-		TLSClientConfig: rest.TLSClientConfig{CAFile: n.caFile}}
-	if n.Admin, err = kubernetes.NewForConfig(cfg); err != nil {
+	if n.Admin, err = kubernetes.NewForConfig(n.restConfig()); err != nil {
 		t.Fatal(err)
 	}
 	n.Kubeconfig = n.kubeconfig("admin", n.adminToken)
@@ -392,6 +390,12 @@ func (n *Node) controlPlane() {
 	n.startProc("kube-scheduler", filepath.Join(n.bin, "kube-scheduler"),
 		"--kubeconfig="+n.Kubeconfig, "--leader-elect=false",
 		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", harness.FreePort(t)), "--v=0")
+}
+
+// restConfig is the admin's client configuration.
+func (n *Node) restConfig() *rest.Config {
+	return &rest.Config{Host: n.APIServer, BearerToken: n.adminToken, QPS: 100, Burst: 200,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: n.caFile}}
 }
 
 func (n *Node) waitAPIServer(api *harness.Process, timeout time.Duration) {
