@@ -589,16 +589,71 @@ func TestPrivilegedAcceptedOwner(t *testing.T) {
 	requirePrivileged(t)
 	r := openRecorded(t, DefaultConfig())
 	me := readSelf(t)
+	f := boundSocket(t, 0, false)
+	helper := listenIn(t, r, f)
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	checkAcceptedOwner(t, r, ln, helper, me)
+}
+
+// TestPrivilegedAcceptedOwnerReuseport: two processes listen on one port
+// with SO_REUSEPORT, each on its own socket; each accepted socket's owner
+// is the process that listened on the socket it was accepted from.
+func TestPrivilegedAcceptedOwnerReuseport(t *testing.T) {
+	requirePrivileged(t)
+	r := openRecorded(t, DefaultConfig())
+	me := readSelf(t)
+	f1 := boundSocket(t, 0, true)
+	sa, err := unix.Getsockname(int(f1.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := boundSocket(t, sa.(*unix.SockaddrInet4).Port, true)
+	for _, f := range []*os.File{f1, f2} {
+		helper := listenIn(t, r, f)
+		ln, err := net.FileListener(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		// The kernel spreads connections over the two listeners by hash:
+		// accept from this one what it gets, one connection at a time.
+		checkAcceptedOwner(t, r, ln, helper, me)
+	}
+}
+
+// boundSocket returns a TCP socket bound to 127.0.0.1:port (0: any free
+// port), with SO_REUSEPORT when reuse.
+func boundSocket(t *testing.T, port int, reuse bool) *os.File {
+	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if reuse {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil {
 		unix.Close(fd)
 		t.Fatal(err)
 	}
 	f := os.NewFile(uintptr(fd), "listener")
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// listenIn has a helper process (this test binary) call listen() on f,
+// checks the listen event's owner, and returns the helper as an owner. The
+// helper lives until the test ends.
+func listenIn(t *testing.T, r *recorder, f *os.File) Owner {
+	t.Helper()
+	me := readSelf(t)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -617,12 +672,12 @@ func TestPrivilegedAcceptedOwner(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		stdin.Close()
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("listen helper: %v", err)
 		}
-	}()
+	})
 	line := make([]byte, len("listening\n"))
 	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "listening\n" {
 		t.Fatalf("listen helper said %q: %v", line, err)
@@ -632,13 +687,39 @@ func TestPrivilegedAcceptedOwner(t *testing.T) {
 	if ev.Owner != helper {
 		t.Errorf("listen event owner %+v, want the helper %+v", ev.Owner, helper)
 	}
+	return helper
+}
 
-	ln, err := net.FileListener(f)
-	if err != nil {
-		t.Fatal(err)
+// checkAcceptedOwner dials ln until it accepts a connection (with
+// SO_REUSEPORT another listener may get it), has this process exchange
+// data on both ends, and checks that the accepted socket's owner is want
+// and the client's is this process.
+func checkAcceptedOwner(t *testing.T, r *recorder, ln net.Listener, want Owner, me self) {
+	t.Helper()
+	var cp connPair
+	for range 64 {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			ln.(*net.TCPListener).SetDeadline(time.Now().Add(200 * time.Millisecond))
+			s, err := ln.Accept()
+			if err != nil {
+				s = nil
+			}
+			accepted <- s
+		}()
+		if s := <-accepted; s != nil {
+			cp = connPair{client: c, server: s}
+			break
+		}
+		c.Close() // the other listener's: it closes with it
 	}
-	defer ln.Close()
-	cp := dialPair(t, ln)
+	if cp.client == nil {
+		t.Fatal("no connection reached this listener in 64 tries")
+	}
 	defer cp.close()
 	cp.exchange(t, 1000, 1000)
 	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
@@ -647,8 +728,8 @@ func TestPrivilegedAcceptedOwner(t *testing.T) {
 		if s.Role != RoleServer {
 			t.Errorf("role %v, want server", s.Role)
 		}
-		if s.Owner != helper {
-			t.Errorf("accepted socket's owner %+v, want the process that listened %+v (this one: %+v)", s.Owner, helper, me.owner())
+		if s.Owner != want {
+			t.Errorf("accepted socket's owner %+v, want the process that listened %+v (this one: %+v)", s.Owner, want, me.owner())
 		}
 	}
 	if s := waitSample(t, r.p, client.Port(), server.Port()); s.Owner != me.owner() {
