@@ -100,6 +100,9 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	if status["NoNewPrivs"] != "1" {
 		t.Errorf("collector NoNewPrivs = %s, want 1", status["NoNewPrivs"])
 	}
+	if status["Seccomp"] != "2" { // SECCOMP_MODE_FILTER: the runtime's default profile
+		t.Errorf("collector Seccomp = %s, want 2 (RuntimeDefault)", status["Seccomp"])
+	}
 	t.Logf("collector pid %d: CapEff %s, Seccomp %s", pid, status["CapEff"], status["Seccomp"])
 	progs, err := harness.ProgramsOf(pid)
 	if err != nil {
