@@ -611,3 +611,24 @@ func TestChartReadme(t *testing.T) {
 	}
 	walk("", values)
 }
+
+// TestChartToggles: the collector and the watcher can be left out, and the
+// watcher can use a ServiceAccount of its own.
+func TestChartToggles(t *testing.T) {
+	r := render(t, "--set", "collector.enabled=false", "--set", "k8sWatcher.enabled=false")
+	for _, k := range r.kinds() {
+		if strings.Contains(k, "collector") || strings.Contains(k, "k8s-watcher") {
+			t.Errorf("rendered %s with the collector and the watcher off", k)
+		}
+	}
+	if _, ok := r.find("Deployment", "-reducer").(*appsv1.Deployment); !ok {
+		t.Errorf("no reducer: %v", r.kinds())
+	}
+	r = render(t, "--set", "k8sWatcher.serviceAccount.create=false", "--set", "k8sWatcher.serviceAccount.name=mine")
+	if r.find("ClusterRole", "-k8s-watcher") != nil || r.find("ServiceAccount", "-k8s-watcher") != nil {
+		t.Errorf("RBAC rendered with serviceAccount.create=false: %v", r.kinds())
+	}
+	if d := r.find("Deployment", "-k8s-watcher").(*appsv1.Deployment); d.Spec.Template.Spec.ServiceAccountName != "mine" {
+		t.Errorf("watcher service account %q, want mine", d.Spec.Template.Spec.ServiceAccountName)
+	}
+}
