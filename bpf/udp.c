@@ -218,9 +218,10 @@ int fexit_udpv6_recvmsg_noblock(u64 *ctx)
 /*
  * The tracepoint has the datagram (its third argument) since Linux 6.10;
  * before, only rc and sk: the drop is then counted under other peers.
- * Set from the kernel's BTF.
+ * Set from the kernel's BTF; 0 by default, so that the object loads on
+ * every kernel as it is.
  */
-const volatile u32 fail_queue_has_skb = 1;
+const volatile u32 fail_queue_has_skb = 0;
 
 /* Arguments: int rc, struct sock *sk[, struct sk_buff *skb]. */
 SEC("tp_btf/udp_fail_queue_rcv_skb")
