@@ -46,6 +46,12 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// Buffer sizes of each connection.
+const (
+	connReadBuffer  = 8 << 10
+	connWriteBuffer = 8 << 10
+)
+
 // Server is the gRPC server. It is a grpc.ServiceRegistrar: services
 // register before Start.
 type Server struct {
@@ -76,6 +82,13 @@ func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ForceServerCodecV2(newCodec()),
+		// A thousand collectors' connections each send a batch of a few
+		// kilobytes per interval and get a few bytes of ack: small read
+		// buffers, and write buffers taken from a shared pool only while
+		// writing, instead of 64 KiB per connection for its life.
+		grpc.ReadBufferSize(connReadBuffer),
+		grpc.WriteBufferSize(connWriteBuffer),
+		grpc.SharedWriteBuffer(true),
 	}
 	for _, h := range handlers {
 		opts = append(opts, grpc.StatsHandler(h))

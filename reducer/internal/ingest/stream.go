@@ -119,6 +119,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			held.applied(batch)
 			s.engine.ApplyDNS(sess, &b)
 			b.Shrink(bigBatch)
+			b.Reset() // lets the message's columns go until the next one
 			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
 			last = batch.GetSequence()
 			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
@@ -136,8 +137,8 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 // node, the batches that follow are small, and a thousand streams would
 // otherwise each keep a snapshot's buffers.
 const (
-	bigBuffer = 64 << 10
-	bigBatch  = 1024
+	bigBuffer = 16 << 10
+	bigBatch  = 256
 )
 
 // minVersion returns the lowest protocol version of the hello's range.

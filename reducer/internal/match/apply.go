@@ -17,6 +17,10 @@ func (e *Engine) Apply(s *Session, b *Batch) error {
 		return refuse(ReasonSessionReplaced, "session of node %q epoch %d was replaced", s.node, s.epoch)
 	}
 	if err := e.prepare(s, b); err != nil {
+		for _, id := range e.created {
+			e.sockTab.release(id)
+		}
+		e.created = e.created[:0]
 		return err
 	}
 	e.commit(s, b)
@@ -55,9 +59,10 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		if !ok {
 			return refuse(ReasonUnknownHandle, "batch %d: socket %d: unknown process handle %d", seq, i, k.Process)
 		}
-		sk := &socket{handle: k.Handle, role: k.Role, process: p, ident: &socketIdent{sess: s, netns: k.Netns, cookie: k.Cookie}}
-		e.newSocks[k.Handle] = sk
-		e.created = append(e.created, sk)
+		id := e.sockTab.alloc()
+		*e.sockAt(id) = socket{handle: k.Handle, role: k.Role, process: p, sess: s, netns: k.Netns, cookie: k.Cookie, refs: 1}
+		e.newSocks[k.Handle] = id
+		e.created = append(e.created, id)
 	}
 	for i, o := range b.Owners {
 		if _, ok := e.lookupSock(s, o.Socket); !ok {
@@ -68,11 +73,11 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		}
 	}
 	for i, h := range b.Stats.Handles {
-		sk, ok := e.lookupSock(s, h)
+		id, ok := e.lookupSock(s, h)
 		if !ok {
 			return refuse(ReasonUnknownHandle, "batch %d: stats entry %d: unknown socket handle %d", seq, i, h)
 		}
-		e.statSocks = append(e.statSocks, sk)
+		e.statSocks = append(e.statSocks, id)
 	}
 	if err := e.prepareFailed(s, b); err != nil {
 		return err
@@ -109,7 +114,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	now := e.now()
 	e.emitting = e.events.active()
 	// Flows whose metadata changed resolve again in this settle.
-	e.resolver.Changed(e.markDirty)
+	e.resolver.Changed(e.markDirtyID)
 	if !b.Time.IsZero() {
 		s.lag = max(now.Sub(b.Time), 0)
 	}
@@ -131,20 +136,21 @@ func (e *Engine) commit(s *Session, b *Batch) {
 			}
 		}
 	}
-	for i, sk := range e.created {
-		s.socks[sk.handle] = sk
-		e.join(now, s, sk, &b.Sockets[i])
+	for i, id := range e.created {
+		s.socks[e.sockAt(id).handle] = id
+		e.join(now, s, id, &b.Sockets[i])
 	}
 	e.nsockets += len(e.created)
+	e.created = e.created[:0]
 	for _, o := range b.Owners {
-		sk := s.socks[o.Socket]
+		sk := e.sockAt(s.socks[o.Socket])
 		p, _ := e.lookupProc(s, o.Process)
 		if sk.process == p {
 			continue
 		}
 		sk.process = p
-		if sk.flow != nil {
-			e.markDirty(sk.flow)
+		if sk.flow != 0 {
+			e.markDirty(e.flowAt(sk.flow))
 		}
 	}
 	// New ends join and owners resolve before counting, so that ends opened
@@ -152,23 +158,26 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.settle(now)
 
 	st := &b.Stats
-	for i, sk := range e.statSocks {
-		f := sk.flow
-		if f == nil {
+	for i, id := range e.statSocks {
+		sk := e.sockAt(id)
+		if sk.flow == 0 {
 			continue
 		}
+		f := e.flowAt(sk.flow)
 		end := sk.end
 		if bs, ss := st.BytesSent[i], st.SegmentsSent[i]; bs|ss != 0 {
 			d := &f.dir[end]
+			b0, s0 := d.maxViews()
 			d.sentBytes += bs
 			d.sentSegs += ss
-			e.account(now, f, end)
+			e.account(now, f, end, b0, s0)
 		}
 		if br, sr := st.BytesReceived[i], st.SegmentsReceived[i]; br|sr != 0 {
 			d := &f.dir[1-end]
+			b0, s0 := d.maxViews()
 			d.recvBytes += br
 			d.recvSegs += sr
-			e.account(now, f, 1-end)
+			e.account(now, f, 1-end, b0, s0)
 		}
 		if st.hasHealth() {
 			e.countHealth(now, f, end, st, i)
@@ -179,12 +188,14 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.updates.Add(float64(len(e.statSocks)))
 
 	for _, h := range b.Closed {
-		sk := s.socks[h]
+		id := s.socks[h]
+		sk := e.sockAt(id)
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
 		}
 		e.close(sk)
 		delete(s.socks, h)
+		e.unrefSock(id)
 	}
 	e.nsockets -= len(b.Closed)
 	for _, h := range b.Forgotten {
@@ -200,11 +211,12 @@ func (e *Engine) commit(s *Session, b *Batch) {
 }
 
 // join makes a new socket an end of its flow.
-func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
+func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
+	sk := e.sockAt(id)
 	local := netipUnmap(in.Local)
 	remote := netipUnmap(in.Remote)
 	if e.emitting {
-		e.emit(Event{Kind: EventSocketOpen, Time: now, Node: s.node, Cookie: sk.ident.cookie, Local: local, Remote: remote})
+		e.emit(Event{Kind: EventSocketOpen, Time: now, Node: s.node, Cookie: sk.cookie, Local: local, Remote: remote})
 	}
 	if local == remote {
 		return // a self-connected socket has no peer to join
@@ -213,77 +225,95 @@ func (e *Engine) join(now time.Time, s *Session, sk *socket, in *Socket) {
 	if loop && !e.cfg.Loopback {
 		return
 	}
-	key, end := newFlowKey(local, remote, loop, s.node, in.Netns)
-	head := e.flows[key]
-	f, last := find(head, end, sk.ident, in.NewConnection)
-	if f == nil && !loop && last != nil && last.live(end) && last.ends[end].ident.sess.node != s.node {
+	private := loop
+	key, end, ok := e.lookupKey(local, remote, private, s.node, in.Netns)
+	var f, last *flow
+	if ok {
+		f, last = e.find(e.flows[key], end, sk, in.NewConnection)
+	}
+	if f == nil && !loop && last != nil && last.live(end) && e.sockAt(last.ends[end]).sess.node != s.node {
 		// Another node's live socket claims the same endpoints, e.g. the
 		// same private addresses behind two NATs: keep this one to its
 		// node.
 		e.conflicts.Inc()
-		key, end = newFlowKey(local, remote, true, s.node, in.Netns)
-		head = e.flows[key]
-		f, last = find(head, end, sk.ident, in.NewConnection)
+		private = true
+		key, end, ok = e.lookupKey(local, remote, private, s.node, in.Netns)
+		f, last = nil, nil
+		if ok {
+			f, last = e.find(e.flows[key], end, sk, in.NewConnection)
+		}
 	}
 	if f == nil {
-		f = e.newFlow(now, key, last, loop, remote.Addr())
+		f = e.newFlow(now, local, remote, private, s.node, in.Netns, last, loop, remote.Addr())
 	}
-	f.ends[end] = sk
+	if old := f.ends[end]; old != 0 {
+		// The same socket, back under its collector's new session: the
+		// old handle stays its predecessor's orphan until it closes.
+		e.sockAt(old).flow = 0
+		e.unrefSock(old)
+	}
+	f.ends[end] = id
+	sk.refs++
 	f.flags &^= vacantFlag(end)
-	sk.flow, sk.end = f, end
-	if in.NewConnection && !f.opened {
-		f.opened, f.pendingOpen = true, true
+	sk.flow, sk.end = f.id, end
+	if in.NewConnection && !f.has(flowOpened) {
+		f.flags |= flowOpened | flowPendingOpen
 	}
-	if !f.has(flowPublished) && f.ends[1-end] != nil {
+	if !f.has(flowPublished) && f.ends[1-end] != 0 {
 		e.publish(f) // both ends are here
 	}
-	if f.has(flowPartial) && f.ends[1-end] != nil {
+	if f.has(flowPartial) && f.ends[1-end] != 0 {
 		// The peer's end reported here after all: count all of it.
 		f.flags = f.flags&^flowPartial | flowRecount
 	}
 	e.markDirty(f)
 }
 
-// find returns the flow of a chain that a new socket becomes end i of: the
-// flow it was end i of before its session was replaced, else the oldest
-// flow whose end i no socket claimed yet. A reused 4-tuple is a new flow,
-// and both sides open the flows of one 4-tuple in the same order, so the
-// n-th socket of a side joins the n-th flow, whatever the order in which
-// the sides report.
+// find returns the flow of a chain that a new socket sk becomes end i of:
+// the flow it was end i of before its session was replaced, else the
+// oldest flow whose end i no socket claimed yet. A reused 4-tuple is a new
+// flow, and both sides open the flows of one 4-tuple in the same order, so
+// the n-th socket of a side joins the n-th flow, whatever the order in
+// which the sides report.
 //
 // It also returns the newest flow of the chain that starts at head.
-func find(head *flow, i uint8, id *socketIdent, newConn bool) (match, last *flow) {
+func (e *Engine) find(head flowID, i uint8, sk *socket, newConn bool) (match, last *flow) {
 	var fresh *flow
-	for f := head; f != nil; f = f.next {
+	for id := head; id != 0; {
+		f := e.flowAt(id)
 		last = f
-		first, again := f.joinable(i, id, newConn)
+		first, again := e.joinable(f, i, sk, newConn)
 		if again {
 			return f, nil
 		}
 		if first && fresh == nil {
 			fresh = f
 		}
+		id = f.next
 	}
 	return fresh, last
 }
 
-// newFlow adds a flow after last, the newest of key's chain (nil: the
-// first of a new chain). A flow whose peer may be a fleet address is held
-// for the join window.
-func (e *Engine) newFlow(now time.Time, key flowKey, last *flow, loop bool, peer netip.Addr) *flow {
-	f := &flow{key: key, born: now.UnixNano()}
+// newFlow adds the flow of local-remote after last, the newest of its
+// key's chain (nil: the first of a new chain). A flow whose peer may be a
+// fleet address is held for the join window.
+func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bool, node string, netns uint32, last *flow, loop bool, peer netip.Addr) *flow {
+	key, _ := e.internKey(local, remote, private, node, netns)
+	id := e.flowTab.alloc()
+	f := e.flowAt(id)
+	f.key, f.id, f.born = key, id, now.UnixNano()
 	if last != nil {
-		last.next = f
+		last.next = id
 	} else {
-		e.flows[key] = f
+		e.flows[key] = id
 		if e.emitting {
-			e.emit(Event{Kind: EventFlowOpen, Time: now, Local: key.a, Remote: key.b})
+			e.emit(Event{Kind: EventFlowOpen, Time: now, Local: e.endpoint(&key, 0), Remote: e.endpoint(&key, 1)})
 		}
 	}
 	e.nflows++
 	if e.window > 0 && (loop || e.isFleet(now, peer)) {
 		f.flags |= flowQueued
-		e.held = append(e.held, f)
+		e.held = append(e.held, id)
 		e.nheld++
 	} else {
 		f.flags |= flowPublished
@@ -317,11 +347,13 @@ func (e *Engine) publish(f *flow) {
 }
 
 // publishDue publishes the held flows whose join window has passed: their
-// peer's end did not report in time, and they count as one-sided.
+// peer's end did not report in time, and they count as one-sided. A flow
+// that left the table while queued is freed here.
 func (e *Engine) publishDue(now time.Time) {
 	n := 0
 	deadline := now.UnixNano() - int64(e.window)
-	for _, f := range e.held {
+	for _, id := range e.held {
+		f := e.flowAt(id)
 		if !f.has(flowPublished) {
 			if f.born > deadline {
 				break
@@ -329,7 +361,7 @@ func (e *Engine) publishDue(now time.Time) {
 			e.oneSided.Inc()
 			if e.cfg.Sharded {
 				for i := range uint8(2) {
-					if peer := f.key.endpoint(i).Addr(); f.ends[i] == nil && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
+					if peer := e.endpoint(&f.key, i).Addr(); f.ends[i] == 0 && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
 						f.flags |= flowPartial
 					}
 				}
@@ -337,11 +369,13 @@ func (e *Engine) publishDue(now time.Time) {
 			e.publish(f)
 		}
 		f.flags &^= flowQueued
+		if f.has(flowGone) {
+			e.releaseGone(f)
+		}
 		n++
 	}
 	if n > 0 {
 		rest := copy(e.held, e.held[n:])
-		clear(e.held[rest:])
 		e.held = e.held[:rest]
 	}
 }
@@ -350,10 +384,10 @@ func (e *Engine) publishDue(now time.Time) {
 // of its flow, which names its workload, and no other socket becomes that
 // end.
 func (e *Engine) close(sk *socket) {
-	f := sk.flow
-	if f == nil {
+	if sk.flow == 0 {
 		return
 	}
+	f := e.flowAt(sk.flow)
 	f.flags |= closedFlag(sk.end)
 	e.markDirty(f)
 }
@@ -365,32 +399,41 @@ func (e *Engine) close(sk *socket) {
 // that is published leaves the table at the next settle; the socket then
 // starts a new one, counting from zero.
 func (e *Engine) leave(sk *socket) {
-	f := sk.flow
-	if f == nil {
+	if sk.flow == 0 {
 		return
 	}
+	f := e.flowAt(sk.flow)
 	i := sk.end
 	if f.has(closedFlag(i)) {
-		sk.flow = nil
+		sk.flow = 0
 		return
 	}
 	f.flags |= vacantFlag(i)
 	e.markDirty(f)
 }
 
+// unrefSock takes back a reference to a socket: its session's (or its
+// successor's, while vacant) or its flow's. The last frees it.
+func (e *Engine) unrefSock(id sockID) {
+	sk := e.sockAt(id)
+	if sk.refs--; sk.refs == 0 {
+		e.sockTab.release(id)
+	}
+}
+
 func (e *Engine) markDirty(f *flow) {
-	if !f.dirty {
-		f.dirty = true
-		e.dirty = append(e.dirty, f)
+	if !f.has(flowDirty) {
+		f.flags |= flowDirty
+		e.dirty = append(e.dirty, f.id)
 	}
 }
 
 // settle brings every changed flow's ends, edges and active connection up
 // to date, and removes the flows that no end reports any more.
 func (e *Engine) settle(now time.Time) {
-	for i, f := range e.dirty {
-		e.dirty[i] = nil
-		f.dirty = false
+	for _, id := range e.dirty {
+		f := e.flowAt(id)
+		f.flags &^= flowDirty
 		if !f.has(flowPublished) {
 			continue // held: no edge until it is published
 		}
@@ -398,27 +441,25 @@ func (e *Engine) settle(now time.Time) {
 			if f.has(flowRecount) {
 				// A tombstone published: count what it held.
 				f.flags &^= flowRecount
-				e.account(now, f, 0)
-				e.account(now, f, 1)
+				e.recount(now, f)
 			}
-			if c := f.client(); f.pendingOpen && f.counts(c) {
+			if c := e.client(f); f.has(flowPendingOpen) && f.counts(c) {
 				w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
 				e.store.Edge(now, aggregate.Key{Src: w[c], Dst: w[1-c]}).Add(now, aggregate.TCPConnectionsOpened, 1)
 			}
-			f.pendingOpen = false
+			f.flags &^= flowPendingOpen
 			if f.conn != nil {
 				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
 				f.conn = nil
 			}
-			e.unlink(f)
-			e.resolver.Forget(f, &f.uses)
 			if e.emitting {
 				e.emitFlowClose(now, f)
 			}
+			e.unlink(f)
 			continue
 		}
 		w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
-		client := f.client()
+		client := e.client(f)
 		for d := range f.dir {
 			k := aggregate.Key{Src: w[d], Dst: w[1-d]}
 			cur := f.dir[d].edge
@@ -439,7 +480,7 @@ func (e *Engine) settle(now time.Time) {
 			if f.conn != nil {
 				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
 				if e.emitting && conn != nil {
-					e.emit(Event{Kind: EventEdgeChange, Time: now, Local: f.key.endpoint(client), Remote: f.key.endpoint(1 - client),
+					e.emit(Event{Kind: EventEdgeChange, Time: now, Local: e.endpoint(&f.key, client), Remote: e.endpoint(&f.key, 1-client),
 						Key: conn.Key(), Prev: f.conn.Key()})
 				}
 			}
@@ -448,60 +489,106 @@ func (e *Engine) settle(now time.Time) {
 			}
 			f.conn = conn
 		}
-		if f.pendingOpen {
+		if f.has(flowPendingOpen) {
 			if conn != nil {
 				conn.Add(now, aggregate.TCPConnectionsOpened, 1)
 			}
-			f.pendingOpen = false
+			f.flags &^= flowPendingOpen
 		}
 		if f.has(flowRecount) {
 			f.flags &^= flowRecount
-			e.account(now, f, 0)
-			e.account(now, f, 1)
+			e.recount(now, f)
 		}
 	}
 	e.dirty = e.dirty[:0]
 }
 
-// unlink takes f out of its chain and the table.
+// recount counts what a flow's directions that were not counted yet hold.
+func (e *Engine) recount(now time.Time, f *flow) {
+	for d := range uint8(2) {
+		b, s := f.dir[d].maxViews()
+		e.account(now, f, d, b, s)
+	}
+}
+
+// unlink takes f out of its chain and the table, and lets its ends, its
+// addresses and (unless the queue of held flows still has it) its slot go.
 func (e *Engine) unlink(f *flow) {
 	f.flags |= flowGone
 	e.nflows--
+	e.resolver.Forget(f.id, &f.uses)
 	head := e.flows[f.key]
-	if head == f {
-		if f.next == nil {
+	if head == f.id {
+		if f.next == 0 {
 			delete(e.flows, f.key)
 		} else {
 			e.flows[f.key] = f.next
 		}
-		return
-	}
-	for g := head; g != nil; g = g.next {
-		if g.next == f {
-			g.next = f.next
-			return
+	} else {
+		for gid := head; gid != 0; {
+			g := e.flowAt(gid)
+			if g.next == f.id {
+				g.next = f.next
+				break
+			}
+			gid = g.next
 		}
+	}
+	for i, id := range f.ends {
+		if id == 0 {
+			continue
+		}
+		if sk := e.sockAt(id); sk.flow == f.id {
+			sk.flow = 0
+		}
+		f.ends[i] = 0
+		e.unrefSock(id)
+	}
+	e.addrs.unref(f.key.a)
+	e.addrs.unref(f.key.b)
+	if f.has(flowHealth) {
+		delete(e.healths, f.id)
+	}
+	f.dir[0].edge, f.dir[1].edge, f.conn = nil, nil, nil
+	e.releaseGone(f)
+}
+
+// releaseGone frees the slot of a flow that left the table, once neither
+// the queue of held flows nor the list of flows with traffic has it.
+func (e *Engine) releaseGone(f *flow) {
+	if !f.has(flowQueued | flowTraffic) {
+		e.flowTab.release(f.id)
 	}
 }
 
 // resolve returns the workload of endpoint i of f.
 func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
-	ep := resolve.Endpoint{Addr: f.key.endpoint(i).Addr()}
-	if s := f.ends[i]; s != nil {
-		ep.Local, ep.Node, ep.Netns = true, s.ident.sess.node, s.ident.netns
-		if p := s.process; p != nil {
-			ep.Known, ep.Comm, ep.CgroupID, ep.Container = true, p.comm, p.cgroupID, p.container
-			ep.PodUID = p.podUID
-		}
+	ep := resolve.Endpoint{Addr: e.addrs.addr(f.key.a)}
+	if i == 1 {
+		ep.Addr = e.addrs.addr(f.key.b)
 	}
-	return e.resolver.Resolve(f, &f.uses, int(i), ep)
+	if id := f.ends[i]; id != 0 {
+		e.socketEndpoint(&ep, e.sockAt(id))
+	}
+	return e.resolver.Resolve(f.id, &f.uses, int(i), ep)
 }
 
-// account counts on the edge of direction d of f what its views gained over
-// the amount counted so far: each byte once, even when both ends report it.
-// The edge is looked up at the first traffic after the flow's ends changed,
-// so that a direction without traffic leaves no empty series.
-func (e *Engine) account(now time.Time, f *flow, d uint8) {
+// socketEndpoint fills in what a local end's socket says of it.
+func (e *Engine) socketEndpoint(ep *resolve.Endpoint, sk *socket) {
+	ep.Local, ep.Node, ep.Netns = true, sk.sess.node, sk.netns
+	if p := sk.process; p != nil {
+		ep.Known, ep.Comm, ep.CgroupID, ep.Container = true, p.comm, p.cgroupID, p.container
+		ep.PodUID = p.podUID
+	}
+}
+
+// account counts on the edge of direction d of f what the larger of its
+// views gained: b0 and s0 are the larger views of bytes and segments before
+// the change, already counted if the direction was. Each byte counts once,
+// even when both ends report it. The edge is looked up at the first traffic
+// after the flow's ends changed, so that a direction without traffic leaves
+// no empty series.
+func (e *Engine) account(now time.Time, f *flow, d uint8, b0, s0 uint64) {
 	if !f.has(flowPublished) {
 		return // held: the views keep what the ends report
 	}
@@ -510,15 +597,12 @@ func (e *Engine) account(now time.Time, f *flow, d uint8) {
 	}
 	e.accountHealth(now, f, d)
 	dir := &f.dir[d]
-	b := max(dir.sentBytes, dir.recvBytes)
-	sg := max(dir.sentSegs, dir.recvSegs)
-	var db, ds uint64
-	if b > dir.countedBytes {
-		db, dir.countedBytes = b-dir.countedBytes, b
+	if !f.has(countedFlag(d)) {
+		f.flags |= countedFlag(d)
+		b0, s0 = 0, 0
 	}
-	if sg > dir.countedSegs {
-		ds, dir.countedSegs = sg-dir.countedSegs, sg
-	}
+	b, sg := dir.maxViews()
+	db, ds := b-b0, sg-s0
 	if db|ds == 0 {
 		return
 	}
@@ -547,12 +631,12 @@ func (e *Engine) lookupProc(s *Session, h uint32) (*process, bool) {
 }
 
 // lookupSock finds a live or newly announced socket.
-func (e *Engine) lookupSock(s *Session, h uint32) (*socket, bool) {
-	if sk, ok := s.socks[h]; ok {
-		return sk, true
+func (e *Engine) lookupSock(s *Session, h uint32) (sockID, bool) {
+	if id, ok := s.socks[h]; ok {
+		return id, true
 	}
-	sk, ok := e.newSocks[h]
-	return sk, ok
+	id, ok := e.newSocks[h]
+	return id, ok
 }
 
 // reuse empties a scratch map, and lets a big one go so that emptying stays

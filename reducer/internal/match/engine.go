@@ -57,7 +57,7 @@ type Session struct {
 	epoch      uint64
 	cancel     func()
 	procs      map[uint32]*process
-	socks      map[uint32]*socket
+	socks      map[uint32]sockID
 	attached   bool
 	detachedAt time.Time
 	gone       bool
@@ -65,7 +65,7 @@ type Session struct {
 	lag        time.Duration           // how far its last batch's time was behind the reducer's clock
 	addrs      map[netip.Addr]struct{} // the local addresses of its sockets: fleet addresses
 	reported   bool                    // a batch arrived: its addresses are known
-	orphans    []*socket               // its predecessor's sockets, vacant until its first batch
+	orphans    []sockID                // its predecessor's sockets, vacant until its first batch
 }
 
 // Node returns the session's node name.
@@ -75,7 +75,8 @@ func (s *Session) Node() string { return s.node }
 func (s *Session) Epoch() uint64 { return s.epoch }
 
 // Engine holds every session, flow and edge. One mutex guards all of it, and
-// a batch is applied under it as a whole.
+// a batch is applied under it as a whole. Sockets and flows are records in
+// slabs that refer to each other by 32-bit ids.
 type Engine struct {
 	cfg    Config
 	now    func() time.Time
@@ -83,11 +84,16 @@ type Engine struct {
 
 	mu       sync.Mutex
 	sessions map[string]*Session
-	flows    map[flowKey]*flow
+	flows    map[flowKey]flowID // the oldest flow of each key's chain
+	flowTab  slab[flow]
+	sockTab  slab[socket]
+	addrs    addrTable
+	nodeIDs  map[string]uint32
+	healths  map[flowID]*health // of the flows with flowHealth
 	store    *aggregate.Store
-	resolver *resolve.Resolver[*flow]
+	resolver *resolve.Resolver[flowID]
 	events   *events
-	dirty    []*flow
+	dirty    []flowID
 	nsockets int
 	nflows   int
 	emitting bool      // someone subscribes to events; set at each commit
@@ -95,7 +101,7 @@ type Engine struct {
 
 	// Held flows, oldest first: they wait for their peer's end until the
 	// join window has passed since they were born.
-	held    []*flow
+	held    []flowID
 	udp     udpJoin // UDP ends and their joins (udp.go); its held ends count in nheld
 	nheld   int
 	window  time.Duration
@@ -107,10 +113,10 @@ type Engine struct {
 
 	// Scratch space of the batch being applied.
 	newProcs  map[uint32]*process
-	newSocks  map[uint32]*socket
-	created   []*socket
+	newSocks  map[uint32]sockID
+	created   []sockID
 	seen      map[uint32]struct{}
-	statSocks []*socket
+	statSocks []sockID
 
 	updates   prometheus.Counter
 	sockets   prometheus.Gauge
@@ -133,12 +139,14 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		now:      cfg.Now,
 		logger:   logger.With("component", "match"),
 		sessions: make(map[string]*Session),
-		flows:    make(map[flowKey]*flow),
+		flows:    make(map[flowKey]flowID),
+		addrs:    newAddrTable(),
+		nodeIDs:  make(map[string]uint32),
+		healths:  make(map[flowID]*health),
 		store:    store,
-		resolver: resolve.New[*flow](),
 		events:   newEvents(),
 		newProcs: make(map[uint32]*process),
-		newSocks: make(map[uint32]*socket),
+		newSocks: make(map[uint32]sockID),
 		seen:     make(map[uint32]struct{}),
 		fleet:    make(map[netip.Addr]int32),
 		updates: prometheus.NewCounter(prometheus.CounterOpts{
@@ -174,6 +182,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 			Help: "How long a flow to a fleet address waits for its peer's end (--join-window, or derived from report intervals and lag).",
 		}),
 	}
+	e.resolver = resolve.NewWithUses(func(id flowID) *resolve.Uses { return &e.flowAt(id).uses })
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -269,7 +278,7 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
-	var orphans []*socket
+	var orphans []sockID
 	if old := e.sessions[h.Node]; old != nil {
 		if old.bootID == h.BootID && h.Epoch <= old.epoch {
 			return nil, refuse(ReasonStaleEpoch, "stale epoch %d: node %q is at epoch %d", h.Epoch, h.Node, old.epoch)
@@ -286,7 +295,7 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		epoch:    h.Epoch,
 		cancel:   cancel,
 		procs:    make(map[uint32]*process),
-		socks:    make(map[uint32]*socket),
+		socks:    make(map[uint32]sockID),
 		attached: true,
 		interval: h.ReportInterval,
 		addrs:    make(map[netip.Addr]struct{}),
@@ -319,7 +328,7 @@ func (e *Engine) Sweep() {
 	defer e.mu.Unlock()
 	now := e.now()
 	e.emitting = e.events.active()
-	e.resolver.Changed(e.markDirty)
+	e.resolver.Changed(e.markDirtyID)
 	e.updateWindow()
 	e.publishDue(now)
 	e.settle(now)
@@ -367,7 +376,7 @@ func (e *Engine) Counts() (sockets, flows, edges int) {
 // session to announce again (it returns them); an expired session's
 // sockets, and a replaced session's that the new one did not announce
 // again, close.
-func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []*socket) {
+func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []sockID) {
 	e.emitting = e.events.active()
 	if replaced {
 		// Its predecessor's sockets it did not take back may still come
@@ -376,15 +385,17 @@ func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []*sock
 	} else {
 		e.closeOrphans(s)
 	}
-	for _, sk := range s.socks {
+	for _, id := range s.socks {
+		sk := e.sockAt(id)
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
 		}
 		if replaced {
 			e.leave(sk)
-			orphans = append(orphans, sk)
+			orphans = append(orphans, id)
 		} else {
 			e.close(sk)
+			e.unrefSock(id)
 		}
 	}
 	e.nsockets -= len(s.socks)
@@ -408,12 +419,15 @@ func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []*sock
 // not take back: the collector did not announce them again, so they
 // closed while it was away.
 func (e *Engine) closeOrphans(s *Session) {
-	for _, sk := range s.orphans {
-		f := sk.flow
-		if f != nil && f.ends[sk.end] == sk && f.has(vacantFlag(sk.end)) {
-			f.flags = f.flags&^vacantFlag(sk.end) | closedFlag(sk.end)
-			e.markDirty(f)
+	for _, id := range s.orphans {
+		sk := e.sockAt(id)
+		if sk.flow != 0 {
+			if f := e.flowAt(sk.flow); f.ends[sk.end] == id && f.has(vacantFlag(sk.end)) {
+				f.flags = f.flags&^vacantFlag(sk.end) | closedFlag(sk.end)
+				e.markDirty(f)
+			}
 		}
+		e.unrefSock(id)
 	}
 	s.orphans = nil
 }
@@ -425,6 +439,9 @@ func (e *Engine) reported(s *Session) {
 		e.unreported--
 	}
 }
+
+// markDirtyID marks the flow of id dirty.
+func (e *Engine) markDirtyID(id flowID) { e.markDirty(e.flowAt(id)) }
 
 // setGauges updates the size gauges.
 func (e *Engine) setGauges() {

@@ -152,23 +152,24 @@ func (e *Engine) emit(ev Event) { e.events.publish(ev) }
 
 // emitSocket publishes an event of socket sk.
 func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
-	ev := Event{Kind: kind, Time: now, Node: sk.ident.sess.node, Cookie: sk.ident.cookie}
-	if f := sk.flow; f != nil {
-		ev.Local, ev.Remote = f.key.endpoint(sk.end), f.key.endpoint(1-sk.end)
+	ev := Event{Kind: kind, Time: now, Node: sk.sess.node, Cookie: sk.cookie}
+	if sk.flow != 0 {
+		f := e.flowAt(sk.flow)
+		ev.Local, ev.Remote = e.endpoint(&f.key, sk.end), e.endpoint(&f.key, 1-sk.end)
 	}
 	e.emit(ev)
 }
 
 // emitFlowClose publishes the close of f, which left the table.
 func (e *Engine) emitFlowClose(now time.Time, f *flow) {
-	c := f.client()
-	ev := Event{Kind: EventFlowClose, Time: now, Local: f.key.endpoint(c), Remote: f.key.endpoint(1 - c)}
+	c := e.client(f)
+	ev := Event{Kind: EventFlowClose, Time: now, Local: e.endpoint(&f.key, c), Remote: e.endpoint(&f.key, 1-c)}
 	if ed := f.dir[c].edge; ed != nil {
 		ev.Key = ed.Key()
 	} else if ed := f.dir[1-c].edge; ed != nil {
 		k := ed.Key()
 		ev.Key = aggregate.Key{Src: k.Dst, Dst: k.Src}
 	}
-	ev.Total = [2]Counts{f.dir[c].counted(), f.dir[1-c].counted()}
+	ev.Total = [2]Counts{f.counted(c), f.counted(1 - c)}
 	e.emit(ev)
 }

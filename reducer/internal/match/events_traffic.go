@@ -17,8 +17,14 @@ type Counts struct {
 	Bytes, Segments uint64
 }
 
-// counted returns what the direction counted on its edges.
-func (d *direction) counted() Counts { return Counts{d.countedBytes, d.countedSegs} }
+// counted returns what direction d of f counted on its edges.
+func (f *flow) counted(d uint8) Counts {
+	if !f.has(countedFlag(d)) {
+		return Counts{}
+	}
+	b, s := f.dir[d].maxViews()
+	return Counts{b, s}
+}
 
 // trafficMark is a flow on the list, with what it had counted from each
 // end when it was put there.
@@ -51,7 +57,7 @@ type Traffic struct {
 // when f, not on the list, counted db bytes and ds segments from end d.
 func (e *Engine) markTraffic(f *flow, d uint8, db, ds uint64) {
 	f.flags |= flowTraffic
-	m := trafficMark{f: f, before: [2]Counts{f.dir[0].counted(), f.dir[1].counted()}}
+	m := trafficMark{f: f, before: [2]Counts{f.counted(0), f.counted(1)}}
 	m.before[d].Bytes -= db
 	m.before[d].Segments -= ds
 	e.events.marks = append(e.events.marks, m)
@@ -81,16 +87,17 @@ func (e *Engine) DrainTraffic(dst []Traffic, limit int) ([]Traffic, uint64) {
 		m.f = nil
 		f.flags &^= flowTraffic
 		if f.has(flowGone) {
+			e.releaseGone(f)
 			continue
 		}
 		n++
-		t := Traffic{Ends: [2]netip.AddrPort{f.key.a, f.key.b}, Client: f.client()}
+		t := Traffic{Ends: [2]netip.AddrPort{e.endpoint(&f.key, 0), e.endpoint(&f.key, 1)}, Client: e.client(f)}
 		for i := range f.dir {
-			if s := f.ends[i]; s != nil {
-				t.Nodes[i] = s.ident.sess.node
+			if s := f.ends[i]; s != 0 {
+				t.Nodes[i] = e.sockAt(s).sess.node
 			}
 			t.Edges[i] = f.dir[i].edge
-			t.Total[i] = f.dir[i].counted()
+			t.Total[i] = f.counted(uint8(i))
 			t.Delta[i] = Counts{t.Total[i].Bytes - m.before[i].Bytes, t.Total[i].Segments - m.before[i].Segments}
 		}
 		dst = append(dst, t)
@@ -111,7 +118,11 @@ func (e *Engine) DrainTraffic(dst []Traffic, limit int) ([]Traffic, uint64) {
 func (e *Engine) forgetTraffic() {
 	ev := e.events
 	for i := ev.head; i < len(ev.marks); i++ {
-		ev.marks[i].f.flags &^= flowTraffic
+		f := ev.marks[i].f
+		f.flags &^= flowTraffic
+		if f.has(flowGone) {
+			e.releaseGone(f)
+		}
 	}
 	clear(ev.marks)
 	ev.marks, ev.head = nil, 0

@@ -19,63 +19,153 @@ type process struct {
 	podUID    string // from the cgroup path; empty outside a pod
 }
 
-// socket is a live socket handle of a session: one end of a flow. It is
-// kept to 32 bytes: the counting loop reads it for every stats entry.
+// sockID is the index of a socket in the engine's socket slab; 0 is none.
+type sockID = uint32
+
+// flowID is the index of a flow in the engine's flow slab; 0 is none.
+type flowID = uint32
+
+// socket is a live socket handle of a session: one end of a flow. It lives
+// in the engine's socket slab, 40 bytes, and stays there while its session
+// (or its successor, while it is vacant) holds its handle or a flow holds
+// it as an end: refs counts the two.
 type socket struct {
+	sess    *Session
+	process *process
+	cookie  uint64 // the kernel's socket cookie: tells reused 4-tuples apart; 0 if unknown
+	flow    flowID // 0 when the socket is not counted
 	handle  uint32
+	netns   uint32
 	role    Role
 	end     uint8 // index of the socket's local endpoint in its flow's key
-	process *process
-	flow    *flow // nil when the socket is not counted
-	ident   *socketIdent
-}
-
-// socketIdent is what identifies a socket beyond its handle, out of line.
-type socketIdent struct {
-	sess   *Session
-	netns  uint32
-	cookie uint64 // the kernel's socket cookie: tells reused 4-tuples apart; 0 if unknown
+	refs    uint8
 }
 
 // flowKey is the unordered pair of a connection's endpoints, ordered so that
-// a < b. Loopback flows add the node and the network namespace, because
-// every namespace has a loopback of its own.
+// a < b, by the ids of their interned addresses. Loopback flows add the
+// node and the network namespace, because every namespace has a loopback of
+// its own.
 type flowKey struct {
-	a, b  netip.AddrPort
-	node  string
-	netns uint32
+	a, b   uint32 // address ids (Engine.addrs)
+	pa, pb uint16 // ports
+	node   uint32 // node id (Engine.nodeID); 0 for a flow between nodes
+	netns  uint32
 }
 
-// endpoint returns endpoint i of the key.
-func (k *flowKey) endpoint(i uint8) netip.AddrPort {
+// endpoint returns endpoint i of the key k.
+func (e *Engine) endpoint(k *flowKey, i uint8) netip.AddrPort {
 	if i == 0 {
-		return k.a
+		return netip.AddrPortFrom(e.addrs.addr(k.a), k.pa)
 	}
-	return k.b
+	return netip.AddrPortFrom(e.addrs.addr(k.b), k.pb)
 }
 
-// newFlowKey returns the key of the connection local-remote and the index of
-// local in it. private adds node and netns to the key.
-func newFlowKey(local, remote netip.AddrPort, private bool, node string, netns uint32) (flowKey, uint8) {
-	k := flowKey{a: local, b: remote}
-	var end uint8
+// orderKey orders the endpoints local and remote of a connection: it
+// returns the lower one, the higher one, and the index of local.
+func orderKey(local, remote netip.AddrPort) (a, b netip.AddrPort, end uint8) {
 	if local.Compare(remote) > 0 {
-		k.a, k.b = remote, local
-		end = 1
+		return remote, local, 1
 	}
+	return local, remote, 0
+}
+
+// lookupKey returns the key of the connection local-remote and the index
+// of local in it; ok is false when no flow has one of its addresses, and
+// so none has its key. private adds node and netns to the key.
+func (e *Engine) lookupKey(local, remote netip.AddrPort, private bool, node string, netns uint32) (k flowKey, end uint8, ok bool) {
+	a, b, end := orderKey(local, remote)
+	ia, oka := e.addrs.lookup(a.Addr())
+	ib, okb := e.addrs.lookup(b.Addr())
+	k = flowKey{a: ia, b: ib, pa: a.Port(), pb: b.Port()}
 	if private {
-		k.node, k.netns = node, netns
+		k.node, k.netns = e.nodeID(node), netns
+	}
+	return k, end, oka && okb
+}
+
+// internKey returns the key of the connection local-remote as lookupKey
+// does, with its addresses interned and referenced once more: a new flow
+// holds them until it leaves the table.
+func (e *Engine) internKey(local, remote netip.AddrPort, private bool, node string, netns uint32) (flowKey, uint8) {
+	a, b, end := orderKey(local, remote)
+	k := flowKey{a: e.addrs.ref(a.Addr()), b: e.addrs.ref(b.Addr()), pa: a.Port(), pb: b.Port()}
+	if private {
+		k.node, k.netns = e.nodeID(node), netns
 	}
 	return k, end
 }
 
+// nodeID returns the id of a node name in private flow keys. Node names
+// stay interned for the engine's life: there are as many as nodes.
+func (e *Engine) nodeID(node string) uint32 {
+	if id, ok := e.nodeIDs[node]; ok {
+		return id
+	}
+	id := uint32(len(e.nodeIDs) + 1)
+	e.nodeIDs[node] = id
+	return id
+}
+
+// addrTable interns the addresses of flow keys, so that a key holds 4-byte
+// ids. An address stays while a flow's key holds it.
+type addrTable struct {
+	ids   map[netip.Addr]uint32
+	addrs []netip.Addr // by id; 0 is unused
+	refs  []uint32
+	free  []uint32
+}
+
+func newAddrTable() addrTable {
+	return addrTable{ids: make(map[netip.Addr]uint32), addrs: make([]netip.Addr, 1), refs: make([]uint32, 1)}
+}
+
+func (t *addrTable) addr(id uint32) netip.Addr { return t.addrs[id] }
+
+func (t *addrTable) lookup(a netip.Addr) (uint32, bool) {
+	id, ok := t.ids[a]
+	return id, ok
+}
+
+// ref interns a and adds a reference to it.
+func (t *addrTable) ref(a netip.Addr) uint32 {
+	id, ok := t.ids[a]
+	if !ok {
+		if n := len(t.free); n > 0 {
+			id, t.free = t.free[n-1], t.free[:n-1]
+			t.addrs[id] = a
+		} else {
+			id = uint32(len(t.addrs))
+			t.addrs = append(t.addrs, a)
+			t.refs = append(t.refs, 0)
+		}
+		t.ids[a] = id
+	}
+	t.refs[id]++
+	return id
+}
+
+// unref takes a reference back, and lets the address go with the last.
+func (t *addrTable) unref(id uint32) {
+	if t.refs[id]--; t.refs[id] == 0 {
+		delete(t.ids, t.addrs[id])
+		t.addrs[id] = netip.Addr{}
+		t.free = append(t.free, id)
+	}
+}
+
 // direction holds the two views of the traffic from endpoint i to the other
-// one, and the amount already counted on an edge.
+// one: the sender's and the receiver's, cumulative. Once the direction is
+// counted (flowCounted0 or 1), the larger of the two has been counted on
+// an edge.
 type direction struct {
-	sentBytes, recvBytes      uint64 // sender's and receiver's cumulative views
-	sentSegs, recvSegs        uint64
-	countedBytes, countedSegs uint64 // max of the views when last counted
-	edge                      *aggregate.Edge
+	sentBytes, recvBytes uint64
+	sentSegs, recvSegs   uint64
+	edge                 *aggregate.Edge
+}
+
+// maxViews returns the larger of the two views of bytes and of segments.
+func (d *direction) maxViews() (bytes, segs uint64) {
+	return max(d.sentBytes, d.recvBytes), max(d.sentSegs, d.recvSegs)
 }
 
 // Flags of a flow.
@@ -108,43 +198,59 @@ const (
 	// flowTraffic: the flow is on the list of flows with traffic not yet
 	// drained (DrainTraffic).
 	flowTraffic
+	// flowCounted0 and flowCounted1: the larger view of direction 0 or 1
+	// is counted on an edge; until then nothing of it is.
+	flowCounted0
+	flowCounted1
+	// flowOpened: an end announced the flow as a new connection.
+	flowOpened
+	// flowPendingOpen: opened, not yet counted on an edge.
+	flowPendingOpen
+	// flowDirty: ends, owners or metadata changed since the last settle.
+	flowDirty
+	// flowHealth: an end reported retransmits or resets; the engine's
+	// healths has the flow's.
+	flowHealth
 )
 
 // flow is one TCP connection with up to two reporting ends. The flows of
 // one 4-tuple form a chain, oldest first: a reused 4-tuple is a new flow,
 // and each side's sockets join the flows of the chain in the order they
-// opened.
+// opened. Flows live in the engine's flow slab.
 type flow struct {
-	key   flowKey
-	next  *flow // the next, newer flow of the same 4-tuple
-	ends  [2]*socket
-	born  int64 // unix nanoseconds when the first end arrived
-	flags uint16
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
-	dir         [2]direction
-	conn        *aggregate.Edge // edge where the flow counts as active
-	opened      bool            // an end announced it as a new connection
-	pendingOpen bool            // opened, not yet counted on an edge
-	dirty       bool            // ends, owners or metadata changed since the last settle
-	uses        resolve.Uses    // the metadata keys its ends resolved through
-	health      *health         // retransmits and resets; nil until the first
+	dir   [2]direction
+	conn  *aggregate.Edge // edge where the flow counts as active
+	born  int64           // unix nanoseconds when the first end arrived
+	key   flowKey
+	id    flowID
+	next  flowID    // the next, newer flow of the same 4-tuple
+	ends  [2]sockID // 0: no socket reported that end yet
+	flags uint16
+	uses  resolve.Uses // the metadata keys its ends resolved through
 }
+
+// flowAt returns the flow of id.
+func (e *Engine) flowAt(id flowID) *flow { return e.flowTab.at(id) }
+
+// sockAt returns the socket of id.
+func (e *Engine) sockAt(id sockID) *socket { return e.sockTab.at(id) }
 
 // client returns the index of the client endpoint: the role an end knows,
 // else the endpoint with the higher port.
-func (f *flow) client() uint8 {
-	for i, s := range f.ends {
-		if s == nil {
+func (e *Engine) client(f *flow) uint8 {
+	for i, id := range f.ends {
+		if id == 0 {
 			continue
 		}
-		switch s.role {
+		switch e.sockAt(id).role {
 		case RoleClient:
 			return uint8(i)
 		case RoleServer:
 			return uint8(1 - i)
 		}
 	}
-	if f.key.b.Port() > f.key.a.Port() {
+	if f.key.pb > f.key.pa {
 		return 1
 	}
 	return 0
@@ -156,11 +262,11 @@ func (f *flow) empty() bool { return !f.live(0) && !f.live(1) }
 
 // counts reports whether this reducer counts what endpoint i sends, and
 // the connection when i is the client: not when another reducer has end i.
-func (f *flow) counts(i uint8) bool { return !f.has(flowPartial) || f.ends[i] != nil }
+func (f *flow) counts(i uint8) bool { return !f.has(flowPartial) || f.ends[i] != 0 }
 
 // live reports whether a socket reports end i.
 func (f *flow) live(i uint8) bool {
-	return f.ends[i] != nil && !f.has(closedFlag(i)|vacantFlag(i))
+	return f.ends[i] != 0 && !f.has(closedFlag(i)|vacantFlag(i))
 }
 
 func (f *flow) has(flag uint16) bool { return f.flags&flag != 0 }
@@ -171,26 +277,29 @@ func closedFlag(i uint8) uint16 { return flowClosed0 << i }
 // vacantFlag is the flag of end i being vacant.
 func vacantFlag(i uint8) uint16 { return flowVacant0 << i }
 
+// countedFlag is the flag of direction i being counted.
+func countedFlag(i uint8) uint16 { return flowCounted0 << i }
+
 // joinable reports whether a new socket sk may become end i of f: a socket
 // that no other socket preceded as end i, or the same socket coming back
 // after its collector's session was replaced (same node, boot and cookie;
 // or, without cookies, a socket announced as existing).
-func (f *flow) joinable(i uint8, id *socketIdent, newConn bool) (fresh, again bool) {
+func (e *Engine) joinable(f *flow, i uint8, sk *socket, newConn bool) (fresh, again bool) {
 	if f.has(closedFlag(i)) || f.has(flowGone) {
 		return false, false
 	}
-	if f.ends[i] == nil {
+	if f.ends[i] == 0 {
 		return true, false
 	}
 	if !f.has(vacantFlag(i)) {
 		return false, false
 	}
-	c := f.ends[i].ident
-	if c.sess.node != id.sess.node || c.sess.bootID != id.sess.bootID || c.netns != id.netns {
+	c := e.sockAt(f.ends[i])
+	if c.sess.node != sk.sess.node || c.sess.bootID != sk.sess.bootID || c.netns != sk.netns {
 		return false, false
 	}
-	if c.cookie != 0 || id.cookie != 0 {
-		return false, c.cookie == id.cookie
+	if c.cookie != 0 || sk.cookie != 0 {
+		return false, c.cookie == sk.cookie
 	}
 	return false, !newConn
 }

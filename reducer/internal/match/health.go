@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
+	"github.com/weir-project/weir/reducer/internal/resolve"
 )
 
 // ConnectFailure is why a TCP connect never established.
@@ -65,10 +66,13 @@ func (e *Engine) countHealth(now time.Time, f *flow, end uint8, st *Stats, i int
 	retrans := column(st.Retransmits, i)
 	sent, recv := column(st.ResetsSent, i), column(st.ResetsReceived, i)
 	if retrans|sent|recv != 0 {
-		if f.health == nil {
-			f.health = &health{}
+		h := e.healths[f.id]
+		if h == nil {
+			h = &health{}
+			e.healths[f.id] = h
+			f.flags |= flowHealth
 		}
-		out, in := &f.health.dir[end], &f.health.dir[1-end]
+		out, in := &h.dir[end], &h.dir[1-end]
 		out.retrans += retrans
 		out.rstSent += sent
 		in.rstRecv += recv
@@ -84,10 +88,10 @@ func (e *Engine) countHealth(now time.Time, f *flow, end uint8, st *Stats, i int
 // as for bytes, not when another reducer has the sending end (both ends
 // report a reset).
 func (e *Engine) accountHealth(now time.Time, f *flow, d uint8) {
-	if f.health == nil || !f.has(flowPublished) || !f.counts(d) {
+	if !f.has(flowHealth) || !f.has(flowPublished) || !f.counts(d) {
 		return
 	}
-	h := &f.health.dir[d]
+	h := &e.healths[f.id].dir[d]
 	dr := h.retrans - min(h.retrans, h.countedRetrans)
 	rst := max(h.rstSent, h.rstRecv)
 	ds := rst - min(rst, h.countedRst)
@@ -133,11 +137,10 @@ func (e *Engine) countFailed(now time.Time, s *Session, failed []FailedConnect) 
 			continue
 		}
 		p, _ := e.lookupProc(s, fc.Process)
-		// A flow of its own, only to resolve its two ends as a flow's are.
-		tmp := &flow{key: flowKey{a: local, b: remote}}
-		tmp.ends[0] = &socket{role: RoleClient, process: p, ident: &socketIdent{sess: s, netns: fc.Netns}}
-		client, server := e.resolve(tmp, 0), e.resolve(tmp, 1)
-		e.resolver.Forget(tmp, &tmp.uses)
+		// Its two ends resolve as a flow's would.
+		ep := resolve.Endpoint{Addr: local.Addr()}
+		e.socketEndpoint(&ep, &socket{role: RoleClient, process: p, sess: s, netns: fc.Netns})
+		client, server := e.resolver.Lookup(ep), e.resolver.Lookup(resolve.Endpoint{Addr: remote.Addr()})
 		out := e.store.Edge(now, aggregate.Key{Src: client, Dst: server})
 		switch fc.Reason {
 		case ConnectRefused:

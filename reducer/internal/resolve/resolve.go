@@ -137,17 +137,45 @@ const maxKeys = 3
 // rather than its keys.
 type keyID uint32
 
-// Uses records the keys each end of one flow was resolved through. Its
-// owner keeps one per flow and hands it to every call for that flow.
+// Uses records the keys each end of one flow was resolved through, and
+// where the flow is in each key's list of flows. Its owner keeps one per
+// flow and hands it to every call for that flow.
 type Uses struct {
 	ids [2][maxKeys]keyID
+	pos [2][maxKeys]uint32 // the flow's index in the key's flows
 	n   [2]uint8
 }
 
-// slot is a key in use and the flows that use it: the reverse index.
+// find returns the position of the flow in the flows of key id, if one of
+// its ends uses id.
+func (u *Uses) find(id keyID) (uint32, bool) {
+	for i := range u.n {
+		for j, x := range u.ids[i][:u.n[i]] {
+			if x == id {
+				return u.pos[i][j], true
+			}
+		}
+	}
+	return 0, false
+}
+
+// move records that the flow is at position p of key id's flows.
+func (u *Uses) move(id keyID, p uint32) {
+	for i := range u.n {
+		for j, x := range u.ids[i][:u.n[i]] {
+			if x == id {
+				u.pos[i][j] = p
+			}
+		}
+	}
+}
+
+// slot is a key in use and the flows that use it, each once: the reverse
+// index. A flow's Uses records its position in flows, so that taking it
+// out is a swap with the last.
 type slot[F comparable] struct {
 	key   Key
-	flows map[F]struct{}
+	flows []F
 }
 
 // entry is what one source said of a key.
@@ -176,16 +204,40 @@ type Resolver[F comparable] struct {
 	slots   []slot[F] // by keyID; 0 is unused
 	free    []keyID
 	pending atomic.Bool
+	// uses returns the Uses of a flow; without it the resolver keeps the
+	// Uses it was handed in usesOf.
+	uses   func(F) *Uses
+	usesOf map[F]*Uses
 }
 
-// New returns an empty resolver.
+// New returns an empty resolver. It remembers the Uses of each flow that
+// it is handed; see NewWithUses.
 func New[F comparable]() *Resolver[F] {
-	return &Resolver[F]{
+	return NewWithUses[F](nil)
+}
+
+// NewWithUses returns an empty resolver that finds the Uses of a flow with
+// uses, e.g. in the owner's record of the flow.
+func NewWithUses[F comparable](uses func(F) *Uses) *Resolver[F] {
+	r := &Resolver[F]{
 		table:   make(map[Key][]entry),
 		changed: make(map[Key]struct{}),
 		ids:     make(map[Key]keyID),
 		slots:   make([]slot[F], 1),
+		uses:    uses,
 	}
+	if uses == nil {
+		r.usesOf = make(map[F]*Uses)
+	}
+	return r
+}
+
+// usesOfFlow returns the Uses of f.
+func (r *Resolver[F]) usesOfFlow(f F) *Uses {
+	if r.uses != nil {
+		return r.uses(f)
+	}
+	return r.usesOf[f]
 }
 
 // Sink returns the sink of a source of the given rank.
@@ -266,6 +318,9 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 	keys, n := keysOf(ep)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.usesOf != nil {
+		r.usesOf[f] = u
+	}
 	r.reindex(f, u, i, keys[:n])
 	return r.name(keys[:n], ep)
 }
@@ -351,21 +406,27 @@ func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
 	for j, k := range keys {
 		ids[j] = r.intern(k)
 	}
-	old := u.ids[i][:u.n[i]]
-	if slices.Equal(old, ids[:len(keys)]) {
+	old, oldPos, oldN := u.ids[i], u.pos[i], int(u.n[i])
+	if slices.Equal(old[:oldN], ids[:len(keys)]) {
 		return
 	}
-	other := u.ids[1-i][:u.n[1-i]]
-	for _, id := range old {
-		if !slices.Contains(ids[:len(keys)], id) && !slices.Contains(other, id) {
-			r.unindex(f, id)
+	// The flow is in the list of each key that one of its ends uses.
+	var pos [maxKeys]uint32
+	for j, id := range ids[:len(keys)] {
+		if p, ok := u.find(id); ok {
+			pos[j] = p
+		} else {
+			sl := &r.slots[id]
+			pos[j] = uint32(len(sl.flows))
+			sl.flows = append(sl.flows, f)
 		}
 	}
-	for _, id := range ids[:len(keys)] {
-		r.slots[id].flows[f] = struct{}{}
+	u.ids[i], u.pos[i], u.n[i] = ids, pos, uint8(len(keys))
+	for j, id := range old[:oldN] {
+		if _, ok := u.find(id); !ok {
+			r.unindex(id, oldPos[j])
+		}
 	}
-	u.ids[i] = ids
-	u.n[i] = uint8(len(keys))
 }
 
 // same reports whether end i of a flow went through keys last time, by
@@ -394,20 +455,32 @@ func (r *Resolver[F]) intern(k Key) keyID {
 		id = keyID(len(r.slots))
 		r.slots = append(r.slots, slot[F]{})
 	}
-	r.slots[id] = slot[F]{key: k, flows: make(map[F]struct{}, 1)}
+	r.slots[id] = slot[F]{key: k}
 	r.ids[k] = id
 	return id
 }
 
-// unindex removes f from the flows of key id, and lets the id go when no
-// flow uses the key any more.
-func (r *Resolver[F]) unindex(f F, id keyID) {
+// unindex takes the flow at position p out of the flows of key id: the
+// last flow of the list takes its place. The id goes when no flow uses
+// the key any more.
+func (r *Resolver[F]) unindex(id keyID, p uint32) {
 	sl := &r.slots[id]
-	delete(sl.flows, f)
-	if len(sl.flows) == 0 {
+	last := uint32(len(sl.flows) - 1)
+	if p != last {
+		moved := sl.flows[last]
+		sl.flows[p] = moved
+		r.usesOfFlow(moved).move(id, p)
+	}
+	var zero F
+	sl.flows[last] = zero
+	sl.flows = sl.flows[:last]
+	switch {
+	case len(sl.flows) == 0:
 		delete(r.ids, sl.key)
 		*sl = slot[F]{}
 		r.free = append(r.free, id)
+	case cap(sl.flows) > 64 && len(sl.flows) < cap(sl.flows)/4:
+		sl.flows = slices.Clip(slices.Clone(sl.flows))
 	}
 }
 
@@ -416,12 +489,16 @@ func (r *Resolver[F]) Forget(f F, u *Uses) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range u.n {
-		for _, id := range u.ids[i][:u.n[i]] {
-			if _, ok := r.slots[id].flows[f]; ok {
-				r.unindex(f, id)
+		for j, id := range u.ids[i][:u.n[i]] {
+			if i == 1 && slices.Contains(u.ids[0][:u.n[0]], id) {
+				continue // indexed once, for both ends
 			}
+			r.unindex(id, u.pos[i][j])
 		}
-		u.n[i] = 0
+	}
+	u.n = [2]uint8{}
+	if r.usesOf != nil {
+		delete(r.usesOf, f)
 	}
 }
 
@@ -439,7 +516,7 @@ func (r *Resolver[F]) Changed(fn func(F)) {
 		if !ok {
 			continue
 		}
-		for f := range r.slots[id].flows {
+		for _, f := range r.slots[id].flows {
 			if _, ok := seen[f]; !ok {
 				seen[f] = struct{}{}
 				flows = append(flows, f)
