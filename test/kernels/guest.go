@@ -76,12 +76,15 @@ func (b *archBuild) prepare(ctx context.Context, dir string) error {
 	r.file("init", filepath.Join(dir, "init"), 0o755)
 	for _, s := range suites {
 		bin := filepath.Join(dir, s.name+".test")
+		if _, ok := r.entries["tests/"+s.name+".test"]; ok {
+			continue // another suite runs the same binary
+		}
 		if err := gobuild("test", "-c", "-o", bin, s.pkg); err != nil {
 			return err
 		}
 		r.file("tests/"+s.name+".test", bin, 0o755)
-		if ga.goarch == runtime.GOARCH && s.skip != "" {
-			if err := listLeftOut(ctx, s, bin); err != nil {
+		if ga.goarch == runtime.GOARCH {
+			if err := listLeftOut(ctx, s.name, bin); err != nil {
 				return err
 			}
 		}
@@ -132,25 +135,41 @@ var (
 	leftOut   = map[string][]string{}
 )
 
-// listLeftOut lists the tests of a suite's binary that its run filter
-// selects and its skip filter leaves out.
-func listLeftOut(ctx context.Context, s suite, bin string) error {
-	out, err := exec.CommandContext(ctx, bin, "-test.list", s.run).Output()
+// listLeftOut lists the privileged tests of a binary that no suite runs.
+func listLeftOut(ctx context.Context, name, bin string) error {
+	out, err := exec.CommandContext(ctx, bin, "-test.list", "^TestPrivileged").Output()
 	if err != nil {
 		return fmt.Errorf("%s -test.list: %w", bin, err)
 	}
-	skip, err := regexp.Compile(s.skip)
-	if err != nil {
-		return fmt.Errorf("suite %s: skip: %w", s.name, err)
-	}
 	var names []string
 	for l := range strings.SplitSeq(string(out), "\n") {
-		if l = strings.TrimSpace(l); strings.HasPrefix(l, "Test") && skip.MatchString(l) {
-			names = append(names, s.name+"."+l)
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "Test") {
+			continue
+		}
+		selected := false
+		for _, s := range suites {
+			if s.name != name {
+				continue
+			}
+			run, err := regexp.Compile(s.run)
+			if err != nil {
+				return fmt.Errorf("suite %s: run: %w", s.name, err)
+			}
+			skip := regexp.MustCompile("^$")
+			if s.skip != "" {
+				if skip, err = regexp.Compile(s.skip); err != nil {
+					return fmt.Errorf("suite %s: skip: %w", s.name, err)
+				}
+			}
+			selected = selected || run.MatchString(l) && !skip.MatchString(l)
+		}
+		if !selected {
+			names = append(names, name+"."+l)
 		}
 	}
 	leftOutMu.Lock()
-	leftOut[s.name] = names
+	leftOut[name] = names
 	leftOutMu.Unlock()
 	return nil
 }
@@ -191,7 +210,29 @@ type testResult struct {
 	result   string // PASS, FAIL, SKIP; empty if the binary died inside it
 	seconds  string
 	output   []string
-	unsupErr string // the "not supported" line of a failed test
+	known    string // why it fails here, from knownFailures
+	lastLog  string // the last line the test logged (t.Log, t.Error, t.Fatal)
+	lastLine string // the last line of its output (a logged line's continuation)
+}
+
+// notSupported ends the message of the collector's ErrNotSupported, after
+// the name of the missing kernel feature, in the probe package's errors
+// and in weir-collector's exit message.
+var notSupported = regexp.MustCompile(`: not supported( by this kernel)?$`)
+
+// unsupported returns the line that makes a failed test unsupported: its
+// last logged line ends with the collector's ErrNotSupported, wrapped
+// after the name of the missing kernel feature.
+func (t *testResult) unsupported() string {
+	switch {
+	case t.result == "PASS":
+		return ""
+	case notSupported.MatchString(t.lastLog):
+		return t.lastLog
+	case notSupported.MatchString(t.lastLine):
+		return t.lastLine
+	}
+	return ""
 }
 
 // plan writes the guest's plan.
@@ -302,6 +343,15 @@ func (g *guest) boot(ctx context.Context, timeout time.Duration, runRE, dir stri
 	case err != nil:
 		g.bootErr = fmt.Sprintf("qemu: %v %s", err, strings.TrimSpace(stderr.String()))
 	}
+	for _, r := range g.runs {
+		for _, t := range r.tests {
+			for _, k := range knownFailures {
+				if k.test == r.suite+"."+t.name && k.kernels.MatchString(g.kernel.id()) {
+					t.known = k.why
+				}
+			}
+		}
+	}
 	if g.bootErr == "" && !g.done() {
 		g.bootErr = "the guest stopped before its plan ended (kernel panic or crash; see its console)"
 	}
@@ -319,8 +369,9 @@ func (g *guest) done() bool {
 const marker = "WEIR-GUEST"
 
 var (
-	runLine    = regexp.MustCompile(`^=== RUN\s+(\S+)$`)
-	resultLine = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+s)\)`)
+	runLine     = regexp.MustCompile(`^=== RUN\s+(\S+)$`)
+	testLogLine = regexp.MustCompile(`^\s+\S+_test\.go:\d+: `)
+	resultLine  = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+s)\)`)
 )
 
 // parse reads the console until it closes.
@@ -384,8 +435,11 @@ func (g *guest) parse(r io.Reader, start time.Time) {
 		}
 		if test != nil {
 			test.output = append(test.output, line)
-			if test.unsupErr == "" && strings.Contains(line, ": not supported") {
-				test.unsupErr = strings.TrimSpace(line)
+			if testLogLine.MatchString(line) {
+				test.lastLog = strings.TrimSpace(line)
+			}
+			if strings.TrimSpace(line) != "" {
+				test.lastLine = strings.TrimSpace(line)
 			}
 		} else {
 			run.output = append(run.output, line)

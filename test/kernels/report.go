@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -41,20 +42,36 @@ func (g *guest) report(w io.Writer, verbose bool) {
 			}
 		}
 	}
+	leftOutMu.Lock()
+	var out []string
+	for _, s := range suites {
+		if names := leftOut[s.name]; len(names) > 0 && !slices.Contains(out, names[0]) {
+			out = append(out, names...)
+		}
+	}
+	leftOutMu.Unlock()
+	if len(out) > 0 {
+		fmt.Fprintf(w, "  left out of the guests for time (make test runs them on the host): %s\n", strings.Join(out, ", "))
+	}
 	for _, r := range g.runs {
 		pass, fail, unsup, skip := r.counts()
 		fmt.Fprintf(w, "  %s/%s: %d passed, %d failed, %d not supported, %d skipped in %.1fs (exit %d)\n",
 			r.path, r.suite, len(pass), len(fail), len(unsup), len(skip), r.seconds, r.exit)
 		for _, t := range r.tests {
 			switch {
+			case t.result == "PASS" && t.known != "":
+				fmt.Fprintf(w, "    pass  %s (%s): it was a known failure here; remove it from knownFailures in test/kernels/main.go\n", t.name, t.seconds)
 			case t.result == "PASS":
 				fmt.Fprintf(w, "    pass  %s (%s)\n", t.name, t.seconds)
-			case t.unsupErr != "":
-				fmt.Fprintf(w, "    not supported  %s: %s\n", t.name, t.unsupErr)
+			case t.unsupported() != "":
+				fmt.Fprintf(w, "    not supported  %s: %s\n", t.name, t.unsupported())
 			case t.result == "SKIP":
 				fmt.Fprintf(w, "    SKIP  %s: %s\n", t.name, lastOf(t.output, 2))
 			default:
 				what := "FAIL"
+				if t.known != "" && t.result == "FAIL" {
+					what = "KNOWN FAILURE (" + t.known + ")"
+				}
 				if t.result == "" {
 					what = "FAIL (the test binary died in it)"
 				}
@@ -65,11 +82,6 @@ func (g *guest) report(w io.Writer, verbose bool) {
 				}
 			}
 		}
-		leftOutMu.Lock()
-		if names := leftOut[r.suite]; len(names) > 0 {
-			fmt.Fprintf(w, "    left out of the guests (time; they run on the host in make test): %s\n", strings.Join(names, ", "))
-		}
-		leftOutMu.Unlock()
 		if !r.ended || (r.exit != 0 && len(fail) == 0) {
 			fmt.Fprintf(w, "    FAIL: the test binary exited %d without a failed test; its last lines:\n", r.exit)
 			start := max(len(r.output)-tailLines, 0)
@@ -84,12 +96,27 @@ func (g *guest) report(w io.Writer, verbose bool) {
 // "not supported" (the collector's ErrNotSupported, which names the
 // missing kernel feature) is not supported, not failed.
 func (r *runResult) counts() (pass, fail, unsup, skip []*testResult) {
+	pass, fail, unsup, skip, _ = r.countsKnown()
+	fail = append(fail, r.knownFails()...)
+	return
+}
+
+// knownFails are the failed tests that knownFailures explains.
+func (r *runResult) knownFails() []*testResult {
+	_, _, _, _, known := r.countsKnown()
+	return known
+}
+
+// countsKnown sorts as counts does, with the known failures apart.
+func (r *runResult) countsKnown() (pass, fail, unsup, skip, known []*testResult) {
 	for _, t := range r.tests {
 		switch {
 		case t.result == "PASS":
 			pass = append(pass, t)
-		case t.unsupErr != "":
+		case t.unsupported() != "":
 			unsup = append(unsup, t)
+		case t.known != "" && t.result == "FAIL":
+			known = append(known, t)
 		case t.result == "SKIP":
 			skip = append(skip, t)
 		default:
@@ -100,7 +127,10 @@ func (r *runResult) counts() (pass, fail, unsup, skip []*testResult) {
 }
 
 func (r *runResult) failed() bool {
-	_, fail, _, skip := r.counts()
+	_, fail, _, skip, known := r.countsKnown()
+	if len(fail) == 0 && len(skip) == 0 && len(known) > 0 && r.ended {
+		return false // the non-zero exit is the known failures'
+	}
 	// Under CI=true a privileged test never skips: a skip hides something.
 	return len(fail) > 0 || len(skip) > 0 || !r.ended || r.exit != 0 && len(fail) == 0 && !r.onlyUnsupported()
 }
@@ -108,8 +138,8 @@ func (r *runResult) failed() bool {
 // onlyUnsupported: the binary's non-zero exit is explained by its
 // unsupported tests alone.
 func (r *runResult) onlyUnsupported() bool {
-	pass, fail, unsup, skip := r.counts()
-	return len(unsup) > 0 && len(fail) == 0 && len(skip) == 0 && len(pass)+len(unsup) == len(r.tests)
+	pass, fail, unsup, skip, known := r.countsKnown()
+	return len(unsup)+len(known) > 0 && len(fail) == 0 && len(skip) == 0 && len(pass)+len(unsup)+len(known) == len(r.tests)
 }
 
 // summary returns the kernel's summary lines: one per path, then one for
@@ -127,14 +157,17 @@ func (g *guest) summary() []string {
 	ranSomewhere := map[string]bool{}
 	for _, p := range paths {
 		n, failed := 0, false
-		var fails, unsup []string
+		var fails, unsup, known []string
 		reasons := map[string]bool{}
 		for _, r := range g.runs {
 			if r.path != p.name {
 				continue
 			}
-			pass, fail, us, skip := r.counts()
+			pass, fail, us, skip, kn := r.countsKnown()
 			n += len(pass)
+			for _, t := range kn {
+				known = append(known, r.suite+"."+t.name+" ("+t.known+")")
+			}
 			for _, t := range pass {
 				ranSomewhere[r.suite+"."+t.name] = true
 			}
@@ -144,7 +177,7 @@ func (g *guest) summary() []string {
 			for _, t := range us {
 				unsup = append(unsup, r.suite+"."+t.name)
 				unsupByTest[r.suite+"."+t.name] = append(unsupByTest[r.suite+"."+t.name], p.name)
-				reasons[reason(t.unsupErr)] = true
+				reasons[reason(t.unsupported())] = true
 			}
 			if r.failed() {
 				failed = true
@@ -155,7 +188,7 @@ func (g *guest) summary() []string {
 		}
 		verdict := "pass"
 		switch {
-		case failed:
+		case failed || len(known) > 0:
 			verdict = "FAIL"
 		case n == 0 && len(unsup) > 0:
 			verdict = "unsupported" // the kernel does not permit this path
@@ -163,6 +196,9 @@ func (g *guest) summary() []string {
 		l := fmt.Sprintf("kernel %s %s %s %s (%d tests)", release, g.kernel.arch, p.name, verdict, n)
 		if len(fails) > 0 {
 			l += "; failed: " + strings.Join(fails, ", ")
+		}
+		if len(known) > 0 {
+			l += "; known failures (listed in test/kernels, not failing the run): " + strings.Join(known, ", ")
 		}
 		if len(unsup) > 0 {
 			l += fmt.Sprintf("; not supported on this path: %s (%s)", strings.Join(unsup, ", "), strings.Join(keys(reasons), "; "))
@@ -196,8 +232,16 @@ func (g *guest) summary() []string {
 	lines = append(lines, l)
 
 	if missing := g.missing(unsupByTest, ranSomewhere); len(missing) > 0 {
-		lines = append(lines, fmt.Sprintf("kernel %s %s any-path MISSING (%d tests run on no path): %s",
-			release, g.kernel.arch, len(missing), strings.Join(missing, ", ")))
+		why := map[string]bool{}
+		for _, r := range g.runs {
+			for _, t := range r.tests {
+				if slices.Contains(missing, r.suite+"."+t.name) && t.unsupported() != "" {
+					why[reason(t.unsupported())] = true
+				}
+			}
+		}
+		lines = append(lines, fmt.Sprintf("kernel %s %s any-path FAIL (%d tests run on no path; the collector names what the kernel lacks: %s): %s",
+			release, g.kernel.arch, len(missing), strings.Join(keys(why), "; "), strings.Join(missing, ", ")))
 	}
 	return lines
 }
