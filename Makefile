@@ -23,7 +23,7 @@ REDUCER_GRPC ?= 127.0.0.1:7000
 REDUCER_HTTP ?= 127.0.0.1:7010
 INTERVAL     ?= 5s
 
-.PHONY: all build images generate generate-bpf generate-proto test run bench lint tools-apt tools-go tools-lint clean
+.PHONY: all build images generate generate-bpf generate-proto test test-kernels run bench lint tools-apt tools-go tools-lint clean
 
 all: build
 
@@ -106,6 +106,12 @@ test: build images
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m $(CLUSTER_TESTS)
 	@# Every benchmark once, so that they keep compiling and working.
 	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v -e '^$(K8S_TESTS)$$' -e '^$(CLUSTER_TESTS)$$')
+
+## test-kernels: the collector's privileged tests on Debian's 5.10, 6.1 and 6.12 (amd64) and 6.1 (arm64)
+#   kernels under qemu (TCG), one guest per kernel, two at a time (test/kernels). Kernels, qemu and the
+#   guests' userland come from Debian (apt-get) and are cached under $(CACHE)/kernels.
+test-kernels:
+	cd test && $(GO) run ./kernels -cache $(CACHE)/kernels
 
 ## run: start a reducer and a collector on this machine; Ctrl-C stops both
 run: build
