@@ -21,7 +21,10 @@ import (
 //
 // The namespaces are those of every thread in Config.ProcRoot and the ones
 // mounted in /run/netns, or only those of Config.NetNS. A namespace that
-// goes away meanwhile is skipped.
+// goes away meanwhile is skipped. If some cannot be entered (setns needs
+// CAP_SYS_ADMIN), the open files of every process are walked instead
+// (discoverFiles), which finds every socket a process holds, in every
+// namespace, with its owner.
 func (p *Probe) Discover(fn func(Event)) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -38,6 +41,8 @@ func (p *Probe) Discover(fn func(Event)) error {
 			paths = netnsPaths(p.procRoot)
 		}
 		events, errs = p.discoverAll(paths)
+		// The namespaces setns may not enter (no CAP_SYS_ADMIN): see discover_files.go.
+		events, errs = p.discoverNotEntered(events, errs)
 	}()
 	<-done
 	for _, ev := range events {

@@ -1,0 +1,145 @@
+package probe
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+)
+
+// filesIn runs the file walk and keeps what it found in namespace ino.
+func filesIn(t *testing.T, p *Probe, ino uint32) []Event {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	evs, err := p.discoverFiles()
+	if err != nil {
+		t.Fatalf("discoverFiles: %v", err)
+	}
+	var out []Event
+	for _, ev := range evs {
+		if ev.NetNS == ino {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestPrivilegedDiscoverFiles: the iter/task_file walk, which enters no
+// namespace, finds a connection and its listener opened in another network
+// namespace before the probe was loaded, with this process as the owner
+// and the counters at discovery as the baseline; a second walk reports
+// none of them again; a connection accepted afterwards from that listener
+// has the owner from the listener's storage; the discovered ends are
+// sampled with exact bytes from their baseline on.
+func TestPrivilegedDiscoverFiles(t *testing.T) {
+	requirePrivileged(t)
+	me := readSelf(t).owner()
+	ns := newNetNS(t)
+	// A plain TCP listener: the walk does not see MPTCP ones (Go's default).
+	var ln net.Listener
+	var cp connPair
+	err := ns.do(func() error {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		var err error
+		if ln, err = lc.Listen(t.Context(), "tcp4", netip.AddrPortFrom(testAddr, 0).String()); err != nil {
+			return err
+		}
+		cp, err = dialWith(&net.Dialer{}, ln)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	defer cp.close()
+	const before = 1000
+	cp.exchange(t, before, before)
+	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
+
+	r := openRecorded(t, DefaultConfig())
+	found := map[uint64]Event{}
+	for _, ev := range filesIn(t, r.p, ns.ino) {
+		if _, dup := found[ev.Inode]; dup {
+			t.Errorf("inode %d reported twice", ev.Inode)
+		}
+		found[ev.Inode] = ev
+	}
+	ends := []struct {
+		name          string
+		inode         uint64
+		local, remote netip.AddrPort
+		acked, recvd  uint64
+	}{
+		// The handshake was not seen, so the client's SYN is in its bytes_acked.
+		{"client", inode(t, cp.client.(*net.TCPConn)), client, server, before + 1, before},
+		{"server", inode(t, cp.server.(*net.TCPConn)), server, client, before, before},
+	}
+	base := map[string]Event{}
+	for _, e := range ends {
+		ev, ok := found[e.inode]
+		if !ok {
+			t.Fatalf("%s (inode %d) not discovered; found %+v", e.name, e.inode, found)
+		}
+		if ev.Kind != EventExisting || ev.Role != RoleUnknown || ev.Cookie == 0 {
+			t.Errorf("%s: %+v, want EventExisting, role unknown, a cookie", e.name, ev)
+		}
+		if got := netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort); got != e.local {
+			t.Errorf("%s: local %v, want %v", e.name, got, e.local)
+		}
+		if got := netip.AddrPortFrom(ev.RemoteAddr, ev.RemotePort); got != e.remote {
+			t.Errorf("%s: remote %v, want %v", e.name, got, e.remote)
+		}
+		if ev.Owner != me {
+			t.Errorf("%s: owner %+v, want %+v", e.name, ev.Owner, me)
+		}
+		if ev.Counters.BytesAcked != e.acked || ev.Counters.BytesReceived != e.recvd {
+			t.Errorf("%s: baseline acked %d received %d, want %d and %d", e.name, ev.Counters.BytesAcked, ev.Counters.BytesReceived, e.acked, e.recvd)
+		}
+		base[e.name] = ev
+	}
+	lnInode := inode(t, ln.(*net.TCPListener))
+	if ev, ok := found[lnInode]; !ok || ev.Kind != EventListen || ev.LocalPort != server.Port() || ev.Owner != me {
+		t.Errorf("listener (inode %d): %+v, want EventListen on port %d owned by %+v", lnInode, ev, server.Port(), me)
+	}
+	if len(found) != 3 {
+		t.Errorf("found %d sockets in the namespace, want 3: %+v", len(found), found)
+	}
+
+	// Again: everything found has its storage, nothing is reported.
+	if again := filesIn(t, r.p, ns.ino); len(again) != 0 {
+		t.Errorf("second walk reported %+v", again)
+	}
+
+	// Accepted from the discovered listener: the owner comes with the clone.
+	var cp2 connPair
+	if err := ns.do(func() (err error) { cp2, err = dialWith(&net.Dialer{}, ln); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer cp2.close()
+	s := waitSample(t, r.p, server.Port(), addrPort(t, cp2.client.LocalAddr()).Port())
+	if s.Owner != me {
+		t.Errorf("accepted socket: owner %+v, want the listener's %+v", s.Owner, me)
+	}
+
+	const after = 123_457
+	cp.exchange(t, after, 2*after)
+	cc, sc := base["client"].Counters, base["server"].Counters
+	want := map[uint64]Counters{
+		base["client"].Cookie: {BytesAcked: cc.BytesAcked + after, BytesReceived: cc.BytesReceived + 2*after},
+		base["server"].Cookie: {BytesAcked: sc.BytesAcked + 2*after, BytesReceived: sc.BytesReceived + after},
+	}
+	seen := waitCounters(t, r.p, want)
+	for cookie, w := range want {
+		s, ok := seen[cookie]
+		if !ok {
+			t.Fatalf("cookie %#x not sampled", cookie)
+		}
+		if c := s.Counters; c.BytesAcked != w.BytesAcked || c.BytesReceived != w.BytesReceived {
+			t.Errorf("sample %#x: acked %d received %d, want %d and %d", cookie, c.BytesAcked, c.BytesReceived, w.BytesAcked, w.BytesReceived)
+		}
+		if s.Owner != me {
+			t.Errorf("sample %#x: owner %+v, want %+v", cookie, s.Owner, me)
+		}
+	}
+}
