@@ -162,19 +162,27 @@ int discover_files(struct bpf_iter__task_file___files *ctx)
 
 	struct discovered d = {};
 	struct event *ev = &d.event;
-	if (listener) {
-		st->role = ROLE_UNKNOWN;
-		st->flags = SK_STATE_LISTENER;
-	} else {
-		/* The handshake was not seen: no SYN baseline, role unknown. */
-		st->flags = SK_STATE_TRACKED;
+	/* The handshake was not seen: no SYN baseline, role unknown. */
+	if (!listener)
 		read_counters(tp, st, 0, 0, state, &ev->counters);
-	}
-	set_task_owner(st, task);
 	fill_endpoint(&ev->endpoint, tp, ROLE_UNKNOWN);
 	ev->endpoint.kind = listener ? EVENT_LISTEN : EVENT_EXISTING;
 	task_owner(task, &ev->owner);
 	d.inode = file->f_inode->i_ino;
-	bpf_seq_write(ctx->meta->seq, &d, sizeof(d));
+	/*
+	 * The record first: when it does not fit in what is left of the
+	 * seq_file's buffer (32 KiB a read), the kernel shows this file again
+	 * at the start of the next read(), and the storage must then still say
+	 * that the socket was not discovered.
+	 */
+	if (bpf_seq_write(ctx->meta->seq, &d, sizeof(d)))
+		return 0;
+	if (listener) {
+		st->role = ROLE_UNKNOWN;
+		st->flags = SK_STATE_LISTENER;
+	} else {
+		st->flags = SK_STATE_TRACKED;
+	}
+	set_task_owner(st, task);
 	return 0;
 }
