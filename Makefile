@@ -44,7 +44,7 @@ build:
 VERSION        ?= dev
 IMAGE_REPO     ?= ghcr.io/weir-project
 IMAGE_TAG      ?= $(VERSION)
-IMAGE_LICENSES ?= NOASSERTION
+IMAGE_LICENSES ?= Apache-2.0 AND (GPL-2.0-only OR BSD-2-Clause)
 IMAGE_SOURCE   ?= https://github.com/weir-project/weir
 export WEIR_IMAGE_REPO = $(IMAGE_REPO)
 export WEIR_IMAGE_TAG  = $(IMAGE_TAG)

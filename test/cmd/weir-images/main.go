@@ -34,7 +34,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Version, "version", "dev", "org.opencontainers.image.version")
 	fs.StringVar(&o.Revision, "revision", "", "org.opencontainers.image.revision (git commit)")
 	fs.StringVar(&o.Source, "source", "https://github.com/weir-project/weir", "org.opencontainers.image.source")
-	fs.StringVar(&o.Licenses, "licenses", "NOASSERTION", "org.opencontainers.image.licenses (SPDX)")
+	fs.StringVar(&o.Licenses, "licenses", "Apache-2.0 AND (GPL-2.0-only OR BSD-2-Clause)", "org.opencontainers.image.licenses (SPDX)")
 	fs.StringVar(&o.Arch, "arch", runtime.GOARCH, "GOARCH of the binaries")
 	fs.StringVar(&o.CACerts, "ca-certs", "", "CA bundle to put at /etc/ssl/certs/ca-certificates.crt (empty: none)")
 	if err := fs.Parse(args); err != nil {
