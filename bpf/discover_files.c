@@ -21,12 +21,18 @@
  *
  * What it cannot see: sockets no process holds, such as connections in a
  * listener's accept queue and orphans; iter/tcp finds those in the
- * namespaces it can enter. Nor Multipath TCP sockets (Go 1.24's
- * net.Listen makes an MPTCP listener where the kernel has MPTCP): the file
- * is the MPTCP socket, and its TCP subflow (msk->first) cannot be reached
- * as a socket pointer from this program type (bpf_skc_to_mptcp_sock takes
- * no BTF pointer); iter/tcp sees the subflow.
+ * namespaces it can enter. Multipath TCP sockets only in part: Go 1.24's
+ * net.Listen makes an MPTCP listener where the kernel has MPTCP. The file
+ * is then the MPTCP socket, and the TCP listener behind it (msk->first),
+ * whose storage accepted sockets would inherit, cannot be reached as a
+ * socket pointer from this program type (bpf_skc_to_mptcp_sock takes no
+ * BTF pointer). Such a listener is reported (EVENT_LISTEN with its owner,
+ * from its sock_common), without storage, so that user space gives its
+ * owner to the connections accepted from it (their port is its port).
+ * Established MPTCP connections are not reported.
  */
+
+#define IPPROTO_MPTCP 262
 
 #include "tcp.h"
 
@@ -114,6 +120,43 @@ static __always_inline void set_task_owner(struct sk_state *st, struct task_stru
 	__sync_val_compare_and_swap(&st->owner_seq, seq + 1, seq + 2);
 }
 
+static __always_inline bool netns_wanted(struct sock *sk)
+{
+	if (!filter_netns)
+		return true;
+	u32 netns = sk->__sk_common.skc_net.net->ns.inum;
+	return bpf_map_lookup_elem(&netns_filter, &netns) != 0;
+}
+
+/*
+ * report_mptcp_listener writes an EVENT_LISTEN for an MPTCP listening
+ * socket, from its sock_common (the MPTCP socket's own port and address
+ * are those of the TCP listener behind it). Nothing marks it reported: a
+ * listener held by several processes is reported once per process.
+ */
+static __always_inline void report_mptcp_listener(struct bpf_iter__task_file___files *ctx,
+						  struct task_struct *task, struct file *file,
+						  struct sock *sk)
+{
+	u16 family = sk->__sk_common.skc_family;
+	if ((family != AF_INET && family != AF_INET6) || !netns_wanted(sk))
+		return;
+	struct discovered d = {};
+	struct endpoint *e = &d.event.endpoint;
+	e->kind = EVENT_LISTEN;
+	e->cookie = bpf_get_socket_cookie(sk);
+	e->family = family;
+	e->sport = sk->__sk_common.skc_num;
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (family == AF_INET)
+		*(u32 *)e->saddr = sk->__sk_common.skc_rcv_saddr;
+	else
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+	task_owner(task, &d.event.owner);
+	d.inode = file->f_inode->i_ino;
+	bpf_seq_write(ctx->meta->seq, &d, sizeof(d));
+}
+
 SEC("iter/task_file")
 int discover_files(struct bpf_iter__task_file___files *ctx)
 {
@@ -124,8 +167,16 @@ int discover_files(struct bpf_iter__task_file___files *ctx)
 	struct socket___files *sock = (void *)bpf_sock_from_file(file);
 	if (!sock)
 		return 0;
+	struct sock *fsk = sock->sk;
+	if (!fsk)
+		return 0;
+	if (fsk->sk_protocol == IPPROTO_MPTCP) {
+		if (fsk->__sk_common.skc_state == TCP_LISTEN)
+			report_mptcp_listener(ctx, task, file, fsk);
+		return 0;
+	}
 	/* TCP (stream, IPPROTO_TCP) full sockets only; NULL for the rest. */
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sock->sk);
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(fsk);
 	if (!tp)
 		return 0;
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
@@ -136,11 +187,8 @@ int discover_files(struct bpf_iter__task_file___files *ctx)
 	bool listener = state == TCP_LISTEN;
 	if (!listener && !trackable_state(state))
 		return 0; /* not connected yet, or closed */
-	if (filter_netns) {
-		u32 netns = sk->__sk_common.skc_net.net->ns.inum;
-		if (!bpf_map_lookup_elem(&netns_filter, &netns))
-			return 0;
-	}
+	if (!netns_wanted(sk))
+		return 0;
 
 	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {

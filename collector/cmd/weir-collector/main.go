@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if !caps.Has(caps.SysAdmin) {
-		logger.Info("running without CAP_SYS_ADMIN: other network namespaces cannot be entered (setns), so their sockets open before start are found from processes' open files (not those in accept queues, nor MPTCP listeners) and their conntrack is not read")
+		logger.Info("running without CAP_SYS_ADMIN: other network namespaces cannot be entered (setns), so their sockets open before start are found from processes' open files (not those still in an accept queue) and their conntrack is not read")
 	}
 	if err := probe.Check(); err != nil {
 		fmt.Fprintf(stderr, "weir-collector: %s\n", unsupportedMessage(err))

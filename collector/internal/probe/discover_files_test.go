@@ -3,7 +3,10 @@ package probe
 import (
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // filesIn runs the file walk and keeps what it found in namespace ino.
@@ -53,6 +56,26 @@ func TestPrivilegedDiscoverFiles(t *testing.T) {
 	}
 	defer ln.Close()
 	defer cp.close()
+	// And a Multipath TCP listener, with a connection accepted from it.
+	var mln net.Listener
+	var mcp connPair
+	err = ns.do(func() error {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(true)
+		var err error
+		if mln, err = lc.Listen(t.Context(), "tcp4", netip.AddrPortFrom(testAddr, 0).String()); err != nil {
+			return err
+		}
+		mcp, err = dialWith(&net.Dialer{}, mln)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mln.Close()
+	defer mcp.close()
+	mptcp := protocolOf(t, mln.(*net.TCPListener)) == unix.IPPROTO_MPTCP
+	t.Logf("the second listener is MPTCP: %v", mptcp)
 	const before = 1000
 	cp.exchange(t, before, before)
 	client, server := addrPort(t, cp.client.LocalAddr()), addrPort(t, cp.server.LocalAddr())
@@ -102,13 +125,28 @@ func TestPrivilegedDiscoverFiles(t *testing.T) {
 	if ev, ok := found[lnInode]; !ok || ev.Kind != EventListen || ev.LocalPort != server.Port() || ev.Owner != me {
 		t.Errorf("listener (inode %d): %+v, want EventListen on port %d owned by %+v", lnInode, ev, server.Port(), me)
 	}
-	if len(found) != 3 {
-		t.Errorf("found %d sockets in the namespace, want 3: %+v", len(found), found)
+	// The MPTCP listener (a plain one where the kernel has no MPTCP) with
+	// its owner, and the connection accepted from it (plain TCP: the
+	// client did not ask for MPTCP).
+	mport := addrPort(t, mln.Addr()).Port()
+	if ev, ok := found[inode(t, mln.(*net.TCPListener))]; !ok || ev.Kind != EventListen || ev.LocalPort != mport || ev.Owner != me || ev.Cookie == 0 {
+		t.Errorf("listener (MPTCP %v): %+v, want EventListen on port %d owned by %+v", mptcp, ev, mport, me)
+	}
+	for _, c := range []net.Conn{mcp.client, mcp.server} {
+		if ev, ok := found[inode(t, c.(*net.TCPConn))]; !ok || ev.Kind != EventExisting || ev.Owner != me {
+			t.Errorf("connection to the MPTCP listener, %v: %+v, want EventExisting owned by %+v", c.LocalAddr(), ev, me)
+		}
+	}
+	if len(found) != 6 {
+		t.Errorf("found %d sockets in the namespace, want 6: %+v", len(found), found)
 	}
 
-	// Again: everything found has its storage, nothing is reported.
-	if again := filesIn(t, r.p, ns.ino); len(again) != 0 {
-		t.Errorf("second walk reported %+v", again)
+	// Again: everything found has its storage, nothing is reported (but
+	// an MPTCP listener, which has none).
+	for _, ev := range filesIn(t, r.p, ns.ino) {
+		if !mptcp || ev.Kind != EventListen || ev.LocalPort != mport {
+			t.Errorf("second walk reported %+v", ev)
+		}
 	}
 
 	// Accepted from the discovered listener: the owner comes with the clone.
@@ -142,4 +180,21 @@ func TestPrivilegedDiscoverFiles(t *testing.T) {
 			t.Errorf("sample %#x: owner %+v, want %+v", cookie, s.Owner, me)
 		}
 	}
+}
+
+// protocolOf is a socket's protocol (SO_PROTOCOL).
+func protocolOf(t *testing.T, c interface {
+	SyscallConn() (syscall.RawConn, error)
+}) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var proto int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { proto, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL) }); err != nil || serr != nil {
+		t.Fatalf("SO_PROTOCOL: %v %v", err, serr)
+	}
+	return proto
 }
