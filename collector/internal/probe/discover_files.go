@@ -24,6 +24,28 @@ var _ tcpIterDiscovered = tcpIterDiscovered(discoverFilesDiscovered{})
 //
 // The program is loaded for the walk and released after it.
 func (p *Probe) discoverFiles() ([]Event, error) {
+	w, err := p.loadFilesWalk()
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	return p.walkFiles(w)
+}
+
+// filesWalk is the loaded and attached iter/task_file program.
+type filesWalk struct {
+	objs discoverFilesObjects
+	it   *link.Iter
+}
+
+func (w *filesWalk) close() {
+	w.it.Close()
+	w.objs.Close()
+}
+
+// loadFilesWalk loads the file walk, sharing the socket storage and the
+// drops array, for the namespaces of Config.NetNS (all when empty).
+func (p *Probe) loadFilesWalk() (*filesWalk, error) {
 	spec, err := loadDiscoverFiles()
 	if err != nil {
 		return nil, err
@@ -40,33 +62,38 @@ func (p *Probe) discoverFiles() ([]Event, error) {
 		inodes = append(inodes, uint32(st.Ino))
 	}
 	if len(p.netns) > 0 {
-		if len(inodes) > int(spec.Maps[discoverFilesMapNetnsFilter].MaxEntries) {
-			return nil, fmt.Errorf("iter/task_file: %d network namespaces, at most %d", len(inodes), spec.Maps[discoverFilesMapNetnsFilter].MaxEntries)
+		if limit := spec.Maps[discoverFilesMapNetnsFilter].MaxEntries; len(inodes) > int(limit) {
+			return nil, fmt.Errorf("iter/task_file: %d network namespaces, at most %d", len(inodes), limit)
 		}
 		if err := spec.Variables[discoverFilesVarFilterNetns].Set(uint8(1)); err != nil {
 			return nil, fmt.Errorf("set filter_netns: %w", err)
 		}
 	}
-	var objs discoverFilesObjects
+	w := &filesWalk{}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		discoverFilesMapSkStates: p.objs.SkStates,
 		discoverFilesMapDrops:    p.objs.Drops,
 	}}
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&w.objs, opts); err != nil {
 		return nil, loadError("iter/task_file", err)
 	}
-	defer objs.Close()
 	for _, ino := range inodes {
-		if err := objs.NetnsFilter.Put(ino, uint8(1)); err != nil {
+		if err := w.objs.NetnsFilter.Put(ino, uint8(1)); err != nil {
+			w.objs.Close()
 			return nil, fmt.Errorf("netns_filter: %w", err)
 		}
 	}
-	it, err := link.AttachIter(link.IterOptions{Program: objs.DiscoverFiles})
+	w.it, err = link.AttachIter(link.IterOptions{Program: w.objs.DiscoverFiles})
 	if err != nil {
+		w.objs.Close()
 		return nil, fmt.Errorf("attach iter/task_file: %w", err)
 	}
-	defer it.Close()
-	r, err := it.Open()
+	return w, nil
+}
+
+// walkFiles runs the walk once and decodes its records.
+func (p *Probe) walkFiles(w *filesWalk) ([]Event, error) {
+	r, err := w.it.Open()
 	if err != nil {
 		return nil, fmt.Errorf("iter/task_file: %w", err)
 	}
