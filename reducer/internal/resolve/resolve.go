@@ -176,6 +176,11 @@ func (u *Uses) move(id keyID, p uint32) {
 type slot[F comparable] struct {
 	key   Key
 	flows []F
+	// named: the metadata names key as w (its winning entry), kept up to
+	// date by the sinks, so that resolving through an interned key needs
+	// no lookup of the table.
+	named bool
+	w     aggregate.Workload
 }
 
 // entry is what one source said of a key.
@@ -298,9 +303,11 @@ func (r *Resolver[F]) touch(k Key, before aggregate.Workload, had bool, after ag
 	if had == has && before == after {
 		return
 	}
-	if _, used := r.ids[k]; !used {
+	id, used := r.ids[k]
+	if !used {
 		return
 	}
+	r.slots[id].named, r.slots[id].w = has, after
 	r.changed[k] = struct{}{}
 	r.pending.Store(true)
 }
@@ -322,7 +329,14 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 		r.usesOf[f] = u
 	}
 	r.reindex(f, u, i, keys[:n])
-	return r.name(keys[:n], ep)
+	w, ok := aggregate.Workload{}, false
+	for _, id := range u.ids[i][:u.n[i]] {
+		if sl := &r.slots[id]; sl.named {
+			w, ok = sl.w, true
+			break
+		}
+	}
+	return r.finish(w, ok, ep)
 }
 
 // Lookup returns the workload of an end as Resolve does, for a caller that
@@ -377,12 +391,30 @@ func (r *Resolver[F]) name(keys []Key, ep Endpoint) aggregate.Workload {
 func (r *Resolver[F]) workload(keys []Key, ep Endpoint) aggregate.Workload {
 	for _, k := range keys {
 		if es := r.table[k]; len(es) > 0 {
-			w := es[0].w
-			if ep.Local && w.Node == "" {
-				w.Node = ep.Node
-			}
-			return w
+			return r.fallback(es[0].w, true, ep)
 		}
+	}
+	return r.fallback(aggregate.Workload{}, false, ep)
+}
+
+// finish returns the workload of an end whose keys' metadata named w (ok),
+// with the comm of the process that owns its socket, as name does.
+func (r *Resolver[F]) finish(w aggregate.Workload, ok bool, ep Endpoint) aggregate.Workload {
+	w = r.fallback(w, ok, ep)
+	if ep.Local && ep.Known {
+		w.Process = ep.Comm
+	}
+	return w
+}
+
+// fallback completes what the metadata named (ok) with the end's node, or
+// names the end by what it says of itself when the metadata did not.
+func (r *Resolver[F]) fallback(w aggregate.Workload, ok bool, ep Endpoint) aggregate.Workload {
+	if ok {
+		if ep.Local && w.Node == "" {
+			w.Node = ep.Node
+		}
+		return w
 	}
 	switch {
 	case !ep.Local:
@@ -456,6 +488,7 @@ func (r *Resolver[F]) intern(k Key) keyID {
 		r.slots = append(r.slots, slot[F]{})
 	}
 	r.slots[id] = slot[F]{key: k}
+	r.slots[id].w, r.slots[id].named = winner(r.table[k])
 	r.ids[k] = id
 	return id
 }
