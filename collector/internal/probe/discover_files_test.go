@@ -198,3 +198,42 @@ func protocolOf(t *testing.T, c interface {
 	}
 	return proto
 }
+
+// TestPrivilegedDiscoverFilesNetNS: with Config.NetNS (--netns), the file
+// walk reports the sockets of those namespaces only, and leaves the others
+// without storage: a later walk without the filter still finds them.
+func TestPrivilegedDiscoverFilesNetNS(t *testing.T) {
+	requirePrivileged(t)
+	in, out := newNetNS(t), newNetNS(t)
+	_, cpIn := in.pairIn(t)
+	_, cpOut := out.pairIn(t)
+	cfg := DefaultConfig()
+	cfg.NetNS = []string{in.path}
+	r := openRecorded(t, cfg)
+	r.p.mu.Lock()
+	evs, err := r.p.discoverFiles()
+	r.p.mu.Unlock()
+	if err != nil {
+		t.Fatalf("discoverFiles: %v", err)
+	}
+	want := map[uint64]bool{inode(t, cpIn.client.(*net.TCPConn)): true, inode(t, cpIn.server.(*net.TCPConn)): true}
+	for _, ev := range evs {
+		if ev.NetNS != in.ino {
+			t.Errorf("reported from namespace %d, want only %d: %+v", ev.NetNS, in.ino, ev)
+		}
+		delete(want, ev.Inode)
+	}
+	if len(want) != 0 {
+		t.Errorf("sockets of %s not found: inodes %v", in.path, want)
+	}
+	r.p.netns = nil
+	found := 0
+	for _, ev := range filesIn(t, r.p, out.ino) {
+		if ev.Kind == EventExisting && (ev.Inode == inode(t, cpOut.client.(*net.TCPConn)) || ev.Inode == inode(t, cpOut.server.(*net.TCPConn))) {
+			found++
+		}
+	}
+	if found != 2 {
+		t.Errorf("unfiltered walk found %d of the other namespace's 2 ends", found)
+	}
+}
