@@ -12,6 +12,15 @@ import (
 	"time"
 )
 
+// TestMain removes the binaries the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 // helmVersion is the helm that build-tools.sh builds from the Go module proxy.
 const helmVersion = "v3.22.0"
 
