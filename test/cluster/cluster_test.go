@@ -204,10 +204,9 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	}
 	metricsURL = "http://" + reducer.Status.PodIP + ":7010/metrics"
 	up["src_pod"], up["dst_pod"] = checkout.Name, cart.Name
-	// Without CAP_SYS_ADMIN the new collector cannot enter the pods'
-	// network namespaces to find the connections open before it started.
-	// A new client pod opens new connections: their bytes, exact, under
-	// its name and its server's.
+	// The held connections are idle, and a restarted collector counts
+	// from its start: a new client pod opens new connections, whose bytes
+	// are exact under its name and its server's.
 	if err := n.Admin.CoreV1().Pods("shop").Delete(ctx, checkout.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
