@@ -704,7 +704,10 @@ func checkAcceptedOwner(t *testing.T, r *recorder, ln net.Listener, want Owner, 
 		}
 		accepted := make(chan net.Conn, 1)
 		go func() {
-			ln.(*net.TCPListener).SetDeadline(time.Now().Add(200 * time.Millisecond))
+			if err := ln.(*net.TCPListener).SetDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+				accepted <- nil
+				return
+			}
 			s, err := ln.Accept()
 			if err != nil {
 				s = nil
