@@ -106,9 +106,12 @@ test: build images
 	WEIR_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m $(CLUSTER_TESTS)
 	@# Every benchmark once, so that they keep compiling and working.
 	WEIR_BIN_DIR=$(BIN) $(GO) test -p 1 -count=1 -run '^$$' -bench . -benchtime=1x $$($(GO) list $(PKGS) | grep -v -e '^$(K8S_TESTS)$$' -e '^$(CLUSTER_TESTS)$$')
+	@# The collector's privileged tests on Debian's 5.10, 6.1, 6.12 and arm64 6.1 kernels under qemu;
+	@# a first run fetches the kernels, qemu and the guests' userland (about 1 min, then cached).
+	$(MAKE) test-kernels
 
 ## test-kernels: the collector's privileged tests on Debian's 5.10, 6.1 and 6.12 (amd64) and 6.1 (arm64)
-#   kernels under qemu (TCG), one guest per kernel, two at a time (test/kernels). Kernels, qemu and the
+#   kernels under qemu (TCG), one guest per kernel, all four at once (test/kernels). Kernels, qemu and the
 #   guests' userland come from Debian (apt-get) and are cached under $(CACHE)/kernels.
 test-kernels:
 	cd test && $(GO) run ./kernels -cache $(CACHE)/kernels

@@ -112,7 +112,7 @@ func (r *initramfs) write(name string) error {
 			}
 		default:
 			cw.header(n, e.mode, uint32(len(e.data)), e.rmajor, e.rminor)
-			w.Write(e.data)
+			_, _ = w.Write(e.data) // a bufio.Writer keeps its first error for Flush
 			cw.pad(int64(len(e.data)))
 		}
 	}
@@ -137,13 +137,14 @@ func (c *cpioWriter) header(name string, mode, size, rmajor, rminor uint32) {
 	}
 	fmt.Fprintf(c.w, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
 		c.ino, mode, 0, 0, nlink, 0, size, 0, 0, rmajor, rminor, len(name)+1, 0)
-	c.w.WriteString(name)
-	c.w.WriteByte(0)
+	// A bufio.Writer keeps its first error; write reports it at Flush.
+	_, _ = c.w.WriteString(name)
+	_ = c.w.WriteByte(0)
 	c.pad(int64(110 + len(name) + 1))
 }
 
 func (c *cpioWriter) pad(n int64) {
 	for ; n%4 != 0; n++ {
-		c.w.WriteByte(0)
+		_ = c.w.WriteByte(0)
 	}
 }

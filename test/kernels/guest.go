@@ -23,10 +23,7 @@ import (
 type archBuild struct {
 	arch    string
 	sysroot string
-
-	once sync.Once
-	base *initramfs
-	err  error
+	base    *initramfs
 }
 
 // goarch maps a Debian architecture to GOARCH and to the bpf2go suffix of
@@ -182,13 +179,12 @@ type guest struct {
 	release string
 	build   *archBuild
 
-	console  []string
-	booted   time.Duration // qemu started → init running
-	total    time.Duration
-	bootErr  string
-	progs    []progResult
-	runs     []*runResult
-	guestArc string
+	console []string
+	booted  time.Duration // qemu started → init running
+	total   time.Duration
+	bootErr string
+	progs   []progResult
+	runs    []*runResult
 }
 
 type progResult struct {
@@ -321,14 +317,11 @@ func (g *guest) boot(ctx context.Context, timeout time.Duration, runRE, dir stri
 		g.bootErr = "no qemu for architecture " + g.kernel.arch
 		return
 	}
-	cmd.Stdin = nil
-	cmd.Stderr = cmd.Stdout
-	out, err := cmd.StdoutPipe()
+	out, err := cmd.StdoutPipe() // the serial console
 	if err != nil {
 		g.bootErr = err.Error()
 		return
 	}
-	cmd.Stderr = nil
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -388,7 +381,6 @@ func (g *guest) parse(r io.Reader, start time.Time) {
 			switch {
 			case len(f) >= 3 && f[0] == "kernel":
 				g.booted = time.Since(start)
-				g.guestArc = f[2]
 				if f[1] != g.release {
 					g.bootErr = fmt.Sprintf("booted %s, want %s", f[1], g.release)
 				}
