@@ -99,10 +99,11 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 
 	struct discovered d = {};
 	struct event *ev = &d.event;
+	struct sk_state *st = 0;
 	if (state == TCP_LISTEN) {
 		ev->endpoint.kind = EVENT_LISTEN;
 	} else {
-		struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		st = bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			count_drop(DROP_STORAGE_FULL);
 			return 0;
@@ -110,7 +111,6 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 		if (st->flags & SK_STATE_TRACKED)
 			return 0; /* seen established, or discovered before */
 		/* The handshake was not seen: no SYN baseline, role and owner unknown. */
-		st->flags = SK_STATE_TRACKED;
 		read_counters(tp, st, 0, 0, state, &ev->counters);
 	}
 	fill_endpoint(&ev->endpoint, tp, ROLE_UNKNOWN);
@@ -122,6 +122,16 @@ int discover_sockets(struct bpf_iter__tcp *ctx)
 		if (file)
 			d.inode = file->f_inode->i_ino;
 	}
-	bpf_seq_write(ctx->meta->seq, &d, sizeof(d));
+	/*
+	 * The record first: when it does not fit in what is left of the
+	 * seq_file's buffer (32 KiB a read), the kernel shows this socket again
+	 * at the start of the next read(), and the storage must then still say
+	 * that it was not discovered (marking it first lost about one socket
+	 * per read).
+	 */
+	if (bpf_seq_write(ctx->meta->seq, &d, sizeof(d)))
+		return 0;
+	if (st)
+		st->flags = SK_STATE_TRACKED;
 	return 0;
 }
