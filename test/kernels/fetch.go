@@ -95,10 +95,43 @@ func (a apt) run(ctx context.Context, dir, name string, args ...string) ([]byte,
 	return out, nil
 }
 
+// download fetches packages into dir.
+func (a apt) download(ctx context.Context, dir string, pkgs ...string) error {
+	_, err := a.run(ctx, dir, "apt-get", append([]string{"download"}, pkgs...)...)
+	return err
+}
+
+// retry runs fetch, and when it fails, fetches the package lists again
+// (the cached ones may name versions the archive no longer has) and runs
+// it once more.
+func (a apt) retry(ctx context.Context, fetch func() error) error {
+	err := fetch()
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	slog.Warn("download failed; fetching the package lists again", "err", err)
+	if rmErr := os.Remove(filepath.Join(a.dir, "lists", "ok")); rmErr != nil {
+		return errors.Join(err, rmErr)
+	}
+	if err := a.ensure(ctx); err != nil {
+		return err
+	}
+	return fetch()
+}
+
 // kernelImage returns the cached vmlinuz of k and its release, downloading
 // the kernel package on first use: the newest image that Debian's cloud
 // meta-package of k's architecture depends on in k's version series.
 func (a apt) kernelImage(ctx context.Context, cache string, k kernel) (path, release string, err error) {
+	err = a.retry(ctx, func() error {
+		var err error
+		path, release, err = a.kernelImageOnce(ctx, cache, k)
+		return err
+	})
+	return path, release, err
+}
+
+func (a apt) kernelImageOnce(ctx context.Context, cache string, k kernel) (path, release string, err error) {
 	dir := filepath.Join(cache, k.id())
 	path = filepath.Join(dir, "vmlinuz")
 	if b, err := os.ReadFile(filepath.Join(dir, "release")); err == nil {
@@ -138,7 +171,7 @@ func (a apt) kernelImage(ctx context.Context, cache string, k kernel) (path, rel
 		return "", "", err
 	}
 	defer os.RemoveAll(tmp)
-	if _, err := a.run(ctx, tmp, "apt-get", "download", pkg+":"+k.arch+"="+version); err != nil {
+	if err := a.download(ctx, tmp, pkg+":"+k.arch+"="+version); err != nil {
 		return "", "", err
 	}
 	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
@@ -168,7 +201,16 @@ func (a apt) kernelImage(ctx context.Context, cache string, k kernel) (path, rel
 
 // sysroot returns the cached directory holding bookworm's userland
 // packages of arch unpacked, downloading them on first use.
-func (a apt) sysroot(ctx context.Context, cache, arch string) (string, error) {
+func (a apt) sysroot(ctx context.Context, cache, arch string) (dir string, err error) {
+	err = a.retry(ctx, func() error {
+		var err error
+		dir, err = a.sysrootOnce(ctx, cache, arch)
+		return err
+	})
+	return dir, err
+}
+
+func (a apt) sysrootOnce(ctx context.Context, cache, arch string) (string, error) {
 	dir := filepath.Join(cache, "sysroot-"+arch)
 	if _, err := os.Stat(filepath.Join(dir, ".ok")); err == nil {
 		return dir, nil
@@ -179,11 +221,11 @@ func (a apt) sysroot(ctx context.Context, cache, arch string) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	args := []string{"download"}
+	var pkgs []string
 	for _, p := range userland {
-		args = append(args, p+":"+arch+"/"+userlandFrom)
+		pkgs = append(pkgs, p+":"+arch+"/"+userlandFrom)
 	}
-	if _, err := a.run(ctx, tmp, "apt-get", args...); err != nil {
+	if err := a.download(ctx, tmp, pkgs...); err != nil {
 		return "", err
 	}
 	_ = os.RemoveAll(dir)
