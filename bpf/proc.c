@@ -19,13 +19,20 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* The task fields read here; CO-RE matches the name without the suffix. */
+/* The fields read here; CO-RE matches the names without the suffix. */
+struct signal_struct___weir {
+	struct {
+		int counter;
+	} live; /* atomic_t: the group's threads that have not begun to exit */
+} __attribute__((preserve_access_index));
+
 struct task_struct___weir {
 	int pid;
 	int tgid;
 	u64 start_boottime;
 	struct task_struct___weir *real_parent;
 	struct task_struct___weir *group_leader;
+	struct signal_struct___weir *signal;
 	char comm[16];
 } __attribute__((preserve_access_index));
 
@@ -115,6 +122,16 @@ int proc_exec(u64 *ctx)
 	return 0;
 }
 
+/*
+ * sched_process_exit has a group_dead argument in recent kernels
+ * (arguments: p, group_dead; 6.18 has it, 6.12 and 6.1 have only p). The verifier rejects a read
+ * past the last argument, so there are two programs and user space loads
+ * the one that matches the kernel's BTF. Without the argument, the group is
+ * dead when no thread of it is still live: do_exit() decrements
+ * signal->live before the tracepoint, as it computes group_dead. Two
+ * threads of a group exiting at the same moment may then both see 0: the
+ * exit is reported twice, and the process table takes the first.
+ */
 SEC("tp_btf/sched_process_exit")
 int proc_exit(u64 *ctx)
 {
@@ -122,6 +139,17 @@ int proc_exit(u64 *ctx)
 	bool group_dead = ctx[1];
 
 	if (!group_dead)
+		return 0; /* other threads of the group live on */
+	emit(PROC_EXIT, p, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int proc_exit_live(u64 *ctx)
+{
+	struct task_struct___weir *p = (void *)ctx[0];
+
+	if (p->signal->live.counter != 0)
 		return 0; /* other threads of the group live on */
 	emit(PROC_EXIT, p, 0);
 	return 0;

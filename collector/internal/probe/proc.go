@@ -58,7 +58,7 @@ func (c ProcessConfig) Validate() error {
 // Processes follows process forks, execs and exits through the
 // sched:sched_process_* BTF tracepoints.
 type Processes struct {
-	objs   procObjects
+	objs   procObjs
 	links  []link.Link
 	reader *ringbuf.Reader
 	record ringbuf.Record
@@ -85,8 +85,8 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	p := &Processes{}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
-		return nil, fmt.Errorf("load process programs: %w", err)
+	if err := p.objs.load(spec); err != nil {
+		return nil, err
 	}
 	for _, tp := range []struct {
 		name string
@@ -94,7 +94,7 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 	}{
 		{"sched_process_fork", p.objs.ProcFork},
 		{"sched_process_exec", p.objs.ProcExec},
-		{"sched_process_exit", p.objs.ProcExit},
+		{"sched_process_exit", p.objs.exit.prog},
 	} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
@@ -171,7 +171,7 @@ func (p *Processes) ProgramStats() ([]ProgramStats, error) {
 	return programStats([]namedProgram{
 		{"proc_fork", p.objs.ProcFork},
 		{"proc_exec", p.objs.ProcExec},
-		{"proc_exit", p.objs.ProcExit},
+		p.objs.exit,
 	})
 }
 
@@ -184,6 +184,51 @@ func (p *Processes) Close() error {
 	}
 	p.closed = true
 	return p.release()
+}
+
+// procObjs holds the process maps and programs: proc_exit reads
+// sched_process_exit's group_dead argument, which older kernels' tracepoint
+// lacks; proc_exit_live works without it. The one that matches the kernel's
+// BTF is loaded.
+type procObjs struct {
+	procMaps
+	ProcFork *ebpf.Program
+	ProcExec *ebpf.Program
+	exit     namedProgram
+}
+
+func (o *procObjs) load(spec *ebpf.CollectionSpec) error {
+	type common struct {
+		procMaps
+		ProcFork *ebpf.Program `ebpf:"proc_fork"`
+		ProcExec *ebpf.Program `ebpf:"proc_exec"`
+	}
+	if tracepointArgs("sched_process_exit") >= 2 {
+		var l struct {
+			common
+			ProcExit *ebpf.Program `ebpf:"proc_exit"`
+		}
+		if err := spec.LoadAndAssign(&l, nil); err != nil {
+			return fmt.Errorf("load process programs: %w", err)
+		}
+		*o = procObjs{procMaps: l.procMaps, ProcFork: l.ProcFork, ProcExec: l.ProcExec,
+			exit: namedProgram{procProgProcExit, l.ProcExit}}
+		return nil
+	}
+	var l struct {
+		common
+		ProcExitLive *ebpf.Program `ebpf:"proc_exit_live"`
+	}
+	if err := spec.LoadAndAssign(&l, nil); err != nil {
+		return fmt.Errorf("load process programs: %w", err)
+	}
+	*o = procObjs{procMaps: l.procMaps, ProcFork: l.ProcFork, ProcExec: l.ProcExec,
+		exit: namedProgram{procProgProcExitLive, l.ProcExitLive}}
+	return nil
+}
+
+func (o *procObjs) Close() error {
+	return errors.Join(o.procMaps.Close(), o.ProcFork.Close(), o.ProcExec.Close(), o.exit.prog.Close())
 }
 
 func (p *Processes) release() error {

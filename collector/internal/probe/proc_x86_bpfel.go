@@ -28,12 +28,13 @@ type procProcEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	procMapProcDrops   = "proc_drops"
-	procMapProcEvents  = "proc_events"
-	procProgProcExec   = "proc_exec"
-	procProgProcExit   = "proc_exit"
-	procProgProcFork   = "proc_fork"
-	procVarWakeupBytes = "wakeup_bytes"
+	procMapProcDrops     = "proc_drops"
+	procMapProcEvents    = "proc_events"
+	procProgProcExec     = "proc_exec"
+	procProgProcExit     = "proc_exit"
+	procProgProcExitLive = "proc_exit_live"
+	procProgProcFork     = "proc_fork"
+	procVarWakeupBytes   = "wakeup_bytes"
 )
 
 // loadProc returns the embedded CollectionSpec for proc.
@@ -78,9 +79,10 @@ type procSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type procProgramSpecs struct {
-	ProcExec *ebpf.ProgramSpec `ebpf:"proc_exec"`
-	ProcExit *ebpf.ProgramSpec `ebpf:"proc_exit"`
-	ProcFork *ebpf.ProgramSpec `ebpf:"proc_fork"`
+	ProcExec     *ebpf.ProgramSpec `ebpf:"proc_exec"`
+	ProcExit     *ebpf.ProgramSpec `ebpf:"proc_exit"`
+	ProcExitLive *ebpf.ProgramSpec `ebpf:"proc_exit_live"`
+	ProcFork     *ebpf.ProgramSpec `ebpf:"proc_fork"`
 }
 
 // procMapSpecs contains maps before they are loaded into the kernel.
@@ -140,15 +142,17 @@ type procVariables struct {
 //
 // It can be passed to loadProcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type procPrograms struct {
-	ProcExec *ebpf.Program `ebpf:"proc_exec"`
-	ProcExit *ebpf.Program `ebpf:"proc_exit"`
-	ProcFork *ebpf.Program `ebpf:"proc_fork"`
+	ProcExec     *ebpf.Program `ebpf:"proc_exec"`
+	ProcExit     *ebpf.Program `ebpf:"proc_exit"`
+	ProcExitLive *ebpf.Program `ebpf:"proc_exit_live"`
+	ProcFork     *ebpf.Program `ebpf:"proc_fork"`
 }
 
 func (p *procPrograms) Close() error {
 	return _ProcClose(
 		p.ProcExec,
 		p.ProcExit,
+		p.ProcExitLive,
 		p.ProcFork,
 	)
 }
