@@ -207,6 +207,24 @@ type watch struct {
 	path    string
 	c       *netlink.Conn // nil while it waits to retry
 	retryAt time.Time
+	lastErr string // the last failure logged at warning level
+}
+
+// failed counts and logs a failure of w's socket, which is retried after
+// retryAfter. The first failure of a namespace, and one that differs from
+// the last, is a warning; a repeat of the same one every retryAfter is
+// logged at debug level.
+func (t *Table) failed(w *watch, err error) {
+	t.m.errors.Inc()
+	w.retryAt = t.now().Add(retryAfter)
+	level := slog.LevelWarn
+	if msg := err.Error(); msg == w.lastErr {
+		level = slog.LevelDebug
+	} else {
+		w.lastErr = msg
+	}
+	t.logger.Log(context.Background(), level, "conntrack socket failed; retrying", "netns", w.path,
+		"retry_in", retryAfter, "err", err)
 }
 
 // Run follows conntrack in every network namespace until ctx is done.
@@ -304,9 +322,8 @@ func (t *Table) drainAll(now time.Time) {
 			w.close()
 			t.open(w)
 		default:
-			t.m.errors.Inc()
 			w.close()
-			w.retryAt = now.Add(retryAfter)
+			t.failed(w, err)
 		}
 	}
 }
@@ -316,10 +333,12 @@ func (t *Table) drainAll(now time.Time) {
 func (t *Table) open(w *watch) {
 	c, err := events(w.path, t.cfg.ReadBuffer)
 	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			t.m.errors.Inc()
+		if errors.Is(err, os.ErrNotExist) {
+			// The namespace is gone; the next listing forgets it.
+			w.retryAt = t.now().Add(retryAfter)
+			return
 		}
-		w.retryAt = t.now().Add(retryAfter)
+		t.failed(w, err)
 		return
 	}
 	w.c = c

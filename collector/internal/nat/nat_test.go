@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -286,4 +287,36 @@ func inNetns(name string, fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// TestPrivilegedDialFailsInNamespace: a netlink socket that the kernel
+// refuses in another namespace is an error, not a nil connection (the
+// namespace path of mdlayher/socket before v0.6.0 dropped the error, and
+// the table's next call on the socket panicked).
+func TestPrivilegedDialFailsInNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (network namespaces); CI=true: not skipping")
+		}
+		t.Skip("needs root")
+	}
+	ns := "weir-nat-dial-" + strings.ReplaceAll(time.Now().Format("150405.000"), ".", "")
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	f, err := os.Open("/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const noSuchProtocol = 31 // no netlink family has this number
+	c, err := netlink.Dial(noSuchProtocol, nsConfig(f))
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("netlink family 31 opened")
+	}
+	if !errors.Is(err, unix.EPROTONOSUPPORT) {
+		t.Fatalf("error %v, want EPROTONOSUPPORT", err)
+	}
 }
