@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
