@@ -54,7 +54,13 @@ struct __sk_buff {
 	__u32 data_end;
 };
 
-/* Task fields to find the sender's network namespace. */
+/*
+ * The sender's task fields: tgid, comm and network namespace. They are read
+ * through bpf_get_current_task() and CO-RE reads, which cgroup_skb programs
+ * may call on every kernel the collector supports (with CAP_PERFMON):
+ * bpf_get_current_pid_tgid() and bpf_get_current_comm() are refused there
+ * on some (6.1 and 5.10 refuse the first, 6.12 the second).
+ */
 struct ns_common___weir {
 	unsigned int inum;
 } __attribute__((preserve_access_index));
@@ -65,6 +71,8 @@ struct nsproxy___weir {
 	struct net___weir *net_ns;
 } __attribute__((preserve_access_index));
 struct task_struct___dns {
+	int tgid;
+	char comm[16];
 	struct nsproxy___weir *nsproxy;
 } __attribute__((preserve_access_index));
 
@@ -261,12 +269,19 @@ static __always_inline void capture(struct __sk_buff *skb, u8 egress)
 	if (egress) {
 		/* Egress runs in the sending task's context. */
 		struct task_struct___dns *task = (void *)bpf_get_current_task();
-		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		ev->pid = BPF_CORE_READ(task, tgid);
 		ev->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
-		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		BPF_CORE_READ_STR_INTO(&ev->comm, task, comm);
 	}
 	ev->len = 0;
-	if (len >= 1 && len <= DNS_MAX && bpf_skb_load_bytes(skb, off, ev->payload, len) == 0)
+	/*
+	 * The size is masked into [1, DNS_MAX] in the register passed: older
+	 * verifiers (6.1, 5.10) do not carry the bounds checked above through
+	 * the stack slot the compiler reloads len from, and refuse a size that
+	 * may be 0. For len in [1, DNS_MAX] the mask changes nothing.
+	 */
+	if (len >= 1 && len <= DNS_MAX &&
+	    bpf_skb_load_bytes(skb, off, ev->payload, ((len - 1) & (DNS_MAX - 1)) + 1) == 0)
 		ev->len = len;
 	submit(ev);
 }
