@@ -158,6 +158,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.settle(now)
 
 	st := &b.Stats
+	e.touchStats()
 	for i, id := range e.statSocks {
 		sk := e.sockAt(id)
 		if sk.flow == 0 {
@@ -208,6 +209,24 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	}
 	e.settle(now)
 	e.setGauges()
+}
+
+// touchStats reads the socket and the flow of each stats entry before the
+// counting loop does: they are scattered over the slabs, and loads that do
+// not depend on each other let their cache misses overlap, where the
+// counting loop would wait for each in turn.
+func (e *Engine) touchStats() {
+	e.statFlows = e.statFlows[:0]
+	for _, id := range e.statSocks {
+		e.statFlows = append(e.statFlows, e.sockAt(id).flow)
+	}
+	var x uint16
+	for _, id := range e.statFlows {
+		if id != 0 {
+			x |= e.flowAt(id).flags
+		}
+	}
+	e.touched = x
 }
 
 // join makes a new socket an end of its flow.

@@ -117,6 +117,8 @@ type Engine struct {
 	created   []sockID
 	seen      map[uint32]struct{}
 	statSocks []sockID
+	statFlows []flowID
+	touched   uint16 // what touchStats read, so that its loads stay
 
 	updates   prometheus.Counter
 	sockets   prometheus.Gauge
