@@ -102,18 +102,6 @@ type knownFailure struct {
 
 var knownFailures = []knownFailure{
 	{
-		kernels: regexp.MustCompile(`^(5\.10|6\.1|6\.12)-`), test: "probe.TestPrivilegedProcesses",
-		why: "proc_exit reads the second argument of tp_btf/sched_process_exit, which this kernel's tracepoint lacks",
-	},
-	{
-		kernels: regexp.MustCompile(`^(5\.10|6\.1|6\.12)-`), test: "probe.TestPrivilegedDNS",
-		why: "dns_egress calls bpf_get_current_comm or bpf_get_current_pid_tgid, which cgroup_skb programs may not call on this kernel",
-	},
-	{
-		kernels: regexp.MustCompile(`^(5\.10|6\.1|6\.12)-`), test: "probe.TestPrivilegedDNSOverTCP",
-		why: "dns_egress calls bpf_get_current_comm or bpf_get_current_pid_tgid, which cgroup_skb programs may not call on this kernel",
-	},
-	{
 		kernels: regexp.MustCompile(`^5\.10-`), test: "collector.TestPrivilegedProbePath",
 		why: "the collector exits naming bpf_sk_storage_get in tp_btf (Linux 5.11) before it chooses a path; the test wants the path's own message",
 	},
