@@ -77,8 +77,8 @@ type Encoder struct {
 	src     Source
 	cgroups Cgroups
 
-	changes     sockets.Changes // reused between reports
-	socks       map[uint64]*socket
+	changes     sockets.Changes   // reused between reports
+	socks       map[uint64]socket // by cookie
 	procs       map[procKey]*process
 	sockHandles handles
 	procHandles handles
@@ -99,7 +99,7 @@ func New(src Source, cgroups Cgroups) *Encoder {
 	return &Encoder{
 		src:     src,
 		cgroups: cgroups,
-		socks:   make(map[uint64]*socket),
+		socks:   make(map[uint64]socket),
 		procs:   make(map[procKey]*process),
 		udp:     make(map[uint64]*process),
 	}
@@ -126,28 +126,37 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	e.src.Drain(c)
 	b := &ingestv1.Batch{Time: timestamppb.New(now)}
 
+	// The announcements and their addresses are carved from one
+	// allocation each rather than three per socket: under connection
+	// churn most sockets of a batch are announced in it.
+	wire := make([]ingestv1.Socket, len(c.Opened))
+	var addrs []byte
+	if len(c.Opened) > 0 {
+		b.Sockets = make([]*ingestv1.Socket, 0, len(c.Opened))
+		addrs = make([]byte, 0, 8*len(c.Opened))
+	}
 	for i := range c.Opened {
 		o := &c.Opened[i]
-		s := &socket{handle: e.sockHandles.get(), proc: e.ref(b, o.Owner)}
+		s := socket{handle: e.sockHandles.get(), proc: e.ref(b, o.Owner)}
 		e.socks[o.Cookie] = s
-		b.Sockets = append(b.Sockets, &ingestv1.Socket{
-			Handle:        s.handle,
-			Process:       handleOf(s.proc),
-			Role:          wireRole(o.Role),
-			LocalAddr:     o.LocalAddr.AsSlice(),
-			LocalPort:     uint32(o.LocalPort),
-			RemoteAddr:    o.RemoteAddr.AsSlice(),
-			RemotePort:    uint32(o.RemotePort),
-			Netns:         o.NetNS,
-			NewConnection: o.NewConnection,
-			Cookie:        o.Cookie,
-			Nat:           e.translate(o),
-		})
+		ws := &wire[i]
+		ws.Handle = s.handle
+		ws.Process = handleOf(s.proc)
+		ws.Role = wireRole(o.Role)
+		ws.LocalAddr, addrs = appendAddr(addrs, o.LocalAddr)
+		ws.LocalPort = uint32(o.LocalPort)
+		ws.RemoteAddr, addrs = appendAddr(addrs, o.RemoteAddr)
+		ws.RemotePort = uint32(o.RemotePort)
+		ws.Netns = o.NetNS
+		ws.NewConnection = o.NewConnection
+		ws.Cookie = o.Cookie
+		ws.Nat = e.translate(o)
+		b.Sockets = append(b.Sockets, ws)
 	}
 
 	for _, oc := range c.Owners {
-		s := e.socks[oc.Cookie]
-		if s == nil {
+		s, ok := e.socks[oc.Cookie]
+		if !ok {
 			continue
 		}
 		p := e.ref(b, oc.Owner)
@@ -157,6 +166,7 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 		}
 		e.unref(s.proc)
 		s.proc = p
+		e.socks[oc.Cookie] = s
 		b.Owners = append(b.Owners, &ingestv1.SocketOwner{Socket: s.handle, Process: handleOf(p)})
 	}
 
@@ -184,8 +194,8 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 
 	e.freeSocks = e.freeSocks[:0]
 	for _, cookie := range c.Closed {
-		s := e.socks[cookie]
-		if s == nil {
+		s, ok := e.socks[cookie]
+		if !ok {
 			continue
 		}
 		delete(e.socks, cookie)
@@ -292,7 +302,7 @@ func (e *Encoder) stats(deltas []sockets.Delta) *ingestv1.SocketStats {
 	}
 	n := 0
 	for i := range deltas {
-		if s := e.socks[deltas[i].Cookie]; s != nil {
+		if s, ok := e.socks[deltas[i].Cookie]; ok {
 			e.slots[s.handle] = int32(i)
 			n++
 		}
@@ -427,6 +437,25 @@ func (e *Encoder) cgroupPath(o probe.Owner) string {
 		return "" // exited, or the pid was reused: unknown
 	}
 	return path
+}
+
+// appendAddr appends the bytes of a (4 or 16, as AsSlice gives them) to
+// buf and returns them as a slice of buf that appending cannot overwrite.
+// buf is preallocated for IPv4 ends: an IPv6 end may move it, which leaves
+// the slices already returned intact.
+func appendAddr(buf []byte, a netip.Addr) (addr, rest []byte) {
+	if !a.IsValid() {
+		return nil, buf
+	}
+	n := len(buf)
+	if a.Is4() {
+		v := a.As4()
+		buf = append(buf, v[:]...)
+	} else {
+		v := a.As16()
+		buf = append(buf, v[:]...)
+	}
+	return buf[n:len(buf):len(buf)], buf
 }
 
 func handleOf(p *process) uint32 {

@@ -98,6 +98,7 @@ type socket struct {
 	exposed    bool  // in Changes.Opened during this epoch
 	newConn    bool  // announce with new_connection: established while the probe was loaded, never announced
 	ownerDirty bool  // exposed, owner changed since the last drain
+	inFresh    bool  // in Table.fresh
 	owner      probe.Owner
 	raw        probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
 	total      totals         // counted since first seen
@@ -245,7 +246,7 @@ func (t *Table) apply(ev probe.Event) {
 		t.m.closes.Inc()
 		s := t.live[ev.Cookie]
 		if s == nil {
-			if _, ok := t.refused[ev.Cookie]; ok {
+			if t.isRefused(ev.Cookie) {
 				delete(t.refused, ev.Cookie)
 				return
 			}
@@ -256,14 +257,16 @@ func (t *Table) apply(ev probe.Event) {
 				return
 			}
 			// Established and closed between two polls: its close is all
-			// there is of it, and all its traffic counts.
-			if s = t.newConnection(ev.Endpoint, ev.Owner, ev.Counters); s == nil {
+			// there is of it, and all its traffic counts. It goes
+			// straight to the closed queue, never into the live map.
+			if s = t.newConnection(ev.Endpoint, ev.Owner, ev.Counters, false); s == nil {
 				return
 			}
 		} else {
 			// The close carries the socket's last user, which a socket
 			// that lived less than an interval was never sampled for.
 			t.update(s, ev.Counters, ev.Owner)
+			delete(t.live, s.Cookie)
 		}
 		t.close(s)
 	case probe.EventListen:
@@ -302,20 +305,32 @@ func (t *Table) apply(ev probe.Event) {
 // newConnection starts tracking a socket the probe saw established (its
 // role is known), first seen by a sample or by its close: its counters run
 // from the handshake, so all of c counts. It returns the socket, or nil if
-// refused.
-func (t *Table) newConnection(ep probe.Endpoint, owner probe.Owner, c probe.Counters) *socket {
-	if _, ok := t.refused[ep.Cookie]; !ok {
-		if _, ok := t.closing[ep.Cookie]; !ok {
-			// Once per socket: a refused one is not seen as new again.
-			t.m.opens.Inc()
-		}
+// refused. The caller has found no live socket of its cookie; live says
+// whether the socket goes into the live map (false for one that is
+// closing now).
+func (t *Table) newConnection(ep probe.Endpoint, owner probe.Owner, c probe.Counters, live bool) *socket {
+	refused := t.isRefused(ep.Cookie)
+	_, closing := t.closing[ep.Cookie]
+	if !refused && !closing {
+		// Once per socket: a refused one is not seen as new again.
+		t.m.opens.Inc()
 	}
 	// The baseline is zero: the kernel took the handshake out.
-	s := t.open(ep, owner, probe.Counters{}, true)
+	s := t.admit(ep, owner, probe.Counters{}, true, refused, closing, live)
 	if s != nil {
 		t.advance(s, c)
 	}
 	return s
+}
+
+// isRefused says whether the socket of cookie is refused, without hashing
+// when none is.
+func (t *Table) isRefused(cookie uint64) bool {
+	if len(t.refused) == 0 {
+		return false
+	}
+	_, ok := t.refused[cookie]
+	return ok
 }
 
 // open starts tracking a socket, with c as the counters last read. isNew
@@ -329,10 +344,17 @@ func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isN
 		t.setOwner(s, owner)
 		return s
 	}
-	if _, ok := t.refused[ep.Cookie]; ok {
+	_, closing := t.closing[ep.Cookie]
+	return t.admit(ep, owner, c, isNew, t.isRefused(ep.Cookie), closing, true)
+}
+
+// admit is open for a cookie without a live socket, refused or closing as
+// found; live says whether the socket goes into the live map.
+func (t *Table) admit(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isNew, refused, closing, live bool) *socket {
+	if refused {
 		return nil
 	}
-	if _, ok := t.closing[ep.Cookie]; ok {
+	if closing {
 		t.m.duplicateOpens.Inc()
 		return nil
 	}
@@ -352,7 +374,9 @@ func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isN
 	t.seq++
 	s := &socket{Endpoint: ep, seq: t.seq, newConn: isNew, raw: c}
 	t.setOwner(s, owner)
-	t.live[ep.Cookie] = s
+	if live {
+		t.live[ep.Cookie] = s
+	}
 	if len(t.fresh) >= 2*len(t.live)+64 {
 		// Without reports (the reducer is away) short-lived sockets would
 		// pile up here; closed ones are queued in t.closed anyway.
@@ -360,11 +384,14 @@ func (t *Table) open(ep probe.Endpoint, owner probe.Owner, c probe.Counters, isN
 		for _, f := range t.fresh {
 			if f.state == stateLive && !f.exposed {
 				kept = append(kept, f)
+			} else {
+				f.inFresh = false
 			}
 		}
 		clear(t.fresh[len(kept):])
 		t.fresh = kept
 	}
+	s.inFresh = true
 	t.fresh = append(t.fresh, s)
 	return s
 }
@@ -437,9 +464,9 @@ func delta32(cur, prev uint32) (uint32, bool) {
 // interval. --buffer-bytes must otherwise hold one interval's closed sockets.
 func (t *Table) Pressure() <-chan struct{} { return t.pressure }
 
-// close moves a live socket to the queue of closed sockets awaiting report.
+// close moves a socket, no longer in the live map, to the queue of closed
+// sockets awaiting report.
 func (t *Table) close(s *socket) {
-	delete(t.live, s.Cookie)
 	if !s.exposed && !s.newConn && s.total == s.rep {
 		// Never reported and nothing to tell: forget it silently.
 		s.state = stateReleased
@@ -541,7 +568,7 @@ func (t *Table) pollTCP(src Sampler) error {
 		}
 		var s *socket
 		if smp.Role != probe.RoleUnknown {
-			s = t.newConnection(smp.Endpoint, smp.Owner, smp.Counters)
+			s = t.newConnection(smp.Endpoint, smp.Owner, smp.Counters, true)
 		} else {
 			t.m.untrackedSamples.Inc()
 			s = t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
@@ -581,6 +608,7 @@ func (t *Table) pollTCP(src Sampler) error {
 		}
 		if s.missed++; s.missed >= vanishedAfter {
 			t.m.vanished.Inc()
+			delete(t.live, s.Cookie)
 			t.close(s)
 		}
 	}
@@ -723,14 +751,17 @@ func (t *Table) Drain(c *Changes) {
 	c.reset()
 
 	// Announce new sockets, live or already closed, in the order they were
-	// first seen.
+	// first seen. t.fresh is in that order; a closed socket not in it was
+	// dropped from it while reports were not made.
 	announce := t.fresh
 	for _, s := range t.closed {
-		if !s.exposed {
+		if !s.exposed && !s.inFresh {
 			announce = append(announce, s)
 		}
 	}
-	slices.SortFunc(announce, cmpSeq)
+	if len(announce) > len(t.fresh) {
+		slices.SortFunc(announce, cmpSeq)
+	}
 	for _, s := range announce {
 		if s.exposed || s.state == stateReleased {
 			continue
@@ -744,7 +775,11 @@ func (t *Table) Drain(c *Changes) {
 		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
 		s.newConn = false
 	}
-	clear(t.fresh)
+	// The sort may have moved sockets of t.fresh past its length.
+	for _, s := range announce {
+		s.inFresh = false
+	}
+	clear(announce)
 	t.fresh = t.fresh[:0]
 
 	for _, s := range t.ownerChanges {
@@ -812,10 +847,14 @@ func (t *Table) Resync() {
 	}
 	clear(t.ownerChanges)
 	t.ownerChanges = t.ownerChanges[:0]
+	for _, s := range t.fresh {
+		s.inFresh = false
+	}
 	clear(t.fresh)
 	t.fresh = t.fresh[:0]
 	for _, s := range t.live {
 		s.exposed = false
+		s.inFresh = true
 		t.fresh = append(t.fresh, s)
 	}
 	slices.SortFunc(t.fresh, cmpSeq)
