@@ -190,10 +190,13 @@ type Probe struct {
 	procRoot string      // where Discover looks for network namespaces
 	netns    []string    // the namespaces Discover looks in; empty: all
 
-	readMu  sync.Mutex // serialises ReadEvent
-	record  ringbuf.Record
-	flushed chan struct{} // ReadEvent has returned every event before a Sync's flush
-	syncMu  sync.Mutex    // serialises Sync
+	readMu sync.Mutex // serialises ReadEvent
+	record ringbuf.Record
+	// eventComms are the owner comms of events, interned so that reading
+	// an event does not allocate; guarded by readMu.
+	eventComms map[[16]int8]string
+	flushed    chan struct{} // ReadEvent has returned every event before a Sync's flush
+	syncMu     sync.Mutex    // serialises Sync
 
 	mu      sync.Mutex // guards closed and the buffers below; serialises Samples and Discover
 	closed  bool
@@ -292,6 +295,7 @@ func Open(cfg Config) (*Probe, error) {
 	p.buf = make([]byte, iterBufBytes)
 	p.perCPU = make([]uint64, 0, 8)
 	p.comms = make(map[[16]int8]string)
+	p.eventComms = make(map[[16]int8]string)
 	return p, nil
 }
 
@@ -353,7 +357,7 @@ func (p *Probe) ReadEvent() (Event, error) {
 		err := p.reader.ReadInto(&p.record)
 		switch {
 		case err == nil:
-			return decodeEvent(p.record.RawSample)
+			return p.decodeRingEvent(p.record.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty; wait again.
 		case errors.Is(err, ringbuf.ErrFlushed):
@@ -442,6 +446,16 @@ const (
 	discoveredSize = int(unsafe.Sizeof(tcpIterDiscovered{}))
 )
 
+// decodeRingEvent is decodeEvent with the owner's comm interned. readMu
+// is held.
+func (p *Probe) decodeRingEvent(raw []byte) (Event, error) {
+	if len(raw) < eventSize {
+		return decodeEvent(raw)
+	}
+	e := (*tcpEvent)(unsafe.Pointer(unsafe.SliceData(raw)))
+	return eventWith(e, intern(p.eventComms, &e.Owner.Comm))
+}
+
 // decodeEvent turns a ring buffer record into an Event.
 func decodeEvent(raw []byte) (Event, error) {
 	if len(raw) < eventSize {
@@ -462,6 +476,11 @@ func decodeDiscovered(raw []byte) (Event, error) {
 }
 
 func eventOf(e *tcpEvent) (Event, error) {
+	return eventWith(e, comm(&e.Owner.Comm))
+}
+
+// eventWith is eventOf with the owner's comm already decoded.
+func eventWith(e *tcpEvent, comm string) (Event, error) {
 	kind := e.Endpoint.Kind
 	if kind < uint8(EventClose) || kind > uint8(EventReset) {
 		return Event{}, fmt.Errorf("decode event: unknown kind %d", kind)
@@ -470,7 +489,7 @@ func eventOf(e *tcpEvent) (Event, error) {
 		Kind:     EventKind(kind),
 		Reason:   FailReason(e.Endpoint.Reason),
 		Endpoint: endpoint(&e.Endpoint),
-		Owner:    owner(&e.Owner, comm(&e.Owner.Comm)),
+		Owner:    owner(&e.Owner, comm),
 		Counters: counters(&e.Counters),
 	}, nil
 }
@@ -641,15 +660,19 @@ func readRecords(r io.Reader, buf []byte, size int, fn func([]byte), after func(
 }
 
 // internComm returns comm(c), reusing the string of an earlier call.
-func (p *Probe) internComm(c *[16]int8) string {
-	if s, ok := p.comms[*c]; ok {
+func (p *Probe) internComm(c *[16]int8) string { return intern(p.comms, c) }
+
+// intern returns comm(c) from m, adding it; m is emptied when it grows
+// past maxComms.
+func intern(m map[[16]int8]string, c *[16]int8) string {
+	if s, ok := m[*c]; ok {
 		return s
 	}
-	if len(p.comms) >= maxComms {
-		clear(p.comms)
+	if len(m) >= maxComms {
+		clear(m)
 	}
 	s := comm(c)
-	p.comms[*c] = s
+	m[*c] = s
 	return s
 }
 
