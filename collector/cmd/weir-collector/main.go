@@ -73,7 +73,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.Info("running without CAP_SYS_ADMIN: other network namespaces cannot be entered (setns), so their sockets open before start are found from processes' open files (not those still in an accept queue) and their conntrack is not read")
 	}
 	if err := probe.Check(); err != nil {
-		fmt.Fprintf(stderr, "weir-collector: %s\n", unsupportedMessage(err))
+		msg := unsupportedMessage(err)
+		if p := cfg.Probe.Path; p != "" && p != probe.PathAuto {
+			// A forced path is refused by the kernel before it is tried.
+			msg = fmt.Sprintf("--probe-path=%s: %s", p, msg)
+		}
+		fmt.Fprintf(stderr, "weir-collector: %s\n", msg)
 		return 1
 	}
 	p, err := probe.Open(cfg.Probe)
