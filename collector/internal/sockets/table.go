@@ -413,11 +413,13 @@ func (t *Table) advance(s *socket, c probe.Counters) {
 		s.total.bytesSent += c.BytesAcked - s.raw.BytesAcked
 	} else {
 		regressed = true
+		s.total.bytesSent = retract(s.total.bytesSent, s.rep.bytesSent, s.raw.BytesAcked-c.BytesAcked)
 	}
 	if c.BytesReceived >= s.raw.BytesReceived {
 		s.total.bytesReceived += c.BytesReceived - s.raw.BytesReceived
 	} else {
 		regressed = true
+		s.total.bytesReceived = retract(s.total.bytesReceived, s.rep.bytesReceived, s.raw.BytesReceived-c.BytesReceived)
 	}
 	if d, ok := delta32(c.SegsDelivered, s.raw.SegsDelivered); ok {
 		s.total.segsSent += uint64(d)
@@ -449,6 +451,19 @@ func (t *Table) advance(s *socket, c probe.Counters) {
 		t.loss.CounterRegressions++
 		t.m.backwardReads.Inc()
 	}
+}
+
+// retract takes back what a byte counter went backwards by from a total
+// that has not been reported yet (total - rep). A sample reads a socket
+// without its lock, so a read racing the peer's FIN can count the FIN's
+// sequence number as a byte until the socket's state says so; the next read
+// (the close's, under the lock) is right. What was already reported stays:
+// the regression is counted either way.
+func retract(total, rep, back uint64) uint64 {
+	if total-rep >= back {
+		return total - back
+	}
+	return rep
 }
 
 // delta32 returns how far a wrapping 32-bit counter moved from prev to cur,
