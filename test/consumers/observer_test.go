@@ -276,8 +276,19 @@ func TestPrivilegedObserverStalledConsumer(t *testing.T) {
 	if l := m.Sum("weir_reducer_collector_loss_total", map[string]string{"reason": "buffer_dropped"}); l != 0 {
 		t.Errorf("the collector dropped %v closed sockets at its buffer cap", l)
 	}
-	if opened < float64(requests) {
-		t.Errorf("%v connections counted, fewer than the %d requests", opened, requests)
+	// The kernel's event ring can overflow under this burst on two cores:
+	// that loss is counted, has nothing to do with the observer, and may
+	// explain a shortfall; any other shortfall fails.
+	var counted float64
+	for _, reason := range []string{"ring_full", "map_full", "socket_cap"} {
+		l := m.Sum("weir_reducer_collector_loss_total", map[string]string{"reason": reason})
+		if l != 0 {
+			t.Logf("collector loss %s: %v", reason, l)
+		}
+		counted += l
+	}
+	if opened < float64(requests) && opened+counted < float64(requests) {
+		t.Errorf("%v connections counted, fewer than the %d requests, and only %v events' loss counted", opened, requests, counted)
 	}
 
 	// The consumer resumes: it reads what was buffered, then the loss.
