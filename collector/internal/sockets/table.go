@@ -453,17 +453,18 @@ func (t *Table) advance(s *socket, c probe.Counters) {
 	}
 }
 
-// retract takes back what a byte counter went backwards by from a total
-// that has not been reported yet (total - rep). A sample reads a socket
-// without its lock, so a read racing the peer's FIN can count the FIN's
-// sequence number as a byte until the socket's state says so; the next read
-// (the close's, under the lock) is right. What was already reported stays:
-// the regression is counted either way.
+// retract takes back the one byte that a byte counter went backwards by
+// from a total that has not reported it yet (total > rep). A sample reads a
+// socket without its lock, so a read racing a FIN can count the FIN's
+// sequence number as a byte before the socket's state says so; the next
+// read (the close's, under the lock) is right. Any other regression, and a
+// byte already reported, stay as they are: nothing is counted for the
+// regression, its new value is the baseline, and it is counted either way.
 func retract(total, rep, back uint64) uint64 {
-	if total-rep >= back {
-		return total - back
+	if back == 1 && total > rep {
+		return total - 1
 	}
-	return rep
+	return total
 }
 
 // delta32 returns how far a wrapping 32-bit counter moved from prev to cur,
