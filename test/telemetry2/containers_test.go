@@ -82,7 +82,7 @@ func TestPrivilegedContainers(t *testing.T) {
 		dir := tc.dir(id)
 		makeCgroup(t, dir)
 		n := 1000*(i+1) + 7
-		p := harness.Start(t, "helper-"+tc.name, self, "weir-helper", "tcp", ln.Addr().String(), strconv.Itoa(n))
+		p := harness.Start(t, "helper-"+tc.name, self, "weir-helper", "tcp-exec", ln.Addr().String(), strconv.Itoa(n))
 		p.WaitLine(t, "ready", 30*time.Second)
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(p.PID())), 0); err != nil {
 			t.Fatalf("%s: place pid %d: %v", tc.name, p.PID(), err)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -35,17 +36,30 @@ func TestMain(m *testing.M) {
 //
 //	tcp ADDR N: waits for a line on stdin, connects to ADDR, sends N bytes,
 //	prints "sent", and holds the connection until stdin closes.
+//	tcp-exec ADDR N: the same, but on the line it first executes itself
+//	again (same pid, same stdin), as a container runtime's init executes
+//	the container's program once it is placed in its cgroups: the process
+//	is then read at an exec that happened inside them.
 func helper(args []string) error {
 	in := bufio.NewReader(os.Stdin)
 	switch args[0] {
-	case "tcp":
+	case "tcp", "tcp-exec", "tcp-now":
 		n, err := strconv.Atoi(args[2])
 		if err != nil {
 			return err
 		}
-		fmt.Println("ready")
-		if _, err := in.ReadString('\n'); err != nil {
-			return err
+		if args[0] != "tcp-now" {
+			fmt.Println("ready")
+			if _, err := in.ReadString('\n'); err != nil {
+				return err
+			}
+		}
+		if args[0] == "tcp-exec" {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			return syscall.Exec(self, []string{self, "weir-helper", "tcp-now", args[1], args[2]}, os.Environ())
 		}
 		c, err := net.Dial("tcp", args[1])
 		if err != nil {
