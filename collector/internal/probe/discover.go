@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,22 +120,8 @@ func (p *Probe) discoverIn(path string, self uint64) ([]Event, bool, error) {
 // discoverHere runs the discovery iterator in the thread's namespace.
 func (p *Probe) discoverHere(path string) ([]Event, error) {
 	// The iterator walks the namespace of the thread that opens it.
-	r, err := p.discover.Open()
+	events, err := p.readDiscovered(p.discover)
 	if err != nil {
-		return nil, fmt.Errorf("iter/tcp in %s: %w", path, err)
-	}
-	defer r.Close()
-	var events []Event
-	var decodeErr error
-	err = readRecords(r, p.buf, discoveredSize, func(raw []byte) {
-		ev, err := decodeDiscovered(raw)
-		if err != nil {
-			decodeErr = err
-			return
-		}
-		events = append(events, ev)
-	}, nil)
-	if err := errors.Join(err, decodeErr); err != nil {
 		return events, fmt.Errorf("iter/tcp in %s: %w", path, err)
 	}
 	return events, nil
@@ -176,4 +163,25 @@ func escapeGlob(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// readDiscovered reads every discovered record of one run of an iterator
+// (iter/tcp or iter/task_file).
+func (p *Probe) readDiscovered(it *link.Iter) ([]Event, error) {
+	r, err := it.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var events []Event
+	var decodeErr error
+	err = readRecords(r, p.buf, discoveredSize, func(raw []byte) {
+		ev, err := decodeDiscovered(raw)
+		if err != nil {
+			decodeErr = err
+			return
+		}
+		events = append(events, ev)
+	}, nil)
+	return events, errors.Join(err, decodeErr)
 }

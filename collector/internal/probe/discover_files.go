@@ -93,22 +93,8 @@ func (p *Probe) loadFilesWalk() (*filesWalk, error) {
 
 // walkFiles runs the walk once and decodes its records.
 func (p *Probe) walkFiles(w *filesWalk) ([]Event, error) {
-	r, err := w.it.Open()
+	events, err := p.readDiscovered(w.it)
 	if err != nil {
-		return nil, fmt.Errorf("iter/task_file: %w", err)
-	}
-	defer r.Close()
-	var events []Event
-	var decodeErr error
-	err = readRecords(r, p.buf, discoveredSize, func(raw []byte) {
-		ev, err := decodeDiscovered(raw)
-		if err != nil {
-			decodeErr = err
-			return
-		}
-		events = append(events, ev)
-	}, nil)
-	if err := errors.Join(err, decodeErr); err != nil {
 		return events, fmt.Errorf("iter/task_file: %w", err)
 	}
 	return events, nil
