@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -155,6 +156,12 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		return fmt.Errorf("stream: %w", err)
 	}
 	httpServer := admin.New(reg, logger)
+	// Bound before anything runs: a taken port fails the start, and
+	// /metrics answers before the first hello reaches the reducer.
+	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http listen %s: %w", cfg.HTTPAddr, err)
+	}
 
 	logger.Info("collector starting", "version", version, "node_name", cfg.NodeName, "reducer", cfg.Reducer,
 		"http_addr", cfg.HTTPAddr, "max_sockets", cfg.MaxSockets, "ring_bytes", cfg.Probe.RingBytes,
@@ -182,7 +189,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 	}
 	g.Go(func() error { return tel.run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
-	g.Go(func() error { return httpServer.Run(gctx, cfg.HTTPAddr) })
+	g.Go(func() error { return httpServer.Serve(gctx, httpLn) })
 	return g.Wait()
 }
 

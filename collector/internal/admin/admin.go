@@ -34,15 +34,6 @@ func New(g prometheus.Gatherer, logger *slog.Logger) *Server {
 	}
 }
 
-// Run listens on addr and serves until ctx is done.
-func (s *Server) Run(ctx context.Context, addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
-	}
-	return s.Serve(ctx, ln)
-}
-
 // Serve serves on ln until ctx is done, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("http serving", "addr", ln.Addr().String())
