@@ -252,7 +252,17 @@ func Open(cfg Config) (*Probe, error) {
 	if path == "" {
 		path = PathAuto
 	}
+	// Auto takes the hash-map path where the kernel lacks socket storage
+	// in tracing programs; a forced storage path there is refused by name
+	// (path_hash.go).
+	if path, err = storageOrHashmap(path); err != nil {
+		return nil, errors.Join(err, p.release())
+	}
 	switch path {
+	case PathHashmap:
+		if err := p.openHashmap(cfg); err != nil {
+			return nil, errors.Join(err, p.release())
+		}
 	case PathKprobe:
 		return nil, errors.Join(kprobeRefusal(), p.release())
 	case PathAuto:
@@ -278,10 +288,13 @@ func Open(cfg Config) (*Probe, error) {
 	p.features = append(p.features,
 		Feature{Name: "tcp", Enabled: true, Reason: p.objs.stateName},
 		Feature{Name: "tcp_resets", Enabled: true, Reason: "tp_btf/tcp_send_reset, tp_btf/tcp_receive_reset"})
-	if err := p.loadIter(cfg); err != nil {
-		return nil, errors.Join(err, p.release())
+	// The hashmap path loaded its own iterators (path_hash.go).
+	if p.path != PathHashmap {
+		if err := p.loadIter(cfg); err != nil {
+			return nil, errors.Join(err, p.release())
+		}
 	}
-	if err := p.loadUDP(cfg.UDP, path); err != nil {
+	if err := p.loadUDP(cfg.UDP, udpPathOf(path)); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
 	p.reader, err = ringbuf.NewReader(p.objs.Events)
