@@ -24,6 +24,9 @@ var _ tcpIterDiscovered = tcpIterDiscovered(discoverFilesDiscovered{})
 //
 // The program is loaded for the walk and released after it.
 func (p *Probe) discoverFiles() ([]Event, error) {
+	if p.path == PathHashmap {
+		return nil, errHashmapFiles
+	}
 	w, err := p.loadFilesWalk()
 	if err != nil {
 		return nil, err

@@ -1,19 +1,45 @@
 package probe
 
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 tcpHash ../../../bpf/tcp_hash.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
+
 import (
-	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // PathHashmap keeps each TCP socket's state in a hash map keyed by the
 // socket's address instead of socket storage, for kernels whose tracing
 // programs cannot use socket storage (before Linux 5.11) or the socket
-// cookie (before 5.12), such as 5.10. See bpf/tcp_hash.c.
+// cookie (before 5.12), such as 5.10 (bpf/tcp_hash.c). It hooks the same
+// BTF tracepoints as PathTracepoint, and samples with iter/bpf_map_elem
+// over the hash map instead of iter/bpf_sk_storage_map. Differences that
+// a consumer can see: a socket's cookie is an id of the probe's own (bit
+// 63 set), not the kernel's socket cookie; a socket accepted on a port
+// that several processes listen on with SO_REUSEPORT gets the owner of the
+// last listen() on that port. Auto takes it only where the storage paths
+// cannot run.
 const PathHashmap Path = "hashmap"
+
+// storageChecked is checkStorage, run once per process.
+var storageChecked = sync.OnceValue(checkStorage)
 
 // storageOrHashmap returns the path Open takes for path: auto becomes
 // hashmap where the socket storage paths cannot run; a forced tracepoint
 // or fentry path there is refused, naming the missing feature.
 func storageOrHashmap(path Path) (Path, error) {
+	switch path {
+	case PathAuto:
+		if storageChecked() != nil {
+			return PathHashmap, nil
+		}
+	case PathTracepoint, PathFentry:
+		if err := storageChecked(); err != nil {
+			return path, fmt.Errorf("--probe-path=%s: %w (--probe-path=hashmap runs here)", path, err)
+		}
+	}
 	return path, nil
 }
 
@@ -26,8 +52,84 @@ func udpPathOf(path Path) Path {
 	return path
 }
 
-// openHashmap loads and attaches the hashmap path's programs and
-// iterators.
-func (p *Probe) openHashmap(cfg Config) error {
-	return errors.New("--probe-path=hashmap: not built yet")
+// hashObjs is what the hashmap path loads of bpf/tcp_hash.c.
+type hashObjs struct {
+	Drops        *ebpf.Map     `ebpf:"drops"`
+	Events       *ebpf.Map     `ebpf:"events"`
+	Samples      *ebpf.Map     `ebpf:"samples"`
+	SkHash       *ebpf.Map     `ebpf:"sk_hash"`
+	ListenOwners *ebpf.Map     `ebpf:"listen_owners"`
+	IdCounters   *ebpf.Map     `ebpf:"id_counters"`
+	State        *ebpf.Program `ebpf:"hash_inet_sock_set_state"`
+	SendReset    *ebpf.Program `ebpf:"hash_tcp_send_reset"`
+	ReceiveReset *ebpf.Program `ebpf:"hash_tcp_receive_reset"`
+	Sample       *ebpf.Program `ebpf:"hash_sample_sockets"`
+	Discover     *ebpf.Program `ebpf:"hash_discover_sockets"`
 }
+
+// openHashmap loads and attaches the hashmap path's programs and
+// iterators into p: the same slots (p.objs, p.iter, p.sampler,
+// p.discover) as the storage paths fill, so that reading events, samples,
+// discovery and drops work alike. On failure, what it loaded is in p for
+// p.release to free.
+func (p *Probe) openHashmap(cfg Config) error {
+	spec, err := loadTcpHash()
+	if err != nil {
+		return err
+	}
+	spec.Maps[tcpHashMapEvents].MaxEntries = cfg.RingBytes
+	spec.Maps[tcpHashMapSamples].MaxEntries = cfg.SampleRingBytes
+	if err := spec.Variables[tcpHashVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
+		return fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	var o hashObjs
+	if err := spec.LoadAndAssign(&o, nil); err != nil {
+		return loadError("TCP programs (hashmap path)", err)
+	}
+	// The release of p frees these from now on.
+	p.path = PathHashmap
+	p.objs = tcpObjs{
+		tcpMaps:   tcpMaps{Drops: o.Drops, Events: o.Events},
+		tcpResets: tcpResets{TcpSendReset: o.SendReset, TcpReceiveReset: o.ReceiveReset},
+		state:     o.State, stateName: tcpHashProgHashInetSockSetState,
+	}
+	p.iter = tcpIterObjects{
+		tcpIterMaps:     tcpIterMaps{Samples: o.Samples},
+		tcpIterPrograms: tcpIterPrograms{SampleSockets: o.Sample, DiscoverSockets: o.Discover},
+	}
+	// The programs and the sampling link hold the kernel's references to
+	// the maps that user space never reads; the handles here go once they
+	// are attached.
+	defer func() {
+		for _, m := range []*ebpf.Map{o.SkHash, o.ListenOwners, o.IdCounters} {
+			m.Close()
+		}
+	}()
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"tp_btf/inet_sock_set_state", o.State},
+		{"tp_btf/tcp_send_reset", o.SendReset},
+		{"tp_btf/tcp_receive_reset", o.ReceiveReset},
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: tp.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", tp.name, err)
+		}
+		p.links = append(p.links, l)
+	}
+	p.sampler, err = link.AttachIter(link.IterOptions{Program: o.Sample, Map: o.SkHash})
+	if err != nil {
+		return fmt.Errorf("attach iter/bpf_map_elem: %w", err)
+	}
+	p.discover, err = link.AttachIter(link.IterOptions{Program: o.Discover})
+	if err != nil {
+		return fmt.Errorf("attach iter/tcp: %w", err)
+	}
+	return nil
+}
+
+// errHashmapFiles: the walk over processes' open files (discover_files.c)
+// fills socket storage, which the hashmap path does without.
+var errHashmapFiles = fmt.Errorf("discover from open files: not on --probe-path=%s (bpf/discover_files.c fills socket storage; bpf_sock_from_file is Linux 5.11): sockets in network namespaces that setns cannot enter are found when they next change state", PathHashmap)
