@@ -12,16 +12,14 @@ import (
 )
 
 // Check runs the feature probes for what every path needs: kernel BTF,
-// the ring buffer and socket storage map types, socket storage that the
-// kernel clones into accepted sockets (BPF_F_CLONE), the helpers the
-// programs call from BTF tracepoints (bpf_sk_storage_get,
-// bpf_get_socket_cookie, bpf_get_current_task_btf, bpf_skc_to_tcp_sock),
-// the tcp:tcp_send_reset and tcp:tcp_receive_reset BTF tracepoints, and the
-// tcp and bpf_sk_storage_map iterators. It returns an error wrapping
-// ErrNotSupported that names the missing feature and the first release
-// with it, e.g. "bpf_sk_storage_get in tp_btf (Linux 5.11): not
-// supported". What differs between paths (the TCP state hook, UDP sizes)
-// Open chooses and reports (Probe.Path, Probe.Features).
+// the ring buffer, the BTF tracepoints sock:inet_sock_set_state,
+// tcp:tcp_send_reset and tcp:tcp_receive_reset, bpf_skc_to_tcp_sock from
+// them, and the tcp and bpf_map_elem iterators. That is Linux 5.9 with BTF:
+// the hashmap path (bpf/tcp_hash.c) needs nothing more. It returns an
+// error wrapping ErrNotSupported that names the missing feature and the
+// first release with it, e.g. "iter/tcp (Linux 5.9): not supported". What
+// the socket storage paths (tracepoint, fentry) need besides is
+// checkStorage's; Open chooses the path (Probe.Path, Probe.Features).
 func Check() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		if errors.Is(err, btf.ErrNotSupported) || errors.Is(err, os.ErrNotExist) {
@@ -32,6 +30,34 @@ func Check() error {
 	if err := feature("map type ringbuf", features.HaveMapType(ebpf.RingBuf)); err != nil {
 		return err
 	}
+	for _, tp := range []string{"inet_sock_set_state", "tcp_send_reset", "tcp_receive_reset"} {
+		if err := feature("tp_btf/"+tp, loadTracing(ebpf.AttachTraceRawTp, tp, nil)); err != nil {
+			return err
+		}
+	}
+	sk := asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord)
+	skc := asm.Instructions{sk, asm.Mov.Reg(asm.R1, asm.R6), asm.FnSkcToTcpSock.Call()}
+	if err := feature("bpf_skc_to_tcp_sock", loadTracing(ebpf.AttachTraceRawTp, "tcp_receive_reset", skc)); err != nil {
+		return err
+	}
+	for _, it := range []string{"tcp", "bpf_map_elem"} {
+		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it, nil)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkStorage runs the feature probes for what the socket storage paths
+// (tracepoint, fentry: bpf/tcp.c, bpf/tcp_iter.c) need beyond Check: the
+// socket storage map type, storage that the kernel clones into accepted
+// sockets (BPF_F_CLONE), the helpers the programs call from BTF
+// tracepoints (bpf_sk_storage_get, bpf_get_socket_cookie,
+// bpf_get_current_task_btf), and the bpf_sk_storage_map iterator: Linux
+// 5.12. Where it fails, auto takes the hashmap path. Its error names the
+// feature as Check's do, e.g. "bpf_sk_storage_get in tp_btf (Linux 5.11):
+// not supported".
+func checkStorage() error {
 	if err := feature("map type sk_storage", features.HaveMapType(ebpf.SkStorage)); err != nil {
 		return err
 	}
@@ -45,11 +71,6 @@ func Check() error {
 		return feature("sk_storage flag BPF_F_CLONE", fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err))
 	}
 	defer storage.Close()
-	for _, tp := range []string{"tcp_send_reset", "tcp_receive_reset"} {
-		if err := feature("tp_btf/"+tp, loadTracing(ebpf.AttachTraceRawTp, tp, nil)); err != nil {
-			return err
-		}
-	}
 	// Each helper from a tp_btf program whose first argument is a socket.
 	sk := asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord)
 	for _, h := range []struct {
@@ -61,18 +82,12 @@ func Check() error {
 			asm.Mov.Imm(asm.R3, 0), asm.Mov.Imm(asm.R4, 0), asm.FnSkStorageGet.Call()}},
 		{"bpf_get_socket_cookie in tp_btf", asm.Instructions{sk, asm.Mov.Reg(asm.R1, asm.R6), asm.FnGetSocketCookie.Call()}},
 		{"bpf_get_current_task_btf", asm.Instructions{asm.FnGetCurrentTaskBtf.Call()}},
-		{"bpf_skc_to_tcp_sock", asm.Instructions{sk, asm.Mov.Reg(asm.R1, asm.R6), asm.FnSkcToTcpSock.Call()}},
 	} {
 		if err := feature(h.name, loadTracing(ebpf.AttachTraceRawTp, "tcp_receive_reset", h.insns)); err != nil {
 			return err
 		}
 	}
-	for _, it := range []string{"tcp", "bpf_sk_storage_map"} {
-		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it, nil)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return feature("iter/bpf_sk_storage_map", loadTracing(ebpf.AttachTraceIter, "bpf_sk_storage_map", nil))
 }
 
 // loadTracing loads a program of the tracing type with the given attach

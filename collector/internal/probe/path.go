@@ -19,7 +19,9 @@ type Path string
 
 const (
 	// PathAuto takes the tracepoint path where the kernel has it, else
-	// fentry; for UDP sizes, the tracepoints when the kernel has them
+	// fentry, and the hashmap path where the kernel's tracing programs
+	// cannot use socket storage or the socket cookie (before Linux 5.12,
+	// e.g. 5.10); for UDP sizes, the tracepoints when the kernel has them
 	// (Linux 6.3), else fexit, else UDP sizes are not counted (logged,
 	// and weir_collector_feature_enabled{feature="udp"} is 0).
 	PathAuto Path = "auto"
@@ -35,7 +37,10 @@ const (
 	PathFentry Path = "fentry"
 	// PathKprobe is refused: kprobe programs cannot use socket storage
 	// (bpf_sk_storage_get is for tracing programs only), which holds every
-	// socket's owner, role and baselines here.
+	// socket's owner, role and baselines on the storage paths; where the
+	// kernel's tracing programs cannot use it either, PathHashmap keeps the
+	// same state in a hash map, from BTF tracepoints that need no kprobe
+	// (path_hash.go).
 	PathKprobe Path = "kprobe"
 )
 
@@ -50,10 +55,10 @@ func ParsePath(s string) (Path, error) {
 	switch p := Path(s); p {
 	case "":
 		return PathAuto, nil
-	case PathAuto, PathTracepoint, PathFentry, PathKprobe:
+	case PathAuto, PathTracepoint, PathFentry, PathHashmap, PathKprobe:
 		return p, nil
 	}
-	return "", fmt.Errorf("%q is not auto, tracepoint, fentry or kprobe", s)
+	return "", fmt.Errorf("%q is not auto, tracepoint, fentry, hashmap or kprobe", s)
 }
 
 // minKernel is the first Linux release that has each feature the probe
@@ -75,6 +80,7 @@ var minKernel = map[string]string{
 	"tp_btf/udp_fail_queue_rcv_skb":   "5.5",
 	"iter/tcp":                        "5.9",
 	"iter/bpf_sk_storage_map":         "5.9",
+	"iter/bpf_map_elem":               "5.9",
 	"fentry/inet_sk_state_store":      "5.5 on x86-64, 6.0 on arm64",
 	"fexit/udp_sendmsg":               "5.5 on x86-64, 6.0 on arm64",
 	"udp_fail_queue_rcv_skb with skb": "6.10",
@@ -94,7 +100,7 @@ type Feature struct {
 // kprobeRefusal explains why the kprobe path is refused, and says whether
 // this kernel has kprobes at all.
 func kprobeRefusal() error {
-	msg := "--probe-path=kprobe: not available: kprobe programs cannot use socket storage (bpf_sk_storage_get is for tracing programs only), which holds every socket's owner, role and baselines; use auto, tracepoint or fentry"
+	msg := "--probe-path=kprobe: not available: kprobe programs cannot use socket storage (bpf_sk_storage_get is for tracing programs only), which holds every socket's owner, role and baselines; where tracing programs cannot use it either (before Linux 5.11), --probe-path=hashmap keeps that state in a hash map from BTF tracepoints, with no kprobe; use auto, tracepoint, fentry or hashmap"
 	if err := probeKprobe(); err != nil {
 		msg += fmt.Sprintf(" (and this kernel has no usable kprobes: %v)", err)
 	}
