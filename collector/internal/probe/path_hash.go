@@ -3,6 +3,7 @@ package probe
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 tcpHash ../../../bpf/tcp_hash.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -67,6 +68,18 @@ type hashObjs struct {
 	Discover     *ebpf.Program `ebpf:"hash_discover_sockets"`
 }
 
+// close frees everything; for a failure before openHashmap hands o to p.
+func (o *hashObjs) close() error {
+	var errs []error
+	for _, m := range []*ebpf.Map{o.Drops, o.Events, o.Samples, o.SkHash, o.ListenOwners, o.IdCounters} {
+		errs = append(errs, m.Close())
+	}
+	for _, prog := range []*ebpf.Program{o.State, o.SendReset, o.ReceiveReset, o.Sample, o.Discover} {
+		errs = append(errs, prog.Close())
+	}
+	return errors.Join(errs...)
+}
+
 // openHashmap loads and attaches the hashmap path's programs and
 // iterators into p: the same slots (p.objs, p.iter, p.sampler,
 // p.discover) as the storage paths fill, so that reading events, samples,
@@ -86,10 +99,20 @@ func (p *Probe) openHashmap(cfg Config) error {
 	if err := spec.LoadAndAssign(&o, nil); err != nil {
 		return loadError("TCP programs (hashmap path)", err)
 	}
+	// udp.c shares tcp.c's sk_states (tcp.h): its own, for UDP where the
+	// kernel has socket storage in tracing programs (checkStorage).
+	tspec, err := loadTcp()
+	if err != nil {
+		return errors.Join(err, o.close())
+	}
+	storage, err := ebpf.NewMap(tspec.Maps[tcpMapSkStates])
+	if err != nil {
+		return errors.Join(fmt.Errorf("create sk_states for UDP: %w", err), o.close())
+	}
 	// The release of p frees these from now on.
 	p.path = PathHashmap
 	p.objs = tcpObjs{
-		tcpMaps:   tcpMaps{Drops: o.Drops, Events: o.Events},
+		tcpMaps:   tcpMaps{Drops: o.Drops, Events: o.Events, SkStates: storage},
 		tcpResets: tcpResets{TcpSendReset: o.SendReset, TcpReceiveReset: o.ReceiveReset},
 		state:     o.State, stateName: tcpHashProgHashInetSockSetState,
 	}

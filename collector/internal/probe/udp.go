@@ -181,6 +181,11 @@ func (p *Probe) loadUDP(cfg UDPConfig, path Path) error {
 		p.features = append(p.features, Feature{Name: "udp", Reason: "off (--udp)"})
 		return nil
 	}
+	if err := storageChecked(); err != nil && path == PathAuto {
+		// udp.c keeps its peers in socket storage (the hashmap path's kernels).
+		p.features = append(p.features, Feature{Name: "udp", Reason: "UDP sockets are kept in socket storage: " + err.Error()})
+		return nil
+	}
 	sizes := udpSizesPath(path)
 	err := p.openUDP(cfg, sizes)
 	if err != nil && path == PathAuto {
