@@ -1,8 +1,8 @@
 // The privileged tests of this package load the real programs into the
 // running kernel (root needed; under CI=true they fail instead of
 // skipping). WEIR_PROBE_PATH forces the probe path every test's
-// DefaultConfig takes: auto (the default), tracepoint, fentry or kprobe
-// (refused: see Path). A kernel matrix runs this package's test binary
+// DefaultConfig takes: auto (the default), tracepoint, fentry, hashmap or
+// kprobe (refused: see Path). A kernel matrix runs this package's test binary
 // once per path the kernel permits, e.g.
 //
 //	WEIR_PROBE_PATH=fentry ./probe.test -test.run Privileged
@@ -13,16 +13,20 @@
 package probe
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
 
 // TestPrivilegedForcedPath forces each path. The kprobe path is refused
-// with its reason. The fentry path either works (a connection is sampled
-// with its owners, as on the tracepoint path) or fails with a message that
-// names fentry and the kernel's reason (on a kernel without BPF
-// trampolines, or one that does not permit attaching them); either way
-// auto still opens, on the tracepoint path where the kernel has it.
+// with its reason. The hashmap path works on every kernel that passes
+// Check. The fentry path either works (a connection is sampled with its
+// owners, as on the tracepoint path) or fails with a message that names
+// fentry and the kernel's reason (on a kernel without BPF trampolines, or
+// one that does not permit attaching them); the storage paths are refused
+// by the missing feature where the kernel's tracing programs have no
+// socket storage. Auto still opens: on the tracepoint path where the
+// kernel has it, on hashmap where the storage paths cannot run.
 func TestPrivilegedForcedPath(t *testing.T) {
 	requirePrivileged(t)
 	t.Run("kprobe", func(t *testing.T) {
@@ -38,11 +42,12 @@ func TestPrivilegedForcedPath(t *testing.T) {
 		}
 		t.Logf("kprobe: %v", err)
 	})
-	for _, path := range []Path{PathTracepoint, PathFentry} {
+	for _, path := range []Path{PathTracepoint, PathFentry, PathHashmap} {
 		t.Run(string(path), func(t *testing.T) {
 			cfg := udpConfig()
 			cfg.Path = path
-			if path == PathTracepoint && tracepointArgs("sock_send_length") == 0 {
+			storageErr := checkStorage()
+			if path == PathTracepoint && tracepointArgs("sock_send_length") == 0 && storageErr == nil {
 				// UDP sizes need the 6.3 tracepoints on this path: named, and TCP without UDP.
 				if _, err := Open(cfg); err == nil || !strings.Contains(err.Error(), "tp_btf/sock_send_length (Linux 6.3): not supported") {
 					t.Errorf("tracepoint path with UDP on a kernel without sock_send_length: %v", err)
@@ -51,8 +56,11 @@ func TestPrivilegedForcedPath(t *testing.T) {
 			}
 			r, err := tryOpenRecorded(t, cfg)
 			if err != nil {
-				if path == PathTracepoint && tracepointArgs("inet_sock_set_state") > 0 {
-					t.Fatalf("the kernel has tp_btf/inet_sock_set_state, but: %v", err)
+				if path == PathHashmap || path == PathTracepoint && storageErr == nil && tracepointArgs("inet_sock_set_state") > 0 {
+					t.Fatalf("the kernel has what the %s path needs, but: %v", path, err)
+				}
+				if storageErr != nil && !errors.Is(err, ErrNotSupported) {
+					t.Errorf("storage path on a kernel without socket storage in tracing programs: %v does not wrap ErrNotSupported", err)
 				}
 				if !strings.Contains(err.Error(), "--probe-path="+string(path)) {
 					t.Errorf("error %q does not name the path", err)
@@ -94,7 +102,10 @@ func TestPrivilegedForcedPath(t *testing.T) {
 		}
 		defer p.Close()
 		want := PathTracepoint
-		if tracepointArgs("inet_sock_set_state") == 0 {
+		switch {
+		case checkStorage() != nil:
+			want = PathHashmap
+		case tracepointArgs("inet_sock_set_state") == 0:
 			want = PathFentry
 		}
 		if p.Path() != want {

@@ -38,7 +38,7 @@ func storageOrHashmap(path Path) (Path, error) {
 		}
 	case PathTracepoint, PathFentry:
 		if err := storageChecked(); err != nil {
-			return path, fmt.Errorf("--probe-path=%s: %w (--probe-path=hashmap runs here)", path, err)
+			return path, fmt.Errorf("--probe-path=%s: needs socket storage in tracing programs (--probe-path=hashmap does not): %w", path, err)
 		}
 	}
 	return path, nil
@@ -154,5 +154,7 @@ func (p *Probe) openHashmap(cfg Config) error {
 }
 
 // errHashmapFiles: the walk over processes' open files (discover_files.c)
-// fills socket storage, which the hashmap path does without.
-var errHashmapFiles = fmt.Errorf("discover from open files: not on --probe-path=%s (bpf/discover_files.c fills socket storage; bpf_sock_from_file is Linux 5.11): sockets in network namespaces that setns cannot enter are found when they next change state", PathHashmap)
+// fills socket storage, which the hashmap path does without. Sockets in
+// network namespaces that setns cannot enter are then found when they
+// next change state.
+var errHashmapFiles = fmt.Errorf("discover from open files on --probe-path=%s (bpf/discover_files.c keeps sockets in socket storage): %w", PathHashmap, ErrNotSupported)
