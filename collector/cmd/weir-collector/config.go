@@ -109,7 +109,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		return err
 	})
 	fs.BoolVar(&cfg.Probe.UDP.Enabled, "udp", cfg.Probe.UDP.Enabled, "count UDP per socket and remote address (cgroup sendmsg/recvmsg/bind/sock_release hooks on the cgroup-v2 root, the UDP drop tracepoint, and the send/receive tracepoints of Linux 6.3, which run for every TCP message too: about 40-50 ns of kernel time per send and per receive, hence off by default)")
-	fs.Func("probe-path", "how the kernel is hooked where there is a choice: `auto` (BTF tracepoints where the kernel has them, else fentry/fexit), tracepoint, fentry, or kprobe (refused: kprobe programs cannot use socket storage); the choice is logged at start (default auto)", func(s string) error {
+	fs.Func("probe-path", "how the kernel is hooked where there is a choice: `auto` (BTF tracepoints where the kernel has them, else fentry/fexit; hashmap where tracing programs have no socket storage, before Linux 5.12), tracepoint, fentry, hashmap (per-socket state in a hash map, from BTF tracepoints), or kprobe (refused: kprobe programs cannot use socket storage); the choice is logged at start (default auto)", func(s string) error {
 		p, err := probe.ParsePath(s)
 		cfg.Probe.Path = p
 		return err
