@@ -69,7 +69,7 @@ func TestFlags(t *testing.T) {
 		{name: "netns empty path", args: []string{"--netns", "/proc/self/ns/net,"}, wantCode: 2, wantErr: `invalid value "/proc/self/ns/net," for flag -netns: empty path`},
 		{name: "partial tls", args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantCode: 2, wantErr: "--tls-cert, --tls-key, --tls-ca:"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantCode: 2, wantErr: "--log-level:"},
-		{name: "bad probe path", args: []string{"--probe-path", "uprobe"}, wantCode: 2, wantErr: `invalid value "uprobe" for flag -probe-path: "uprobe" is not auto, tracepoint, fentry or kprobe`},
+		{name: "bad probe path", args: []string{"--probe-path", "uprobe"}, wantCode: 2, wantErr: `invalid value "uprobe" for flag -probe-path: "uprobe" is not auto, tracepoint, fentry, hashmap or kprobe`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
