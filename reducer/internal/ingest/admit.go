@@ -143,22 +143,22 @@ type holdings struct {
 // the wire batch only, so that an oversized announcement is refused before
 // anything is decoded or applied. The error is the stream's status, already
 // counted.
-func (s *Server) admit(logger *slog.Logger, h *holdings, batch *ingestv1.Batch) error {
-	if n := len(batch.GetSockets()); s.adm.MaxSessionSockets > 0 && h.sockets+n > s.adm.MaxSessionSockets {
+func (s *Server) admit(logger *slog.Logger, h *holdings, seq uint64, sockets, procs int) error {
+	if n := sockets; s.adm.MaxSessionSockets > 0 && h.sockets+n > s.adm.MaxSessionSockets {
 		return s.reject(logger, reasonSessionSockets, status.Errorf(codes.ResourceExhausted,
 			"batch %d: %d live sockets and %d new ones are more than this reducer's cap of %d per session",
-			batch.GetSequence(), h.sockets, n, s.adm.MaxSessionSockets))
+			seq, h.sockets, n, s.adm.MaxSessionSockets))
 	}
-	if n := len(batch.GetProcesses()); s.adm.MaxSessionProcesses > 0 && h.procs+n > s.adm.MaxSessionProcesses {
+	if n := procs; s.adm.MaxSessionProcesses > 0 && h.procs+n > s.adm.MaxSessionProcesses {
 		return s.reject(logger, reasonSessionProcs, status.Errorf(codes.ResourceExhausted,
 			"batch %d: %d live processes and %d new ones are more than this reducer's cap of %d per session",
-			batch.GetSequence(), h.procs, n, s.adm.MaxSessionProcesses))
+			seq, h.procs, n, s.adm.MaxSessionProcesses))
 	}
 	return nil
 }
 
 // applied counts what an applied batch announced and retired.
-func (h *holdings) applied(batch *ingestv1.Batch) {
-	h.sockets += len(batch.GetSockets()) - len(batch.GetClosedSockets())
-	h.procs += len(batch.GetProcesses()) - len(batch.GetForgottenProcesses())
+func (h *holdings) applied(sockets, closed, procs, forgotten int) {
+	h.sockets += sockets - closed
+	h.procs += procs - forgotten
 }

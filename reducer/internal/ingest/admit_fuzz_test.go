@@ -133,9 +133,7 @@ func FuzzSessions(f *testing.F) {
 				m := live[r.small(len(live))]
 				socks, procs := int(r.next()), r.small(60)
 				closed := min(r.small(256), m.held.sockets)
-				b := &ingestv1.Batch{Sockets: make([]*ingestv1.Socket, socks), Processes: make([]*ingestv1.Process, procs),
-					ClosedSockets: make([]uint32, closed)}
-				err := s.admit(logger, &m.held, b)
+				err := s.admit(logger, &m.held, 1, socks, procs)
 				want := m.held.sockets+socks <= 300 && m.held.procs+procs <= 50
 				if (err == nil) != want {
 					t.Fatalf("batch of %d sockets, %d processes on %+v: %v", socks, procs, m.held, err)
@@ -146,7 +144,7 @@ func FuzzSessions(f *testing.F) {
 					}
 					break
 				}
-				m.held.applied(b)
+				m.held.applied(socks, closed, procs, 0)
 			}
 			for node, m := range current {
 				if *m.cancelled != 0 {

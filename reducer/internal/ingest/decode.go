@@ -20,54 +20,23 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 		dst.Time = t.AsTime()
 	}
 	for _, p := range in.GetProcesses() {
-		dst.Processes = append(dst.Processes, match.Process{
-			Handle:    p.GetHandle(),
-			PID:       p.GetPid(),
-			Comm:      p.GetComm(),
-			Cgroup:    p.GetCgroup(),
-			StartTime: p.GetStartTime(),
-			CgroupID:  p.GetCgroupId(),
-
-			PPID:        p.GetPpid(),
-			Executable:  p.GetExecutable(),
-			Cmdline:     p.GetCmdline(),
-			ContainerID: p.GetContainerId(),
-			PodUID:      p.GetPodUid(),
-		})
+		dst.Processes = append(dst.Processes, decodeProcess(p))
 	}
 	for i, s := range in.GetSockets() {
-		local, err := endpoint(s.GetLocalAddr(), s.GetLocalPort())
-		if err != nil {
-			return fmt.Errorf("batch %d: socket %d: local %w", seq, i, err)
-		}
-		remote, err := endpoint(s.GetRemoteAddr(), s.GetRemotePort())
-		if err != nil {
-			return fmt.Errorf("batch %d: socket %d: remote %w", seq, i, err)
+		ws := wireSocket{
+			handle: s.GetHandle(), process: s.GetProcess(), role: int32(s.GetRole()),
+			localAddr: s.GetLocalAddr(), localPort: s.GetLocalPort(), remoteAddr: s.GetRemoteAddr(), remotePort: s.GetRemotePort(),
+			netns: s.GetNetns(), newConnection: s.GetNewConnection(), cookie: s.GetCookie(),
 		}
 		if n := s.GetNat(); n != nil {
-			// The connection as its peer sees it, after NAT: a client of a
-			// virtual IP joins the backend's socket.
-			if local, err = endpoint(n.GetLocalAddr(), n.GetLocalPort()); err != nil {
-				return fmt.Errorf("batch %d: socket %d: nat local %w", seq, i, err)
-			}
-			if remote, err = endpoint(n.GetRemoteAddr(), n.GetRemotePort()); err != nil {
-				return fmt.Errorf("batch %d: socket %d: nat remote %w", seq, i, err)
-			}
+			ws.nat = true
+			ws.natLocal, ws.natLocalPort, ws.natRemote, ws.natRemotePort = n.GetLocalAddr(), n.GetLocalPort(), n.GetRemoteAddr(), n.GetRemotePort()
 		}
-		role, err := decodeRole(s.GetRole())
+		k, err := decodeSocket(&ws)
 		if err != nil {
 			return fmt.Errorf("batch %d: socket %d: %w", seq, i, err)
 		}
-		dst.Sockets = append(dst.Sockets, match.Socket{
-			Handle:        s.GetHandle(),
-			Process:       s.GetProcess(),
-			Role:          role,
-			Local:         local,
-			Remote:        remote,
-			Netns:         s.GetNetns(),
-			NewConnection: s.GetNewConnection(),
-			Cookie:        s.GetCookie(),
-		})
+		dst.Sockets = append(dst.Sockets, k)
 	}
 	for _, o := range in.GetOwners() {
 		dst.Owners = append(dst.Owners, match.Owner{Socket: o.GetSocket(), Process: o.GetProcess()})
@@ -75,7 +44,75 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	if err := DecodeStats(&dst.Stats, in.GetStats()); err != nil {
 		return fmt.Errorf("batch %d: %w", seq, err)
 	}
-	for i, f := range in.GetFailedConnects() {
+	if err := decodeFailed(dst, seq, in.GetFailedConnects()); err != nil {
+		return err
+	}
+	if err := decodeUDP(dst, seq, in.GetUdpFlows()); err != nil {
+		return err
+	}
+	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
+	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
+	if err := decodeDNS(dst, in); err != nil {
+		return fmt.Errorf("batch %d: %w", seq, err)
+	}
+	return nil
+}
+
+func decodeProcess(p *ingestv1.Process) match.Process {
+	return match.Process{
+		Handle:    p.GetHandle(),
+		PID:       p.GetPid(),
+		Comm:      p.GetComm(),
+		Cgroup:    p.GetCgroup(),
+		StartTime: p.GetStartTime(),
+		CgroupID:  p.GetCgroupId(),
+
+		PPID:        p.GetPpid(),
+		Executable:  p.GetExecutable(),
+		Cmdline:     p.GetCmdline(),
+		ContainerID: p.GetContainerId(),
+		PodUID:      p.GetPodUid(),
+	}
+}
+
+// decodeSocket checks and decodes an announced socket.
+func decodeSocket(s *wireSocket) (match.Socket, error) {
+	local, err := endpoint(s.localAddr, s.localPort)
+	if err != nil {
+		return match.Socket{}, fmt.Errorf("local %w", err)
+	}
+	remote, err := endpoint(s.remoteAddr, s.remotePort)
+	if err != nil {
+		return match.Socket{}, fmt.Errorf("remote %w", err)
+	}
+	if s.nat {
+		// The connection as its peer sees it, after NAT: a client of a
+		// virtual IP joins the backend's socket.
+		if local, err = endpoint(s.natLocal, s.natLocalPort); err != nil {
+			return match.Socket{}, fmt.Errorf("nat local %w", err)
+		}
+		if remote, err = endpoint(s.natRemote, s.natRemotePort); err != nil {
+			return match.Socket{}, fmt.Errorf("nat remote %w", err)
+		}
+	}
+	role, err := decodeRole(ingestv1.Role(s.role))
+	if err != nil {
+		return match.Socket{}, err
+	}
+	return match.Socket{
+		Handle:        s.handle,
+		Process:       s.process,
+		Role:          role,
+		Local:         local,
+		Remote:        remote,
+		Netns:         s.netns,
+		NewConnection: s.newConnection,
+		Cookie:        s.cookie,
+	}, nil
+}
+
+func decodeFailed(dst *match.Batch, seq uint64, in []*ingestv1.FailedConnect) error {
+	for i, f := range in {
 		local, err := endpoint(f.GetLocalAddr(), f.GetLocalPort())
 		if err != nil {
 			return fmt.Errorf("batch %d: failed connect %d: local %w", seq, i, err)
@@ -93,7 +130,11 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 			SynRetransmits: f.GetSynRetransmits(),
 		})
 	}
-	for i, f := range in.GetUdpFlows() {
+	return nil
+}
+
+func decodeUDP(dst *match.Batch, seq uint64, in []*ingestv1.UdpFlow) error {
+	for i, f := range in {
 		local, err := endpoint(f.GetLocalAddr(), f.GetLocalPort())
 		if err != nil {
 			return fmt.Errorf("batch %d: UDP flow %d: local %w", seq, i, err)
@@ -117,11 +158,6 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 			PeerLocal:         f.GetPeerLocal(),
 		})
 	}
-	dst.Closed = append(dst.Closed, in.GetClosedSockets()...)
-	dst.Forgotten = append(dst.Forgotten, in.GetForgottenProcesses()...)
-	if err := decodeDNS(dst, in); err != nil {
-		return fmt.Errorf("batch %d: %w", seq, err)
-	}
 	return nil
 }
 
@@ -129,16 +165,21 @@ func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 // gaps into handles, appending them to dst.Handles. The counter columns are
 // shared with in, not copied.
 func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
-	gaps := in.GetHandleGaps()
+	return decodeStatsColumns(dst, in.GetHandleGaps(), in.GetBytesSent(), in.GetBytesReceived(), in.GetSegmentsSent(), in.GetSegmentsReceived(),
+		in.GetRetransmits(), in.GetResetsSent(), in.GetResetsReceived(), in.GetSrttUs())
+}
+
+// decodeStatsColumns is DecodeStats on the columns of a stats message.
+func decodeStatsColumns(dst *match.Stats, gaps []uint32, sent, recv, segsSent, segsRecv, retransmits, resetsSent, resetsRecv []uint64, srtt []uint32) error {
 	n := len(gaps)
 	columns := [...]struct {
 		name string
 		len  int
 	}{
-		{"bytes_sent", len(in.GetBytesSent())},
-		{"bytes_received", len(in.GetBytesReceived())},
-		{"segments_sent", len(in.GetSegmentsSent())},
-		{"segments_received", len(in.GetSegmentsReceived())},
+		{"bytes_sent", len(sent)},
+		{"bytes_received", len(recv)},
+		{"segments_sent", len(segsSent)},
+		{"segments_received", len(segsRecv)},
 	}
 	for _, c := range columns {
 		if c.len != n {
@@ -150,10 +191,10 @@ func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
 		name string
 		len  int
 	}{
-		{"retransmits", len(in.GetRetransmits())},
-		{"resets_sent", len(in.GetResetsSent())},
-		{"resets_received", len(in.GetResetsReceived())},
-		{"srtt_us", len(in.GetSrttUs())},
+		{"retransmits", len(retransmits)},
+		{"resets_sent", len(resetsSent)},
+		{"resets_received", len(resetsRecv)},
+		{"srtt_us", len(srtt)},
 	}
 	for _, c := range optional {
 		if c.len != 0 && c.len != n {
@@ -173,14 +214,14 @@ func DecodeStats(dst *match.Stats, in *ingestv1.SocketStats) error {
 		handles = append(handles, uint32(h))
 	}
 	dst.Handles = handles
-	dst.BytesSent = in.GetBytesSent()
-	dst.BytesReceived = in.GetBytesReceived()
-	dst.SegmentsSent = in.GetSegmentsSent()
-	dst.SegmentsReceived = in.GetSegmentsReceived()
-	dst.Retransmits = in.GetRetransmits()
-	dst.ResetsSent = in.GetResetsSent()
-	dst.ResetsReceived = in.GetResetsReceived()
-	dst.SrttUs = in.GetSrttUs()
+	dst.BytesSent = sent
+	dst.BytesReceived = recv
+	dst.SegmentsSent = segsSent
+	dst.SegmentsReceived = segsRecv
+	dst.Retransmits = retransmits
+	dst.ResetsSent = resetsSent
+	dst.ResetsReceived = resetsRecv
+	dst.SrttUs = srtt
 	return nil
 }
 
@@ -210,7 +251,11 @@ func decodeRole(r ingestv1.Role) (match.Role, error) {
 
 // decodeDNS decodes the DNS flows and answers of a batch.
 func decodeDNS(dst *match.Batch, in *ingestv1.Batch) error {
-	for i, f := range in.GetDnsFlows() {
+	return decodeDNSParts(dst, in.GetDnsFlows(), in.GetDnsAnswers())
+}
+
+func decodeDNSParts(dst *match.Batch, flows []*ingestv1.DnsFlow, answers []*ingestv1.DnsAnswer) error {
+	for i, f := range flows {
 		client, ok := netip.AddrFromSlice(f.GetClientAddr())
 		if !ok {
 			return fmt.Errorf("dns flow %d: client address has %d bytes (want 4 or 16)", i, len(f.GetClientAddr()))
@@ -231,7 +276,7 @@ func decodeDNS(dst *match.Batch, in *ingestv1.Batch) error {
 		}
 		dst.DNSFlows = append(dst.DNSFlows, df)
 	}
-	for i, a := range in.GetDnsAnswers() {
+	for i, a := range answers {
 		da := match.DNSAnswer{Name: a.GetName(), TTL: time.Duration(a.GetTtlSeconds()) * time.Second}
 		if da.Name == "" {
 			return fmt.Errorf("dns answer %d: empty name", i)

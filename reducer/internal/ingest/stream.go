@@ -64,29 +64,32 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 
 	// Receive on a goroutine of its own, so that a replaced session or a
 	// shutdown can end the stream while Recv waits.
-	msgs := make(chan *ingestv1.StreamRequest, 1)
+	msgs := make(chan *request, 1)
 	errc := make(chan error, 1)
 	go func() {
 		for {
-			m, err := recvRequest(stream, &f)
+			r := getRequest()
+			f := grpcserver.Frame{Data: r.data}
+			err := stream.RecvMsg(&f)
+			r.data = f.Data
 			if err != nil {
+				putRequest(r)
 				errc <- err
 				return
 			}
-			if cap(f.Data) > bigBuffer {
-				f.Data = nil // a snapshot's size: not kept for the stream's life
-			}
 			select {
-			case msgs <- m:
+			case msgs <- r:
 			case <-ctx.Done():
+				putRequest(r)
 				return
 			}
 		}
 	}()
 
-	var b match.Batch
 	var last uint64
 	var held holdings
+	ack := &ingestv1.Ack{}
+	resp := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: ack}}
 	for {
 		select {
 		case <-replaced:
@@ -97,38 +100,53 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 			return status.Error(codes.Unavailable, "reducer shutting down")
 		case err := <-errc:
 			return s.recvError(logger, err)
-		case m := <-msgs:
-			s.metrics.messages.Inc()
-			batch := m.GetBatch()
-			if batch == nil {
-				return s.reject(logger, reasonUnexpectedHello, status.Error(codes.InvalidArgument, "only the first message may be a hello"))
-			}
-			if seq := batch.GetSequence(); seq != last+1 {
-				return s.reject(logger, reasonBadSequence, status.Errorf(codes.InvalidArgument, "batch %d: sequence must be %d", seq, last+1))
-			}
-			if err := s.admit(logger, &held, batch); err != nil {
+		case r := <-msgs:
+			err := s.handle(logger, sess, hello, &held, &last, r)
+			putRequest(r)
+			if err != nil {
 				return err
 			}
-			if err := DecodeBatch(&b, batch); err != nil {
-				return s.reject(logger, reasonInvalidBatch, status.Error(codes.InvalidArgument, err.Error()))
-			}
-			s.engine.NameDNS(&b)
-			if err := s.engine.Apply(sess, &b); err != nil {
-				return s.rejectEngine(logger, err)
-			}
-			held.applied(batch)
-			s.engine.ApplyDNS(sess, &b)
-			b.Shrink(bigBatch)
-			b.Reset() // lets the message's columns go until the next one
-			s.recordLoss(hello.GetNodeName(), hello.GetBootId(), batch.GetLoss())
-			last = batch.GetSequence()
-			ack := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}}
-			if err := stream.SendMsg(ack); err != nil {
+			// SendMsg encodes the ack before it returns: one message serves
+			// every ack of the stream.
+			ack.Sequence = last
+			if err := stream.SendMsg(resp); err != nil {
 				logger.Info("stream closed", "error", err)
 				return err
 			}
 		}
 	}
+}
+
+// handle reads, checks and applies one request after the hello. The error
+// is the stream's status, already counted.
+func (s *Server) handle(logger *slog.Logger, sess *match.Session, hello *ingestv1.Hello, held *holdings, last *uint64, r *request) error {
+	s.metrics.messages.Inc()
+	w := &r.wire
+	if err := readRequest(w, r.data); err != nil {
+		return s.reject(logger, reasonMalformed, status.Error(codes.InvalidArgument, (&malformedError{err: err}).Error()))
+	}
+	if !w.batch {
+		return s.reject(logger, reasonUnexpectedHello, status.Error(codes.InvalidArgument, "only the first message may be a hello"))
+	}
+	if seq := w.seq; seq != *last+1 {
+		return s.reject(logger, reasonBadSequence, status.Errorf(codes.InvalidArgument, "batch %d: sequence must be %d", seq, *last+1))
+	}
+	if err := s.admit(logger, held, w.seq, len(w.sockets), len(w.processes)); err != nil {
+		return err
+	}
+	b := &r.batch
+	if err := decodeWire(b, w); err != nil {
+		return s.reject(logger, reasonInvalidBatch, status.Error(codes.InvalidArgument, err.Error()))
+	}
+	s.engine.NameDNS(b)
+	if err := s.engine.Apply(sess, b); err != nil {
+		return s.rejectEngine(logger, err)
+	}
+	held.applied(len(w.sockets), len(w.closed), len(w.processes), len(w.forgotten))
+	s.engine.ApplyDNS(sess, b)
+	s.recordLoss(hello.GetNodeName(), hello.GetBootId(), w.lossReport())
+	*last = w.seq
+	return nil
 }
 
 // bigBuffer (bytes) and bigBatch (entries) are the sizes beyond which a
