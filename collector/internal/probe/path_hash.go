@@ -44,13 +44,19 @@ func storageOrHashmap(path Path) (Path, error) {
 	return path, nil
 }
 
-// udpPathOf is the path UDP sizes take on path: the hashmap path changes
-// nothing for UDP, which takes what the kernel has, as on auto.
-func udpPathOf(path Path) Path {
-	if path == PathHashmap {
+// udpPathOf is the path UDP sizes take when asked was asked for and path
+// taken: the hashmap path is about TCP. Taken by auto, UDP is as on auto
+// (off, with the reason, where the kernel has no socket storage in tracing
+// programs); forced, UDP takes what the kernel has where it has socket
+// storage there, and is refused by that feature where not.
+func udpPathOf(asked, path Path) Path {
+	if path != PathHashmap {
+		return path
+	}
+	if asked == "" || asked == PathAuto || storageChecked() == nil {
 		return PathAuto
 	}
-	return path
+	return PathHashmap
 }
 
 // hashObjs is what the hashmap path loads of bpf/tcp_hash.c.

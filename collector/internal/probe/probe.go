@@ -294,7 +294,7 @@ func Open(cfg Config) (*Probe, error) {
 			return nil, errors.Join(err, p.release())
 		}
 	}
-	if err := p.loadUDP(cfg.UDP, udpPathOf(path)); err != nil {
+	if err := p.loadUDP(cfg.UDP, udpPathOf(cfg.Path, path)); err != nil {
 		return nil, errors.Join(err, p.release())
 	}
 	p.reader, err = ringbuf.NewReader(p.objs.Events)

@@ -181,10 +181,13 @@ func (p *Probe) loadUDP(cfg UDPConfig, path Path) error {
 		p.features = append(p.features, Feature{Name: "udp", Reason: "off (--udp)"})
 		return nil
 	}
-	if err := storageChecked(); err != nil && path == PathAuto {
+	if err := storageChecked(); err != nil {
 		// udp.c keeps its peers in socket storage (the hashmap path's kernels).
-		p.features = append(p.features, Feature{Name: "udp", Reason: "UDP sockets are kept in socket storage: " + err.Error()})
-		return nil
+		if path == PathAuto {
+			p.features = append(p.features, Feature{Name: "udp", Reason: "UDP sockets are kept in socket storage: " + err.Error()})
+			return nil
+		}
+		return fmt.Errorf("--probe-path=%s: UDP sockets are kept in socket storage: %w", path, err)
 	}
 	sizes := udpSizesPath(path)
 	err := p.openUDP(cfg, sizes)
