@@ -527,23 +527,24 @@ int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
 	if (!trackable_state(state))
 		return 0; /* a client still connecting, or closed */
 
-	struct event f;
+	/* A close that raced the reads is caught by the flags read again after them: its event has the final counters. */
 	struct event *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
-	struct event *out = s ? s : &f;
-	__builtin_memset(out, 0, sizeof(*out));
-	fill_sample(out, sk, h, state);
-	/* A close that raced the reads: its event has the final counters. */
-	if (h->st.flags & SK_STATE_CLOSED) {
-		if (s)
-			bpf_ringbuf_discard(s, 1 /* BPF_RB_NO_WAKEUP */);
-		return 0;
-	}
 	if (s) {
+		__builtin_memset(s, 0, sizeof(*s));
+		fill_sample(s, sk, h, state);
+		if (h->st.flags & SK_STATE_CLOSED) {
+			bpf_ringbuf_discard(s, 1 /* BPF_RB_NO_WAKEUP */);
+			return 0;
+		}
 		/* No wakeup: the reader drains the ring after its read() returns. */
 		bpf_ringbuf_submit(s, 1 /* BPF_RB_NO_WAKEUP */);
 		return 0;
 	}
 	/* The ring is full: correct, but the walk may now be chunked. */
+	struct event f = {};
+	fill_sample(&f, sk, h, state);
+	if (h->st.flags & SK_STATE_CLOSED)
+		return 0;
 	count_drop(DROP_SAMPLE_FALLBACK);
 	bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
 	return 0;

@@ -130,6 +130,7 @@ func (b *archBuild) prepare(ctx context.Context, dir string) error {
 var (
 	leftOutMu sync.Mutex
 	leftOut   = map[string][]string{}
+	listed    = map[string][]string{} // the tests each suite's own filter selects
 )
 
 // listLeftOut lists the privileged tests of a binary that no suite runs.
@@ -138,7 +139,7 @@ func listLeftOut(ctx context.Context, name, bin string) error {
 	if err != nil {
 		return fmt.Errorf("%s -test.list: %w", bin, err)
 	}
-	var names []string
+	var names, kept []string
 	for l := range strings.SplitSeq(string(out), "\n") {
 		l = strings.TrimSpace(l)
 		if !strings.HasPrefix(l, "Test") {
@@ -163,10 +164,13 @@ func listLeftOut(ctx context.Context, name, bin string) error {
 		}
 		if !selected {
 			names = append(names, name+"."+l)
+		} else {
+			kept = append(kept, l)
 		}
 	}
 	leftOutMu.Lock()
 	leftOut[name] = names
+	listed[name] = kept
 	leftOutMu.Unlock()
 	return nil
 }
@@ -253,7 +257,7 @@ func (g *guest) plan(runRE string) ([]byte, error) {
 			if !slices.Contains(s.paths, pp.name) {
 				continue
 			}
-			run := s.run
+			run, _ := s.narrowed(pp.name, g.kernel.id())
 			if runRE != "" {
 				run = runRE // the caller's filter replaces the suite's
 			}

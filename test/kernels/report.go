@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -57,6 +58,9 @@ func (g *guest) report(w io.Writer, verbose bool) {
 		pass, fail, unsup, skip := r.counts()
 		fmt.Fprintf(w, "  %s/%s: %d passed, %d failed, %d not supported, %d skipped in %.1fs (exit %d)\n",
 			r.path, r.suite, len(pass), len(fail), len(unsup), len(skip), r.seconds, r.exit)
+		if out := g.narrowedOut(r); len(out) > 0 {
+			fmt.Fprintf(w, "    left out on this path here for time (they run on it on the kernels where auto takes it): %s\n", strings.Join(out, ", "))
+		}
 		for _, t := range r.tests {
 			switch {
 			case t.result == "PASS" && t.known != "":
@@ -311,4 +315,31 @@ func keys(m map[string]bool) []string {
 func lastOf(lines []string, n int) string {
 	start := max(len(lines)-n, 0)
 	return strings.TrimSpace(strings.Join(lines[start:], " "))
+}
+
+// narrowedOut names the tests of a run's suite that a narrowing left out
+// on its path and kernel: those of the suite's own filter that the
+// narrowed filter does not match.
+func (g *guest) narrowedOut(r *runResult) []string {
+	for _, s := range suites {
+		if s.name != r.suite {
+			continue
+		}
+		run, ok := s.narrowed(r.path, g.kernel.id())
+		if !ok {
+			return nil
+		}
+		keep := regexp.MustCompile(run)
+		leftOutMu.Lock()
+		all := listed[s.name]
+		leftOutMu.Unlock()
+		var out []string
+		for _, name := range all {
+			if !keep.MatchString(name) {
+				out = append(out, name)
+			}
+		}
+		return out
+	}
+	return nil
 }
