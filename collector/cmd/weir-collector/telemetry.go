@@ -270,10 +270,9 @@ type reporter struct {
 	t *telemetry
 }
 
+// Report returns the encoder's batch (whose announcements the NAT table,
+// synced by the encoder, translates) with the telemetry's parts.
 func (r reporter) Report(now time.Time) *ingestv1.Batch {
-	if r.t.nat != nil {
-		r.t.nat.Sync() // every established socket's translation first
-	}
 	b := r.Encoder.Report(now)
 	r.t.fill(b)
 	return b

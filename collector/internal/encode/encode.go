@@ -5,6 +5,7 @@ package encode
 import (
 	"math"
 	"net/netip"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,8 +38,11 @@ type Describer interface {
 }
 
 // Translator finds the NAT translation of a TCP connection, by its ends as
-// its socket sees them.
+// its socket sees them. Report calls Sync once with the network namespaces
+// of the sockets it is about to announce (each once), after it drained the
+// source and before it calls Translate for them.
 type Translator interface {
+	Sync(netns []uint32)
 	Translate(local, remote netip.AddrPort) (nat.Translation, bool)
 }
 
@@ -86,6 +90,7 @@ type Encoder struct {
 	slots       []int32 // Changes.Deltas index by socket handle, -1 for none
 	freeSocks   []uint32
 	nat         Translator          // nil: no translations
+	netns       []uint32            // netnsOf's result
 	udp         map[uint64]*process // the process of each UDP socket (by cookie) announced with a flow
 }
 
@@ -103,6 +108,19 @@ func New(src Source, cgroups Cgroups) *Encoder {
 		procs:   make(map[procKey]*process),
 		udp:     make(map[uint64]*process),
 	}
+}
+
+// netnsOf returns the network namespaces of opened, each once, in a slice
+// that the next call reuses.
+func (e *Encoder) netnsOf(opened []sockets.Socket) []uint32 {
+	e.netns = e.netns[:0]
+	for i := range opened {
+		// Few namespaces per batch, and runs of one: a linear search.
+		if ns := opened[i].NetNS; !slices.Contains(e.netns, ns) {
+			e.netns = append(e.netns, ns)
+		}
+	}
+	return e.netns
 }
 
 // Resync starts a new epoch: every handle is forgotten and the next Report
@@ -125,6 +143,9 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	c := &e.changes
 	e.src.Drain(c)
 	b := &ingestv1.Batch{Time: timestamppb.New(now)}
+	if e.nat != nil && len(c.Opened) > 0 {
+		e.nat.Sync(e.netnsOf(c.Opened))
+	}
 
 	// The announcements and their addresses are carved from one
 	// allocation each rather than three per socket: under connection

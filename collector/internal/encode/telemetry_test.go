@@ -2,6 +2,7 @@ package encode
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,11 +12,21 @@ import (
 	"github.com/weir-project/weir/collector/internal/procs"
 )
 
-// translator translates the connections to one address.
-type translator map[netip.AddrPort]nat.Translation
+// translator translates the connections to one address, once Sync was
+// told of the namespace that it follows.
+type translator struct {
+	to     map[netip.AddrPort]nat.Translation
+	netns  uint32
+	synced bool
+}
 
-func (tr translator) Translate(_, remote netip.AddrPort) (nat.Translation, bool) {
-	t, ok := tr[remote]
+func (tr *translator) Sync(netns []uint32) { tr.synced = slices.Contains(netns, tr.netns) }
+
+func (tr *translator) Translate(_, remote netip.AddrPort) (nat.Translation, bool) {
+	if !tr.synced {
+		return nat.Translation{}, false
+	}
+	t, ok := tr.to[remote]
 	return t, ok
 }
 
@@ -33,7 +44,8 @@ func TestTelemetry(t *testing.T) {
 	_, tab, _ := newEncoder(t, nil)
 	enc := New(tab, describer{})
 	backend := netip.MustParseAddrPort("10.9.9.9:8080")
-	enc.SetTranslator(translator{netip.AddrPortFrom(remoteIP, 80): {Local: netip.AddrPortFrom(localIP, 40000), Remote: backend}})
+	enc.SetTranslator(&translator{to: map[netip.AddrPort]nat.Translation{
+		netip.AddrPortFrom(remoteIP, 80): {Local: netip.AddrPortFrom(localIP, 40000), Remote: backend}}, netns: netns})
 	owner := probe.Owner{PID: 42, StartTime: 7, Comm: "curl"}
 	apply(t, tab, open(1, probe.RoleClient, 40000, owner, ctr(10, 0, 1, 0)))
 	b := enc.Report(time.Unix(1, 0))

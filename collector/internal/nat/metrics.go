@@ -9,6 +9,9 @@ import (
 type metrics struct {
 	added, dropped, hits, overruns, errors prometheus.Counter
 	namespaces                             prometheus.Gauge
+	// listings of the namespaces: periodic, or asked by Sync for a socket
+	// of a namespace not followed yet.
+	periodicRescans, syncRescans prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
@@ -38,11 +41,17 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			Help: "Network namespaces whose conntrack events are followed.",
 		}),
 	}
+	listings := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "weir_collector_netns_listings_total",
+		Help: "Listings of the network namespaces (every /proc/PID/ns/net) for conntrack, by reason: periodic, or new_netns (a socket of a namespace not followed yet was about to be reported).",
+	}, []string{"reason"})
+	m.periodicRescans = listings.WithLabelValues("periodic")
+	m.syncRescans = listings.WithLabelValues("new_netns")
 	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "weir_collector_nat_translations",
 		Help: "NAT translations kept.",
 	}, func() float64 { return float64(t.Len()) })
-	for _, c := range []prometheus.Collector{m.added, m.dropped, m.hits, m.overruns, m.errors, m.namespaces, size} {
+	for _, c := range []prometheus.Collector{m.added, m.dropped, m.hits, m.overruns, m.errors, m.namespaces, listings, size} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register NAT metrics: %w", err)
 		}

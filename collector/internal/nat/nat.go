@@ -37,7 +37,11 @@ type Config struct {
 	// after the TTL (after a reconnect to the reducer) goes without its
 	// translation, to the virtual IP's name.
 	TTL time.Duration
-	// Rescan is how often the network namespaces are listed again.
+	// Rescan is how often the network namespaces are listed again, besides
+	// the listing that Sync makes when a socket comes from a namespace not
+	// followed yet: the safety net for a namespace that translates
+	// connections but was created after the last listing with no socket of
+	// its own and none of a namespace created with it.
 	Rescan time.Duration
 	// ProcRoot is where /proc is mounted; the namespaces are found through
 	// its processes, and through RunNetns.
@@ -50,7 +54,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{MaxEntries: 65536, TTL: 2 * time.Minute, Rescan: 2 * time.Second,
+	return Config{MaxEntries: 65536, TTL: 2 * time.Minute, Rescan: 10 * time.Second,
 		ProcRoot: "/proc", RunNetns: "/run/netns", ReadBuffer: 1 << 20}
 }
 
@@ -101,6 +105,9 @@ type Table struct {
 	watches map[uint64]*watch
 	buf     []byte
 	scanned time.Time // the last listing of the namespaces
+	// unlisted are namespaces that Sync was asked for and the last listing
+	// did not find; cleared by the periodic listing.
+	unlisted map[uint64]struct{}
 }
 
 // New returns an empty table whose metrics are registered with reg.
@@ -109,7 +116,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Table, er
 		return nil, err
 	}
 	t := &Table{cfg: cfg, logger: logger.With("component", "nat"), now: time.Now, entries: make(map[key]entry),
-		watches: make(map[uint64]*watch), buf: make([]byte, 1<<16)}
+		watches: make(map[uint64]*watch), unlisted: make(map[uint64]struct{}), buf: make([]byte, 1<<16)}
 	m, err := newMetrics(reg, t)
 	if err != nil {
 		return nil, err
@@ -244,6 +251,8 @@ func (t *Table) Run(ctx context.Context) error {
 		t.wmu.Lock()
 		if now.Sub(t.scanned) >= t.cfg.Rescan {
 			t.rescan(now)
+			t.m.periodicRescans.Inc()
+			clear(t.unlisted) // listed again: Sync may ask for them again
 		}
 		t.drainAll(now)
 		t.wmu.Unlock()
@@ -256,27 +265,60 @@ func (t *Table) Run(ctx context.Context) error {
 }
 
 // Sync applies every conntrack event already delivered to the event
-// sockets. The kernel delivers a connection's event when its first packet
-// is confirmed, before the SYN leaves the namespace that translates it, so
-// after Sync every translated connection whose socket is established (or
-// closed) has its translation here, except in a namespace that appeared
-// less than 250 ms ago or whose socket overran (counted). The collector
-// calls it before each report, so that a short connection is never sent
-// before its translation arrived.
-func (t *Table) Sync() {
+// sockets, so that the connections about to be reported, whose sockets are
+// in the network namespaces netns, find their translations. The kernel
+// delivers a connection's event when its first packet is confirmed, before
+// the SYN leaves the namespace that translates it, so after Sync every
+// translated connection whose socket is established (or closed) has its
+// translation here, unless its namespace's socket overran (counted). The
+// encoder calls it after it drained the socket table and before it
+// announces the sockets, so that a short connection is never sent before
+// its translation arrived.
+//
+// The namespaces are listed again (every /proc/PID/ns/net) only when one
+// of netns is not followed yet: a new namespace, and any other created with
+// it (a router that translates for it, whose connections so far come from
+// the dump that follows its socket's opening). A namespace that such a
+// listing does not find (held by no process and not named under
+// RunNetns) is not asked for again until the periodic listing (Rescan):
+// listing every namespace before each report was a fifth of an idle
+// collector's CPU.
+func (t *Table) Sync(netns []uint32) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	now := t.now()
-	if now.Sub(t.scanned) >= syncRescan {
-		// A namespace created since the last listing: its connections
-		// so far come from the dump that follows its socket's opening.
+	if t.unfollowed(netns) {
 		t.rescan(now)
+		t.m.syncRescans.Inc()
+		if len(t.unlisted) >= maxUnlisted {
+			clear(t.unlisted)
+		}
+		for _, ns := range netns {
+			if _, ok := t.watches[uint64(ns)]; !ok {
+				t.unlisted[uint64(ns)] = struct{}{}
+			}
+		}
 	}
 	t.drainAll(now)
 }
 
-// syncRescan is how old the namespace listing may be at a Sync.
-const syncRescan = 250 * time.Millisecond
+// maxUnlisted bounds the namespaces that Sync remembers not to list again
+// for; beyond, it forgets them all (and lists again at most once for each).
+const maxUnlisted = 1024
+
+// unfollowed says whether a namespace of netns is neither followed nor
+// known to be missing from the listing. t.wmu is held.
+func (t *Table) unfollowed(netns []uint32) bool {
+	for _, ns := range netns {
+		if _, ok := t.watches[uint64(ns)]; ok {
+			continue
+		}
+		if _, ok := t.unlisted[uint64(ns)]; !ok {
+			return true
+		}
+	}
+	return false
+}
 
 // rescan lists the network namespaces again: it follows the new ones
 // (seeded by a dump of their connections) and forgets the gone ones. t.wmu

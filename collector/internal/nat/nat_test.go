@@ -239,9 +239,13 @@ func TestPrivilegedSync(t *testing.T) {
 		}
 		return local
 	}
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+ns, &st); err != nil {
+		t.Fatal(err)
+	}
 	for i, what := range []string{"a connection of a namespace not followed yet (the dump)", "a new connection (its event)"} {
 		local := connect()
-		tb.Sync()
+		tb.Sync([]uint32{uint32(st.Ino)})
 		tr, ok := tb.Translate(local, vip)
 		if !ok || tr.Remote != netip.MustParseAddrPort("198.18.9.1:8080") {
 			t.Errorf("%d, %s: translation %v, %v right after Sync (namespaces followed %d, translations %d, conntrack errors %v)",
@@ -318,5 +322,53 @@ func TestPrivilegedDialFailsInNamespace(t *testing.T) {
 	}
 	if !errors.Is(err, unix.EPROTONOSUPPORT) {
 		t.Fatalf("error %v, want EPROTONOSUPPORT", err)
+	}
+}
+
+// TestSyncListsOnlyForNewNamespaces: Sync lists the namespaces again only
+// for a namespace it does not follow yet, once; one that the listing does
+// not find is not asked for again until the periodic listing.
+func TestSyncListsOnlyForNewNamespaces(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(root+"/1/ns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in for the initial namespace: the listing finds its inode;
+	// its socket fails to open (not a namespace), which is counted and
+	// retried, yet the namespace is followed.
+	if err := os.WriteFile(root+"/1/ns/net", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(root+"/1/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ProcRoot, cfg.RunNetns = root, root+"/none"
+	tb, _ := newTable(t, cfg)
+	defer func() {
+		for _, w := range tb.watches {
+			w.close()
+		}
+	}()
+	listings := func() float64 { return testutil.ToFloat64(tb.m.syncRescans) }
+	known, gone := uint32(st.Ino), uint32(st.Ino)+1
+	for i, c := range []struct {
+		netns []uint32
+		want  float64
+	}{
+		{[]uint32{known}, 1},       // not followed yet: listed
+		{[]uint32{known}, 1},       // followed
+		{[]uint32{known, gone}, 2}, // a new one: listed, not found
+		{[]uint32{gone}, 2},        // not found last time: not again
+		{nil, 2},
+	} {
+		tb.Sync(c.netns)
+		if got := listings(); got != c.want {
+			t.Errorf("Sync %d (%v): %v listings, want %v", i, c.netns, got, c.want)
+		}
+	}
+	if _, ok := tb.watches[uint64(known)]; !ok {
+		t.Errorf("namespace %d not followed after its listing", known)
 	}
 }
