@@ -515,9 +515,18 @@ int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
 		return 0;
 	u64 k = *key;
 	if (h->st.flags & SK_STATE_CLOSED) {
-		/* Deleting the entry the walk stands on is safe: the walk goes on from its next. */
-		if (bpf_ktime_get_ns() - h->closed_at > closed_keep_ns)
-			bpf_map_delete_elem(&sk_hash, &k);
+		/*
+		 * Deleting the entry the walk stands on is safe: the walk goes on
+		 * from its next. The delete is by key: a socket that took the
+		 * address since (its state written whole, with another id) is
+		 * left alone, but for the few instructions between this lookup
+		 * and the delete.
+		 */
+		if (bpf_ktime_get_ns() - h->closed_at > closed_keep_ns) {
+			struct hash_state *now = bpf_map_lookup_elem(&sk_hash, &k);
+			if (now && now->id == h->id)
+				bpf_map_delete_elem(&sk_hash, &k);
+		}
 		return 0;
 	}
 	if (!(h->st.flags & SK_STATE_TRACKED))
