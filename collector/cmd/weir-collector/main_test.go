@@ -238,7 +238,8 @@ func TestPrivilegedRun(t *testing.T) {
 }
 
 // TestPrivilegedProbePath forces the probe paths: kprobe is refused with
-// its reason (exit 1); fentry either runs or, on a kernel that does not
+// its reason (exit 1); hashmap and auto run on every kernel that passes
+// probe.Check, and log the path taken; fentry either runs or, on a kernel that does not
 // permit it (this development VM: fentry gives EPERM, and there are no
 // kprobes), exits 1 with a message naming the path and the reason; the
 // default still runs (TestPrivilegedRun), on tracepoints where the kernel
@@ -250,12 +251,37 @@ func TestPrivilegedProbePath(t *testing.T) {
 	}{
 		{"kprobe", "--probe-path=kprobe: not available: kprobe programs cannot use socket storage"},
 		{"fentry", "--probe-path=fentry: "},
+		// Every kernel that passes probe.Check runs these; the log lines
+		// that name the path and each signal not collected are logged for
+		// the kernel matrix's report.
+		{"hashmap", ""},
+		{"auto", ""},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			var stdout, stderr bytes.Buffer
-			code := run(ctx, []string{"--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0", "--nat=false", "--probe-path", tc.path}, &stdout, &stderr)
+			args := []string{"--reducer", "127.0.0.1:1", "--http-addr", "127.0.0.1:0", "--nat=false", "--probe-path", tc.path}
+			if tc.path == "auto" {
+				args = append(args, "--udp") // so that a kernel without UDP sizes says so
+			}
+			code := run(ctx, args, &stdout, &stderr)
+			if tc.want == "" {
+				if code != 0 {
+					t.Fatalf("exit %d, stderr %q", code, stderr.String())
+				}
+				chosen := false
+				for l := range strings.SplitSeq(stderr.String(), "\n") {
+					if strings.Contains(l, "probe path chosen") || strings.Contains(l, "signal not collected") {
+						t.Logf("collector: %s", l)
+						chosen = chosen || strings.Contains(l, "probe path chosen")
+					}
+				}
+				if !chosen || tc.path == "hashmap" && !strings.Contains(stderr.String(), "path=hashmap") {
+					t.Errorf("the log does not say the path chosen (want %s):\n%s", tc.path, stderr.String())
+				}
+				return
+			}
 			if code == 0 && tc.path == "fentry" {
 				if !strings.Contains(stderr.String(), "path=fentry") {
 					t.Errorf("ran, but the log does not say path=fentry:\n%s", stderr.String())
