@@ -207,6 +207,11 @@ func (g *guest) summary() []string {
 		if len(unsup) > 0 {
 			l += fmt.Sprintf("; not supported on this path: %s (%s)", strings.Join(unsup, ", "), strings.Join(keys(reasons), "; "))
 		}
+		if p.name == "auto" {
+			if c := g.collectorChoice(); c != "" {
+				l += "; " + c
+			}
+		}
 		lines = append(lines, l)
 	}
 
@@ -342,4 +347,46 @@ func (g *guest) narrowedOut(r *runResult) []string {
 		return out
 	}
 	return nil
+}
+
+var (
+	chosenLine  = regexp.MustCompile(`msg="probe path chosen" asked=(\S+) path=(\S+)`)
+	notCollLine = regexp.MustCompile(`msg="signal not collected" feature=(\S+) reason=("(?:[^"\\]|\\.)*"|\S+)`)
+)
+
+// collectorChoice says what the collector logged when it started on auto
+// (TestPrivilegedProbePath/auto, with --udp): the path it took and each
+// signal it does not collect on this kernel, by name, with the reason.
+func (g *guest) collectorChoice() string {
+	for _, r := range g.runs {
+		if r.path != "auto" || r.suite != "collector" {
+			continue
+		}
+		path := ""
+		var off []string
+		for _, t := range r.tests {
+			inAuto := false
+			for _, l := range t.output {
+				if m := chosenLine.FindStringSubmatch(l); m != nil {
+					inAuto = m[1] == "auto"
+					if inAuto {
+						path, off = m[2], nil
+					}
+					continue
+				}
+				if m := notCollLine.FindStringSubmatch(l); m != nil && inAuto {
+					off = append(off, m[1]+" ("+strings.Trim(m[2], `"`)+")")
+				}
+			}
+		}
+		if path == "" {
+			return ""
+		}
+		out := "the collector on auto took path=" + path
+		if len(off) > 0 {
+			out += ", signals not collected: " + strings.Join(off, ", ")
+		}
+		return out
+	}
+	return ""
 }
