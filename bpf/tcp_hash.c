@@ -141,11 +141,21 @@ const volatile u64 wakeup_bytes = 1 << 18;
 /* How long a closed socket's state is kept for a late reset. */
 const volatile u64 closed_keep_ns = 2000000000ULL;
 
+/* An event's size in the ring: the record and its 8-byte header. */
+#define EVENT_RING_BYTES (sizeof(struct event) + 8)
+
+/*
+ * submit_event is tcp_events.h's: it wakes the reader only when this event
+ * takes the data waiting past a multiple of wakeup_bytes.
+ */
 static __always_inline void submit_event(struct event *ev)
 {
-	u64 flags = bpf_ringbuf_query(&events, 0 /* BPF_RB_AVAIL_DATA */) >= wakeup_bytes ?
-			    2 /* BPF_RB_FORCE_WAKEUP */ :
-			    1 /* BPF_RB_NO_WAKEUP */;
+	u64 avail = bpf_ringbuf_query(&events, 0 /* BPF_RB_AVAIL_DATA */);
+	u64 flags = 1; /* BPF_RB_NO_WAKEUP */
+
+	if (wakeup_bytes && avail >= EVENT_RING_BYTES &&
+	    avail / wakeup_bytes != (avail - EVENT_RING_BYTES) / wakeup_bytes)
+		flags = 2; /* BPF_RB_FORCE_WAKEUP */
 	bpf_ringbuf_submit(ev, flags);
 }
 
