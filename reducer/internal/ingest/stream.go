@@ -67,15 +67,19 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	msgs := make(chan *request, 1)
 	errc := make(chan error, 1)
 	go func() {
+		// The stream keeps only its receive buffer while it waits; the
+		// buffers to read and decode a request come from the pool.
+		var f grpcserver.Frame
 		for {
-			r := getRequest()
-			f := grpcserver.Frame{Data: r.data}
 			err := stream.RecvMsg(&f)
-			r.data = f.Data
 			if err != nil {
-				putRequest(r)
 				errc <- err
 				return
+			}
+			r := getRequest()
+			r.data, f.Data = f.Data, r.data[:0]
+			if cap(f.Data) > bigBuffer {
+				f.Data = nil // a snapshot's size: not kept for the stream's life
 			}
 			select {
 			case msgs <- r:

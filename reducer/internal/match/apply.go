@@ -49,7 +49,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID), podUID: p.PodUID}
 	}
 	for i, k := range b.Sockets {
-		if _, ok := s.socks[k.Handle]; ok {
+		if _, ok := s.socks.get(k.Handle); ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: socket %d: handle %d is already live", seq, i, k.Handle)
 		}
 		if _, ok := e.newSocks[k.Handle]; ok {
@@ -137,13 +137,14 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		}
 	}
 	for i, id := range e.created {
-		s.socks[e.sockAt(id).handle] = id
+		s.socks.set(e.sockAt(id).handle, id)
 		e.join(now, s, id, &b.Sockets[i])
 	}
 	e.nsockets += len(e.created)
 	e.created = e.created[:0]
 	for _, o := range b.Owners {
-		sk := e.sockAt(s.socks[o.Socket])
+		sid, _ := s.socks.get(o.Socket)
+		sk := e.sockAt(sid)
 		p, _ := e.lookupProc(s, o.Process)
 		if sk.process == p {
 			continue
@@ -189,13 +190,13 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.updates.Add(float64(len(e.statSocks)))
 
 	for _, h := range b.Closed {
-		id := s.socks[h]
+		id, _ := s.socks.get(h)
 		sk := e.sockAt(id)
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
 		}
 		e.close(sk)
-		delete(s.socks, h)
+		s.socks.del(h)
 		e.unrefSock(id)
 	}
 	e.nsockets -= len(b.Closed)
@@ -394,8 +395,13 @@ func (e *Engine) publishDue(now time.Time) {
 		n++
 	}
 	if n > 0 {
-		rest := copy(e.held, e.held[n:])
-		e.held = e.held[:rest]
+		// Re-sliced, not copied down: the queue is long (the flows of a
+		// join window) and each batch takes a few off its head; append
+		// moves the rest when it grows.
+		e.held = e.held[n:]
+		if len(e.held) == 0 {
+			e.held = e.held[:0:0]
+		}
 	}
 }
 
@@ -651,7 +657,7 @@ func (e *Engine) lookupProc(s *Session, h uint32) (*process, bool) {
 
 // lookupSock finds a live or newly announced socket.
 func (e *Engine) lookupSock(s *Session, h uint32) (sockID, bool) {
-	if id, ok := s.socks[h]; ok {
+	if id, ok := s.socks.get(h); ok {
 		return id, true
 	}
 	id, ok := e.newSocks[h]

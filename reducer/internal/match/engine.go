@@ -57,7 +57,7 @@ type Session struct {
 	epoch      uint64
 	cancel     func()
 	procs      map[uint32]*process
-	socks      map[uint32]sockID
+	socks      handleTable
 	attached   bool
 	detachedAt time.Time
 	gone       bool
@@ -297,7 +297,6 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		epoch:    h.Epoch,
 		cancel:   cancel,
 		procs:    make(map[uint32]*process),
-		socks:    make(map[uint32]sockID),
 		attached: true,
 		interval: h.ReportInterval,
 		addrs:    make(map[netip.Addr]struct{}),
@@ -387,7 +386,7 @@ func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []sockI
 	} else {
 		e.closeOrphans(s)
 	}
-	for _, id := range s.socks {
+	s.socks.all(func(_ uint32, id sockID) {
 		sk := e.sockAt(id)
 		if e.emitting {
 			e.emitSocket(now, EventSocketClose, sk)
@@ -399,15 +398,15 @@ func (e *Engine) drop(now time.Time, s *Session, replaced bool) (orphans []sockI
 			e.close(sk)
 			e.unrefSock(id)
 		}
-	}
-	e.nsockets -= len(s.socks)
+	})
+	e.nsockets -= s.socks.len()
 	e.reported(s)
 	for a := range s.addrs {
 		if e.fleet[a]--; e.fleet[a] <= 0 {
 			delete(e.fleet, a)
 		}
 	}
-	s.socks, s.procs, s.addrs = nil, nil, nil
+	s.socks, s.procs, s.addrs = handleTable{}, nil, nil
 	s.gone = true
 	if e.sessions[s.node] == s {
 		delete(e.sessions, s.node)
