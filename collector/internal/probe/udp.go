@@ -368,9 +368,16 @@ func (p *Probe) ReadUDP() (UDPRecord, error) {
 	if u == nil {
 		return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
 	}
+	// Close sets u.reader to nil after closing it: read it once, so that
+	// a Close meanwhile ends the read with ErrClosed instead of a nil
+	// reader on the next round.
+	r := u.reader
+	if r == nil {
+		return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
+	}
 	for {
-		u.reader.SetDeadline(time.Now().Add(eventWait))
-		err := u.reader.ReadInto(&u.record)
+		r.SetDeadline(time.Now().Add(eventWait))
+		err := r.ReadInto(&u.record)
 		switch {
 		case err == nil:
 			if len(u.record.RawSample) < udpRecordSize {
