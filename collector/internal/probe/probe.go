@@ -184,6 +184,7 @@ type Probe struct {
 	sampler  *link.Iter // writes a sample per tracked socket
 	discover *link.Iter // finds the sockets of the namespace that opens it
 	reader   *ringbuf.Reader
+	wake     *ringWaiter // waits for the event ring; nil: reader waits itself
 	samples  *sampleRing // the sampling iterator's ring
 	udp      *udpProbe   // nil unless Config.UDP.Enabled
 	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
@@ -301,8 +302,16 @@ func Open(cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open ring buffer: %w", err), p.release())
 	}
+	if w, err := newRingWaiter(p.objs.Events); err == nil {
+		// The reader never blocks: ReadEvent waits in w.
+		p.wake = w
+		p.reader.SetDeadline(time.Unix(0, 1))
+	}
 	p.samples, err = newSampleRing(p.iter.Samples)
 	if err != nil {
+		if p.wake != nil {
+			err = errors.Join(err, p.wake.close())
+		}
 		return nil, errors.Join(err, p.reader.Close(), p.release())
 	}
 	p.buf = make([]byte, iterBufBytes)
@@ -356,8 +365,9 @@ func (p *Probe) loadIter(cfg Config) error {
 }
 
 // eventWait is the longest an event waits in the ring before ReadEvent
-// returns it. The programs wake the reader only when a quarter of the ring
-// is full, so a steady trickle of events costs no wakeup per event.
+// returns it. The programs wake the reader only when the data waiting
+// passes a multiple of a quarter of the ring, so a steady trickle of events
+// costs no wakeup per event.
 const eventWait = 100 * time.Millisecond
 
 // ReadEvent blocks for the next lifecycle event; after Close it returns an
@@ -366,15 +376,28 @@ func (p *Probe) ReadEvent() (Event, error) {
 	p.readMu.Lock()
 	defer p.readMu.Unlock()
 	for {
-		p.reader.SetDeadline(time.Now().Add(eventWait))
+		if p.wake == nil {
+			p.reader.SetDeadline(time.Now().Add(eventWait))
+		}
 		err := p.reader.ReadInto(&p.record)
 		switch {
 		case err == nil:
 			return p.decodeRingEvent(p.record.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty; wait again.
+			if p.wake == nil {
+				continue
+			}
+			if err := p.wake.wait(eventWait); errors.Is(err, os.ErrClosed) {
+				return Event{}, fmt.Errorf("read event: %w", ErrClosed)
+			} else if err != nil {
+				return Event{}, fmt.Errorf("wait for events: %w", err)
+			}
 		case errors.Is(err, ringbuf.ErrFlushed):
 			// Every event submitted before the flush has been returned.
+			if p.wake != nil {
+				p.wake.done()
+			}
 			select {
 			case p.flushed <- struct{}{}:
 			default:
@@ -400,6 +423,9 @@ func (p *Probe) Sync(ctx context.Context) error {
 	}
 	if err := p.reader.Flush(); err != nil {
 		return fmt.Errorf("flush events: %w", err)
+	}
+	if p.wake != nil {
+		p.wake.interrupt() // the reader sees the flush without waiting out eventWait
 	}
 	select {
 	case <-p.flushed:
@@ -771,6 +797,9 @@ func (p *Probe) Close() error {
 	p.closeMu.Do(func() {
 		// Closing the readers first unblocks a pending ReadEvent or ReadUDP.
 		err = p.reader.Close()
+		if p.wake != nil {
+			err = errors.Join(err, p.wake.close())
+		}
 		if p.udp != nil && p.udp.reader != nil {
 			err = errors.Join(err, p.udp.reader.Close())
 			p.udp.reader = nil
