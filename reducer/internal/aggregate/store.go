@@ -50,6 +50,8 @@ type Edge struct {
 	store  *Store
 	into   *Edge  // the "other" edge that a folded edge counts into; nil when listed
 	recent uint64 // the first metric's (bytes') increase since the last rebalance
+	slot   EdgeRef
+	refs   int32 // references held (Store.Hold); its slot is kept while any is
 }
 
 // Key returns the edge's key.
@@ -171,7 +173,9 @@ type Store struct {
 	level    Level
 	edges    map[Key]*Edge // listed: their series are on /metrics
 	folds    map[Key]*Edge // folded into an "other" edge
-	isGauge  []bool        // by MetricID
+	slots    []*Edge       // by EdgeRef, of the edges that references hold; 0 is unused
+	free     []EdgeRef
+	isGauge  []bool // by MetricID
 	gauge    prometheus.Gauge
 	expired  prometheus.Counter
 	folded   prometheus.Counter
@@ -189,6 +193,7 @@ func NewStore(cfg Config, reg prometheus.Registerer) (*Store, error) {
 		level:    cfg.Level,
 		edges:    make(map[Key]*Edge),
 		folds:    make(map[Key]*Edge),
+		slots:    make([]*Edge, 1),
 		isGauge:  make([]bool, len(cfg.Metrics)),
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_reducer_edges",
@@ -436,3 +441,48 @@ func (s *Store) Snapshot(dst []Series) []Series {
 
 // Matches reports whether k is the key of e at the store's level.
 func (e *Edge) Matches(k Key) bool { return e.key == k.project(e.store.level) }
+
+// EdgeRef is a held reference to an edge, 4 bytes without a pointer, so
+// that the records that hold one (the match engine's flows, a million of
+// them) are memory the garbage collector does not scan. An edge keeps its
+// slot while any reference to it is held, dead or not, as a pointer would
+// keep it. 0 is none.
+type EdgeRef uint32
+
+// Hold returns a new reference to e (0 for nil). Each reference is given
+// back with Release.
+func (s *Store) Hold(e *Edge) EdgeRef {
+	if e == nil {
+		return 0
+	}
+	if e.slot == 0 {
+		if n := len(s.free); n > 0 {
+			e.slot, s.free = s.free[n-1], s.free[:n-1]
+			s.slots[e.slot] = e
+		} else {
+			e.slot = EdgeRef(len(s.slots))
+			s.slots = append(s.slots, e)
+		}
+	}
+	e.refs++
+	return e.slot
+}
+
+// Release gives back a reference that Hold returned.
+func (s *Store) Release(r EdgeRef) {
+	if r == 0 {
+		return
+	}
+	e := s.slots[r]
+	if e.refs--; e.refs == 0 {
+		s.slots[r] = nil
+		s.free = append(s.free, r)
+		e.slot = 0
+	}
+}
+
+// At returns the edge of a held reference; nil for 0.
+func (s *Store) At(r EdgeRef) *Edge { return s.slots[r] }
+
+// Held returns the number of edges that references hold.
+func (s *Store) Held() int { return len(s.slots) - 1 - len(s.free) }

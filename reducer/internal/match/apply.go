@@ -473,9 +473,9 @@ func (e *Engine) settle(now time.Time) {
 				e.store.Edge(now, aggregate.Key{Src: w[c], Dst: w[1-c]}).Add(now, aggregate.TCPConnectionsOpened, 1)
 			}
 			f.flags &^= flowPendingOpen
-			if f.conn != nil {
-				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
-				f.conn = nil
+			if f.conn != 0 {
+				e.edgeAt(f.conn).Sub(now, aggregate.TCPActiveConnections, 1)
+				e.setEdge(&f.conn, nil)
 			}
 			if e.emitting {
 				e.emitFlowClose(now, f)
@@ -487,32 +487,32 @@ func (e *Engine) settle(now time.Time) {
 		client := e.client(f)
 		for d := range f.dir {
 			k := aggregate.Key{Src: w[d], Dst: w[1-d]}
-			cur := f.dir[d].edge
+			cur := e.edgeAt(f.edge[d])
 			switch {
 			case cur != nil && !cur.Dead() && cur.Matches(k):
 			case uint8(d) == client && f.counts(client):
 				// The connection counts on the client's edge from now on.
-				f.dir[d].edge = e.store.Edge(now, k)
+				e.setEdge(&f.edge[d], e.store.Edge(now, k))
 			default:
-				f.dir[d].edge = nil
+				e.setEdge(&f.edge[d], nil)
 			}
 		}
-		conn := f.dir[client].edge
+		conn := e.edgeAt(f.edge[client])
 		if !f.counts(client) {
 			conn = nil // the client's reducer counts the connection
 		}
-		if conn != f.conn {
-			if f.conn != nil {
-				f.conn.Sub(now, aggregate.TCPActiveConnections, 1)
+		if prev := e.edgeAt(f.conn); conn != prev {
+			if prev != nil {
+				prev.Sub(now, aggregate.TCPActiveConnections, 1)
 				if e.emitting && conn != nil {
 					e.emit(Event{Kind: EventEdgeChange, Time: now, Local: e.endpoint(&f.key, client), Remote: e.endpoint(&f.key, 1-client),
-						Key: conn.Key(), Prev: f.conn.Key()})
+						Key: conn.Key(), Prev: prev.Key()})
 				}
 			}
 			if conn != nil {
 				conn.Add(now, aggregate.TCPActiveConnections, 1)
 			}
-			f.conn = conn
+			e.setEdge(&f.conn, conn)
 		}
 		if f.has(flowPendingOpen) {
 			if conn != nil {
@@ -574,7 +574,9 @@ func (e *Engine) unlink(f *flow) {
 	if f.has(flowHealth) {
 		delete(e.healths, f.id)
 	}
-	f.dir[0].edge, f.dir[1].edge, f.conn = nil, nil, nil
+	e.setEdge(&f.edge[0], nil)
+	e.setEdge(&f.edge[1], nil)
+	e.setEdge(&f.conn, nil)
 	e.releaseGone(f)
 }
 
@@ -631,12 +633,15 @@ func (e *Engine) account(now time.Time, f *flow, d uint8, b0, s0 uint64) {
 	if db|ds == 0 {
 		return
 	}
-	if dir.edge == nil {
-		dir.edge = e.store.Edge(now, aggregate.Key{Src: e.resolve(f, d), Dst: e.resolve(f, 1-d)})
-	} else if dir.edge.Dead() {
-		dir.edge = e.store.Edge(now, dir.edge.Key())
+	ed := e.edgeAt(f.edge[d])
+	if ed == nil {
+		ed = e.store.Edge(now, aggregate.Key{Src: e.resolve(f, d), Dst: e.resolve(f, 1-d)})
+		e.setEdge(&f.edge[d], ed)
+	} else if ed.Dead() {
+		ed = e.store.Edge(now, ed.Key())
+		e.setEdge(&f.edge[d], ed)
 	}
-	dir.edge.AddPair(now, aggregate.TCPBytes, db, aggregate.TCPPackets, ds)
+	ed.AddPair(now, aggregate.TCPBytes, db, aggregate.TCPPackets, ds)
 	if e.emitting && !f.has(flowTraffic) {
 		e.markTraffic(f, d, db, ds)
 	}

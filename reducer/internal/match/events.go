@@ -164,9 +164,9 @@ func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
 func (e *Engine) emitFlowClose(now time.Time, f *flow) {
 	c := e.client(f)
 	ev := Event{Kind: EventFlowClose, Time: now, Local: e.endpoint(&f.key, c), Remote: e.endpoint(&f.key, 1-c)}
-	if ed := f.dir[c].edge; ed != nil {
+	if ed := e.edgeAt(f.edge[c]); ed != nil {
 		ev.Key = ed.Key()
-	} else if ed := f.dir[1-c].edge; ed != nil {
+	} else if ed := e.edgeAt(f.edge[1-c]); ed != nil {
 		k := ed.Key()
 		ev.Key = aggregate.Key{Src: k.Dst, Dst: k.Src}
 	}

@@ -96,7 +96,7 @@ func (e *Engine) DrainTraffic(dst []Traffic, limit int) ([]Traffic, uint64) {
 			if s := f.ends[i]; s != 0 {
 				t.Nodes[i] = e.sockAt(s).sess.node
 			}
-			t.Edges[i] = f.dir[i].edge
+			t.Edges[i] = e.edgeAt(f.edge[i])
 			t.Total[i] = f.counted(uint8(i))
 			t.Delta[i] = Counts{t.Total[i].Bytes - m.before[i].Bytes, t.Total[i].Segments - m.before[i].Segments}
 		}

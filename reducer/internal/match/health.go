@@ -105,13 +105,15 @@ func (e *Engine) accountHealth(now time.Time, f *flow, d uint8) {
 // dirEdge returns the edge of direction d of a published flow, looking it up
 // as account does.
 func (e *Engine) dirEdge(now time.Time, f *flow, d uint8) *aggregate.Edge {
-	dir := &f.dir[d]
-	if dir.edge == nil {
-		dir.edge = e.store.Edge(now, aggregate.Key{Src: e.resolve(f, d), Dst: e.resolve(f, 1-d)})
-	} else if dir.edge.Dead() {
-		dir.edge = e.store.Edge(now, dir.edge.Key())
+	ed := e.edgeAt(f.edge[d])
+	if ed == nil {
+		ed = e.store.Edge(now, aggregate.Key{Src: e.resolve(f, d), Dst: e.resolve(f, 1-d)})
+		e.setEdge(&f.edge[d], ed)
+	} else if ed.Dead() {
+		ed = e.store.Edge(now, ed.Key())
+		e.setEdge(&f.edge[d], ed)
 	}
-	return dir.edge
+	return ed
 }
 
 // prepareFailed checks the process handles of b's failed connects.

@@ -1,0 +1,44 @@
+package match
+
+import (
+	"testing"
+	"time"
+)
+
+// TestEdgeRefsGoWithFlows: the references a flow holds to its edges are
+// given back when it leaves the table, whether its ends close, its session
+// expires, or it never joined.
+func TestEdgeRefsGoWithFlows(t *testing.T) {
+	e, c := newTestEngine(t, false)
+	a, b := openSession(t, e, "a", 1), openSession(t, e, "b", 1)
+	curl := []Process{{Handle: 1, Comm: "curl"}}
+	nginx := []Process{{Handle: 1, Comm: "nginx"}}
+	apply := func(s *Session, batch Batch) {
+		t.Helper()
+		if err := e.Apply(s, &batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(a, Batch{Processes: curl, Sockets: []Socket{clientEnd}, Stats: statsOf(stat{1, 100, 500, 2, 3})})
+	apply(b, Batch{Processes: nginx, Sockets: []Socket{serverEnd}, Stats: statsOf(stat{1, 500, 100, 3, 2})})
+	// A one-sided flow, whose session expires.
+	lone := sock(2, 1, RoleClient, "10.0.0.1:40001", "198.51.100.7:443", true)
+	apply(a, Batch{Sockets: []Socket{lone}, Stats: statsOf(stat{2, 10, 10, 1, 1})})
+	c.advance(10 * time.Second)
+	e.Sweep()
+	if e.store.Held() == 0 {
+		t.Fatal("no edge held by the live flows")
+	}
+	apply(a, Batch{Closed: []uint32{1}})
+	apply(b, Batch{Closed: []uint32{1}})
+	e.Detach(a)
+	e.Detach(b)
+	c.advance(3 * time.Minute)
+	e.Sweep()
+	if sockets, flows, _ := e.Counts(); sockets != 0 || flows != 0 {
+		t.Fatalf("%d sockets, %d flows left", sockets, flows)
+	}
+	if n := e.store.Held(); n != 0 {
+		t.Fatalf("%d edges still held", n)
+	}
+}
