@@ -18,7 +18,7 @@ func (e *Engine) Apply(s *Session, b *Batch) error {
 	}
 	if err := e.prepare(s, b); err != nil {
 		for _, id := range e.created {
-			e.sockTab.release(id)
+			e.freeSock(id)
 		}
 		e.created = e.created[:0]
 		return err
@@ -60,7 +60,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 			return refuse(ReasonUnknownHandle, "batch %d: socket %d: unknown process handle %d", seq, i, k.Process)
 		}
 		id := e.sockTab.alloc()
-		*e.sockAt(id) = socket{handle: k.Handle, role: k.Role, process: p, sess: s, netns: k.Netns, cookie: k.Cookie, refs: 1}
+		*e.sockAt(id) = socket{handle: k.Handle, role: k.Role, process: e.procTab.hold(p), sess: e.sessTab.hold(s), netns: k.Netns, cookie: k.Cookie, refs: 1}
 		e.newSocks[k.Handle] = id
 		e.created = append(e.created, id)
 	}
@@ -146,10 +146,12 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		sid, _ := s.socks.get(o.Socket)
 		sk := e.sockAt(sid)
 		p, _ := e.lookupProc(s, o.Process)
-		if sk.process == p {
+		if e.procAt(sk.process) == p {
 			continue
 		}
-		sk.process = p
+		old := sk.process
+		sk.process = e.procTab.hold(p)
+		e.procTab.unref(old)
 		if sk.flow != 0 {
 			e.markDirty(e.flowAt(sk.flow))
 		}
@@ -251,7 +253,7 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 	if ok {
 		f, last = e.find(e.flows[key], end, sk, in.NewConnection)
 	}
-	if f == nil && !loop && last != nil && last.live(end) && e.sockAt(last.ends[end]).sess.node != s.node {
+	if f == nil && !loop && last != nil && last.live(end) && e.sessAt(e.sockAt(last.ends[end]).sess).node != s.node {
 		// Another node's live socket claims the same endpoints, e.g. the
 		// same private addresses behind two NATs: keep this one to its
 		// node.
@@ -442,8 +444,17 @@ func (e *Engine) leave(sk *socket) {
 func (e *Engine) unrefSock(id sockID) {
 	sk := e.sockAt(id)
 	if sk.refs--; sk.refs == 0 {
-		e.sockTab.release(id)
+		e.freeSock(id)
 	}
+}
+
+// freeSock frees a socket's record and its references to its session and
+// process.
+func (e *Engine) freeSock(id sockID) {
+	sk := e.sockAt(id)
+	e.sessTab.unref(sk.sess)
+	e.procTab.unref(sk.process)
+	e.sockTab.release(id)
 }
 
 func (e *Engine) markDirty(f *flow) {
@@ -595,15 +606,17 @@ func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
 		ep.Addr = e.addrs.addr(f.key.b)
 	}
 	if id := f.ends[i]; id != 0 {
-		e.socketEndpoint(&ep, e.sockAt(id))
+		sk := e.sockAt(id)
+		e.socketEndpoint(&ep, e.sessAt(sk.sess), e.procAt(sk.process), sk.netns)
 	}
 	return e.resolver.Resolve(f.id, &f.uses, int(i), ep)
 }
 
-// socketEndpoint fills in what a local end's socket says of it.
-func (e *Engine) socketEndpoint(ep *resolve.Endpoint, sk *socket) {
-	ep.Local, ep.Node, ep.Netns = true, sk.sess.node, sk.netns
-	if p := sk.process; p != nil {
+// socketEndpoint fills in what a local end's socket says of it: its
+// session, its process (nil if unknown) and its network namespace.
+func (e *Engine) socketEndpoint(ep *resolve.Endpoint, s *Session, p *process, netns uint32) {
+	ep.Local, ep.Node, ep.Netns = true, s.node, netns
+	if p != nil {
 		ep.Known, ep.Comm, ep.CgroupID, ep.Container = true, p.comm, p.cgroupID, p.container
 		ep.PodUID = p.podUID
 	}

@@ -3,11 +3,12 @@ package match
 import (
 	"testing"
 	"time"
+	"unsafe"
 )
 
-// TestEdgeRefsGoWithFlows: the references a flow holds to its edges are
-// given back when it leaves the table, whether its ends close, its session
-// expires, or it never joined.
+// TestEdgeRefsGoWithFlows: the references a flow holds to its edges, and
+// those a socket holds to its session and process, are given back when
+// they leave the table, whether the ends close or their session expires.
 func TestEdgeRefsGoWithFlows(t *testing.T) {
 	e, c := newTestEngine(t, false)
 	a, b := openSession(t, e, "a", 1), openSession(t, e, "b", 1)
@@ -40,5 +41,14 @@ func TestEdgeRefsGoWithFlows(t *testing.T) {
 	}
 	if n := e.store.Held(); n != 0 {
 		t.Fatalf("%d edges still held", n)
+	}
+	if s, p := e.sessTab.len(), e.procTab.len(); s != 0 || p != 0 {
+		t.Fatalf("%d sessions and %d processes still held by sockets", s, p)
+	}
+	if n := unsafe.Sizeof(socket{}); n != 32 {
+		t.Errorf("a socket record is %d bytes, want 32", n)
+	}
+	if n := unsafe.Sizeof(flow{}); n != 176 {
+		t.Errorf("a flow record is %d bytes, want 176", n)
 	}
 }

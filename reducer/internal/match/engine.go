@@ -52,6 +52,8 @@ type Config struct {
 
 // Session is the state of one node's collector under one epoch.
 type Session struct {
+	id         uint32 // its slot in the engine's session table while sockets refer to it
+	refs       int32  // sockets that refer to it
 	node       string
 	bootID     string
 	epoch      uint64
@@ -87,6 +89,8 @@ type Engine struct {
 	flows    map[flowKey]flowID // the oldest flow of each key's chain
 	flowTab  slab[flow]
 	sockTab  slab[socket]
+	sessTab  table[Session, *Session] // the sessions that sockets refer to
+	procTab  table[process, *process] // the processes that sockets refer to
 	addrs    addrTable
 	nodeIDs  map[string]uint32
 	healths  map[flowID]*health // of the flows with flowHealth

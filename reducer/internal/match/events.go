@@ -152,7 +152,7 @@ func (e *Engine) emit(ev Event) { e.events.publish(ev) }
 
 // emitSocket publishes an event of socket sk.
 func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
-	ev := Event{Kind: kind, Time: now, Node: sk.sess.node, Cookie: sk.cookie}
+	ev := Event{Kind: kind, Time: now, Node: e.sessAt(sk.sess).node, Cookie: sk.cookie}
 	if sk.flow != 0 {
 		f := e.flowAt(sk.flow)
 		ev.Local, ev.Remote = e.endpoint(&f.key, sk.end), e.endpoint(&f.key, 1-sk.end)

@@ -94,7 +94,7 @@ func (e *Engine) DrainTraffic(dst []Traffic, limit int) ([]Traffic, uint64) {
 		t := Traffic{Ends: [2]netip.AddrPort{e.endpoint(&f.key, 0), e.endpoint(&f.key, 1)}, Client: e.client(f)}
 		for i := range f.dir {
 			if s := f.ends[i]; s != 0 {
-				t.Nodes[i] = e.sockAt(s).sess.node
+				t.Nodes[i] = e.sessAt(e.sockAt(s).sess).node
 			}
 			t.Edges[i] = e.edgeAt(f.edge[i])
 			t.Total[i] = f.counted(uint8(i))

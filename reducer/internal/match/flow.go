@@ -9,6 +9,8 @@ import (
 
 // process is a live process handle of a session.
 type process struct {
+	id        uint32 // its slot in the engine's process table while sockets refer to it; 0 when none do
+	refs      int32  // sockets that refer to it
 	handle    uint32
 	pid       uint32
 	comm      string
@@ -26,12 +28,14 @@ type sockID = uint32
 type flowID = uint32
 
 // socket is a live socket handle of a session: one end of a flow. It lives
-// in the engine's socket slab, 40 bytes, and stays there while its session
+// in the engine's socket slab, 32 bytes, and stays there while its session
 // (or its successor, while it is vacant) holds its handle or a flow holds
-// it as an end: refs counts the two.
+// it as an end: refs counts the two. It holds no pointer (its session and
+// process are slots of the engine's tables), so that the garbage collector
+// does not scan the slab.
 type socket struct {
-	sess    *Session
-	process *process
+	sess    uint32 // slot of its session (Engine.sessAt)
+	process uint32 // slot of its owning process (Engine.procAt); 0 when unknown
 	cookie  uint64 // the kernel's socket cookie: tells reused 4-tuples apart; 0 if unknown
 	flow    flowID // 0 when the socket is not counted
 	handle  uint32
@@ -310,7 +314,8 @@ func (e *Engine) joinable(f *flow, i uint8, sk *socket, newConn bool) (fresh, ag
 		return false, false
 	}
 	c := e.sockAt(f.ends[i])
-	if c.sess.node != sk.sess.node || c.sess.bootID != sk.sess.bootID || c.netns != sk.netns {
+	cs, ss := e.sessAt(c.sess), e.sessAt(sk.sess)
+	if cs.node != ss.node || cs.bootID != ss.bootID || c.netns != sk.netns {
 		return false, false
 	}
 	if c.cookie != 0 || sk.cookie != 0 {

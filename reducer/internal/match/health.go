@@ -141,7 +141,7 @@ func (e *Engine) countFailed(now time.Time, s *Session, failed []FailedConnect) 
 		p, _ := e.lookupProc(s, fc.Process)
 		// Its two ends resolve as a flow's would.
 		ep := resolve.Endpoint{Addr: local.Addr()}
-		e.socketEndpoint(&ep, &socket{role: RoleClient, process: p, sess: s, netns: fc.Netns})
+		e.socketEndpoint(&ep, s, p, fc.Netns)
 		client, server := e.resolver.Lookup(ep), e.resolver.Lookup(resolve.Endpoint{Addr: remote.Addr()})
 		out := e.store.Edge(now, aggregate.Key{Src: client, Dst: server})
 		switch fc.Reason {
