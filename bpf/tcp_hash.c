@@ -26,8 +26,9 @@
  *    the owner needs no sequence lock, and no compare-and-swap (5.12);
  *  - a socket's state outlives its close by at least `closed_keep_ns`, so
  *    that a reset sent just after the close (close() with unread data, or
- *    SO_LINGER 0) still counts and goes out as EVENT_RESET; the sampling
- *    walk deletes it after that. A full TCP socket is always set to CLOSE
+ *    SO_LINGER 0) still counts and goes out as EVENT_RESET; a later close
+ *    on the same CPU (closed_ring), or else the sampling walk, deletes it
+ *    after that. A full TCP socket is always set to CLOSE
  *    before it is freed (inet_csk_destroy_sock warns otherwise), so every
  *    entry is closed before its address can be reused, and an entry whose
  *    address a new socket takes is written over whole by that socket;
@@ -138,8 +139,43 @@ struct {
 /* Set from probe.Config before load, as in tcp_events.h. */
 const volatile u64 wakeup_bytes = 1 << 18;
 
-/* How long a closed socket's state is kept for a late reset. */
-const volatile u64 closed_keep_ns = 2000000000ULL;
+/*
+ * How long a closed socket's state is kept for a late reset. The kernel
+ * sends such a reset in the same call as the close (tcp_close() with
+ * unread data, tcp_disconnect(), an orphan over the limit): a closed
+ * socket is unhashed and its timers are stopped, so nothing later can
+ * reset it. A quarter of a second is ample.
+ */
+const volatile u64 closed_keep_ns = 250000000ULL;
+
+/*
+ * The sockets each CPU closed last, oldest first from the head: a close
+ * deletes the state of the one it replaces when that one is older than
+ * closed_keep_ns, so that under churn the map does not wait for the next
+ * sampling walk (which deletes the rest). 4096 a CPU: up to 16,000 closes
+ * a second per CPU are forgotten here; beyond, by the walk.
+ */
+#define CLOSED_RING 4096
+
+struct closed_slot {
+	u64 key; /* the socket's address; 0 for an empty slot */
+	u64 id;
+	u64 at; /* bpf_ktime_get_ns() at the close */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CLOSED_RING);
+	__type(key, u32);
+	__type(value, struct closed_slot);
+} closed_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} closed_head SEC(".maps");
 
 /* An event's size in the ring: the record and its 8-byte header. */
 #define EVENT_RING_BYTES (sizeof(struct event) + 8)
@@ -231,6 +267,44 @@ static __always_inline void fill_endpoint_id(struct endpoint *e, struct tcp_sock
 		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
+}
+
+/*
+ * forget deletes the state under key if it is still that of socket id and
+ * closed. Between its lookup and its delete a new socket at the same
+ * address could write its state, and lose it: a window of a few
+ * instructions, which needs a socket freed and its memory taken by a new
+ * one that connects in that window.
+ */
+static __always_inline void forget(u64 key, u64 id)
+{
+	struct hash_state *now = bpf_map_lookup_elem(&sk_hash, &key);
+	if (now && now->id == id && (now->st.flags & SK_STATE_CLOSED))
+		bpf_map_delete_elem(&sk_hash, &key);
+}
+
+/*
+ * forget_later puts a closed socket in this CPU's closed_ring, and forgets
+ * the one it replaces if that one is older than closed_keep_ns (else the
+ * sampling walk will). A softirq that interrupts this on the same CPU can
+ * take the same slot: a socket then waits for the walk.
+ */
+static __always_inline void forget_later(u64 key, u64 id, u64 at)
+{
+	u32 zero = 0;
+	u32 *head = bpf_map_lookup_elem(&closed_head, &zero);
+	if (!head)
+		return;
+	u32 i = *head & (CLOSED_RING - 1);
+	*head = i + 1;
+	struct closed_slot *slot = bpf_map_lookup_elem(&closed_ring, &i);
+	if (!slot)
+		return;
+	if (slot->key && at - slot->at > closed_keep_ns)
+		forget(slot->key, slot->id);
+	slot->key = key;
+	slot->id = id;
+	slot->at = at;
 }
 
 static __always_inline struct hash_state *lookup(const void *sk)
@@ -357,8 +431,10 @@ static __always_inline void on_unlisten(struct sock *sk)
 		bpf_map_delete_elem(&listen_owners, &k);
 	struct hash_state *h = lookup(sk);
 	if (h) {
-		h->closed_at = bpf_ktime_get_ns();
+		u64 at = bpf_ktime_get_ns();
+		h->closed_at = at;
 		h->st.flags |= SK_STATE_CLOSED;
+		forget_later((u64)sk, h->id, at);
 	}
 }
 
@@ -376,8 +452,10 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 	struct hash_state *h = lookup(sk);
 	if (!h || (h->st.flags & (SK_STATE_CLOSED | SK_STATE_TRACKED)) != SK_STATE_TRACKED)
 		return;
-	h->closed_at = bpf_ktime_get_ns();
+	u64 at = bpf_ktime_get_ns();
+	h->closed_at = at;
 	h->st.flags |= SK_STATE_CLOSED;
+	forget_later((u64)sk, h->id, at);
 	u8 kind = EVENT_CLOSE, reason = 0;
 	if (oldstate == TCP_SYN_SENT) {
 		reason = fail_reason(sk);
@@ -527,16 +605,11 @@ int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
 	if (h->st.flags & SK_STATE_CLOSED) {
 		/*
 		 * Deleting the entry the walk stands on is safe: the walk goes on
-		 * from its next. The delete is by key: a socket that took the
-		 * address since (its state written whole, with another id) is
-		 * left alone, but for the few instructions between this lookup
-		 * and the delete.
+		 * from its next. A socket that took the address since (its state
+		 * written whole, with another id) is left alone (see forget).
 		 */
-		if (bpf_ktime_get_ns() - h->closed_at > closed_keep_ns) {
-			struct hash_state *now = bpf_map_lookup_elem(&sk_hash, &k);
-			if (now && now->id == h->id)
-				bpf_map_delete_elem(&sk_hash, &k);
-		}
+		if (bpf_ktime_get_ns() - h->closed_at > closed_keep_ns)
+			forget(k, h->id);
 		return 0;
 	}
 	if (!(h->st.flags & SK_STATE_TRACKED))

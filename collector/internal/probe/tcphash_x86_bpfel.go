@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type tcpHashClosedSlot struct {
+	_   structs.HostLayout
+	Key uint64
+	Id  uint64
+	At  uint64
+}
+
 type tcpHashEvent struct {
 	_        structs.HostLayout
 	Endpoint struct {
@@ -101,6 +108,8 @@ type tcpHashSkState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	tcpHashMapClosedHead            = "closed_head"
+	tcpHashMapClosedRing            = "closed_ring"
 	tcpHashMapDrops                 = "drops"
 	tcpHashMapEvents                = "events"
 	tcpHashMapIdCounters            = "id_counters"
@@ -171,6 +180,8 @@ type tcpHashProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpHashMapSpecs struct {
+	ClosedHead   *ebpf.MapSpec `ebpf:"closed_head"`
+	ClosedRing   *ebpf.MapSpec `ebpf:"closed_ring"`
 	Drops        *ebpf.MapSpec `ebpf:"drops"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	IdCounters   *ebpf.MapSpec `ebpf:"id_counters"`
@@ -209,6 +220,8 @@ func (o *tcpHashObjects) Close() error {
 //
 // It can be passed to loadTcpHashObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpHashMaps struct {
+	ClosedHead   *ebpf.Map `ebpf:"closed_head"`
+	ClosedRing   *ebpf.Map `ebpf:"closed_ring"`
 	Drops        *ebpf.Map `ebpf:"drops"`
 	Events       *ebpf.Map `ebpf:"events"`
 	IdCounters   *ebpf.Map `ebpf:"id_counters"`
@@ -220,6 +233,8 @@ type tcpHashMaps struct {
 
 func (m *tcpHashMaps) Close() error {
 	return _TcpHashClose(
+		m.ClosedHead,
+		m.ClosedRing,
 		m.Drops,
 		m.Events,
 		m.IdCounters,
