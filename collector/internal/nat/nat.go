@@ -94,6 +94,7 @@ type Table struct {
 
 	mu      sync.Mutex
 	entries map[key]entry
+	size    atomic.Int64 // len(entries), read without mu
 	order   []key // insertion order, for expiry
 
 	overruns atomic.Uint64
@@ -128,6 +129,9 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Table, er
 // Translate returns the translation of the TCP connection from local to
 // remote, as the socket sees it, if conntrack rewrote it.
 func (t *Table) Translate(local, remote netip.AddrPort) (Translation, bool) {
+	if t.size.Load() == 0 {
+		return Translation{}, false // no NAT on the node: no lock, no hashing
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.entries[key{unmap(local), unmap(remote)}]
@@ -175,6 +179,7 @@ func (t *Table) add(f *conntrack.Flow) {
 		t.order = append(t.order, k)
 	}
 	t.entries[k] = entry{Translation: Translation{Local: seen, Remote: peer}, added: now}
+	t.size.Store(int64(len(t.entries)))
 	t.m.added.Inc()
 }
 
@@ -194,6 +199,7 @@ func (t *Table) expire(now time.Time) {
 	if n > 0 {
 		clear(t.order[:n])
 		t.order = t.order[n:]
+		t.size.Store(int64(len(t.entries)))
 	}
 }
 
