@@ -64,7 +64,8 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 
 	// Receive on a goroutine of its own, so that a replaced session or a
 	// shutdown can end the stream while Recv waits.
-	msgs := make(chan *request, 1)
+	msgs := make(chan *request) // unbuffered: a stream holds at most two requests
+
 	errc := make(chan error, 1)
 	go func() {
 		// The stream keeps only its receive buffer while it waits; the

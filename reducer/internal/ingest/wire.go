@@ -124,8 +124,17 @@ func (w *wireBatch) shrink(n int) {
 	if cap(w.closed) > n {
 		w.closed = nil
 	}
-	if cap(w.stats.gaps) > 16*n {
-		w.stats = wireStats{}
+	st := &w.stats
+	for _, c := range []*[]uint64{&st.sent, &st.recv, &st.segsSent, &st.segsRecv, &st.retransmits, &st.resetsSent, &st.resetsRecv} {
+		if cap(*c) > n {
+			*c = nil
+		}
+	}
+	if cap(st.gaps) > n {
+		st.gaps = nil
+	}
+	if cap(st.srtt) > n {
+		st.srtt = nil
 	}
 	if cap(w.processes) > n {
 		w.processes = nil
