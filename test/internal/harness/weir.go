@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -65,7 +66,9 @@ func (w *Weir) RestartReducer(t testing.TB) {
 }
 
 // StartCollector starts bin/weir-collector sending to reducer, with its HTTP
-// endpoint on 127.0.0.1:httpPort, and waits for /healthz.
+// endpoint on 127.0.0.1:httpPort, and waits for /healthz: 30 s, or
+// $WEIR_COLLECTOR_START_TIMEOUT (a Go duration; test/kernels -bench sets
+// it, as a collector under qemu TCG takes longer to start).
 func StartCollector(t testing.TB, reducer string, httpPort int, interval time.Duration, extra ...string) *Process {
 	t.Helper()
 	args := append([]string{filepath.Join(Binaries(t), "weir-collector"),
@@ -74,7 +77,11 @@ func StartCollector(t testing.TB, reducer string, httpPort int, interval time.Du
 		"--node-name", "e2e-node",
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort)}, extra...)
 	p := Start(t, "weir-collector", args...)
-	WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", httpPort), 30*time.Second)
+	wait := 30 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("WEIR_COLLECTOR_START_TIMEOUT")); err == nil && d > 0 {
+		wait = d
+	}
+	WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", httpPort), wait)
 	return p
 }
 
