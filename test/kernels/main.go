@@ -5,6 +5,11 @@
 // fails on a kernel or a program does not load.
 //
 //	cd test && go run ./kernels [-kernels 6.1-amd64,...] [-run REGEXP] [-j N]
+//	cd test && go run ./kernels -bench [-bench-paths fentry,hashmap] [-bench-cpus 2]
+//
+// -bench runs test/e2e's overhead benchmark in the 6.1 amd64 guest instead
+// (bench.go): P1 and P1-churn on each fallback path, as ratios within the
+// guest; make bench runs it.
 //
 // Kernels, the guest userland and the package lists are cached under
 // ~/.cache/weir/kernels; qemu is installed with apt-get when missing.
@@ -152,6 +157,12 @@ func run() int {
 		fetch    = flag.Bool("fetch", false, "only fetch the kernels, qemu and the userland, then exit")
 		verbose  = flag.Bool("v", false, "print every guest's console")
 		strict   = flag.Bool("strict", os.Getenv("WEIR_KERNELS_STRICT") == "1", "fail a kernel on which some test runs on no path (env WEIR_KERNELS_STRICT=1)")
+
+		bench        = flag.Bool("bench", false, "instead of the tests: test/e2e's overhead benchmark (P1, P1-churn) in the 6.1 amd64 guest, once per path of -bench-paths")
+		benchPaths   = flag.String("bench-paths", "fentry,hashmap", "with -bench: the collector's --probe-path values to measure")
+		benchCPUs    = flag.Int("bench-cpus", 2, "with -bench: the guest's vCPUs")
+		benchShort   = flag.Bool("bench-short", false, "with -bench: two pairs of 1 s windows per load instead of five of 5 s (checks that it works; no figures)")
+		benchTimeout = flag.Duration("bench-timeout", 45*time.Minute, "with -bench: time limit of the guest")
 	)
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
@@ -173,6 +184,11 @@ func run() int {
 			fmt.Fprintf(os.Stderr, "kernels: no kernel matches -kernels %q\n", *only)
 			return 2
 		}
+	}
+
+	if *bench {
+		return runBench(ctx, benchOptions{cache: *cacheDir, paths: strings.Split(*benchPaths, ","), cpus: *benchCPUs,
+			memMB: 2048, short: *benchShort, timeout: *benchTimeout, verbose: *verbose})
 	}
 
 	start := time.Now()
