@@ -141,6 +141,8 @@ run: build
 #   (P<n> lines that a benchmark prints itself pass through; the simulated fleet's P5 is shown as P5-fleet)
 #   (WEIR_BENCH_FULL=1: the overhead benchmark runs its full 5 interleaved pairs of 5 s windows per load;
 #    -p 1: one package's benchmarks at a time, so that none measures while another loads the machine)
+#   (then P1 and P1-churn on the fallback paths fentry and hashmap inside Debian's 6.1 kernel under qemu TCG,
+#    test/kernels -bench: P1-guest-6.1-<path> lines, only indicative; about 20 min)
 bench: build
 	@mkdir -p bench
 	@# The figures are printed even when a benchmark fails; the target fails afterwards.
@@ -148,6 +150,7 @@ bench: build
 	  | tee bench/raw.txt; status=$$?; \
 	WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
 	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt || status=1; \
+	(cd test && $(GO) run ./kernels -bench -cache $(CACHE)/kernels) | tee -a bench/raw.txt || status=1; \
 	awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
 	    if (u == "ratio") p1 = $$i; if (u == "ratio-min") p1lo = $$i; if (u == "ratio-max") p1hi = $$i; \
 	    if (u == "churn-ratio") pc = $$i; if (u == "churn-ratio-min") pclo = $$i; if (u == "churn-ratio-max") pchi = $$i; \
@@ -165,6 +168,7 @@ bench: build
 	        if (p5 != "") print "P5", p5, "B/update"; if ("P5-fleet" in pt) print pt["P5-fleet"]; \
 	        if (p6 != "") print "P6", p6, "s"; \
 	        for (k = 1; k <= np; k++) if (pord[k] !~ /^P[345]/) print pt[pord[k]] }' bench/raw.txt | tee bench/results.txt; \
+	grep -E '^P1(-churn)?-guest-' bench/raw.txt | tee -a bench/results.txt; \
 	exit $$status
 
 ## lint: go vet, golangci-lint (.golangci.yml), gofmt, buf lint
