@@ -251,7 +251,7 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 	key, end, ok := e.lookupKey(local, remote, private, s.node, in.Netns)
 	var f, last *flow
 	if ok {
-		f, last = e.find(e.flows[key], end, sk, in.NewConnection)
+		f, last = e.find(e.flows.get(key), end, sk, in.NewConnection)
 	}
 	if f == nil && !loop && last != nil && last.live(end) && e.sessAt(e.sockAt(last.ends[end]).sess).node != s.node {
 		// Another node's live socket claims the same endpoints, e.g. the
@@ -262,7 +262,7 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 		key, end, ok = e.lookupKey(local, remote, private, s.node, in.Netns)
 		f, last = nil, nil
 		if ok {
-			f, last = e.find(e.flows[key], end, sk, in.NewConnection)
+			f, last = e.find(e.flows.get(key), end, sk, in.NewConnection)
 		}
 	}
 	if f == nil {
@@ -327,7 +327,7 @@ func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bo
 	if last != nil {
 		last.next = id
 	} else {
-		e.flows[key] = id
+		e.flows.set(key, id)
 		if e.emitting {
 			e.emit(Event{Kind: EventFlowOpen, Time: now, Local: e.endpoint(&key, 0), Remote: e.endpoint(&key, 1)})
 		}
@@ -553,12 +553,12 @@ func (e *Engine) unlink(f *flow) {
 	f.flags |= flowGone
 	e.nflows--
 	e.resolver.Forget(f.id, &f.uses)
-	head := e.flows[f.key]
+	head := e.flows.get(f.key)
 	if head == f.id {
 		if f.next == 0 {
-			delete(e.flows, f.key)
+			e.flows.del(f.key)
 		} else {
-			e.flows[f.key] = f.next
+			e.flows.set(f.key, f.next)
 		}
 	} else {
 		for gid := head; gid != 0; {

@@ -86,7 +86,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	sessions map[string]*Session
-	flows    map[flowKey]flowID // the oldest flow of each key's chain
+	flows    flowIndex // the oldest flow of each key's chain
 	flowTab  slab[flow]
 	sockTab  slab[socket]
 	sessTab  table[Session, *Session] // the sessions that sockets refer to
@@ -145,7 +145,6 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		now:      cfg.Now,
 		logger:   logger.With("component", "match"),
 		sessions: make(map[string]*Session),
-		flows:    make(map[flowKey]flowID),
 		addrs:    newAddrTable(),
 		nodeIDs:  make(map[string]uint32),
 		healths:  make(map[flowID]*health),
@@ -188,6 +187,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 			Help: "How long a flow to a fleet address waits for its peer's end (--join-window, or derived from report intervals and lag).",
 		}),
 	}
+	e.flows = newFlowIndex(func(id flowID) *flowKey { return &e.flowAt(id).key })
 	e.resolver = resolve.NewWithUses(func(id flowID) *resolve.Uses { return &e.flowAt(id).uses })
 	if e.now == nil {
 		e.now = time.Now
