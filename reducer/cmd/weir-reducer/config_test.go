@@ -30,6 +30,7 @@ func TestConfig(t *testing.T) {
 		{name: "bad grpc address", args: []string{"--grpc-addr", "7000"}, want: "--grpc-addr"},
 		{name: "bad http address", args: []string{"--http-addr", "localhost"}, want: "--http-addr"},
 		{name: "tiny message limit", args: []string{"--max-message-bytes", "10"}, want: "--max-message-bytes"},
+		{name: "gc percent too low", args: []string{"--gc-percent", "5"}, want: "--gc-percent"},
 		{name: "zero series ttl", args: []string{"--series-ttl", "0s"}, want: "--series-ttl"},
 		{name: "negative session ttl", args: []string{"--session-ttl", "-1s"}, want: "--session-ttl"},
 		{name: "zero max series", args: []string{"--max-series", "0"}, want: "--max-series"},
