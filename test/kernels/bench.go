@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -60,18 +63,29 @@ type benchOptions struct {
 	paths   []string
 	cpus    int
 	memMB   int
+	rounds  int  // runs of the benchmark per path, the paths' order reversed every other round
 	short   bool // two pairs of 1 s windows per load instead of five of 5 s (a check that it works)
 	timeout time.Duration
 	verbose bool
 }
 
-// benchResult is one path's figures, from the benchmark's metrics.
+// benchResult is one run of the benchmark: its metrics, and the ratio
+// (with ÷ without) of each of its pairs of windows per load, from its log.
 type benchResult struct {
 	path    string
 	metrics map[string]string
+	pairs   map[string][]float64 // "keepalive", "churn"
+	without map[string][]float64 // the rate of each pair's window without the collector
 	exit    int
 	ended   bool
 }
+
+// pairLog is the benchmark's log line of one load's pairs, and pairRatio
+// one pair in it: "; <with>/<without>=<ratio> (".
+var (
+	pairLog   = regexp.MustCompile(`overhead_test\.go:\d+: (keepalive|churn) pairs, `)
+	pairRatio = regexp.MustCompile(`; ([0-9.]+)/([0-9.]+)=([0-9.]+) \(`)
+)
 
 // runBench fetches and builds what the guest needs, boots it once, runs
 // the benchmark on each path in turn and prints its figures.
@@ -140,7 +154,16 @@ func runBench(ctx context.Context, o benchOptions) int {
 	r.symlink("bin/insmod", "busybox")
 
 	plan := benchPlan{Runs: []benchRun{{Path: "setup", Suite: "modules", Bin: "/bin/sh", Args: []string{"-c", "set -e; " + strings.Join(insmod, "; ")}}}}
-	for _, p := range o.paths {
+	var order []string
+	for i := range max(o.rounds, 1) {
+		for j := range o.paths {
+			if i%2 == 1 {
+				j = len(o.paths) - 1 - j
+			}
+			order = append(order, o.paths[j])
+		}
+	}
+	for _, p := range order {
 		env := []string{"CI=true", "WEIR_BIN_DIR=/weir/bin", "WEIR_COLLECTOR_START_TIMEOUT=3m",
 			"WEIR_BENCH_COLLECTOR_ARGS=--probe-path=" + p}
 		if !o.short {
@@ -161,7 +184,7 @@ func runBench(ctx context.Context, o benchOptions) int {
 	}
 	prepared := time.Since(start)
 
-	slog.Info("booting the benchmark guest", "kernel", release, "cpus", o.cpus, "paths", o.paths, "short", o.short)
+	slog.Info("booting the benchmark guest", "kernel", release, "cpus", o.cpus, "runs", order, "short", o.short)
 	bootStart := time.Now()
 	qctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -198,29 +221,42 @@ func runBench(ctx context.Context, o benchOptions) int {
 		fmt.Println("kernel bench: FAIL:", bootErr)
 		status = 1
 	}
-	byPath := map[string]*benchResult{}
-	for _, res := range results {
-		byPath[res.path] = res
-	}
-	if m := byPath["setup"]; m == nil || !m.ended || m.exit != 0 {
+	if len(results) == 0 || results[0].path != "setup" || !results[0].ended || results[0].exit != 0 {
 		fmt.Println("kernel bench: FAIL: loading the modules", strings.Join(benchModules, ", "))
 		status = 1
 	}
 	id := "guest-" + k.series
 	for _, p := range o.paths {
-		res := byPath[p]
-		if res == nil || !res.ended || res.exit != 0 || res.metrics["ratio"] == "" {
-			fmt.Printf("kernel bench: FAIL: %s: the benchmark did not finish (see %s)\n", p, logPath)
+		var ka, ch, kaWithout, chWithout []float64
+		runs := 0
+		for _, res := range results {
+			if res.path != p {
+				continue
+			}
+			if !res.ended || res.exit != 0 || res.metrics["ratio"] == "" {
+				fmt.Printf("kernel bench: FAIL: %s: a run of the benchmark did not finish (see %s)\n", p, logPath)
+				status = 1
+				continue
+			}
+			if d := res.metrics["collector-dropped"]; d != "0" {
+				fmt.Printf("kernel bench: FAIL: %s: the collector dropped %s sockets or events: it did less than its work\n", p, d)
+				status = 1
+			}
+			runs++
+			ka, ch = append(ka, res.pairs["keepalive"]...), append(ch, res.pairs["churn"]...)
+			kaWithout, chWithout = append(kaWithout, res.without["keepalive"]...), append(chWithout, res.without["churn"]...)
+		}
+		if runs == 0 || len(ka) == 0 || len(ch) == 0 {
+			fmt.Printf("kernel bench: FAIL: %s: no pairs measured\n", p)
 			status = 1
 			continue
 		}
-		m := res.metrics
-		// Same form as make bench's host figures: P<n> value ratio (spread).
-		fmt.Printf("P1-%s-%s %s ratio (spread %s–%s; %s req/s without)\n", id, p, m["ratio"], m["ratio-min"], m["ratio-max"], m["req/s-without"])
-		fmt.Printf("P1-churn-%s-%s %s ratio (spread %s–%s; %s conn/s without)\n", id, p, m["churn-ratio"], m["churn-ratio-min"], m["churn-ratio-max"], m["conn/s-without"])
-		if d := m["collector-dropped"]; d != "" && d != "0" {
-			fmt.Printf("kernel bench: %s: the collector dropped %s sockets or events: it did less than its work\n", p, d)
-		}
+		// Same form as make bench's host figures: P<n> value ratio (spread),
+		// the median over every pair of every run on the path.
+		fmt.Printf("P1-%s-%s %.3f ratio (spread %.3f–%.3f, %d pairs in %d runs; %.0f req/s without)\n",
+			id, p, median(ka), slices.Min(ka), slices.Max(ka), len(ka), runs, median(kaWithout))
+		fmt.Printf("P1-churn-%s-%s %.3f ratio (spread %.3f–%.3f, %d pairs in %d runs; %.0f conn/s without)\n",
+			id, p, median(ch), slices.Min(ch), slices.Max(ch), len(ch), runs, median(chWithout))
 	}
 	if status == 0 {
 		fmt.Printf("kernel bench: the ratios above are under qemu TCG (%d vCPU on a shared host): only indicative\n", o.cpus)
@@ -250,7 +286,8 @@ func parseBench(r io.Reader, logPath string, verbose bool) (results []*benchResu
 			fs := strings.Fields(rest)
 			switch {
 			case len(fs) == 3 && fs[0] == "begin":
-				cur = &benchResult{path: fs[1], metrics: map[string]string{}, exit: -1}
+				cur = &benchResult{path: fs[1], metrics: map[string]string{}, exit: -1,
+					pairs: map[string][]float64{}, without: map[string][]float64{}}
 				results = append(results, cur)
 				slog.Info("guest", "begin", fs[1])
 			case len(fs) >= 5 && fs[0] == "end" && cur != nil:
@@ -267,6 +304,16 @@ func parseBench(r io.Reader, logPath string, verbose bool) (results []*benchResu
 		}
 		if cur == nil {
 			continue
+		}
+		if m := pairLog.FindStringSubmatch(line); m != nil {
+			for _, p := range pairRatio.FindAllStringSubmatch(line, -1) {
+				wo, err1 := strconv.ParseFloat(p[2], 64)
+				r, err2 := strconv.ParseFloat(p[3], 64)
+				if err1 == nil && err2 == nil {
+					cur.pairs[m[1]] = append(cur.pairs[m[1]], r)
+					cur.without[m[1]] = append(cur.without[m[1]], wo)
+				}
+			}
 		}
 		// BenchmarkPrivilegedOverhead-2  1  NNN ns/op  V unit  V unit …
 		if fs := strings.Fields(line); len(fs) > 3 && strings.HasPrefix(fs[0], "BenchmarkPrivilegedOverhead") {
@@ -341,4 +388,13 @@ func goBuild(ctx context.Context, arch string, args ...string) error {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

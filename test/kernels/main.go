@@ -161,6 +161,7 @@ func run() int {
 		bench        = flag.Bool("bench", false, "instead of the tests: test/e2e's overhead benchmark (P1, P1-churn) in the 6.1 amd64 guest, once per path of -bench-paths")
 		benchPaths   = flag.String("bench-paths", "fentry,hashmap", "with -bench: the collector's --probe-path values to measure")
 		benchCPUs    = flag.Int("bench-cpus", 2, "with -bench: the guest's vCPUs")
+		benchRounds  = flag.Int("bench-rounds", 2, "with -bench: runs of the benchmark per path, in one boot, the paths' order reversed every other round; the figures are medians over every pair of every run")
 		benchShort   = flag.Bool("bench-short", false, "with -bench: two pairs of 1 s windows per load instead of five of 5 s (checks that it works; no figures)")
 		benchTimeout = flag.Duration("bench-timeout", 45*time.Minute, "with -bench: time limit of the guest")
 	)
@@ -187,7 +188,7 @@ func run() int {
 	}
 
 	if *bench {
-		return runBench(ctx, benchOptions{cache: *cacheDir, paths: strings.Split(*benchPaths, ","), cpus: *benchCPUs,
+		return runBench(ctx, benchOptions{cache: *cacheDir, paths: strings.Split(*benchPaths, ","), cpus: *benchCPUs, rounds: *benchRounds,
 			memMB: 2048, short: *benchShort, timeout: *benchTimeout, verbose: *verbose})
 	}
 
