@@ -152,12 +152,12 @@ func newRingWaiter(m *ebpf.Map) (*ringWaiter, error) {
 // wrapping os.ErrClosed after close.
 func (w *ringWaiter) wait(d time.Duration) error {
 	if err := w.f.SetReadDeadline(time.Now().Add(d)); err != nil {
-		return err
+		return w.closedErr(err)
 	}
 	if w.kick.Load() {
 		// An interrupt that came before the deadline above was set.
 		if err := w.f.SetReadDeadline(time.Now()); err != nil {
-			return err
+			return w.closedErr(err)
 		}
 	}
 	calls := 0
@@ -168,8 +168,15 @@ func (w *ringWaiter) wait(d time.Duration) error {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return nil
-	case err != nil && w.closed.Load():
-		// The poller's own error for a closed descriptor is not os.ErrClosed.
+	}
+	return w.closedErr(err)
+}
+
+// closedErr is err, or os.ErrClosed once close has begun: the poller's own
+// error for a closed descriptor (from the read or from SetReadDeadline,
+// which os.File returns unwrapped) is not os.ErrClosed.
+func (w *ringWaiter) closedErr(err error) error {
+	if err != nil && w.closed.Load() {
 		return fmt.Errorf("ring: %w", os.ErrClosed)
 	}
 	return err
