@@ -52,3 +52,39 @@ func TestEdgeRefsGoWithFlows(t *testing.T) {
 		t.Errorf("a flow record is %d bytes, want 176", n)
 	}
 }
+
+// TestDeadEdgeReplaced: an edge that expires while a flow still refers to
+// it (the direction without an active connection, quiet for the series
+// TTL) keeps its slot until the flow moves on, and the flow's next traffic
+// counts on a new edge of the same key.
+func TestDeadEdgeReplaced(t *testing.T) {
+	e, c := newTestEngine(t, false)
+	a := openSession(t, e, "a", 1)
+	apply := func(batch Batch) {
+		t.Helper()
+		if err := e.Apply(a, &batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(Batch{Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{clientEnd}, Stats: statsOf(stat{1, 100, 500, 2, 3})})
+	held := e.store.Held()
+	// Only the client's direction has traffic from now on: the other
+	// edge, with no active connection, expires.
+	for range 4 {
+		c.advance(2 * time.Minute)
+		apply(Batch{Stats: statsOf(stat{1, 10, 0, 1, 0})})
+		e.Sweep()
+	}
+	sameLines(t, edgeLines(e), []string{"curl/process -> 10.0.0.2/external bytes=140 packets=6 opened=1 active=1"})
+	if got := e.store.Held(); got != held {
+		t.Fatalf("%d edges held after one expired, want %d (the dead one keeps its slot)", got, held)
+	}
+	apply(Batch{Stats: statsOf(stat{1, 0, 7, 0, 1})})
+	sameLines(t, edgeLines(e), []string{
+		"curl/process -> 10.0.0.2/external bytes=140 packets=6 opened=1 active=1",
+		"10.0.0.2/external -> curl/process bytes=7 packets=1 opened=0 active=0",
+	})
+	if got := e.store.Held(); got != held {
+		t.Fatalf("%d edges held after the new edge, want %d", got, held)
+	}
+}
