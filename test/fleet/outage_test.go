@@ -44,7 +44,10 @@ func TestPrivilegedOutage(t *testing.T) {
 		rounds   = 5
 	)
 	a, b := harness.BridgedHosts(t, "outage")
-	w := harness.StartWeir(t, harness.WeirOptions{Interval: interval, CollectorArgs: []string{"--buffer-bytes", strconv.Itoa(256 << 20)}})
+	w := harness.StartWeir(t, harness.WeirOptions{Interval: interval, CollectorArgs: []string{"--buffer-bytes", strconv.Itoa(256 << 20),
+		// The report after the outage is larger than this: it goes out split
+		// into several batches, which must add up exactly.
+		"--max-batch-bytes", strconv.Itoa(64 << 10)}})
 	bin := harness.Binaries(t)
 	srvName, cliName := "osrv"+strconv.Itoa(os.Getpid()), "ocli"+strconv.Itoa(os.Getpid())
 	listen := net.JoinHostPort(b.IPv4, "8080")
@@ -133,6 +136,13 @@ func TestPrivilegedOutage(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("reducer away %s; held connections' bytes on /metrics %s after it was ready again", outage, held.Round(time.Millisecond))
+	cm, err := harness.Scrape(w.CollectorMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := cm.Value("weir_collector_split_reports_total", nil); v < 1 {
+		t.Errorf("weir_collector_split_reports_total %v: the report after the outage was not split", v)
+	}
 	if held == 0 || held > 2*interval {
 		t.Errorf("held connections' bytes took %s after the reducer's return, want at most two intervals (%s)", held.Round(time.Millisecond), 2*interval)
 	}

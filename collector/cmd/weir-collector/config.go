@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-project/weir/collector/internal/probe"
+	"github.com/weir-project/weir/collector/internal/stream"
 )
 
 // Config is everything the collector is configured with.
@@ -29,7 +30,9 @@ type Config struct {
 	MaxUDPFlows int
 	NoRTT       bool
 	BufferBytes int64
-	ProcRoot    string
+	// MaxBatchBytes bounds one batch message (--max-batch-bytes).
+	MaxBatchBytes int
+	ProcRoot      string
 	// NetNS are the network namespace files whose sockets are tracked
 	// (--netns); empty: every namespace.
 	NetNS    []string
@@ -51,17 +54,18 @@ type Config struct {
 func defaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Reducer:     "127.0.0.1:7000",
-		Interval:    5 * time.Second,
-		NodeName:    host,
-		HTTPAddr:    "127.0.0.1:7011",
-		Probe:       probe.DefaultConfig(),
-		MaxSockets:  65536,
-		MaxUDPFlows: 65536,
-		BufferBytes: 8 << 20,
-		ProcRoot:    "/proc",
-		LogLevel:    "info",
-		Telemetry:   defaultTelemetryConfig(),
+		Reducer:       "127.0.0.1:7000",
+		Interval:      5 * time.Second,
+		NodeName:      host,
+		HTTPAddr:      "127.0.0.1:7011",
+		Probe:         probe.DefaultConfig(),
+		MaxSockets:    65536,
+		MaxUDPFlows:   65536,
+		BufferBytes:   8 << 20,
+		MaxBatchBytes: stream.DefaultMaxBatchBytes,
+		ProcRoot:      "/proc",
+		LogLevel:      "info",
+		Telemetry:     defaultTelemetryConfig(),
 	}
 }
 
@@ -91,6 +95,8 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		intFlag(&cfg.Probe.RingBytes, 32))
 	fs.Func("buffer-bytes", fmt.Sprintf("memory cap in `bytes` for closed sockets awaiting report while the reducer is unreachable (default %d)", cfg.BufferBytes),
 		intFlag(&cfg.BufferBytes, 63))
+	fs.Func("max-batch-bytes", fmt.Sprintf("largest batch message in `bytes`; a larger report (after an outage) goes out as several batches. Keep it below the reducer's --max-message-bytes (default %d)", cfg.MaxBatchBytes),
+		intFlag(&cfg.MaxBatchBytes, 31))
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.Func("netns", "track only the sockets of these network namespaces: comma-separated `paths` of namespace files (/run/netns/x, /proc/PID/ns/net), resolved at start; sockets of others are ignored and counted in weir_collector_netns_ignored_total (default: every namespace)", func(s string) error {
 		for _, p := range strings.Split(s, ",") {
@@ -182,6 +188,9 @@ func (c Config) Validate() error {
 			name = "--socket-map-entries"
 		}
 		return fmt.Errorf("%s: %d is not positive", name, c.MaxSockets)
+	}
+	if c.MaxBatchBytes < 64<<10 {
+		return fmt.Errorf("--max-batch-bytes: %d is below 65536", c.MaxBatchBytes)
 	}
 	if c.BufferBytes <= 0 {
 		return fmt.Errorf("--buffer-bytes: %d is not positive", c.BufferBytes)

@@ -147,6 +147,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		TLSCA:            cfg.TLSCA,
 		InitialBackoff:   stream.DefaultInitialBackoff,
 		MaxBackoff:       stream.DefaultMaxBackoff,
+		MaxBatchBytes:    cfg.MaxBatchBytes,
 		NodeName:         cfg.NodeName,
 		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,

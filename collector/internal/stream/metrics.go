@@ -21,6 +21,7 @@ type metrics struct {
 	unacked      prometheus.Counter
 	pollErrors   prometheus.Counter
 	earlyReports prometheus.Counter
+	splitReports prometheus.Counter
 
 	src       Source
 	dropsMu   sync.Mutex
@@ -46,10 +47,12 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel's socket storage."),
 		earlyReports: counter("weir_collector_early_reports_total",
 			"Batches sent before the report interval because closed sockets awaiting report passed half of --buffer-bytes."),
+		splitReports: counter("weir_collector_split_reports_total",
+			"Reports larger than --max-batch-bytes, sent as several batches (typically the first report after an outage)."),
 		src: src,
 	}
 	collectors := []prometheus.Collector{
-		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.pollErrors, m.earlyReports,
+		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.pollErrors, m.earlyReports, m.splitReports,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "weir_collector_ring_full_total",
 			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",

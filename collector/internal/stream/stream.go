@@ -152,6 +152,9 @@ type Config struct {
 	TLSCert, TLSKey, TLSCA string
 	// Reconnect backoff, with jitter.
 	InitialBackoff, MaxBackoff time.Duration
+	// MaxBatchBytes bounds one batch message; a larger report goes out as
+	// several (split). Zero: DefaultMaxBatchBytes.
+	MaxBatchBytes int
 
 	NodeName         string
 	BootID           string
@@ -184,6 +187,12 @@ func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Regis
 	}
 	if cfg.InitialBackoff <= 0 || cfg.MaxBackoff < cfg.InitialBackoff {
 		return nil, errors.New("backoff must be positive, max not below initial")
+	}
+	if cfg.MaxBatchBytes == 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.MaxBatchBytes < minBatchBytes {
+		return nil, fmt.Errorf("max batch bytes %d: below the minimum %d", cfg.MaxBatchBytes, minBatchBytes)
 	}
 	creds, err := transportCredentials(cfg, reg)
 	if err != nil {
@@ -367,15 +376,22 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	for tick := true; ; {
 		if tick {
 			c.poll()
-			seq++
 			b := c.rep.Report(time.Now())
-			b.Sequence = seq
 			c.fillLoss(b)
-			if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: b}}); err != nil {
-				return acked.Load(), fmt.Errorf("send batch: %w", err)
+			pieces := split(b, c.cfg.MaxBatchBytes)
+			if len(pieces) > 1 {
+				c.m.splitReports.Inc()
+				c.log.Info("report split into several batches", "batches", len(pieces), "max_batch_bytes", c.cfg.MaxBatchBytes)
 			}
-			c.m.batches.Inc()
-			c.m.updates.Add(float64(len(b.GetStats().GetHandleGaps())))
+			for _, p := range pieces {
+				seq++
+				p.Sequence = seq
+				if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: p}}); err != nil {
+					return acked.Load(), fmt.Errorf("send batch: %w", err)
+				}
+				c.m.batches.Inc()
+				c.m.updates.Add(float64(len(p.GetStats().GetHandleGaps())))
+			}
 		}
 		select {
 		case <-ctx.Done():
