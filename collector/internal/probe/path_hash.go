@@ -45,10 +45,11 @@ func storageOrHashmap(path Path) (Path, error) {
 }
 
 // udpPathOf is the path UDP sizes take when asked was asked for and path
-// taken: the hashmap path is about TCP. Taken by auto, UDP is as on auto
-// (off, with the reason, where the kernel has no socket storage in tracing
-// programs); forced, UDP takes what the kernel has where it has socket
-// storage there, and is refused by that feature where not.
+// taken. Taken by auto, UDP is as on auto: where the kernel has no socket
+// storage in tracing programs, bpf/udp_hash.c (fexit, sockets in a hash
+// map; off, with the reason, where fexit cannot attach); forced, UDP takes
+// what the kernel has where it has socket storage there, and udp_hash.c
+// where not.
 func udpPathOf(asked, path Path) Path {
 	if path != PathHashmap {
 		return path

@@ -107,6 +107,7 @@ const udpRecordSize = int(unsafe.Sizeof(udpUdpRecord{}))
 // udpProbe is the UDP part of a Probe.
 type udpProbe struct {
 	objs    udpObjs
+	hash    *udpHashObjs // bpf/udp_hash.c's, instead of objs, where tracing programs have no socket storage
 	links   []link.Link
 	sampler *link.Iter
 	reader  *ringbuf.Reader
@@ -182,12 +183,23 @@ func (p *Probe) loadUDP(cfg UDPConfig, path Path) error {
 		return nil
 	}
 	if err := storageChecked(); err != nil {
-		// udp.c keeps its peers in socket storage (the hashmap path's kernels).
-		if path == PathAuto {
-			p.features = append(p.features, Feature{Name: "udp", Reason: "UDP sockets are kept in socket storage: " + err.Error()})
-			return nil
+		// udp.c keeps its peers in socket storage: udp_hash.c keeps them
+		// in a hash map, with fexit for the sizes (the hashmap path's kernels).
+		if path != PathAuto && path != PathHashmap {
+			return fmt.Errorf("--probe-path=%s: UDP sockets are kept in socket storage (--probe-path=hashmap keeps them in a hash map): %w", path, err)
 		}
-		return fmt.Errorf("--probe-path=%s: UDP sockets are kept in socket storage: %w", path, err)
+		if herr := p.openUDPHash(cfg); herr != nil {
+			if path == PathAuto {
+				p.features = append(p.features, Feature{Name: "udp", Reason: "no socket storage in tracing programs (" + err.Error() + "), and the hash map's fexit programs: " + herr.Error()})
+				return nil
+			}
+			return fmt.Errorf("--probe-path=%s: UDP programs (hash map): %w", path, herr)
+		}
+		p.features = append(p.features, Feature{Name: "udp", Enabled: true,
+			Reason: "fexit/udp_sendmsg, udpv6_sendmsg, udp_recvmsg, udpv6_recvmsg, sockets in a hash map (no socket storage in tracing programs)"})
+		p.features = append(p.features, Feature{Name: "udp_drop_remotes",
+			Reason: "tp_btf/udp_fail_queue_rcv_skb has no datagram before Linux 6.10: drops are counted under other peers"})
+		return nil
 	}
 	sizes := udpSizesPath(path)
 	err := p.openUDP(cfg, sizes)
@@ -453,6 +465,9 @@ func udpRecordOf(r *udpUdpRecord, commOf func(*[16]int8) string) UDPRecord {
 
 // programs lists the UDP programs for ProgramStats.
 func (u *udpProbe) programs() []namedProgram {
+	if u.hash != nil {
+		return u.hash.programs()
+	}
 	return append(u.objs.common(), u.objs.sizes...)
 }
 
@@ -474,5 +489,8 @@ func (u *udpProbe) close() error {
 		errs = append(errs, u.sampler.Close())
 	}
 	errs = append(errs, u.objs.Close())
+	if u.hash != nil {
+		errs = append(errs, u.hash.Close())
+	}
 	return errors.Join(errs...)
 }
