@@ -21,7 +21,9 @@ import (
 // 63 set), not the kernel's socket cookie; a socket accepted on a port
 // that several processes listen on with SO_REUSEPORT gets the owner of the
 // last listen() on that port. Auto takes it only where the storage paths
-// cannot run.
+// cannot run. UDP (--udp) there is bpf/udp_hash.c's (udp_hash.go): each UDP
+// socket's state in a hash map keyed by its address, sizes by fexit, so
+// only where the kernel has BPF trampolines (x86-64 5.5; arm64 6.0).
 const PathHashmap Path = "hashmap"
 
 // storageChecked is checkStorage, run once per process.
