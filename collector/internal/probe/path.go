@@ -22,8 +22,9 @@ const (
 	// fentry, and the hashmap path where the kernel's tracing programs
 	// cannot use socket storage or the socket cookie (before Linux 5.12,
 	// e.g. 5.10); for UDP sizes, the tracepoints when the kernel has them
-	// (Linux 6.3), else fexit, else UDP sizes are not counted (logged,
-	// and weir_collector_feature_enabled{feature="udp"} is 0).
+	// (Linux 6.3), else fexit (with udp_hash.c's hash map where tracing
+	// programs have no socket storage), else UDP sizes are not counted
+	// (logged, and weir_collector_feature_enabled{feature="udp"} is 0).
 	PathAuto Path = "auto"
 	// PathTracepoint: tp_btf sock:inet_sock_set_state for TCP;
 	// tp_btf sock:sock_send_length and sock:sock_recv_length for UDP
