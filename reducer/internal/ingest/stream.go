@@ -68,28 +68,20 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		// A waiting stream holds no buffer: a request comes from the pool
-		// once a message has arrived, and the message is copied into its
-		// buffer.
-		var r *request
-		f := grpcserver.Frame{Buffer: func() []byte {
-			r = getRequest()
-			return r.data
-		}}
+		// The stream keeps only its receive buffer while it waits; the
+		// buffers to read and decode a request come from the pool.
+		var f grpcserver.Frame
 		for {
-			r, f.Data = nil, nil
 			err := stream.RecvMsg(&f)
 			if err != nil {
-				if r != nil {
-					putRequest(r)
-				}
 				errc <- err
 				return
 			}
-			if r == nil {
-				r = getRequest() // an empty message
+			r := getRequest()
+			r.data, f.Data = f.Data, r.data[:0]
+			if cap(f.Data) > bigBuffer {
+				f.Data = nil // a snapshot's size: not kept for the stream's life
 			}
-			r.data = f.Data
 			select {
 			case msgs <- r:
 			case <-ctx.Done():
