@@ -61,7 +61,6 @@ type Processes struct {
 	objs   procObjs
 	links  []link.Link
 	reader *ringbuf.Reader
-	wake   *ringWaiter // nil: reader waits itself (see ringWaiter)
 	record ringbuf.Record
 
 	readMu sync.Mutex
@@ -109,10 +108,6 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 		_ = p.release()
 		return nil, fmt.Errorf("process ring reader: %w", err)
 	}
-	if w, err := newRingWaiter(p.objs.ProcEvents); err == nil {
-		p.wake = w
-		p.reader.SetDeadline(time.Unix(0, 1))
-	}
 	return p, nil
 }
 
@@ -122,22 +117,12 @@ func (p *Processes) ReadEvent() (ProcessEvent, error) {
 	p.readMu.Lock()
 	defer p.readMu.Unlock()
 	for {
-		if p.wake == nil {
-			p.reader.SetDeadline(time.Now().Add(eventWait))
-		}
+		p.reader.SetDeadline(time.Now().Add(eventWait))
 		err := p.reader.ReadInto(&p.record)
 		switch {
 		case err == nil:
 			return decodeProcessEvent(p.record.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
-			if p.wake == nil {
-				continue
-			}
-			if err := p.wake.wait(eventWait); errors.Is(err, os.ErrClosed) {
-				return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
-			} else if err != nil {
-				return ProcessEvent{}, fmt.Errorf("wait for process events: %w", err)
-			}
 		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
 			return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
 		default:
@@ -250,9 +235,6 @@ func (p *Processes) release() error {
 	var errs []error
 	if p.reader != nil {
 		errs = append(errs, p.reader.Close())
-	}
-	if p.wake != nil {
-		errs = append(errs, p.wake.close())
 	}
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
