@@ -298,43 +298,33 @@ func readBatch(w *wireBatch, b []byte) error {
 			}
 		case fieldBatchProcesses:
 			if f.typ == protowire.BytesType {
-				m := new(ingestv1.Process)
-				if err := proto.Unmarshal(f.p, m); err != nil {
+				if err := appendMessage(&w.processes, f.p); err != nil {
 					return err
 				}
-				w.processes = append(w.processes, m)
 			}
 		case fieldBatchDNSFlows:
 			if f.typ == protowire.BytesType {
-				m := new(ingestv1.DnsFlow)
-				if err := proto.Unmarshal(f.p, m); err != nil {
+				if err := appendMessage(&w.dnsFlows, f.p); err != nil {
 					return err
 				}
-				w.dnsFlows = append(w.dnsFlows, m)
 			}
 		case fieldBatchDNSAns:
 			if f.typ == protowire.BytesType {
-				m := new(ingestv1.DnsAnswer)
-				if err := proto.Unmarshal(f.p, m); err != nil {
+				if err := appendMessage(&w.dnsAnswers, f.p); err != nil {
 					return err
 				}
-				w.dnsAnswers = append(w.dnsAnswers, m)
 			}
 		case fieldBatchFailed:
 			if f.typ == protowire.BytesType {
-				m := new(ingestv1.FailedConnect)
-				if err := proto.Unmarshal(f.p, m); err != nil {
+				if err := appendMessage(&w.failed, f.p); err != nil {
 					return err
 				}
-				w.failed = append(w.failed, m)
 			}
 		case fieldBatchUDP:
 			if f.typ == protowire.BytesType {
-				m := new(ingestv1.UdpFlow)
-				if err := proto.Unmarshal(f.p, m); err != nil {
+				if err := appendMessage(&w.udp, f.p); err != nil {
 					return err
 				}
-				w.udp = append(w.udp, m)
 			}
 		}
 	}
@@ -597,4 +587,18 @@ func putRequest(r *request) {
 	r.batch.Shrink(bigBatch)
 	r.batch.Reset()
 	requests.Put(r)
+}
+
+// appendMessage decodes one embedded message of a batch's rarer parts
+// (processes, DNS, failed connects, UDP) and appends it to dst.
+func appendMessage[T any, PT interface {
+	*T
+	proto.Message
+}](dst *[]PT, b []byte) error {
+	m := PT(new(T))
+	if err := proto.Unmarshal(b, m); err != nil {
+		return err
+	}
+	*dst = append(*dst, m)
+	return nil
 }
