@@ -168,7 +168,7 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 		"src_workload": "checkout", "src_kind": "deployment", "src_namespace": "shop",
 		"dst_workload": "cart", "dst_kind": "deployment", "dst_namespace": "store",
 	}
-	waitEdge(t, metricsURL, up, conns, request, response)
+	waitEdge(t, metricsURL, up, conns, request, response, func() string { return diagnose(n, collectorURL, metricsURL) })
 	n.mark("edge checkout → cart exact on /metrics")
 
 	// What NOTES.txt points at: /api/v1/map and weirctl map.
@@ -212,7 +212,7 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	}
 	checkout = waitPods(t, n, ctx, "shop", "app=checkout", 1, func(p *corev1.Pod) bool { return podReady(p) && p.Name != checkout.Name })[0]
 	up["src_pod"] = checkout.Name
-	waitEdge(t, metricsURL, up, conns, request, response)
+	waitEdge(t, metricsURL, up, conns, request, response, func() string { return diagnose(n, collectorURL, metricsURL) })
 	n.mark("edge exact after the upgrade, with pod names")
 
 	// helm uninstall: nothing of the release is left.
@@ -267,7 +267,7 @@ func TestPrivilegedHelmInstall(t *testing.T) {
 	}
 	old := checkout.Name
 	checkout = waitPods(t, n, ctx, "shop", "app=checkout", 1, func(p *corev1.Pod) bool { return podReady(p) && p.Name != old })[0]
-	waitEdge(t, metricsURL, up, conns, request, response)
+	waitEdge(t, metricsURL, up, conns, request, response, func() string { return diagnose(n, collectorURL, metricsURL) })
 	n.mark("edge exact over mTLS")
 	tlsArgs := []string{"--server", reducerVIP + ":7000", "--tls-ca", certs + "/ca.pem",
 		"--tls-cert", certs + "/observer-weirctl.pem", "--tls-key", certs + "/observer-weirctl-key.pem"}
@@ -500,7 +500,7 @@ func createDeployment(t *testing.T, n *Node, ctx context.Context, ns, name strin
 
 // waitEdge waits for the edge up (client → server) and its reverse on
 // /metrics with the exact bytes of conns connections both ways.
-func waitEdge(t *testing.T, url string, up map[string]string, conns, request, response int) {
+func waitEdge(t *testing.T, url string, up map[string]string, conns, request, response int, diag func() string) {
 	t.Helper()
 	down := map[string]string{}
 	for k, v := range up {
@@ -523,7 +523,7 @@ func waitEdge(t *testing.T, url string, up map[string]string, conns, request, re
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no edge %v with %d and %d bytes on %s (%v); its flows:\n%s", up, conns*request, conns*response, url, err, grepLines(httpGet(t, url), "weir_tcp_bytes_total", "checkout", "cart", podNet))
+			t.Fatalf("no edge %v with %d and %d bytes on %s (%v); its flows:\n%s\n%s", up, conns*request, conns*response, url, err, grepLines(httpGet(t, url), "weir_tcp_bytes_total", "checkout", "cart", podNet), diag())
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -533,6 +533,30 @@ func waitEdge(t *testing.T, url string, up map[string]string, conns, request, re
 	if v, _ := m.Value("weir_tcp_connections_opened_total", up); v != float64(conns) {
 		t.Errorf("connections opened checkout → cart = %v, want %d", v, conns)
 	}
+}
+
+// diagnose returns what explains a missing edge: the collector's and the
+// reducer's own counters, and the logs of weir's pods.
+func diagnose(n *Node, collectorURL, reducerURL string) string {
+	var b strings.Builder
+	for _, u := range []string{collectorURL, reducerURL} {
+		resp, err := http.Get(u)
+		if err != nil {
+			fmt.Fprintf(&b, "--- %s: %v\n", u, err)
+			continue
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Fprintf(&b, "--- %s (non-zero weir_collector_, weir_reducer_ and weir_tcp_ series):\n", u)
+		for _, l := range strings.Split(string(data), "\n") {
+			if (strings.HasPrefix(l, "weir_collector_") || strings.HasPrefix(l, "weir_reducer_") || strings.HasPrefix(l, "weir_tcp_")) &&
+				!strings.HasSuffix(l, " 0") && !strings.Contains(l, "_bucket{") {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	b.WriteString(n.podLogs("weir"))
+	return b.String()
 }
 
 // waitRolled waits until the reducer, collector and watcher pods of the

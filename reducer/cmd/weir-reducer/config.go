@@ -22,6 +22,7 @@ type Config struct {
 	Aggregation     aggregate.Level
 	Loopback        bool
 	JoinWindow      time.Duration
+	MetadataWait    time.Duration
 	Sharded         bool
 	TLSCert         string
 	TLSKey          string
@@ -72,6 +73,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.TextVar(&c.Aggregation, "aggregation", c.Aggregation, "labels of the flow metrics: workload; node adds src_node/dst_node; pod adds src_pod/dst_pod as well; process: workload plus src_process/dst_process, the comm of the process owning each end's socket")
 	fs.BoolVar(&c.Sharded, "sharded", c.Sharded, "this reducer is one of several behind one Service, each with the collectors of some nodes: a connection to a fleet address (a pod or node IP from the k8s-watcher, or a local address of a collector here) that no collector here reports counts what this reducer's end sends, so that a sum over the reducers counts each byte once")
 	fs.DurationVar(&c.JoinWindow, "join-window", c.JoinWindow, "how long a flow to a fleet address waits for its peer's end before it counts as one-sided; 0 derives it from the collectors' report intervals and lag, a negative value counts every flow at once")
+	fs.DurationVar(&c.MetadataWait, "metadata-wait", c.MetadataWait, "with a k8s-watcher: how long after start flows are held until its first snapshot, so that they are counted under their pods rather than container ids; 0 counts at once")
 	fs.BoolVar(&c.Loopback, "loopback", c.Loopback, "show flows between two local processes over loopback addresses")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "server certificate (PEM); with --tls-key and --tls-ca enables mTLS")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
@@ -104,6 +106,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTTL <= 0 {
 		return fmt.Errorf("--session-ttl %s: must be positive", c.SessionTTL)
+	}
+	if c.MetadataWait < 0 {
+		return fmt.Errorf("--metadata-wait %s: must not be negative", c.MetadataWait)
 	}
 	if c.Aggregation > aggregate.LevelProcess {
 		return fmt.Errorf("--aggregation %d: want workload, node, pod or process", c.Aggregation)

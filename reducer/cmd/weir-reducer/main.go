@@ -63,13 +63,14 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	engine, err := match.New(match.Config{
-		SeriesTTL:  cfg.SeriesTTL,
-		MaxSeries:  cfg.MaxSeries,
-		SessionTTL: cfg.SessionTTL,
-		Loopback:   cfg.Loopback,
-		Level:      cfg.Aggregation,
-		JoinWindow: cfg.matchJoinWindow(),
-		Sharded:    cfg.Sharded,
+		SeriesTTL:    cfg.SeriesTTL,
+		MaxSeries:    cfg.MaxSeries,
+		SessionTTL:   cfg.SessionTTL,
+		Loopback:     cfg.Loopback,
+		Level:        cfg.Aggregation,
+		JoinWindow:   cfg.matchJoinWindow(),
+		Sharded:      cfg.Sharded,
+		MetadataWait: cfg.MetadataWait,
 	}, reg, logger)
 	if err != nil {
 		return err
@@ -129,6 +130,14 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error {
+		select {
+		case <-meta.Synced():
+			engine.MetadataSynced()
+		case <-gctx.Done():
+		}
+		return nil
+	})
 	g.Go(func() error { return waitErr(gctx, grpcSrv.Err()) })
 	g.Go(func() error { return waitErr(gctx, httpSrv.Err()) })
 	g.Go(func() error {

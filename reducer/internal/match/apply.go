@@ -281,7 +281,7 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 	if in.NewConnection && !f.has(flowOpened) {
 		f.flags |= flowOpened | flowPendingOpen
 	}
-	if !f.has(flowPublished) && f.ends[1-end] != 0 {
+	if !f.has(flowPublished) && f.ends[1-end] != 0 && !e.holding(now) {
 		e.publish(f) // both ends are here
 	}
 	if f.has(flowPartial) && f.ends[1-end] != 0 {
@@ -333,7 +333,7 @@ func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bo
 		}
 	}
 	e.nflows++
-	if e.window > 0 && (loop || e.isFleet(now, peer)) {
+	if e.window > 0 && (loop || e.isFleet(now, peer)) || e.holding(now) {
 		f.flags |= flowQueued
 		e.held = append(e.held, id)
 		e.nheld++
@@ -372,6 +372,12 @@ func (e *Engine) publish(f *flow) {
 // peer's end did not report in time, and they count as one-sided. A flow
 // that left the table while queued is freed here.
 func (e *Engine) publishDue(now time.Time) {
+	if e.holding(now) {
+		return
+	}
+	if e.metaRelease {
+		e.releaseWait(now)
+	}
 	n := 0
 	deadline := now.UnixNano() - int64(e.window)
 	for _, id := range e.held {
@@ -403,6 +409,29 @@ func (e *Engine) publishDue(now time.Time) {
 		e.held = e.held[n:]
 		if len(e.held) == 0 {
 			e.held = e.held[:0:0]
+		}
+	}
+}
+
+// releaseWait publishes, once the metadata wait is over, the held flows
+// that only the wait held: those whose both ends reported, and those whose
+// missing end is not a fleet address. The others wait for their peer's end
+// as usual.
+func (e *Engine) releaseWait(now time.Time) {
+	e.metaRelease = false
+	for _, id := range e.held {
+		f := e.flowAt(id)
+		if f.has(flowPublished) {
+			continue
+		}
+		wait := false
+		for i := range uint8(2) {
+			if f.ends[i] == 0 && e.isFleet(now, e.endpoint(&f.key, i).Addr()) {
+				wait = true
+			}
+		}
+		if !wait {
+			e.publish(f)
 		}
 	}
 }

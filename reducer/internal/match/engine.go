@@ -46,6 +46,12 @@ type Config struct {
 	// reducer counts the rest, so the sum over reducers counts each byte
 	// once. Bytes from outside the fleet count here.
 	Sharded bool
+	// MetadataWait is how long after start every flow is held while no
+	// metadata snapshot has been applied (MetadataSynced): a reducer that
+	// restarts would otherwise count its first seconds of traffic on
+	// container ids and unknown processes instead of pods. Zero: no wait,
+	// for a reducer without a k8s-watcher.
+	MetadataWait time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -114,6 +120,11 @@ type Engine struct {
 	// unreported counts the attached sessions that sent no batch yet:
 	// while their addresses are unknown, any peer may be in the fleet.
 	unreported int
+	// metaPending: every flow is held until the first metadata snapshot
+	// or until metaDeadline (Config.MetadataWait).
+	metaPending  bool
+	metaDeadline time.Time
+	metaRelease  bool // the wait just ended: releaseWait is due
 
 	// Scratch space of the batch being applied.
 	newProcs  map[uint32]*process
@@ -193,6 +204,9 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		e.now = time.Now
 	}
 	e.started = e.now()
+	if e.cfg.MetadataWait > 0 {
+		e.metaPending, e.metaDeadline = true, e.started.Add(e.cfg.MetadataWait)
+	}
 	e.window = e.cfg.JoinWindow
 	if e.window < 0 {
 		e.window = e.derivedWindow()
@@ -238,6 +252,32 @@ func (e *Engine) PublishDue() {
 	e.publishUDP(now)
 	e.settle(now)
 	e.setGauges()
+}
+
+// MetadataSynced ends the metadata wait (Config.MetadataWait): the first
+// snapshot is applied, and the held flows are published from their join
+// windows on, named by it.
+func (e *Engine) MetadataSynced() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.metaPending {
+		e.metaPending, e.metaRelease = false, true
+		e.logger.Info("metadata synced: counting flows", "held", e.nheld, "waited", e.now().Sub(e.started).Round(time.Millisecond))
+	}
+}
+
+// holding reports whether every flow is held for the metadata wait. The
+// wait ends at its deadline if no snapshot came.
+func (e *Engine) holding(now time.Time) bool {
+	if !e.metaPending {
+		return false
+	}
+	if now.Before(e.metaDeadline) {
+		return true
+	}
+	e.metaPending, e.metaRelease = false, true
+	e.logger.Warn("no metadata snapshot within the metadata wait: counting flows with what is known", "wait", e.cfg.MetadataWait, "held", e.nheld)
+	return false
 }
 
 // Window returns the current join window.

@@ -33,6 +33,9 @@ type Service struct {
 	streams map[*stream]struct{}
 	closed  bool
 
+	synced     chan struct{} // closed at the first snapshot applied
+	syncedOnce sync.Once
+
 	m serviceMetrics
 }
 
@@ -49,10 +52,13 @@ type serviceMetrics struct {
 
 type stream struct{ cancel context.CancelFunc }
 
+// Synced is closed once the first snapshot of any watcher is applied.
+func (s *Service) Synced() <-chan struct{} { return s.synced }
+
 // New returns a service that applies streams to cache, with its metrics on
 // reg.
 func New(cache *Cache, reg prometheus.Registerer, logger *slog.Logger) (*Service, error) {
-	s := &Service{cache: cache, logger: logger.With("component", "metadata"), streams: make(map[*stream]struct{})}
+	s := &Service{cache: cache, logger: logger.With("component", "metadata"), streams: make(map[*stream]struct{}), synced: make(chan struct{})}
 	s.m = serviceMetrics{
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_metadata_streams",
 			Help: "Open metadata streams from k8s-watchers."}),
@@ -256,6 +262,7 @@ func (s *Service) Stream(ss grpc.BidiStreamingServer[metadatav1.StreamRequest, m
 			s.epoch, s.version = snapEpoch, k.SnapshotEnd.GetVersion()
 			s.mu.Unlock()
 			logger.Info("snapshot applied", "objects", snapN, "swept", swept, "took", took.Round(time.Microsecond), "version", k.SnapshotEnd.GetVersion())
+			s.syncedOnce.Do(func() { close(s.synced) })
 			if err := ss.Send(&metadatav1.StreamResponse{Kind: &metadatav1.StreamResponse_Ack{Ack: &metadatav1.Ack{Version: k.SnapshotEnd.GetVersion()}}}); err != nil {
 				return err
 			}
