@@ -406,6 +406,12 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 			}
 			return acked.Load(), fmt.Errorf("receive: %w", err)
 		case <-upgrade:
+			if c.acked.Load() != seq {
+				// A batch sent since is not acked yet: ending the stream
+				// now could lose it. The next ack signals again.
+				tick = false
+				continue
+			}
 			// Everything sent so far is acked; the changes since are
 			// in the table and go out on the zstd stream.
 			_ = st.CloseSend()
@@ -421,13 +427,23 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 				resolved = time.Now()
 				if next, _ := c.pick(ctx); next != target {
 					c.log.Info("reducer set changed: moving", "from", target, "to", next)
+					// The reducer applies and acks what was sent, then ends
+					// the stream: cancelling before that could lose it.
 					_ = st.CloseSend()
+					select {
+					case <-done:
+					case <-time.After(moveGrace):
+					}
 					return true, errMoved
 				}
 			}
 		}
 	}
 }
+
+// moveGrace bounds the wait for the old reducer to end a stream that the
+// collector closed to move to another.
+const moveGrace = 5 * time.Second
 
 // errVersion is a reducer that chose a protocol version outside the range
 // the collector offered.
