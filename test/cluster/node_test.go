@@ -178,10 +178,17 @@ func (n *Node) run(args ...string) string {
 	return string(out)
 }
 
+// bridgeMAC is the bridge's own, locally administered, address.
+const bridgeMAC = "02:77:65:69:72:01"
+
 // network makes the bridge with the node's address, and the nftables table
 // that stands in for kube-proxy.
 func (n *Node) network() {
-	n.run("ip", "link", "add", n.bridge, "type", "bridge")
+	// A bridge whose address was not set takes the lowest of its ports'
+	// addresses: a pod whose veth's is lower would change the gateway's
+	// address under every other pod, whose traffic to the node then goes
+	// nowhere until their neighbour entries expire (about 30 s).
+	n.run("ip", "link", "add", n.bridge, "address", bridgeMAC, "type", "bridge")
 	n.run("ip", "addr", "add", n.NodeIP+"/24", "dev", n.bridge)
 	n.run("ip", "link", "set", n.bridge, "up")
 	n.nft(fmt.Sprintf(`table ip %[1]s {
