@@ -32,7 +32,10 @@ type Config struct {
 	BufferBytes int64
 	// MaxBatchBytes bounds one batch message (--max-batch-bytes).
 	MaxBatchBytes int
-	ProcRoot      string
+	// AckTimeout ends a session whose reducer stopped acknowledging
+	// (--ack-timeout); zero: five intervals, at least 30 s.
+	AckTimeout time.Duration
+	ProcRoot   string
 	// NetNS are the network namespace files whose sockets are tracked
 	// (--netns); empty: every namespace.
 	NetNS    []string
@@ -97,6 +100,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 		intFlag(&cfg.BufferBytes, 63))
 	fs.Func("max-batch-bytes", fmt.Sprintf("largest batch message in `bytes`; a larger report (after an outage) goes out as several batches. Keep it below the reducer's --max-message-bytes (default %d)", cfg.MaxBatchBytes),
 		intFlag(&cfg.MaxBatchBytes, 31))
+	fs.DurationVar(&cfg.AckTimeout, "ack-timeout", cfg.AckTimeout, "end the stream and connect again when the reducer acknowledged nothing for this long while batches were outstanding (a reducer gone without closing the connection); 0: five intervals, at least 30s")
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.Func("netns", "track only the sockets of these network namespaces: comma-separated `paths` of namespace files (/run/netns/x, /proc/PID/ns/net), resolved at start; sockets of others are ignored and counted in weir_collector_netns_ignored_total (default: every namespace)", func(s string) error {
 		for _, p := range strings.Split(s, ",") {
@@ -191,6 +195,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBatchBytes < 64<<10 {
 		return fmt.Errorf("--max-batch-bytes: %d is below 65536", c.MaxBatchBytes)
+	}
+	if c.AckTimeout < 0 {
+		return fmt.Errorf("--ack-timeout: %s is negative", c.AckTimeout)
 	}
 	if c.BufferBytes <= 0 {
 		return fmt.Errorf("--buffer-bytes: %d is not positive", c.BufferBytes)

@@ -148,6 +148,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		InitialBackoff:   stream.DefaultInitialBackoff,
 		MaxBackoff:       stream.DefaultMaxBackoff,
 		MaxBatchBytes:    cfg.MaxBatchBytes,
+		AckTimeout:       cfg.AckTimeout,
 		NodeName:         cfg.NodeName,
 		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,

@@ -95,7 +95,7 @@ type Table struct {
 	mu      sync.Mutex
 	entries map[key]entry
 	size    atomic.Int64 // len(entries), read without mu
-	order   []key // insertion order, for expiry
+	order   []key        // insertion order, for expiry
 
 	overruns atomic.Uint64
 	m        *metrics

@@ -155,6 +155,12 @@ type Config struct {
 	// MaxBatchBytes bounds one batch message; a larger report goes out as
 	// several (split). Zero: DefaultMaxBatchBytes.
 	MaxBatchBytes int
+	// AckTimeout ends a session whose reducer acknowledged nothing for
+	// this long while batches were outstanding: a reducer (or a path to
+	// it) that went away without closing the connection would otherwise
+	// hold the stream until TCP gives up, up to about 15 minutes. Zero:
+	// DefaultAckTimeout.
+	AckTimeout time.Duration
 
 	NodeName         string
 	BootID           string
@@ -190,6 +196,12 @@ func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Regis
 	}
 	if cfg.MaxBatchBytes == 0 {
 		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = DefaultAckTimeout(cfg.Interval)
+	}
+	if cfg.AckTimeout < 0 {
+		return nil, errors.New("ack timeout must not be negative")
 	}
 	if cfg.MaxBatchBytes < minBatchBytes {
 		return nil, fmt.Errorf("max batch bytes %d: below the minimum %d", cfg.MaxBatchBytes, minBatchBytes)
@@ -315,6 +327,10 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	done := make(chan struct{})
 	var acked atomic.Bool
 	c.acked.Store(0)
+	// progress is when the session last heard from the reducer: its start,
+	// then each ack (unix nanoseconds).
+	var progress atomic.Int64
+	progress.Store(time.Now().UnixNano())
 	// upgrade is signalled by the receiver at the first ack of a gzip
 	// session whose welcome named zstd.
 	upgrade := make(chan struct{}, 1)
@@ -337,6 +353,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 			if a := resp.GetAck(); a != nil {
 				c.m.acks.Inc()
 				c.acked.Store(a.GetSequence())
+				progress.Store(time.Now().UnixNano())
 				acked.Store(true)
 				if compressor != zstdName && c.zstd.Load() {
 					select {
@@ -374,6 +391,13 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 
 	// The first batch, the snapshot of everything live, goes out at once.
 	for tick := true; ; {
+		if tick && c.acked.Load() < seq {
+			if quiet := time.Since(time.Unix(0, progress.Load())); quiet > c.cfg.AckTimeout {
+				c.m.stalls.Inc()
+				return acked.Load(), fmt.Errorf("%w: %d of %d batches unacknowledged, nothing heard for %s",
+					errStalled, seq-c.acked.Load(), seq, quiet.Round(time.Millisecond))
+			}
+		}
 		if tick {
 			c.poll()
 			b := c.rep.Report(time.Now())
@@ -440,6 +464,16 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		}
 	}
 }
+
+// DefaultAckTimeout is the ack timeout for a report interval: five
+// intervals, at least 30 s, so that a reducer slowed by a large scrape or
+// a burst of batches is not taken for gone.
+func DefaultAckTimeout(interval time.Duration) time.Duration {
+	return max(30*time.Second, 5*interval)
+}
+
+// errStalled is a session whose reducer stopped acknowledging batches.
+var errStalled = errors.New("reducer stopped acknowledging batches")
 
 // moveGrace bounds the wait for the old reducer to end a stream that the
 // collector closed to move to another.

@@ -780,3 +780,55 @@ func TestRendezvous(t *testing.T) {
 		t.Errorf("an address: pick %q (authority %q)", target, authority)
 	}
 }
+
+// TestAckTimeout: a reducer that keeps the stream open but acknowledges
+// nothing (one gone without closing its connection looks the same) ends
+// the session after the ack timeout, counted, and the collector connects
+// again rather than sending into it until TCP gives up.
+func TestAckTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	ingestv1.RegisterIngestServiceServer(srv, muteReducer{})
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+
+	reg := prometheus.NewPedanticRegistry()
+	tab, enc := newTable(t, reg, 0)
+	cfg := testConfig(ln.Addr().String())
+	cfg.AckTimeout = 300 * time.Millisecond
+	c, err := New(cfg, tab, enc, newFakeSource(), reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, reg, "weir_collector_stream_stalls_total") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("weir_collector_stream_stalls_total = %v after 10 s, want >= 2", metricValue(t, reg, "weir_collector_stream_stalls_total"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The second stall was on a session opened again.
+	if got := metricValue(t, reg, "weir_collector_stream_reconnects_total"); got < 1 {
+		t.Errorf("reconnects = %v, want >= 1", got)
+	}
+	if got := metricValue(t, reg, "weir_collector_batches_unacknowledged_total"); got < 2 {
+		t.Errorf("unacknowledged batches = %v, want >= 2", got)
+	}
+}
+
+// muteReducer reads the hello and every batch, and never answers.
+type muteReducer struct {
+	ingestv1.UnimplementedIngestServiceServer
+}
+
+func (muteReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	for {
+		if _, err := st.Recv(); err != nil {
+			return err
+		}
+	}
+}
