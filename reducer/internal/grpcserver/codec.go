@@ -13,6 +13,10 @@ import (
 type Frame struct {
 	// Data is the message's bytes; RecvMsg reuses its capacity.
 	Data []byte
+	// Buffer, when set and Data is nil, gives the buffer to copy the
+	// message into once it has arrived, so that a stream that waits for
+	// its next message holds none.
+	Buffer func() []byte
 }
 
 // codec is the server's codec: it copies the bytes of a message received
@@ -27,6 +31,9 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(*Frame)
 	if !ok {
 		return c.proto.Unmarshal(data, v)
+	}
+	if f.Data == nil && f.Buffer != nil {
+		f.Data = f.Buffer()
 	}
 	f.Data = f.Data[:0]
 	for _, b := range data {

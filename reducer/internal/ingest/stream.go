@@ -68,20 +68,28 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		// The stream keeps only its receive buffer while it waits; the
-		// buffers to read and decode a request come from the pool.
-		var f grpcserver.Frame
+		// A waiting stream holds no buffer: a request comes from the pool
+		// once a message has arrived, and the message is copied into its
+		// buffer.
+		var r *request
+		f := grpcserver.Frame{Buffer: func() []byte {
+			r = getRequest()
+			return r.data
+		}}
 		for {
+			r, f.Data = nil, nil
 			err := stream.RecvMsg(&f)
 			if err != nil {
+				if r != nil {
+					putRequest(r)
+				}
 				errc <- err
 				return
 			}
-			r := getRequest()
-			r.data, f.Data = f.Data, r.data[:0]
-			if cap(f.Data) > bigBuffer {
-				f.Data = nil // a snapshot's size: not kept for the stream's life
+			if r == nil {
+				r = getRequest() // an empty message
 			}
+			r.data = f.Data
 			select {
 			case msgs <- r:
 			case <-ctx.Done():
