@@ -19,6 +19,7 @@ type metrics struct {
 	bufferDroppedBytes                              prometheus.Counter
 	listenersEvicted                                prometheus.Counter
 	eventErrors                                     prometheus.Counter
+	resumeForgotten                                 prometheus.Counter
 	failed                                          *prometheus.CounterVec
 	failedDropped                                   prometheus.Counter
 	resetsUnreported                                prometheus.Counter
@@ -59,6 +60,8 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 			"Payload bytes (sent and received) of closed sockets dropped from the buffer, never reported."),
 		listenersEvicted: counter("weir_collector_listeners_evicted_total",
 			"Listening sockets forgotten because the listener table was full."),
+		resumeForgotten: counter("weir_collector_resume_forgotten_total",
+			"Socket changes of reports the reducer had not confirmed yet, forgotten to stay under the cap of kept changes: lost if their session ends before the reducer applies them."),
 		eventErrors: counter("weir_collector_event_errors_total",
 			"Lifecycle events that could not be read or decoded, skipped."),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -76,7 +79,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 	}
 	collectors := []prometheus.Collector{
 		events, m.untrackedCloses, m.duplicateOpens, m.untrackedSamples, m.backwardReads, m.socketCap, m.vanished, m.invalidEndpoints,
-		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.eventErrors, m.failed, m.failedDropped, m.resetsUnreported, m.otherNetNS,
+		m.bufferDropped, m.bufferDroppedBytes, m.listenersEvicted, m.resumeForgotten, m.eventErrors, m.failed, m.failedDropped, m.resetsUnreported, m.otherNetNS,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "weir_collector_sockets",
 			Help: "Live sockets tracked.",

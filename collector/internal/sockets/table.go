@@ -146,6 +146,11 @@ type Table struct {
 	// failed are the failed connects awaiting report, oldest first.
 	failed []FailedConnect
 	loss   Loss
+	// drains counts Drain calls; unconfirmed keeps what the drains the
+	// reducer has not confirmed yet took (resume.go).
+	drains      uint64
+	unconfirmed []drainRecord
+	nEntries    int // entries over unconfirmed
 }
 
 // Loss are the table's cumulative loss counters.
@@ -770,6 +775,7 @@ func (t *Table) Drain(c *Changes) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.reset()
+	rec := t.beginDrain()
 
 	// Announce new sockets, live or already closed, in the order they were
 	// first seen. t.fresh is in that order; a closed socket not in it was
@@ -794,6 +800,9 @@ func (t *Table) Drain(c *Changes) {
 		}
 		s.exposed = true
 		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
+		if s.newConn {
+			rec.note(s, s.rep, entryNewConn)
+		}
 		s.newConn = false
 	}
 	// The sort may have moved sockets of t.fresh past its length.
@@ -813,12 +822,16 @@ func (t *Table) Drain(c *Changes) {
 	t.ownerChanges = t.ownerChanges[:0]
 
 	for _, s := range t.live {
-		t.drainDelta(c, s)
+		if rep := s.rep; t.drainDelta(c, s) {
+			rec.note(s, rep, 0)
+		}
 	}
 	for _, s := range t.closed {
+		rep := s.rep
 		t.drainDelta(c, s)
 		c.Closed = append(c.Closed, s.Cookie)
 		s.state = stateReleased
+		rec.note(s, rep, entryClosed)
 	}
 	clear(t.closing)
 	clear(t.closed)
@@ -832,11 +845,14 @@ func (t *Table) Drain(c *Changes) {
 		c.UDP, t.loss.UDP = t.cfg.UDP.drain(c.UDP)
 	}
 	c.Loss = t.loss
+	t.endDrain(rec)
 }
 
-func (t *Table) drainDelta(c *Changes, s *socket) {
+// drainDelta appends s's delta to c, if its counters moved, and makes its
+// total the baseline. It reports whether they moved.
+func (t *Table) drainDelta(c *Changes, s *socket) bool {
 	if s.total == s.rep {
-		return
+		return false
 	}
 	c.Deltas = append(c.Deltas, Delta{
 		Cookie:           s.Cookie,
@@ -853,6 +869,7 @@ func (t *Table) drainDelta(c *Changes, s *socket) {
 		c.Deltas[len(c.Deltas)-1].SRTT = 0
 	}
 	s.rep = s.total
+	return true
 }
 
 // Resync starts a new epoch: the reducer forgot every socket, so the next

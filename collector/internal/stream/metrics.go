@@ -20,6 +20,7 @@ type metrics struct {
 	acks         prometheus.Counter
 	unacked      prometheus.Counter
 	stalls       prometheus.Counter
+	resumed      prometheus.Counter
 	pollErrors   prometheus.Counter
 	earlyReports prometheus.Counter
 	splitReports prometheus.Counter
@@ -43,10 +44,12 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		updates:    counter("weir_collector_socket_updates_total", "Socket counter updates (stats entries) sent to the reducer."),
 		sentBytes:  counter("weir_collector_sent_bytes_total", "Bytes sent on the stream to the reducer, compressed, with gRPC framing."),
 		acks:       counter("weir_collector_acks_received_total", "Batch acknowledgements received from the reducer."),
+		resumed: counter("weir_collector_resumed_reports_total",
+			"Reports that the reducer had not applied when their session ended, sent again in the next session (the reducer still held the session they belonged to)."),
 		stalls: counter("weir_collector_stream_stalls_total",
 			"Sessions ended because the reducer acknowledged nothing for the ack timeout while batches were outstanding."),
 		unacked: counter("weir_collector_batches_unacknowledged_total",
-			"Batches sent but not acknowledged when their stream ended; the reducer may not have applied them, and they are not resent."),
+			"Batches sent but not acknowledged when their stream ended; the next session sends again what the reducer says it did not apply (weir_collector_resumed_reports_total)."),
 		pollErrors: counter("weir_collector_poll_errors_total", "Failed reads of the kernel's socket storage."),
 		earlyReports: counter("weir_collector_early_reports_total",
 			"Batches sent before the report interval because closed sockets awaiting report passed half of --buffer-bytes."),
@@ -55,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		src: src,
 	}
 	collectors := []prometheus.Collector{
-		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.stalls, m.pollErrors, m.earlyReports, m.splitReports,
+		m.connected, m.reconnects, m.batches, m.updates, m.sentBytes, m.acks, m.unacked, m.stalls, m.resumed, m.pollErrors, m.earlyReports, m.splitReports,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "weir_collector_ring_full_total",
 			Help: "Lifecycle events lost in the kernel because the ring buffer was full.",

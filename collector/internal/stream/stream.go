@@ -118,6 +118,28 @@ type Table interface {
 	Poll(src sockets.Sampler) error
 }
 
+// resumer is a Table that keeps the changes of the reports the reducer
+// has not confirmed, so that a new session can send them again
+// (sockets/resume.go).
+type resumer interface {
+	Drains() uint64
+	Confirm(gen uint64)
+	Rollback() int
+}
+
+// inFlight is a report sent and not confirmed: its batches' sequences and
+// the table's drain generation.
+type inFlight struct {
+	first, last uint64
+	gen         uint64
+}
+
+// welcomeWait bounds the wait for the reducer's welcome before the first
+// report of a session that has reports of the previous one to settle (at
+// most the ack timeout); a reducer that sends none is served without
+// resuming.
+const welcomeWait = 5 * time.Second
+
 // pressurer is a Table that asks for an early report when its buffer of
 // closed sockets fills up.
 type pressurer interface {
@@ -182,6 +204,9 @@ type Client struct {
 	acked  atomic.Uint64
 	pollOK bool
 	zstd   atomic.Bool // the last welcome named compression_zstd
+	// pending are the reports of the current or latest session that the
+	// reducer has not confirmed, oldest first.
+	pending []inFlight
 	// lookupHost resolves the reducer's name; net.DefaultResolver's when nil.
 	lookupHost func(ctx context.Context, host string) ([]string, error)
 }
@@ -310,6 +335,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		return false, fmt.Errorf("open stream: %w", err)
 	}
 
+	prevEpoch := c.epoch
 	c.epoch = max(uint64(time.Now().UnixNano()), c.epoch+1)
 	hello := &ingestv1.Hello{
 		ProtocolVersion:    ProtocolVersion,
@@ -334,6 +360,9 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	// upgrade is signalled by the receiver at the first ack of a gzip
 	// session whose welcome named zstd.
 	upgrade := make(chan struct{}, 1)
+	// welcomed delivers the reducer's first answer's welcome (nil for a
+	// reducer that sends none).
+	welcomed := make(chan *ingestv1.Welcome, 1)
 	go func() {
 		defer close(done)
 		first := true
@@ -349,6 +378,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 					errc <- err
 					return
 				}
+				welcomed <- resp.GetWelcome()
 			}
 			if a := resp.GetAck(); a != nil {
 				c.m.acks.Inc()
@@ -368,6 +398,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	defer func() {
 		cancel()
 		<-done
+		c.confirm(c.acked.Load())
 		if a := c.acked.Load(); seq > a {
 			c.m.unacked.Add(float64(seq - a))
 		}
@@ -383,6 +414,24 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 
 	if err := send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: hello}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
+	}
+	// The welcome says what the reducer applied of the session this one
+	// replaces: what it did not goes out again in this one.
+	// Without reports pending, nothing waits for it.
+	if len(c.pending) > 0 {
+		var welcome *ingestv1.Welcome
+		d := min(welcomeWait, c.cfg.AckTimeout)
+		wait := time.NewTimer(d)
+		select {
+		case welcome = <-welcomed:
+		case err := <-errc:
+			errc <- err // the loop below reports it
+		case <-wait.C:
+			c.log.Warn("no welcome from the reducer: the reports it may have missed are not sent again", "waited", d)
+		case <-ctx.Done():
+		}
+		wait.Stop()
+		c.resume(prevEpoch, welcome)
 	}
 	c.rep.Resync()
 	resolved := time.Now()
@@ -402,10 +451,16 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 			c.poll()
 			b := c.rep.Report(time.Now())
 			c.fillLoss(b)
+			c.confirm(c.acked.Load())
 			pieces := split(b, c.cfg.MaxBatchBytes)
 			if len(pieces) > 1 {
 				c.m.splitReports.Inc()
 				c.log.Info("report split into several batches", "batches", len(pieces), "max_batch_bytes", c.cfg.MaxBatchBytes)
+			}
+			if r, ok := c.table.(resumer); ok {
+				// Pending from before the first send: a send that fails
+				// leaves its report to the next session to settle.
+				c.pending = append(c.pending, inFlight{first: seq + 1, last: seq + uint64(len(pieces)), gen: r.Drains()})
 			}
 			for _, p := range pieces {
 				seq++
@@ -416,6 +471,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 				c.m.batches.Inc()
 				c.m.updates.Add(float64(len(p.GetStats().GetHandleGaps())))
 			}
+
 		}
 		select {
 		case <-ctx.Done():
@@ -478,6 +534,57 @@ var errStalled = errors.New("reducer stopped acknowledging batches")
 // moveGrace bounds the wait for the old reducer to end a stream that the
 // collector closed to move to another.
 const moveGrace = 5 * time.Second
+
+// confirm tells the table that the reducer applied every report whose
+// batches are all at or below sequence applied.
+func (c *Client) confirm(applied uint64) {
+	r, ok := c.table.(resumer)
+	if !ok {
+		return
+	}
+	n := 0
+	for n < len(c.pending) && c.pending[n].last <= applied {
+		n++
+	}
+	if n > 0 {
+		r.Confirm(c.pending[n-1].gen)
+		c.pending = slices.Delete(c.pending, 0, n)
+	}
+}
+
+// resume settles, at the start of a session, the reports of the previous
+// one that the reducer had not acknowledged. If the welcome names that
+// session, the reducer applied its batches up to its resume sequence: the
+// reports after it are undone in the table and go out again with this
+// session's first report. Otherwise (a restarted reducer, an expired
+// session, no welcome) nothing is sent again, as the reducer kept nothing
+// of that session to add them to.
+func (c *Client) resume(prevEpoch uint64, w *ingestv1.Welcome) {
+	r, ok := c.table.(resumer)
+	if !ok {
+		return
+	}
+	if prevEpoch == 0 || w.GetResumeEpoch() != prevEpoch {
+		r.Confirm(r.Drains())
+		c.pending = c.pending[:0]
+		return
+	}
+	applied := w.GetResumeSequence()
+	// A report split over several batches and applied in part cannot be
+	// undone in part: it counts as applied.
+	n := 0
+	for n < len(c.pending) && c.pending[n].first <= applied {
+		n++
+	}
+	if n > 0 {
+		r.Confirm(c.pending[n-1].gen)
+	}
+	if undone := r.Rollback(); undone > 0 {
+		c.m.resumed.Add(float64(len(c.pending) - n))
+		c.log.Info("sending again what the reducer did not apply", "reports", len(c.pending)-n, "applied_sequence", applied)
+	}
+	c.pending = c.pending[:0]
+}
 
 // errVersion is a reducer that chose a protocol version outside the range
 // the collector offered.

@@ -604,7 +604,7 @@ func (silentReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, 
 }
 
 // TestUnacknowledgedBatchesCounted: batches that were sent but never acked
-// when the stream ends are not resent, so they are counted.
+// when the stream ends are counted.
 func TestUnacknowledgedBatchesCounted(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -830,5 +830,170 @@ func (muteReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, in
 		if _, err := st.Recv(); err != nil {
 			return err
 		}
+	}
+}
+
+// scriptedReducer serves sessions one after the other. In its first
+// session it acks batches until one carries counter deltas, which it
+// applies or not (as a reducer whose stream broke before or after it
+// applied it), then ends the stream without acking it. Later sessions
+// welcome the collector with what it applied of the first (or nothing, as
+// a restarted reducer), and ack everything.
+type scriptedReducer struct {
+	ingestv1.UnimplementedIngestServiceServer
+	applyLost bool // the first session applies the batch it does not ack
+	restarted bool // later sessions know nothing of the first
+
+	mu       sync.Mutex
+	sessions int
+	epoch    uint64 // of the first session
+	applied  uint64 // the first session's last applied sequence
+	sent     uint64 // socket bytes sent over every applied batch
+	opened   int    // sockets applied as new connections
+	closed   int    // sockets applied as closed
+	second   chan struct{}
+}
+
+func (r *scriptedReducer) apply(b *ingestv1.Batch) {
+	for _, v := range b.GetStats().GetBytesSent() {
+		r.sent += v
+	}
+	for _, s := range b.GetSockets() {
+		if s.GetNewConnection() {
+			r.opened++
+		}
+	}
+	r.closed += len(b.GetClosedSockets())
+}
+
+func (r *scriptedReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	req, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.sessions++
+	first := r.sessions == 1
+	w := &ingestv1.Welcome{ProtocolVersion: 1}
+	if first {
+		r.epoch = req.GetHello().GetEpoch()
+	} else if !r.restarted {
+		w.ResumeEpoch, w.ResumeSequence = r.epoch, r.applied
+	}
+	r.mu.Unlock()
+	if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Welcome{Welcome: w}}); err != nil {
+		return err
+	}
+	if !first {
+		select {
+		case r.second <- struct{}{}:
+		default:
+		}
+	}
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		b := req.GetBatch()
+		r.mu.Lock()
+		if first && b.GetSequence() > 1 && len(b.GetStats().GetBytesSent()) > 0 {
+			if r.applyLost {
+				r.apply(b)
+				r.applied = b.GetSequence()
+			}
+			r.mu.Unlock()
+			return status.Error(codes.Unavailable, "stream broken before the ack")
+		}
+		r.apply(b)
+		if first {
+			r.applied = b.GetSequence()
+		}
+		r.mu.Unlock()
+		if err := st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: b.GetSequence()}}}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestResumeUnappliedReports: what a broken stream took with it goes out
+// again in the next session exactly when the reducer says it did not apply
+// it, so that every byte counts once; a restarted reducer gets nothing
+// again (it kept nothing of the old session to add it to).
+func TestResumeUnappliedReports(t *testing.T) {
+	tests := []struct {
+		name                 string
+		applyLost, restarted bool
+		wantSent             uint64
+		wantClosed           int
+		wantResumed          float64
+	}{
+		{name: "the reducer did not apply the batch", wantSent: 290, wantClosed: 1, wantResumed: 1},
+		{name: "the reducer applied it, its ack was lost", applyLost: true, wantSent: 290, wantClosed: 1},
+		{name: "the reducer restarted", restarted: true, wantSent: 110},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &scriptedReducer{applyLost: tc.applyLost, restarted: tc.restarted, second: make(chan struct{}, 1)}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			ingestv1.RegisterIngestServiceServer(srv, r)
+			go func() { _ = srv.Serve(ln) }()
+			t.Cleanup(srv.Stop)
+
+			reg := prometheus.NewPedanticRegistry()
+			tab, enc := newTable(t, reg, 0)
+			src := newFakeSource()
+			// Two new connections, 100 and 10 bytes sent; then socket 1
+			// sends 150 more and socket 2 closes at 40, which the broken
+			// stream's last batch carries.
+			src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 100}))
+			src.set(sampleOf(2, 40002, probe.Counters{BytesAcked: 10}))
+			c, err := New(testConfig(ln.Addr().String()), tab, enc, src, reg, logger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, c)
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				r.mu.Lock()
+				announced := r.opened
+				r.mu.Unlock()
+				if announced == 2 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the first report never arrived")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			src.mu.Lock()
+			delete(src.samples, 2)
+			src.samples[1] = sampleOf(1, 40001, probe.Counters{BytesAcked: 250})
+			src.mu.Unlock()
+			gone := sampleOf(2, 40002, probe.Counters{BytesAcked: 40})
+			tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: gone.Endpoint, Owner: gone.Owner, Counters: gone.Counters})
+			recv(t, r.second, "the second session")
+			// The second session's reports: give them a few intervals.
+			time.Sleep(300 * time.Millisecond)
+			r.mu.Lock()
+			sent, opened, closed := r.sent, r.opened, r.closed
+			r.mu.Unlock()
+			if sent != tc.wantSent {
+				t.Errorf("bytes sent over the applied batches = %d, want %d", sent, tc.wantSent)
+			}
+			if opened != 2 {
+				t.Errorf("sockets applied as new connections = %d, want 2", opened)
+			}
+			if closed != tc.wantClosed {
+				t.Errorf("sockets applied as closed = %d, want %d", closed, tc.wantClosed)
+			}
+			if got := metricValue(t, reg, "weir_collector_resumed_reports_total"); got != tc.wantResumed {
+				t.Errorf("resumed reports = %v, want %v", got, tc.wantResumed)
+			}
+		})
 	}
 }

@@ -55,6 +55,7 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	defer s.metrics.connected.Dec()
 	defer s.engine.Detach(sess)
 	welcome := &ingestv1.Welcome{ProtocolVersion: version, Capabilities: shared(hello.GetCapabilities())}
+	welcome.ResumeEpoch, welcome.ResumeSequence = sess.Resume()
 	if err := stream.SendMsg(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Welcome{Welcome: welcome}}); err != nil {
 		logger.Info("stream closed", "error", err)
 		return err

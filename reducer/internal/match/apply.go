@@ -24,6 +24,7 @@ func (e *Engine) Apply(s *Session, b *Batch) error {
 		return err
 	}
 	e.commit(s, b)
+	s.applied = b.Sequence
 	return nil
 }
 

@@ -73,11 +73,20 @@ type Session struct {
 	lag        time.Duration           // how far its last batch's time was behind the reducer's clock
 	addrs      map[netip.Addr]struct{} // the local addresses of its sockets: fleet addresses
 	reported   bool                    // a batch arrived: its addresses are known
-	orphans    []sockID                // its predecessor's sockets, vacant until its first batch
+	applied    uint64                  // the sequence of the last batch applied
+	// resumeEpoch and resumeSeq name the session of the same node and boot
+	// that this one replaced, and the last batch applied from it.
+	resumeEpoch, resumeSeq uint64
+	orphans                []sockID // its predecessor's sockets, vacant until its first batch
 }
 
 // Node returns the session's node name.
 func (s *Session) Node() string { return s.node }
+
+// Resume returns the epoch of the session of the same node and boot that
+// this one replaced and the sequence of the last batch applied from it;
+// zeros if it replaced none.
+func (s *Session) Resume() (epoch, sequence uint64) { return s.resumeEpoch, s.resumeSeq }
 
 // Epoch returns the session's epoch.
 func (s *Session) Epoch() uint64 { return s.epoch }
@@ -325,9 +334,13 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 	defer e.mu.Unlock()
 	now := e.now()
 	var orphans []sockID
+	var resumeEpoch, resumeSeq uint64
 	if old := e.sessions[h.Node]; old != nil {
 		if old.bootID == h.BootID && h.Epoch <= old.epoch {
 			return nil, refuse(ReasonStaleEpoch, "stale epoch %d: node %q is at epoch %d", h.Epoch, h.Node, old.epoch)
+		}
+		if old.bootID == h.BootID {
+			resumeEpoch, resumeSeq = old.epoch, old.applied
 		}
 		orphans = e.drop(now, old, old.bootID == h.BootID)
 		if old.cancel != nil {
@@ -345,6 +358,9 @@ func (e *Engine) Open(h Hello, cancel func()) (*Session, error) {
 		interval: h.ReportInterval,
 		addrs:    make(map[netip.Addr]struct{}),
 		orphans:  orphans,
+
+		resumeEpoch: resumeEpoch,
+		resumeSeq:   resumeSeq,
 	}
 	e.sessions[h.Node] = s
 	e.unreported++

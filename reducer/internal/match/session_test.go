@@ -204,3 +204,27 @@ func apply(t *testing.T, e *Engine, s *Session, b Batch) {
 		t.Fatalf("batch %d: %v", b.Sequence, err)
 	}
 }
+
+// TestResume: a session that replaces one of the same node and boot tells
+// its collector the epoch it replaced and the last batch applied from it;
+// one after a reboot, or the first, tells nothing.
+func TestResume(t *testing.T) {
+	e, _ := newTestEngine(t, true)
+	s1 := openSession(t, e, "node-a", 1)
+	if ep, seq := s1.Resume(); ep != 0 || seq != 0 {
+		t.Errorf("first session resumes (%d, %d), want nothing", ep, seq)
+	}
+	apply(t, e, s1, Batch{Sequence: 1, Processes: []Process{{Handle: 1, Comm: "curl"}}, Sockets: []Socket{clientEnd}})
+	apply(t, e, s1, Batch{Sequence: 2, Stats: statsOf(stat{1, 100, 0, 1, 0})})
+	s2 := openSession(t, e, "node-a", 5)
+	if ep, seq := s2.Resume(); ep != 1 || seq != 2 {
+		t.Errorf("second session resumes (%d, %d), want epoch 1 at batch 2", ep, seq)
+	}
+	s3, err := e.Open(Hello{Node: "node-a", BootID: "another boot", Epoch: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep, seq := s3.Resume(); ep != 0 || seq != 0 {
+		t.Errorf("session after a reboot resumes (%d, %d), want nothing", ep, seq)
+	}
+}

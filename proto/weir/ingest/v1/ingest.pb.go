@@ -305,9 +305,18 @@ type Welcome struct {
 	// The protocol version of the session: the highest version both ends speak.
 	ProtocolVersion uint32 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	// The collector's capabilities that the reducer also has.
-	Capabilities  []string `protobuf:"bytes,2,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Capabilities []string `protobuf:"bytes,2,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// The session this one replaces, of the same node and boot, when the
+	// reducer still holds it: its epoch and the sequence of the last batch
+	// the reducer applied from it (0: none). Batches after that one were not
+	// applied: a collector that kept what they carried sends it again in
+	// this session, so that nothing the reducer never applied is lost and
+	// nothing it applied is counted twice. Both 0 when there is no such
+	// session (a restarted reducer, an expired session).
+	ResumeEpoch    uint64 `protobuf:"varint,3,opt,name=resume_epoch,json=resumeEpoch,proto3" json:"resume_epoch,omitempty"`
+	ResumeSequence uint64 `protobuf:"varint,4,opt,name=resume_sequence,json=resumeSequence,proto3" json:"resume_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -352,6 +361,20 @@ func (x *Welcome) GetCapabilities() []string {
 		return x.Capabilities
 	}
 	return nil
+}
+
+func (x *Welcome) GetResumeEpoch() uint64 {
+	if x != nil {
+		return x.ResumeEpoch
+	}
+	return 0
+}
+
+func (x *Welcome) GetResumeSequence() uint64 {
+	if x != nil {
+		return x.ResumeSequence
+	}
+	return 0
 }
 
 // Hello opens a session. A collector sends a new Hello with a greater epoch
@@ -1884,10 +1907,12 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x0eStreamResponse\x12'\n" +
 	"\x03ack\x18\x01 \x01(\v2\x13.weir.ingest.v1.AckH\x00R\x03ack\x123\n" +
 	"\awelcome\x18\x02 \x01(\v2\x17.weir.ingest.v1.WelcomeH\x00R\awelcomeB\x06\n" +
-	"\x04kind\"X\n" +
+	"\x04kind\"\xa4\x01\n" +
 	"\aWelcome\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\"\n" +
-	"\fcapabilities\x18\x02 \x03(\tR\fcapabilities\"\xec\x02\n" +
+	"\fcapabilities\x18\x02 \x03(\tR\fcapabilities\x12!\n" +
+	"\fresume_epoch\x18\x03 \x01(\x04R\vresumeEpoch\x12'\n" +
+	"\x0fresume_sequence\x18\x04 \x01(\x04R\x0eresumeSequence\"\xec\x02\n" +
 	"\x05Hello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x17\n" +

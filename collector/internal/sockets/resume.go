@@ -1,0 +1,129 @@
+package sockets
+
+// A report the reducer has not confirmed yet may be lost with its session:
+// a stream cut, or a path gone silent, takes the batches in flight with
+// it. The table keeps what each drain took until the reducer confirms it,
+// so that a new session can hand it out again (Rollback) when the reducer
+// says it never applied it. The stream tells which drains the reducer
+// applied: by its acks (Confirm), or, at the next session, by the
+// sequence of the last batch the reducer applied from the old one.
+
+// maxUnconfirmedEntries bounds the sockets that unconfirmed drains keep
+// (about 48 B each). A healthy session confirms each report within a
+// round trip; only a session that stopped hearing from its reducer (for
+// up to --ack-timeout) fills it.
+const maxUnconfirmedEntries = 1 << 16
+
+// entryFlags say what a drain did to a socket besides moving its baseline.
+type entryFlags uint8
+
+const (
+	entryNewConn entryFlags = 1 << iota // announced with new_connection
+	entryClosed                         // reported closed, and released
+)
+
+// drainEntry is one socket that a drain changed: its baseline before it.
+type drainEntry struct {
+	s     *socket
+	rep   totals
+	flags entryFlags
+}
+
+// drainRecord is what one drain changed.
+type drainRecord struct {
+	gen     uint64
+	entries []drainEntry
+}
+
+func (r *drainRecord) note(s *socket, rep totals, f entryFlags) {
+	r.entries = append(r.entries, drainEntry{s: s, rep: rep, flags: f})
+}
+
+// beginDrain starts the record of a new drain. t.mu is held.
+func (t *Table) beginDrain() *drainRecord {
+	t.drains++
+	return &drainRecord{gen: t.drains}
+}
+
+// endDrain keeps rec until the reducer confirms it, forgetting the oldest
+// records beyond maxUnconfirmedEntries. t.mu is held.
+func (t *Table) endDrain(rec *drainRecord) {
+	if len(rec.entries) == 0 {
+		return
+	}
+	t.unconfirmed = append(t.unconfirmed, *rec)
+	t.nEntries += len(rec.entries)
+	for t.nEntries > maxUnconfirmedEntries {
+		old := t.unconfirmed[0]
+		t.unconfirmed[0] = drainRecord{}
+		t.unconfirmed = t.unconfirmed[1:]
+		t.nEntries -= len(old.entries)
+		t.m.resumeForgotten.Add(float64(len(old.entries)))
+	}
+}
+
+// Drains returns the number of drains so far: the generation of the last
+// one, which Confirm takes.
+func (t *Table) Drains() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.drains
+}
+
+// Confirm forgets what the drains up to generation gen took: the reducer
+// applied them.
+func (t *Table) Confirm(gen uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for n < len(t.unconfirmed) && t.unconfirmed[n].gen <= gen {
+		t.nEntries -= len(t.unconfirmed[n].entries)
+		t.unconfirmed[n] = drainRecord{}
+		n++
+	}
+	t.unconfirmed = t.unconfirmed[n:]
+	if len(t.unconfirmed) == 0 {
+		t.unconfirmed = nil
+	}
+}
+
+// Rollback undoes every drain not confirmed: the sockets' baselines go
+// back to before them, those they announced as new connections are new
+// again, and those they reported closed await report again. Call it before
+// Resync, so that the next epoch's first report carries all of it. It
+// returns the number of drains undone.
+func (t *Table) Rollback() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(t.unconfirmed)
+	// Newest first, so that each socket ends at its baseline before the
+	// oldest drain undone.
+	for i := len(t.unconfirmed) - 1; i >= 0; i-- {
+		es := t.unconfirmed[i].entries
+		for j := len(es) - 1; j >= 0; j-- {
+			e := &es[j]
+			e.s.rep = e.rep
+			if e.flags&entryNewConn != 0 {
+				e.s.newConn = true
+			}
+		}
+	}
+	// Oldest first, so that the closed sockets keep their order ahead of
+	// those closed since.
+	var back []*socket
+	for _, r := range t.unconfirmed {
+		for _, e := range r.entries {
+			if e.flags&entryClosed != 0 && e.s.state == stateReleased {
+				e.s.state = stateClosed
+				back = append(back, e.s)
+				t.closing[e.s.Cookie] = e.s
+			}
+		}
+	}
+	if len(back) > 0 {
+		t.closed = append(back, t.closed...)
+	}
+	clear(t.unconfirmed)
+	t.unconfirmed, t.nEntries = nil, 0
+	return n
+}
