@@ -582,6 +582,21 @@ func TestNewRejects(t *testing.T) {
 	}
 }
 
+// serveIngest serves impl on a loopback port until the test ends and
+// returns its address.
+func serveIngest(t *testing.T, impl ingestv1.IngestServiceServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	ingestv1.RegisterIngestServiceServer(srv, impl)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
 // silentReducer reads the hello and batches but never acks, and ends the
 // stream after the second batch.
 type silentReducer struct {
@@ -606,18 +621,11 @@ func (silentReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, 
 // TestUnacknowledgedBatchesCounted: batches that were sent but never acked
 // when the stream ends are counted.
 func TestUnacknowledgedBatchesCounted(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	ingestv1.RegisterIngestServiceServer(srv, silentReducer{})
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
+	addr := serveIngest(t, silentReducer{})
 
 	reg := prometheus.NewPedanticRegistry()
 	tab, enc := newTable(t, reg, 0)
-	c, err := New(testConfig(ln.Addr().String()), tab, enc, newFakeSource(), reg, logger())
+	c, err := New(testConfig(addr), tab, enc, newFakeSource(), reg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -786,18 +794,11 @@ func TestRendezvous(t *testing.T) {
 // the session after the ack timeout, counted, and the collector connects
 // again rather than sending into it until TCP gives up.
 func TestAckTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	ingestv1.RegisterIngestServiceServer(srv, muteReducer{})
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
+	addr := serveIngest(t, muteReducer{})
 
 	reg := prometheus.NewPedanticRegistry()
 	tab, enc := newTable(t, reg, 0)
-	cfg := testConfig(ln.Addr().String())
+	cfg := testConfig(addr)
 	cfg.AckTimeout = 300 * time.Millisecond
 	c, err := New(cfg, tab, enc, newFakeSource(), reg, logger())
 	if err != nil {
@@ -935,14 +936,7 @@ func TestResumeUnappliedReports(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &scriptedReducer{applyLost: tc.applyLost, restarted: tc.restarted, second: make(chan struct{}, 1)}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := grpc.NewServer()
-			ingestv1.RegisterIngestServiceServer(srv, r)
-			go func() { _ = srv.Serve(ln) }()
-			t.Cleanup(srv.Stop)
+			addr := serveIngest(t, r)
 
 			reg := prometheus.NewPedanticRegistry()
 			tab, enc := newTable(t, reg, 0)
@@ -952,7 +946,7 @@ func TestResumeUnappliedReports(t *testing.T) {
 			// stream's last batch carries.
 			src.set(sampleOf(1, 40001, probe.Counters{BytesAcked: 100}))
 			src.set(sampleOf(2, 40002, probe.Counters{BytesAcked: 10}))
-			c, err := New(testConfig(ln.Addr().String()), tab, enc, src, reg, logger())
+			c, err := New(testConfig(addr), tab, enc, src, reg, logger())
 			if err != nil {
 				t.Fatal(err)
 			}
