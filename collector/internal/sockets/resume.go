@@ -1,5 +1,7 @@
 package sockets
 
+import "slices"
+
 // A report the reducer has not confirmed yet may be lost with its session:
 // a stream cut, or a path gone silent, takes the batches in flight with
 // it. The table keeps what each drain took until the reducer confirms it,
@@ -29,11 +31,27 @@ type drainEntry struct {
 	flags entryFlags
 }
 
-// drainRecord is what one drain changed.
+// drainRecord is what one drain changed, and the records it handed out
+// that the table keeps no state of: failed connects and UDP deltas.
 type drainRecord struct {
 	gen     uint64
 	entries []drainEntry
+	failed  []FailedConnect
+	udp     []UDPDelta
 }
+
+// keep copies the failed connects and UDP deltas of c into r.
+func (r *drainRecord) keep(c *Changes) {
+	if len(c.Failed) > 0 {
+		r.failed = slices.Clone(c.Failed)
+	}
+	if len(c.UDP) > 0 {
+		r.udp = slices.Clone(c.UDP)
+	}
+}
+
+// size is what r counts against maxUnconfirmedEntries.
+func (r *drainRecord) size() int { return len(r.entries) + len(r.failed) + len(r.udp) }
 
 func (r *drainRecord) note(s *socket, rep totals, f entryFlags) {
 	r.entries = append(r.entries, drainEntry{s: s, rep: rep, flags: f})
@@ -48,17 +66,17 @@ func (t *Table) beginDrain() *drainRecord {
 // endDrain keeps rec until the reducer confirms it, forgetting the oldest
 // records beyond maxUnconfirmedEntries. t.mu is held.
 func (t *Table) endDrain(rec *drainRecord) {
-	if len(rec.entries) == 0 {
+	if rec.size() == 0 {
 		return
 	}
 	t.unconfirmed = append(t.unconfirmed, *rec)
-	t.nEntries += len(rec.entries)
+	t.nEntries += rec.size()
 	for t.nEntries > maxUnconfirmedEntries {
 		old := t.unconfirmed[0]
 		t.unconfirmed[0] = drainRecord{}
 		t.unconfirmed = t.unconfirmed[1:]
-		t.nEntries -= len(old.entries)
-		t.m.resumeForgotten.Add(float64(len(old.entries)))
+		t.nEntries -= old.size()
+		t.m.resumeForgotten.Add(float64(old.size()))
 	}
 }
 
@@ -77,7 +95,7 @@ func (t *Table) Confirm(gen uint64) {
 	defer t.mu.Unlock()
 	n := 0
 	for n < len(t.unconfirmed) && t.unconfirmed[n].gen <= gen {
-		t.nEntries -= len(t.unconfirmed[n].entries)
+		t.nEntries -= t.unconfirmed[n].size()
 		t.unconfirmed[n] = drainRecord{}
 		n++
 	}
@@ -108,10 +126,14 @@ func (t *Table) Rollback() int {
 			}
 		}
 	}
-	// Oldest first, so that the closed sockets keep their order ahead of
-	// those closed since.
+	// Oldest first, so that the closed sockets, failed connects and UDP
+	// records keep their order ahead of those since.
 	var back []*socket
+	var failed []FailedConnect
+	var udp []UDPDelta
 	for _, r := range t.unconfirmed {
+		failed = append(failed, r.failed...)
+		udp = append(udp, r.udp...)
 		for _, e := range r.entries {
 			if e.flags&entryClosed != 0 && e.s.state == stateReleased {
 				e.s.state = stateClosed
@@ -122,6 +144,12 @@ func (t *Table) Rollback() int {
 	}
 	if len(back) > 0 {
 		t.closed = append(back, t.closed...)
+	}
+	if len(failed) > 0 {
+		t.failed = append(failed, t.failed...)
+	}
+	if len(udp) > 0 {
+		t.udpResend = append(udp, t.udpResend...)
 	}
 	clear(t.unconfirmed)
 	t.unconfirmed, t.nEntries = nil, 0

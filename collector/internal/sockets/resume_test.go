@@ -8,7 +8,8 @@ import (
 
 // TestRollback: drains the reducer never confirmed are undone for the next
 // epoch: a new connection they announced is new again, the deltas they
-// took are taken again, a socket they reported closed is reported again;
+// took are taken again, a socket they reported closed is reported again,
+// and so is a failed connect;
 // confirmed drains stay done, and a second rollback finds nothing.
 func TestRollback(t *testing.T) {
 	tab, _ := newTable(t, nil)
@@ -21,7 +22,10 @@ func TestRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	apply(t, tab, probe.Event{Kind: kindOpen, Endpoint: endpoint(2, probe.RoleClient, 2), Owner: curl, Counters: ctr(10, 0, 1, 0)})
-	drain(tab)
+	tab.Apply(probe.Event{Kind: probe.EventFailed, Endpoint: endpoint(3, probe.RoleClient, 3), Owner: curl, Reason: probe.FailRefused})
+	if c := drain(tab); len(c.Failed) != 1 {
+		t.Fatalf("drain 2 failed connects %v, want socket 3's", c.Failed)
+	}
 	// Drain 3, lost: socket 2 closes at 40.
 	apply(t, tab, closeEv(2, ctr(40, 0, 2, 0)))
 	if c := drain(tab); len(c.Closed) != 1 {
@@ -50,6 +54,9 @@ func TestRollback(t *testing.T) {
 	if len(c.Closed) != 1 || c.Closed[0] != 2 {
 		t.Errorf("closed again %v, want socket 2", c.Closed)
 	}
+	if len(c.Failed) != 1 || c.Failed[0].Cookie != 3 {
+		t.Errorf("failed connects again %v, want socket 3's", c.Failed)
+	}
 	if n := tab.Rollback(); n != 1 {
 		// The drain just made is unconfirmed; undoing it gives it back once more.
 		t.Fatalf("second Rollback undid %d drains, want 1", n)
@@ -57,5 +64,31 @@ func TestRollback(t *testing.T) {
 	tab.Confirm(tab.Drains())
 	if n := tab.Rollback(); n != 0 {
 		t.Errorf("Rollback after Confirm undid %d drains, want 0", n)
+	}
+}
+
+// TestRollbackUDP: the UDP records of an undone drain go out again in the
+// next one, ahead of what moved since, and a confirmed drain's do not.
+func TestRollbackUDP(t *testing.T) {
+	tab, u := newUDP(t, 100)
+	rec := probe.UDPRecord{Cookie: 1, Local: anyAddr, Remote: server, NetNS: netns, Owner: curl, BytesSent: 100, DatagramsSent: 2}
+	u.Apply(rec)
+	drain(tab)
+	tab.Confirm(tab.Drains())
+	// Records add to the remote's counters.
+	rec.BytesSent, rec.DatagramsSent = 150, 3
+	u.Apply(rec)
+	drain(tab) // lost
+	rec.BytesSent, rec.DatagramsSent = 50, 1
+	u.Apply(rec)
+	tab.Rollback()
+	tab.Resync()
+	c := drain(tab)
+	var sent []uint64
+	for _, d := range c.UDP {
+		sent = append(sent, d.BytesSent)
+	}
+	if len(sent) != 2 || sent[0] != 150 || sent[1] != 50 {
+		t.Errorf("UDP bytes sent per record %v, want the undone 150, then 50", sent)
 	}
 }

@@ -150,7 +150,8 @@ type Table struct {
 	// reducer has not confirmed yet took (resume.go).
 	drains      uint64
 	unconfirmed []drainRecord
-	nEntries    int // entries over unconfirmed
+	nEntries    int        // entries over unconfirmed
+	udpResend   []UDPDelta // UDP records of undone drains, for the next
 }
 
 // Loss are the table's cumulative loss counters.
@@ -841,9 +842,13 @@ func (t *Table) Drain(c *Changes) {
 	c.Failed = append(c.Failed, t.failed...)
 	clear(t.failed)
 	t.failed = t.failed[:0]
+	c.UDP = append(c.UDP, t.udpResend...)
+	clear(t.udpResend)
+	t.udpResend = t.udpResend[:0]
 	if t.cfg.UDP != nil {
 		c.UDP, t.loss.UDP = t.cfg.UDP.drain(c.UDP)
 	}
+	rec.keep(c)
 	c.Loss = t.loss
 	t.endDrain(rec)
 }
