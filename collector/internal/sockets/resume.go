@@ -16,6 +16,10 @@ import "slices"
 // up to --ack-timeout) fills it.
 const maxUnconfirmedEntries = 1 << 16
 
+// maxSpare is how many confirmed records' entries the table keeps for
+// the next drains.
+const maxSpare = 2
+
 // entryFlags say what a drain did to a socket besides moving its baseline.
 type entryFlags uint8
 
@@ -57,16 +61,25 @@ func (r *drainRecord) note(s *socket, rep totals, f entryFlags) {
 	r.entries = append(r.entries, drainEntry{s: s, rep: rep, flags: f})
 }
 
-// beginDrain starts the record of a new drain. t.mu is held.
+// beginDrain starts the record of a new drain, in the entries of a
+// confirmed one if there is one to spare. t.mu is held.
 func (t *Table) beginDrain() *drainRecord {
 	t.drains++
-	return &drainRecord{gen: t.drains}
+	r := &t.rec
+	*r = drainRecord{gen: t.drains}
+	if n := len(t.spare); n > 0 {
+		r.entries, t.spare = t.spare[n-1], t.spare[:n-1]
+	}
+	return r
 }
 
 // endDrain keeps rec until the reducer confirms it, forgetting the oldest
 // records beyond maxUnconfirmedEntries. t.mu is held.
 func (t *Table) endDrain(rec *drainRecord) {
 	if rec.size() == 0 {
+		if cap(rec.entries) > 0 && len(t.spare) < maxSpare {
+			t.spare = append(t.spare, rec.entries[:0])
+		}
 		return
 	}
 	t.unconfirmed = append(t.unconfirmed, *rec)
@@ -95,8 +108,15 @@ func (t *Table) Confirm(gen uint64) {
 	defer t.mu.Unlock()
 	n := 0
 	for n < len(t.unconfirmed) && t.unconfirmed[n].gen <= gen {
-		t.nEntries -= t.unconfirmed[n].size()
-		t.unconfirmed[n] = drainRecord{}
+		r := &t.unconfirmed[n]
+		t.nEntries -= r.size()
+		if len(t.spare) < maxSpare && cap(r.entries) > 0 {
+			// The next drains reuse them: a busy node's records would
+			// otherwise be garbage every interval.
+			clear(r.entries)
+			t.spare = append(t.spare, r.entries[:0])
+		}
+		*r = drainRecord{}
 		n++
 	}
 	t.unconfirmed = t.unconfirmed[n:]

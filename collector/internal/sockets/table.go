@@ -152,6 +152,8 @@ type Table struct {
 	unconfirmed []drainRecord
 	nEntries    int        // entries over unconfirmed
 	udpResend   []UDPDelta // UDP records of undone drains, for the next
+	rec         drainRecord
+	spare       [][]drainEntry // entries of confirmed records, for reuse
 }
 
 // Loss are the table's cumulative loss counters.
