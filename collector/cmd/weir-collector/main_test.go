@@ -59,6 +59,7 @@ func TestFlags(t *testing.T) {
 		{name: "sample ring with a unit suffix", args: []string{"--sample-ring-bytes", "8M"}, wantCode: 2, wantErr: `invalid value "8M" for flag -sample-ring-bytes: not a plain decimal integer`},
 		{name: "sample ring over 32 bits", args: []string{"--sample-ring-bytes", "8589934592"}, wantCode: 2, wantErr: `invalid value "8589934592" for flag -sample-ring-bytes: out of range`},
 		{name: "zero buffer", args: []string{"--buffer-bytes", "0"}, wantCode: 2, wantErr: "--buffer-bytes:"},
+		{name: "negative ack timeout", args: []string{"--ack-timeout", "-1s"}, wantCode: 2, wantErr: "--ack-timeout:"},
 		{name: "buffer with a unit suffix", args: []string{"--buffer-bytes", "8Mi"}, wantCode: 2, wantErr: `invalid value "8Mi" for flag -buffer-bytes: not a plain decimal integer`},
 		{name: "buffer in hex", args: []string{"--buffer-bytes", "0x100"}, wantCode: 2, wantErr: `invalid value "0x100" for flag -buffer-bytes`},
 		{name: "missing proc root", args: []string{"--proc-root", "/nonexistent/proc"}, wantCode: 2, wantErr: "--proc-root:"},

@@ -33,6 +33,7 @@ func TestConfig(t *testing.T) {
 		{name: "gc percent too low", args: []string{"--gc-percent", "5"}, want: "--gc-percent"},
 		{name: "zero series ttl", args: []string{"--series-ttl", "0s"}, want: "--series-ttl"},
 		{name: "negative session ttl", args: []string{"--session-ttl", "-1s"}, want: "--session-ttl"},
+		{name: "negative metadata wait", args: []string{"--metadata-wait", "-1s"}, want: "--metadata-wait"},
 		{name: "zero max series", args: []string{"--max-series", "0"}, want: "--max-series"},
 		{name: "cert without key and ca", args: []string{"--tls-cert", "c"}, want: "--tls-cert, --tls-key and --tls-ca"},
 		{name: "plaintext beyond loopback", args: []string{"--grpc-addr", ":7000"}, want: "--grpc-addr :7000: plaintext beyond loopback"},
