@@ -222,7 +222,7 @@ const (
 // opened. Flows live in the engine's flow slab.
 //
 // A flow holds no pointer (its edges are references the store counts), so
-// that the garbage collector does not scan the slab: 176 bytes.
+// that the garbage collector does not scan the slab: 144 bytes.
 type flow struct {
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir  [2]direction

@@ -133,54 +133,62 @@ type Endpoint struct {
 // maxKeys is the number of keys an end resolves through at most.
 const maxKeys = 3
 
-// keyID is a key in use by flows, interned: a flow records 4-byte ids
-// rather than its keys.
+// keyID is a key in use by flows, interned.
 type keyID uint32
 
-// Uses records the keys each end of one flow was resolved through, and
-// where the flow is in each key's list of flows. Its owner keeps one per
+// setID is a key set in use by flows, interned: the keys that one end
+// resolved through, in order. Ends of many flows share one (the sockets of
+// one process in one network namespace, the flows to one address), so that
+// a flow records a 4-byte id per end rather than its keys.
+type setID uint32
+
+// Uses records the key set each end of one flow was resolved through, and
+// where the end is in that set's list of flow ends. Its owner keeps one per
 // flow and hands it to every call for that flow.
 type Uses struct {
-	ids [2][maxKeys]keyID
-	pos [2][maxKeys]uint32 // the flow's index in the key's flows
-	n   [2]uint8
+	set [2]setID
+	pos [2]uint32 // the end's index in its set's flows
 }
 
-// find returns the position of the flow in the flows of key id, if one of
-// its ends uses id.
-func (u *Uses) find(id keyID) (uint32, bool) {
-	for i := range u.n {
-		for j, x := range u.ids[i][:u.n[i]] {
-			if x == id {
-				return u.pos[i][j], true
-			}
-		}
-	}
-	return 0, false
-}
-
-// move records that the flow is at position p of key id's flows.
-func (u *Uses) move(id keyID, p uint32) {
-	for i := range u.n {
-		for j, x := range u.ids[i][:u.n[i]] {
-			if x == id {
-				u.pos[i][j] = p
-			}
+// move records that the end of the flow at position from of set s's flows
+// is now at position to.
+func (u *Uses) move(s setID, from, to uint32) {
+	for i := range u.set {
+		if u.set[i] == s && u.pos[i] == from {
+			u.pos[i] = to
+			return
 		}
 	}
 }
 
-// slot is a key in use and the flows that use it, each once: the reverse
-// index. A flow's Uses records its position in flows, so that taking it
-// out is a swap with the last.
-type slot[F comparable] struct {
-	key   Key
-	flows []F
+// slot is a key in use and the key sets that hold it: the reverse index
+// from a key to the flows resolved through it goes through its sets.
+type slot struct {
+	key  Key
+	sets []setID
 	// named: the metadata names key as w (its winning entry), kept up to
 	// date by the sinks, so that resolving through an interned key needs
 	// no lookup of the table.
 	named bool
 	w     aggregate.Workload
+}
+
+// keySet is a key set in use and the flow ends resolved through it: a flow
+// is listed once per end, so twice when both of its ends use the set. A
+// flow's Uses records its positions, so that taking an end out is a swap
+// with the last.
+type keySet[F comparable] struct {
+	ids   [maxKeys]keyID // 0 beyond the set's keys
+	flows []F
+}
+
+// keys returns the ids of the set's keys.
+func (s *keySet[F]) keys() []keyID {
+	n := 0
+	for n < maxKeys && s.ids[n] != 0 {
+		n++
+	}
+	return s.ids[:n]
 }
 
 // entry is what one source said of a key.
@@ -195,7 +203,9 @@ type entry struct {
 //
 // It keeps reverse indexes from the keys that resolutions went through (an
 // address, a cgroup, a network namespace) to the flows that used them,
-// whether or not metadata existed for them then. When a source puts or
+// whether or not metadata existed for them then: from each key to the key
+// sets that hold it, and from each set to the flow ends resolved through
+// it. When a source puts or
 // deletes metadata that changes what a key names, Changed hands the owner
 // the flows of that key, and the owner resolves them again at its next
 // settle. The owner decides what moves: in match, what was counted stays on
@@ -206,8 +216,11 @@ type Resolver[F comparable] struct {
 	table   map[Key][]entry // sorted by rank
 	changed map[Key]struct{}
 	ids     map[Key]keyID
-	slots   []slot[F] // by keyID; 0 is unused
+	slots   []slot // by keyID; 0 is unused
 	free    []keyID
+	setIDs  map[[maxKeys]keyID]setID
+	sets    []keySet[F] // by setID; 0 is unused
+	freeSet []setID
 	pending atomic.Bool
 	// uses returns the Uses of a flow; without it the resolver keeps the
 	// Uses it was handed in usesOf.
@@ -228,7 +241,9 @@ func NewWithUses[F comparable](uses func(F) *Uses) *Resolver[F] {
 		table:   make(map[Key][]entry),
 		changed: make(map[Key]struct{}),
 		ids:     make(map[Key]keyID),
-		slots:   make([]slot[F], 1),
+		slots:   make([]slot, 1),
+		setIDs:  make(map[[maxKeys]keyID]setID),
+		sets:    make([]keySet[F], 1),
 		uses:    uses,
 	}
 	if uses == nil {
@@ -330,7 +345,7 @@ func (r *Resolver[F]) Resolve(f F, u *Uses, i int, ep Endpoint) aggregate.Worklo
 	}
 	r.reindex(f, u, i, keys[:n])
 	w, ok := aggregate.Workload{}, false
-	for _, id := range u.ids[i][:u.n[i]] {
+	for _, id := range r.sets[u.set[i]].keys() {
 		if sl := &r.slots[id]; sl.named {
 			w, ok = sl.w, true
 			break
@@ -431,43 +446,34 @@ func (r *Resolver[F]) fallback(w aggregate.Workload, ok bool, ep Endpoint) aggre
 
 // reindex makes keys the keys of end i of f.
 func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
-	if r.same(u, i, keys) {
+	old, oldPos := u.set[i], u.pos[i]
+	if old != 0 && r.same(&r.sets[old], keys) {
 		return // the common case: an end resolved again through the same keys
 	}
 	var ids [maxKeys]keyID
 	for j, k := range keys {
 		ids[j] = r.intern(k)
 	}
-	old, oldPos, oldN := u.ids[i], u.pos[i], int(u.n[i])
-	if slices.Equal(old[:oldN], ids[:len(keys)]) {
+	id := r.internSet(ids)
+	if id == old {
 		return
 	}
-	// The flow is in the list of each key that one of its ends uses.
-	var pos [maxKeys]uint32
-	for j, id := range ids[:len(keys)] {
-		if p, ok := u.find(id); ok {
-			pos[j] = p
-		} else {
-			sl := &r.slots[id]
-			pos[j] = uint32(len(sl.flows))
-			sl.flows = append(sl.flows, f)
-		}
-	}
-	u.ids[i], u.pos[i], u.n[i] = ids, pos, uint8(len(keys))
-	for j, id := range old[:oldN] {
-		if _, ok := u.find(id); !ok {
-			r.unindex(id, oldPos[j])
-		}
+	s := &r.sets[id]
+	u.set[i], u.pos[i] = id, uint32(len(s.flows))
+	s.flows = append(s.flows, f)
+	if old != 0 {
+		r.unindex(old, oldPos)
 	}
 }
 
-// same reports whether end i of a flow went through keys last time, by
-// comparing the keys themselves: no hashing.
-func (r *Resolver[F]) same(u *Uses, i int, keys []Key) bool {
-	if int(u.n[i]) != len(keys) {
+// same reports whether the keys of set s are keys, by comparing the keys
+// themselves: no hashing.
+func (r *Resolver[F]) same(s *keySet[F], keys []Key) bool {
+	ids := s.keys()
+	if len(ids) != len(keys) {
 		return false
 	}
-	for j, id := range u.ids[i][:u.n[i]] {
+	for j, id := range ids {
 		if r.slots[id].key != keys[j] {
 			return false
 		}
@@ -475,7 +481,8 @@ func (r *Resolver[F]) same(u *Uses, i int, keys []Key) bool {
 	return true
 }
 
-// intern returns the id of k, making one if no flow uses k yet.
+// intern returns the id of k, making one if no key set holds k yet: the
+// set that is made next holds it.
 func (r *Resolver[F]) intern(k Key) keyID {
 	if id, ok := r.ids[k]; ok {
 		return id
@@ -485,51 +492,94 @@ func (r *Resolver[F]) intern(k Key) keyID {
 		id, r.free = r.free[n-1], r.free[:n-1]
 	} else {
 		id = keyID(len(r.slots))
-		r.slots = append(r.slots, slot[F]{})
+		r.slots = append(r.slots, slot{})
 	}
-	r.slots[id] = slot[F]{key: k}
+	r.slots[id] = slot{key: k}
 	r.slots[id].w, r.slots[id].named = winner(r.table[k])
 	r.ids[k] = id
 	return id
 }
 
-// unindex takes the flow at position p out of the flows of key id: the
-// last flow of the list takes its place. The id goes when no flow uses
-// the key any more.
-func (r *Resolver[F]) unindex(id keyID, p uint32) {
-	sl := &r.slots[id]
-	last := uint32(len(sl.flows) - 1)
+// internSet returns the id of the key set ids, making one if no flow uses
+// it yet.
+func (r *Resolver[F]) internSet(ids [maxKeys]keyID) setID {
+	if id, ok := r.setIDs[ids]; ok {
+		return id
+	}
+	var id setID
+	if n := len(r.freeSet); n > 0 {
+		id, r.freeSet = r.freeSet[n-1], r.freeSet[:n-1]
+	} else {
+		id = setID(len(r.sets))
+		r.sets = append(r.sets, keySet[F]{})
+	}
+	r.sets[id] = keySet[F]{ids: ids}
+	r.setIDs[ids] = id
+	for _, k := range r.sets[id].keys() {
+		r.slots[k].sets = append(r.slots[k].sets, id)
+	}
+	return id
+}
+
+// unindex takes the flow end at position p out of the flows of set id: the
+// last of the list takes its place. The set goes when no flow uses it any
+// more, and with it the keys that no other set holds.
+func (r *Resolver[F]) unindex(id setID, p uint32) {
+	s := &r.sets[id]
+	last := uint32(len(s.flows) - 1)
 	if p != last {
-		moved := sl.flows[last]
-		sl.flows[p] = moved
-		r.usesOfFlow(moved).move(id, p)
+		moved := s.flows[last]
+		s.flows[p] = moved
+		r.usesOfFlow(moved).move(id, last, p)
 	}
 	var zero F
-	sl.flows[last] = zero
-	sl.flows = sl.flows[:last]
+	s.flows[last] = zero
+	s.flows = s.flows[:last]
 	switch {
-	case len(sl.flows) == 0:
-		delete(r.ids, sl.key)
-		*sl = slot[F]{}
-		r.free = append(r.free, id)
-	case cap(sl.flows) > 64 && len(sl.flows) < cap(sl.flows)/4:
-		sl.flows = slices.Clip(slices.Clone(sl.flows))
+	case len(s.flows) == 0:
+		r.dropSet(id)
+	case cap(s.flows) > 64 && len(s.flows) < cap(s.flows)/4:
+		s.flows = slices.Clip(slices.Clone(s.flows))
 	}
+}
+
+// dropSet lets the unused set id go, and the keys that no other set holds.
+func (r *Resolver[F]) dropSet(id setID) {
+	s := &r.sets[id]
+	for _, k := range s.keys() {
+		sl := &r.slots[k]
+		if j := slices.Index(sl.sets, id); j >= 0 {
+			last := len(sl.sets) - 1
+			sl.sets[j] = sl.sets[last]
+			sl.sets = sl.sets[:last]
+		}
+		if len(sl.sets) == 0 {
+			delete(r.ids, sl.key)
+			*sl = slot{}
+			r.free = append(r.free, k)
+		}
+	}
+	delete(r.setIDs, s.ids)
+	*s = keySet[F]{}
+	r.freeSet = append(r.freeSet, id)
 }
 
 // Forget drops f, whose ends u records, from the reverse indexes.
 func (r *Resolver[F]) Forget(f F, u *Uses) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for i := range u.n {
-		for j, id := range u.ids[i][:u.n[i]] {
-			if i == 1 && slices.Contains(u.ids[0][:u.n[0]], id) {
-				continue // indexed once, for both ends
-			}
-			r.unindex(id, u.pos[i][j])
+	if r.usesOf != nil {
+		r.usesOf[f] = u
+	}
+	for i := range u.set {
+		// Taking out end 0 may move end 1 within a set both use; u
+		// follows it.
+		if id := u.set[i]; id != 0 {
+			u.set[i] = 0
+			r.unindex(id, u.pos[i])
 		}
 	}
-	u.n = [2]uint8{}
+	u.pos = [2]uint32{}
 	if r.usesOf != nil {
 		delete(r.usesOf, f)
 	}
@@ -549,10 +599,12 @@ func (r *Resolver[F]) Changed(fn func(F)) {
 		if !ok {
 			continue
 		}
-		for _, f := range r.slots[id].flows {
-			if _, ok := seen[f]; !ok {
-				seen[f] = struct{}{}
-				flows = append(flows, f)
+		for _, sid := range r.slots[id].sets {
+			for _, f := range r.sets[sid].flows {
+				if _, ok := seen[f]; !ok {
+					seen[f] = struct{}{}
+					flows = append(flows, f)
+				}
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -192,5 +193,77 @@ func TestSourceRunsConcurrently(t *testing.T) {
 	}
 	if !seen {
 		t.Error("a running source's changes never showed")
+	}
+}
+
+// TestKeySetPositions resolves and forgets the ends of many flows through
+// a few shared key sets in a random order, and checks after each step that
+// every flow end is listed in its set exactly where its Uses says, that
+// every listed end is one, and that nothing stays once every flow is gone.
+func TestKeySetPositions(t *testing.T) {
+	r := New[int]()
+	rng := rand.New(rand.NewPCG(1, 2))
+	eps := []Endpoint{
+		curlEnd,
+		{Addr: podA},
+		{Addr: netip.MustParseAddr("192.0.2.1")},
+		{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Node: nodeA, Netns: 9},
+		{Addr: netip.MustParseAddr("10.0.0.2"), Local: true, Node: "node-b", Netns: 3, Known: true, Comm: "web", CgroupID: 7, PodUID: "uid-1"},
+	}
+	uses := make(map[int]*Uses)
+	check := func(step int) {
+		t.Helper()
+		listed := 0
+		for sid := 1; sid < len(r.sets); sid++ {
+			for p, f := range r.sets[sid].flows {
+				u := uses[f]
+				if u == nil || !((u.set[0] == setID(sid) && u.pos[0] == uint32(p)) || (u.set[1] == setID(sid) && u.pos[1] == uint32(p))) {
+					t.Fatalf("step %d: set %d lists flow %d at %d, its uses %+v", step, sid, f, p, u)
+				}
+				listed++
+			}
+		}
+		ends := 0
+		for f, u := range uses {
+			for i := range u.set {
+				if u.set[i] == 0 {
+					continue
+				}
+				ends++
+				if fl := r.sets[u.set[i]].flows; int(u.pos[i]) >= len(fl) || fl[u.pos[i]] != f {
+					t.Fatalf("step %d: end %d of flow %d not at %d of set %d", step, i, f, u.pos[i], u.set[i])
+				}
+			}
+		}
+		if listed != ends {
+			t.Fatalf("step %d: %d ends listed, %d ends resolved", step, listed, ends)
+		}
+		if len(r.setIDs) != len(r.sets)-1-len(r.freeSet) {
+			t.Fatalf("step %d: %d sets interned, %d slots in use", step, len(r.setIDs), len(r.sets)-1-len(r.freeSet))
+		}
+	}
+	for step := range 20000 {
+		f := rng.IntN(64)
+		switch rng.IntN(4) {
+		case 0:
+			if u := uses[f]; u != nil {
+				r.Forget(f, u)
+				delete(uses, f)
+			}
+		default:
+			u := uses[f]
+			if u == nil {
+				u = &Uses{}
+				uses[f] = u
+			}
+			r.Resolve(f, u, rng.IntN(2), eps[rng.IntN(len(eps))])
+		}
+		check(step)
+	}
+	for f, u := range uses {
+		r.Forget(f, u)
+	}
+	if _, indexed := r.Len(); indexed != 0 || len(r.setIDs) != 0 {
+		t.Errorf("%d keys and %d sets still indexed after every flow was forgotten", indexed, len(r.setIDs))
 	}
 }
