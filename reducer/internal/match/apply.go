@@ -324,7 +324,7 @@ func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bo
 	key, _ := e.internKey(local, remote, private, node, netns)
 	id := e.flowTab.alloc()
 	f := e.flowAt(id)
-	f.key, f.id, f.born = key, id, now.UnixNano()
+	f.key, f.id = key, id
 	if last != nil {
 		last.next = id
 	} else {
@@ -336,7 +336,7 @@ func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bo
 	e.nflows++
 	if e.window > 0 && (loop || e.isFleet(now, peer)) || e.holding(now) {
 		f.flags |= flowQueued
-		e.held = append(e.held, id)
+		e.held.push(id, now.UnixNano())
 		e.nheld++
 	} else {
 		f.flags |= flowPublished
@@ -381,37 +381,43 @@ func (e *Engine) publishDue(now time.Time) {
 	}
 	n := 0
 	deadline := now.UnixNano() - int64(e.window)
-	for _, id := range e.held {
-		f := e.flowAt(id)
-		if !f.has(flowPublished) {
-			if f.born > deadline {
-				break
+queue:
+	for _, run := range e.held.runs {
+		for _, id := range e.held.ids[n : n+run.n] {
+			if !e.publishHeld(id, run.born, deadline) {
+				break queue
 			}
-			e.oneSided.Inc()
-			if e.cfg.Sharded {
-				for i := range uint8(2) {
-					if peer := e.endpoint(&f.key, i).Addr(); f.ends[i] == 0 && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
-						f.flags |= flowPartial
-					}
+			n++
+		}
+	}
+	e.held.pop(n)
+}
+
+// publishHeld publishes the held flow of id, born at born, unless its join
+// window has not passed yet (born is later than deadline), and marks it as
+// no longer queued, for the caller to take off the queue; it reports
+// whether the flow leaves the queue.
+func (e *Engine) publishHeld(id flowID, born, deadline int64) bool {
+	f := e.flowAt(id)
+	if !f.has(flowPublished) {
+		if born > deadline {
+			return false
+		}
+		e.oneSided.Inc()
+		if e.cfg.Sharded {
+			for i := range uint8(2) {
+				if peer := e.endpoint(&f.key, i).Addr(); f.ends[i] == 0 && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
+					f.flags |= flowPartial
 				}
 			}
-			e.publish(f)
 		}
-		f.flags &^= flowQueued
-		if f.has(flowGone) {
-			e.releaseGone(f)
-		}
-		n++
+		e.publish(f)
 	}
-	if n > 0 {
-		// Re-sliced, not copied down: the queue is long (the flows of a
-		// join window) and each batch takes a few off its head; append
-		// moves the rest when it grows.
-		e.held = e.held[n:]
-		if len(e.held) == 0 {
-			e.held = e.held[:0:0]
-		}
+	f.flags &^= flowQueued
+	if f.has(flowGone) {
+		e.releaseGone(f)
 	}
+	return true
 }
 
 // releaseWait publishes, once the metadata wait is over, the held flows
@@ -420,7 +426,7 @@ func (e *Engine) publishDue(now time.Time) {
 // as usual.
 func (e *Engine) releaseWait(now time.Time) {
 	e.metaRelease = false
-	for _, id := range e.held {
+	for _, id := range e.held.ids {
 		f := e.flowAt(id)
 		if f.has(flowPublished) {
 			continue

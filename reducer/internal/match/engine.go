@@ -120,7 +120,7 @@ type Engine struct {
 
 	// Held flows, oldest first: they wait for their peer's end until the
 	// join window has passed since they were born.
-	held    []flowID
+	held    heldQueue
 	udp     udpJoin // UDP ends and their joins (udp.go); its held ends count in nheld
 	nheld   int
 	window  time.Duration

@@ -222,11 +222,10 @@ const (
 // opened. Flows live in the engine's flow slab.
 //
 // A flow holds no pointer (its edges are references the store counts), so
-// that the garbage collector does not scan the slab: 144 bytes.
+// that the garbage collector does not scan the slab: 136 bytes.
 type flow struct {
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir  [2]direction
-	born int64 // unix nanoseconds when the first end arrived
 	key  flowKey
 	id   flowID
 	next flowID    // the next, newer flow of the same 4-tuple
