@@ -25,6 +25,50 @@ func namedCopy(t *testing.T, bin, name string) string {
 	return p
 }
 
+// heldConnections starts a server in b and a client in a that holds conns
+// connections to it, each carrying one round of request and response
+// bytes, and waits until the reducer of w counts the round. Their
+// workloads are named prefix+"cli"/"srv" and the test's pid. The client
+// sends one more round on each "more".
+func heldConnections(t *testing.T, w *harness.Weir, a, b harness.Host, prefix string, conns, request, response int) (cli *harness.Process, cliName, srvName string) {
+	t.Helper()
+	bin := harness.Binaries(t)
+	srvName, cliName = prefix+"srv"+strconv.Itoa(os.Getpid()), prefix+"cli"+strconv.Itoa(os.Getpid())
+	listen := net.JoinHostPort(b.IPv4, "8080")
+	srv := harness.Start(t, srvName, b.Exec(namedCopy(t, filepath.Join(bin, "flowsrv"), srvName),
+		"-listen", listen, "-conns", strconv.Itoa(conns), "-rounds", "0",
+		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
+	srv.WaitLine(t, "listening", 10*time.Second)
+	cli = harness.Start(t, cliName, a.Exec(namedCopy(t, filepath.Join(bin, "flowcli"), cliName),
+		"-connect", listen, "-conns", strconv.Itoa(conns), "-hold", "-more",
+		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
+	cli.WaitLine(t, "done", 10*time.Second)
+	up := map[string]string{"src_workload": cliName, "dst_workload": srvName}
+	harness.WaitFor(t, w.MetricsURL, 10*time.Second, "the first round", func(m harness.Metrics) bool {
+		v, _ := m.Value("weir_tcp_bytes_total", up)
+		return v == float64(conns*request)
+	})
+	return cli, cliName, srvName
+}
+
+// shortConnections makes n connections from a to a server in b, one at a
+// time, each with 100 bytes up and 50 down, and returns the workload names
+// of the client and the server once all are done (within limit).
+func shortConnections(t *testing.T, a, b harness.Host, n int, limit time.Duration) (cliName, srvName string) {
+	t.Helper()
+	rcli, rsrv := peerCopies(t)
+	rlisten := net.JoinHostPort(b.IPv4, "8081")
+	srv := harness.Start(t, filepath.Base(rsrv), b.Exec("env", roleEnv+"=server", "WEIR_FLEET_LISTEN="+rlisten,
+		"WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rsrv)...)
+	srv.WaitLine(t, "listening", 10*time.Second)
+	cli := harness.Start(t, filepath.Base(rcli), a.Exec("env", roleEnv+"=client", "WEIR_FLEET_CONNECT="+rlisten,
+		"WEIR_FLEET_CONNS="+strconv.Itoa(n), "WEIR_FLEET_DIALERS=1", "WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rcli)...)
+	if err := cli.Wait(limit); err != nil {
+		t.Fatalf("short connections: %v\n%s", err, cli.Stderr())
+	}
+	return filepath.Base(rcli), filepath.Base(rsrv)
+}
+
 // TestPrivilegedOutage: the reducer is away for 60 s while held connections
 // carry traffic and short connections come and go; once it is back, the
 // collector is connected again and the held connections' bytes of the
@@ -48,22 +92,7 @@ func TestPrivilegedOutage(t *testing.T) {
 		// The report after the outage is larger than this: it goes out split
 		// into several batches, which must add up exactly.
 		"--max-batch-bytes", strconv.Itoa(64 << 10)}})
-	bin := harness.Binaries(t)
-	srvName, cliName := "osrv"+strconv.Itoa(os.Getpid()), "ocli"+strconv.Itoa(os.Getpid())
-	listen := net.JoinHostPort(b.IPv4, "8080")
-	srv := harness.Start(t, srvName, b.Exec(namedCopy(t, filepath.Join(bin, "flowsrv"), srvName),
-		"-listen", listen, "-conns", strconv.Itoa(conns), "-rounds", "0",
-		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
-	srv.WaitLine(t, "listening", 10*time.Second)
-	cli := harness.Start(t, cliName, a.Exec(namedCopy(t, filepath.Join(bin, "flowcli"), cliName),
-		"-connect", listen, "-conns", strconv.Itoa(conns), "-hold", "-more",
-		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
-	cli.WaitLine(t, "done", 10*time.Second)
-	up := map[string]string{"src_workload": cliName, "dst_workload": srvName}
-	harness.WaitFor(t, w.MetricsURL, 10*time.Second, "the first round", func(m harness.Metrics) bool {
-		v, _ := m.Value("weir_tcp_bytes_total", up)
-		return v == conns*request
-	})
+	cli, cliName, srvName := heldConnections(t, w, a, b, "o", conns, request, response)
 	time.Sleep(3 * interval) // nothing of the first round is left to report
 
 	w.Reducer.Stop(10 * time.Second)
@@ -78,26 +107,17 @@ func TestPrivilegedOutage(t *testing.T) {
 	// sockets of an outage up to --buffer-bytes and drops the oldest first;
 	// it sees the whole machine, where other tests may churn too, so they
 	// come last, with room to spare.
-	rcli, rsrv := peerCopies(t)
-	rlisten := net.JoinHostPort(b.IPv4, "8081")
-	churnSrv := harness.Start(t, filepath.Base(rsrv), b.Exec("env", roleEnv+"=server", "WEIR_FLEET_LISTEN="+rlisten,
-		"WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rsrv)...)
-	churnSrv.WaitLine(t, "listening", 10*time.Second)
 	const churn = 5000
-	churnCli := harness.Start(t, filepath.Base(rcli), a.Exec("env", roleEnv+"=client", "WEIR_FLEET_CONNECT="+rlisten,
-		"WEIR_FLEET_CONNS="+strconv.Itoa(churn), "WEIR_FLEET_DIALERS=1", "WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rcli)...)
-	if err := churnCli.Wait(outage); err != nil {
-		t.Fatalf("short connections: %v\n%s", err, churnCli.Stderr())
-	}
+	rcli, rsrv := shortConnections(t, a, b, churn, outage)
 	time.Sleep(time.Until(stopped.Add(outage)))
 
 	w.RestartReducer(t)
 	back := time.Now()
 	want := map[Edge]*Want{
-		{cliName, srvName}:                         {Bytes: conns * rounds * request},
-		{srvName, cliName}:                         {Bytes: conns * rounds * response},
-		{filepath.Base(rcli), filepath.Base(rsrv)}: {Bytes: churn * 100, Opened: churn},
-		{filepath.Base(rsrv), filepath.Base(rcli)}: {Bytes: churn * 50},
+		{cliName, srvName}: {Bytes: conns * rounds * request},
+		{srvName, cliName}: {Bytes: conns * rounds * response},
+		{rcli, rsrv}:       {Bytes: churn * 100, Opened: churn},
+		{rsrv, rcli}:       {Bytes: churn * 50},
 	}
 	var held time.Duration
 	deadline := back.Add(30 * time.Second)

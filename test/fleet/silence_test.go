@@ -5,8 +5,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,22 +33,7 @@ func TestPrivilegedSilentPath(t *testing.T) {
 	)
 	a, b := harness.BridgedHosts(t, "silent")
 	w := harness.StartWeir(t, harness.WeirOptions{Interval: interval, CollectorArgs: []string{"--ack-timeout", "2s"}})
-	bin := harness.Binaries(t)
-	srvName, cliName := "ssrv"+strconv.Itoa(os.Getpid()), "scli"+strconv.Itoa(os.Getpid())
-	listen := net.JoinHostPort(b.IPv4, "8080")
-	srv := harness.Start(t, srvName, b.Exec(namedCopy(t, filepath.Join(bin, "flowsrv"), srvName),
-		"-listen", listen, "-conns", strconv.Itoa(conns), "-rounds", "0",
-		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
-	srv.WaitLine(t, "listening", 10*time.Second)
-	cli := harness.Start(t, cliName, a.Exec(namedCopy(t, filepath.Join(bin, "flowcli"), cliName),
-		"-connect", listen, "-conns", strconv.Itoa(conns), "-hold", "-more",
-		"-request-bytes", strconv.Itoa(request), "-response-bytes", strconv.Itoa(response))...)
-	cli.WaitLine(t, "done", 10*time.Second)
-	up := map[string]string{"src_workload": cliName, "dst_workload": srvName}
-	harness.WaitFor(t, w.MetricsURL, 10*time.Second, "the first round", func(m harness.Metrics) bool {
-		v, _ := m.Value("weir_tcp_bytes_total", up)
-		return v == conns*request
-	})
+	cli, cliName, srvName := heldConnections(t, w, a, b, "s", conns, request, response)
 	time.Sleep(2 * interval) // the first round is acknowledged
 
 	_, port, err := net.SplitHostPort(w.GRPCAddr)
@@ -66,25 +49,16 @@ func TestPrivilegedSilentPath(t *testing.T) {
 		cli.WaitLine(t, "done", 10*time.Second)
 		time.Sleep(interval)
 	}
-	rcli, rsrv := peerCopies(t)
-	rlisten := net.JoinHostPort(b.IPv4, "8081")
-	churnSrv := harness.Start(t, filepath.Base(rsrv), b.Exec("env", roleEnv+"=server", "WEIR_FLEET_LISTEN="+rlisten,
-		"WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rsrv)...)
-	churnSrv.WaitLine(t, "listening", 10*time.Second)
-	churnCli := harness.Start(t, filepath.Base(rcli), a.Exec("env", roleEnv+"=client", "WEIR_FLEET_CONNECT="+rlisten,
-		"WEIR_FLEET_CONNS="+strconv.Itoa(churn), "WEIR_FLEET_DIALERS=1", "WEIR_FLEET_REQUEST=100", "WEIR_FLEET_RESPONSE=50", rcli)...)
-	if err := churnCli.Wait(silence); err != nil {
-		t.Fatalf("short connections: %v\n%s", err, churnCli.Stderr())
-	}
+	rcli, rsrv := shortConnections(t, a, b, churn, silence)
 	time.Sleep(time.Until(silent.Add(silence)))
 	unblock()
 	back := time.Now()
 
 	want := map[Edge]*Want{
-		{cliName, srvName}:                         {Bytes: conns * (rounds + 1) * request, Opened: conns},
-		{srvName, cliName}:                         {Bytes: conns * (rounds + 1) * response},
-		{filepath.Base(rcli), filepath.Base(rsrv)}: {Bytes: churn * 100, Opened: churn},
-		{filepath.Base(rsrv), filepath.Base(rcli)}: {Bytes: churn * 50},
+		{cliName, srvName}: {Bytes: conns * (rounds + 1) * request, Opened: conns},
+		{srvName, cliName}: {Bytes: conns * (rounds + 1) * response},
+		{rcli, rsrv}:       {Bytes: churn * 100, Opened: churn},
+		{rsrv, rcli}:       {Bytes: churn * 50},
 	}
 	deadline := back.Add(60 * time.Second)
 	var exact time.Duration
