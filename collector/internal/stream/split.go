@@ -33,8 +33,9 @@ const batchSlack = 512
 // announced in it or before it, and a handle is freed only in the last
 // pieces, after everything that names it. Handles are reused only in a
 // later report, after all the pieces. Every piece has the report's time
-// and its loss counters (cumulative, so repeating them counts nothing);
-// the caller numbers them.
+// and its loss counters (cumulative, so repeating them counts nothing),
+// and all but the last say that more follow (continued); the caller
+// numbers them.
 func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 	if proto.Size(b) <= maxBytes {
 		return []*ingestv1.Batch{b}
@@ -67,6 +68,9 @@ func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 	}
 	for _, h := range b.GetForgottenProcesses() {
 		s.piece(protowire.SizeVarint(uint64(h))).ForgottenProcesses = append(s.cur.ForgottenProcesses, h)
+	}
+	for _, p := range s.out[:len(s.out)-1] {
+		p.Continued = true
 	}
 	return s.out
 }

@@ -76,6 +76,9 @@ func TestSplitKeepsEverythingInOrder(t *testing.T) {
 		if !proto.Equal(p.GetTime(), b.GetTime()) || !proto.Equal(p.GetLoss(), b.GetLoss()) {
 			t.Fatalf("piece %d: time %v loss %v", i, p.GetTime(), p.GetLoss())
 		}
+		if last := i == len(pieces)-1; p.GetContinued() == last {
+			t.Fatalf("piece %d of %d: continued = %v", i+1, len(pieces), p.GetContinued())
+		}
 		parts := []int{len(p.Processes), len(p.Sockets), len(p.Owners), len(p.GetStats().GetHandleGaps()), len(p.FailedConnects),
 			len(p.UdpFlows), len(p.DnsFlows), len(p.DnsAnswers), len(p.ClosedSockets), len(p.ForgottenProcesses)}
 		first := slices.IndexFunc(parts, func(n int) bool { return n > 0 })

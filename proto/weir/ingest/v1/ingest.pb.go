@@ -532,7 +532,13 @@ type Batch struct {
 	// stats and before closes.
 	FailedConnects []*FailedConnect `protobuf:"bytes,12,rep,name=failed_connects,json=failedConnects,proto3" json:"failed_connects,omitempty"`
 	// UDP traffic of the interval, per local socket and remote address.
-	UdpFlows      []*UdpFlow `protobuf:"bytes,13,rep,name=udp_flows,json=udpFlows,proto3" json:"udp_flows,omitempty"`
+	UdpFlows []*UdpFlow `protobuf:"bytes,13,rep,name=udp_flows,json=udpFlows,proto3" json:"udp_flows,omitempty"`
+	// More batches of the same report follow: a report larger than the
+	// collector's --max-batch-bytes goes out as several. The reducer settles
+	// what a report implies as a whole (the sockets of the session this one
+	// replaced that the first report did not announce again are closed)
+	// only after its last batch.
+	Continued     bool `protobuf:"varint,14,opt,name=continued,proto3" json:"continued,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -656,6 +662,13 @@ func (x *Batch) GetUdpFlows() []*UdpFlow {
 		return x.UdpFlows
 	}
 	return nil
+}
+
+func (x *Batch) GetContinued() bool {
+	if x != nil {
+		return x.Continued
+	}
+	return false
 }
 
 // FailedConnect is one TCP connect() that failed: the client's end, its
@@ -1922,7 +1935,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x0freport_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x120\n" +
 	"\x14min_protocol_version\x18\b \x01(\rR\x12minProtocolVersion\x12\"\n" +
-	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\x96\x05\n" +
+	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\xb4\x05\n" +
 	"\x05Batch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
@@ -1938,7 +1951,8 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\vdns_answers\x18\v \x03(\v2\x19.weir.ingest.v1.DnsAnswerR\n" +
 	"dnsAnswers\x12F\n" +
 	"\x0ffailed_connects\x18\f \x03(\v2\x1d.weir.ingest.v1.FailedConnectR\x0efailedConnects\x124\n" +
-	"\tudp_flows\x18\r \x03(\v2\x17.weir.ingest.v1.UdpFlowR\budpFlows\"\xa0\x02\n" +
+	"\tudp_flows\x18\r \x03(\v2\x17.weir.ingest.v1.UdpFlowR\budpFlows\x12\x1c\n" +
+	"\tcontinued\x18\x0e \x01(\bR\tcontinued\"\xa0\x02\n" +
 	"\rFailedConnect\x12\x18\n" +
 	"\aprocess\x18\x01 \x01(\rR\aprocess\x12\x1d\n" +
 	"\n" +
