@@ -15,7 +15,7 @@ import (
 func DecodeBatch(dst *match.Batch, in *ingestv1.Batch) error {
 	dst.Reset()
 	seq := in.GetSequence()
-	dst.Sequence = seq
+	dst.Sequence, dst.Continued = seq, in.GetContinued()
 	if t := in.GetTime(); t != nil {
 		dst.Time = t.AsTime()
 	}

@@ -41,6 +41,7 @@ const (
 	fieldBatchDNSAns    = 11
 	fieldBatchFailed    = 12
 	fieldBatchUDP       = 13
+	fieldBatchContinued = 14
 )
 
 // wireSocket is a Socket message as read, before its checks.
@@ -77,12 +78,13 @@ func (s *wireStats) reset() {
 
 // wireBatch is a request as read from its bytes. Its buffers are reused.
 type wireBatch struct {
-	hello   bool // the request is a hello (or holds one last)
-	batch   bool // the request is a batch
-	seq     uint64
-	hasTime bool
-	sec     int64
-	nanos   int32
+	hello     bool // the request is a hello (or holds one last)
+	batch     bool // the request is a batch
+	seq       uint64
+	continued bool
+	hasTime   bool
+	sec       int64
+	nanos     int32
 
 	processes  []*ingestv1.Process
 	sockets    []wireSocket
@@ -326,6 +328,10 @@ func readBatch(w *wireBatch, b []byte) error {
 					return err
 				}
 			}
+		case fieldBatchContinued:
+			if f.typ == protowire.VarintType {
+				w.continued = f.v != 0
+			}
 		}
 	}
 	return nil
@@ -527,7 +533,7 @@ func appendUint32s(dst []uint32, f *wireField) ([]uint32, error) {
 func decodeWire(dst *match.Batch, w *wireBatch) error {
 	dst.Reset()
 	seq := w.seq
-	dst.Sequence = seq
+	dst.Sequence, dst.Continued = seq, w.continued
 	if w.hasTime {
 		dst.Time = time.Unix(w.sec, int64(w.nanos)).UTC()
 	}

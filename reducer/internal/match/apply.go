@@ -207,8 +207,8 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		// A socket that still points to the process keeps its workload.
 		delete(s.procs, h)
 	}
-	if s.orphans != nil {
-		// The first batch announced everything live again.
+	if s.orphans != nil && !b.Continued {
+		// The first report, whole, announced everything live again.
 		e.closeOrphans(s)
 	}
 	e.settle(now)

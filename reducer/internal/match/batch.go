@@ -78,6 +78,10 @@ type Stats struct {
 // Batch is one decoded batch of a session, applied as a whole or not at all.
 // Its parts apply in field order.
 type Batch struct {
+	// Continued: more batches of the same report follow. What a report
+	// implies as a whole (closing the replaced session's sockets that the
+	// first report did not announce again) waits for its last batch.
+	Continued bool
 	Sequence  uint64
 	Time      time.Time // the end of the interval it reports; zero if unknown
 	Processes []Process
