@@ -46,14 +46,12 @@ type socket struct {
 }
 
 // flowKey is the unordered pair of a connection's endpoints, ordered so that
-// a < b, by the ids of their interned addresses. Loopback flows add the
-// node and the network namespace, because every namespace has a loopback of
-// its own.
+// a < b, by the ids of their interned addresses. The addresses of loopback
+// flows are interned with the node and the network namespace, because
+// every namespace has a loopback of its own.
 type flowKey struct {
 	a, b   uint32 // address ids (Engine.addrs)
 	pa, pb uint16 // ports
-	node   uint32 // node id (Engine.nodeID); 0 for a flow between nodes
-	netns  uint32
 }
 
 // endpoint returns endpoint i of the key k.
@@ -75,16 +73,13 @@ func orderKey(local, remote netip.AddrPort) (a, b netip.AddrPort, end uint8) {
 
 // lookupKey returns the key of the connection local-remote and the index
 // of local in it; ok is false when no flow has one of its addresses, and
-// so none has its key. private adds node and netns to the key.
+// so none has its key. private scopes the addresses to node and netns.
 func (e *Engine) lookupKey(local, remote netip.AddrPort, private bool, node string, netns uint32) (k flowKey, end uint8, ok bool) {
 	a, b, end := orderKey(local, remote)
-	ia, oka := e.addrs.lookup(a.Addr())
-	ib, okb := e.addrs.lookup(b.Addr())
-	k = flowKey{a: ia, b: ib, pa: a.Port(), pb: b.Port()}
-	if private {
-		k.node, k.netns = e.nodeID(node), netns
-	}
-	return k, end, oka && okb
+	sa, sb := e.scoped(a.Addr(), private, node, netns), e.scoped(b.Addr(), private, node, netns)
+	ia, oka := e.addrs.lookup(sa)
+	ib, okb := e.addrs.lookup(sb)
+	return flowKey{a: ia, b: ib, pa: a.Port(), pb: b.Port()}, end, oka && okb
 }
 
 // internKey returns the key of the connection local-remote as lookupKey
@@ -92,11 +87,17 @@ func (e *Engine) lookupKey(local, remote netip.AddrPort, private bool, node stri
 // holds them until it leaves the table.
 func (e *Engine) internKey(local, remote netip.AddrPort, private bool, node string, netns uint32) (flowKey, uint8) {
 	a, b, end := orderKey(local, remote)
-	k := flowKey{a: e.addrs.ref(a.Addr()), b: e.addrs.ref(b.Addr()), pa: a.Port(), pb: b.Port()}
-	if private {
-		k.node, k.netns = e.nodeID(node), netns
+	sa, sb := e.scoped(a.Addr(), private, node, netns), e.scoped(b.Addr(), private, node, netns)
+	return flowKey{a: e.addrs.ref(sa), b: e.addrs.ref(sb), pa: a.Port(), pb: b.Port()}, end
+}
+
+// scoped returns the interned form of an address of a flow key: private
+// adds the node and the network namespace.
+func (e *Engine) scoped(a netip.Addr, private bool, node string, netns uint32) addrKey {
+	if !private {
+		return addrKey{addr: a}
 	}
-	return k, end
+	return addrKey{addr: a, node: e.nodeID(node), netns: netns}
 }
 
 // nodeID returns the id of a node name in private flow keys. Node names
@@ -110,28 +111,36 @@ func (e *Engine) nodeID(node string) uint32 {
 	return id
 }
 
+// addrKey is an address as flow keys intern it: with the node id
+// (Engine.nodeID) and the network namespace for a private (loopback)
+// flow's, zeros for others.
+type addrKey struct {
+	addr        netip.Addr
+	node, netns uint32
+}
+
 // addrTable interns the addresses of flow keys, so that a key holds 4-byte
 // ids. An address stays while a flow's key holds it.
 type addrTable struct {
-	ids   map[netip.Addr]uint32
-	addrs []netip.Addr // by id; 0 is unused
+	ids   map[addrKey]uint32
+	addrs []addrKey // by id; 0 is unused
 	refs  []uint32
 	free  []uint32
 }
 
 func newAddrTable() addrTable {
-	return addrTable{ids: make(map[netip.Addr]uint32), addrs: make([]netip.Addr, 1), refs: make([]uint32, 1)}
+	return addrTable{ids: make(map[addrKey]uint32), addrs: make([]addrKey, 1), refs: make([]uint32, 1)}
 }
 
-func (t *addrTable) addr(id uint32) netip.Addr { return t.addrs[id] }
+func (t *addrTable) addr(id uint32) netip.Addr { return t.addrs[id].addr }
 
-func (t *addrTable) lookup(a netip.Addr) (uint32, bool) {
+func (t *addrTable) lookup(a addrKey) (uint32, bool) {
 	id, ok := t.ids[a]
 	return id, ok
 }
 
 // ref interns a and adds a reference to it.
-func (t *addrTable) ref(a netip.Addr) uint32 {
+func (t *addrTable) ref(a addrKey) uint32 {
 	id, ok := t.ids[a]
 	if !ok {
 		if n := len(t.free); n > 0 {
@@ -152,7 +161,7 @@ func (t *addrTable) ref(a netip.Addr) uint32 {
 func (t *addrTable) unref(id uint32) {
 	if t.refs[id]--; t.refs[id] == 0 {
 		delete(t.ids, t.addrs[id])
-		t.addrs[id] = netip.Addr{}
+		t.addrs[id] = addrKey{}
 		t.free = append(t.free, id)
 	}
 }
@@ -222,7 +231,7 @@ const (
 // opened. Flows live in the engine's flow slab.
 //
 // A flow holds no pointer (its edges are references the store counts), so
-// that the garbage collector does not scan the slab: 136 bytes.
+// that the garbage collector does not scan the slab: 128 bytes.
 type flow struct {
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir  [2]direction

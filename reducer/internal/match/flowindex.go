@@ -19,7 +19,6 @@ func newFlowIndex(key func(flowID) *flowKey) flowIndex {
 func hashKey(k *flowKey) uint64 {
 	h := uint64(k.a)<<32 | uint64(k.b)
 	h ^= (uint64(k.pa)<<16 | uint64(k.pb)) * 0x9e3779b97f4a7c15
-	h ^= (uint64(k.node)<<32 | uint64(k.netns)) * 0xc2b2ae3d27d4eb4f
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 31
 	h *= 0x94d049bb133111eb

@@ -21,7 +21,7 @@ func TestFlowIndex(t *testing.T) {
 	want := map[flowKey]flowID{}
 	next := flowID(0)
 	randKey := func() flowKey {
-		return flowKey{a: uint32(r.IntN(50)), b: uint32(r.IntN(50)), pa: uint16(r.IntN(300)), pb: 80, netns: uint32(r.IntN(2))}
+		return flowKey{a: uint32(r.IntN(50)), b: uint32(r.IntN(50)), pa: uint16(r.IntN(300)), pb: uint16(80 + r.IntN(2))}
 	}
 	for step := range 60_000 {
 		k := randKey()
