@@ -58,28 +58,6 @@ struct {
 /* As wakeup_bytes in tcp.c: wake the reader only past this much. Set from probe.Config. */
 const volatile u64 udp_wakeup_bytes = 1 << 18;
 
-/* stash_remote leaves the remote of this sendmsg or recvmsg for on_udp. */
-static __always_inline int stash_remote(struct bpf_sock_addr *ctx, bool v6)
-{
-	if (ctx->protocol != IPPROTO_UDP)
-		return 1;
-	u32 zero = 0;
-	struct stash *s = bpf_map_lookup_elem(&stashes, &zero);
-	if (!s)
-		return 1;
-	s->pid_tgid = bpf_get_current_pid_tgid();
-	s->cookie = bpf_get_socket_cookie(ctx);
-	s->port = bpf_ntohs((u16)ctx->user_port);
-	if (!v6) {
-		u32 a = ctx->user_ip4;
-		set_peer(s->addr, &s->family, AF_INET, (const u8 *)&a);
-	} else {
-		u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-		set_peer(s->addr, &s->family, AF_INET6, (const u8 *)a);
-	}
-	return 1;
-}
-
 SEC("cgroup/sendmsg4")
 int udp_sendmsg4(struct bpf_sock_addr *ctx)
 {

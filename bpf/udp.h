@@ -288,6 +288,33 @@ static __always_inline bool connected_remote(struct sock *sk, struct remote *r)
 	return true;
 }
 
+/*
+ * stash_remote leaves the remote of this sendmsg or recvmsg, from the
+ * cgroup sock_addr hooks, for the hook that counts the datagram (udp.c's
+ * on_udp, udp_hash.c's hash_on_udp). bpf_get_socket_cookie also sets the
+ * socket's cookie, which take_stash reads.
+ */
+static __always_inline int stash_remote(struct bpf_sock_addr *ctx, bool v6)
+{
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	u32 zero = 0;
+	struct stash *s = bpf_map_lookup_elem(&stashes, &zero);
+	if (!s)
+		return 1;
+	s->pid_tgid = bpf_get_current_pid_tgid();
+	s->cookie = bpf_get_socket_cookie(ctx);
+	s->port = bpf_ntohs((u16)ctx->user_port);
+	if (!v6) {
+		u32 a = ctx->user_ip4;
+		set_peer(s->addr, &s->family, AF_INET, (const u8 *)&a);
+	} else {
+		u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+		set_peer(s->addr, &s->family, AF_INET6, (const u8 *)a);
+	}
+	return 1;
+}
+
 /* take_stash moves the stash left for sk by this thread into r. */
 static __always_inline bool take_stash(struct sock *sk, struct remote *r)
 {

@@ -272,50 +272,28 @@ static __always_inline int hash_on_udp(struct sock *sk, int ret, enum dir d)
 	return 0;
 }
 
-/* udp.c's stash_remote: the cgroup sock_addr hooks leave the remote for hash_on_udp. */
-static __always_inline int hash_stash_remote(struct bpf_sock_addr *ctx, bool v6)
-{
-	if (ctx->protocol != IPPROTO_UDP)
-		return 1;
-	u32 zero = 0;
-	struct stash *s = bpf_map_lookup_elem(&stashes, &zero);
-	if (!s)
-		return 1;
-	s->pid_tgid = bpf_get_current_pid_tgid();
-	s->cookie = bpf_get_socket_cookie(ctx); /* also sets sk_cookie, which hash_take_stash reads */
-	s->port = bpf_ntohs((u16)ctx->user_port);
-	if (!v6) {
-		u32 a = ctx->user_ip4;
-		set_peer(s->addr, &s->family, AF_INET, (const u8 *)&a);
-	} else {
-		u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-		set_peer(s->addr, &s->family, AF_INET6, (const u8 *)a);
-	}
-	return 1;
-}
-
 SEC("cgroup/sendmsg4")
 int udph_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return hash_stash_remote(ctx, false);
+	return stash_remote(ctx, false);
 }
 
 SEC("cgroup/sendmsg6")
 int udph_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return hash_stash_remote(ctx, true);
+	return stash_remote(ctx, true);
 }
 
 SEC("cgroup/recvmsg4")
 int udph_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return hash_stash_remote(ctx, false);
+	return stash_remote(ctx, false);
 }
 
 SEC("cgroup/recvmsg6")
 int udph_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return hash_stash_remote(ctx, true);
+	return stash_remote(ctx, true);
 }
 
 SEC("fexit/udp_sendmsg")
