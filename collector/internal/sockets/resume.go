@@ -167,6 +167,14 @@ func (t *Table) Rollback() int {
 	}
 	if len(failed) > 0 {
 		t.failed = append(failed, t.failed...)
+		// The queue keeps its bound: the newest beyond it go, counted as
+		// when they arrive at a full queue.
+		if over := len(t.failed) - t.cfg.MaxFailed; over > 0 {
+			clear(t.failed[t.cfg.MaxFailed:])
+			t.failed = t.failed[:t.cfg.MaxFailed]
+			t.loss.FailedDropped += uint64(over)
+			t.m.failedDropped.Add(float64(over))
+		}
 	}
 	if len(udp) > 0 {
 		t.udpResend = append(udp, t.udpResend...)

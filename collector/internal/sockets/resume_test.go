@@ -92,3 +92,23 @@ func TestRollbackUDP(t *testing.T) {
 		t.Errorf("UDP bytes sent per record %v, want the undone 150, then 50", sent)
 	}
 }
+
+// TestRollbackFailedBound: failed connects given back by an undone drain
+// keep the queue's bound; those beyond it are dropped and counted.
+func TestRollbackFailedBound(t *testing.T) {
+	tab, reg := newTable(t, func(c *Config) { c.MaxFailed = 1 })
+	failed := func(cookie uint64) probe.Event {
+		return probe.Event{Kind: probe.EventFailed, Endpoint: endpoint(cookie, probe.RoleClient, uint16(cookie)), Owner: curl, Reason: probe.FailRefused}
+	}
+	tab.Apply(failed(1))
+	drain(tab) // lost
+	tab.Apply(failed(2))
+	tab.Rollback()
+	c := drain(tab)
+	if len(c.Failed) != 1 || c.Failed[0].Cookie != 1 {
+		t.Errorf("failed connects %v, want socket 1's alone", c.Failed)
+	}
+	if got := metricValue(t, reg, "weir_collector_failed_connects_dropped_total"); got != 1 {
+		t.Errorf("dropped failed connects = %v, want 1", got)
+	}
+}

@@ -204,6 +204,8 @@ type Client struct {
 	acked  atomic.Uint64
 	pollOK bool
 	zstd   atomic.Bool // the last welcome named compression_zstd
+	// resumer is the table, if it keeps what unconfirmed reports took.
+	resumer resumer
 	// pending are the reports of the current or latest session that the
 	// reducer has not confirmed, oldest first.
 	pending []inFlight
@@ -236,6 +238,7 @@ func New(cfg Config, table Table, rep Reporter, src Source, reg prometheus.Regis
 		return nil, err
 	}
 	c := &Client{cfg: cfg, table: table, rep: rep, src: src, log: logger.With("component", "stream"), creds: creds, pollOK: true}
+	c.resumer, _ = table.(resumer)
 	if c.m, err = newMetrics(reg, src); err != nil {
 		return nil, err
 	}
@@ -457,10 +460,10 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 				c.m.splitReports.Inc()
 				c.log.Info("report split into several batches", "batches", len(pieces), "max_batch_bytes", c.cfg.MaxBatchBytes)
 			}
-			if r, ok := c.table.(resumer); ok {
+			if c.resumer != nil {
 				// Pending from before the first send: a send that fails
 				// leaves its report to the next session to settle.
-				c.pending = append(c.pending, inFlight{first: seq + 1, last: seq + uint64(len(pieces)), gen: r.Drains()})
+				c.pending = append(c.pending, inFlight{first: seq + 1, last: seq + uint64(len(pieces)), gen: c.resumer.Drains()})
 			}
 			for _, p := range pieces {
 				seq++
@@ -538,8 +541,8 @@ const moveGrace = 5 * time.Second
 // confirm tells the table that the reducer applied every report whose
 // batches are all at or below sequence applied.
 func (c *Client) confirm(applied uint64) {
-	r, ok := c.table.(resumer)
-	if !ok {
+	r := c.resumer
+	if r == nil {
 		return
 	}
 	n := 0
@@ -560,8 +563,8 @@ func (c *Client) confirm(applied uint64) {
 // session, no welcome) nothing is sent again, as the reducer kept nothing
 // of that session to add them to.
 func (c *Client) resume(prevEpoch uint64, w *ingestv1.Welcome) {
-	r, ok := c.table.(resumer)
-	if !ok {
+	r := c.resumer
+	if r == nil {
 		return
 	}
 	if prevEpoch == 0 || w.GetResumeEpoch() != prevEpoch {
