@@ -9,6 +9,10 @@ type handleTable struct {
 	dense  []sockID // by handle; 0 is none
 	sparse map[uint32]sockID
 	n      int // handles held, in both
+	// wait is how many more deletes pass before shrink scans the dense
+	// part again, after a scan that could not shrink it (a live handle
+	// near its top): each scan is paid for by len/8 deletes.
+	wait int
 }
 
 // handleMargin is the slack of the dense part over twice the live count.
@@ -73,6 +77,10 @@ func (t *handleTable) del(h uint32) {
 		delete(t.sparse, h)
 	}
 	t.n--
+	if t.wait > 0 {
+		t.wait--
+		return
+	}
 	if len(t.dense) > 4*handleMargin && 8*t.n < len(t.dense) {
 		t.shrink()
 	}
@@ -89,6 +97,7 @@ func (t *handleTable) shrink() {
 	}
 	n := max(top, 2*t.n+handleMargin)
 	if n >= len(t.dense) {
+		t.wait = len(t.dense) / 8
 		return
 	}
 	d := make([]sockID, n)
