@@ -115,30 +115,31 @@ func (w *wireBatch) resetBatch() {
 	}
 }
 
-// shrink lets go of the buffers that grew beyond n entries.
+// shrink lets go of the buffers that grew beyond n entries and more than
+// four times what this batch used (match.Oversized).
 func (w *wireBatch) shrink(n int) {
-	if cap(w.sockets) > n {
+	if match.Oversized(cap(w.sockets), len(w.sockets), n) {
 		w.sockets = nil
 	}
-	if cap(w.owners) > n {
+	if match.Oversized(cap(w.owners), len(w.owners), n) {
 		w.owners = nil
 	}
-	if cap(w.closed) > n {
+	if match.Oversized(cap(w.closed), len(w.closed), n) {
 		w.closed = nil
 	}
 	st := &w.stats
 	for _, c := range []*[]uint64{&st.sent, &st.recv, &st.segsSent, &st.segsRecv, &st.retransmits, &st.resetsSent, &st.resetsRecv} {
-		if cap(*c) > n {
+		if match.Oversized(cap(*c), len(*c), n) {
 			*c = nil
 		}
 	}
-	if cap(st.gaps) > n {
+	if match.Oversized(cap(st.gaps), len(st.gaps), n) {
 		st.gaps = nil
 	}
-	if cap(st.srtt) > n {
+	if match.Oversized(cap(st.srtt), len(st.srtt), n) {
 		st.srtt = nil
 	}
-	if cap(w.processes) > n {
+	if match.Oversized(cap(w.processes), len(w.processes), n) {
 		w.processes = nil
 	}
 }
@@ -583,9 +584,9 @@ var requests = sync.Pool{New: func() any { return new(request) }}
 func getRequest() *request { return requests.Get().(*request) }
 
 // putRequest returns r to the pool, without the buffers that a snapshot
-// made large.
+// made large and this request used little of (match.Oversized).
 func putRequest(r *request) {
-	if cap(r.data) > bigBuffer {
+	if match.Oversized(cap(r.data), len(r.data), bigBuffer) {
 		r.data = nil
 	}
 	r.wire.shrink(bigBatch)

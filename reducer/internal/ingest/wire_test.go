@@ -198,3 +198,36 @@ func BenchmarkWireDecode(b *testing.B) {
 		}
 	})
 }
+
+// TestPutRequestBuffers: a pooled request keeps the large buffers that its
+// batch used well (a busy node's every batch is large) and lets go of those
+// that it used little of (a snapshot's, reused by a small batch).
+func TestPutRequestBuffers(t *testing.T) {
+	r := new(request)
+	r.data = make([]byte, 1<<20)
+	r.wire.sockets = make([]wireSocket, 5000)
+	r.wire.stats.sent = make([]uint64, 5000)
+	r.batch.Sockets = make([]match.Socket, 5000)
+	putRequest(r)
+	if cap(r.data) != 1<<20 || cap(r.wire.sockets) != 5000 || cap(r.wire.stats.sent) != 5000 || cap(r.batch.Sockets) != 5000 {
+		t.Fatalf("well-used buffers let go: data %d, sockets %d, sent %d, batch sockets %d",
+			cap(r.data), cap(r.wire.sockets), cap(r.wire.stats.sent), cap(r.batch.Sockets))
+	}
+	if len(r.wire.sockets) != 0 || len(r.batch.Sockets) != 0 {
+		t.Fatal("a pooled request is not empty")
+	}
+	r.data = r.data[:100]
+	r.wire.sockets = r.wire.sockets[:10]
+	r.wire.stats.sent = r.wire.stats.sent[:10]
+	r.batch.Sockets = r.batch.Sockets[:10]
+	putRequest(r)
+	if r.data != nil || r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
+		t.Fatal("a snapshot's buffers kept by a small batch")
+	}
+	// Small buffers stay whatever their use.
+	r.wire.sockets = make([]wireSocket, 0, bigBatch)
+	putRequest(r)
+	if cap(r.wire.sockets) != bigBatch {
+		t.Fatal("a small buffer let go")
+	}
+}

@@ -100,26 +100,32 @@ type Batch struct {
 	DNSAnswers []DNSAnswer
 }
 
-// Shrink lets go of the parts that grew beyond n entries, e.g. after the
-// snapshot that opens a stream, so that a stream does not keep a snapshot's
-// buffers for its life.
+// Shrink lets go of the parts that grew beyond n entries and more than
+// four times what this batch used: after the snapshot that opens a stream,
+// a pooled batch that a small one reuses does not keep the snapshot's
+// buffers, and a node whose every batch is large (connection churn) reuses
+// them instead of growing new ones each time.
 func (b *Batch) Shrink(n int) {
-	if cap(b.Processes) > n {
+	if Oversized(cap(b.Processes), len(b.Processes), n) {
 		b.Processes = nil
 	}
-	if cap(b.Sockets) > n {
+	if Oversized(cap(b.Sockets), len(b.Sockets), n) {
 		b.Sockets = nil
 	}
-	if cap(b.Owners) > n {
+	if Oversized(cap(b.Owners), len(b.Owners), n) {
 		b.Owners = nil
 	}
-	if cap(b.Stats.Handles) > 16*n {
+	if Oversized(cap(b.Stats.Handles), len(b.Stats.Handles), 16*n) {
 		b.Stats.Handles = nil
 	}
-	if cap(b.Closed) > n {
+	if Oversized(cap(b.Closed), len(b.Closed), n) {
 		b.Closed = nil
 	}
 }
+
+// Oversized says whether a pooled buffer of capacity c, of which l was
+// used, is to be let go: beyond n and more than four times the use.
+func Oversized(c, l, n int) bool { return c > n && c > 4*l }
 
 // Reset empties the batch and keeps its capacity for the next one.
 func (b *Batch) Reset() {
