@@ -581,7 +581,21 @@ type request struct {
 
 var requests = sync.Pool{New: func() any { return new(request) }}
 
-func getRequest() *request { return requests.Get().(*request) }
+// spareRequests keep a few requests, with the buffers they grew, across
+// garbage collections, which empty the pool: a node under connection churn
+// sends large batches, and one stream's requests were grown again after
+// every collection (page faults, about a tenth of the reducer's CPU).
+// Buffers a later small batch used little of are let go at its putRequest.
+var spareRequests = make(chan *request, 4)
+
+func getRequest() *request {
+	select {
+	case r := <-spareRequests:
+		return r
+	default:
+		return requests.Get().(*request)
+	}
+}
 
 // putRequest returns r to the pool, without the buffers that a snapshot
 // made large and this request used little of (match.Oversized).
@@ -593,7 +607,11 @@ func putRequest(r *request) {
 	r.wire.resetBatch()
 	r.batch.Shrink(bigBatch)
 	r.batch.Reset()
-	requests.Put(r)
+	select {
+	case spareRequests <- r:
+	default:
+		requests.Put(r)
+	}
 }
 
 // appendMessage decodes one embedded message of a batch's rarer parts

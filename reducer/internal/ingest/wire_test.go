@@ -3,6 +3,7 @@ package ingest
 import (
 	"fmt"
 	"reflect"
+	"runtime"
 	"testing"
 	"time"
 
@@ -229,5 +230,21 @@ func TestPutRequestBuffers(t *testing.T) {
 	putRequest(r)
 	if cap(r.wire.sockets) != bigBatch {
 		t.Fatal("a small buffer let go")
+	}
+}
+
+// TestSpareRequestsOutliveGC: a request put back keeps its grown buffers
+// for the next get even when a garbage collection empties the pool between.
+func TestSpareRequestsOutliveGC(t *testing.T) {
+	for len(spareRequests) > 0 {
+		<-spareRequests
+	}
+	r := getRequest()
+	r.data = make([]byte, 1<<20)
+	putRequest(r)
+	runtime.GC()
+	runtime.GC()
+	if got := getRequest(); got != r || cap(got.data) != 1<<20 {
+		t.Fatalf("after two collections got %p with a %d-byte buffer, want %p with 1 MiB", got, cap(got.data), r)
 	}
 }
