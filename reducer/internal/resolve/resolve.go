@@ -226,6 +226,11 @@ type Resolver[F comparable] struct {
 	// Uses it was handed in usesOf.
 	uses   func(F) *Uses
 	usesOf map[F]*Uses
+	// recent are the key sets most recently resolved into, newest first:
+	// the ends of a burst of new flows (one process's connections) mostly
+	// share a set, which is then found by comparing keys, without hashing
+	// them. A dropped set's slot holds no keys, so a stale id never matches.
+	recent [4]setID
 }
 
 // New returns an empty resolver. It remembers the Uses of each flow that
@@ -450,11 +455,16 @@ func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
 	if old != 0 && r.same(&r.sets[old], keys) {
 		return // the common case: an end resolved again through the same keys
 	}
-	var ids [maxKeys]keyID
-	for j, k := range keys {
-		ids[j] = r.intern(k)
+	id := r.recentSet(keys)
+	if id == 0 {
+		var ids [maxKeys]keyID
+		for j, k := range keys {
+			ids[j] = r.intern(k)
+		}
+		id = r.internSet(ids)
+		copy(r.recent[1:], r.recent[:len(r.recent)-1])
+		r.recent[0] = id
 	}
-	id := r.internSet(ids)
 	if id == old {
 		return
 	}
@@ -464,6 +474,19 @@ func (r *Resolver[F]) reindex(f F, u *Uses, i int, keys []Key) {
 	if old != 0 {
 		r.unindex(old, oldPos)
 	}
+}
+
+// recentSet returns the set of keys among the recent ones, or 0, and makes
+// it the newest.
+func (r *Resolver[F]) recentSet(keys []Key) setID {
+	for j, id := range r.recent {
+		if id != 0 && r.same(&r.sets[id], keys) {
+			copy(r.recent[1:j+1], r.recent[:j])
+			r.recent[0] = id
+			return id
+		}
+	}
+	return 0
 }
 
 // same reports whether the keys of set s are keys, by comparing the keys

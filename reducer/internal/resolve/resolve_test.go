@@ -267,3 +267,34 @@ func TestKeySetPositions(t *testing.T) {
 		t.Errorf("%d keys and %d sets still indexed after every flow was forgotten", indexed, len(r.setIDs))
 	}
 }
+
+// TestRecentSetsNeverStale: a key set found among the recent ones is
+// compared by its keys, so a set dropped and made again for other keys is
+// not taken for the old one.
+func TestRecentSetsNeverStale(t *testing.T) {
+	r := New[int]()
+	a := Endpoint{Local: true, Node: "n1", Netns: 1, Known: true, Comm: "a", CgroupID: 10}
+	b := Endpoint{Local: true, Node: "n1", Netns: 2, Known: true, Comm: "b", CgroupID: 20}
+	var u1, u2, u3 Uses
+	r.Resolve(1, &u1, 0, a)
+	first := u1.set[0]
+	r.Forget(1, &u1) // the set of a goes; its id is free
+	r.Resolve(2, &u2, 0, b)
+	if u2.set[0] != first {
+		t.Fatalf("b's set is %d, want the freed id %d reused", u2.set[0], first)
+	}
+	r.Resolve(3, &u3, 0, a)
+	if u3.set[0] == u2.set[0] {
+		t.Fatal("a resolved into b's set, which reused the id of a's old one")
+	}
+	keys, n := keysOf(a)
+	if !r.same(&r.sets[u3.set[0]], keys[:n]) {
+		t.Fatal("a's set does not hold a's keys")
+	}
+	// And again through the recent sets: a fourth flow of a shares a's set.
+	var u4 Uses
+	r.Resolve(4, &u4, 0, a)
+	if u4.set[0] != u3.set[0] {
+		t.Fatalf("a's second flow is in set %d, want %d", u4.set[0], u3.set[0])
+	}
+}
