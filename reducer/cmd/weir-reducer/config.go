@@ -31,8 +31,10 @@ type Config struct {
 	LogLevel        slog.Level
 	Consumers       Consumers // OTLP push and Observer API
 	// GCPercent is the garbage collector's target (GOGC) when the
-	// environment sets none.
-	GCPercent int
+	// environment sets none; GCMinHeadroom the least headroom in bytes it
+	// leaves a small heap (gcpace).
+	GCPercent     int
+	GCMinHeadroom uint64
 }
 
 // defaultConfig returns the defaults of every setting.
@@ -49,18 +51,26 @@ func defaultConfig() Config {
 		Consumers:       defaultConsumers(),
 		Security:        defaultSecurity(),
 		GCPercent:       defaultGCPercent,
+		GCMinHeadroom:   defaultGCMinHeadroom,
 	}
 }
 
-// defaultGCPercent is the reducer's garbage collector target. Its heap is
-// mostly long-lived socket and flow records that hold no pointer, which
-// the collector does not scan, so a collection costs little, and Go's
-// default of 100 (a heap twice the live one) doubles the memory a socket
-// costs. At 1,000,000 sockets (BenchmarkFleet), 50 took RSS from about
-// 590 to 500 MiB for the same updates per core-second, within the runs'
-// noise; 25 took it to 440 MiB but slowed /metrics scrapes of 100,000
-// series past the benchmark's timeouts.
-const defaultGCPercent = 50
+// defaultGCPercent is the reducer's garbage collector target at fleet
+// scale. Its heap is mostly long-lived socket and flow records that hold
+// no pointer, which the collector does not scan, so a collection costs
+// little, and Go's default of 100 (a heap twice the live one) doubles the
+// memory a socket costs. At 1,000,000 sockets (BenchmarkFleet, a quiet
+// machine), 25 took RSS per socket from 394-402 B at 50 to 327-332 B, with
+// updates per core-second unchanged (552,000-554,000 at 50,
+// 566,000-599,000 at 25). A small heap under connection churn, though,
+// collected every few megabytes at 25 (+9-19% CPU), hence the floor of
+// defaultGCMinHeadroom.
+const defaultGCPercent = 25
+
+// defaultGCMinHeadroom is the least the heap may grow over the live heap
+// before a collection, whatever the percent: 25% of a 1,000,000-socket
+// heap is about 50 MB, so the floor only lifts the target of small heaps.
+const defaultGCMinHeadroom = 32 << 20
 
 // bind declares the flags of c on fs.
 func (c *Config) bind(fs *flag.FlagSet) {
@@ -79,7 +89,8 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that client certificates must chain to")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
-	fs.IntVar(&c.GCPercent, "gc-percent", c.GCPercent, "garbage collector target: the heap grows this many percent over the live heap before a collection (the GOGC environment variable, when set, wins; GOMEMLIMIT sets a soft memory limit, e.g. a container's)")
+	fs.IntVar(&c.GCPercent, "gc-percent", c.GCPercent, "garbage collector target: the heap grows this many percent over the live heap before a collection, or by --gc-min-headroom-bytes if that is more (the GOGC environment variable, when set, wins over both; GOMEMLIMIT sets a soft memory limit, e.g. a container's)")
+	fs.Uint64Var(&c.GCMinHeadroom, "gc-min-headroom-bytes", c.GCMinHeadroom, "least growth of the heap over the live heap before a garbage collection, so that a small heap under connection churn is not collected every few megabytes; 0: --gc-percent alone")
 	c.Consumers.bind(fs)
 	c.Security.bind(fs)
 }

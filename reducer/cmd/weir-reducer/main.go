@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/weir-project/weir/reducer/internal/gcpace"
 	"github.com/weir-project/weir/reducer/internal/grpcserver"
 	"github.com/weir-project/weir/reducer/internal/ingest"
 	"github.com/weir-project/weir/reducer/internal/match"
@@ -130,6 +131,13 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	if os.Getenv("GOGC") == "" {
+		gcTarget := prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_gc_percent",
+			Help: "The garbage collector's current target (GOGC): --gc-percent, or more for a heap too small to leave --gc-min-headroom-bytes."})
+		reg.MustRegister(gcTarget)
+		pacer := gcpace.Pacer{Percent: cfg.GCPercent, MinHeadroom: cfg.GCMinHeadroom}
+		g.Go(func() error { pacer.Run(gctx, time.Second, gcTarget); return nil })
+	}
 	g.Go(func() error {
 		select {
 		case <-meta.Synced():
