@@ -60,7 +60,7 @@ func (c ProcessConfig) Validate() error {
 type Processes struct {
 	objs   procObjs
 	links  []link.Link
-	reader *pollReader
+	reader *ringbuf.Reader
 	record ringbuf.Record
 
 	readMu sync.Mutex
@@ -103,7 +103,7 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 		}
 		p.links = append(p.links, l)
 	}
-	p.reader, err = newPollReader(p.objs.ProcEvents)
+	p.reader, err = ringbuf.NewReader(p.objs.ProcEvents)
 	if err != nil {
 		_ = p.release()
 		return nil, fmt.Errorf("process ring reader: %w", err)
@@ -116,14 +116,19 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 func (p *Processes) ReadEvent() (ProcessEvent, error) {
 	p.readMu.Lock()
 	defer p.readMu.Unlock()
-	err := p.reader.read(&p.record)
-	switch {
-	case err == nil:
-		return decodeProcessEvent(p.record.RawSample)
-	case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
-		return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
+	for {
+		p.reader.SetDeadline(time.Now().Add(eventWait))
+		err := p.reader.ReadInto(&p.record)
+		switch {
+		case err == nil:
+			return decodeProcessEvent(p.record.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
+			return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
+		default:
+			return ProcessEvent{}, fmt.Errorf("read process event: %w", err)
+		}
 	}
-	return ProcessEvent{}, fmt.Errorf("read process event: %w", err)
 }
 
 func decodeProcessEvent(raw []byte) (ProcessEvent, error) {
@@ -229,7 +234,7 @@ func (o *procObjs) Close() error {
 func (p *Processes) release() error {
 	var errs []error
 	if p.reader != nil {
-		errs = append(errs, p.reader.close())
+		errs = append(errs, p.reader.Close())
 	}
 	for _, l := range p.links {
 		errs = append(errs, l.Close())

@@ -10,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -195,59 +194,4 @@ func (w *ringWaiter) done() { w.kick.Store(false) }
 func (w *ringWaiter) close() error {
 	w.closed.Store(true)
 	return w.f.Close()
-}
-
-// pollReader reads a ring buffer, waiting for records in a ringWaiter
-// (the Go poller) where the poller takes the ring's descriptor, and in
-// ringbuf.Reader's own blocking wait, eventWait at a time, where it does
-// not. The process, DNS and UDP rings read through it: each blocking wait
-// would set sysmon polling every 20 µs again.
-type pollReader struct {
-	r    *ringbuf.Reader
-	wake *ringWaiter // nil: r waits itself
-}
-
-func newPollReader(m *ebpf.Map) (*pollReader, error) {
-	r, err := ringbuf.NewReader(m)
-	if err != nil {
-		return nil, err
-	}
-	p := &pollReader{r: r}
-	if w, err := newRingWaiter(m); err == nil {
-		p.wake = w
-		r.SetDeadline(time.Unix(0, 1)) // ReadInto never blocks
-	}
-	return p, nil
-}
-
-// read fills rec with the next record, waiting for one. After close its
-// error wraps os.ErrClosed or ringbuf.ErrClosed.
-func (p *pollReader) read(rec *ringbuf.Record) error {
-	for {
-		if p.wake == nil {
-			p.r.SetDeadline(time.Now().Add(eventWait))
-		}
-		err := p.r.ReadInto(rec)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
-			if p.wake != nil {
-				if err := p.wake.wait(eventWait); err != nil {
-					return err
-				}
-			}
-		default:
-			return err
-		}
-	}
-}
-
-// close ends a read under way and any later one.
-func (p *pollReader) close() error {
-	var err error
-	if p.wake != nil {
-		err = p.wake.close()
-	}
-	return errors.Join(err, p.r.Close())
 }
