@@ -28,10 +28,14 @@ func TestBPFStats(t *testing.T) {
 		{
 			name: "two programs",
 			src: fakeProgramStats{stats: []probe.ProgramStats{
-				{Name: "inet_sock_set_state", Runs: 1200, RunTime: 3 * time.Millisecond},
+				{Name: "inet_sock_set_state", Runs: 1200, RunTime: 3 * time.Millisecond, Missed: 2},
 				{Name: "sock_send_length", Runs: 45000, RunTime: 1500 * time.Millisecond},
 			}},
 			want: `
+# HELP weir_collector_bpf_missed_runs_total Runs of each eBPF program of the probe that the kernel skipped because a BPF program was already running on that CPU; the events they would have reported are lost.
+# TYPE weir_collector_bpf_missed_runs_total counter
+weir_collector_bpf_missed_runs_total{program="inet_sock_set_state"} 2
+weir_collector_bpf_missed_runs_total{program="sock_send_length"} 0
 # HELP weir_collector_bpf_run_seconds_total Time spent in each eBPF program of the probe since it was loaded; 0 unless BPF run-time statistics are enabled (--bpf-stats).
 # TYPE weir_collector_bpf_run_seconds_total counter
 weir_collector_bpf_run_seconds_total{program="inet_sock_set_state"} 0.003

@@ -256,7 +256,7 @@ func programStats(progs []namedProgram) ([]ProgramStats, error) {
 		if err != nil {
 			return nil, fmt.Errorf("program stats %s: %w", pr.name, err)
 		}
-		out = append(out, ProgramStats{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime})
+		out = append(out, ProgramStats{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime, Missed: st.RecursionMisses})
 	}
 	return out, nil
 }

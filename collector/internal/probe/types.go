@@ -170,10 +170,15 @@ type Drops struct {
 }
 
 // ProgramStats is the in-kernel cost of one program since it was loaded.
-// Both figures stay 0 unless BPF run-time statistics are enabled
-// (Config.Stats, or the sysctl kernel.bpf_stats_enabled).
+// Runs and RunTime stay 0 unless BPF run-time statistics are enabled
+// (Config.Stats, or the sysctl kernel.bpf_stats_enabled). Missed is
+// always counted (Linux 5.12 on): the runs the kernel skipped because a
+// BPF program was already running on that CPU, e.g. one interrupted by a
+// softirq whose packet fires the same hook. The event such a run would
+// have reported is lost.
 type ProgramStats struct {
 	Name    string
 	Runs    uint64
 	RunTime time.Duration
+	Missed  uint64
 }
