@@ -158,7 +158,7 @@ func BenchmarkScrape100k(b *testing.B) {
 	})
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: time.Minute}
 	var gz, plain time.Duration
-	var size int64
+	var size, gzSize int64
 	b.ResetTimer()
 	for range b.N {
 		for _, enc := range []string{"gzip", ""} {
@@ -176,7 +176,7 @@ func BenchmarkScrape100k(b *testing.B) {
 			if enc == "" {
 				plain, size = time.Since(start), n
 			} else {
-				gz = time.Since(start)
+				gz, gzSize = time.Since(start), n
 			}
 		}
 	}
@@ -185,7 +185,8 @@ func BenchmarkScrape100k(b *testing.B) {
 	edges, _ := m.Value("weir_reducer_edges", nil)
 	b.ReportMetric(gz.Seconds(), "s/scrape-gzip")
 	b.ReportMetric(plain.Seconds(), "s/scrape")
-	fmt.Printf("scrape %.3f s gzip, %.3f s plain (%.0f edges, %.1f MiB)\n", gz.Seconds(), plain.Seconds(), edges, float64(size)/(1<<20))
+	fmt.Printf("scrape %.3f s gzip, %.3f s plain (%.0f edges, %.1f MiB, %.1f MiB gzipped)\n", gz.Seconds(), plain.Seconds(), edges,
+		float64(size)/(1<<20), float64(gzSize)/(1<<20))
 }
 
 // BenchmarkReconnectHerd: collectors that hold sockets lose their reducer

@@ -417,6 +417,8 @@ func (s *Store) unfold(e *Edge) {
 
 // Snapshot appends a copy of every edge to dst and returns it.
 func (s *Store) Snapshot(dst []Series) []Series {
+	// Grown once: the caller holds the engine's lock while this runs.
+	dst = slices.Grow(dst, len(s.edges))
 	values := make([]uint64, len(s.edges)*len(s.metrics))
 	for _, e := range s.edges {
 		v := values[:len(s.metrics):len(s.metrics)]

@@ -40,8 +40,10 @@ func (c *Collector) Families() []*dto.MetricFamily {
 	pairs := make([]dto.LabelPair, len(series)*len(names))
 	ptrs := make([]*dto.LabelPair, len(series)*len(names))
 	labels := make([][]*dto.LabelPair, len(series))
+	// The label values of every edge, in one allocation.
+	values := make([]string, len(series)*len(names))
 	for i, s := range series {
-		vals := s.Key.Values(c.level, make([]string, 0, len(names)))
+		vals := s.Key.Values(c.level, values[i*len(names):i*len(names):(i+1)*len(names)])
 		ls := ptrs[i*len(names) : i*len(names) : (i+1)*len(names)]
 		for j := range names {
 			if vals[j] == "" {

@@ -13,9 +13,24 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/gzhttp"
+	"github.com/klauspost/compress/gzip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
+
+// gzipFast compresses h's responses for clients that accept gzip (as
+// Prometheus does) at the fastest level. promhttp's own gzip, at the
+// default level, made a 100,000-series scrape 1.28-1.36 s where it took
+// 0.88-0.98 s at this level; the body is 3.7 MiB instead of 2.5.
+func gzipFast(h http.Handler, logger *slog.Logger) http.Handler {
+	wrap, err := gzhttp.NewWrapper(gzhttp.CompressionLevel(gzip.BestSpeed))
+	if err != nil {
+		logger.Error("metrics served uncompressed", "error", err)
+		return h
+	}
+	return wrap(h)
+}
 
 // Server is the HTTP server.
 type Server struct {
@@ -33,11 +48,13 @@ type Server struct {
 func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *slog.Logger) *Server {
 	logger = logger.With("component", "web")
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
+	metrics := promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 4,
-	}))
+		DisableCompression:  true,
+	})
+	mux.Handle("GET /metrics", gzipFast(metrics, logger))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -1,7 +1,9 @@
 package web
 
 import (
+	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -108,4 +110,60 @@ func TestHandle(t *testing.T) {
 		t.Errorf("GET /api/v1/map: %d %q", resp.StatusCode, body)
 	}
 	client.CloseIdleConnections()
+}
+
+// TestMetricsGzip: a scrape that accepts gzip gets the exposition gzipped
+// (at the fastest level, by gzipFast), one that does not gets it plain.
+func TestMetricsGzip(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weir_tcp_bytes_total", Help: "Bytes."}, []string{"src_workload"})
+	for i := range 200 {
+		c.WithLabelValues(fmt.Sprintf("workload-%d", i)).Add(float64(i))
+	}
+	reg.MustRegister(c)
+	srv := New("127.0.0.1:0", reg, func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	const want = `weir_tcp_bytes_total{src_workload="workload-199"} 199`
+	for _, enc := range []string{"gzip", "identity"} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+srv.Addr().String()+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept-Encoding", enc)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body io.Reader = resp.Body
+		got := resp.Header.Get("Content-Encoding")
+		if enc == "gzip" {
+			if got != "gzip" {
+				t.Fatalf("Accept-Encoding gzip: Content-Encoding %q", got)
+			}
+			zr, err := gzip.NewReader(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body = zr
+		} else if got != "" {
+			t.Fatalf("Accept-Encoding %s: Content-Encoding %q", enc, got)
+		}
+		b, err := io.ReadAll(body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), want) {
+			t.Errorf("Accept-Encoding %s: body lacks %q", enc, want)
+		}
+	}
 }
