@@ -128,9 +128,10 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Printf("P5 %.2f wire-B/update (%s)\n", wire/updates, cfg.Compressor)
 	// Where P4's RSS goes, as the reducer's runtime saw it at m1.
 	mem := func(name string) float64 { v, _ := m1.Value(name, nil); return v / (1 << 20) }
-	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB, heap goal %.0f MiB\n",
+	goroutines, _ := m1.Value("go_goroutines", nil)
+	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB (%.0f goroutines), heap goal %.0f MiB\n",
 		mem("go_memstats_heap_inuse_bytes"), mem("go_memstats_heap_idle_bytes")-mem("go_memstats_heap_released_bytes"),
-		mem("go_memstats_stack_inuse_bytes"), mem("go_memstats_next_gc_bytes"))
+		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"))
 	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
 	end := scrape(b, w.MetricsURL)
 	flows, _ := end.Value("weir_reducer_flows", nil)

@@ -151,11 +151,21 @@ func peerCopies(t *testing.T) (cli, srv string) {
 // the real collector and reducer join every one: the bytes of the client →
 // server edge and the reverse one are exact, every connection is opened on
 // the client → server edge, and no other edge names either peer.
+// WEIR_REUSE_CONNECTIONS sets the number of connections.
 func TestPrivilegedPortReuse(t *testing.T) {
 	harness.RequireRoot(t)
 	conns := 200_000
 	if testing.Short() {
 		conns = 20_000
+	}
+	// WEIR_REUSE_CONNECTIONS sets the count, e.g. millions to hunt a rare
+	// loss.
+	if v := os.Getenv("WEIR_REUSE_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("WEIR_REUSE_CONNECTIONS=%q", v)
+		}
+		conns = n
 	}
 	const request, response = 100, 50
 	a, b := harness.BridgedHosts(t, "reuse")
@@ -184,7 +194,7 @@ func TestPrivilegedPortReuse(t *testing.T) {
 		"WEIR_FLEET_CONNS=" + strconv.Itoa(conns), "WEIR_FLEET_DIALERS=16",
 		"WEIR_FLEET_REQUEST=" + strconv.Itoa(request), "WEIR_FLEET_RESPONSE=" + strconv.Itoa(response)}
 	cli := harness.Start(t, cliName, a.Exec(append(env, cliBin)...)...)
-	line := cli.WaitLine(t, "done", 150*time.Second)
+	line := cli.WaitLine(t, "done", 150*time.Second+time.Duration(conns/2000)*time.Second)
 	t.Logf("%s in %s (%s)", line, time.Since(start).Round(time.Millisecond), "connections per second")
 
 	want := map[Edge]*Want{
