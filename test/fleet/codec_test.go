@@ -81,8 +81,12 @@ func codecs(tb testing.TB) []codec {
 		{"gzip", func(b []byte) []byte {
 			gbuf.Reset()
 			gw.Reset(&gbuf)
-			gw.Write(b)
-			gw.Close()
+			if _, err := gw.Write(b); err != nil {
+				tb.Fatal(err)
+			}
+			if err := gw.Close(); err != nil {
+				tb.Fatal(err)
+			}
 			return bytes.Clone(gbuf.Bytes())
 		}, func(b []byte) []byte {
 			r, err := gzip.NewReader(bytes.NewReader(b))

@@ -116,7 +116,11 @@ func (h *Herd) session(ctx context.Context, n *node, epoch uint64) error {
 	h.connected.Add(1)
 	defer h.connected.Add(-1)
 	select {
-	case <-st.done:
+	case err := <-st.done:
+		// It was up, with its snapshot acked: its end (e.g. the reducer
+		// going away) is what the herd measures, not a failure, and the
+		// next session starts without backoff.
+		_ = err
 	case <-ctx.Done():
 	}
 	return nil

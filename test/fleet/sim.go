@@ -472,7 +472,9 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 	var st *stream
 	defer func() {
 		if st != nil {
-			st.end()
+			// The run already ends with an error of its own, or ctx is
+			// done: whether the last batches were acked adds nothing.
+			_ = st.end()
 		}
 	}()
 	for it := range n.out {

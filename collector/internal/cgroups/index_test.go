@@ -55,15 +55,15 @@ func TestIndex(t *testing.T) {
 	for x.paths[below] != "" {
 		below--
 	}
-	if _, ok := x.Path(below); ok || x.walked != walked {
-		t.Errorf("an unknown id below the last walk's: found %v, walked again %v", ok, x.walked != walked)
+	if _, ok := x.Path(below); ok || !x.walked.Equal(walked) {
+		t.Errorf("an unknown id below the last walk's: found %v, walked again %v", ok, !x.walked.Equal(walked))
 	}
-	if _, ok := x.Path(x.maxID + 1000); ok || x.walked == walked {
-		t.Errorf("an id above the last walk's: found %v, walked again %v", ok, x.walked != walked)
+	if _, ok := x.Path(x.maxID + 1000); ok || x.walked.Equal(walked) {
+		t.Errorf("an id above the last walk's: found %v, walked again %v", ok, !x.walked.Equal(walked))
 	}
 	now = now.Add(time.Second)
 	walked = x.walked
-	if _, ok := x.Path(below); ok || x.walked == walked {
-		t.Errorf("after MinWalk: found %v, walked again %v", ok, x.walked != walked)
+	if _, ok := x.Path(below); ok || x.walked.Equal(walked) {
+		t.Errorf("after MinWalk: found %v, walked again %v", ok, !x.walked.Equal(walked))
 	}
 }

@@ -84,11 +84,11 @@ func New(cfg Config, logger *slog.Logger, handlers ...stats.Handler) *Server {
 		grpc.ForceServerCodecV2(newCodec()),
 		// A thousand collectors' connections each send a batch of a few
 		// kilobytes per interval and get a few bytes of ack: small read
-		// buffers, and write buffers taken from a shared pool only while
-		// writing, instead of 64 KiB per connection for its life.
+		// buffers, and small write buffers (gRPC takes them from a shared
+		// pool only while writing), instead of 64 KiB per connection for
+		// its life.
 		grpc.ReadBufferSize(connReadBuffer),
 		grpc.WriteBufferSize(connWriteBuffer),
-		grpc.SharedWriteBuffer(true),
 	}
 	for _, h := range handlers {
 		opts = append(opts, grpc.StatsHandler(h))

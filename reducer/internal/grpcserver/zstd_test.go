@@ -44,8 +44,12 @@ func BenchmarkZstdDecompress(b *testing.B) {
 	c := encoding.GetCompressor(Zstd)
 	var wire bytes.Buffer
 	w, _ := c.Compress(&wire)
-	w.Write(bytes.Repeat([]byte{1, 2, 3, 200, 17}, 2000))
-	w.Close()
+	if _, err := w.Write(bytes.Repeat([]byte{1, 2, 3, 200, 17}, 2000)); err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
 	packed := wire.Bytes()
 	buf := make([]byte, 16<<10)
 	for b.Loop() {

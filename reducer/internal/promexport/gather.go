@@ -74,7 +74,7 @@ func (c *Collector) Families() []*dto.MetricFamily {
 		case aggregate.MetricCounter, aggregate.MetricGauge:
 			n := 0
 			for _, s := range series {
-				if !(m.Sparse && s.Values[id] == 0) {
+				if !m.Sparse || s.Values[id] != 0 {
 					n++
 				}
 			}

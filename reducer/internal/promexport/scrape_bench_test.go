@@ -34,7 +34,9 @@ func BenchmarkScrape100k(b *testing.B) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 		size = rec.Body.Len()
-		io.Copy(io.Discard, rec.Body)
+		if _, err := io.Copy(io.Discard, rec.Body); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.ReportMetric(float64(size)/(1<<20), "MiB/scrape")
 }

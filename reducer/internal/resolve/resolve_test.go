@@ -217,7 +217,9 @@ func TestKeySetPositions(t *testing.T) {
 		for sid := 1; sid < len(r.sets); sid++ {
 			for p, f := range r.sets[sid].flows {
 				u := uses[f]
-				if u == nil || !((u.set[0] == setID(sid) && u.pos[0] == uint32(p)) || (u.set[1] == setID(sid) && u.pos[1] == uint32(p))) {
+				at0 := u != nil && u.set[0] == setID(sid) && u.pos[0] == uint32(p)
+				at1 := u != nil && u.set[1] == setID(sid) && u.pos[1] == uint32(p)
+				if !at0 && !at1 {
 					t.Fatalf("step %d: set %d lists flow %d at %d, its uses %+v", step, sid, f, p, u)
 				}
 				listed++
