@@ -153,6 +153,16 @@ func openTelemetry(cfg TelemetryConfig, procRoot string, fs *proc.FS, reg promet
 	if t.dnsProbe != nil {
 		rings = append(rings, ringCounter{"weir_collector_dns_ring_full_total", "DNS payloads lost because the DNS ring buffer was full.", t.dnsProbe})
 	}
+	if t.procProbe != nil {
+		pp := t.procProbe
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weir_collector_process_sync_failures_total",
+			Help: "Reports that described new processes without waiting for the process events' reader to catch up (it took more than 250 ms): those processes may be described as they were before their last exec.",
+		}, func() float64 { return float64(pp.SyncFailures()) })); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("register process sync failures: %w", err)
+		}
+	}
 	for _, c := range rings {
 		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, func() float64 {
 			n, _ := c.ring.RingFull()
@@ -258,6 +268,9 @@ func (t *telemetry) fill(b *ingestv1.Batch) {
 // when they are followed.
 func (t *telemetry) encoder(table encode.Source) *encode.Encoder {
 	e := encode.New(table, t.procTable)
+	if t.procProbe != nil {
+		e.SetProcessSync(t.procProbe)
+	}
 	if t.nat != nil {
 		e.SetTranslator(t.nat)
 	}

@@ -3,6 +3,7 @@
 package encode
 
 import (
+	"context"
 	"math"
 	"net/netip"
 	"slices"
@@ -92,7 +93,26 @@ type Encoder struct {
 	nat         Translator          // nil: no translations
 	netns       []uint32            // netnsOf's result
 	udp         map[uint64]*process // the process of each UDP socket (by cookie) announced with a flow
+	procSync    ProcessSyncer       // nil: the process table is not followed
 }
+
+// ProcessSyncer applies the process events the kernel has submitted so far
+// to the table that Describe reads. Report calls Sync once, after it
+// drained the source and before it describes a process: a process's exec
+// comes before any event of the sockets it opens, so their processes are
+// described as they are after that exec (its executable, cgroup and
+// container), however late the process events' reader runs. A Sync that
+// fails leaves the table as it is; the failure is the syncer's to count.
+type ProcessSyncer interface {
+	Sync(ctx context.Context) error
+}
+
+// procSyncTimeout bounds the wait for the process events' reader, which
+// reads /proc once per exec, in a report.
+const procSyncTimeout = 250 * time.Millisecond
+
+// SetProcessSync makes Report sync the process table with s first.
+func (e *Encoder) SetProcessSync(s ProcessSyncer) { e.procSync = s }
 
 // SetTranslator makes the encoder announce each socket with its NAT
 // translation, when t knows one.
@@ -143,6 +163,11 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	c := &e.changes
 	e.src.Drain(c)
 	b := &ingestv1.Batch{Time: timestamppb.New(now)}
+	if e.procSync != nil && (len(c.Opened) > 0 || len(c.UDP) > 0) {
+		ctx, cancel := context.WithTimeout(context.Background(), procSyncTimeout)
+		_ = e.procSync.Sync(ctx) // counted by the syncer; the table stands as it is
+		cancel()
+	}
 	if e.nat != nil && len(c.Opened) > 0 {
 		e.nat.Sync(e.netnsOf(c.Opened))
 	}

@@ -1,6 +1,7 @@
 package encode
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"testing"
@@ -60,5 +61,46 @@ func TestTelemetry(t *testing.T) {
 	if p.GetContainerId() != "c0ffee" || p.GetPodUid() != "uid" || p.GetPpid() != 1 || p.GetExecutable() != "/bin/curl" ||
 		p.GetCmdline() != "curl -v" || p.GetCgroup() != "/docker/c" {
 		t.Errorf("process %v", p)
+	}
+}
+
+// execTable is a process table whose process execs into a container only
+// once the process events are synced, as a table whose reader runs late.
+type execTable struct {
+	cgroups
+	syncs int
+}
+
+func (x *execTable) Sync(context.Context) error {
+	x.syncs++
+	return nil
+}
+
+func (x *execTable) Describe(pid uint32, start uint64, comm string) procs.Info {
+	if x.syncs == 0 {
+		return procs.Info{PID: pid, StartTime: start, Comm: comm, Cgroup: "/user.slice"} // before the exec
+	}
+	return procs.Info{PID: pid, StartTime: start, Comm: comm, Cgroup: "/docker/c", Container: cg.Container{ID: "c0ffee"}}
+}
+
+// TestReportSyncsProcessesFirst: a report that announces a socket syncs
+// the process table before it describes the socket's process, so the
+// process is described after the exec that preceded the socket; a report
+// with nothing to describe does not sync.
+func TestReportSyncsProcessesFirst(t *testing.T) {
+	_, tab, _ := newEncoder(t, nil)
+	x := &execTable{}
+	enc := New(tab, x)
+	enc.SetProcessSync(x)
+	if enc.Report(time.Unix(1, 0)); x.syncs != 0 {
+		t.Errorf("an empty report synced %d times", x.syncs)
+	}
+	apply(t, tab, open(1, probe.RoleClient, 40000, probe.Owner{PID: 42, StartTime: 7, Comm: "app"}, ctr(10, 0, 1, 0)))
+	b := enc.Report(time.Unix(2, 0))
+	if x.syncs != 1 {
+		t.Errorf("synced %d times, want once", x.syncs)
+	}
+	if len(b.Processes) != 1 || b.Processes[0].GetContainerId() != "c0ffee" {
+		t.Errorf("processes %v, want the one in container c0ffee", b.Processes)
 	}
 }

@@ -66,7 +66,7 @@ type DNSEvent struct {
 type DNS struct {
 	objs   dnsObjects
 	links  []link.Link
-	reader *ringbuf.Reader
+	reader *pollReader
 	record ringbuf.Record
 
 	readMu sync.Mutex
@@ -115,7 +115,7 @@ func OpenDNS(cfg DNSConfig) (*DNS, error) {
 		}
 		d.links = append(d.links, l)
 	}
-	if d.reader, err = ringbuf.NewReader(d.objs.DnsEvents); err != nil {
+	if d.reader, err = newPollReader(d.objs.DnsEvents); err != nil {
 		_ = d.release()
 		return nil, fmt.Errorf("DNS ring reader: %w", err)
 	}
@@ -145,19 +145,14 @@ func CgroupV2Root() (string, error) {
 func (d *DNS) ReadEvent() (DNSEvent, error) {
 	d.readMu.Lock()
 	defer d.readMu.Unlock()
-	for {
-		d.reader.SetDeadline(time.Now().Add(eventWait))
-		err := d.reader.ReadInto(&d.record)
-		switch {
-		case err == nil:
-			return decodeDNSEvent(d.record.RawSample)
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
-		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
-			return DNSEvent{}, fmt.Errorf("read DNS event: %w", ErrClosed)
-		default:
-			return DNSEvent{}, fmt.Errorf("read DNS event: %w", err)
-		}
+	err := d.reader.read(&d.record)
+	switch {
+	case err == nil:
+		return decodeDNSEvent(d.record.RawSample)
+	case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
+		return DNSEvent{}, fmt.Errorf("read DNS event: %w", ErrClosed)
 	}
+	return DNSEvent{}, fmt.Errorf("read DNS event: %w", err)
 }
 
 func decodeDNSEvent(raw []byte) (DNSEvent, error) {
@@ -234,7 +229,7 @@ func (d *DNS) Close() error {
 func (d *DNS) release() error {
 	var errs []error
 	if d.reader != nil {
-		errs = append(errs, d.reader.Close())
+		errs = append(errs, d.reader.close())
 	}
 	for _, l := range d.links {
 		errs = append(errs, l.Close())

@@ -801,7 +801,7 @@ func (p *Probe) Close() error {
 			err = errors.Join(err, p.wake.close())
 		}
 		if p.udp != nil && p.udp.reader != nil {
-			err = errors.Join(err, p.udp.reader.Close())
+			err = errors.Join(err, p.udp.reader.close())
 			p.udp.reader = nil
 		}
 		p.readMu.Lock()

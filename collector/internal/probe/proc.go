@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -60,7 +61,7 @@ func (c ProcessConfig) Validate() error {
 type Processes struct {
 	objs   procObjs
 	links  []link.Link
-	reader *ringbuf.Reader
+	reader *pollReader
 	record ringbuf.Record
 
 	readMu sync.Mutex
@@ -103,7 +104,7 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 		}
 		p.links = append(p.links, l)
 	}
-	p.reader, err = ringbuf.NewReader(p.objs.ProcEvents)
+	p.reader, err = newPollReader(p.objs.ProcEvents)
 	if err != nil {
 		_ = p.release()
 		return nil, fmt.Errorf("process ring reader: %w", err)
@@ -116,20 +117,32 @@ func OpenProcesses(cfg ProcessConfig) (*Processes, error) {
 func (p *Processes) ReadEvent() (ProcessEvent, error) {
 	p.readMu.Lock()
 	defer p.readMu.Unlock()
-	for {
-		p.reader.SetDeadline(time.Now().Add(eventWait))
-		err := p.reader.ReadInto(&p.record)
-		switch {
-		case err == nil:
-			return decodeProcessEvent(p.record.RawSample)
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
-		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
-			return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
-		default:
-			return ProcessEvent{}, fmt.Errorf("read process event: %w", err)
-		}
+	err := p.reader.read(&p.record)
+	switch {
+	case err == nil:
+		return decodeProcessEvent(p.record.RawSample)
+	case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
+		return ProcessEvent{}, fmt.Errorf("read process event: %w", ErrClosed)
 	}
+	return ProcessEvent{}, fmt.Errorf("read process event: %w", err)
 }
+
+// Sync returns once ReadEvent has returned every process event submitted
+// before the call and has been called again: a reader that applies each
+// event before it reads the next has applied them all. A process's exec
+// is submitted before any event of the sockets it then opens, so a Sync
+// after the sockets were read makes their owners' table entries current.
+// It needs a goroutine calling ReadEvent, and gives up when ctx is done
+// (counted in SyncFailures).
+func (p *Processes) Sync(ctx context.Context) error {
+	if err := p.reader.sync(ctx); err != nil {
+		return fmt.Errorf("sync process events: %w", err)
+	}
+	return nil
+}
+
+// SyncFailures returns how many Syncs gave up before the reader caught up.
+func (p *Processes) SyncFailures() uint64 { return p.reader.syncFailures.Load() }
 
 func decodeProcessEvent(raw []byte) (ProcessEvent, error) {
 	var ev procProcEvent
@@ -234,7 +247,7 @@ func (o *procObjs) Close() error {
 func (p *Processes) release() error {
 	var errs []error
 	if p.reader != nil {
-		errs = append(errs, p.reader.Close())
+		errs = append(errs, p.reader.close())
 	}
 	for _, l := range p.links {
 		errs = append(errs, l.Close())

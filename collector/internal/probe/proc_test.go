@@ -1,7 +1,9 @@
 package probe
 
 import (
+	"context"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -74,4 +76,60 @@ func TestPrivilegedProcesses(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Errorf("second close: %v", err)
 	}
+}
+
+// TestPrivilegedProcessesSync: once Sync returns, the reader has handled
+// the exec of a process that ran before the call, though the ring wakes
+// its reader only once 64 KiB wait (or after eventWait): Sync does not
+// wait for either, and a report after it describes the process as it is
+// after its exec.
+func TestPrivilegedProcessesSync(t *testing.T) {
+	requirePrivileged(t)
+	p, err := OpenProcesses(ProcessConfig{RingBytes: 1 << 18})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var mu sync.Mutex
+	execs := make(map[uint32]bool)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ev, err := p.ReadEvent()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if ev.Kind == ProcessExec {
+				execs[ev.PID] = true
+			}
+			mu.Unlock()
+		}
+	}()
+	for i := range 20 {
+		cmd := exec.Command("/bin/true")
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		start := time.Now()
+		err := p.Sync(ctx)
+		took := time.Since(start)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		seen := execs[uint32(cmd.Process.Pid)]
+		mu.Unlock()
+		if !seen {
+			t.Fatalf("run %d: Sync returned (after %s) before the exec of pid %d was read", i, took, cmd.Process.Pid)
+		}
+	}
+	if n := p.SyncFailures(); n != 0 {
+		t.Errorf("%d sync failures", n)
+	}
+	p.Close()
+	<-done
 }

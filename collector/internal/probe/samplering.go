@@ -1,15 +1,18 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -194,4 +197,102 @@ func (w *ringWaiter) done() { w.kick.Store(false) }
 func (w *ringWaiter) close() error {
 	w.closed.Store(true)
 	return w.f.Close()
+}
+
+// pollReader reads a ring buffer, waiting for records in a ringWaiter
+// (the Go poller) where the poller takes the ring's descriptor, and in
+// ringbuf.Reader's own blocking wait, eventWait at a time, where it does
+// not. The process, DNS and UDP rings read through it: each blocking wait
+// would set sysmon polling every 20 µs again.
+type pollReader struct {
+	r    *ringbuf.Reader
+	wake *ringWaiter // nil: r waits itself
+
+	syncMu  sync.Mutex
+	flushed chan struct{} // read has returned every record before a sync's flush
+	// syncFailures counts the syncs that gave up before read caught up.
+	syncFailures atomic.Uint64
+}
+
+func newPollReader(m *ebpf.Map) (*pollReader, error) {
+	r, err := ringbuf.NewReader(m)
+	if err != nil {
+		return nil, err
+	}
+	p := &pollReader{r: r, flushed: make(chan struct{}, 1)}
+	if w, err := newRingWaiter(m); err == nil {
+		p.wake = w
+		r.SetDeadline(time.Unix(0, 1)) // ReadInto never blocks
+	}
+	return p, nil
+}
+
+// read fills rec with the next record, waiting for one. After close its
+// error wraps os.ErrClosed or ringbuf.ErrClosed.
+func (p *pollReader) read(rec *ringbuf.Record) error {
+	for {
+		if p.wake == nil {
+			p.r.SetDeadline(time.Now().Add(eventWait))
+		}
+		err := p.r.ReadInto(rec)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ringbuf.ErrFlushed):
+			// Every record submitted before a sync's flush has been
+			// returned, and the caller, back for the next, is done with
+			// them.
+			if p.wake != nil {
+				p.wake.done()
+			}
+			select {
+			case p.flushed <- struct{}{}:
+			default:
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if p.wake != nil {
+				if err := p.wake.wait(eventWait); err != nil {
+					return err
+				}
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// sync returns once read has returned every record submitted before the
+// call and has been called again, so that a caller that handles each
+// record before it reads the next has handled them all. It needs a
+// goroutine calling read, and gives up (counted) when ctx is done.
+func (p *pollReader) sync(ctx context.Context) error {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	select {
+	case <-p.flushed: // left over from a sync that gave up
+	default:
+	}
+	if err := p.r.Flush(); err != nil {
+		p.syncFailures.Add(1)
+		return fmt.Errorf("flush: %w", err)
+	}
+	if p.wake != nil {
+		p.wake.interrupt() // read sees the flush without waiting out eventWait
+	}
+	select {
+	case <-p.flushed:
+		return nil
+	case <-ctx.Done():
+		p.syncFailures.Add(1)
+		return ctx.Err()
+	}
+}
+
+// close ends a read under way and any later one.
+func (p *pollReader) close() error {
+	var err error
+	if p.wake != nil {
+		err = p.wake.close()
+	}
+	return errors.Join(err, p.r.Close())
 }

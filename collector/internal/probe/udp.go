@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -110,7 +109,7 @@ type udpProbe struct {
 	hash    *udpHashObjs // bpf/udp_hash.c's, instead of objs, where tracing programs have no socket storage
 	links   []link.Link
 	sampler *link.Iter
-	reader  *ringbuf.Reader
+	reader  *pollReader
 	record  ringbuf.Record
 	samples *sampleRing
 }
@@ -358,7 +357,7 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 	if err != nil {
 		return fmt.Errorf("attach iter/bpf_sk_storage_map (udp): %w", err)
 	}
-	u.reader, err = ringbuf.NewReader(u.objs.UdpEvents)
+	u.reader, err = newPollReader(u.objs.UdpEvents)
 	if err != nil {
 		return fmt.Errorf("open UDP ring buffer: %w", err)
 	}
@@ -387,22 +386,17 @@ func (p *Probe) ReadUDP() (UDPRecord, error) {
 	if r == nil {
 		return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
 	}
-	for {
-		r.SetDeadline(time.Now().Add(eventWait))
-		err := r.ReadInto(&u.record)
-		switch {
-		case err == nil:
-			if len(u.record.RawSample) < udpRecordSize {
-				return UDPRecord{}, fmt.Errorf("decode UDP record: %d bytes, want %d", len(u.record.RawSample), udpRecordSize)
-			}
-			return udpRecordOf((*udpUdpRecord)(unsafe.Pointer(unsafe.SliceData(u.record.RawSample))), comm), nil
-		case errors.Is(err, os.ErrDeadlineExceeded):
-		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
-			return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
-		default:
-			return UDPRecord{}, fmt.Errorf("read UDP record: %w", err)
+	err := r.read(&u.record)
+	switch {
+	case err == nil:
+		if len(u.record.RawSample) < udpRecordSize {
+			return UDPRecord{}, fmt.Errorf("decode UDP record: %d bytes, want %d", len(u.record.RawSample), udpRecordSize)
 		}
+		return udpRecordOf((*udpUdpRecord)(unsafe.Pointer(unsafe.SliceData(u.record.RawSample))), comm), nil
+	case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
+		return UDPRecord{}, fmt.Errorf("read UDP record: %w", ErrClosed)
 	}
+	return UDPRecord{}, fmt.Errorf("read UDP record: %w", err)
 }
 
 // SampleUDP calls fn with every remote of every live UDP socket that has
@@ -475,7 +469,7 @@ func (u *udpProbe) programs() []namedProgram {
 func (u *udpProbe) close() error {
 	var errs []error
 	if u.reader != nil {
-		errs = append(errs, u.reader.Close())
+		errs = append(errs, u.reader.close())
 	}
 	if u.samples != nil {
 		errs = append(errs, u.samples.close())

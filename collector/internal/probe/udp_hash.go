@@ -8,7 +8,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 )
 
 // udpHashObjs is what openUDPHash loads of bpf/udp_hash.c: the UDP
@@ -160,7 +159,7 @@ func (p *Probe) openUDPHash(cfg UDPConfig) (err error) {
 	if err != nil {
 		return fmt.Errorf("attach iter/bpf_map_elem (udp): %w", err)
 	}
-	u.reader, err = ringbuf.NewReader(o.UdpEvents)
+	u.reader, err = newPollReader(o.UdpEvents)
 	if err != nil {
 		return fmt.Errorf("open UDP ring buffer: %w", err)
 	}
