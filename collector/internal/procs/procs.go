@@ -181,6 +181,11 @@ func (t *Table) Apply(ev probe.ProcessEvent) {
 	switch ev.Kind {
 	case probe.ProcessFork:
 		t.events.WithLabelValues("fork").Inc()
+		if e := t.byPID[ev.PID]; e != nil && e.StartTime == ev.StartTime {
+			// Described (read from /proc) before its fork event was
+			// read: what was read stands over what it inherits.
+			return
+		}
 		// The tracepoint runs in the parent, whose cgroup the child
 		// starts in.
 		e := &entry{Info: Info{PID: ev.PID, PPID: ev.PPID, StartTime: ev.StartTime, Comm: ev.Comm}, cgroupID: ev.CgroupID}

@@ -182,3 +182,27 @@ func TestDescribeByCgroupID(t *testing.T) {
 		})
 	}
 }
+
+// TestLateFork: a process described from /proc before its fork event was
+// read keeps what was read; the late fork does not put back its parent's
+// program and container.
+func TestLateFork(t *testing.T) {
+	f := &fakeProc{procs: map[key]proc.Details{
+		{10, 100}: {PPID: 1, Executable: "/usr/bin/shell", Cgroups: []string{"/user.slice"}},
+		{11, 200}: {PPID: 10, Executable: "/usr/bin/server", Cgroups: []string{"/system.slice/docker-" + cid + ".scope"}},
+	}}
+	tb, _ := newTable(t, f, DefaultConfig())
+	tb.Apply(probe.ProcessEvent{Kind: probe.ProcessExec, PID: 10, PPID: 1, StartTime: 100, Comm: "shell"})
+	tb.Describe(10, 100, "shell")
+	if got := tb.Describe(11, 200, "server"); got.Container.ID != cid {
+		t.Fatalf("read from /proc: %+v", got)
+	}
+	tb.Apply(probe.ProcessEvent{Kind: probe.ProcessFork, PID: 11, PPID: 10, StartTime: 200, Comm: "shell"})
+	got := tb.Describe(11, 200, "server")
+	if got.Container.ID != cid || got.Executable != "/usr/bin/server" {
+		t.Errorf("after the late fork: %+v, want the process as read", got)
+	}
+	if f.reads != 2 {
+		t.Errorf("%d reads of /proc, want 2", f.reads)
+	}
+}
