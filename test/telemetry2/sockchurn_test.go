@@ -83,6 +83,7 @@ func socketChurn(t testing.TB, n int) float64 {
 	}
 	run(t, "ip", "netns", "exec", server.NS, "sysctl", "-q", "-w", "net.core.somaxconn=4096")
 	// With --udp, so that the UDP socket storage is there to churn too.
+	started := time.Now()
 	w := harness.StartWeir(t, harness.WeirOptions{CollectorArgs: []string{"--udp"}})
 	self, err := os.Executable()
 	if err != nil {
@@ -109,7 +110,11 @@ func socketChurn(t testing.TB, n int) float64 {
 	time.Sleep(2 * time.Second)
 	base, err := storageEntries(pid)
 	if err != nil {
-		t.Fatal(err)
+		// Once seen (stop 17's rehearsal) with the collector alive by its
+		// log: say what this process saw of it.
+		_, serr := os.Stat(fmt.Sprintf("/proc/%d", pid))
+		t.Fatalf("%v (collector pid %d alive: %v; stat of its /proc dir: %v; %s after StartWeir began)",
+			err, pid, w.Collector.Alive(), serr, time.Since(started).Round(time.Millisecond))
 	}
 	rss0 := rssKB(t, pid)
 	t.Logf("before: %s; collector RSS %d KiB", describeEntries(base, ours), rss0)
