@@ -196,8 +196,7 @@ type Probe struct {
 	// eventComms are the owner comms of events, interned so that reading
 	// an event does not allocate; guarded by readMu.
 	eventComms map[[16]int8]string
-	flushed    chan struct{} // ReadEvent has returned every event before a Sync's flush
-	syncMu     sync.Mutex    // serialises Sync
+	sync       *ringSync // ReadEvent has returned every event before a Sync's flush
 
 	mu      sync.Mutex // guards closed and the buffers below; serialises Samples and Discover
 	closed  bool
@@ -242,7 +241,7 @@ func Open(cfg Config) (*Probe, error) {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
-	p := &Probe{flushed: make(chan struct{}, 1), procRoot: procRoot, netns: cfg.NetNS}
+	p := &Probe{sync: newRingSync(), procRoot: procRoot, netns: cfg.NetNS}
 	if cfg.Stats {
 		p.stats, err = ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 		if err != nil {
@@ -395,13 +394,7 @@ func (p *Probe) ReadEvent() (Event, error) {
 			}
 		case errors.Is(err, ringbuf.ErrFlushed):
 			// Every event submitted before the flush has been returned.
-			if p.wake != nil {
-				p.wake.done()
-			}
-			select {
-			case p.flushed <- struct{}{}:
-			default:
-			}
+			p.sync.caughtUp(p.wake)
 		case errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed):
 			return Event{}, fmt.Errorf("read event: %w", ErrClosed)
 		default:
@@ -415,24 +408,10 @@ func (p *Probe) ReadEvent() (Event, error) {
 // is still in the ring. It needs a goroutine calling ReadEvent, and gives up when ctx is
 // done.
 func (p *Probe) Sync(ctx context.Context) error {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	select {
-	case <-p.flushed: // left over from a Sync that gave up
-	default:
+	if err := p.sync.wait(ctx, p.reader, p.wake); err != nil {
+		return fmt.Errorf("sync events: %w", err)
 	}
-	if err := p.reader.Flush(); err != nil {
-		return fmt.Errorf("flush events: %w", err)
-	}
-	if p.wake != nil {
-		p.wake.interrupt() // the reader sees the flush without waiting out eventWait
-	}
-	select {
-	case <-p.flushed:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("sync events: %w", ctx.Err())
-	}
+	return nil
 }
 
 // The parts of struct event, as bpf2go lays them out.

@@ -135,14 +135,14 @@ func (p *Processes) ReadEvent() (ProcessEvent, error) {
 // It needs a goroutine calling ReadEvent, and gives up when ctx is done
 // (counted in SyncFailures).
 func (p *Processes) Sync(ctx context.Context) error {
-	if err := p.reader.sync(ctx); err != nil {
+	if err := p.reader.sync.wait(ctx, p.reader.r, p.reader.wake); err != nil {
 		return fmt.Errorf("sync process events: %w", err)
 	}
 	return nil
 }
 
 // SyncFailures returns how many Syncs gave up before the reader caught up.
-func (p *Processes) SyncFailures() uint64 { return p.reader.syncFailures.Load() }
+func (p *Processes) SyncFailures() uint64 { return p.reader.sync.failures.Load() }
 
 func decodeProcessEvent(raw []byte) (ProcessEvent, error) {
 	var ev procProcEvent

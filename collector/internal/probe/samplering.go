@@ -207,11 +207,57 @@ func (w *ringWaiter) close() error {
 type pollReader struct {
 	r    *ringbuf.Reader
 	wake *ringWaiter // nil: r waits itself
+	sync *ringSync
+}
 
-	syncMu  sync.Mutex
-	flushed chan struct{} // read has returned every record before a sync's flush
-	// syncFailures counts the syncs that gave up before read caught up.
-	syncFailures atomic.Uint64
+// ringSync lets a caller wait until a ring's reader has returned every
+// record submitted before the caller's flush and has been called again, so
+// that a reader that handles each record before it reads the next has
+// handled them all. The TCP event ring and the pollReaders use it.
+type ringSync struct {
+	mu       sync.Mutex    // serialises wait
+	flushed  chan struct{} // the reader caught up with a flush
+	failures atomic.Uint64 // waits that gave up
+}
+
+func newRingSync() *ringSync { return &ringSync{flushed: make(chan struct{}, 1)} }
+
+// caughtUp is the reader's, when ReadInto returned ringbuf.ErrFlushed:
+// every record submitted before the flush has been returned.
+func (s *ringSync) caughtUp(w *ringWaiter) {
+	if w != nil {
+		w.done()
+	}
+	select {
+	case s.flushed <- struct{}{}:
+	default:
+	}
+}
+
+// wait flushes r, wakes w (nil: r waits itself) so that the reader sees the
+// flush without waiting out eventWait, and returns once the reader caught
+// up. It needs a goroutine reading, and gives up (counted) when ctx is done.
+func (s *ringSync) wait(ctx context.Context, r *ringbuf.Reader, w *ringWaiter) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.flushed: // left over from a wait that gave up
+	default:
+	}
+	if err := r.Flush(); err != nil {
+		s.failures.Add(1)
+		return fmt.Errorf("flush: %w", err)
+	}
+	if w != nil {
+		w.interrupt()
+	}
+	select {
+	case <-s.flushed:
+		return nil
+	case <-ctx.Done():
+		s.failures.Add(1)
+		return ctx.Err()
+	}
 }
 
 func newPollReader(m *ebpf.Map) (*pollReader, error) {
@@ -219,7 +265,7 @@ func newPollReader(m *ebpf.Map) (*pollReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pollReader{r: r, flushed: make(chan struct{}, 1)}
+	p := &pollReader{r: r, sync: newRingSync()}
 	if w, err := newRingWaiter(m); err == nil {
 		p.wake = w
 		r.SetDeadline(time.Unix(0, 1)) // ReadInto never blocks
@@ -239,16 +285,7 @@ func (p *pollReader) read(rec *ringbuf.Record) error {
 		case err == nil:
 			return nil
 		case errors.Is(err, ringbuf.ErrFlushed):
-			// Every record submitted before a sync's flush has been
-			// returned, and the caller, back for the next, is done with
-			// them.
-			if p.wake != nil {
-				p.wake.done()
-			}
-			select {
-			case p.flushed <- struct{}{}:
-			default:
-			}
+			p.sync.caughtUp(p.wake)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if p.wake != nil {
 				if err := p.wake.wait(eventWait); err != nil {
@@ -258,33 +295,6 @@ func (p *pollReader) read(rec *ringbuf.Record) error {
 		default:
 			return err
 		}
-	}
-}
-
-// sync returns once read has returned every record submitted before the
-// call and has been called again, so that a caller that handles each
-// record before it reads the next has handled them all. It needs a
-// goroutine calling read, and gives up (counted) when ctx is done.
-func (p *pollReader) sync(ctx context.Context) error {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	select {
-	case <-p.flushed: // left over from a sync that gave up
-	default:
-	}
-	if err := p.r.Flush(); err != nil {
-		p.syncFailures.Add(1)
-		return fmt.Errorf("flush: %w", err)
-	}
-	if p.wake != nil {
-		p.wake.interrupt() // read sees the flush without waiting out eventWait
-	}
-	select {
-	case <-p.flushed:
-		return nil
-	case <-ctx.Done():
-		p.syncFailures.Add(1)
-		return ctx.Err()
 	}
 }
 

@@ -1,10 +1,8 @@
 package web
 
 import (
-	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"regexp"
 	"slices"
@@ -42,15 +40,7 @@ func get(t *testing.T, client *http.Client, url string) (*http.Response, string)
 // binary, offline (no other origin), and that the page reads the map from
 // the reducer's own /api/v1/map.
 func TestMapPage(t *testing.T) {
-	srv := New("127.0.0.1:0", prometheus.NewPedanticRegistry(), func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
+	srv := startServer(t, prometheus.NewPedanticRegistry(), nil)
 	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	defer client.CloseIdleConnections()
 	base := "http://" + srv.Addr().String()

@@ -85,20 +85,32 @@ func TestEndpoints(t *testing.T) {
 	client.CloseIdleConnections()
 }
 
-func TestHandle(t *testing.T) {
-	srv := New("127.0.0.1:0", prometheus.NewPedanticRegistry(), func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv.Handle("GET /api/v1/map", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"map":{}}`)
-	}))
+// startServer starts a ready server of reg's metrics on a free port, after
+// setup (nil: none) added its handlers, and shuts it down when t ends.
+func startServer(t *testing.T, reg prometheus.Gatherer, setup func(*Server)) *Server {
+	t.Helper()
+	srv := New("127.0.0.1:0", reg, func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if setup != nil {
+		setup(srv)
+	}
 	if err := srv.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
-	}()
+	})
+	return srv
+}
+
+func TestHandle(t *testing.T) {
+	srv := startServer(t, prometheus.NewPedanticRegistry(), func(srv *Server) {
+		srv.Handle("GET /api/v1/map", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"map":{}}`)
+		}))
+	})
 	client := &http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get("http://" + srv.Addr().String() + "/api/v1/map")
 	if err != nil {
@@ -121,15 +133,7 @@ func TestMetricsGzip(t *testing.T) {
 		c.WithLabelValues(fmt.Sprintf("workload-%d", i)).Add(float64(i))
 	}
 	reg.MustRegister(c)
-	srv := New("127.0.0.1:0", reg, func() bool { return true }, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := srv.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
+	srv := startServer(t, reg, nil)
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	const want = `weir_tcp_bytes_total{src_workload="workload-199"} 199`
