@@ -63,70 +63,86 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	logger.Info("stream opened", "collector_version", hello.GetCollectorVersion(), "kernel_release", hello.GetKernelRelease(),
 		"protocol_version", version, "capabilities", welcome.GetCapabilities())
 
-	// Receive on a goroutine of its own, so that a replaced session or a
-	// shutdown can end the stream while Recv waits.
-	msgs := make(chan *request) // unbuffered: a stream holds at most two requests
-
+	// One goroutine receives, applies and acks; this one waits for the
+	// stream's end, a newer epoch or the shutdown, which must end the
+	// stream while Recv waits (Recv ends only with the stream, when this
+	// handler returns). Only the worker's stack grows deep (decompress,
+	// apply, encode), so a thousand waiting handlers keep small ones.
+	var (
+		mu    sync.Mutex // held by the worker while it handles a message
+		ended bool       // under mu: the handler left; nothing more is applied
+	)
 	errc := make(chan error, 1)
-	go func() {
-		// A waiting stream holds no buffer: a request comes from the pool
-		// once a message has arrived, and the message is copied into its
-		// buffer.
-		var r *request
-		f := grpcserver.Frame{Buffer: func() []byte {
-			r = getRequest()
-			return r.data
-		}}
-		for {
-			r, f.Data = nil, nil
-			err := stream.RecvMsg(&f)
-			if err != nil {
-				if r != nil {
-					putRequest(r)
-				}
-				errc <- err
-				return
-			}
-			if r == nil {
-				r = getRequest() // an empty message
-			}
-			r.data = f.Data
-			select {
-			case msgs <- r:
-			case <-ctx.Done():
-				putRequest(r)
-				return
-			}
-		}
+	go func() { errc <- s.work(logger, stream, sess, hello, &mu, &ended) }()
+	defer func() {
+		// Wait for the message being applied, if any: the session is
+		// detached only after it.
+		mu.Lock()
+		ended = true
+		mu.Unlock()
 	}()
+	select {
+	case <-replaced:
+		s.metrics.replaced.Inc()
+		logger.Info("stream replaced by a newer epoch")
+		return status.Error(codes.Aborted, "session replaced by a newer epoch")
+	case <-s.stopping:
+		return status.Error(codes.Unavailable, "reducer shutting down")
+	case err := <-errc:
+		return err
+	}
+}
 
+// work receives, applies and acks a stream's batches until the stream
+// ends, a batch is refused or the handler has left (ended, under mu). The
+// error is the stream's status, already counted.
+func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match.Session, hello *ingestv1.Hello, mu *sync.Mutex, ended *bool) error {
+	// A waiting stream holds no buffer: a request comes from the pool once
+	// a message has arrived, and the message is copied into its buffer.
+	var r *request
+	f := grpcserver.Frame{Buffer: func() []byte {
+		r = getRequest()
+		return r.data
+	}}
 	var last uint64
 	var held holdings
 	ack := &ingestv1.Ack{}
 	resp := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: ack}}
 	for {
-		select {
-		case <-replaced:
-			s.metrics.replaced.Inc()
-			logger.Info("stream replaced by a newer epoch")
-			return status.Error(codes.Aborted, "session replaced by a newer epoch")
-		case <-s.stopping:
-			return status.Error(codes.Unavailable, "reducer shutting down")
-		case err := <-errc:
+		r, f.Data = nil, nil
+		err := stream.RecvMsg(&f)
+		mu.Lock()
+		if *ended {
+			mu.Unlock()
+			if r != nil {
+				putRequest(r)
+			}
+			return nil
+		}
+		if err != nil {
+			mu.Unlock()
+			if r != nil {
+				putRequest(r)
+			}
 			return s.recvError(logger, err)
-		case r := <-msgs:
-			err := s.handle(logger, sess, hello, &held, &last, r)
-			putRequest(r)
-			if err != nil {
-				return err
-			}
-			// SendMsg encodes the ack before it returns: one message serves
-			// every ack of the stream.
+		}
+		if r == nil {
+			r = getRequest() // an empty message
+		}
+		r.data = f.Data
+		err = s.handle(logger, sess, hello, &held, &last, r)
+		putRequest(r)
+		if err == nil {
+			// SendMsg encodes the ack before it returns: one message
+			// serves every ack of the stream.
 			ack.Sequence = last
-			if err := stream.SendMsg(resp); err != nil {
+			if err = stream.SendMsg(resp); err != nil {
 				logger.Info("stream closed", "error", err)
-				return err
 			}
+		}
+		mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
