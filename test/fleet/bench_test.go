@@ -62,7 +62,10 @@ func scrape(tb testing.TB, url string) harness.Metrics {
 // changing and 1% of connections closing and reopening per 1 s interval.
 // It prints the P3 (socket updates per reducer core-second), P3-total
 // (updates per second), P4 (reducer RSS per tracked socket) and P5 (wire
-// bytes per update) lines, and checks the edges exactly.
+// bytes per update) lines, and checks the edges exactly. P4 is the mean
+// of RSS samples taken every 250 ms over the steady state. With
+// WEIR_BENCH_HEAP_PROFILE=<file> it also writes the reducer's heap profile
+// (after a collection) there.
 func BenchmarkFleet(b *testing.B) {
 	b.ReportAllocs()
 	cfg := Config{
@@ -78,8 +81,12 @@ func BenchmarkFleet(b *testing.B) {
 	if c := os.Getenv("WEIR_FLEET_COMPRESSOR"); c != "" {
 		cfg.Compressor = strings.TrimPrefix(c, "none")
 	}
-	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true,
-		ReducerArgs: []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}})
+	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
+	heapProfile := os.Getenv("WEIR_BENCH_HEAP_PROFILE") // where to write the reducer's heap profile at the steady state
+	if heapProfile != "" {
+		args = append(args, "--pprof")
+	}
+	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
 	cfg.Reducers = []string{w.GRPCAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -101,9 +108,24 @@ func BenchmarkFleet(b *testing.B) {
 	})
 	time.Sleep(time.Duration(cfg.MaxSkew+3) * cfg.Interval)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	time.Sleep(time.Duration(cfg.Intervals/2) * cfg.Interval)
+	// RSS swings with the garbage collector's cycle (the heap grows to its
+	// goal, then a collection frees it): sample it through the window.
+	var rssSum, rssMin, rssMax float64
+	var rssN int
+	for end := t0.Add(time.Duration(cfg.Intervals/2) * cfg.Interval); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		v, _ := rssBytes(b, w.Reducer.PID())
+		if rssN == 0 || v < rssMin {
+			rssMin = v
+		}
+		rssMax = max(rssMax, v)
+		rssSum += v
+		rssN++
+	}
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	rss, _ := rssBytes(b, w.Reducer.PID())
+	rss := rssSum / float64(rssN)
+	if heapProfile != "" {
+		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap?gc=1", heapProfile)
+	}
 	sockets, _ := m1.Value("weir_reducer_sockets", nil)
 	o := <-done
 	b.StopTimer()
@@ -124,7 +146,8 @@ func BenchmarkFleet(b *testing.B) {
 	b.ReportMetric(peak/(1<<20), "peak-MiB")
 	fmt.Printf("P3 %.0f updates/core-s (%d collectors, %d sockets, %.2f reducer cores)\n", updates/cpu, cfg.Collectors, int(sockets), cpu/wall)
 	fmt.Printf("P3-total %.0f updates/s\n", updates/wall)
-	fmt.Printf("P4 %.0f B/socket (RSS %.0f MiB, peak %.0f MiB, %d sockets)\n", rss/sockets, rss/(1<<20), peak/(1<<20), int(sockets))
+	fmt.Printf("P4 %.0f B/socket (RSS mean %.0f MiB of %d samples, %.0f-%.0f MiB; peak %.0f MiB; %d sockets)\n",
+		rss/sockets, rss/(1<<20), rssN, rssMin/(1<<20), rssMax/(1<<20), peak/(1<<20), int(sockets))
 	fmt.Printf("P5 %.2f wire-B/update (%s)\n", wire/updates, cfg.Compressor)
 	// Where P4's RSS goes, as the reducer's runtime saw it at m1.
 	mem := func(name string) float64 { v, _ := m1.Value(name, nil); return v / (1 << 20) }
@@ -231,4 +254,27 @@ func BenchmarkReconnectHerd(b *testing.B) {
 	b.ReportMetric(peak/(1<<20), "peak-MiB")
 	fmt.Printf("reconnect %d collectors (%d sockets) all back %.2f s after the reducer's return (interval %s; first connect %.2f s); reducer peak RSS %.0f MiB\n",
 		n, int(sockets), back.Seconds(), interval, first.Seconds(), peak/(1<<20))
+}
+
+// saveURL writes the body of a GET of url to path.
+func saveURL(tb testing.TB, url, path string) {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
 }

@@ -29,6 +29,7 @@ type Config struct {
 	TLSCA           string
 	Security        Security
 	LogLevel        slog.Level
+	Pprof           bool
 	Consumers       Consumers // OTLP push and Observer API
 	// GCPercent is the garbage collector's target (GOGC) when the
 	// environment sets none; GCMinHeadroom the least headroom in bytes it
@@ -89,6 +90,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "server private key (PEM)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA (PEM) that client certificates must chain to")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ on the HTTP address (e.g. /debug/pprof/heap?gc=1 runs a GC first, /debug/pprof/profile?seconds=30 profiles the CPU)")
 	fs.IntVar(&c.GCPercent, "gc-percent", c.GCPercent, "garbage collector target: the heap grows this many percent over the live heap before a collection, or by --gc-min-headroom-bytes if that is more (the GOGC environment variable, when set, wins over both; GOMEMLIMIT sets a soft memory limit, e.g. a container's)")
 	fs.Uint64Var(&c.GCMinHeadroom, "gc-min-headroom-bytes", c.GCMinHeadroom, "least growth of the heap over the live heap before a garbage collection, so that a small heap under connection churn is not collected every few megabytes; 0: --gc-percent alone")
 	c.Consumers.bind(fs)
