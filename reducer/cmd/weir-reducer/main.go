@@ -9,8 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -113,8 +111,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	httpSrv := web.New(cfg.HTTPAddr, promexport.Gatherer{Base: reg, Flows: flows}, grpcSrv.Ready, logger)
 	httpSrv.Handle("GET /api/v1/map", servicemap.New(engine))
 	if cfg.Pprof {
-		httpSrv.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
-		httpSrv.Handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		httpSrv.HandleProfiles()
 	}
 
 	if err := httpSrv.Start(ctx); err != nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -82,6 +83,13 @@ func New(addr string, gatherer prometheus.Gatherer, ready func() bool, logger *s
 // Handle adds a handler for pattern (a http.ServeMux pattern, e.g.
 // "GET /api/v1/map"). Call it before Start.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// HandleProfiles serves Go's runtime profiles under /debug/pprof/
+// (weir-reducer --pprof). Call it before Start.
+func (s *Server) HandleProfiles() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+}
 
 // Start listens and serves in the background. It returns once the listener
 // is up.

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -169,5 +170,39 @@ func TestMetricsGzip(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("Accept-Encoding %s: body lacks %q", enc, want)
 		}
+	}
+}
+
+// TestHandleProfiles: with HandleProfiles the server serves Go's
+// profiles; without, it does not.
+func TestHandleProfiles(t *testing.T) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(url string) (int, []byte) {
+		t.Helper()
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	with := startServer(t, prometheus.NewPedanticRegistry(), func(srv *Server) { srv.HandleProfiles() })
+	code, body := get("http://" + with.Addr().String() + "/debug/pprof/heap")
+	if code != http.StatusOK {
+		t.Fatalf("GET /debug/pprof/heap: %d %s", code, body)
+	}
+	if _, err := gzip.NewReader(bytes.NewReader(body)); err != nil {
+		t.Errorf("the heap profile is not a gzipped profile: %v", err)
+	}
+	if code, body = get("http://" + with.Addr().String() + "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !bytes.Contains(body, []byte("goroutine profile:")) {
+		t.Errorf("GET /debug/pprof/goroutine?debug=1: %d %.200s", code, body)
+	}
+	without := startServer(t, prometheus.NewPedanticRegistry(), nil)
+	if code, _ = get("http://" + without.Addr().String() + "/debug/pprof/heap"); code != http.StatusNotFound {
+		t.Errorf("without HandleProfiles GET /debug/pprof/heap: %d, want 404", code)
 	}
 }
