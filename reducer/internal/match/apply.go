@@ -154,7 +154,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		sk.process = e.procTab.hold(p)
 		e.procTab.unref(old)
 		if sk.flow != 0 {
-			e.markDirty(e.flowAt(sk.flow))
+			e.markDirty(e.ref(sk.flow))
 		}
 	}
 	// New ends join and owners resolve before counting, so that ends opened
@@ -168,7 +168,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		if sk.flow == 0 {
 			continue
 		}
-		f := e.flowAt(sk.flow)
+		f := e.ref(sk.flow)
 		end := sk.end
 		if bs, ss := st.BytesSent[i], st.SegmentsSent[i]; bs|ss != 0 {
 			d := &f.dir[end]
@@ -250,23 +250,23 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 	}
 	private := loop
 	key, end, ok := e.lookupKey(local, remote, private, s.node, in.Netns)
-	var f, last *flow
+	var f, last flowRef
 	if ok {
 		f, last = e.find(e.flows.get(key), end, sk, in.NewConnection)
 	}
-	if f == nil && !loop && last != nil && last.live(end) && e.sessAt(e.sockAt(last.ends[end]).sess).node != s.node {
+	if f.flow == nil && !loop && last.flow != nil && last.live(end) && e.sessAt(e.sockAt(last.ends[end]).sess).node != s.node {
 		// Another node's live socket claims the same endpoints, e.g. the
 		// same private addresses behind two NATs: keep this one to its
 		// node.
 		e.conflicts.Inc()
 		private = true
 		key, end, ok = e.lookupKey(local, remote, private, s.node, in.Netns)
-		f, last = nil, nil
+		f, last = flowRef{}, flowRef{}
 		if ok {
 			f, last = e.find(e.flows.get(key), end, sk, in.NewConnection)
 		}
 	}
-	if f == nil {
+	if f.flow == nil {
 		f = e.newFlow(now, local, remote, private, s.node, in.Netns, last, loop, remote.Addr())
 	}
 	if old := f.ends[end]; old != 0 {
@@ -300,16 +300,16 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 // which the sides report.
 //
 // It also returns the newest flow of the chain that starts at head.
-func (e *Engine) find(head flowID, i uint8, sk *socket, newConn bool) (match, last *flow) {
-	var fresh *flow
+func (e *Engine) find(head flowID, i uint8, sk *socket, newConn bool) (match, last flowRef) {
+	var fresh flowRef
 	for id := head; id != 0; {
-		f := e.flowAt(id)
+		f := e.ref(id)
 		last = f
-		first, again := e.joinable(f, i, sk, newConn)
+		first, again := e.joinable(f.flow, i, sk, newConn)
 		if again {
-			return f, nil
+			return f, flowRef{}
 		}
-		if first && fresh == nil {
+		if first && fresh.flow == nil {
 			fresh = f
 		}
 		id = f.next
@@ -318,14 +318,14 @@ func (e *Engine) find(head flowID, i uint8, sk *socket, newConn bool) (match, la
 }
 
 // newFlow adds the flow of local-remote after last, the newest of its
-// key's chain (nil: the first of a new chain). A flow whose peer may be a
+// key's chain (none: the first of a new chain). A flow whose peer may be a
 // fleet address is held for the join window.
-func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bool, node string, netns uint32, last *flow, loop bool, peer netip.Addr) *flow {
+func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bool, node string, netns uint32, last flowRef, loop bool, peer netip.Addr) flowRef {
 	key, _ := e.internKey(local, remote, private, node, netns)
 	id := e.flowTab.alloc()
-	f := e.flowAt(id)
-	f.key, f.id = key, id
-	if last != nil {
+	f := e.ref(id)
+	f.key = key
+	if last.flow != nil {
 		last.next = id
 	} else {
 		e.flows.set(key, id)
@@ -358,7 +358,7 @@ func (e *Engine) isFleet(now time.Time, addr netip.Addr) bool {
 
 // publish makes a held flow count on edges from its next settle, with what
 // its ends reported while it was held.
-func (e *Engine) publish(f *flow) {
+func (e *Engine) publish(f flowRef) {
 	if f.has(flowPublished) {
 		return
 	}
@@ -398,7 +398,7 @@ queue:
 // no longer queued, for the caller to take off the queue; it reports
 // whether the flow leaves the queue.
 func (e *Engine) publishHeld(id flowID, born, deadline int64) bool {
-	f := e.flowAt(id)
+	f := e.ref(id)
 	if !f.has(flowPublished) {
 		if born > deadline {
 			return false
@@ -427,7 +427,7 @@ func (e *Engine) publishHeld(id flowID, born, deadline int64) bool {
 func (e *Engine) releaseWait(now time.Time) {
 	e.metaRelease = false
 	for _, id := range e.held.ids {
-		f := e.flowAt(id)
+		f := e.ref(id)
 		if f.has(flowPublished) {
 			continue
 		}
@@ -450,7 +450,7 @@ func (e *Engine) close(sk *socket) {
 	if sk.flow == 0 {
 		return
 	}
-	f := e.flowAt(sk.flow)
+	f := e.ref(sk.flow)
 	f.flags |= closedFlag(sk.end)
 	e.markDirty(f)
 }
@@ -465,7 +465,7 @@ func (e *Engine) leave(sk *socket) {
 	if sk.flow == 0 {
 		return
 	}
-	f := e.flowAt(sk.flow)
+	f := e.ref(sk.flow)
 	i := sk.end
 	if f.has(closedFlag(i)) {
 		sk.flow = 0
@@ -493,7 +493,7 @@ func (e *Engine) freeSock(id sockID) {
 	e.sockTab.release(id)
 }
 
-func (e *Engine) markDirty(f *flow) {
+func (e *Engine) markDirty(f flowRef) {
 	if !f.has(flowDirty) {
 		f.flags |= flowDirty
 		e.dirty = append(e.dirty, f.id)
@@ -504,7 +504,7 @@ func (e *Engine) markDirty(f *flow) {
 // to date, and removes the flows that no end reports any more.
 func (e *Engine) settle(now time.Time) {
 	for _, id := range e.dirty {
-		f := e.flowAt(id)
+		f := e.ref(id)
 		f.flags &^= flowDirty
 		if !f.has(flowPublished) {
 			continue // held: no edge until it is published
@@ -515,7 +515,7 @@ func (e *Engine) settle(now time.Time) {
 				f.flags &^= flowRecount
 				e.recount(now, f)
 			}
-			if c := e.client(f); f.has(flowPendingOpen) && f.counts(c) {
+			if c := e.client(f.flow); f.has(flowPendingOpen) && f.counts(c) {
 				w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
 				e.store.Edge(now, aggregate.Key{Src: w[c], Dst: w[1-c]}).Add(now, aggregate.TCPConnectionsOpened, 1)
 			}
@@ -531,7 +531,7 @@ func (e *Engine) settle(now time.Time) {
 			continue
 		}
 		w := [2]aggregate.Workload{e.resolve(f, 0), e.resolve(f, 1)}
-		client := e.client(f)
+		client := e.client(f.flow)
 		for d := range f.dir {
 			k := aggregate.Key{Src: w[d], Dst: w[1-d]}
 			cur := e.edgeAt(f.edge[d])
@@ -576,7 +576,7 @@ func (e *Engine) settle(now time.Time) {
 }
 
 // recount counts what a flow's directions that were not counted yet hold.
-func (e *Engine) recount(now time.Time, f *flow) {
+func (e *Engine) recount(now time.Time, f flowRef) {
 	for d := range uint8(2) {
 		b, s := f.dir[d].maxViews()
 		e.account(now, f, d, b, s)
@@ -585,7 +585,7 @@ func (e *Engine) recount(now time.Time, f *flow) {
 
 // unlink takes f out of its chain and the table, and lets its ends, its
 // addresses and (unless the queue of held flows still has it) its slot go.
-func (e *Engine) unlink(f *flow) {
+func (e *Engine) unlink(f flowRef) {
 	f.flags |= flowGone
 	e.nflows--
 	e.resolver.Forget(f.id, &f.uses)
@@ -629,14 +629,14 @@ func (e *Engine) unlink(f *flow) {
 
 // releaseGone frees the slot of a flow that left the table, once neither
 // the queue of held flows nor the list of flows with traffic has it.
-func (e *Engine) releaseGone(f *flow) {
+func (e *Engine) releaseGone(f flowRef) {
 	if !f.has(flowQueued | flowTraffic) {
 		e.flowTab.release(f.id)
 	}
 }
 
 // resolve returns the workload of endpoint i of f.
-func (e *Engine) resolve(f *flow, i uint8) aggregate.Workload {
+func (e *Engine) resolve(f flowRef, i uint8) aggregate.Workload {
 	ep := resolve.Endpoint{Addr: e.addrs.addr(f.key.a)}
 	if i == 1 {
 		ep.Addr = e.addrs.addr(f.key.b)
@@ -664,7 +664,7 @@ func (e *Engine) socketEndpoint(ep *resolve.Endpoint, s *Session, p *process, ne
 // even when both ends report it. The edge is looked up at the first traffic
 // after the flow's ends changed, so that a direction without traffic leaves
 // no empty series.
-func (e *Engine) account(now time.Time, f *flow, d uint8, b0, s0 uint64) {
+func (e *Engine) account(now time.Time, f flowRef, d uint8, b0, s0 uint64) {
 	if !f.has(flowPublished) {
 		return // held: the views keep what the ends report
 	}

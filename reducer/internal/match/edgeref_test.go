@@ -48,8 +48,8 @@ func TestEdgeRefsGoWithFlows(t *testing.T) {
 	if n := unsafe.Sizeof(socket{}); n != 32 {
 		t.Errorf("a socket record is %d bytes, want 32", n)
 	}
-	if n := unsafe.Sizeof(flow{}); n != 128 {
-		t.Errorf("a flow record is %d bytes, want 128", n)
+	if n := unsafe.Sizeof(flow{}); n != 120 {
+		t.Errorf("a flow record is %d bytes, want 120", n)
 	}
 }
 

@@ -483,7 +483,7 @@ func (e *Engine) closeOrphans(s *Session) {
 	for _, id := range s.orphans {
 		sk := e.sockAt(id)
 		if sk.flow != 0 {
-			if f := e.flowAt(sk.flow); f.ends[sk.end] == id && f.has(vacantFlag(sk.end)) {
+			if f := e.ref(sk.flow); f.ends[sk.end] == id && f.has(vacantFlag(sk.end)) {
 				f.flags = f.flags&^vacantFlag(sk.end) | closedFlag(sk.end)
 				e.markDirty(f)
 			}
@@ -502,7 +502,7 @@ func (e *Engine) reported(s *Session) {
 }
 
 // markDirtyID marks the flow of id dirty.
-func (e *Engine) markDirtyID(id flowID) { e.markDirty(e.flowAt(id)) }
+func (e *Engine) markDirtyID(id flowID) { e.markDirty(e.ref(id)) }
 
 // setGauges updates the size gauges.
 func (e *Engine) setGauges() {

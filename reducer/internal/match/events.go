@@ -161,8 +161,8 @@ func (e *Engine) emitSocket(now time.Time, kind EventKind, sk *socket) {
 }
 
 // emitFlowClose publishes the close of f, which left the table.
-func (e *Engine) emitFlowClose(now time.Time, f *flow) {
-	c := e.client(f)
+func (e *Engine) emitFlowClose(now time.Time, f flowRef) {
+	c := e.client(f.flow)
 	ev := Event{Kind: EventFlowClose, Time: now, Local: e.endpoint(&f.key, c), Remote: e.endpoint(&f.key, 1-c)}
 	if ed := e.edgeAt(f.edge[c]); ed != nil {
 		ev.Key = ed.Key()

@@ -29,7 +29,7 @@ func (f *flow) counted(d uint8) Counts {
 // trafficMark is a flow on the list, with what it had counted from each
 // end when it was put there.
 type trafficMark struct {
-	f      *flow
+	f      flowRef
 	before [2]Counts
 }
 
@@ -55,7 +55,7 @@ type Traffic struct {
 
 // markTraffic puts f on the list of flows with traffic; account calls it
 // when f, not on the list, counted db bytes and ds segments from end d.
-func (e *Engine) markTraffic(f *flow, d uint8, db, ds uint64) {
+func (e *Engine) markTraffic(f flowRef, d uint8, db, ds uint64) {
 	f.flags |= flowTraffic
 	m := trafficMark{f: f, before: [2]Counts{f.counted(0), f.counted(1)}}
 	m.before[d].Bytes -= db
@@ -84,14 +84,14 @@ func (e *Engine) DrainTraffic(dst []Traffic, limit int) ([]Traffic, uint64) {
 		m := &ev.marks[ev.head]
 		ev.head++
 		f := m.f
-		m.f = nil
+		m.f = flowRef{}
 		f.flags &^= flowTraffic
 		if f.has(flowGone) {
 			e.releaseGone(f)
 			continue
 		}
 		n++
-		t := Traffic{Ends: [2]netip.AddrPort{e.endpoint(&f.key, 0), e.endpoint(&f.key, 1)}, Client: e.client(f)}
+		t := Traffic{Ends: [2]netip.AddrPort{e.endpoint(&f.key, 0), e.endpoint(&f.key, 1)}, Client: e.client(f.flow)}
 		for i := range f.dir {
 			if s := f.ends[i]; s != 0 {
 				t.Nodes[i] = e.sessAt(e.sockAt(s).sess).node

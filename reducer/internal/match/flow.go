@@ -231,12 +231,12 @@ const (
 // opened. Flows live in the engine's flow slab.
 //
 // A flow holds no pointer (its edges are references the store counts), so
-// that the garbage collector does not scan the slab: 128 bytes.
+// that the garbage collector does not scan the slab, nor its own id (a
+// flowRef pairs the two): 120 bytes.
 type flow struct {
 	// dir[i] is the traffic from endpoint i to endpoint 1-i.
 	dir  [2]direction
 	key  flowKey
-	id   flowID
 	next flowID    // the next, newer flow of the same 4-tuple
 	ends [2]sockID // 0: no socket reported that end yet
 	// edge[i] is the edge that direction i counts on; 0 until looked up.
@@ -259,6 +259,16 @@ func (e *Engine) edgeAt(r aggregate.EdgeRef) *aggregate.Edge { return e.store.At
 
 // flowAt returns the flow of id.
 func (e *Engine) flowAt(id flowID) *flow { return e.flowTab.at(id) }
+
+// flowRef is a flow and its id, for the code that needs both: the id
+// names the flow to the resolver, the dirty list and the slab.
+type flowRef struct {
+	*flow
+	id flowID
+}
+
+// ref returns the flow of id with its id.
+func (e *Engine) ref(id flowID) flowRef { return flowRef{e.flowTab.at(id), id} }
 
 // sockAt returns the socket of id.
 func (e *Engine) sockAt(id sockID) *socket { return e.sockTab.at(id) }

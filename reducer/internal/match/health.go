@@ -62,7 +62,7 @@ func column[T uint32 | uint64](c []T, i int) T {
 // retransmits and resets go into the flow's views, counted like bytes (each
 // once, the larger view of each direction), and its smoothed RTT is one
 // observation on the edge from its end to the other.
-func (e *Engine) countHealth(now time.Time, f *flow, end uint8, st *Stats, i int) {
+func (e *Engine) countHealth(now time.Time, f flowRef, end uint8, st *Stats, i int) {
 	retrans := column(st.Retransmits, i)
 	sent, recv := column(st.ResetsSent, i), column(st.ResetsReceived, i)
 	if retrans|sent|recv != 0 {
@@ -87,7 +87,7 @@ func (e *Engine) countHealth(now time.Time, f *flow, end uint8, st *Stats, i int
 // accountHealth counts on direction d's edge what its health views gained;
 // as for bytes, not when another reducer has the sending end (both ends
 // report a reset).
-func (e *Engine) accountHealth(now time.Time, f *flow, d uint8) {
+func (e *Engine) accountHealth(now time.Time, f flowRef, d uint8) {
 	if !f.has(flowHealth) || !f.has(flowPublished) || !f.counts(d) {
 		return
 	}
@@ -104,7 +104,7 @@ func (e *Engine) accountHealth(now time.Time, f *flow, d uint8) {
 
 // dirEdge returns the edge of direction d of a published flow, looking it up
 // as account does.
-func (e *Engine) dirEdge(now time.Time, f *flow, d uint8) *aggregate.Edge {
+func (e *Engine) dirEdge(now time.Time, f flowRef, d uint8) *aggregate.Edge {
 	ed := e.edgeAt(f.edge[d])
 	if ed == nil {
 		ed = e.store.Edge(now, aggregate.Key{Src: e.resolve(f, d), Dst: e.resolve(f, 1-d)})
