@@ -152,9 +152,16 @@ func BenchmarkFleet(b *testing.B) {
 	// Where P4's RSS goes, as the reducer's runtime saw it at m1.
 	mem := func(name string) float64 { v, _ := m1.Value(name, nil); return v / (1 << 20) }
 	goroutines, _ := m1.Value("go_goroutines", nil)
-	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB (%.0f goroutines), heap goal %.0f MiB\n",
+	gcs := func(m harness.Metrics) (n uint64) {
+		for _, x := range m["go_gc_duration_seconds"].GetMetric() {
+			n += x.GetSummary().GetSampleCount()
+		}
+		return n
+	}
+	idle := m1.Sum("weir_reducer_gc_idle_collections_total", nil) - m0.Sum("weir_reducer_gc_idle_collections_total", nil)
+	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB (%.0f goroutines), heap goal %.0f MiB; %d collections in the window (%.0f of them --gc-idle-collect's)\n",
 		mem("go_memstats_heap_inuse_bytes"), mem("go_memstats_heap_idle_bytes")-mem("go_memstats_heap_released_bytes"),
-		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"))
+		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"), gcs(m1)-gcs(m0), idle)
 	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
 	end := scrape(b, w.MetricsURL)
 	flows, _ := end.Value("weir_reducer_flows", nil)

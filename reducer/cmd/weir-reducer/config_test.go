@@ -31,6 +31,7 @@ func TestConfig(t *testing.T) {
 		{name: "bad http address", args: []string{"--http-addr", "localhost"}, want: "--http-addr"},
 		{name: "tiny message limit", args: []string{"--max-message-bytes", "10"}, want: "--max-message-bytes"},
 		{name: "gc percent too low", args: []string{"--gc-percent", "5"}, want: "--gc-percent"},
+		{name: "negative idle collection period", args: []string{"--gc-idle-collect", "-1s"}, want: "--gc-idle-collect"},
 		{name: "zero series ttl", args: []string{"--series-ttl", "0s"}, want: "--series-ttl"},
 		{name: "negative session ttl", args: []string{"--session-ttl", "-1s"}, want: "--session-ttl"},
 		{name: "negative metadata wait", args: []string{"--metadata-wait", "-1s"}, want: "--metadata-wait"},

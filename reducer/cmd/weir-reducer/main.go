@@ -135,11 +135,15 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
 	if os.Getenv("GOGC") == "" {
-		gcTarget := prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_gc_percent",
-			Help: "The garbage collector's current target (GOGC): --gc-percent, or more for a heap too small to leave --gc-min-headroom-bytes."})
-		reg.MustRegister(gcTarget)
-		pacer := gcpace.Pacer{Percent: cfg.GCPercent, MinHeadroom: cfg.GCMinHeadroom}
-		g.Go(func() error { pacer.Run(gctx, time.Second, gcTarget); return nil })
+		gcm := gcpace.Metrics{
+			Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_gc_percent",
+				Help: "The garbage collector's current target (GOGC): --gc-percent, or more for a heap too small to leave --gc-min-headroom-bytes."}),
+			IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "weir_reducer_gc_idle_collections_total",
+				Help: "Garbage collections run because none had run for --gc-idle-collect."}),
+		}
+		reg.MustRegister(gcm.Percent, gcm.IdleCollections)
+		pacer := gcpace.Pacer{Percent: cfg.GCPercent, MinHeadroom: cfg.GCMinHeadroom, IdleCollect: cfg.GCIdleCollect}
+		g.Go(func() error { pacer.Run(gctx, time.Second, gcm); return nil })
 	}
 	g.Go(func() error {
 		select {

@@ -7,10 +7,16 @@
 // though, and a low percent of a small heap means a collection every few
 // megabytes. With a floor the headroom is max(percent × live, floor): a
 // large heap grows by its percent, a small one by the floor.
+//
+// A heap at fleet scale that changes slowly (sockets mostly updated in
+// place) takes long to grow by its percent, and holds its garbage until
+// then: a collection after some quiet time keeps it near the live heap,
+// for the CPU of one collection per period.
 package gcpace
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -27,6 +33,11 @@ const maxPercent = 800
 type Pacer struct {
 	Percent     int
 	MinHeadroom uint64
+	// IdleCollect, when positive, runs a collection once none has run for
+	// this long: a heap that grows slowly would otherwise hold its garbage,
+	// and the memory the runtime keeps for it, until it reaches its
+	// target.
+	IdleCollect time.Duration
 }
 
 // PercentFor returns the target for a live heap of live bytes.
@@ -44,21 +55,44 @@ func (p Pacer) PercentFor(live uint64) int {
 	return max(p.Percent, int(need))
 }
 
+// Metrics are what Run shows.
+type Metrics struct {
+	// Percent is the current target.
+	Percent prometheus.Gauge
+	// IdleCollections counts the collections Run ran because none had
+	// run for IdleCollect.
+	IdleCollections prometheus.Counter
+}
+
 // Run sets the target now and then every interval until ctx is done, and
-// shows it in gauge.
-func (p Pacer) Run(ctx context.Context, every time.Duration, gauge prometheus.Gauge) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+// runs a collection when none ran for IdleCollect.
+func (p Pacer) Run(ctx context.Context, every time.Duration, m Metrics) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	value := func(i int) uint64 {
+		if sample[i].Value.Kind() == metrics.KindUint64 {
+			return sample[i].Value.Uint64()
+		}
+		return 0
+	}
 	cur := -1
+	var cycles uint64
+	last := time.Now() // of the last collection seen
 	set := func() {
 		metrics.Read(sample)
-		var live uint64
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			live = sample[0].Value.Uint64()
+		now := time.Now()
+		if c := value(1); c != cycles {
+			cycles, last = c, now
+		} else if p.IdleCollect > 0 && now.Sub(last) >= p.IdleCollect {
+			runtime.GC()
+			m.IdleCollections.Inc()
+			last = time.Now()
+			metrics.Read(sample)
+			cycles = value(1)
 		}
-		if pct := p.PercentFor(live); pct != cur {
+		if pct := p.PercentFor(value(0)); pct != cur {
 			debug.SetGCPercent(pct)
 			cur = pct
-			gauge.Set(float64(pct))
+			m.Percent.Set(float64(pct))
 		}
 	}
 	set()

@@ -3,6 +3,7 @@ package gcpace
 import (
 	"context"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 
@@ -45,7 +46,8 @@ func TestRunSetsTarget(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	// A floor of 0 makes the target the percent whatever the heap.
-	go func() { Pacer{Percent: 37}.Run(ctx, time.Hour, g); close(done) }()
+	m := Metrics{Percent: g, IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+	go func() { Pacer{Percent: 37}.Run(ctx, time.Hour, m); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(g) != 37 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -54,5 +56,37 @@ func TestRunSetsTarget(t *testing.T) {
 	<-done
 	if got := debug.SetGCPercent(100); got != 37 {
 		t.Fatalf("the runtime's target is %d, want 37", got)
+	}
+}
+
+// TestRunCollectsWhenIdle: with IdleCollect, Run runs collections while
+// none comes by itself, and counts them; without, it runs none.
+func TestRunCollectsWhenIdle(t *testing.T) {
+	old := debug.SetGCPercent(-1) // no collection but Run's
+	defer debug.SetGCPercent(old)
+	cycles := func() uint64 {
+		s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	run := func(idle time.Duration) (runs float64, gcs uint64) {
+		m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}),
+			IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		before := cycles()
+		// A percent of -1 keeps the runtime's own collections off.
+		go func() { Pacer{Percent: -1, IdleCollect: idle}.Run(ctx, 10*time.Millisecond, m); close(done) }()
+		time.Sleep(500 * time.Millisecond)
+		cancel()
+		<-done
+		return testutil.ToFloat64(m.IdleCollections), cycles() - before
+	}
+	runs, gcs := run(50 * time.Millisecond)
+	if runs < 3 || gcs < uint64(runs) {
+		t.Errorf("idle 50ms over 500ms: %v collections counted, %d run; want at least 3, all run", runs, gcs)
+	}
+	if runs, gcs := run(0); runs != 0 || gcs != 0 {
+		t.Errorf("without IdleCollect: %v collections counted, %d run; want none", runs, gcs)
 	}
 }
