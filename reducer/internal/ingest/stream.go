@@ -68,19 +68,12 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	// stream while Recv waits (Recv ends only with the stream, when this
 	// handler returns). Only the worker's stack grows deep (decompress,
 	// apply, encode), so a thousand waiting handlers keep small ones.
-	var (
-		mu    sync.Mutex // held by the worker while it handles a message
-		ended bool       // under mu: the handler left; nothing more is applied
-	)
+	g := new(gate)
 	errc := make(chan error, 1)
-	go func() { errc <- s.work(logger, stream, sess, hello, &mu, &ended) }()
-	defer func() {
-		// Wait for the message being applied, if any: the session is
-		// detached only after it.
-		mu.Lock()
-		ended = true
-		mu.Unlock()
-	}()
+	go func() { errc <- s.work(logger, stream, sess, hello, g) }()
+	// The session is detached (deferred above) only after the message
+	// being applied, if any.
+	defer g.close()
 	select {
 	case <-replaced:
 		s.metrics.replaced.Inc()
@@ -93,10 +86,37 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	}
 }
 
+// gate lets a stream's handler leave only between two messages: the
+// worker holds it open while it applies one, and once the handler closed
+// it the worker applies none.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+// enter reports whether the gate is open, and if so holds it until leave.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+func (g *gate) leave() { g.mu.Unlock() }
+
+// close waits for the message being applied, if any, and closes the gate.
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
 // work receives, applies and acks a stream's batches until the stream
-// ends, a batch is refused or the handler has left (ended, under mu). The
-// error is the stream's status, already counted.
-func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match.Session, hello *ingestv1.Hello, mu *sync.Mutex, ended *bool) error {
+// ends, a batch is refused or the handler has left (g closed). The error
+// is the stream's status, already counted.
+func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match.Session, hello *ingestv1.Hello, g *gate) error {
 	// A waiting stream holds no buffer: a request comes from the pool once
 	// a message has arrived, and the message is copied into its buffer.
 	var r *request
@@ -111,16 +131,14 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 	for {
 		r, f.Data = nil, nil
 		err := stream.RecvMsg(&f)
-		mu.Lock()
-		if *ended {
-			mu.Unlock()
+		if !g.enter() {
 			if r != nil {
 				putRequest(r)
 			}
 			return nil
 		}
 		if err != nil {
-			mu.Unlock()
+			g.leave()
 			if r != nil {
 				putRequest(r)
 			}
@@ -140,7 +158,7 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 				logger.Info("stream closed", "error", err)
 			}
 		}
-		mu.Unlock()
+		g.leave()
 		if err != nil {
 			return err
 		}
