@@ -1,7 +1,6 @@
 package web
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -177,32 +176,20 @@ func TestMetricsGzip(t *testing.T) {
 // profiles; without, it does not.
 func TestHandleProfiles(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second}
-	get := func(url string) (int, []byte) {
-		t.Helper()
-		resp, err := client.Get(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, body
-	}
+	defer client.CloseIdleConnections()
 	with := startServer(t, prometheus.NewPedanticRegistry(), func(srv *Server) { srv.HandleProfiles() })
-	code, body := get("http://" + with.Addr().String() + "/debug/pprof/heap")
-	if code != http.StatusOK {
-		t.Fatalf("GET /debug/pprof/heap: %d %s", code, body)
+	resp, body := get(t, client, "http://"+with.Addr().String()+"/debug/pprof/heap")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /debug/pprof/heap: %d %s", resp.StatusCode, body)
 	}
-	if _, err := gzip.NewReader(bytes.NewReader(body)); err != nil {
+	if _, err := gzip.NewReader(strings.NewReader(body)); err != nil {
 		t.Errorf("the heap profile is not a gzipped profile: %v", err)
 	}
-	if code, body = get("http://" + with.Addr().String() + "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !bytes.Contains(body, []byte("goroutine profile:")) {
-		t.Errorf("GET /debug/pprof/goroutine?debug=1: %d %.200s", code, body)
+	if resp, body = get(t, client, "http://"+with.Addr().String()+"/debug/pprof/goroutine?debug=1"); resp.StatusCode != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("GET /debug/pprof/goroutine?debug=1: %d %.200s", resp.StatusCode, body)
 	}
 	without := startServer(t, prometheus.NewPedanticRegistry(), nil)
-	if code, _ = get("http://" + without.Addr().String() + "/debug/pprof/heap"); code != http.StatusNotFound {
-		t.Errorf("without HandleProfiles GET /debug/pprof/heap: %d, want 404", code)
+	if resp, _ = get(t, client, "http://"+without.Addr().String()+"/debug/pprof/heap"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("without HandleProfiles GET /debug/pprof/heap: %d, want 404", resp.StatusCode)
 	}
 }
