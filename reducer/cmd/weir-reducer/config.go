@@ -107,7 +107,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ on the HTTP address (e.g. /debug/pprof/heap?gc=1 runs a GC first, /debug/pprof/profile?seconds=30 profiles the CPU)")
 	fs.IntVar(&c.GCPercent, "gc-percent", c.GCPercent, "garbage collector target: the heap grows this many percent over the live heap before a collection, or by --gc-min-headroom-bytes if that is more (the GOGC environment variable, when set, wins over both; GOMEMLIMIT sets a soft memory limit, e.g. a container's)")
 	fs.Uint64Var(&c.GCMinHeadroom, "gc-min-headroom-bytes", c.GCMinHeadroom, "least growth of the heap over the live heap before a garbage collection, so that a small heap under connection churn is not collected every few megabytes; 0: --gc-percent alone")
-	fs.DurationVar(&c.GCIdleCollect, "gc-idle-collect", c.GCIdleCollect, "run a garbage collection once none has run for this long, so that a heap that grows slowly does not hold its garbage until it reaches its target; 0: never")
+	fs.DurationVar(&c.GCIdleCollect, "gc-idle-collect", c.GCIdleCollect, "run a garbage collection once none has run for this long, and return the heap it freed to the operating system, so that a heap that grows slowly does not hold its garbage, and the pages it freed, until it reaches its target; 0: never")
 	c.Consumers.bind(fs)
 	c.Security.bind(fs)
 }

@@ -139,7 +139,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_gc_percent",
 				Help: "The garbage collector's current target (GOGC): --gc-percent, or more for a heap too small to leave --gc-min-headroom-bytes."}),
 			IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "weir_reducer_gc_idle_collections_total",
-				Help: "Garbage collections run because none had run for --gc-idle-collect."}),
+				Help: "Garbage collections run because none had run for --gc-idle-collect, each returning the freed heap to the operating system."}),
 		}
 		reg.MustRegister(gcm.Percent, gcm.IdleCollections)
 		pacer := gcpace.Pacer{Percent: cfg.GCPercent, MinHeadroom: cfg.GCMinHeadroom, IdleCollect: cfg.GCIdleCollect}

@@ -16,7 +16,6 @@ package gcpace
 
 import (
 	"context"
-	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -34,9 +33,10 @@ type Pacer struct {
 	Percent     int
 	MinHeadroom uint64
 	// IdleCollect, when positive, runs a collection once none has run for
-	// this long: a heap that grows slowly would otherwise hold its garbage,
-	// and the memory the runtime keeps for it, until it reaches its
-	// target.
+	// this long, and gives the heap it freed back to the operating system
+	// (debug.FreeOSMemory): a heap that grows slowly would otherwise hold
+	// its garbage until it reaches its target, and the runtime would keep
+	// the freed pages for it to grow into.
 	IdleCollect time.Duration
 }
 
@@ -60,12 +60,13 @@ type Metrics struct {
 	// Percent is the current target.
 	Percent prometheus.Gauge
 	// IdleCollections counts the collections Run ran because none had
-	// run for IdleCollect.
+	// run for IdleCollect (each returning the freed heap).
 	IdleCollections prometheus.Counter
 }
 
 // Run sets the target now and then every interval until ctx is done, and
-// runs a collection when none ran for IdleCollect.
+// runs a collection that returns the freed heap when none ran for
+// IdleCollect.
 func (p Pacer) Run(ctx context.Context, every time.Duration, m Metrics) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
 	value := func(i int) uint64 {
@@ -83,7 +84,7 @@ func (p Pacer) Run(ctx context.Context, every time.Duration, m Metrics) {
 		if c := value(1); c != cycles {
 			cycles, last = c, now
 		} else if p.IdleCollect > 0 && now.Sub(last) >= p.IdleCollect {
-			runtime.GC()
+			debug.FreeOSMemory()
 			m.IdleCollections.Inc()
 			last = time.Now()
 			metrics.Read(sample)

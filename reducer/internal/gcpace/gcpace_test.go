@@ -91,3 +91,42 @@ func TestRunCollectsWhenIdle(t *testing.T) {
 		t.Errorf("without IdleCollect: %v collections counted, %d run; want none", runs, gcs)
 	}
 }
+
+// sink keeps an allocation from being optimized away.
+var sink []byte
+
+// TestIdleCollectReturnsMemory: an idle collection gives the heap it freed
+// back to the operating system, instead of keeping it for the heap to grow
+// into (a plain runtime.GC leaves it all free but kept).
+func TestIdleCollectReturnsMemory(t *testing.T) {
+	old := debug.SetGCPercent(-1) // no collection but Run's
+	defer debug.SetGCPercent(old)
+	const garbage = 64 << 20
+	sink = make([]byte, garbage)
+	for i := range sink {
+		sink[i] = 1 // resident
+	}
+	sink = nil
+	m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}),
+		IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		Pacer{Percent: -1, IdleCollect: 50 * time.Millisecond}.Run(ctx, 10*time.Millisecond, m)
+		close(done)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(m.IdleCollections) < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n := testutil.ToFloat64(m.IdleCollections); n < 1 {
+		t.Fatalf("no idle collection in 5 s")
+	}
+	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	if kept := s[0].Value.Uint64(); kept >= garbage/4 {
+		t.Errorf("after an idle collection the runtime keeps %d bytes of free heap; the %d bytes freed should have been returned", kept, garbage)
+	}
+}
