@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
 )
@@ -84,8 +83,7 @@ func (h *Herd) keep(ctx context.Context, n *node) {
 // Like weir-collector, it dials anew for each stream, so that grpc's own
 // reconnect backoff of a failed channel never adds to the collector's.
 func (h *Herd) session(ctx context.Context, n *node, epoch uint64) error {
-	cc, err := grpc.NewClient(h.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	cc, err := grpc.NewClient(h.Addr, collectorDial()...)
 	if err != nil {
 		return err
 	}

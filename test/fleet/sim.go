@@ -434,6 +434,18 @@ func (n *node) flush(end time.Time, first bool) *ingestv1.Batch {
 	return out
 }
 
+// collectorDial is how a simulated collector dials, as weir-collector does:
+// a fixed, minimal window for the stream of acks, which also keeps gRPC
+// from probing the bandwidth with a ping after each ack.
+func collectorDial() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64 << 20)),
+		grpc.WithStaticStreamWindowSize(64 << 10),
+		grpc.WithStaticConnWindowSize(64 << 10),
+	}
+}
+
 // Pick returns the reducer of node among addrs: the rendezvous hash of the
 // node name and each address, highest wins.
 func Pick(node string, addrs []string) string {
@@ -455,8 +467,7 @@ func Pick(node string, addrs []string) string {
 // reconnects with a new epoch where a batch says so.
 func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *atomic.Int64) error {
 	addr := Pick(n.name, cfg.Reducers)
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	cc, err := grpc.NewClient(addr, collectorDial()...)
 	if err != nil {
 		return err
 	}
