@@ -65,7 +65,8 @@ func scrape(tb testing.TB, url string) harness.Metrics {
 // bytes per update) lines, and checks the edges exactly. P4 is the mean
 // of RSS samples taken every 250 ms over the steady state. With
 // WEIR_BENCH_HEAP_PROFILE=<file> it also writes the reducer's heap profile
-// (after a collection) there.
+// (after a collection) there, and with WEIR_BENCH_CPU_PROFILE=<file> its
+// CPU profile of the steady state.
 func BenchmarkFleet(b *testing.B) {
 	b.ReportAllocs()
 	cfg := Config{
@@ -83,7 +84,8 @@ func BenchmarkFleet(b *testing.B) {
 	}
 	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
 	heapProfile := os.Getenv("WEIR_BENCH_HEAP_PROFILE") // where to write the reducer's heap profile at the steady state
-	if heapProfile != "" {
+	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")   // where to write its CPU profile of the steady state
+	if heapProfile != "" || cpuProfile != "" {
 		args = append(args, "--pprof")
 	}
 	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
@@ -108,11 +110,18 @@ func BenchmarkFleet(b *testing.B) {
 	})
 	time.Sleep(time.Duration(cfg.MaxSkew+3) * cfg.Interval)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
+	window := time.Duration(cfg.Intervals/2) * cfg.Interval
+	var profiled chan error
+	if cpuProfile != "" {
+		profiled = make(chan error, 1)
+		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(w.MetricsURL, "/metrics"), max(1, int(window.Seconds())-1))
+		go func() { profiled <- fetchTo(url, cpuProfile) }()
+	}
 	// RSS swings with the garbage collector's cycle (the heap grows to its
 	// goal, then a collection frees it): sample it through the window.
 	var rssSum, rssMin, rssMax float64
 	var rssN int
-	for end := t0.Add(time.Duration(cfg.Intervals/2) * cfg.Interval); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+	for end := t0.Add(window); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
 		v, _ := rssBytes(b, w.Reducer.PID())
 		if rssN == 0 || v < rssMin {
 			rssMin = v
@@ -123,6 +132,11 @@ func BenchmarkFleet(b *testing.B) {
 	}
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	rss := rssSum / float64(rssN)
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			b.Fatal(err)
+		}
+	}
 	if heapProfile != "" {
 		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap?gc=1", heapProfile)
 	}
@@ -266,22 +280,28 @@ func BenchmarkReconnectHerd(b *testing.B) {
 // saveURL writes the body of a GET of url to path.
 func saveURL(tb testing.TB, url, path string) {
 	tb.Helper()
+	if err := fetchTo(url, path); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// fetchTo writes the body of a GET of url to the file at path.
+func fetchTo(url, path string) error {
 	resp, err := http.Get(url)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		tb.Fatalf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
-		tb.Fatal(err)
+		f.Close()
+		return err
 	}
-	if err := f.Close(); err != nil {
-		tb.Fatal(err)
-	}
+	return f.Close()
 }
