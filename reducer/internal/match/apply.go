@@ -118,6 +118,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 	e.resolver.Changed(e.markDirtyID)
 	if !b.Time.IsZero() {
 		s.lag = max(now.Sub(b.Time), 0)
+		e.raiseLag(s.lag)
 	}
 	if !s.reported {
 		e.reported(s)

@@ -126,6 +126,12 @@ type Engine struct {
 	window  time.Duration
 	started time.Time
 	fleet   map[netip.Addr]int32 // fleet address → sessions reporting it
+
+	// The parts of the derived window (the slowest interval, the greatest
+	// lag) as last derived or raised, and when it was last derived.
+	winInterval, winLag time.Duration
+	winAt               time.Time
+
 	// unreported counts the attached sessions that sent no batch yet:
 	// while their addresses are unknown, any peer may be in the fleet.
 	unreported int
@@ -218,7 +224,8 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 	}
 	e.window = e.cfg.JoinWindow
 	if e.window < 0 {
-		e.window = e.derivedWindow()
+		e.winInterval, e.winLag = e.windowParts()
+		e.window = e.windowOf(e.winInterval, e.winLag)
 	}
 	e.windowG.Set(e.window.Seconds())
 	for _, c := range []prometheus.Collector{e.updates, e.sockets, e.flowGauge, e.conflicts, e.expired, e.events.lost, e.heldGauge, e.oneSided, e.windowG} {
@@ -256,7 +263,10 @@ func (e *Engine) PublishDue() {
 	defer e.mu.Unlock()
 	now := e.now()
 	e.emitting = e.events.active()
-	e.updateWindow()
+	if now.Sub(e.winAt) >= windowEvery {
+		e.winAt = now
+		e.updateWindow()
+	}
 	e.publishDue(now)
 	e.publishUDP(now)
 	e.settle(now)
@@ -296,19 +306,33 @@ func (e *Engine) Window() time.Duration {
 	return e.window
 }
 
-// derivedWindow is the join window when none is configured: two report
-// intervals of the slowest collector plus the greatest lag of a collector's
-// batches behind the reducer's clock, so that the peer's end of a
-// connection arrives in time from a collector that lags, whichever
+// The join window when none is configured is derived from two parts: two
+// report intervals of the slowest collector plus the greatest lag of a
+// collector's batches behind the reducer's clock, so that the peer's end
+// of a connection arrives in time from a collector that lags, whichever
 // collector reported first. It is at least 1 s, at most the session TTL.
-func (e *Engine) derivedWindow() time.Duration {
-	interval, lag := time.Second, time.Duration(0)
+//
+// Deriving it walks every session, so the engine does it at most once per
+// windowEvery (and when a session reports first); in between, a batch that
+// lags more than the window allows widens it at once (raiseLag). A window
+// that could narrow stays wide until the next walk.
+const windowEvery = time.Second
+
+// windowParts returns the report interval of the slowest collector and the
+// greatest lag of an attached collector's batches.
+func (e *Engine) windowParts() (interval, lag time.Duration) {
+	interval = time.Second
 	for _, s := range e.sessions {
 		interval = max(interval, s.interval)
 		if s.attached {
 			lag = max(lag, s.lag)
 		}
 	}
+	return interval, lag
+}
+
+// windowOf is the join window for an interval and a lag.
+func (e *Engine) windowOf(interval, lag time.Duration) time.Duration {
 	w := 2*interval + lag
 	if e.cfg.SessionTTL > 0 {
 		w = min(w, e.cfg.SessionTTL)
@@ -316,11 +340,27 @@ func (e *Engine) derivedWindow() time.Duration {
 	return max(w, time.Second)
 }
 
+// updateWindow derives the window again from every session.
 func (e *Engine) updateWindow() {
 	if e.cfg.JoinWindow >= 0 {
 		return
 	}
-	if w := e.derivedWindow(); w != e.window {
+	e.winInterval, e.winLag = e.windowParts()
+	e.setWindow(e.windowOf(e.winInterval, e.winLag))
+}
+
+// raiseLag widens the derived window for a batch that lags by lag, when
+// that is more than the window allows.
+func (e *Engine) raiseLag(lag time.Duration) {
+	if e.cfg.JoinWindow >= 0 || lag <= e.winLag {
+		return
+	}
+	e.winLag = lag
+	e.setWindow(e.windowOf(e.winInterval, lag))
+}
+
+func (e *Engine) setWindow(w time.Duration) {
+	if w != e.window {
 		e.window = w
 		e.windowG.Set(w.Seconds())
 	}

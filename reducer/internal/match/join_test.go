@@ -199,3 +199,43 @@ func TestSharded(t *testing.T) {
 	sameLines(t, edgeLines(engines[0]), []string{"curl/process -> node-10.0.0.2/node bytes=100 packets=2 opened=1 active=1"})
 	sameLines(t, edgeLines(engines[1]), []string{"nginx/process -> node-10.0.0.1/node bytes=500 packets=3 opened=0 active=0"})
 }
+
+// TestDerivedWindow: without a configured window, the join window is two
+// report intervals of the slowest collector plus the greatest lag of its
+// batches. A batch that lags more widens it at once; it narrows again at
+// the first PublishDue a windowEvery after it was last derived.
+func TestDerivedWindow(t *testing.T) {
+	e, c := newWindowEngine(t, -1)
+	s, err := e.Open(Hello{Node: "a", BootID: "boot-a", Epoch: 1, ReportInterval: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(lag time.Duration) {
+		t.Helper()
+		if err := e.Apply(s, &Batch{Time: c.now().Add(-lag)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(step string, w time.Duration) {
+		t.Helper()
+		if e.window != w {
+			t.Errorf("%s: window %v, want %v", step, e.window, w)
+		}
+	}
+	apply(0)
+	want("first report, no lag", 4*time.Second)
+	c.advance(time.Second)
+	apply(3 * time.Second)
+	want("a batch 3 s late", 7*time.Second)
+	apply(0)
+	want("on time again, before PublishDue", 7*time.Second)
+	e.PublishDue()
+	want("PublishDue", 4*time.Second)
+	apply(3 * time.Second)
+	apply(0)
+	e.PublishDue()
+	want("PublishDue within windowEvery of the last", 7*time.Second)
+	c.advance(windowEvery)
+	e.PublishDue()
+	want("PublishDue a windowEvery later", 4*time.Second)
+}
