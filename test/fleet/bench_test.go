@@ -66,10 +66,13 @@ func scrape(tb testing.TB, url string) harness.Metrics {
 // collectors compress with zstd, as weir-collector does once the reducer's
 // welcome offers it; WEIR_FLEET_COMPRESSOR=gzip (or none) measures the
 // others. P4 is the mean of RSS samples taken every 250 ms over the steady
-// state. With
-// WEIR_BENCH_HEAP_PROFILE=<file> it also writes the reducer's heap profile
-// (after a collection) there, and with WEIR_BENCH_CPU_PROFILE=<file> its
-// CPU profile of the steady state.
+// state.
+//
+// With WEIR_BENCH_HEAP_PROFILE=<file> it also writes the reducer's heap
+// profile (after a collection) there, and one from the start of the steady
+// state to <file>.base, for the window's allocations (pprof -base). With
+// WEIR_BENCH_CPU_PROFILE=<file> it writes its CPU profile of the steady
+// state.
 func BenchmarkFleet(b *testing.B) {
 	b.ReportAllocs()
 	cfg := Config{
@@ -114,6 +117,10 @@ func BenchmarkFleet(b *testing.B) {
 	time.Sleep(time.Duration(cfg.MaxSkew+3) * cfg.Interval)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	window := time.Duration(cfg.Intervals/2) * cfg.Interval
+	if heapProfile != "" {
+		// The base for the window's allocations: pprof -base <file>.base.
+		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap", heapProfile+".base")
+	}
 	var profiled chan error
 	if cpuProfile != "" {
 		profiled = make(chan error, 1)
@@ -175,10 +182,10 @@ func BenchmarkFleet(b *testing.B) {
 		}
 		return n
 	}
-	idle := m1.Sum("weir_reducer_gc_idle_collections_total", nil) - m0.Sum("weir_reducer_gc_idle_collections_total", nil)
+	forced := m1.Sum("weir_reducer_gc_forced_collections_total", nil) - m0.Sum("weir_reducer_gc_forced_collections_total", nil)
 	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB (%.0f goroutines), heap goal %.0f MiB; %d collections in the window (%.0f of them --gc-idle-collect's)\n",
 		mem("go_memstats_heap_inuse_bytes"), mem("go_memstats_heap_idle_bytes")-mem("go_memstats_heap_released_bytes"),
-		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"), gcs(m1)-gcs(m0), idle)
+		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"), gcs(m1)-gcs(m0), forced)
 	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
 	end := scrape(b, w.MetricsURL)
 	flows, _ := end.Value("weir_reducer_flows", nil)

@@ -36,8 +36,10 @@ type Config struct {
 	// leaves a small heap (gcpace).
 	GCPercent     int
 	GCMinHeadroom uint64
-	// GCIdleCollect runs a collection once none ran for this long; 0:
-	// never (gcpace).
+	// GCIdleCollect runs a collection that returns the freed heap once
+	// none ran for this long, or once the runtime keeps more than
+	// GCMinHeadroom of free heap, at most once per period; 0: never
+	// (gcpace).
 	GCIdleCollect time.Duration
 }
 
@@ -84,7 +86,8 @@ const defaultGCMinHeadroom = 32 << 20
 // burst: the mean RSS per socket was 302-353 B without and 295-310 B with
 // a collection after 5 s of quiet (five interleaved pairs), for two more
 // collections per 15 s (updates per core-second 485,000 against 492,000,
-// within the runs' spread).
+// within the runs' spread). The same period bounds how long the runtime
+// keeps the heap freed after a burst.
 const defaultGCIdleCollect = 5 * time.Second
 
 // bind declares the flags of c on fs.
@@ -107,7 +110,7 @@ func (c *Config) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ on the HTTP address (e.g. /debug/pprof/heap?gc=1 runs a GC first, /debug/pprof/profile?seconds=30 profiles the CPU)")
 	fs.IntVar(&c.GCPercent, "gc-percent", c.GCPercent, "garbage collector target: the heap grows this many percent over the live heap before a collection, or by --gc-min-headroom-bytes if that is more (the GOGC environment variable, when set, wins over both; GOMEMLIMIT sets a soft memory limit, e.g. a container's)")
 	fs.Uint64Var(&c.GCMinHeadroom, "gc-min-headroom-bytes", c.GCMinHeadroom, "least growth of the heap over the live heap before a garbage collection, so that a small heap under connection churn is not collected every few megabytes; 0: --gc-percent alone")
-	fs.DurationVar(&c.GCIdleCollect, "gc-idle-collect", c.GCIdleCollect, "run a garbage collection once none has run for this long, and return the heap it freed to the operating system, so that a heap that grows slowly does not hold its garbage, and the pages it freed, until it reaches its target; 0: never")
+	fs.DurationVar(&c.GCIdleCollect, "gc-idle-collect", c.GCIdleCollect, "at most this often, run a garbage collection that returns the heap it freed to the operating system: once none has run for this long (a heap that grows slowly would hold its garbage until it reaches its target), or once the runtime keeps more than --gc-min-headroom-bytes of free heap (after a burst); 0: never")
 	c.Consumers.bind(fs)
 	c.Security.bind(fs)
 }

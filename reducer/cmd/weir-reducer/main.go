@@ -138,10 +138,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		gcm := gcpace.Metrics{
 			Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weir_reducer_gc_percent",
 				Help: "The garbage collector's current target (GOGC): --gc-percent, or more for a heap too small to leave --gc-min-headroom-bytes."}),
-			IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "weir_reducer_gc_idle_collections_total",
-				Help: "Garbage collections run because none had run for --gc-idle-collect, each returning the freed heap to the operating system."}),
+			Forced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weir_reducer_gc_forced_collections_total",
+				Help: "Garbage collections the reducer ran to return the freed heap to the operating system (--gc-idle-collect), by reason: idle (none had run for that long), free_heap (the runtime kept more than --gc-min-headroom-bytes of free heap)."},
+				[]string{"reason"}),
 		}
-		reg.MustRegister(gcm.Percent, gcm.IdleCollections)
+		reg.MustRegister(gcm.Percent, gcm.Forced)
 		pacer := gcpace.Pacer{Percent: cfg.GCPercent, MinHeadroom: cfg.GCMinHeadroom, IdleCollect: cfg.GCIdleCollect}
 		g.Go(func() error { pacer.Run(gctx, time.Second, gcm); return nil })
 	}

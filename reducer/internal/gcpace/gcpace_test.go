@@ -46,7 +46,7 @@ func TestRunSetsTarget(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	// A floor of 0 makes the target the percent whatever the heap.
-	m := Metrics{Percent: g, IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+	m := Metrics{Percent: g, Forced: newForced()}
 	go func() { Pacer{Percent: 37}.Run(ctx, time.Hour, m); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(g) != 37 && time.Now().Before(deadline) {
@@ -70,8 +70,7 @@ func TestRunCollectsWhenIdle(t *testing.T) {
 		return s[0].Value.Uint64()
 	}
 	run := func(idle time.Duration) (runs float64, gcs uint64) {
-		m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}),
-			IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+		m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}), Forced: newForced()}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		before := cycles()
@@ -80,7 +79,10 @@ func TestRunCollectsWhenIdle(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		cancel()
 		<-done
-		return testutil.ToFloat64(m.IdleCollections), cycles() - before
+		if n := testutil.ToFloat64(m.Forced.WithLabelValues(ReasonFreeHeap)); n != 0 {
+			t.Errorf("%v collections for free heap, want none: with no other collection, each is an idle one", n)
+		}
+		return testutil.ToFloat64(m.Forced.WithLabelValues(ReasonIdle)), cycles() - before
 	}
 	runs, gcs := run(50 * time.Millisecond)
 	// With the runtime's own collections off, every collection is Run's.
@@ -107,8 +109,7 @@ func TestIdleCollectReturnsMemory(t *testing.T) {
 		sink[i] = 1 // resident
 	}
 	sink = nil
-	m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}),
-		IdleCollections: prometheus.NewCounter(prometheus.CounterOpts{Name: "idle"})}
+	m := Metrics{Percent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pct"}), Forced: newForced()}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -116,17 +117,50 @@ func TestIdleCollectReturnsMemory(t *testing.T) {
 		close(done)
 	}()
 	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(m.IdleCollections) < 1 && time.Now().Before(deadline) {
+	for testutil.ToFloat64(m.Forced.WithLabelValues(ReasonIdle)) < 1 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
 	<-done
-	if n := testutil.ToFloat64(m.IdleCollections); n < 1 {
+	if n := testutil.ToFloat64(m.Forced.WithLabelValues(ReasonIdle)); n < 1 {
 		t.Fatalf("no idle collection in 5 s")
 	}
 	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
 	metrics.Read(s)
 	if kept := s[0].Value.Uint64(); kept >= garbage/4 {
 		t.Errorf("after an idle collection the runtime keeps %d bytes of free heap; the %d bytes freed should have been returned", kept, garbage)
+	}
+}
+
+func newForced() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "forced"}, []string{"reason"})
+}
+
+// TestForceReason: a collection that returns the freed heap runs once
+// none has run for IdleCollect, or once the runtime keeps more than
+// MinHeadroom of free heap and none was forced for IdleCollect.
+func TestForceReason(t *testing.T) {
+	p := Pacer{MinHeadroom: 32 << 20, IdleCollect: 5 * time.Second}
+	for _, c := range []struct {
+		sinceGC, sinceForced time.Duration
+		free                 uint64
+		want                 string
+	}{
+		{time.Second, time.Second, 0, ""},
+		{5 * time.Second, 5 * time.Second, 0, ReasonIdle},
+		{5 * time.Second, time.Second, 0, ReasonIdle},             // no collection for 5 s, whatever was forced
+		{time.Second, 5 * time.Second, 100 << 20, ReasonFreeHeap}, // collections come, and leave 100 MiB kept
+		{time.Second, 4 * time.Second, 100 << 20, ""},             // at most one forced per IdleCollect
+		{time.Second, time.Minute, 32 << 20, ""},                  // not more than MinHeadroom
+		{time.Second, time.Minute, 32<<20 + 1, ReasonFreeHeap},    // more
+		{5 * time.Second, 5 * time.Second, 100 << 20, ReasonIdle}, // both: counted once, as idle
+	} {
+		if got := p.forceReason(c.sinceGC, c.sinceForced, c.free); got != c.want {
+			t.Errorf("forceReason(%v since a collection, %v since a forced one, %d free) = %q, want %q",
+				c.sinceGC, c.sinceForced, c.free, got, c.want)
+		}
+	}
+	if got := (Pacer{MinHeadroom: 32 << 20}).forceReason(time.Hour, time.Hour, 1<<30); got != "" {
+		t.Errorf("without IdleCollect: %q, want none", got)
 	}
 }
