@@ -434,15 +434,12 @@ func (n *node) flush(end time.Time, first bool) *ingestv1.Batch {
 	return out
 }
 
-// collectorDial is how a simulated collector dials, as weir-collector does:
-// a fixed, minimal window for the stream of acks, which also keeps gRPC
-// from probing the bandwidth with a ping after each ack.
+// collectorDial is how a simulated collector dials, as weir-collector does
+// (with gRPC's dynamic windows).
 func collectorDial() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64 << 20)),
-		grpc.WithStaticStreamWindowSize(64 << 10),
-		grpc.WithStaticConnWindowSize(64 << 10),
 	}
 }
 

@@ -140,10 +140,6 @@ type inFlight struct {
 // resuming.
 const welcomeWait = 5 * time.Second
 
-// ackWindow is the flow-control window of the stream from the reducer,
-// which carries only acks and the welcome: gRPC's minimum.
-const ackWindow = 64 << 10
-
 // pressurer is a Table that asks for an early report when its buffer of
 // closed sockets fills up.
 type pressurer interface {
@@ -321,11 +317,6 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(c.creds),
 		grpc.WithStatsHandler(wireBytes{c.m.sentBytes}),
-		// The reducer sends only acks: a fixed, minimal window, which also
-		// turns off gRPC's bandwidth probing, a ping to the reducer after
-		// every ack.
-		grpc.WithStaticStreamWindowSize(ackWindow),
-		grpc.WithStaticConnWindowSize(ackWindow),
 	}
 	if authority != "" {
 		// TLS checks the reducer's certificate against the Service name.
