@@ -21,18 +21,8 @@ func TestKeepaliveEnforced(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = srv.Shutdown(t.Context()) }()
-	c, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fr := rawHTTP2(t, srv)
 	defer c.Close()
-	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
 	pings := make(chan struct{})
 	go func() {
 		defer close(pings)
@@ -69,4 +59,24 @@ func TestKeepaliveEnforced(t *testing.T) {
 			return
 		}
 	}
+}
+
+// rawHTTP2 opens a plain HTTP/2 connection to srv, as a client that speaks
+// frames itself: the preface and its settings sent. The caller closes it.
+func rawHTTP2(t *testing.T, srv *Server) (net.Conn, *http2.Framer) {
+	t.Helper()
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c, fr
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -24,18 +23,8 @@ func TestNoPingPerMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = srv.Shutdown(t.Context()) }()
-	c, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, fr := rawHTTP2(t, srv)
 	defer c.Close()
-	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
 	var hdr bytes.Buffer
 	enc := hpack.NewEncoder(&hdr)
 	for _, f := range [][2]string{
