@@ -1,6 +1,8 @@
 package grpcserver
 
 import (
+	"slices"
+
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -35,7 +37,9 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if f.Data == nil && f.Buffer != nil {
 		f.Data = f.Buffer()
 	}
-	f.Data = f.Data[:0]
+	// One allocation when the message is larger than the buffer, not a
+	// doubling per slice of it.
+	f.Data = slices.Grow(f.Data[:0], data.Len())
 	for _, b := range data {
 		f.Data = append(f.Data, b.ReadOnlyData()...)
 	}

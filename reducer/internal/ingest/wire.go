@@ -115,33 +115,20 @@ func (w *wireBatch) resetBatch() {
 	}
 }
 
-// shrink lets go of the buffers that grew beyond n entries and more than
-// four times what this batch used (match.Oversized).
-func (w *wireBatch) shrink(n int) {
-	if match.Oversized(cap(w.sockets), len(w.sockets), n) {
-		w.sockets = nil
-	}
-	if match.Oversized(cap(w.owners), len(w.owners), n) {
-		w.owners = nil
-	}
-	if match.Oversized(cap(w.closed), len(w.closed), n) {
-		w.closed = nil
-	}
+// shrink says whether a buffer grew beyond n entries and more than four
+// times what this batch used (match.Oversized), and with drop lets go of
+// every such buffer.
+func (w *wireBatch) shrink(n int, drop bool) bool {
 	st := &w.stats
+	over := match.LetGo(&w.sockets, n, drop)
+	over = match.LetGo(&w.owners, n, drop) || over
+	over = match.LetGo(&w.closed, n, drop) || over
 	for _, c := range []*[]uint64{&st.sent, &st.recv, &st.segsSent, &st.segsRecv, &st.retransmits, &st.resetsSent, &st.resetsRecv} {
-		if match.Oversized(cap(*c), len(*c), n) {
-			*c = nil
-		}
+		over = match.LetGo(c, n, drop) || over
 	}
-	if match.Oversized(cap(st.gaps), len(st.gaps), n) {
-		st.gaps = nil
-	}
-	if match.Oversized(cap(st.srtt), len(st.srtt), n) {
-		st.srtt = nil
-	}
-	if match.Oversized(cap(w.processes), len(w.processes), n) {
-		w.processes = nil
-	}
+	over = match.LetGo(&st.gaps, n, drop) || over
+	over = match.LetGo(&st.srtt, n, drop) || over
+	return match.LetGo(&w.processes, n, drop) || over
 }
 
 // lossReport returns the batch's loss report, nil when it has none.
@@ -577,6 +564,8 @@ type request struct {
 	data  []byte
 	wire  wireBatch
 	batch match.Batch
+	// sparse counts the uses in a row that left some buffer oversized.
+	sparse int
 }
 
 var requests = sync.Pool{New: func() any { return new(request) }}
@@ -597,15 +586,30 @@ func getRequest() *request {
 	}
 }
 
+// sparseUses is how many uses in a row must leave a request's buffers
+// oversized (match.Oversized) before it lets them go. A node under
+// connection churn alternates large reports (its buffer of closed sockets
+// full) with smaller ones (the tick that follows), or a split report's
+// large pieces with its tail; letting go after each small one had the next
+// large one grow every buffer again, by doubling: a fifth of the reducer's
+// CPU under churn. A snapshot's buffers reused by a fleet's small batches
+// still go within a few milliseconds.
+const sparseUses = 8
+
 // putRequest returns r to the pool, without the buffers that a snapshot
-// made large and this request used little of (match.Oversized).
+// made large and that this request's last sparseUses uses used little of.
 func putRequest(r *request) {
-	if match.Oversized(cap(r.data), len(r.data), bigBuffer) {
-		r.data = nil
+	drop := r.sparse+1 >= sparseUses
+	oversized := match.LetGo(&r.data, bigBuffer, drop)
+	oversized = r.wire.shrink(bigBatch, drop) || oversized
+	oversized = r.batch.Shrink(bigBatch, drop) || oversized
+	switch {
+	case !oversized || drop:
+		r.sparse = 0
+	default:
+		r.sparse++
 	}
-	r.wire.shrink(bigBatch)
 	r.wire.resetBatch()
-	r.batch.Shrink(bigBatch)
 	r.batch.Reset()
 	select {
 	case spareRequests <- r:

@@ -201,33 +201,56 @@ func BenchmarkWireDecode(b *testing.B) {
 }
 
 // TestPutRequestBuffers: a pooled request keeps the large buffers that its
-// batch used well (a busy node's every batch is large) and lets go of those
-// that it used little of (a snapshot's, reused by a small batch).
+// batches use well (a busy node's batches are large), also when small
+// batches come between (a churning node's tick after an early report, a
+// split report's tail), and lets go of those that sparseUses uses in a row
+// used little of (a snapshot's, reused by small batches).
 func TestPutRequestBuffers(t *testing.T) {
 	r := new(request)
+	use := func(data, sockets int) {
+		r.data = r.data[:data]
+		r.wire.sockets = r.wire.sockets[:sockets]
+		r.wire.stats.sent = r.wire.stats.sent[:sockets]
+		r.batch.Sockets = r.batch.Sockets[:sockets]
+		putRequest(r)
+	}
+	kept := func() bool {
+		return cap(r.data) == 1<<20 && cap(r.wire.sockets) == 5000 && cap(r.wire.stats.sent) == 5000 && cap(r.batch.Sockets) == 5000
+	}
 	r.data = make([]byte, 1<<20)
 	r.wire.sockets = make([]wireSocket, 5000)
 	r.wire.stats.sent = make([]uint64, 5000)
 	r.batch.Sockets = make([]match.Socket, 5000)
-	putRequest(r)
-	if cap(r.data) != 1<<20 || cap(r.wire.sockets) != 5000 || cap(r.wire.stats.sent) != 5000 || cap(r.batch.Sockets) != 5000 {
-		t.Fatalf("well-used buffers let go: data %d, sockets %d, sent %d, batch sockets %d",
-			cap(r.data), cap(r.wire.sockets), cap(r.wire.stats.sent), cap(r.batch.Sockets))
+	for i := range 3 * sparseUses {
+		use(1<<20, 5000)
+		if !kept() {
+			t.Fatalf("well-used buffers let go at use %d: data %d, sockets %d, sent %d, batch sockets %d",
+				2*i, cap(r.data), cap(r.wire.sockets), cap(r.wire.stats.sent), cap(r.batch.Sockets))
+		}
+		use(100, 10)
+		if !kept() {
+			t.Fatalf("buffers let go after one small batch, at use %d", 2*i+1)
+		}
 	}
+	use(1<<20, 5000)
 	if len(r.wire.sockets) != 0 || len(r.batch.Sockets) != 0 {
 		t.Fatal("a pooled request is not empty")
 	}
-	r.data = r.data[:100]
-	r.wire.sockets = r.wire.sockets[:10]
-	r.wire.stats.sent = r.wire.stats.sent[:10]
-	r.batch.Sockets = r.batch.Sockets[:10]
-	putRequest(r)
+	for i := range sparseUses - 1 {
+		use(100, 10)
+		if !kept() {
+			t.Fatalf("buffers let go after %d small batches in a row, want %d", i+1, sparseUses)
+		}
+	}
+	use(100, 10)
 	if r.data != nil || r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
-		t.Fatal("a snapshot's buffers kept by a small batch")
+		t.Fatalf("a snapshot's buffers kept by %d small batches in a row", sparseUses)
 	}
 	// Small buffers stay whatever their use.
 	r.wire.sockets = make([]wireSocket, 0, bigBatch)
-	putRequest(r)
+	for range 2 * sparseUses {
+		putRequest(r)
+	}
 	if cap(r.wire.sockets) != bigBatch {
 		t.Fatal("a small buffer let go")
 	}
