@@ -67,19 +67,49 @@ func (t *Table) beginDrain() *drainRecord {
 	t.drains++
 	r := &t.rec
 	*r = drainRecord{gen: t.drains}
-	if n := len(t.spare); n > 0 {
-		r.entries, t.spare = t.spare[n-1], t.spare[:n-1]
+	if len(t.spare) > 0 {
+		// The largest: a node under churn alternates large drains (its
+		// buffer of closed sockets full) with small ones, and a large one
+		// given a small one's entries grew them again by doubling.
+		i := 0
+		for j := range t.spare {
+			if cap(t.spare[j]) > cap(t.spare[i]) {
+				i = j
+			}
+		}
+		r.entries = t.spare[i]
+		t.spare = slices.Delete(t.spare, i, i+1)
 	}
 	return r
+}
+
+// putSpare keeps entries for the next drains if there is room, or in
+// place of a smaller spare. t.mu is held.
+func (t *Table) putSpare(entries []drainEntry) {
+	if cap(entries) == 0 {
+		return
+	}
+	clear(entries)
+	if len(t.spare) < maxSpare {
+		t.spare = append(t.spare, entries[:0])
+		return
+	}
+	i := 0
+	for j := range t.spare {
+		if cap(t.spare[j]) < cap(t.spare[i]) {
+			i = j
+		}
+	}
+	if cap(entries) > cap(t.spare[i]) {
+		t.spare[i] = entries[:0]
+	}
 }
 
 // endDrain keeps rec until the reducer confirms it, forgetting the oldest
 // records beyond maxUnconfirmedEntries. t.mu is held.
 func (t *Table) endDrain(rec *drainRecord) {
 	if rec.size() == 0 {
-		if cap(rec.entries) > 0 && len(t.spare) < maxSpare {
-			t.spare = append(t.spare, rec.entries[:0])
-		}
+		t.putSpare(rec.entries)
 		return
 	}
 	t.unconfirmed = append(t.unconfirmed, *rec)
@@ -110,12 +140,9 @@ func (t *Table) Confirm(gen uint64) {
 	for n < len(t.unconfirmed) && t.unconfirmed[n].gen <= gen {
 		r := &t.unconfirmed[n]
 		t.nEntries -= r.size()
-		if len(t.spare) < maxSpare && cap(r.entries) > 0 {
-			// The next drains reuse them: a busy node's records would
-			// otherwise be garbage every interval.
-			clear(r.entries)
-			t.spare = append(t.spare, r.entries[:0])
-		}
+		// The next drains reuse them: a busy node's records would
+		// otherwise be garbage every interval.
+		t.putSpare(r.entries)
 		*r = drainRecord{}
 		n++
 	}

@@ -112,3 +112,38 @@ func TestRollbackFailedBound(t *testing.T) {
 		t.Errorf("dropped failed connects = %v, want 1", got)
 	}
 }
+
+// TestDrainReusesLargestSpare: a drain after a large drain and a small one
+// (a node under churn: its buffer of closed sockets full, then the tick)
+// reuses the large one's entries, so it grows nothing.
+func TestDrainReusesLargestSpare(t *testing.T) {
+	tab, _ := newTable(t, nil)
+	opens := func(first, n uint64) {
+		for c := first; c < first+n; c++ {
+			apply(t, tab, open(c, probe.RoleClient, uint16(c), curl, ctr(100, 0, 1, 0)))
+		}
+	}
+	opens(1, 1000)
+	drain(tab)
+	large := tab.rec.entries
+	opens(2000, 10)
+	drain(tab)
+	tab.Confirm(tab.Drains())
+	opens(3000, 1000)
+	drain(tab)
+	if got := tab.rec.entries; cap(got) != cap(large) || &got[:1][0] != &large[:1][0] {
+		t.Fatalf("the third drain's entries have capacity %d, want the first drain's (%d)", cap(got), cap(large))
+	}
+	// Spares beyond maxSpare: the largest stay.
+	tab.Confirm(tab.Drains())
+	for i := range uint64(3 * maxSpare) {
+		opens(5000+100*i, 5)
+		drain(tab)
+		tab.Confirm(tab.Drains())
+	}
+	opens(9000, 1000)
+	drain(tab)
+	if got := tab.rec.entries; cap(got) != cap(large) {
+		t.Fatalf("after small drains the next large one has capacity %d, want %d", cap(got), cap(large))
+	}
+}

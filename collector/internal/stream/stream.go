@@ -452,9 +452,11 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		}
 		if tick {
 			c.poll()
+			// Before the report: its drain reuses the entries of the
+			// drains confirmed (sockets.Table.Confirm), usually the last.
+			c.confirm(c.acked.Load())
 			b := c.rep.Report(time.Now())
 			c.fillLoss(b)
-			c.confirm(c.acked.Load())
 			pieces := split(b, c.cfg.MaxBatchBytes)
 			if len(pieces) > 1 {
 				c.m.splitReports.Inc()
