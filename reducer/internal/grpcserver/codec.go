@@ -17,8 +17,8 @@ type Frame struct {
 	Data []byte
 	// Buffer, when set and Data is nil, gives the buffer to copy the
 	// message into once it has arrived, so that a stream that waits for
-	// its next message holds none.
-	Buffer func() []byte
+	// its next message holds none. It is told the message's size.
+	Buffer func(size int) []byte
 }
 
 // codec is the server's codec: it copies the bytes of a message received
@@ -35,7 +35,7 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return c.proto.Unmarshal(data, v)
 	}
 	if f.Data == nil && f.Buffer != nil {
-		f.Data = f.Buffer()
+		f.Data = f.Buffer(data.Len())
 	}
 	// One allocation when the message is larger than the buffer, not a
 	// doubling per slice of it.

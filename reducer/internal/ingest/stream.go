@@ -120,8 +120,8 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 	// A waiting stream holds no buffer: a request comes from the pool once
 	// a message has arrived, and the message is copied into its buffer.
 	var r *request
-	f := grpcserver.Frame{Buffer: func() []byte {
-		r = getRequest()
+	f := grpcserver.Frame{Buffer: func(size int) []byte {
+		r = getRequest(size)
 		return r.data
 	}}
 	var last uint64
@@ -145,7 +145,7 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 			return s.recvError(logger, err)
 		}
 		if r == nil {
-			r = getRequest() // an empty message
+			r = getRequest(0) // an empty message
 		}
 		r.data = f.Data
 		err = s.handle(logger, sess, hello, &held, &last, r)

@@ -115,20 +115,33 @@ func (w *wireBatch) resetBatch() {
 	}
 }
 
-// shrink says whether a buffer grew beyond n entries and more than four
-// times what this batch used (match.Oversized), and with drop lets go of
-// every such buffer.
-func (w *wireBatch) shrink(n int, drop bool) bool {
-	st := &w.stats
-	over := match.LetGo(&w.sockets, n, drop)
-	over = match.LetGo(&w.owners, n, drop) || over
-	over = match.LetGo(&w.closed, n, drop) || over
-	for _, c := range []*[]uint64{&st.sent, &st.recv, &st.segsSent, &st.segsRecv, &st.retransmits, &st.resetsSent, &st.resetsRecv} {
-		over = match.LetGo(c, n, drop) || over
+// shrink lets go of the buffers that grew beyond n entries and more than
+// four times what this batch used (match.Oversized).
+func (w *wireBatch) shrink(n int) {
+	if match.Oversized(cap(w.sockets), len(w.sockets), n) {
+		w.sockets = nil
 	}
-	over = match.LetGo(&st.gaps, n, drop) || over
-	over = match.LetGo(&st.srtt, n, drop) || over
-	return match.LetGo(&w.processes, n, drop) || over
+	if match.Oversized(cap(w.owners), len(w.owners), n) {
+		w.owners = nil
+	}
+	if match.Oversized(cap(w.closed), len(w.closed), n) {
+		w.closed = nil
+	}
+	st := &w.stats
+	for _, c := range []*[]uint64{&st.sent, &st.recv, &st.segsSent, &st.segsRecv, &st.retransmits, &st.resetsSent, &st.resetsRecv} {
+		if match.Oversized(cap(*c), len(*c), n) {
+			*c = nil
+		}
+	}
+	if match.Oversized(cap(st.gaps), len(st.gaps), n) {
+		st.gaps = nil
+	}
+	if match.Oversized(cap(st.srtt), len(st.srtt), n) {
+		st.srtt = nil
+	}
+	if match.Oversized(cap(w.processes), len(w.processes), n) {
+		w.processes = nil
+	}
 }
 
 // lossReport returns the batch's loss report, nil when it has none.
@@ -564,8 +577,6 @@ type request struct {
 	data  []byte
 	wire  wireBatch
 	batch match.Batch
-	// sparse counts the uses in a row that left some buffer oversized.
-	sparse int
 }
 
 var requests = sync.Pool{New: func() any { return new(request) }}
@@ -577,7 +588,25 @@ var requests = sync.Pool{New: func() any { return new(request) }}
 // Buffers a later small batch used little of are let go at its putRequest.
 var spareRequests = make(chan *request, 4)
 
-func getRequest() *request {
+// largeRequests keep, whole, the requests that messages larger than
+// bigBuffer used, for the next large ones only. A node under connection
+// churn alternates large reports (its buffer of closed sockets full) with
+// smaller ones (the tick that follows), or a split report's large pieces
+// with its tail: in the shared pool a smaller one let the large buffers
+// go, and each large one grew them again by doubling, a fifth of the
+// reducer's CPU under churn. Two, so that what they keep is bounded (by
+// two of the largest messages' decodings).
+var largeRequests = make(chan *request, 2)
+
+// getRequest returns a request for a message of size bytes.
+func getRequest(size int) *request {
+	if size > bigBuffer {
+		select {
+		case r := <-largeRequests:
+			return r
+		default:
+		}
+	}
 	select {
 	case r := <-spareRequests:
 		return r
@@ -586,36 +615,40 @@ func getRequest() *request {
 	}
 }
 
-// sparseUses is how many uses in a row must leave a request's buffers
-// oversized (match.Oversized) before it lets them go. A node under
-// connection churn alternates large reports (its buffer of closed sockets
-// full) with smaller ones (the tick that follows), or a split report's
-// large pieces with its tail; letting go after each small one had the next
-// large one grow every buffer again, by doubling: a fifth of the reducer's
-// CPU under churn. A snapshot's buffers reused by a fleet's small batches
-// still go within a few milliseconds.
-const sparseUses = 8
-
-// putRequest returns r to the pool, without the buffers that a snapshot
-// made large and that this request's last sparseUses uses used little of.
+// putRequest returns r to the pool: whole among the large requests if its
+// message was large and there is room, or else without the buffers that a
+// snapshot made large and this request used little of (match.Oversized).
 func putRequest(r *request) {
-	drop := r.sparse+1 >= sparseUses
-	oversized := match.LetGo(&r.data, bigBuffer, drop)
-	oversized = r.wire.shrink(bigBatch, drop) || oversized
-	oversized = r.batch.Shrink(bigBatch, drop) || oversized
-	switch {
-	case !oversized || drop:
-		r.sparse = 0
-	default:
-		r.sparse++
+	large := len(r.data) > bigBuffer
+	if !large {
+		r.shrink()
 	}
 	r.wire.resetBatch()
 	r.batch.Reset()
+	if large {
+		select {
+		case largeRequests <- r:
+			return
+		default: // no room: every large buffer goes
+			r.data = r.data[:0]
+			r.shrink()
+		}
+	}
 	select {
 	case spareRequests <- r:
 	default:
 		requests.Put(r)
 	}
+}
+
+// shrink lets go of r's buffers that grew beyond the sizes of a small
+// message and more than four times what it used (match.Oversized).
+func (r *request) shrink() {
+	if match.Oversized(cap(r.data), len(r.data), bigBuffer) {
+		r.data = nil
+	}
+	r.wire.shrink(bigBatch)
+	r.batch.Shrink(bigBatch)
 }
 
 // appendMessage decodes one embedded message of a batch's rarer parts

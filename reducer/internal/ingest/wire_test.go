@@ -187,7 +187,7 @@ func BenchmarkWireDecode(b *testing.B) {
 	b.Run("wire", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			r := getRequest()
+			r := getRequest(0)
 			r.data = append(r.data[:0], wire...)
 			if err := readRequest(&r.wire, r.data); err != nil {
 				b.Fatal(err)
@@ -200,74 +200,103 @@ func BenchmarkWireDecode(b *testing.B) {
 	})
 }
 
-// TestPutRequestBuffers: a pooled request keeps the large buffers that its
-// batches use well (a busy node's batches are large), also when small
-// batches come between (a churning node's tick after an early report, a
-// split report's tail), and lets go of those that sparseUses uses in a row
-// used little of (a snapshot's, reused by small batches).
-func TestPutRequestBuffers(t *testing.T) {
-	r := new(request)
-	use := func(data, sockets int) {
-		r.data = r.data[:data]
-		r.wire.sockets = r.wire.sockets[:sockets]
-		r.wire.stats.sent = r.wire.stats.sent[:sockets]
-		r.batch.Sockets = r.batch.Sockets[:sockets]
-		putRequest(r)
+// emptyPools takes every request out of spareRequests and largeRequests.
+func emptyPools() {
+	for len(spareRequests) > 0 {
+		<-spareRequests
 	}
-	kept := func() bool {
+	for len(largeRequests) > 0 {
+		<-largeRequests
+	}
+}
+
+// TestPutRequestBuffers: a request that a large message used is kept whole
+// for the next large one, also when a smaller large one came between (a
+// churning node's tick after an early report), while there is room; one
+// that a small message used keeps the buffers it used well and lets go of
+// those that it used little of (a snapshot's, reused by a small batch).
+func TestPutRequestBuffers(t *testing.T) {
+	emptyPools()
+	t.Cleanup(emptyPools)
+	grown := func() *request {
+		r := new(request)
+		r.data = make([]byte, 1<<20)
+		r.wire.sockets = make([]wireSocket, 5000)
+		r.wire.stats.sent = make([]uint64, 5000)
+		r.batch.Sockets = make([]match.Socket, 5000)
+		return r
+	}
+	whole := func(r *request) bool {
 		return cap(r.data) == 1<<20 && cap(r.wire.sockets) == 5000 && cap(r.wire.stats.sent) == 5000 && cap(r.batch.Sockets) == 5000
 	}
-	r.data = make([]byte, 1<<20)
-	r.wire.sockets = make([]wireSocket, 5000)
-	r.wire.stats.sent = make([]uint64, 5000)
-	r.batch.Sockets = make([]match.Socket, 5000)
-	for i := range 3 * sparseUses {
-		use(1<<20, 5000)
-		if !kept() {
-			t.Fatalf("well-used buffers let go at use %d: data %d, sockets %d, sent %d, batch sockets %d",
-				2*i, cap(r.data), cap(r.wire.sockets), cap(r.wire.stats.sent), cap(r.batch.Sockets))
-		}
-		use(100, 10)
-		if !kept() {
-			t.Fatalf("buffers let go after one small batch, at use %d", 2*i+1)
-		}
+	r := grown()
+	putRequest(r)
+	if got := getRequest(1 << 20); got != r || !whole(got) {
+		t.Fatalf("a large message's request not kept whole: got %p (want %p), data %d, sockets %d, sent %d, batch sockets %d",
+			got, r, cap(got.data), cap(got.wire.sockets), cap(got.wire.stats.sent), cap(got.batch.Sockets))
 	}
-	use(1<<20, 5000)
 	if len(r.wire.sockets) != 0 || len(r.batch.Sockets) != 0 {
 		t.Fatal("a pooled request is not empty")
 	}
-	for i := range sparseUses - 1 {
-		use(100, 10)
-		if !kept() {
-			t.Fatalf("buffers let go after %d small batches in a row, want %d", i+1, sparseUses)
-		}
+	// A smaller large message: 100 KiB, 10 sockets.
+	r.data = r.data[:100<<10]
+	r.wire.sockets = r.wire.sockets[:10]
+	r.batch.Sockets = r.batch.Sockets[:10]
+	putRequest(r)
+	if got := getRequest(1 << 20); got != r || !whole(got) {
+		t.Fatal("a large request's buffers let go after a smaller large message")
 	}
-	use(100, 10)
+	// No room: two large requests kept, a third lets its large buffers go.
+	r.data = r.data[:1<<20]
+	putRequest(grown())
+	putRequest(grown())
+	putRequest(r)
 	if r.data != nil || r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
-		t.Fatalf("a snapshot's buffers kept by %d small batches in a row", sparseUses)
+		t.Fatal("a third large request kept its buffers")
+	}
+	emptyPools()
+
+	// Small messages.
+	r = grown()
+	r.data = make([]byte, bigBuffer)
+	putRequest(r)
+	if cap(r.data) != bigBuffer || cap(r.wire.sockets) != 5000 || cap(r.batch.Sockets) != 5000 {
+		t.Fatal("well-used buffers of a small message let go")
+	}
+	r.data = r.data[:100]
+	r.wire.sockets = r.wire.sockets[:10]
+	r.wire.stats.sent = r.wire.stats.sent[:10]
+	r.batch.Sockets = r.batch.Sockets[:10]
+	putRequest(r)
+	if r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
+		t.Fatal("a snapshot's buffers kept by a small batch")
 	}
 	// Small buffers stay whatever their use.
 	r.wire.sockets = make([]wireSocket, 0, bigBatch)
-	for range 2 * sparseUses {
-		putRequest(r)
-	}
+	putRequest(r)
 	if cap(r.wire.sockets) != bigBatch {
 		t.Fatal("a small buffer let go")
 	}
 }
 
 // TestSpareRequestsOutliveGC: a request put back keeps its grown buffers
-// for the next get even when a garbage collection empties the pool between.
+// for the next get even when a garbage collection empties the pool between,
+// among the spare requests or, for a large message, the large ones.
 func TestSpareRequestsOutliveGC(t *testing.T) {
-	for len(spareRequests) > 0 {
-		<-spareRequests
+	emptyPools()
+	t.Cleanup(emptyPools)
+	small := getRequest(0)
+	small.data = make([]byte, bigBuffer)
+	putRequest(small)
+	large := new(request)
+	large.data = make([]byte, 1<<20)
+	putRequest(large)
+	runtime.GC()
+	runtime.GC()
+	if got := getRequest(bigBuffer); got != small || cap(got.data) != bigBuffer {
+		t.Fatalf("after two collections got %p with a %d-byte buffer, want %p with %d bytes", got, cap(got.data), small, bigBuffer)
 	}
-	r := getRequest()
-	r.data = make([]byte, 1<<20)
-	putRequest(r)
-	runtime.GC()
-	runtime.GC()
-	if got := getRequest(); got != r || cap(got.data) != 1<<20 {
-		t.Fatalf("after two collections got %p with a %d-byte buffer, want %p with 1 MiB", got, cap(got.data), r)
+	if got := getRequest(1 << 20); got != large || cap(got.data) != 1<<20 {
+		t.Fatalf("after two collections got %p with a %d-byte buffer, want %p with 1 MiB", got, cap(got.data), large)
 	}
 }

@@ -100,35 +100,32 @@ type Batch struct {
 	DNSAnswers []DNSAnswer
 }
 
-// Shrink says whether a part grew beyond n entries and more than four
-// times what this batch used, and with drop lets go of every such part:
-// after the snapshot that opens a stream, a pooled batch that small ones
-// reuse does not keep the snapshot's buffers, and a node whose batches are
-// large (connection churn) reuses them instead of growing new ones each
-// time.
-func (b *Batch) Shrink(n int, drop bool) bool {
-	over := LetGo(&b.Processes, n, drop)
-	over = LetGo(&b.Sockets, n, drop) || over
-	over = LetGo(&b.Owners, n, drop) || over
-	over = LetGo(&b.Stats.Handles, 16*n, drop) || over
-	return LetGo(&b.Closed, n, drop) || over
+// Shrink lets go of the parts that grew beyond n entries and more than
+// four times what this batch used: after the snapshot that opens a stream,
+// a pooled batch that a small one reuses does not keep the snapshot's
+// buffers, and a node whose every batch is large (connection churn) reuses
+// them instead of growing new ones each time.
+func (b *Batch) Shrink(n int) {
+	if Oversized(cap(b.Processes), len(b.Processes), n) {
+		b.Processes = nil
+	}
+	if Oversized(cap(b.Sockets), len(b.Sockets), n) {
+		b.Sockets = nil
+	}
+	if Oversized(cap(b.Owners), len(b.Owners), n) {
+		b.Owners = nil
+	}
+	if Oversized(cap(b.Stats.Handles), len(b.Stats.Handles), 16*n) {
+		b.Stats.Handles = nil
+	}
+	if Oversized(cap(b.Closed), len(b.Closed), n) {
+		b.Closed = nil
+	}
 }
 
 // Oversized says whether a pooled buffer of capacity c, of which l was
 // used, is to be let go: beyond n and more than four times the use.
 func Oversized(c, l, n int) bool { return c > n && c > 4*l }
-
-// LetGo says whether the buffer *s is oversized (Oversized, with n), and
-// with drop lets go of it if so.
-func LetGo[T any](s *[]T, n int, drop bool) bool {
-	if !Oversized(cap(*s), len(*s), n) {
-		return false
-	}
-	if drop {
-		*s = nil
-	}
-	return true
-}
 
 // Reset empties the batch and keeps its capacity for the next one.
 func (b *Batch) Reset() {
