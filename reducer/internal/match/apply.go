@@ -31,8 +31,8 @@ func (e *Engine) Apply(s *Session, b *Batch) error {
 // prepare checks every handle of b and resolves the stats entries to
 // sockets, without changing the session.
 func (e *Engine) prepare(s *Session, b *Batch) error {
-	reuse(&e.newProcs, len(b.Processes))
-	reuse(&e.newSocks, len(b.Sockets))
+	e.newProcs.reuse(len(b.Processes))
+	e.newSocks.reuse(len(b.Sockets))
 	e.created = e.created[:0]
 	e.statSocks = e.statSocks[:0]
 
@@ -44,16 +44,16 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		if _, ok := s.procs[p.Handle]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d is already live", seq, i, p.Handle)
 		}
-		if _, ok := e.newProcs[p.Handle]; ok {
+		if _, ok := e.newProcs.m[p.Handle]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: process %d: handle %d announced twice", seq, i, p.Handle)
 		}
-		e.newProcs[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID), podUID: p.PodUID}
+		e.newProcs.m[p.Handle] = &process{handle: p.Handle, pid: p.PID, comm: p.Comm, startTime: p.StartTime, cgroupID: p.CgroupID, cgroup: p.Cgroup, container: shortID(p.ContainerID), podUID: p.PodUID}
 	}
 	for i, k := range b.Sockets {
 		if _, ok := s.socks.get(k.Handle); ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: socket %d: handle %d is already live", seq, i, k.Handle)
 		}
-		if _, ok := e.newSocks[k.Handle]; ok {
+		if _, ok := e.newSocks.m[k.Handle]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: socket %d: handle %d announced twice", seq, i, k.Handle)
 		}
 		p, ok := e.lookupProc(s, k.Process)
@@ -62,7 +62,7 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 		}
 		id := e.sockTab.alloc()
 		*e.sockAt(id) = socket{handle: k.Handle, role: k.Role, process: e.procTab.hold(p), sess: e.sessTab.hold(s), netns: k.Netns, cookie: k.Cookie, refs: 1}
-		e.newSocks[k.Handle] = id
+		e.newSocks.m[k.Handle] = id
 		e.created = append(e.created, id)
 	}
 	for i, o := range b.Owners {
@@ -86,27 +86,27 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 	if err := e.prepareUDP(s, b); err != nil {
 		return err
 	}
-	reuse(&e.seen, len(b.Closed))
+	e.seen.reuse(len(b.Closed))
 	for i, h := range b.Closed {
 		if _, ok := e.lookupSock(s, h); !ok {
 			return refuse(ReasonUnknownHandle, "batch %d: closed socket %d: unknown socket handle %d", seq, i, h)
 		}
-		if _, ok := e.seen[h]; ok {
+		if _, ok := e.seen.m[h]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: closed socket %d: handle %d closed twice", seq, i, h)
 		}
-		e.seen[h] = struct{}{}
+		e.seen.m[h] = struct{}{}
 	}
 	if len(b.Forgotten) > 0 {
-		reuse(&e.seen, len(b.Forgotten)) // otherwise the closes' table stays for the next batch
+		e.seen.reuse(len(b.Forgotten)) // otherwise the closes' table stays for the next batch
 	}
 	for i, h := range b.Forgotten {
 		if p, ok := e.lookupProc(s, h); !ok || p == nil {
 			return refuse(ReasonUnknownHandle, "batch %d: forgotten process %d: unknown process handle %d", seq, i, h)
 		}
-		if _, ok := e.seen[h]; ok {
+		if _, ok := e.seen.m[h]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: forgotten process %d: handle %d forgotten twice", seq, i, h)
 		}
-		e.seen[h] = struct{}{}
+		e.seen.m[h] = struct{}{}
 	}
 	return nil
 }
@@ -127,7 +127,7 @@ func (e *Engine) commit(s *Session, b *Batch) {
 		e.updateWindow()
 	}
 	e.publishDue(now)
-	for h, p := range e.newProcs {
+	for h, p := range e.newProcs.m {
 		s.procs[h] = p
 	}
 	// The batch's local addresses are fleet addresses before its sockets
@@ -708,7 +708,7 @@ func (e *Engine) lookupProc(s *Session, h uint32) (*process, bool) {
 	if p, ok := s.procs[h]; ok {
 		return p, true
 	}
-	p, ok := e.newProcs[h]
+	p, ok := e.newProcs.m[h]
 	return p, ok
 }
 
@@ -717,21 +717,28 @@ func (e *Engine) lookupSock(s *Session, h uint32) (sockID, bool) {
 	if id, ok := s.socks.get(h); ok {
 		return id, true
 	}
-	id, ok := e.newSocks[h]
+	id, ok := e.newSocks.m[h]
 	return id, ok
 }
 
-// reuse empties a scratch map for a batch of n entries. Emptying costs the
-// table's size, so a big table that a batch much smaller takes is let go;
-// and a batch much larger than the last gets a table sized for it at once
-// rather than one that grows by splitting, which under connection churn
-// (batches of thousands of new and closed sockets) took a tenth of the
-// reducer's CPU.
-func reuse[K comparable, V any](m *map[K]V, n int) {
-	switch l := len(*m); {
-	case l > 1024 && l > 4*n, n > 1024 && l < n/2:
-		*m = make(map[K]V, n)
-	case l > 0:
-		clear(*m)
+// scratch is a map emptied for each batch, with the number of entries
+// its table has room for (the most it held since it was made).
+type scratch[K comparable, V any] struct {
+	m    map[K]V
+	room int
+}
+
+// reuse empties s for a batch of n entries. Emptying costs the table's
+// size, so a table with room for many more is let go; and a batch much
+// larger than the room gets a table sized for it at once rather than one
+// that grows by splitting, which under connection churn (batches of
+// thousands of new and closed sockets) took a tenth of the reducer's CPU.
+func (s *scratch[K, V]) reuse(n int) {
+	switch {
+	case s.m == nil, s.room > 1024 && s.room > 4*n, n > 1024 && s.room < n/2:
+		s.m, s.room = make(map[K]V, n), n
+	default:
+		clear(s.m)
+		s.room = max(s.room, n)
 	}
 }

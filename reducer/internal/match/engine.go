@@ -142,10 +142,10 @@ type Engine struct {
 	metaRelease  bool // the wait just ended: releaseWait is due
 
 	// Scratch space of the batch being applied.
-	newProcs  map[uint32]*process
-	newSocks  map[uint32]sockID
+	newProcs  scratch[uint32, *process]
+	newSocks  scratch[uint32, sockID]
 	created   []sockID
-	seen      map[uint32]struct{}
+	seen      scratch[uint32, struct{}]
 	statSocks []sockID
 	statFlows []flowID
 	touched   uint16 // what touchStats read, so that its loads stay
@@ -176,9 +176,6 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Engine, e
 		healths:  make(map[flowID]*health),
 		store:    store,
 		events:   newEvents(),
-		newProcs: make(map[uint32]*process),
-		newSocks: make(map[uint32]sockID),
-		seen:     make(map[uint32]struct{}),
 		fleet:    make(map[netip.Addr]int32),
 		updates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "weir_reducer_socket_updates_total",
