@@ -178,6 +178,8 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		logger.Warn("discovery of existing sockets incomplete", "error", err)
 	}
 	logger.Info("existing sockets discovered", "sockets", table.Live(), "duration", time.Since(start).Round(time.Millisecond))
+	// Every program is loaded: the decoded kernel BTF they shared can go.
+	probe.ReleaseKernelTypes()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

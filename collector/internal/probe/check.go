@@ -21,7 +21,7 @@ import (
 // the socket storage paths (tracepoint, fentry) need besides is
 // checkStorage's; Open chooses the path (Probe.Path, Probe.Features).
 func Check() error {
-	if _, err := btf.LoadKernelSpec(); err != nil {
+	if _, err := kernelTypes().Kernel(); err != nil {
 		if errors.Is(err, btf.ErrNotSupported) || errors.Is(err, os.ErrNotExist) {
 			return feature("kernel BTF", ebpf.ErrNotSupported)
 		}
@@ -95,13 +95,14 @@ func checkStorage() error {
 // helper the kernel does not offer there, are ErrNotSupported.
 func loadTracing(attach ebpf.AttachType, target string, body asm.Instructions) error {
 	insns := append(append(asm.Instructions{}, body...), asm.Mov.Imm(asm.R0, 0), asm.Return())
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+	// A collection of one, for the shared kernel BTF (loadOptions).
+	coll, err := ebpf.NewCollectionWithOptions(&ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"probe": {
 		Type:         ebpf.Tracing,
 		AttachType:   attach,
 		AttachTo:     target,
 		License:      "GPL",
 		Instructions: insns,
-	}, ebpf.ProgramOptions{})
+	}}}, *loadOptions(nil))
 	if errors.Is(err, btf.ErrNotFound) {
 		return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
 	}
@@ -114,7 +115,8 @@ func loadTracing(attach ebpf.AttachType, target string, body asm.Instructions) e
 	if err != nil {
 		return err
 	}
-	return prog.Close()
+	coll.Close()
+	return nil
 }
 
 // feature names the result of one feature probe, with the first release

@@ -77,7 +77,7 @@ func (p *Probe) loadFilesWalk() (*filesWalk, error) {
 		discoverFilesMapSkStates: p.objs.SkStates,
 		discoverFilesMapDrops:    p.objs.Drops,
 	}}
-	if err := spec.LoadAndAssign(&w.objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&w.objs, loadOptions(opts)); err != nil {
 		return nil, loadError("iter/task_file", err)
 	}
 	for _, ino := range inodes {

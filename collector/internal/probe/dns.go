@@ -98,7 +98,7 @@ func OpenDNS(cfg DNSConfig) (*DNS, error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	d := &DNS{}
-	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&d.objs, loadOptions(nil)); err != nil {
 		return nil, fmt.Errorf("load DNS programs: %w", err)
 	}
 	for _, a := range []struct {

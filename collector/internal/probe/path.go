@@ -130,7 +130,7 @@ func probeKprobe() error {
 // kernelArgs returns the number of parameters of a kernel function in the
 // kernel's BTF (modules included), or 0 when it is not found.
 func kernelArgs(name string) int {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernelTypes().Kernel()
 	if err != nil {
 		return 0
 	}
@@ -149,7 +149,7 @@ func kernelArgs(name string) int {
 // (btf_trace_<name> is a pointer to its prototype, whose first parameter
 // is the tracepoint's data), or 0 when it is not found.
 func tracepointArgs(name string) int {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernelTypes().Kernel()
 	if err != nil {
 		return 0
 	}

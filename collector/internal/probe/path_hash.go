@@ -105,7 +105,7 @@ func (p *Probe) openHashmap(cfg Config) error {
 		return fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	var o hashObjs
-	if err := spec.LoadAndAssign(&o, nil); err != nil {
+	if err := spec.LoadAndAssign(&o, loadOptions(nil)); err != nil {
 		return loadError("TCP programs (hashmap path)", err)
 	}
 	// udp.c shares tcp.c's sk_states (tcp.h): its own, for UDP where the

@@ -122,7 +122,7 @@ func loadTCP(spec *ebpf.CollectionSpec, path Path) (tcpObjs, []link.Link, error)
 			tcpResets
 			State *ebpf.Program `ebpf:"inet_sock_set_state"`
 		}
-		if err := spec.LoadAndAssign(&l, nil); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(nil)); err != nil {
 			return o, nil, loadError("TCP programs (tracepoint path)", err)
 		}
 		o = tcpObjs{tcpMaps: l.tcpMaps, tcpResets: l.tcpResets, state: l.State, stateName: tcpProgInetSockSetState}
@@ -132,7 +132,7 @@ func loadTCP(spec *ebpf.CollectionSpec, path Path) (tcpObjs, []link.Link, error)
 			tcpResets
 			State *ebpf.Program `ebpf:"fentry_inet_sk_state_store"`
 		}
-		if err := spec.LoadAndAssign(&l, nil); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(nil)); err != nil {
 			return o, nil, fentryError(loadError("TCP programs (fentry path)", err))
 		}
 		o = tcpObjs{tcpMaps: l.tcpMaps, tcpResets: l.tcpResets, state: l.State, stateName: tcpProgFentryInetSkStateStore}
@@ -349,7 +349,7 @@ func (p *Probe) loadIter(cfg Config) error {
 		tcpIterMapSkStates: p.objs.SkStates,
 		tcpIterMapDrops:    p.objs.Drops,
 	}}
-	if err := spec.LoadAndAssign(&p.iter, opts); err != nil {
+	if err := spec.LoadAndAssign(&p.iter, loadOptions(opts)); err != nil {
 		return loadError("iterators", err)
 	}
 	p.sampler, err = link.AttachIter(link.IterOptions{Program: p.iter.SampleSockets, Map: p.objs.SkStates})

@@ -221,7 +221,7 @@ func (o *procObjs) load(spec *ebpf.CollectionSpec) error {
 			common
 			ProcExit *ebpf.Program `ebpf:"proc_exit"`
 		}
-		if err := spec.LoadAndAssign(&l, nil); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(nil)); err != nil {
 			return fmt.Errorf("load process programs: %w", err)
 		}
 		*o = procObjs{procMaps: l.procMaps, ProcFork: l.ProcFork, ProcExec: l.ProcExec,
@@ -232,7 +232,7 @@ func (o *procObjs) load(spec *ebpf.CollectionSpec) error {
 		common
 		ProcExitLive *ebpf.Program `ebpf:"proc_exit_live"`
 	}
-	if err := spec.LoadAndAssign(&l, nil); err != nil {
+	if err := spec.LoadAndAssign(&l, loadOptions(nil)); err != nil {
 		return fmt.Errorf("load process programs: %w", err)
 	}
 	*o = procObjs{procMaps: l.procMaps, ProcFork: l.ProcFork, ProcExec: l.ProcExec,

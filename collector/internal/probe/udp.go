@@ -278,7 +278,7 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 			SockSendLength *ebpf.Program `ebpf:"sock_send_length"`
 			SockRecvLength *ebpf.Program `ebpf:"sock_recv_length"`
 		}
-		if err := spec.LoadAndAssign(&l, opts); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(opts)); err != nil {
 			return loadError("UDP programs (tracepoint path)", err)
 		}
 		u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
@@ -298,7 +298,7 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 				Recvmsg  *ebpf.Program `ebpf:"fexit_udp_recvmsg_noblock"`
 				Recvmsg6 *ebpf.Program `ebpf:"fexit_udpv6_recvmsg_noblock"`
 			}
-			if err := spec.LoadAndAssign(&l, opts); err != nil {
+			if err := spec.LoadAndAssign(&l, loadOptions(opts)); err != nil {
 				return fentryError(loadError("UDP programs (fentry path)", err))
 			}
 			u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{
@@ -313,7 +313,7 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 			Recvmsg  *ebpf.Program `ebpf:"fexit_udp_recvmsg"`
 			Recvmsg6 *ebpf.Program `ebpf:"fexit_udpv6_recvmsg"`
 		}
-		if err := spec.LoadAndAssign(&l, opts); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(opts)); err != nil {
 			return fentryError(loadError("UDP programs (fentry path)", err))
 		}
 		u.objs = udpObjs{udpMaps: l.udpMaps, udpCommon: l.udpCommon, sizes: []namedProgram{

@@ -109,7 +109,7 @@ func (p *Probe) openUDPHash(cfg UDPConfig) (err error) {
 			Recvmsg  *ebpf.Program `ebpf:"udph_recvmsg_noblock"`
 			Recvmsg6 *ebpf.Program `ebpf:"udph_v6_recvmsg_noblock"`
 		}
-		if err := spec.LoadAndAssign(&l, opts); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(opts)); err != nil {
 			return fentryError(loadError("UDP programs (hashmap path)", err))
 		}
 		o = l.udpHashObjs
@@ -122,7 +122,7 @@ func (p *Probe) openUDPHash(cfg UDPConfig) (err error) {
 			Recvmsg  *ebpf.Program `ebpf:"udph_recvmsg"`
 			Recvmsg6 *ebpf.Program `ebpf:"udph_v6_recvmsg"`
 		}
-		if err := spec.LoadAndAssign(&l, opts); err != nil {
+		if err := spec.LoadAndAssign(&l, loadOptions(opts)); err != nil {
 			return fentryError(loadError("UDP programs (hashmap path)", err))
 		}
 		o = l.udpHashObjs
