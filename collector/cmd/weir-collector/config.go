@@ -44,6 +44,8 @@ type Config struct {
 	TLSCA    string
 	LogLevel string
 	Version  bool
+	// Pprof serves Go's profiles on the HTTP address (--pprof).
+	Pprof bool
 
 	// Telemetry is the processes, DNS and NAT part (telemetry.go).
 	Telemetry TelemetryConfig
@@ -133,6 +135,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "client key for mTLS to the reducer")
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that verifies the reducer's certificate")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiles under /debug/pprof/ on the HTTP address (e.g. /debug/pprof/profile?seconds=30 profiles the CPU)")
 	fs.BoolVar(&cfg.Version, "version", false, "print the version and exit")
 	cfg.Telemetry.flags(fs)
 	if err := fs.Parse(args); err != nil {

@@ -158,6 +158,9 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		return fmt.Errorf("stream: %w", err)
 	}
 	httpServer := admin.New(reg, logger)
+	if cfg.Pprof {
+		httpServer.HandleProfiles()
+	}
 	// Bound before anything runs: a taken port fails the start, and
 	// /metrics answers before the first hello reaches the reducer.
 	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)

@@ -1,4 +1,5 @@
-// Package admin serves the collector's own HTTP endpoints: /metrics and /healthz.
+// Package admin serves the collector's own HTTP endpoints: /metrics and
+// /healthz, and with --pprof Go's profiles under /debug/pprof/.
 package admin
 
 import (
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +19,7 @@ import (
 // Server is the collector's HTTP server.
 type Server struct {
 	srv *http.Server
+	mux *http.ServeMux
 	log *slog.Logger
 }
 
@@ -30,8 +33,16 @@ func New(g prometheus.Gatherer, logger *slog.Logger) *Server {
 	})
 	return &Server{
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		mux: mux,
 		log: logger.With("component", "admin"),
 	}
+}
+
+// HandleProfiles serves Go's runtime profiles under /debug/pprof/
+// (weir-collector --pprof). Call it before Serve.
+func (s *Server) HandleProfiles() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 }
 
 // Serve serves on ln until ctx is done, then shuts down gracefully.
