@@ -181,10 +181,11 @@ func TestPrivilegedOTLP(t *testing.T) {
 				}
 			}
 			check("after the traffic", conns*request, conns*response)
-			metrics, _ := harness.Scrape(w.MetricsURL)
-			if n := metrics.Sum("weir_reducer_otlp_exports_total", nil); n < 2 {
-				t.Errorf("weir_reducer_otlp_exports_total = %v", n)
-			}
+			// The endpoint writes an export before the reducer has its
+			// answer and counts it: wait for the count, not one scrape.
+			harness.WaitFor(t, w.MetricsURL, 5*time.Second, "weir_reducer_otlp_exports_total of at least 2", func(m harness.Metrics) bool {
+				return m.Sum("weir_reducer_otlp_exports_total", nil) >= 2
+			})
 
 			// The collector goes away. Ingest goes on, the pushes fail and
 			// are counted; then it comes back and delivery resumes.
