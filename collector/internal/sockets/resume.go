@@ -1,6 +1,9 @@
 package sockets
 
-import "slices"
+import (
+	"cmp"
+	"slices"
+)
 
 // A report the reducer has not confirmed yet may be lost with its session:
 // a stream cut, or a path gone silent, takes the batches in flight with
@@ -67,42 +70,32 @@ func (t *Table) beginDrain() *drainRecord {
 	t.drains++
 	r := &t.rec
 	*r = drainRecord{gen: t.drains}
-	if len(t.spare) > 0 {
-		// The largest: a node under churn alternates large drains (its
-		// buffer of closed sockets full) with small ones, and a large one
-		// given a small one's entries grew them again by doubling.
-		i := 0
-		for j := range t.spare {
-			if cap(t.spare[j]) > cap(t.spare[i]) {
-				i = j
-			}
-		}
-		r.entries = t.spare[i]
-		t.spare = slices.Delete(t.spare, i, i+1)
+	if n := len(t.spare); n > 0 {
+		// The largest (t.spare is by capacity): a node under churn
+		// alternates large drains (its buffer of closed sockets full)
+		// with small ones, and a large one given a small one's entries
+		// grew them again by doubling.
+		r.entries, t.spare = t.spare[n-1], t.spare[:n-1]
 	}
 	return r
 }
 
 // putSpare keeps entries for the next drains if there is room, or in
-// place of a smaller spare. t.mu is held.
+// place of the smallest spare if they are larger; t.spare stays sorted by
+// capacity. t.mu is held.
 func (t *Table) putSpare(entries []drainEntry) {
 	if cap(entries) == 0 {
 		return
 	}
 	clear(entries)
-	if len(t.spare) < maxSpare {
-		t.spare = append(t.spare, entries[:0])
-		return
-	}
-	i := 0
-	for j := range t.spare {
-		if cap(t.spare[j]) < cap(t.spare[i]) {
-			i = j
+	if len(t.spare) == maxSpare {
+		if cap(entries) <= cap(t.spare[0]) {
+			return
 		}
+		t.spare = slices.Delete(t.spare, 0, 1)
 	}
-	if cap(entries) > cap(t.spare[i]) {
-		t.spare[i] = entries[:0]
-	}
+	i, _ := slices.BinarySearchFunc(t.spare, cap(entries), func(s []drainEntry, c int) int { return cmp.Compare(cap(s), c) })
+	t.spare = slices.Insert(t.spare, i, entries[:0])
 }
 
 // endDrain keeps rec until the reducer confirms it, forgetting the oldest
