@@ -263,12 +263,12 @@ func TestPutRequestBuffers(t *testing.T) {
 	if cap(r.data) != bigBuffer || cap(r.wire.sockets) != 5000 || cap(r.batch.Sockets) != 5000 {
 		t.Fatal("well-used buffers of a small message let go")
 	}
-	r.data = r.data[:100]
+	r.data = make([]byte, 100, 1<<20)
 	r.wire.sockets = r.wire.sockets[:10]
 	r.wire.stats.sent = r.wire.stats.sent[:10]
 	r.batch.Sockets = r.batch.Sockets[:10]
 	putRequest(r)
-	if r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
+	if r.data != nil || r.wire.sockets != nil || r.wire.stats.sent != nil || r.batch.Sockets != nil {
 		t.Fatal("a snapshot's buffers kept by a small batch")
 	}
 	// Small buffers stay whatever their use.
