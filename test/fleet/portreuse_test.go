@@ -37,6 +37,8 @@ func runRole() bool {
 	case "client":
 		err = reuseClient(os.Getenv("WEIR_FLEET_CONNECT"), atoi("WEIR_FLEET_CONNS"), atoi("WEIR_FLEET_DIALERS"),
 			atoi("WEIR_FLEET_REQUEST"), atoi("WEIR_FLEET_RESPONSE"))
+	case "grpcfloor":
+		err = floorServer()
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

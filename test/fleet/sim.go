@@ -5,6 +5,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -65,7 +66,13 @@ type Config struct {
 	// DistinctPeers: every connection with a peer outside the fleet has a
 	// peer address of its own (up to 65,536), so that each is an edge.
 	DistinctPeers bool
-	Seed          uint64
+	// Replay builds and encodes every interval's batches first, then each
+	// collector sends its batches back to back, as fast as the reducer
+	// takes them: the reducer's capacity, with the simulator's own
+	// building and compressing outside the measured time. It needs
+	// Reconnects 0.
+	Replay bool
+	Seed   uint64
 }
 
 // Edge is an edge between two workloads, by their names.
@@ -143,6 +150,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.CrossShare < 0 {
 		cfg.CrossShare = 0
 	}
+	if cfg.Replay && cfg.Reconnects > 0 {
+		return nil, errors.New("a replay has no reconnects")
+	}
+	depth := cfg.MaxSkew + 8
+	if cfg.Replay {
+		depth = cfg.Intervals // every batch is built before the first is sent
+	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 42))
 	res := &Result{Edges: make(map[Edge]*Want)}
 	nodes := make([]*node, cfg.Collectors)
@@ -153,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			addr:   netip.AddrFrom4([4]byte{198, 18, byte((i + 1) >> 8), byte(i + 1)}),
 			cookie: uint64(i)<<40 | 1,
 			live:   make(map[uint32]*sock),
-			out:    make(chan *item, cfg.MaxSkew+8),
+			out:    make(chan *item, depth),
 			skew:   i % (cfg.MaxSkew + 1),
 			redial: i < cfg.Reconnects,
 		}
@@ -203,11 +217,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	errc := make(chan error, len(nodes))
 	var stats Stats
 	var reconnect atomic.Int64
+	var rp *replay
+	if cfg.Replay {
+		rp = newReplay(len(nodes))
+	}
 	for _, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.send(ctx, cfg, &stats, &reconnect); err != nil {
+			var err error
+			if rp != nil {
+				err = n.replay(ctx, cfg, &stats, rp)
+			} else {
+				err = n.send(ctx, cfg, &stats, &reconnect)
+			}
+			if err != nil {
 				errc <- fmt.Errorf("%s: %w", n.name, err)
 			}
 		}()
