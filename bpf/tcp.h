@@ -166,7 +166,7 @@ struct sk_state {
 	u32 syn_delivered; /* delivered at establishment: the SYN */
 	u8 role;           /* enum role */
 	u8 flags;          /* SK_STATE_* */
-	u16 _pad;
+	u16 walked;        /* the last open files' walk that sampled it (walk.h) */
 	u32 rst_sent;      /* RSTs this socket sent (tcp_send_reset) */
 	u32 rst_received;  /* RSTs it received (tcp_receive_reset) */
 };

@@ -44,8 +44,9 @@
  *    port takes it. SO_REUSEPORT listeners of one port that belong to
  *    different processes are not told apart: the last listen() wins;
  *  - the current task: bpf_get_current_task() and CO-RE probe reads.
- * The sampling walk (iter/bpf_map_elem over sk_hash, Linux 5.9) visits
- * every tracked socket, in every network namespace, in one pass; it holds
+ * The sampling walk (iter/bpf_map_elem over sk_hash, Linux 5.9; where the
+ * kernel refuses that, hash_walk_samples) visits every tracked socket, in
+ * every network namespace, in one pass; it holds
  * the socket's address, not a BTF pointer, so it reads the socket with
  * bpf_probe_read_kernel (CO-RE). An entry not yet closed is a live socket
  * (the close runs before the free); a close racing the walk is caught by
@@ -594,14 +595,14 @@ static __always_inline void fill_sample(struct event *s, struct sock *sk, struct
 	c->rst_received = h->st.rst_received;
 }
 
-SEC("iter/bpf_map_elem")
-int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
+/*
+ * hash_sample_one samples the entry of sk_hash at key k: a live socket's
+ * record goes to the samples ring. It returns 1 when the ring is full and
+ * nothing was written, for the caller to handle the record: closed
+ * entries past closed_keep_ns are forgotten instead.
+ */
+static __always_inline int hash_sample_one(u64 k, struct hash_state *h, struct event *full)
 {
-	u64 *key = ctx->key;
-	struct hash_state *h = ctx->value;
-	if (!key || !h)
-		return 0;
-	u64 k = *key;
 	if (h->st.flags & SK_STATE_CLOSED) {
 		/*
 		 * Deleting the entry the walk stands on is safe: the walk goes on
@@ -632,14 +633,64 @@ int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
 		bpf_ringbuf_submit(s, 1 /* BPF_RB_NO_WAKEUP */);
 		return 0;
 	}
+	if (full)
+		fill_sample(full, sk, h, state);
+	return !(h->st.flags & SK_STATE_CLOSED);
+}
+
+SEC("iter/bpf_map_elem")
+int hash_sample_sockets(struct bpf_iter__bpf_map_elem___hash *ctx)
+{
+	u64 *key = ctx->key;
+	struct hash_state *h = ctx->value;
+	if (!key || !h)
+		return 0;
 	/* The ring is full: correct, but the walk may now be chunked. */
 	struct event f = {};
-	fill_sample(&f, sk, h, state);
-	if (h->st.flags & SK_STATE_CLOSED)
-		return 0;
-	count_drop(DROP_SAMPLE_FALLBACK);
-	bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
+	if (hash_sample_one(*key, h, &f)) {
+		count_drop(DROP_SAMPLE_FALLBACK);
+		bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
+	}
 	return 0;
+}
+
+/*
+ * The walk for kernels that refuse iter/bpf_map_elem (a security policy
+ * can: EPERM at load): hash_walk_samples, a raw_tp program that user space
+ * runs (BPF_PROG_TEST_RUN, Linux 5.10) rather than attaches, goes over
+ * sk_hash with bpf_for_each_map_elem (5.13). Its one argument is the
+ * number of entries to pass over first, and it returns the number of
+ * entries it went past, with bit 31 set when it stopped because the
+ * samples ring was full: user space drains the ring and runs it again from
+ * there. Such a resumed walk, like a chunked iterator walk, may repeat or
+ * miss a socket when entries came or went in between.
+ */
+struct hash_walk {
+	u64 skip;
+	u32 seen;
+	u32 full;
+};
+
+static long hash_walk_one(struct bpf_map *map, u64 *key, struct hash_state *h, struct hash_walk *w)
+{
+	if (w->seen < w->skip) {
+		w->seen++;
+		return 0;
+	}
+	if (hash_sample_one(*key, h, 0)) {
+		w->full = 1;
+		return 1;
+	}
+	w->seen++;
+	return 0;
+}
+
+SEC("raw_tp")
+int hash_walk_samples(u64 *ctx)
+{
+	struct hash_walk w = {.skip = ctx[0]};
+	bpf_for_each_map_elem(&sk_hash, hash_walk_one, &w, 0);
+	return (w.seen & 0x7fffffff) | (w.full ? 0x80000000 : 0);
 }
 
 /* discover_sockets: tcp_iter.c's, with the hash map. */

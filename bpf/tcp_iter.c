@@ -9,6 +9,8 @@
  * writes one struct event per live socket (kind 0) with its counters read there
  * and then: an idle socket is as current as a busy one. The records go to
  * the `samples` ring buffer, so that the walk is a single pass (see there).
+ * sample_files walks the processes' open files instead, where the kernel
+ * refuses the storage map's iterator.
  *
  * discover_sockets (iter/tcp) visits the TCP sockets of the network
  * namespace that opened the iterator, at start-up. It creates the storage
@@ -18,6 +20,7 @@
  */
 
 #include "tcp.h"
+#include "walk.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -47,21 +50,17 @@ static __always_inline void fill_sample(struct event *s, struct tcp_sock *tp, st
 	read_counters(tp, st, st->syn_acked, st->syn_delivered, state, &s->counters);
 }
 
-SEC("iter/bpf_sk_storage_map")
-int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
+/* sample_one samples one socket for a walk whose seq_file is seq. */
+static __always_inline void sample_one(struct seq_file *seq, struct sock *sk, struct sk_state *st)
 {
-	struct sock *sk = ctx->sk;
-	struct sk_state *st = ctx->value;
-	if (!sk || !st)
-		return 0;
 	if (!(st->flags & SK_STATE_TRACKED) || (st->flags & SK_STATE_CLOSED))
-		return 0;
+		return;
 	int state = sk->__sk_common.skc_state;
 	if (!trackable_state(state))
-		return 0; /* a client still connecting, or closed */
+		return; /* a client still connecting, or closed */
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
-		return 0;
+		return;
 
 	/* No wakeup: the reader drains the ring after its read() returns. */
 	struct event *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
@@ -69,13 +68,61 @@ int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
 		__builtin_memset(s, 0, sizeof(*s));
 		fill_sample(s, tp, st, state);
 		bpf_ringbuf_submit(s, 1 /* BPF_RB_NO_WAKEUP */);
-		return 0;
+		return;
 	}
 	/* The ring is full: correct, but the walk may now be chunked. */
 	struct event f = {};
 	fill_sample(&f, tp, st, state);
 	count_drop(DROP_SAMPLE_FALLBACK);
-	bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
+	bpf_seq_write(seq, &f, sizeof(f));
+}
+
+SEC("iter/bpf_sk_storage_map")
+int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct sk_state *st = ctx->value;
+	if (sk && st)
+		sample_one(ctx->meta->seq, sk, st);
+	return 0;
+}
+
+/*
+ * sample_files (iter/task_file, Linux 5.8; bpf_sock_from_file, 5.11) is
+ * sample_sockets for kernels that refuse iterators over socket storage (a
+ * security policy can: EPERM at load). It visits every open file of every
+ * process in the collector's PID namespace and samples each TCP socket
+ * with storage in sk_states, in any network namespace, as sample_sockets
+ * does. A socket held by several processes is sampled once (walk.h), and
+ * one that no process holds (an orphan, a connection in a listener's
+ * accept queue) is not sampled: user space takes every such walk as
+ * incomplete (Probe.SampleWalk).
+ */
+/* The number of the current open files' walk (walk_number). */
+static u16 files_walk;
+
+SEC("iter/task_file")
+int sample_files(struct bpf_iter__task_file___walk *ctx)
+{
+	u16 walk = walk_number(ctx->meta, &files_walk);
+	struct file *file = ctx->file;
+	if (!file)
+		return 0;
+	struct socket___walk *sock = (void *)bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	struct sock *fsk = sock->sk;
+	if (!fsk)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(fsk);
+	if (!tp)
+		return 0;
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
+	if (!st || st->walked == walk)
+		return 0; /* no storage, or sampled from another holder */
+	st->walked = walk;
+	sample_one(ctx->meta->seq, sk, st);
 	return 0;
 }
 

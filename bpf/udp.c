@@ -40,6 +40,7 @@
  */
 
 #include "udp.h"
+#include "walk.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -311,17 +312,14 @@ int udp_release(struct bpf_sock *ctx)
 }
 
 /*
- * sample_udp (iter/bpf_sk_storage_map on udp_states) writes one record per
- * remote of every live UDP socket with storage, in every network
- * namespace, into udp_samples; as sample_sockets in tcp_iter.c.
+ * sample_udp_one writes one record per remote of a live UDP socket with
+ * storage into udp_samples, or, when that ring is full, into the walk's
+ * seq_file seq.
  */
-SEC("iter/bpf_sk_storage_map")
-int sample_udp(struct bpf_iter__bpf_sk_storage_map *ctx)
+static __always_inline void sample_udp_one(struct seq_file *seq, struct sock *sk, struct udp_state *st)
 {
-	struct sock *sk = ctx->sk;
-	struct udp_state *st = ctx->value;
-	if (!sk || !st || (st->flags & UDP_CLOSED))
-		return 0;
+	if (st->flags & UDP_CLOSED)
+		return;
 	u64 cookie = bpf_get_socket_cookie(sk);
 	for (u32 i = 0; i <= UDP_MAX_PEERS; i++) {
 		struct udp_record *rec = bpf_ringbuf_reserve(&udp_samples, sizeof(*rec), 0);
@@ -337,7 +335,51 @@ int sample_udp(struct bpf_iter__bpf_sk_storage_map *ctx)
 		if (!fill_record(&f, st, i, cookie, UDP_SAMPLE))
 			continue;
 		count_drop(DROP_UDP_FALLBACK);
-		bpf_seq_write(ctx->meta->seq, &f, sizeof(f));
+		bpf_seq_write(seq, &f, sizeof(f));
 	}
+}
+
+/*
+ * sample_udp (iter/bpf_sk_storage_map on udp_states) writes one record per
+ * remote of every live UDP socket with storage, in every network
+ * namespace, into udp_samples; as sample_sockets in tcp_iter.c.
+ */
+SEC("iter/bpf_sk_storage_map")
+int sample_udp(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct udp_state *st = ctx->value;
+	if (sk && st)
+		sample_udp_one(ctx->meta->seq, sk, st);
+	return 0;
+}
+
+/*
+ * sample_udp_files (iter/task_file) is sample_udp over the processes' open
+ * files, where the kernel refuses the storage map's iterator; as
+ * sample_files in tcp_iter.c, a socket held by several processes is
+ * sampled once, and one that none holds is not.
+ */
+/* The number of the current open files' walk (walk_number). */
+static u16 files_walk;
+
+SEC("iter/task_file")
+int sample_udp_files(struct bpf_iter__task_file___walk *ctx)
+{
+	u16 walk = walk_number(ctx->meta, &files_walk);
+	struct file *file = ctx->file;
+	if (!file)
+		return 0;
+	struct socket___walk *sock = (void *)bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	struct sock *sk = sock->sk;
+	if (!sk || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	struct udp_state *st = bpf_sk_storage_get(&udp_states, sk, 0, 0);
+	if (!st || st->walked == walk)
+		return 0; /* no storage, or sampled from another holder */
+	st->walked = walk;
+	sample_udp_one(ctx->meta->seq, sk, st);
 	return 0;
 }

@@ -48,6 +48,7 @@ struct udp_state {
 	u32 owner_seq; /* as sk_state.owner_seq */
 	u32 flags;
 	u32 folded; /* datagrams (sent, received, dropped) counted under other peers at the cap */
+	u32 walked; /* the last open files' walk that sampled it (walk.h) */
 	/* The socket's own end, as last seen by a tracepoint (the close has no BTF socket). */
 	u8 saddr[16];
 	u32 netns;

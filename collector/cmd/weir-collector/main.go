@@ -256,7 +256,7 @@ func logProbePath(logger *slog.Logger, asked probe.Path, p *probe.Probe) {
 	if asked == "" {
 		asked = probe.PathAuto
 	}
-	attrs := []any{"asked", string(asked), "path", string(p.Path())}
+	attrs := []any{"asked", string(asked), "path", string(p.Path()), "samples", p.SampleWalks()}
 	for _, f := range p.Features() {
 		attrs = append(attrs, f.Name, f.Enabled)
 	}

@@ -9,13 +9,15 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // Check runs the feature probes for what every path needs: kernel BTF,
 // the ring buffer, the BTF tracepoints sock:inet_sock_set_state,
 // tcp:tcp_send_reset and tcp:tcp_receive_reset, bpf_skc_to_tcp_sock from
-// them, and the tcp and bpf_map_elem iterators. That is Linux 5.9 with BTF:
-// the hashmap path (bpf/tcp_hash.c) needs nothing more. It returns an
+// them, and the tcp iterator. That is Linux 5.9 with BTF: the hashmap path
+// (bpf/tcp_hash.c) needs nothing more but iter/bpf_map_elem, which
+// openHashmap checks. It returns an
 // error wrapping ErrNotSupported that names the missing feature and the
 // first release with it, e.g. "iter/tcp (Linux 5.9): not supported". What
 // the socket storage paths (tracepoint, fentry) need besides is
@@ -40,12 +42,7 @@ func Check() error {
 	if err := feature("bpf_skc_to_tcp_sock", loadTracing(ebpf.AttachTraceRawTp, "tcp_receive_reset", skc)); err != nil {
 		return err
 	}
-	for _, it := range []string{"tcp", "bpf_map_elem"} {
-		if err := feature("iter/"+it, loadTracing(ebpf.AttachTraceIter, it, nil)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return feature("iter/tcp", loadTracing(ebpf.AttachTraceIter, "tcp", nil))
 }
 
 // checkStorage runs the feature probes for what the socket storage paths
@@ -53,8 +50,9 @@ func Check() error {
 // socket storage map type, storage that the kernel clones into accepted
 // sockets (BPF_F_CLONE), the helpers the programs call from BTF
 // tracepoints (bpf_sk_storage_get, bpf_get_socket_cookie,
-// bpf_get_current_task_btf), and the bpf_sk_storage_map iterator: Linux
-// 5.12. Where it fails, auto takes the hashmap path. Its error names the
+// bpf_get_current_task_btf), and a sampling walk: the bpf_sk_storage_map
+// iterator, or where the kernel refuses it, the open files' (walkFiles):
+// Linux 5.12. Where it fails, auto takes the hashmap path. Its error names the
 // feature as Check's do, e.g. "bpf_sk_storage_get in tp_btf (Linux 5.11):
 // not supported".
 func checkStorage() error {
@@ -87,7 +85,8 @@ func checkStorage() error {
 			return err
 		}
 	}
-	return feature("iter/bpf_sk_storage_map", loadTracing(ebpf.AttachTraceIter, "bpf_sk_storage_map", nil))
+	_, err = walkFiles()
+	return err
 }
 
 // loadTracing loads a program of the tracing type with the given attach
@@ -125,6 +124,8 @@ func feature(name string, err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("%s: not permitted by this kernel (a security policy or a lockdown refuses the load): %w", name, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		if v := minKernel[name]; v != "" {
 			return fmt.Errorf("%s (Linux %s): %w", name, v, ErrNotSupported)

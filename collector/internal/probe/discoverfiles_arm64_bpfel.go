@@ -69,7 +69,7 @@ type discoverFilesSkState struct {
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
-	Pad          uint16
+	Walked       uint16
 	RstSent      uint32
 	RstReceived  uint32
 }

@@ -16,7 +16,8 @@ import (
 // programs cannot use socket storage (before Linux 5.11) or the socket
 // cookie (before 5.12), such as 5.10 (bpf/tcp_hash.c). It hooks the same
 // BTF tracepoints as PathTracepoint, and samples with iter/bpf_map_elem
-// over the hash map instead of iter/bpf_sk_storage_map. Differences that
+// over the hash map instead of iter/bpf_sk_storage_map (or, where the
+// kernel refuses that, with bpf_for_each_map_elem: hashWalkRun). Differences that
 // a consumer can see: a socket's cookie is an id of the probe's own (bit
 // 63 set), not the kernel's socket cookie; a socket accepted on a port
 // that several processes listen on with SO_REUSEPORT gets the owner of the
@@ -95,10 +96,15 @@ func (o *hashObjs) close() error {
 // discovery and drops work alike. On failure, what it loaded is in p for
 // p.release to free.
 func (p *Probe) openHashmap(cfg Config) error {
+	run, err := hashWalkRun()
+	if err != nil {
+		return err
+	}
 	spec, err := loadTcpHash()
 	if err != nil {
 		return err
 	}
+	useWalk(spec, tcpHashProgHashSampleSockets, tcpHashProgHashWalkSamples, run)
 	spec.Maps[tcpHashMapEvents].MaxEntries = cfg.RingBytes
 	spec.Maps[tcpHashMapSamples].MaxEntries = cfg.SampleRingBytes
 	if err := spec.Variables[tcpHashVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
@@ -151,8 +157,9 @@ func (p *Probe) openHashmap(cfg Config) error {
 		}
 		p.links = append(p.links, l)
 	}
-	p.sampler, err = link.AttachIter(link.IterOptions{Program: o.Sample, Map: o.SkHash})
-	if err != nil {
+	if run {
+		p.sampleRun = o.Sample
+	} else if p.sampler, err = link.AttachIter(link.IterOptions{Program: o.Sample, Map: o.SkHash}); err != nil {
 		return fmt.Errorf("attach iter/bpf_map_elem: %w", err)
 	}
 	p.discover, err = link.AttachIter(link.IterOptions{Program: o.Discover})

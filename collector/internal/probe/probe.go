@@ -182,14 +182,21 @@ type Probe struct {
 	iter     tcpIterObjects
 	links    []link.Link
 	sampler  *link.Iter // writes a sample per tracked socket
-	discover *link.Iter // finds the sockets of the namespace that opens it
-	reader   *ringbuf.Reader
-	wake     *ringWaiter // waits for the event ring; nil: reader waits itself
-	samples  *sampleRing // the sampling iterator's ring
-	udp      *udpProbe   // nil unless Config.UDP.Enabled
-	stats    io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
-	procRoot string      // where Discover looks for network namespaces
-	netns    []string    // the namespaces Discover looks in; empty: all
+	// walkFiles: the sampler walks the processes' open files, so its walks
+	// are never complete (walk.go).
+	fileWalk bool
+	// sampleRun, on the hashmap path where the kernel refuses
+	// iter/bpf_map_elem, is the walk that SampleWalk runs instead of
+	// reading sampler (hashWalkRun); p.iter holds it.
+	sampleRun *ebpf.Program
+	discover  *link.Iter // finds the sockets of the namespace that opens it
+	reader    *ringbuf.Reader
+	wake      *ringWaiter // waits for the event ring; nil: reader waits itself
+	samples   *sampleRing // the sampling iterator's ring
+	udp       *udpProbe   // nil unless Config.UDP.Enabled
+	stats     io.Closer   // holds BPF run-time statistics on; nil unless Config.Stats
+	procRoot  string      // where Discover looks for network namespaces
+	netns     []string    // the namespaces Discover looks in; empty: all
 
 	readMu sync.Mutex // serialises ReadEvent
 	record ringbuf.Record
@@ -338,25 +345,42 @@ func loadError(what string, err error) error {
 }
 
 // loadIter loads the iterators, sharing the socket storage and the drops
-// array, and attaches them.
+// array, and attaches them. The sampling walk is the storage map's, or
+// the open files' where the kernel refuses that (walkFiles).
 func (p *Probe) loadIter(cfg Config) error {
+	files, err := walkFiles()
+	if err != nil {
+		return err
+	}
 	spec, err := loadTcpIter()
 	if err != nil {
 		return err
 	}
 	spec.Maps[tcpIterMapSamples].MaxEntries = cfg.SampleRingBytes
+	useWalk(spec, tcpIterProgSampleSockets, tcpIterProgSampleFiles, files)
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		tcpIterMapSkStates: p.objs.SkStates,
 		tcpIterMapDrops:    p.objs.Drops,
 	}}
-	if err := spec.LoadAndAssign(&p.iter, loadOptions(opts)); err != nil {
+	var o struct {
+		tcpIterMaps
+		Sample   *ebpf.Program `ebpf:"sample_sockets"`
+		Discover *ebpf.Program `ebpf:"discover_sockets"`
+	}
+	if err := spec.LoadAndAssign(&o, loadOptions(opts)); err != nil {
 		return loadError("iterators", err)
 	}
-	p.sampler, err = link.AttachIter(link.IterOptions{Program: p.iter.SampleSockets, Map: p.objs.SkStates})
-	if err != nil {
-		return fmt.Errorf("attach iter/bpf_sk_storage_map: %w", err)
+	p.iter = tcpIterObjects{tcpIterMaps: o.tcpIterMaps, tcpIterPrograms: tcpIterPrograms{SampleSockets: o.Sample, DiscoverSockets: o.Discover}}
+	p.fileWalk = files
+	it := link.IterOptions{Program: o.Sample, Map: p.objs.SkStates}
+	if files {
+		it.Map = nil
 	}
-	p.discover, err = link.AttachIter(link.IterOptions{Program: p.iter.DiscoverSockets})
+	p.sampler, err = link.AttachIter(it)
+	if err != nil {
+		return fmt.Errorf("attach %s: %w", walkName(files), err)
+	}
+	p.discover, err = link.AttachIter(link.IterOptions{Program: o.Discover})
 	if err != nil {
 		return fmt.Errorf("attach iter/tcp: %w", err)
 	}
@@ -610,11 +634,6 @@ func (p *Probe) SampleWalk(fn func(Sample)) (complete bool, err error) {
 	}
 	// Records left by a walk that failed midway are stale.
 	p.samples.skip()
-	r, err := p.sampler.Open()
-	if err != nil {
-		return false, fmt.Errorf("samples: open iterator: %w", err)
-	}
-	defer r.Close()
 	emit := func(s *tcpEvent) {
 		fn(Sample{
 			Endpoint: endpoint(&s.Endpoint),
@@ -622,7 +641,19 @@ func (p *Probe) SampleWalk(fn func(Sample)) (complete bool, err error) {
 			Counters: counters(&s.Counters),
 		})
 	}
-	complete = true
+	if p.sampleRun != nil {
+		complete, err = runWalk(p.sampleRun, func() error { return p.samples.drain(emit) })
+		if err != nil {
+			return false, fmt.Errorf("samples: %w", err)
+		}
+		return complete, nil
+	}
+	r, err := p.sampler.Open()
+	if err != nil {
+		return false, fmt.Errorf("samples: open iterator: %w", err)
+	}
+	defer r.Close()
+	complete = !p.fileWalk
 	err = readRecords(r, p.buf, eventSize, func(raw []byte) {
 		// The sample ring was full: this walk is chunked.
 		complete = false

@@ -99,7 +99,7 @@ type tcpHashSkState struct {
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
-	Pad          uint16
+	Walked       uint16
 	RstSent      uint32
 	RstReceived  uint32
 }
@@ -122,6 +122,7 @@ const (
 	tcpHashProgHashSampleSockets    = "hash_sample_sockets"
 	tcpHashProgHashTcpReceiveReset  = "hash_tcp_receive_reset"
 	tcpHashProgHashTcpSendReset     = "hash_tcp_send_reset"
+	tcpHashProgHashWalkSamples      = "hash_walk_samples"
 	tcpHashVarClosedKeepNs          = "closed_keep_ns"
 	tcpHashVarUnusedDiscovered      = "unused_discovered"
 	tcpHashVarWakeupBytes           = "wakeup_bytes"
@@ -174,6 +175,7 @@ type tcpHashProgramSpecs struct {
 	HashSampleSockets    *ebpf.ProgramSpec `ebpf:"hash_sample_sockets"`
 	HashTcpReceiveReset  *ebpf.ProgramSpec `ebpf:"hash_tcp_receive_reset"`
 	HashTcpSendReset     *ebpf.ProgramSpec `ebpf:"hash_tcp_send_reset"`
+	HashWalkSamples      *ebpf.ProgramSpec `ebpf:"hash_walk_samples"`
 }
 
 // tcpHashMapSpecs contains maps before they are loaded into the kernel.
@@ -263,6 +265,7 @@ type tcpHashPrograms struct {
 	HashSampleSockets    *ebpf.Program `ebpf:"hash_sample_sockets"`
 	HashTcpReceiveReset  *ebpf.Program `ebpf:"hash_tcp_receive_reset"`
 	HashTcpSendReset     *ebpf.Program `ebpf:"hash_tcp_send_reset"`
+	HashWalkSamples      *ebpf.Program `ebpf:"hash_walk_samples"`
 }
 
 func (p *tcpHashPrograms) Close() error {
@@ -272,6 +275,7 @@ func (p *tcpHashPrograms) Close() error {
 		p.HashSampleSockets,
 		p.HashTcpReceiveReset,
 		p.HashTcpSendReset,
+		p.HashWalkSamples,
 	)
 }
 

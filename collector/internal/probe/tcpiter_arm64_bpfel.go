@@ -69,7 +69,7 @@ type tcpIterSkState struct {
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
-	Pad          uint16
+	Walked       uint16
 	RstSent      uint32
 	RstReceived  uint32
 }
@@ -82,6 +82,7 @@ const (
 	tcpIterMapSamples          = "samples"
 	tcpIterMapSkStates         = "sk_states"
 	tcpIterProgDiscoverSockets = "discover_sockets"
+	tcpIterProgSampleFiles     = "sample_files"
 	tcpIterProgSampleSockets   = "sample_sockets"
 	tcpIterVarUnusedDiscovered = "unused_discovered"
 )
@@ -129,6 +130,7 @@ type tcpIterSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpIterProgramSpecs struct {
 	DiscoverSockets *ebpf.ProgramSpec `ebpf:"discover_sockets"`
+	SampleFiles     *ebpf.ProgramSpec `ebpf:"sample_files"`
 	SampleSockets   *ebpf.ProgramSpec `ebpf:"sample_sockets"`
 }
 
@@ -193,12 +195,14 @@ type tcpIterVariables struct {
 // It can be passed to loadTcpIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpIterPrograms struct {
 	DiscoverSockets *ebpf.Program `ebpf:"discover_sockets"`
+	SampleFiles     *ebpf.Program `ebpf:"sample_files"`
 	SampleSockets   *ebpf.Program `ebpf:"sample_sockets"`
 }
 
 func (p *tcpIterPrograms) Close() error {
 	return _TcpIterClose(
 		p.DiscoverSockets,
+		p.SampleFiles,
 		p.SampleSockets,
 	)
 }

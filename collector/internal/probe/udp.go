@@ -109,9 +109,12 @@ type udpProbe struct {
 	hash    *udpHashObjs // bpf/udp_hash.c's, instead of objs, where tracing programs have no socket storage
 	links   []link.Link
 	sampler *link.Iter
-	reader  *pollReader
-	record  ringbuf.Record
-	samples *sampleRing
+	// fileWalk: the sampler walks the processes' open files, so its walks
+	// are never complete (walk.go).
+	fileWalk bool
+	reader   *pollReader
+	record   ringbuf.Record
+	samples  *sampleRing
 }
 
 // udpCommon are the UDP programs of every path.
@@ -232,10 +235,15 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 			return err
 		}
 	}
+	files, err := walkFiles()
+	if err != nil {
+		return err
+	}
 	spec, err := loadUdp()
 	if err != nil {
 		return err
 	}
+	useWalk(spec, udpProgSampleUdp, udpProgSampleUdpFiles, files)
 	spec.Maps[udpMapUdpEvents].MaxEntries = cfg.RingBytes
 	spec.Maps[udpMapUdpSamples].MaxEntries = cfg.SampleRingBytes
 	hasSkb := uint32(0)
@@ -353,10 +361,15 @@ func (p *Probe) openUDP(cfg UDPConfig, sizes Path) (err error) {
 		}
 		u.links = append(u.links, l)
 	}
-	u.sampler, err = link.AttachIter(link.IterOptions{Program: u.objs.SampleUdp, Map: u.objs.UdpStates})
-	if err != nil {
-		return fmt.Errorf("attach iter/bpf_sk_storage_map (udp): %w", err)
+	it := link.IterOptions{Program: u.objs.SampleUdp, Map: u.objs.UdpStates}
+	if files {
+		it.Map = nil
 	}
+	u.sampler, err = link.AttachIter(it)
+	if err != nil {
+		return fmt.Errorf("attach %s (udp): %w", walkName(files), err)
+	}
+	u.fileWalk = files
 	u.reader, err = newPollReader(u.objs.UdpEvents)
 	if err != nil {
 		return fmt.Errorf("open UDP ring buffer: %w", err)
@@ -419,7 +432,7 @@ func (p *Probe) SampleUDP(fn func(UDPRecord)) (complete bool, err error) {
 	emit := func(ptr unsafe.Pointer) {
 		fn(udpRecordOf((*udpUdpRecord)(ptr), p.internComm))
 	}
-	complete = true
+	complete = !u.fileWalk
 	err = readRecords(r, p.buf, udpRecordSize, func(raw []byte) {
 		complete = false
 		emit(unsafe.Pointer(unsafe.SliceData(raw)))

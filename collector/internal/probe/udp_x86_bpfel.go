@@ -28,7 +28,7 @@ type udpSkState struct {
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
-	Pad          uint16
+	Walked       uint16
 	RstSent      uint32
 	RstReceived  uint32
 }
@@ -88,11 +88,11 @@ type udpUdpState struct {
 	OwnerSeq uint32
 	Flags    uint32
 	Folded   uint32
+	Walked   uint32
 	Saddr    [16]uint8
 	Netns    uint32
 	Sport    uint16
 	Sfamily  uint16
-	_        [4]byte
 	Peers    [17]struct {
 		_          structs.HostLayout
 		Addr       [16]uint8
@@ -125,6 +125,7 @@ const (
 	udpProgFexitUdpv6RecvmsgNoblock = "fexit_udpv6_recvmsg_noblock"
 	udpProgFexitUdpv6Sendmsg        = "fexit_udpv6_sendmsg"
 	udpProgSampleUdp                = "sample_udp"
+	udpProgSampleUdpFiles           = "sample_udp_files"
 	udpProgSockRecvLength           = "sock_recv_length"
 	udpProgSockSendLength           = "sock_send_length"
 	udpProgUdpBind4                 = "udp_bind4"
@@ -190,6 +191,7 @@ type udpProgramSpecs struct {
 	FexitUdpv6RecvmsgNoblock *ebpf.ProgramSpec `ebpf:"fexit_udpv6_recvmsg_noblock"`
 	FexitUdpv6Sendmsg        *ebpf.ProgramSpec `ebpf:"fexit_udpv6_sendmsg"`
 	SampleUdp                *ebpf.ProgramSpec `ebpf:"sample_udp"`
+	SampleUdpFiles           *ebpf.ProgramSpec `ebpf:"sample_udp_files"`
 	SockRecvLength           *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
 	SockSendLength           *ebpf.ProgramSpec `ebpf:"sock_send_length"`
 	UdpBind4                 *ebpf.ProgramSpec `ebpf:"udp_bind4"`
@@ -284,6 +286,7 @@ type udpPrograms struct {
 	FexitUdpv6RecvmsgNoblock *ebpf.Program `ebpf:"fexit_udpv6_recvmsg_noblock"`
 	FexitUdpv6Sendmsg        *ebpf.Program `ebpf:"fexit_udpv6_sendmsg"`
 	SampleUdp                *ebpf.Program `ebpf:"sample_udp"`
+	SampleUdpFiles           *ebpf.Program `ebpf:"sample_udp_files"`
 	SockRecvLength           *ebpf.Program `ebpf:"sock_recv_length"`
 	SockSendLength           *ebpf.Program `ebpf:"sock_send_length"`
 	UdpBind4                 *ebpf.Program `ebpf:"udp_bind4"`
@@ -305,6 +308,7 @@ func (p *udpPrograms) Close() error {
 		p.FexitUdpv6RecvmsgNoblock,
 		p.FexitUdpv6Sendmsg,
 		p.SampleUdp,
+		p.SampleUdpFiles,
 		p.SockRecvLength,
 		p.SockSendLength,
 		p.UdpBind4,

@@ -28,7 +28,7 @@ type udpHashSkState struct {
 	SynDelivered uint32
 	Role         uint8
 	Flags        uint8
-	Pad          uint16
+	Walked       uint16
 	RstSent      uint32
 	RstReceived  uint32
 }
@@ -69,11 +69,11 @@ type udpHashUdpState struct {
 	OwnerSeq uint32
 	Flags    uint32
 	Folded   uint32
+	Walked   uint32
 	Saddr    [16]uint8
 	Netns    uint32
 	Sport    uint16
 	Sfamily  uint16
-	_        [4]byte
 	Peers    [17]struct {
 		_          structs.HostLayout
 		Addr       [16]uint8
