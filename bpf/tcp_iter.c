@@ -96,22 +96,16 @@ int sample_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
  * does. A socket held by several processes is sampled once (walk.h), and
  * one that no process holds (an orphan, a connection in a listener's
  * accept queue) is not sampled: user space takes every such walk as
- * incomplete (Probe.SampleWalk).
+ * incomplete (Probe.SampleWalk). files_walk is the number of the current
+ * walk (walk_number).
  */
-/* The number of the current open files' walk (walk_number). */
 static u16 files_walk;
 
 SEC("iter/task_file")
 int sample_files(struct bpf_iter__task_file___walk *ctx)
 {
 	u16 walk = walk_number(ctx->meta, &files_walk);
-	struct file *file = ctx->file;
-	if (!file)
-		return 0;
-	struct socket___walk *sock = (void *)bpf_sock_from_file(file);
-	if (!sock)
-		return 0;
-	struct sock *fsk = sock->sk;
+	struct sock *fsk = file_sock(ctx->file);
 	if (!fsk)
 		return 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(fsk);

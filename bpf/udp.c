@@ -358,22 +358,16 @@ int sample_udp(struct bpf_iter__bpf_sk_storage_map *ctx)
  * sample_udp_files (iter/task_file) is sample_udp over the processes' open
  * files, where the kernel refuses the storage map's iterator; as
  * sample_files in tcp_iter.c, a socket held by several processes is
- * sampled once, and one that none holds is not.
+ * sampled once, and one that none holds is not. files_walk is the number of
+ * the current walk (walk_number).
  */
-/* The number of the current open files' walk (walk_number). */
 static u16 files_walk;
 
 SEC("iter/task_file")
 int sample_udp_files(struct bpf_iter__task_file___walk *ctx)
 {
 	u16 walk = walk_number(ctx->meta, &files_walk);
-	struct file *file = ctx->file;
-	if (!file)
-		return 0;
-	struct socket___walk *sock = (void *)bpf_sock_from_file(file);
-	if (!sock)
-		return 0;
-	struct sock *sk = sock->sk;
+	struct sock *sk = file_sock(ctx->file);
 	if (!sk || sk->sk_protocol != IPPROTO_UDP)
 		return 0;
 	struct udp_state *st = bpf_sk_storage_get(&udp_states, sk, 0, 0);

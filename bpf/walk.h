@@ -21,6 +21,17 @@ struct socket___walk {
 	struct sock *sk;
 } __attribute__((preserve_access_index));
 
+/* file_sock returns the socket of an open file; NULL for other files. */
+static __always_inline struct sock *file_sock(struct file *file)
+{
+	if (!file)
+		return 0;
+	struct socket___walk *sock = (void *)bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	return sock->sk;
+}
+
 /*
  * A socket held by several processes (inherited over fork, passed over a
  * unix socket) is met once per holder: each walk has a number, and a
