@@ -35,7 +35,7 @@ import (
 // (with WEIR_BENCH_FULL=1, 1,000 collectors, 1,000,000 sockets, 10% of
 // sockets changing and 1% of connections reopening per interval, skewed
 // collectors; no reconnects) as fast as the reducer takes it. Every batch
-// is built and encoded before the sending starts. It prints P3-capacity,
+// is built before the sending starts. It prints P3-capacity,
 // the socket updates per reducer core-second over 5 s of the steady
 // state (1 s without WEIR_BENCH_FULL=1), and checks the edges exactly.
 func BenchmarkFleetCapacity(b *testing.B) {

@@ -66,11 +66,10 @@ type Config struct {
 	// DistinctPeers: every connection with a peer outside the fleet has a
 	// peer address of its own (up to 65,536), so that each is an edge.
 	DistinctPeers bool
-	// Replay builds and encodes every interval's batches first, then each
-	// collector sends its batches back to back, as fast as the reducer
-	// takes them: the reducer's capacity, with the simulator's own
-	// building and compressing outside the measured time. It needs
-	// Reconnects 0.
+	// Replay builds every interval's batches first, then the collectors
+	// send them as fast as the reducer takes them (see replay): the
+	// reducer's capacity, with the simulator's building of the batches
+	// outside the measured time. It needs Reconnects 0.
 	Replay bool
 	Seed   uint64
 }
@@ -219,7 +218,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var reconnect atomic.Int64
 	var rp *replay
 	if cfg.Replay {
-		rp = newReplay(len(nodes))
+		rp = newReplay(len(nodes), cfg.Intervals+cfg.MaxSkew)
 	}
 	for _, n := range nodes {
 		wg.Add(1)
@@ -558,6 +557,7 @@ type stream struct {
 	cancel func()
 	seq    uint64
 	acked  atomic.Uint64
+	acks   chan struct{} // a token after each ack
 	done   chan error
 }
 
@@ -568,7 +568,7 @@ func open(ctx context.Context, cc *grpc.ClientConn, n *node, epoch uint64, inter
 		cancel()
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	st := &stream{s: s, cancel: cancel, done: make(chan error, 1)}
+	st := &stream{s: s, cancel: cancel, acks: make(chan struct{}, 1), done: make(chan error, 1)}
 	hello := &ingestv1.Hello{
 		ProtocolVersion: 1, NodeName: n.name, BootId: "boot-" + n.name, Epoch: epoch,
 		ReportInterval: durationpb.New(interval), Capabilities: []string{"socket_cookie"},
@@ -590,6 +590,10 @@ func open(ctx context.Context, cc *grpc.ClientConn, n *node, epoch uint64, inter
 			}
 			if a := r.GetAck(); a != nil {
 				st.acked.Store(a.GetSequence())
+				select {
+				case st.acks <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}()
