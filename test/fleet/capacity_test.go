@@ -119,13 +119,19 @@ func BenchmarkFleetCapacity(b *testing.B) {
 // BenchmarkFleetFloor runs the fleet of BenchmarkFleet with no traffic
 // after the first interval: every collector still sends its batch per
 // interval, empty, and the reducer receives, decodes, applies and acks it.
-// It prints the reducer's CPU per batch.
+// It prints the reducer's CPU per batch; WEIR_BENCH_CPU_PROFILE=<file>
+// writes the reducer's CPU profile of the window there.
 func BenchmarkFleetFloor(b *testing.B) {
 	cfg := Config{Collectors: 50, Sockets: 20000, Interval: 200 * time.Millisecond, Intervals: 20, Compressor: Zstd, Seed: 7}
 	if fullBench() {
 		cfg = Config{Collectors: 1000, Sockets: 1_000_000, Interval: time.Second, Intervals: 30, Compressor: Zstd, Seed: 7}
 	}
-	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}})
+	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
+	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")
+	if cpuProfile != "" {
+		args = append(args, "--pprof")
+	}
+	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
 	cfg.Reducers = []string{w.GRPCAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -140,9 +146,21 @@ func BenchmarkFleetFloor(b *testing.B) {
 		return v >= 0.95*float64(cfg.Sockets)
 	})
 	time.Sleep(3 * cfg.Interval)
+	window := time.Duration(cfg.Intervals/2) * cfg.Interval
+	var profiled chan error
+	if cpuProfile != "" {
+		profiled = make(chan error, 1)
+		url := strings.TrimSuffix(w.MetricsURL, "/metrics") + "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(window.Seconds())-1))
+		go func() { profiled <- fetchTo(url, cpuProfile) }()
+	}
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	time.Sleep(time.Duration(cfg.Intervals/2) * cfg.Interval)
+	time.Sleep(window)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			b.Fatal(err)
+		}
+	}
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
