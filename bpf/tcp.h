@@ -38,6 +38,7 @@ enum event_kind {
 	EVENT_EXISTING = 4,
 	EVENT_FAILED = 5, /* a connect that never established; endpoint.reason says why */
 	EVENT_RESET = 6,  /* a reset sent or received after the close event: the final counters again */
+	EVENT_ORPHAN = 7, /* closed by its process with data still to send: a sample the open files' walk cannot take */
 };
 
 /* Why a connect failed (endpoint.reason of EVENT_FAILED); values match probe.FailReason. */

@@ -205,6 +205,36 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 }
 
 /*
+ * Set from probe.Config: the sampling walk goes over the processes' open
+ * files (walk.h), which cannot reach an orphan: a socket its process
+ * closed while the kernel still has its data to send. on_orphan then
+ * samples such a socket once, into the event ring, when its process
+ * closes it (-> FIN_WAIT1, or -> LAST_ACK after the peer's FIN): its end
+ * is known before its close event, which can come seconds later. A socket
+ * with nothing left to send closes at once, with its close event.
+ */
+const volatile u8 orphan_samples = 0;
+
+static __always_inline void on_orphan(struct sock *sk, int newstate)
+{
+	if (!sk->sk_bpf_storage)
+		return; /* not tracked: skip the lookup */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->write_seq == tp->snd_una)
+		return; /* everything sent was acked */
+	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
+	if (!st || (st->flags & (SK_STATE_CLOSED | SK_STATE_TRACKED)) != SK_STATE_TRACKED)
+		return;
+	struct event *ev = reserve_event(EVENT_ORPHAN);
+	if (!ev)
+		return;
+	fill_endpoint(&ev->endpoint, tp, st->role);
+	read_owner(st, &ev->owner);
+	read_counters(tp, st, st->syn_acked, st->syn_delivered, newstate, &ev->counters);
+	submit_event(ev);
+}
+
+/*
  * on_reset counts a RST that sk sent or received in its storage, for
  * sockets that have one: a reset of a socket weir does not track, or with
  * no socket at all (a SYN to a closed port: the client's refused connect
@@ -318,6 +348,11 @@ static __always_inline void on_state_change(struct sock *sk, int oldstate, int n
 		break;
 	case TCP_LISTEN:
 		on_listen(sk);
+		break;
+	case TCP_FIN_WAIT1:
+	case TCP_LAST_ACK:
+		if (orphan_samples)
+			on_orphan(sk, newstate);
 		break;
 	}
 }

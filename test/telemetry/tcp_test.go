@@ -146,7 +146,7 @@ func stayValue(w *harness.Weir, name string, labels map[string]string, want floa
 			return err
 		}
 		if got := sum(m, name, labels); got != want {
-			return fmt.Errorf("%s%v: %v, want %v", name, labels, got, want)
+			return fmt.Errorf("%s%v: %v, want %v; its series: %s", name, labels, got, want, seriesOf(m, name))
 		}
 		time.Sleep(2500 * time.Millisecond)
 	}

@@ -243,6 +243,13 @@ func Open(cfg Config) (*Probe, error) {
 	if err := spec.Variables[tcpVarWakeupBytes].Set(uint64(cfg.RingBytes / 4)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
+	// The open files' walk does not reach orphans: the programs sample
+	// them into the event ring instead (EventOrphan).
+	if files, err := walkFiles(); err == nil && files {
+		if err := spec.Variables[tcpVarOrphanSamples].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set orphan_samples: %w", err)
+		}
+	}
 
 	procRoot := cfg.ProcRoot
 	if procRoot == "" {
@@ -524,7 +531,7 @@ func eventOf(e *tcpEvent) (Event, error) {
 // eventWith is eventOf with the owner's comm already decoded.
 func eventWith(e *tcpEvent, comm string) (Event, error) {
 	kind := e.Endpoint.Kind
-	if kind < uint8(EventClose) || kind > uint8(EventReset) {
+	if kind < uint8(EventClose) || kind > uint8(EventOrphan) {
 		return Event{}, fmt.Errorf("decode event: unknown kind %d", kind)
 	}
 	return Event{

@@ -81,6 +81,7 @@ const (
 	tcpProgInetSockSetState       = "inet_sock_set_state"
 	tcpProgTcpReceiveReset        = "tcp_receive_reset"
 	tcpProgTcpSendReset           = "tcp_send_reset"
+	tcpVarOrphanSamples           = "orphan_samples"
 	tcpVarWakeupBytes             = "wakeup_bytes"
 )
 
@@ -145,7 +146,8 @@ type tcpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpVariableSpecs struct {
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	OrphanSamples *ebpf.VariableSpec `ebpf:"orphan_samples"`
+	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcpObjects contains all objects after they have been loaded into the kernel.
@@ -185,7 +187,8 @@ func (m *tcpMaps) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpVariables struct {
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	OrphanSamples *ebpf.Variable `ebpf:"orphan_samples"`
+	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcpPrograms contains all programs after they have been loaded into the kernel.

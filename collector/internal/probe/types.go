@@ -57,6 +57,12 @@ const (
 	// the RST just after the move to CLOSE). Counters are its final
 	// values again, with the reset counted.
 	EventReset EventKind = 6
+	// EventOrphan: where the sampling walk goes over open files (walk.go),
+	// a tracked socket that its process closed with data still to send: a
+	// sample, taken at the close(), of a socket no later walk reaches
+	// (orphans belong to no process) until its close event, which can
+	// come seconds later. Counters and Owner are as in a sample.
+	EventOrphan EventKind = 7
 )
 
 // FailReason is why a connect failed; it matches enum fail_reason in

@@ -7,29 +7,29 @@ import (
 )
 
 type metrics struct {
-	opens, existing, closes, listens, unknownEvents prometheus.Counter
-	untrackedCloses                                 prometheus.Counter
-	duplicateOpens                                  prometheus.Counter
-	untrackedSamples                                prometheus.Counter
-	backwardReads                                   prometheus.Counter
-	socketCap                                       prometheus.Counter
-	vanished                                        prometheus.Counter
-	invalidEndpoints                                prometheus.Counter
-	bufferDropped                                   prometheus.Counter
-	bufferDroppedBytes                              prometheus.Counter
-	listenersEvicted                                prometheus.Counter
-	eventErrors                                     prometheus.Counter
-	resumeForgotten                                 prometheus.Counter
-	failed                                          *prometheus.CounterVec
-	failedDropped                                   prometheus.Counter
-	resetsUnreported                                prometheus.Counter
-	otherNetNS                                      *prometheus.CounterVec
+	opens, existing, closes, listens, orphans, unknownEvents prometheus.Counter
+	untrackedCloses                                          prometheus.Counter
+	duplicateOpens                                           prometheus.Counter
+	untrackedSamples                                         prometheus.Counter
+	backwardReads                                            prometheus.Counter
+	socketCap                                                prometheus.Counter
+	vanished                                                 prometheus.Counter
+	invalidEndpoints                                         prometheus.Counter
+	bufferDropped                                            prometheus.Counter
+	bufferDroppedBytes                                       prometheus.Counter
+	listenersEvicted                                         prometheus.Counter
+	eventErrors                                              prometheus.Counter
+	resumeForgotten                                          prometheus.Counter
+	failed                                                   *prometheus.CounterVec
+	failedDropped                                            prometheus.Counter
+	resetsUnreported                                         prometheus.Counter
+	otherNetNS                                               *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_collector_events_total",
-		Help: "Lifecycle events read from the kernel or found at start, by kind; open is a new connection established while the probe was loaded, first seen by a sample or by its close.",
+		Help: "Lifecycle events read from the kernel or found at start, by kind; open is a new connection established while the probe was loaded, first seen by a sample or by its close; orphan is a sample of a socket closed by its process with data still to send, where the sampling walk goes over open files.",
 	}, []string{"kind"})
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
@@ -39,6 +39,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 		existing:      events.WithLabelValues("existing"),
 		closes:        events.WithLabelValues("close"),
 		listens:       events.WithLabelValues("listen"),
+		orphans:       events.WithLabelValues("orphan"),
 		unknownEvents: events.WithLabelValues("unknown"),
 		untrackedCloses: counter("weir_collector_untracked_closes_total",
 			"Close events for sockets found already open that discovery missed and no poll sampled, ignored."),

@@ -277,6 +277,9 @@ func (t *Table) apply(ev probe.Event) {
 			delete(t.live, s.Cookie)
 		}
 		t.close(s)
+	case probe.EventOrphan:
+		t.m.orphans.Inc()
+		t.sample(probe.Sample{Endpoint: ev.Endpoint, Owner: ev.Owner, Counters: ev.Counters})
 	case probe.EventListen:
 		t.m.listens.Inc()
 		t.listen(listenKey{netns: ev.NetNS, port: ev.LocalPort}, ev.Owner)
@@ -581,31 +584,7 @@ func (t *Table) pollTCP(src Sampler) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.pollGen++
-	complete, err := src.SampleWalk(func(smp probe.Sample) {
-		if !t.ours(smp.NetNS) {
-			t.m.otherNetNS.WithLabelValues("sample").Inc()
-			return
-		}
-		if s := t.live[smp.Cookie]; s != nil {
-			s.seen = t.pollGen
-			t.update(s, smp.Counters, smp.Owner)
-			return
-		}
-		if _, ok := t.refused[smp.Cookie]; ok {
-			t.refused[smp.Cookie] = t.pollGen
-			return
-		}
-		var s *socket
-		if smp.Role != probe.RoleUnknown {
-			s = t.newConnection(smp.Endpoint, smp.Owner, smp.Counters, true)
-		} else {
-			t.m.untrackedSamples.Inc()
-			s = t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
-		}
-		if s != nil {
-			s.seen = t.pollGen
-		}
-	})
+	complete, err := src.SampleWalk(t.sample)
 	if err != nil || !complete {
 		// A chunked walk can miss a live socket: it says nothing of the
 		// sockets it did not report.
@@ -642,6 +621,33 @@ func (t *Table) pollTCP(src Sampler) error {
 		}
 	}
 	return nil
+}
+
+// sample records one sample of a walk, or an orphan's (EventOrphan).
+func (t *Table) sample(smp probe.Sample) {
+	if !t.ours(smp.NetNS) {
+		t.m.otherNetNS.WithLabelValues("sample").Inc()
+		return
+	}
+	if s := t.live[smp.Cookie]; s != nil {
+		s.seen = t.pollGen
+		t.update(s, smp.Counters, smp.Owner)
+		return
+	}
+	if _, ok := t.refused[smp.Cookie]; ok {
+		t.refused[smp.Cookie] = t.pollGen
+		return
+	}
+	var s *socket
+	if smp.Role != probe.RoleUnknown {
+		s = t.newConnection(smp.Endpoint, smp.Owner, smp.Counters, true)
+	} else {
+		t.m.untrackedSamples.Inc()
+		s = t.open(smp.Endpoint, smp.Owner, smp.Counters, false)
+	}
+	if s != nil {
+		s.seen = t.pollGen
+	}
 }
 
 // vanishedAfter is how many complete polls in a row must miss a live
