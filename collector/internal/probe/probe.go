@@ -182,7 +182,7 @@ type Probe struct {
 	iter     tcpIterObjects
 	links    []link.Link
 	sampler  *link.Iter // writes a sample per tracked socket
-	// walkFiles: the sampler walks the processes' open files, so its walks
+	// fileWalk: the sampler walks the processes' open files, so its walks
 	// are never complete (walk.go).
 	fileWalk bool
 	// sampleRun, on the hashmap path where the kernel refuses

@@ -108,7 +108,7 @@ func useWalk(spec *ebpf.CollectionSpec, mapWalk, filesWalk string, files bool) {
 	delete(spec.Programs, filesWalk)
 }
 
-// walkName names a walk for Feature reasons and errors.
+// walkName names a walk for the start log and errors.
 func walkName(files bool) string {
 	if files {
 		return "iter/task_file (the kernel refuses iter/bpf_sk_storage_map)"
