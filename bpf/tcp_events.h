@@ -173,6 +173,22 @@ static __always_inline u8 fail_reason(struct sock *sk)
 }
 
 /*
+ * report writes an event of kind for tp: its endpoint with st's role,
+ * st's owner, and tp's counters as read_counters takes them in state.
+ */
+static __always_inline void report(u8 kind, u8 reason, struct tcp_sock *tp, struct sk_state *st, int state)
+{
+	struct event *ev = reserve_event(kind);
+	if (!ev)
+		return;
+	fill_endpoint(&ev->endpoint, tp, st->role);
+	ev->endpoint.reason = reason;
+	read_owner(st, &ev->owner);
+	read_counters(tp, st, st->syn_acked, st->syn_delivered, state, &ev->counters);
+	submit_event(ev);
+}
+
+/*
  * on_close: -> CLOSE. The final counters go out with the event; a connect
  * that failed goes out as EVENT_FAILED, with the reason.
  */
@@ -194,14 +210,7 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
-	struct event *ev = reserve_event(kind);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, st->role);
-	ev->endpoint.reason = reason;
-	read_owner(st, &ev->owner);
-	read_counters(tp, st, st->syn_acked, st->syn_delivered, oldstate, &ev->counters);
-	submit_event(ev);
+	report(kind, reason, tp, st, oldstate);
 }
 
 /*
@@ -225,13 +234,7 @@ static __always_inline void on_orphan(struct sock *sk, int newstate)
 	struct sk_state *st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
 	if (!st || (st->flags & (SK_STATE_CLOSED | SK_STATE_TRACKED)) != SK_STATE_TRACKED)
 		return;
-	struct event *ev = reserve_event(EVENT_ORPHAN);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, st->role);
-	read_owner(st, &ev->owner);
-	read_counters(tp, st, st->syn_acked, st->syn_delivered, newstate, &ev->counters);
-	submit_event(ev);
+	report(EVENT_ORPHAN, 0, tp, st, newstate);
 }
 
 /*
@@ -265,14 +268,8 @@ static __always_inline void on_reset(struct sock *sk, bool sent)
 	int state = full->__sk_common.skc_state;
 	if (state != TCP_CLOSE)
 		return;
-	struct event *ev = reserve_event(EVENT_RESET);
-	if (!ev)
-		return;
-	fill_endpoint(&ev->endpoint, tp, st->role);
-	read_owner(st, &ev->owner);
 	/* The state before the close is gone: take the FIN as not queued. */
-	read_counters(tp, st, st->syn_acked, st->syn_delivered, TCP_CLOSE, &ev->counters);
-	submit_event(ev);
+	report(EVENT_RESET, 0, tp, st, TCP_CLOSE);
 }
 
 /* Arguments: const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason. */
