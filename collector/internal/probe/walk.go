@@ -29,18 +29,29 @@ import (
 // EPERM and permits the open files' walk. Its error names the missing
 // feature when neither walk loads.
 var walkFiles = sync.OnceValues(func() (bool, error) {
-	err := loadTracing(ebpf.AttachTraceIter, "bpf_sk_storage_map", nil)
-	if err == nil {
-		return false, nil
-	}
-	if !errors.Is(err, unix.EPERM) {
-		return false, feature("iter/bpf_sk_storage_map", err)
+	refused, err := iterRefused("bpf_sk_storage_map")
+	if !refused || err != nil {
+		return false, err
 	}
 	if ferr := fileWalkPermitted(); ferr != nil {
-		return false, fmt.Errorf("iter/bpf_sk_storage_map: not permitted by this kernel (%w), and the walk over open files instead: %w", err, ferr)
+		return false, fmt.Errorf("iter/bpf_sk_storage_map: not permitted by this kernel, and the walk over open files instead: %w", ferr)
 	}
 	return true, nil
 })
+
+// iterRefused reports whether the kernel refuses an iterator program over
+// target with EPERM; another failure to load it is the missing feature's
+// error.
+func iterRefused(target string) (bool, error) {
+	err := loadTracing(ebpf.AttachTraceIter, target, nil)
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, unix.EPERM):
+		return true, nil
+	}
+	return false, feature("iter/"+target, err)
+}
 
 // fileWalkPermitted probes iter/task_file and bpf_sock_from_file in it.
 func fileWalkPermitted() error {
@@ -61,16 +72,7 @@ func fileWalkPermitted() error {
 // sk_hash with hash_walk_samples (bpf/tcp_hash.c: a raw_tp program that
 // SampleWalk runs, going over the map with bpf_for_each_map_elem) because
 // the kernel refuses iter/bpf_map_elem with EPERM.
-var hashWalkRun = sync.OnceValues(func() (bool, error) {
-	err := loadTracing(ebpf.AttachTraceIter, "bpf_map_elem", nil)
-	if err == nil {
-		return false, nil
-	}
-	if !errors.Is(err, unix.EPERM) {
-		return false, feature("iter/bpf_map_elem", err)
-	}
-	return true, nil
-})
+var hashWalkRun = sync.OnceValues(func() (bool, error) { return iterRefused("bpf_map_elem") })
 
 // runWalk runs a walk program (hash_walk_samples) until it has gone over
 // every entry, calling drain after each run; it reports whether one run
