@@ -88,13 +88,9 @@ func BenchmarkFleet(b *testing.B) {
 	if c := os.Getenv("WEIR_FLEET_COMPRESSOR"); c != "" {
 		cfg.Compressor = strings.TrimPrefix(c, "none")
 	}
-	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
 	heapProfile := os.Getenv("WEIR_BENCH_HEAP_PROFILE") // where to write the reducer's heap profile at the steady state
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")   // where to write its CPU profile of the steady state
-	if heapProfile != "" || cpuProfile != "" {
-		args = append(args, "--pprof")
-	}
-	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
+	w := startBenchReducer(b, heapProfile != "" || cpuProfile != "")
 	cfg.Reducers = []string{w.GRPCAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -121,12 +117,7 @@ func BenchmarkFleet(b *testing.B) {
 		// The base for the window's allocations: pprof -base <file>.base.
 		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap", heapProfile+".base")
 	}
-	var profiled chan error
-	if cpuProfile != "" {
-		profiled = make(chan error, 1)
-		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(w.MetricsURL, "/metrics"), max(1, int(window.Seconds())-1))
-		go func() { profiled <- fetchTo(url, cpuProfile) }()
-	}
+	profiled := profileCPU(b, w, cpuProfile, window-time.Second)
 	// RSS swings with the garbage collector's cycle (the heap grows to its
 	// goal, then a collection frees it): sample it through the window.
 	var rssSum, rssMin, rssMax float64
@@ -142,11 +133,7 @@ func BenchmarkFleet(b *testing.B) {
 	}
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	rss := rssSum / float64(rssN)
-	if profiled != nil {
-		if err := <-profiled; err != nil {
-			b.Fatal(err)
-		}
-	}
+	profiled()
 	if heapProfile != "" {
 		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap?gc=1", heapProfile)
 	}
@@ -292,6 +279,34 @@ func saveURL(tb testing.TB, url, path string) {
 	tb.Helper()
 	if err := fetchTo(url, path); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+// startBenchReducer starts the reducer of a fleet benchmark, without a
+// collector, with room for 100,000 series and 64 MiB messages, and serving
+// its profiles when pprof is set.
+func startBenchReducer(b *testing.B, pprof bool) *harness.Weir {
+	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
+	if pprof {
+		args = append(args, "--pprof")
+	}
+	return harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
+}
+
+// profileCPU starts fetching the CPU profile of w's reducer over the next
+// d (at least 1 s) into file, if file is set; the function it returns
+// waits for the profile.
+func profileCPU(b *testing.B, w *harness.Weir, file string, d time.Duration) (wait func()) {
+	if file == "" {
+		return func() {}
+	}
+	done := make(chan error, 1)
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(w.MetricsURL, "/metrics"), max(1, int(d.Seconds())))
+	go func() { done <- fetchTo(url, file) }()
+	return func() {
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -54,12 +54,8 @@ func BenchmarkFleetCapacity(b *testing.B) {
 	if c := os.Getenv("WEIR_FLEET_COMPRESSOR"); c != "" {
 		cfg.Compressor = strings.TrimPrefix(c, "none")
 	}
-	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")
-	if cpuProfile != "" {
-		args = append(args, "--pprof")
-	}
-	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
+	w := startBenchReducer(b, cpuProfile != "")
 	cfg.Reducers = []string{w.GRPCAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -78,22 +74,13 @@ func BenchmarkFleetCapacity(b *testing.B) {
 		return v >= 0.95*float64(cfg.Sockets)
 	})
 	time.Sleep(window / 5)
-	var profiled chan error
-	if cpuProfile != "" {
-		profiled = make(chan error, 1)
-		url := strings.TrimSuffix(w.MetricsURL, "/metrics") + "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(window.Seconds())-1))
-		go func() { profiled <- fetchTo(url, cpuProfile) }()
-	}
+	profiled := profileCPU(b, w, cpuProfile, window-time.Second)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	time.Sleep(window - 250*time.Millisecond)
 	mLast := scrape(b, w.MetricsURL)
 	time.Sleep(250 * time.Millisecond)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	if profiled != nil {
-		if err := <-profiled; err != nil {
-			b.Fatal(err)
-		}
-	}
+	profiled()
 	o := <-done
 	b.StopTimer()
 	if o.err != nil {
@@ -126,12 +113,8 @@ func BenchmarkFleetFloor(b *testing.B) {
 	if fullBench() {
 		cfg = Config{Collectors: 1000, Sockets: 1_000_000, Interval: time.Second, Intervals: 30, Compressor: Zstd, Seed: 7}
 	}
-	args := []string{"--max-series", "100000", "--max-message-bytes", strconv.Itoa(64 << 20)}
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")
-	if cpuProfile != "" {
-		args = append(args, "--pprof")
-	}
-	w := harness.StartWeir(b, harness.WeirOptions{NoCollector: true, ReducerArgs: args})
+	w := startBenchReducer(b, cpuProfile != "")
 	cfg.Reducers = []string{w.GRPCAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -147,20 +130,11 @@ func BenchmarkFleetFloor(b *testing.B) {
 	})
 	time.Sleep(3 * cfg.Interval)
 	window := time.Duration(cfg.Intervals/2) * cfg.Interval
-	var profiled chan error
-	if cpuProfile != "" {
-		profiled = make(chan error, 1)
-		url := strings.TrimSuffix(w.MetricsURL, "/metrics") + "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(window.Seconds())-1))
-		go func() { profiled <- fetchTo(url, cpuProfile) }()
-	}
+	profiled := profileCPU(b, w, cpuProfile, window-time.Second)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	time.Sleep(window)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
-	if profiled != nil {
-		if err := <-profiled; err != nil {
-			b.Fatal(err)
-		}
-	}
+	profiled()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}

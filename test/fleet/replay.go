@@ -6,8 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ingestv1 "github.com/weir-project/weir/proto/weir/ingest/v1"
@@ -61,18 +59,11 @@ func (n *node) replay(ctx context.Context, cfg Config, stats *Stats, rp *replay)
 			rp.steps[step].Done()
 		}
 	}()
-	cc, err := grpc.NewClient(Pick(n.name, cfg.Reducers), collectorDial()...)
+	cc, opts, err := n.dial(cfg)
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	var opts []grpc.CallOption
-	switch cfg.Compressor {
-	case "gzip":
-		opts = append(opts, grpc.UseCompressor(gzip.Name))
-	case Zstd:
-		opts = append(opts, grpc.UseCompressor(Zstd))
-	}
 	st, err := open(ctx, cc, n, 1, cfg.Interval, opts)
 	if err != nil {
 		return err

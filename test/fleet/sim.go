@@ -483,15 +483,13 @@ func Pick(node string, addrs []string) string {
 	return best
 }
 
-// send runs the node's streams: it sends each batch at its time, and
-// reconnects with a new epoch where a batch says so.
-func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *atomic.Int64) error {
-	addr := Pick(n.name, cfg.Reducers)
-	cc, err := grpc.NewClient(addr, collectorDial()...)
+// dial connects the node to its reducer (Pick), as weir-collector dials,
+// and returns the call options of its streams: the compressor.
+func (n *node) dial(cfg Config) (*grpc.ClientConn, []grpc.CallOption, error) {
+	cc, err := grpc.NewClient(Pick(n.name, cfg.Reducers), collectorDial()...)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer cc.Close()
 	var opts []grpc.CallOption
 	switch cfg.Compressor {
 	case "gzip":
@@ -499,6 +497,17 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 	case Zstd:
 		opts = append(opts, grpc.UseCompressor(Zstd))
 	}
+	return cc, opts, nil
+}
+
+// send runs the node's streams: it sends each batch at its time, and
+// reconnects with a new epoch where a batch says so.
+func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *atomic.Int64) error {
+	cc, opts, err := n.dial(cfg)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
 	var epoch uint64
 	var st *stream
 	defer func() {
