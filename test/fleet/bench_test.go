@@ -91,25 +91,9 @@ func BenchmarkFleet(b *testing.B) {
 	heapProfile := os.Getenv("WEIR_BENCH_HEAP_PROFILE") // where to write the reducer's heap profile at the steady state
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")   // where to write its CPU profile of the steady state
 	w := startBenchReducer(b, heapProfile != "" || cpuProfile != "")
-	cfg.Reducers = []string{w.GRPCAddr}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	type out struct {
-		res *Result
-		err error
-	}
-	done := make(chan out, 1)
-	b.ResetTimer()
-	go func() {
-		res, err := Run(ctx, cfg)
-		done <- out{res, err}
-	}()
 	// The steady state: from three intervals after every socket is
 	// announced, for half the run.
-	harness.WaitFor(b, w.MetricsURL, 5*time.Minute, "every socket", func(m harness.Metrics) bool {
-		v, _ := m.Value("weir_reducer_sockets", nil)
-		return v >= 0.95*float64(cfg.Sockets)
-	})
+	end := runFleet(b, w, cfg)
 	time.Sleep(time.Duration(cfg.MaxSkew+3) * cfg.Interval)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	window := time.Duration(cfg.Intervals/2) * cfg.Interval
@@ -138,10 +122,10 @@ func BenchmarkFleet(b *testing.B) {
 		saveURL(b, strings.TrimSuffix(w.MetricsURL, "/metrics")+"/debug/pprof/heap?gc=1", heapProfile)
 	}
 	sockets, _ := m1.Value("weir_reducer_sockets", nil)
-	o := <-done
+	res, err := end()
 	b.StopTimer()
-	if o.err != nil {
-		b.Fatal(o.err)
+	if err != nil {
+		b.Fatal(err)
 	}
 	_, peak := rssBytes(b, w.Reducer.PID())
 	updates := m1.Sum("weir_reducer_socket_updates_total", nil) - m0.Sum("weir_reducer_socket_updates_total", nil)
@@ -173,10 +157,10 @@ func BenchmarkFleet(b *testing.B) {
 	fmt.Printf("P4 parts: heap in use %.0f MiB, idle heap kept %.0f MiB, stacks %.0f MiB (%.0f goroutines), heap goal %.0f MiB; %d collections in the window (%.0f of them --gc-idle-collect's)\n",
 		mem("go_memstats_heap_inuse_bytes"), mem("go_memstats_heap_idle_bytes")-mem("go_memstats_heap_released_bytes"),
 		mem("go_memstats_stack_inuse_bytes"), goroutines, mem("go_memstats_next_gc_bytes"), gcs(m1)-gcs(m0), forced)
-	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
-	end := scrape(b, w.MetricsURL)
-	flows, _ := end.Value("weir_reducer_flows", nil)
-	held, _ := end.Value("weir_reducer_flows_held", nil)
+	reportDiff(b, waitExact(b, []string{w.MetricsURL}, res.Edges, 60*time.Second))
+	last := scrape(b, w.MetricsURL)
+	flows, _ := last.Value("weir_reducer_flows", nil)
+	held, _ := last.Value("weir_reducer_flows_held", nil)
 	b.Logf("at the end: %v flows (%v held) for %d sockets", flows, held, int(sockets))
 }
 
@@ -279,6 +263,33 @@ func saveURL(tb testing.TB, url, path string) {
 	tb.Helper()
 	if err := fetchTo(url, path); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+// runFleet runs the fleet of cfg against w's reducer in the background,
+// for at most 10 minutes, and waits until the reducer tracks 95% of its
+// sockets; the function it returns waits for the run's end.
+func runFleet(b *testing.B, w *harness.Weir, cfg Config) (end func() (*Result, error)) {
+	cfg.Reducers = []string{w.GRPCAddr}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	b.Cleanup(cancel)
+	type out struct {
+		res *Result
+		err error
+	}
+	done := make(chan out, 1)
+	b.ResetTimer()
+	go func() {
+		res, err := Run(ctx, cfg)
+		done <- out{res, err}
+	}()
+	harness.WaitFor(b, w.MetricsURL, 5*time.Minute, "every socket", func(m harness.Metrics) bool {
+		v, _ := m.Value("weir_reducer_sockets", nil)
+		return v >= 0.95*float64(cfg.Sockets)
+	})
+	return func() (*Result, error) {
+		o := <-done
+		return o.res, o.err
 	}
 }
 

@@ -56,23 +56,7 @@ func BenchmarkFleetCapacity(b *testing.B) {
 	}
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")
 	w := startBenchReducer(b, cpuProfile != "")
-	cfg.Reducers = []string{w.GRPCAddr}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	type out struct {
-		res *Result
-		err error
-	}
-	done := make(chan out, 1)
-	b.ResetTimer()
-	go func() {
-		res, err := Run(ctx, cfg)
-		done <- out{res, err}
-	}()
-	harness.WaitFor(b, w.MetricsURL, 5*time.Minute, "every socket", func(m harness.Metrics) bool {
-		v, _ := m.Value("weir_reducer_sockets", nil)
-		return v >= 0.95*float64(cfg.Sockets)
-	})
+	end := runFleet(b, w, cfg)
 	time.Sleep(window / 5)
 	profiled := profileCPU(b, w, cpuProfile, window-time.Second)
 	m0, cpu0, t0 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
@@ -81,10 +65,10 @@ func BenchmarkFleetCapacity(b *testing.B) {
 	time.Sleep(250 * time.Millisecond)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	profiled()
-	o := <-done
+	res, err := end()
 	b.StopTimer()
-	if o.err != nil {
-		b.Fatal(o.err)
+	if err != nil {
+		b.Fatal(err)
 	}
 	count := func(m harness.Metrics) float64 { return m.Sum("weir_reducer_socket_updates_total", nil) }
 	if count(m1) == count(mLast) {
@@ -100,7 +84,7 @@ func BenchmarkFleetCapacity(b *testing.B) {
 	b.ReportMetric(updates/wall, "updates/s")
 	fmt.Printf("P3-capacity %.0f updates/core-s (%.0f updates/s, %.2f reducer cores, %.0f updates per batch, %.1f µs of reducer CPU per batch; %d collectors)\n",
 		updates/cpu, updates/wall, cpu/wall, updates/batches, cpu/batches*1e6, cfg.Collectors)
-	reportDiff(b, waitExact(b, []string{w.MetricsURL}, o.res.Edges, 60*time.Second))
+	reportDiff(b, waitExact(b, []string{w.MetricsURL}, res.Edges, 60*time.Second))
 }
 
 // BenchmarkFleetFloor runs the fleet of BenchmarkFleet with no traffic
@@ -115,19 +99,7 @@ func BenchmarkFleetFloor(b *testing.B) {
 	}
 	cpuProfile := os.Getenv("WEIR_BENCH_CPU_PROFILE")
 	w := startBenchReducer(b, cpuProfile != "")
-	cfg.Reducers = []string{w.GRPCAddr}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	done := make(chan error, 1)
-	b.ResetTimer()
-	go func() {
-		_, err := Run(ctx, cfg)
-		done <- err
-	}()
-	harness.WaitFor(b, w.MetricsURL, 5*time.Minute, "every socket", func(m harness.Metrics) bool {
-		v, _ := m.Value("weir_reducer_sockets", nil)
-		return v >= 0.95*float64(cfg.Sockets)
-	})
+	end := runFleet(b, w, cfg)
 	time.Sleep(3 * cfg.Interval)
 	window := time.Duration(cfg.Intervals/2) * cfg.Interval
 	profiled := profileCPU(b, w, cpuProfile, window-time.Second)
@@ -135,7 +107,7 @@ func BenchmarkFleetFloor(b *testing.B) {
 	time.Sleep(window)
 	m1, cpu1, t1 := scrape(b, w.MetricsURL), cpuSeconds(b, w.Reducer), time.Now()
 	profiled()
-	if err := <-done; err != nil {
+	if _, err := end(); err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()
