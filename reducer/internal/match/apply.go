@@ -95,6 +95,9 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 			return refuse(ReasonDuplicateHandle, "batch %d: closed socket %d: handle %d closed twice", seq, i, h)
 		}
 		e.seen.m[h] = struct{}{}
+		if id, ok := e.newSocks.m[h]; ok {
+			e.sockAt(id).brief = true
+		}
 	}
 	if len(b.Forgotten) > 0 {
 		e.seen.reuse(len(b.Forgotten)) // otherwise the closes' table stays for the next batch
@@ -270,7 +273,7 @@ func (e *Engine) join(now time.Time, s *Session, id sockID, in *Socket) {
 		}
 	}
 	if f.flow == nil {
-		f = e.newFlow(now, local, remote, private, s.node, in.Netns, last, loop, remote.Addr())
+		f = e.newFlow(now, local, remote, private, s.node, in.Netns, last, loop || sk.brief, remote.Addr())
 	}
 	if old := f.ends[end]; old != 0 {
 		// The same socket, back under its collector's new session: the
@@ -322,8 +325,9 @@ func (e *Engine) find(head flowID, i uint8, sk *socket, newConn bool) (match, la
 
 // newFlow adds the flow of local-remote after last, the newest of its
 // key's chain (none: the first of a new chain). A flow whose peer may be a
-// fleet address is held for the join window.
-func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bool, node string, netns uint32, last flowRef, loop bool, peer netip.Addr) flowRef {
+// fleet address is held for the join window, and so is one that wait asks
+// for (a loopback flow, or a brief socket's).
+func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bool, node string, netns uint32, last flowRef, wait bool, peer netip.Addr) flowRef {
 	key, _ := e.internKey(local, remote, private, node, netns)
 	id := e.flowTab.alloc()
 	f := e.ref(id)
@@ -337,7 +341,7 @@ func (e *Engine) newFlow(now time.Time, local, remote netip.AddrPort, private bo
 		}
 	}
 	e.nflows++
-	if e.window > 0 && (loop || e.isFleet(now, peer)) || e.holding(now) {
+	if e.window > 0 && (wait || e.isFleet(now, peer)) || e.holding(now) {
 		f.flags |= flowQueued
 		e.held.push(id, now.UnixNano())
 		e.nheld++
@@ -406,7 +410,9 @@ func (e *Engine) publishHeld(id flowID, born, deadline int64) bool {
 		if born > deadline {
 			return false
 		}
-		e.oneSided.Inc()
+		if e.awaited(f) {
+			e.oneSided.Inc()
+		}
 		if e.cfg.Sharded {
 			for i := range uint8(2) {
 				if peer := e.endpoint(&f.key, i).Addr(); f.ends[i] == 0 && (e.fleet[peer] > 0 || e.resolver.Fleet(peer)) {
@@ -423,10 +429,26 @@ func (e *Engine) publishHeld(id flowID, born, deadline int64) bool {
 	return true
 }
 
+// awaited reports whether a held flow's missing end is one that a
+// collector was expected to report: a loopback end, or a fleet address. A
+// brief socket's flow to an address outside the fleet waits too, but its
+// peer is not missed when it does not come.
+func (e *Engine) awaited(f flowRef) bool {
+	for i := range uint8(2) {
+		if f.ends[i] != 0 || f.has(vacantFlag(i)) {
+			continue
+		}
+		if peer := e.endpoint(&f.key, i).Addr(); peer.IsLoopback() || e.fleet[peer] > 0 || e.resolver.Fleet(peer) {
+			return true
+		}
+	}
+	return false
+}
+
 // releaseWait publishes, once the metadata wait is over, the held flows
 // that only the wait held: those whose both ends reported, and those whose
-// missing end is not a fleet address. The others wait for their peer's end
-// as usual.
+// missing end is not a fleet address, unless the end they have is brief.
+// The others wait for their peer's end as usual.
 func (e *Engine) releaseWait(now time.Time) {
 	e.metaRelease = false
 	for _, id := range e.held.ids {
@@ -436,7 +458,7 @@ func (e *Engine) releaseWait(now time.Time) {
 		}
 		wait := false
 		for i := range uint8(2) {
-			if f.ends[i] == 0 && e.isFleet(now, e.endpoint(&f.key, i).Addr()) {
+			if id := f.ends[i]; id == 0 && e.isFleet(now, e.endpoint(&f.key, i).Addr()) || id != 0 && e.sockAt(id).brief {
 				wait = true
 			}
 		}

@@ -43,6 +43,12 @@ type socket struct {
 	role    Role
 	end     uint8 // index of the socket's local endpoint in its flow's key
 	refs    uint8
+	// brief: the batch that announces the socket also closes it. Its
+	// flow waits for the peer's end even when the peer's address is not
+	// known as a fleet address: the peer may be as brief, and both ends
+	// then often arrive in two batches, each with the first report of
+	// its address.
+	brief bool
 }
 
 // flowKey is the unordered pair of a connection's endpoints, ordered so that

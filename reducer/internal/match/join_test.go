@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/weir-project/weir/reducer/internal/aggregate"
 	"github.com/weir-project/weir/reducer/internal/resolve"
@@ -238,4 +239,38 @@ func TestDerivedWindow(t *testing.T) {
 	c.advance(windowEvery)
 	e.PublishDue()
 	want("PublishDue a windowEvery later", 4*time.Second)
+}
+
+// TestBriefEnds: a connection whose two ends are each announced by their
+// close, in two batches, before either address was ever reported, joins;
+// a brief socket to an address outside the fleet waits the window, then
+// counts one-sided without counting as a missed peer.
+func TestBriefEnds(t *testing.T) {
+	e, c := newWindowEngine(t, 10*time.Second)
+	c.advance(time.Minute) // past the start-up window
+	s := openSession(t, e, "node-a", 1)
+	procs := []Process{{Handle: 1, Comm: "curl"}, {Handle: 2, Comm: "nginx"}}
+	cli := withCookie(sock(1, 1, RoleClient, "198.18.0.1:40000", "198.18.0.2:80", true), 11)
+	srv := withCookie(sock(2, 2, RoleServer, "198.18.0.2:80", "198.18.0.1:40000", true), 12)
+	srv.Netns = 4026532000
+	out := withCookie(sock(3, 1, RoleClient, "198.18.0.1:40001", "192.0.2.7:443", true), 13)
+	apply(t, e, s, Batch{Sequence: 1, Processes: procs, Sockets: []Socket{cli, out},
+		Stats: statsOf(stat{1, 100, 7, 2, 1}, stat{3, 5, 6, 1, 1}), Closed: []uint32{1, 3}})
+	c.advance(time.Second)
+	apply(t, e, s, Batch{Sequence: 2, Sockets: []Socket{srv}, Stats: statsOf(stat{2, 7, 100, 1, 2}), Closed: []uint32{2}})
+	sameLines(t, edgeLines(e), []string{
+		"curl/process -> nginx/process bytes=100 packets=2 opened=1 active=0",
+		"nginx/process -> curl/process bytes=7 packets=1 opened=0 active=0",
+	})
+	c.advance(10 * time.Second)
+	e.PublishDue()
+	sameLines(t, edgeLines(e), []string{
+		"curl/process -> nginx/process bytes=100 packets=2 opened=1 active=0",
+		"nginx/process -> curl/process bytes=7 packets=1 opened=0 active=0",
+		"curl/process -> 192.0.2.7/external bytes=5 packets=1 opened=1 active=0",
+		"192.0.2.7/external -> curl/process bytes=6 packets=1 opened=0 active=0",
+	})
+	if n := testutil.ToFloat64(e.oneSided); n != 0 {
+		t.Errorf("%v flows counted as missing their peer", n)
+	}
 }
