@@ -117,24 +117,7 @@ func waitValue(w *harness.Weir, name string, labels map[string]string, want floa
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("%s%v: %v after %s, want %v; its series: %s", name, labels, got, metricsWait, want, seriesOf(last, name))
-}
-
-// seriesOf lists the series of name in m, for a failure to show where the
-// counts went instead.
-func seriesOf(m harness.Metrics, name string) string {
-	var out []string
-	for _, metric := range m[name].GetMetric() {
-		var ls []string
-		for _, lp := range metric.GetLabel() {
-			ls = append(ls, lp.GetName()+"="+lp.GetValue())
-		}
-		out = append(out, fmt.Sprintf("{%s} %v", strings.Join(ls, ","), metric.GetCounter().GetValue()+metric.GetGauge().GetValue()))
-	}
-	if len(out) == 0 {
-		return "none"
-	}
-	return strings.Join(out, "; ")
+	return fmt.Errorf("%s%v: %v after %s, want %v; its series: %s", name, labels, got, metricsWait, want, last.Series(name))
 }
 
 // stayValue checks that the sum of name over labels is want now and still
@@ -146,7 +129,7 @@ func stayValue(w *harness.Weir, name string, labels map[string]string, want floa
 			return err
 		}
 		if got := sum(m, name, labels); got != want {
-			return fmt.Errorf("%s%v: %v, want %v; its series: %s", name, labels, got, want, seriesOf(m, name))
+			return fmt.Errorf("%s%v: %v, want %v; its series: %s", name, labels, got, want, m.Series(name))
 		}
 		time.Sleep(2500 * time.Millisecond)
 	}
@@ -316,7 +299,7 @@ func testSynTimeout(t *testing.T, w *harness.Weir, a, b harness.Host, addr strin
 		// Whether the collector saw the failed connect at all.
 		if m, serr := harness.Scrape(w.CollectorMetricsURL); serr == nil {
 			err = fmt.Errorf("%w; the collector's failed connects: %s, dropped: %s", err,
-				seriesOf(m, "weir_collector_failed_connects_total"), seriesOf(m, "weir_collector_failed_connects_dropped_total"))
+				m.Series("weir_collector_failed_connects_total"), m.Series("weir_collector_failed_connects_dropped_total"))
 		}
 	}
 	return err

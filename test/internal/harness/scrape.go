@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +72,23 @@ func (m Metrics) Sum(name string, match map[string]string) float64 {
 		sum += metric.GetCounter().GetValue() + metric.GetGauge().GetValue() + metric.GetUntyped().GetValue()
 	}
 	return sum
+}
+
+// Series lists every sample of family name with its labels, for a
+// failure message.
+func (m Metrics) Series(name string) string {
+	var out []string
+	for _, metric := range m[name].GetMetric() {
+		var ls []string
+		for _, lp := range metric.GetLabel() {
+			ls = append(ls, lp.GetName()+"="+lp.GetValue())
+		}
+		out = append(out, fmt.Sprintf("{%s} %v", strings.Join(ls, ","), metric.GetCounter().GetValue()+metric.GetGauge().GetValue()))
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "; ")
 }
 
 func labelsMatch(metric *dto.Metric, match map[string]string) bool {
