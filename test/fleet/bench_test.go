@@ -269,8 +269,16 @@ func saveURL(tb testing.TB, url, path string) {
 // runFleet runs the fleet of cfg against w's reducer in the background,
 // for at most 10 minutes, and waits until the reducer tracks 95% of its
 // sockets; the function it returns waits for the run's end.
+// WEIR_FLEET_ACK_EVERY sets Config.AckEvery (1: every batch acked).
 func runFleet(b *testing.B, w *harness.Weir, cfg Config) (end func() (*Result, error)) {
 	cfg.Reducers = []string{w.GRPCAddr}
+	if v := os.Getenv("WEIR_FLEET_ACK_EVERY"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("WEIR_FLEET_ACK_EVERY=%q: want a count of at least 1", v)
+		}
+		cfg.AckEvery = n
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	b.Cleanup(cancel)
 	type out struct {

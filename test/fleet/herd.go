@@ -88,7 +88,7 @@ func (h *Herd) session(ctx context.Context, n *node, epoch uint64) error {
 		return err
 	}
 	defer cc.Close()
-	st, err := open(ctx, cc, n, epoch, h.Interval, nil)
+	st, err := open(ctx, cc, n, epoch, h.Interval, 0, nil)
 	if err != nil {
 		return err
 	}
@@ -97,8 +97,7 @@ func (h *Herd) session(ctx context.Context, n *node, epoch uint64) error {
 	for _, s := range b.Sockets {
 		s.NewConnection = false
 	}
-	b.Sequence = 1
-	st.seq = 1
+	st.number(b)
 	if err := st.s.Send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: b}}); err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ func (n *node) replay(ctx context.Context, cfg Config, stats *Stats, rp *replay)
 		return err
 	}
 	defer cc.Close()
-	st, err := open(ctx, cc, n, 1, cfg.Interval, opts)
+	st, err := open(ctx, cc, n, 1, cfg.Interval, cfg.AckEvery, opts)
 	if err != nil {
 		return err
 	}
@@ -91,8 +91,8 @@ func (n *node) replay(ctx context.Context, cfg Config, stats *Stats, rp *replay)
 				}
 			}
 			b := batches[i]
-			st.seq++
-			b.Sequence, b.Time = st.seq, timestamppb.Now()
+			st.number(b)
+			b.Time = timestamppb.Now()
 			if err := st.s.Send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: b}}); err != nil {
 				return fmt.Errorf("send batch %d: %w", st.seq, st.wait(err))
 			}

@@ -4,6 +4,7 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,7 +72,11 @@ type Config struct {
 	// reducer's capacity, with the simulator's building of the batches
 	// outside the measured time. It needs Reconnects 0.
 	Replay bool
-	Seed   uint64
+	// AckEvery: one batch in this many asks the reducer for an ack, as
+	// the collector's --ack-every does (0: 2, its default); 1 offers no
+	// sparse_acks capability, and every batch is acked.
+	AckEvery int
+	Seed     uint64
 }
 
 // Edge is an edge between two workloads, by their names.
@@ -527,7 +532,7 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 				ended = time.Now()
 			}
 			epoch++
-			if st, err = open(ctx, cc, n, epoch, cfg.Interval, opts); err != nil {
+			if st, err = open(ctx, cc, n, epoch, cfg.Interval, cfg.AckEvery, opts); err != nil {
 				return err
 			}
 			if !ended.IsZero() {
@@ -547,8 +552,7 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 				return ctx.Err()
 			}
 		}
-		st.seq++
-		it.batch.Sequence = st.seq
+		st.number(it.batch)
 		req := &ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Batch{Batch: it.batch}}
 		if err := st.s.Send(req); err != nil {
 			return fmt.Errorf("send batch %d: %w", st.seq, st.wait(err))
@@ -562,25 +566,36 @@ func (n *node) send(ctx context.Context, cfg Config, stats *Stats, reconnect *at
 }
 
 type stream struct {
-	s      grpc.BidiStreamingClient[ingestv1.StreamRequest, ingestv1.StreamResponse]
-	cancel func()
-	seq    uint64
-	acked  atomic.Uint64
-	acks   chan struct{} // a token after each ack
-	done   chan error
+	s        grpc.BidiStreamingClient[ingestv1.StreamRequest, ingestv1.StreamResponse]
+	cancel   func()
+	seq      uint64
+	ackEvery uint64
+	acked    atomic.Uint64
+	acks     chan struct{} // a token after each ack
+	done     chan error
 }
 
-func open(ctx context.Context, cc *grpc.ClientConn, n *node, epoch uint64, interval time.Duration, opts []grpc.CallOption) (*stream, error) {
+// defaultAckEvery is the collector's default --ack-every.
+const defaultAckEvery = 2
+
+// open opens a collector's stream. One batch in ackEvery (0: the
+// collector's default) asks for an ack; with 1 the hello does not offer
+// sparse acks.
+func open(ctx context.Context, cc *grpc.ClientConn, n *node, epoch uint64, interval time.Duration, ackEvery int, opts []grpc.CallOption) (*stream, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	s, err := ingestv1.NewIngestServiceClient(cc).Stream(sctx, opts...)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	st := &stream{s: s, cancel: cancel, acks: make(chan struct{}, 1), done: make(chan error, 1)}
+	st := &stream{s: s, cancel: cancel, ackEvery: uint64(cmp.Or(ackEvery, defaultAckEvery)), acks: make(chan struct{}, 1), done: make(chan error, 1)}
+	caps := []string{"socket_cookie"}
+	if st.ackEvery > 1 {
+		caps = append(caps, "sparse_acks")
+	}
 	hello := &ingestv1.Hello{
 		ProtocolVersion: 1, NodeName: n.name, BootId: "boot-" + n.name, Epoch: epoch,
-		ReportInterval: durationpb.New(interval), Capabilities: []string{"socket_cookie"},
+		ReportInterval: durationpb.New(interval), Capabilities: caps,
 	}
 	if err := s.Send(&ingestv1.StreamRequest{Kind: &ingestv1.StreamRequest_Hello{Hello: hello}}); err != nil {
 		cancel()
@@ -609,6 +624,14 @@ func open(ctx context.Context, cc *grpc.ClientConn, n *node, epoch uint64, inter
 	return st, nil
 }
 
+// number gives b the stream's next sequence and asks for its ack as a
+// collector does: the first batch, then one in ackEvery.
+func (st *stream) number(b *ingestv1.Batch) {
+	st.seq++
+	b.Sequence = st.seq
+	b.AckWanted = st.seq%st.ackEvery == 1%st.ackEvery
+}
+
 // wait returns the stream's status after a failed send.
 func (st *stream) wait(err error) error {
 	select {
@@ -619,22 +642,23 @@ func (st *stream) wait(err error) error {
 	}
 }
 
-// end waits until every batch is acked and closes the stream.
+// end closes the stream and waits until every batch is acked: the reducer
+// acks the last one it applied when the collector ends the stream.
 func (st *stream) end() error {
 	defer st.cancel()
-	deadline := time.Now().Add(60 * time.Second)
+	_ = st.s.CloseSend()
+	deadline := time.After(60 * time.Second)
 	for st.acked.Load() < st.seq {
 		select {
+		case <-st.acks:
 		case err := <-st.done:
-			return fmt.Errorf("stream ended with %d of %d batches acked: %w", st.acked.Load(), st.seq, err)
-		default:
-		}
-		if time.Now().After(deadline) {
+			if st.acked.Load() < st.seq {
+				return fmt.Errorf("stream ended with %d of %d batches acked: %w", st.acked.Load(), st.seq, err)
+			}
+		case <-deadline:
 			return fmt.Errorf("%d of %d batches acked after 60 s", st.acked.Load(), st.seq)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
-	_ = st.s.CloseSend()
 	return nil
 }
 

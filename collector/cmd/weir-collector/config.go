@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,7 +36,10 @@ type Config struct {
 	// AckTimeout ends a session whose reducer stopped acknowledging
 	// (--ack-timeout); zero: five intervals, at least 30 s.
 	AckTimeout time.Duration
-	ProcRoot   string
+	// AckEvery: one report in this many asks the reducer for an ack
+	// (--ack-every).
+	AckEvery int
+	ProcRoot string
 	// NetNS are the network namespace files whose sockets are tracked
 	// (--netns); empty: every namespace.
 	NetNS    []string
@@ -103,6 +107,7 @@ func parseFlags(args []string, output io.Writer) (Config, error) {
 	fs.Func("max-batch-bytes", fmt.Sprintf("largest batch message in `bytes`; a larger report (after an outage) goes out as several batches. Keep it below the reducer's --max-message-bytes (default %d)", cfg.MaxBatchBytes),
 		intFlag(&cfg.MaxBatchBytes, 31))
 	fs.DurationVar(&cfg.AckTimeout, "ack-timeout", cfg.AckTimeout, "end the stream and connect again when the reducer acknowledged nothing for this long while batches were outstanding (a reducer gone without closing the connection); 0: five intervals, at least 30s")
+	fs.IntVar(&cfg.AckEvery, "ack-every", cfg.AckEvery, fmt.Sprintf("ask the reducer to acknowledge one report in this many (and the first of each session); an ack covers the reports before it. 1: every report. This many intervals and one more must fit in the ack timeout; 0: %d, or 1 where that does not fit", stream.DefaultAckEvery))
 	fs.StringVar(&cfg.ProcRoot, "proc-root", cfg.ProcRoot, "where the host's /proc is mounted (e.g. /host/proc in a pod)")
 	fs.Func("netns", "track only the sockets of these network namespaces: comma-separated `paths` of namespace files (/run/netns/x, /proc/PID/ns/net), resolved at start; sockets of others are ignored and counted in weir_collector_netns_ignored_total (default: every namespace)", func(s string) error {
 		for _, p := range strings.Split(s, ",") {
@@ -201,6 +206,12 @@ func (c Config) Validate() error {
 	}
 	if c.AckTimeout < 0 {
 		return fmt.Errorf("--ack-timeout: %s is negative", c.AckTimeout)
+	}
+	if c.AckEvery < 0 {
+		return fmt.Errorf("--ack-every: %d is negative", c.AckEvery)
+	}
+	if timeout := cmp.Or(c.AckTimeout, stream.DefaultAckTimeout(c.Interval)); c.AckEvery > 0 && !stream.AcksFit(c.AckEvery, c.Interval, timeout) {
+		return fmt.Errorf("--ack-every: %d reports of %s and one more do not fit in the ack timeout %s", c.AckEvery, c.Interval, timeout)
 	}
 	if c.BufferBytes <= 0 {
 		return fmt.Errorf("--buffer-bytes: %d is not positive", c.BufferBytes)

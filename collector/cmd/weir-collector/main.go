@@ -149,6 +149,7 @@ func serve(ctx context.Context, cfg Config, p *probe.Probe, logger *slog.Logger)
 		MaxBackoff:       stream.DefaultMaxBackoff,
 		MaxBatchBytes:    cfg.MaxBatchBytes,
 		AckTimeout:       cfg.AckTimeout,
+		AckEvery:         cfg.AckEvery,
 		NodeName:         cfg.NodeName,
 		BootID:           bootID(cfg.ProcRoot),
 		CollectorVersion: version,

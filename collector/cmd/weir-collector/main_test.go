@@ -60,6 +60,8 @@ func TestFlags(t *testing.T) {
 		{name: "sample ring over 32 bits", args: []string{"--sample-ring-bytes", "8589934592"}, wantCode: 2, wantErr: `invalid value "8589934592" for flag -sample-ring-bytes: out of range`},
 		{name: "zero buffer", args: []string{"--buffer-bytes", "0"}, wantCode: 2, wantErr: "--buffer-bytes:"},
 		{name: "negative ack timeout", args: []string{"--ack-timeout", "-1s"}, wantCode: 2, wantErr: "--ack-timeout:"},
+		{name: "negative ack every", args: []string{"--ack-every", "-1"}, wantCode: 2, wantErr: "--ack-every:"},
+		{name: "ack every beyond the ack timeout", args: []string{"--interval", "10s", "--ack-timeout", "30s", "--ack-every", "3"}, wantCode: 2, wantErr: "do not fit in the ack timeout"},
 		{name: "buffer with a unit suffix", args: []string{"--buffer-bytes", "8Mi"}, wantCode: 2, wantErr: `invalid value "8Mi" for flag -buffer-bytes: not a plain decimal integer`},
 		{name: "buffer in hex", args: []string{"--buffer-bytes", "0x100"}, wantCode: 2, wantErr: `invalid value "0x100" for flag -buffer-bytes`},
 		{name: "missing proc root", args: []string{"--proc-root", "/nonexistent/proc"}, wantCode: 2, wantErr: "--proc-root:"},
@@ -218,7 +220,7 @@ func startCollector(t *testing.T, extraArgs ...string) (*recorder, *ingestv1.Hel
 func TestPrivilegedRun(t *testing.T) {
 	requireRoot(t)
 	r, hello := startCollector(t)
-	if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd"}) {
+	if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd", "sparse_acks"}) {
 		t.Fatalf("hello %v", hello)
 	}
 

@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 		batches:    counter("weir_collector_batches_sent_total", "Batches sent to the reducer."),
 		updates:    counter("weir_collector_socket_updates_total", "Socket counter updates (stats entries) sent to the reducer."),
 		sentBytes:  counter("weir_collector_sent_bytes_total", "Bytes sent on the stream to the reducer, compressed, with gRPC framing."),
-		acks:       counter("weir_collector_acks_received_total", "Batch acknowledgements received from the reducer."),
+		acks:       counter("weir_collector_acks_received_total", "Batches the reducer acknowledged (an ack covers every batch up to its sequence)."),
 		resumed: counter("weir_collector_resumed_reports_total",
 			"Reports that the reducer had not applied when their session ended, sent again in the next session (the reducer still held the session they belonged to)."),
 		stalls: counter("weir_collector_stream_stalls_total",

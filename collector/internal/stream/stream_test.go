@@ -279,7 +279,7 @@ func TestSession(t *testing.T) {
 			start(t, c)
 
 			hello := recv(t, r.hellos, "hello")
-			if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd"}) || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
+			if hello.ProtocolVersion != 1 || hello.MinProtocolVersion != 1 || !slices.Equal(hello.Capabilities, []string{"socket_cookie", "compression_zstd", "sparse_acks"}) || hello.NodeName != cfg.NodeName || hello.BootId != cfg.BootID ||
 				hello.CollectorVersion != "test" || hello.KernelRelease != "6.18.0" ||
 				hello.ReportInterval.AsDuration() != cfg.Interval || hello.Epoch < uint64(before.UnixNano()) {
 				t.Fatalf("hello %v", hello)
@@ -288,7 +288,7 @@ func TestSession(t *testing.T) {
 				t.Fatalf("stream compression %q, want gzip", got)
 			}
 			first := recv(t, r.batches, "first batch")
-			if first.Sequence != 1 || len(first.Sockets) != 1 || !first.Sockets[0].NewConnection || first.Loss.RingFull != 3 || first.Loss.MapFull != 4 {
+			if first.Sequence != 1 || len(first.Sockets) != 1 || !first.Sockets[0].NewConnection || first.Loss.RingFull != 3 || first.Loss.MapFull != 4 || !first.AckWanted {
 				t.Fatalf("first batch %v", first)
 			}
 			src.set(sampleOf(1, 40000, probe.Counters{BytesAcked: 1234, SegsDelivered: 2}))
@@ -297,6 +297,11 @@ func TestSession(t *testing.T) {
 				b := recv(t, r.batches, "batch")
 				if b.Sequence != seq {
 					t.Fatalf("sequence %d, want %d", b.Sequence, seq)
+				}
+				// One report in DefaultAckEvery asks for an ack, from
+				// the first.
+				if want := seq%DefaultAckEvery == 1; b.AckWanted != want {
+					t.Fatalf("batch %d asks for an ack: %v, want %v", seq, b.AckWanted, want)
 				}
 				for _, v := range b.Stats.BytesSent {
 					sent += v
@@ -568,6 +573,8 @@ func TestNewRejects(t *testing.T) {
 		{name: "zero interval", mutate: func(c *Config) { c.Interval = 0 }},
 		{name: "max backoff below initial", mutate: func(c *Config) { c.MaxBackoff = time.Millisecond }},
 		{name: "tls without ca", mutate: func(c *Config) { c.TLSCert, c.TLSKey = "a", "b" }},
+		{name: "negative ack every", mutate: func(c *Config) { c.AckEvery = -1 }},
+		{name: "acks beyond the ack timeout", mutate: func(c *Config) { c.AckTimeout, c.AckEvery = time.Second, 20 }},
 		{name: "missing tls files", mutate: func(c *Config) { c.TLSCert, c.TLSKey, c.TLSCA = "/nonexistent/a", "/nonexistent/b", "/nonexistent/c" }},
 	}
 	for _, tc := range tests {
@@ -989,5 +996,31 @@ func TestResumeUnappliedReports(t *testing.T) {
 				t.Errorf("resumed reports = %v, want %v", got, tc.wantResumed)
 			}
 		})
+	}
+}
+
+// TestAckEveryDefault: by default one report in DefaultAckEvery asks for
+// an ack, fewer where that and one more report do not fit in the ack
+// timeout.
+func TestAckEveryDefault(t *testing.T) {
+	for _, tc := range []struct {
+		interval, timeout time.Duration
+		want              int
+	}{
+		{time.Second, 0, DefaultAckEvery}, // the timeout: 30 s
+		{time.Second, 3 * time.Second, 2},
+		{time.Second, 2 * time.Second, 1},
+		{10 * time.Second, 15 * time.Second, 1},
+	} {
+		cfg := testConfig("127.0.0.1:1")
+		cfg.Interval, cfg.AckTimeout = tc.interval, tc.timeout
+		tab, enc := newTable(t, prometheus.NewRegistry(), 0)
+		c, err := New(cfg, tab, enc, newFakeSource(), prometheus.NewRegistry(), logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.cfg.AckEvery != tc.want {
+			t.Errorf("interval %s, ack timeout %s: an ack every %d reports, want %d", tc.interval, tc.timeout, c.cfg.AckEvery, tc.want)
+		}
 	}
 }

@@ -22,7 +22,7 @@ const ProtocolVersion = 1
 
 // capabilities are the optional features this server understands; a
 // session gets those that its collector also names.
-var capabilities = []string{"socket_cookie", "compression_zstd"}
+var capabilities = []string{"socket_cookie", "compression_zstd", capSparseAcks}
 
 // Server is the ingest service. It decodes requests itself (it receives
 // grpcserver.Frame values), so that a malformed message gets

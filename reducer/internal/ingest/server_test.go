@@ -485,3 +485,57 @@ func (h inPayloads) HandleRPC(_ context.Context, s stats.RPCStats) {
 		h.compressed.Add(1)
 	}
 }
+
+// TestSparseAcks: a session with the sparse_acks capability is acked only
+// where a batch asks, and once more for the last batch when the collector
+// ends the stream; an ack covers the batches before it. Without the
+// capability every batch is acked, whatever it asks.
+func TestSparseAcks(t *testing.T) {
+	ts := startServer(t)
+	for _, tc := range []struct {
+		name string
+		caps []string
+		want []uint64 // the acks, in order, for batches 1 to 5 that ask at 1 and 4
+	}{
+		{"sparse", []string{capSparseAcks}, []uint64{1, 4, 5}},
+		{"without the capability", nil, []uint64{1, 2, 3, 4, 5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := ts.open(t)
+			h := hello("node-"+tc.name, 1)
+			h.GetHello().Capabilities = tc.caps
+			if err := s.Send(h); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetWelcome().GetCapabilities(); !slices.Equal(got, tc.caps) {
+				t.Fatalf("welcome capabilities %q, want %q", got, tc.caps)
+			}
+			for seq := uint64(1); seq <= 5; seq++ {
+				if err := s.Send(batch(&ingestv1.Batch{Sequence: seq, AckWanted: seq == 1 || seq == 4})); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			var got []uint64
+			for {
+				resp, err := s.Recv()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, resp.GetAck().GetSequence())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("acks %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -70,7 +70,8 @@ func (s *Server) serve(stream grpc.ServerStream) error {
 	// apply, encode), so a thousand waiting handlers keep small ones.
 	g := new(gate)
 	errc := make(chan error, 1)
-	go func() { errc <- s.work(logger, stream, sess, hello, g) }()
+	sparse := slices.Contains(welcome.GetCapabilities(), capSparseAcks)
+	go func() { errc <- s.work(logger, stream, sess, hello, sparse, g) }()
 	// The session is detached (deferred above) only after the message
 	// being applied, if any.
 	defer g.close()
@@ -113,10 +114,18 @@ func (g *gate) close() {
 	g.mu.Unlock()
 }
 
+// capSparseAcks is the capability of a session whose batches are acked
+// only where they ask for it (Batch.ack_wanted), and at the stream's end:
+// an ack is one write system call per stream, most of the reducer's CPU
+// per batch once batches are small.
+const capSparseAcks = "sparse_acks"
+
 // work receives, applies and acks a stream's batches until the stream
-// ends, a batch is refused or the handler has left (g closed). The error
-// is the stream's status, already counted.
-func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match.Session, hello *ingestv1.Hello, g *gate) error {
+// ends, a batch is refused or the handler has left (g closed). With sparse
+// acks it acks only the batches that ask, and, when the collector ends the
+// stream, the last batch applied. The error is the stream's status,
+// already counted.
+func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match.Session, hello *ingestv1.Hello, sparse bool, g *gate) error {
 	// A waiting stream holds no buffer: a request comes from the pool once
 	// a message has arrived, and the message is copied into its buffer.
 	var r *request
@@ -124,10 +133,20 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 		r = getRequest(size)
 		return r.data
 	}}
-	var last uint64
+	var last, acked uint64
 	var held holdings
 	ack := &ingestv1.Ack{}
 	resp := &ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: ack}}
+	// SendMsg encodes the ack before it returns: one message serves every
+	// ack of the stream.
+	sendAck := func() error {
+		ack.Sequence, acked = last, last
+		err := stream.SendMsg(resp)
+		if err != nil {
+			logger.Info("stream closed", "error", err)
+		}
+		return err
+	}
 	for {
 		r, f.Data = nil, nil
 		err := stream.RecvMsg(&f)
@@ -138,6 +157,11 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 			return nil
 		}
 		if err != nil {
+			if errors.Is(err, io.EOF) && acked < last {
+				// The collector ended the stream and waits for what it
+				// sent to be acked.
+				_ = sendAck()
+			}
 			g.leave()
 			if r != nil {
 				putRequest(r)
@@ -149,14 +173,10 @@ func (s *Server) work(logger *slog.Logger, stream grpc.ServerStream, sess *match
 		}
 		r.data = f.Data
 		err = s.handle(logger, sess, hello, &held, &last, r)
+		wanted := !sparse || r.wire.ackWanted
 		putRequest(r)
-		if err == nil {
-			// SendMsg encodes the ack before it returns: one message
-			// serves every ack of the stream.
-			ack.Sequence = last
-			if err = stream.SendMsg(resp); err != nil {
-				logger.Info("stream closed", "error", err)
-			}
+		if err == nil && wanted {
+			err = sendAck()
 		}
 		g.leave()
 		if err != nil {

@@ -42,6 +42,7 @@ const (
 	fieldBatchFailed    = 12
 	fieldBatchUDP       = 13
 	fieldBatchContinued = 14
+	fieldBatchAckWanted = 15
 )
 
 // wireSocket is a Socket message as read, before its checks.
@@ -82,6 +83,7 @@ type wireBatch struct {
 	batch     bool // the request is a batch
 	seq       uint64
 	continued bool
+	ackWanted bool
 	hasTime   bool
 	sec       int64
 	nanos     int32
@@ -332,6 +334,10 @@ func readBatch(w *wireBatch, b []byte) error {
 		case fieldBatchContinued:
 			if f.typ == protowire.VarintType {
 				w.continued = f.v != 0
+			}
+		case fieldBatchAckWanted:
+			if f.typ == protowire.VarintType {
+				w.ackWanted = f.v != 0
 			}
 		}
 	}

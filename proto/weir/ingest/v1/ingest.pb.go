@@ -538,7 +538,13 @@ type Batch struct {
 	// what a report implies as a whole (the sockets of the session this one
 	// replaced that the first report did not announce again are closed)
 	// only after its last batch.
-	Continued     bool `protobuf:"varint,14,opt,name=continued,proto3" json:"continued,omitempty"`
+	Continued bool `protobuf:"varint,14,opt,name=continued,proto3" json:"continued,omitempty"`
+	// The collector asks for an ack of this batch. In a session with the
+	// "sparse_acks" capability the reducer acks only the batches that ask,
+	// and the last batch it applied when the collector ends the stream; an
+	// ack covers every batch before it too. Without the capability every
+	// batch is acked.
+	AckWanted     bool `protobuf:"varint,15,opt,name=ack_wanted,json=ackWanted,proto3" json:"ack_wanted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -667,6 +673,13 @@ func (x *Batch) GetUdpFlows() []*UdpFlow {
 func (x *Batch) GetContinued() bool {
 	if x != nil {
 		return x.Continued
+	}
+	return false
+}
+
+func (x *Batch) GetAckWanted() bool {
+	if x != nil {
+		return x.AckWanted
 	}
 	return false
 }
@@ -1935,7 +1948,7 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"\x0freport_interval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x120\n" +
 	"\x14min_protocol_version\x18\b \x01(\rR\x12minProtocolVersion\x12\"\n" +
-	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\xb4\x05\n" +
+	"\fcapabilities\x18\t \x03(\tR\fcapabilities\"\xd3\x05\n" +
 	"\x05Batch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x125\n" +
@@ -1952,7 +1965,9 @@ const file_weir_ingest_v1_ingest_proto_rawDesc = "" +
 	"dnsAnswers\x12F\n" +
 	"\x0ffailed_connects\x18\f \x03(\v2\x1d.weir.ingest.v1.FailedConnectR\x0efailedConnects\x124\n" +
 	"\tudp_flows\x18\r \x03(\v2\x17.weir.ingest.v1.UdpFlowR\budpFlows\x12\x1c\n" +
-	"\tcontinued\x18\x0e \x01(\bR\tcontinued\"\xa0\x02\n" +
+	"\tcontinued\x18\x0e \x01(\bR\tcontinued\x12\x1d\n" +
+	"\n" +
+	"ack_wanted\x18\x0f \x01(\bR\tackWanted\"\xa0\x02\n" +
 	"\rFailedConnect\x12\x18\n" +
 	"\aprocess\x18\x01 \x01(\rR\aprocess\x12\x1d\n" +
 	"\n" +
