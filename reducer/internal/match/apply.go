@@ -477,7 +477,12 @@ func (e *Engine) close(sk *socket) {
 	}
 	f := e.ref(sk.flow)
 	f.flags |= closedFlag(sk.end)
-	e.markDirty(f)
+	if f.empty() {
+		// The flow leaves the table at the next settle. While its other
+		// end is live, nothing of it changes: its closed end names its
+		// workload as before, and it stays active.
+		e.markDirty(f)
+	}
 }
 
 // leave takes a socket of a replaced or expired session out of its flow:
