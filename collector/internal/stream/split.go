@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"slices"
+
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -27,30 +29,56 @@ const batchSlack = 512
 // takes in one message; sent whole it would be refused, and refused again
 // after every reconnect.
 //
-// The pieces keep the order in which the reducer applies a batch's parts
-// (processes, sockets, owners, stats, failed connects, UDP and DNS, closed
-// sockets, forgotten processes), so each piece refers only to handles
-// announced in it or before it, and a handle is freed only in the last
-// pieces, after everything that names it. Handles are reused only in a
-// later report, after all the pieces. Every piece has the report's time
-// and its loss counters (cumulative, so repeating them counts nothing),
-// and all but the last say that more follow (continued); the caller
-// numbers them.
+// Each piece refers only to handles announced in it or before it, in the
+// order in which the reducer applies a batch's parts (processes, sockets,
+// owners, stats, failed connects, UDP and DNS, closed sockets, forgotten
+// processes):
+//   - the processes come first;
+//   - then what names only sockets announced in an earlier report: their
+//     stats and owners, and the failed connects, UDP and DNS;
+//   - then each socket this report announces, with its owners, its stats
+//     and, if it closed, its close, in one piece: the reducer never holds
+//     more of the report's sockets at once than one piece announces (its
+//     --max-session-sockets would refuse a report of more closed sockets
+//     than that, announced before their closes);
+//   - then the closes of sockets announced earlier, and the forgotten
+//     processes, after everything that names them.
+//
+// Handles are reused only in a later report, after all the pieces. Every
+// piece has the report's time and its loss counters (cumulative, so
+// repeating them counts nothing), and all but the last say that more
+// follow (continued); the caller numbers them.
 func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 	if proto.Size(b) <= maxBytes {
 		return []*ingestv1.Batch{b}
 	}
-	s := splitter{src: b, limit: max(maxBytes-batchSlack, 1)}
+	s := splitter{src: b, limit: max(maxBytes-batchSlack, 1), stats: map[*ingestv1.Batch][]int{}}
 	for _, p := range b.GetProcesses() {
 		s.piece(msgSize(p)).Processes = append(s.cur.Processes, p)
 	}
+	announced := make(map[uint32]bool, len(b.GetSockets()))
 	for _, k := range b.GetSockets() {
-		s.piece(msgSize(k)).Sockets = append(s.cur.Sockets, k)
+		announced[k.GetHandle()] = true
 	}
+	owners := make(map[uint32][]*ingestv1.SocketOwner)
 	for _, o := range b.GetOwners() {
-		s.piece(msgSize(o)).Owners = append(s.cur.Owners, o)
+		if announced[o.GetSocket()] {
+			owners[o.GetSocket()] = append(owners[o.GetSocket()], o)
+		} else {
+			s.piece(msgSize(o)).Owners = append(s.cur.Owners, o)
+		}
 	}
-	s.stats(b.GetStats())
+	st := b.GetStats()
+	statOf := make(map[uint32]int, len(b.GetSockets()))
+	var handle uint32
+	for i, g := range st.GetHandleGaps() {
+		handle += g
+		if announced[handle] {
+			statOf[handle] = i
+		} else {
+			s.stat(s.piece(s.statSize(handle, i)), i)
+		}
+	}
 	for _, f := range b.GetFailedConnects() {
 		s.piece(msgSize(f)).FailedConnects = append(s.cur.FailedConnects, f)
 	}
@@ -63,11 +91,45 @@ func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 	for _, a := range b.GetDnsAnswers() {
 		s.piece(msgSize(a)).DnsAnswers = append(s.cur.DnsAnswers, a)
 	}
+	closedHere := make(map[uint32]bool)
 	for _, h := range b.GetClosedSockets() {
-		s.piece(protowire.SizeVarint(uint64(h))).ClosedSockets = append(s.cur.ClosedSockets, h)
+		if announced[h] {
+			closedHere[h] = true
+		}
+	}
+	for _, k := range b.GetSockets() {
+		h := k.GetHandle()
+		n := msgSize(k)
+		for _, o := range owners[h] {
+			n += msgSize(o)
+		}
+		i, counted := statOf[h]
+		if counted {
+			n += s.statSize(h, i)
+		}
+		if closedHere[h] {
+			n += protowire.SizeVarint(uint64(h))
+		}
+		p := s.piece(n)
+		p.Sockets = append(p.Sockets, k)
+		p.Owners = append(p.Owners, owners[h]...)
+		if counted {
+			s.stat(p, i)
+		}
+		if closedHere[h] {
+			p.ClosedSockets = append(p.ClosedSockets, h)
+		}
+	}
+	for _, h := range b.GetClosedSockets() {
+		if !announced[h] {
+			s.piece(protowire.SizeVarint(uint64(h))).ClosedSockets = append(s.cur.ClosedSockets, h)
+		}
 	}
 	for _, h := range b.GetForgottenProcesses() {
 		s.piece(protowire.SizeVarint(uint64(h))).ForgottenProcesses = append(s.cur.ForgottenProcesses, h)
+	}
+	for _, p := range s.out {
+		s.columns(p)
 	}
 	for _, p := range s.out[:len(s.out)-1] {
 		p.Continued = true
@@ -83,6 +145,9 @@ type splitter struct {
 	out   []*ingestv1.Batch
 	cur   *ingestv1.Batch
 	size  int
+	// stats are the indexes of the report's stats entries that each piece
+	// takes, made into its columns at the end, in handle order.
+	stats map[*ingestv1.Batch][]int
 }
 
 // piece returns the batch that takes the next entry of n bytes.
@@ -96,31 +161,47 @@ func (s *splitter) piece(n int) *ingestv1.Batch {
 	return s.cur
 }
 
-// stats spreads the stats columns over pieces, re-basing each piece's first
-// handle gap on zero.
-func (s *splitter) stats(st *ingestv1.SocketStats) {
-	gaps := st.GetHandleGaps()
-	var handle, last uint32
-	var dst *ingestv1.SocketStats
-	for i, g := range gaps {
-		handle += g
-		n := protowire.SizeVarint(uint64(g)) + protowire.SizeVarint(st.BytesSent[i]) + protowire.SizeVarint(st.BytesReceived[i]) +
-			protowire.SizeVarint(st.SegmentsSent[i]) + protowire.SizeVarint(st.SegmentsReceived[i])
-		for _, col := range [][]uint64{st.Retransmits, st.ResetsSent, st.ResetsReceived} {
-			if len(col) > 0 {
-				n += protowire.SizeVarint(col[i])
-			}
+// stat gives stats entry i of the report to piece p.
+func (s *splitter) stat(p *ingestv1.Batch, i int) { s.stats[p] = append(s.stats[p], i) }
+
+// statSize bounds the encoded size of stats entry i, of the socket of
+// handle h, in any piece: its gap there is at most h.
+func (s *splitter) statSize(h uint32, i int) int {
+	st := s.src.GetStats()
+	n := protowire.SizeVarint(uint64(h)) + protowire.SizeVarint(st.BytesSent[i]) + protowire.SizeVarint(st.BytesReceived[i]) +
+		protowire.SizeVarint(st.SegmentsSent[i]) + protowire.SizeVarint(st.SegmentsReceived[i])
+	for _, col := range [][]uint64{st.Retransmits, st.ResetsSent, st.ResetsReceived} {
+		if len(col) > 0 {
+			n += protowire.SizeVarint(col[i])
 		}
-		if len(st.SrttUs) > 0 {
-			n += protowire.SizeVarint(uint64(st.SrttUs[i]))
-		}
-		b := s.piece(n)
-		if b.Stats == nil {
-			b.Stats = &ingestv1.SocketStats{}
-			dst, last = b.Stats, 0
-		}
-		dst.HandleGaps = append(dst.HandleGaps, handle-last)
-		last = handle
+	}
+	if len(st.SrttUs) > 0 {
+		n += protowire.SizeVarint(uint64(st.SrttUs[i]))
+	}
+	return n
+}
+
+// columns makes the stats columns of piece p from the entries it took, in
+// the report's order (ascending handles), with p's first handle gap based
+// on zero.
+func (s *splitter) columns(p *ingestv1.Batch) {
+	idx := s.stats[p]
+	if len(idx) == 0 {
+		return
+	}
+	slices.Sort(idx)
+	st := s.src.GetStats()
+	handles := make([]uint32, len(st.HandleGaps))
+	var h uint32
+	for i, g := range st.HandleGaps {
+		h += g
+		handles[i] = h
+	}
+	dst := &ingestv1.SocketStats{}
+	var last uint32
+	for _, i := range idx {
+		dst.HandleGaps = append(dst.HandleGaps, handles[i]-last)
+		last = handles[i]
 		dst.BytesSent = append(dst.BytesSent, st.BytesSent[i])
 		dst.BytesReceived = append(dst.BytesReceived, st.BytesReceived[i])
 		dst.SegmentsSent = append(dst.SegmentsSent, st.SegmentsSent[i])
@@ -138,6 +219,7 @@ func (s *splitter) stats(st *ingestv1.SocketStats) {
 			dst.SrttUs = append(dst.SrttUs, st.SrttUs[i])
 		}
 	}
+	p.Stats = dst
 }
 
 // msgSize is the encoded size of m as a repeated field's entry: its tag,
