@@ -354,7 +354,9 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		return false, fmt.Errorf("dial: %w", err)
 	}
 	defer conn.Close()
-	sctx, cancel := context.WithCancel(ctx)
+	// The stream outlives ctx by stopGrace at most: a collector that stops
+	// ends it and waits for the reducer to ack what it sent.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	compressor := gzip.Name
 	if c.zstd.Load() {
@@ -517,7 +519,13 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 		}
 		select {
 		case <-ctx.Done():
+			// The reducer applies and acks what was sent, then ends the
+			// stream.
 			_ = st.CloseSend()
+			select {
+			case <-done:
+			case <-time.After(stopGrace):
+			}
 			return acked.Load(), nil
 		case err := <-errc:
 			if errors.Is(err, io.EOF) {
@@ -579,6 +587,10 @@ func DefaultAckTimeout(interval time.Duration) time.Duration {
 
 // errStalled is a session whose reducer stopped acknowledging batches.
 var errStalled = errors.New("reducer stopped acknowledging batches")
+
+// stopGrace bounds the wait for the reducer to ack the last batches and
+// end the stream when the collector stops.
+const stopGrace = time.Second
 
 // moveGrace bounds the wait for the old reducer to end a stream that the
 // collector closed to move to another.

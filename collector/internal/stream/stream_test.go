@@ -1024,3 +1024,73 @@ func TestAckEveryDefault(t *testing.T) {
 		}
 	}
 }
+
+// sparseReducer acks as a reducer with sparse acks does: only the batches
+// that ask, and the last one when the collector ends the stream.
+type sparseReducer struct {
+	ingestv1.UnimplementedIngestServiceServer
+	batches chan *ingestv1.Batch
+}
+
+func (r sparseReducer) Stream(st grpc.BidiStreamingServer[ingestv1.StreamRequest, ingestv1.StreamResponse]) error {
+	var last, acked uint64
+	ack := func() error {
+		acked = last
+		return st.Send(&ingestv1.StreamResponse{Kind: &ingestv1.StreamResponse_Ack{Ack: &ingestv1.Ack{Sequence: last}}})
+	}
+	for {
+		req, err := st.Recv()
+		if err == io.EOF {
+			if acked < last {
+				return ack()
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if b := req.GetBatch(); b != nil {
+			last = b.Sequence
+			r.batches <- b
+			if b.AckWanted {
+				if err := ack(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// TestStopAcked: a collector that stops ends its stream and waits for the
+// reducer's ack of what it sent, which a reducer with sparse acks sends
+// only then: nothing is left unacknowledged.
+func TestStopAcked(t *testing.T) {
+	r := sparseReducer{batches: make(chan *ingestv1.Batch, 1024)}
+	addr := serveIngest(t, r)
+	reg := prometheus.NewPedanticRegistry()
+	tab, enc := newTable(t, reg, 0)
+	c, err := New(testConfig(addr), tab, enc, newFakeSource(), reg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	// Stop after a batch that did not ask for its ack.
+	for {
+		if b := recv(t, r.batches, "batch"); b.Sequence >= 2 && !b.AckWanted {
+			break
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	sent := metricValue(t, reg, "weir_collector_batches_sent_total")
+	if got := metricValue(t, reg, "weir_collector_acks_received_total"); got != sent {
+		t.Errorf("%v batches acknowledged of %v sent", got, sent)
+	}
+	if got := metricValue(t, reg, "weir_collector_batches_unacknowledged_total"); got != 0 {
+		t.Errorf("%v batches unacknowledged at the stop", got)
+	}
+}
