@@ -88,16 +88,18 @@ func (e *Engine) prepare(s *Session, b *Batch) error {
 	}
 	e.seen.reuse(len(b.Closed))
 	for i, h := range b.Closed {
-		if _, ok := e.lookupSock(s, h); !ok {
-			return refuse(ReasonUnknownHandle, "batch %d: closed socket %d: unknown socket handle %d", seq, i, h)
+		if _, ok := s.socks.get(h); !ok {
+			id, ok := e.newSocks.m[h]
+			if !ok {
+				return refuse(ReasonUnknownHandle, "batch %d: closed socket %d: unknown socket handle %d", seq, i, h)
+			}
+			// Announced by this batch too: brief.
+			e.sockAt(id).brief = true
 		}
 		if _, ok := e.seen.m[h]; ok {
 			return refuse(ReasonDuplicateHandle, "batch %d: closed socket %d: handle %d closed twice", seq, i, h)
 		}
 		e.seen.m[h] = struct{}{}
-		if id, ok := e.newSocks.m[h]; ok {
-			e.sockAt(id).brief = true
-		}
 	}
 	if len(b.Forgotten) > 0 {
 		e.seen.reuse(len(b.Forgotten)) // otherwise the closes' table stays for the next batch
