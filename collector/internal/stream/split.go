@@ -53,6 +53,12 @@ func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 		return []*ingestv1.Batch{b}
 	}
 	s := splitter{src: b, limit: max(maxBytes-batchSlack, 1), stats: map[*ingestv1.Batch][]int{}}
+	// The handle of each stats entry, from the report's gaps.
+	var handle uint32
+	for _, g := range b.GetStats().GetHandleGaps() {
+		handle += g
+		s.handles = append(s.handles, handle)
+	}
 	for _, p := range b.GetProcesses() {
 		s.piece(msgSize(p)).Processes = append(s.cur.Processes, p)
 	}
@@ -68,11 +74,8 @@ func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
 			s.piece(msgSize(o)).Owners = append(s.cur.Owners, o)
 		}
 	}
-	st := b.GetStats()
 	statOf := make(map[uint32]int, len(b.GetSockets()))
-	var handle uint32
-	for i, g := range st.GetHandleGaps() {
-		handle += g
+	for i, handle := range s.handles {
 		if announced[handle] {
 			statOf[handle] = i
 		} else {
@@ -148,6 +151,8 @@ type splitter struct {
 	// stats are the indexes of the report's stats entries that each piece
 	// takes, made into its columns at the end, in handle order.
 	stats map[*ingestv1.Batch][]int
+	// handles are the handles of the report's stats entries.
+	handles []uint32
 }
 
 // piece returns the batch that takes the next entry of n bytes.
@@ -191,12 +196,7 @@ func (s *splitter) columns(p *ingestv1.Batch) {
 	}
 	slices.Sort(idx)
 	st := s.src.GetStats()
-	handles := make([]uint32, len(st.HandleGaps))
-	var h uint32
-	for i, g := range st.HandleGaps {
-		h += g
-		handles[i] = h
-	}
+	handles := s.handles
 	dst := &ingestv1.SocketStats{}
 	var last uint32
 	for _, i := range idx {
