@@ -243,12 +243,23 @@ func socketChurn(t testing.TB, n int) float64 {
 	t.Logf("reducer: %v connections opened, %v bytes on the client → server edge; losses: %s", opened, bytes, losses(m))
 	if opened != float64(all) || bytes != float64(all*100) {
 		if socketLoss(m) == 0 {
-			t.Errorf("%v connections and %v bytes on the edge, want %d and %d", opened, bytes, all, all*100)
+			t.Errorf("%v connections and %v bytes on the edge, want %d and %d\n%s", opened, bytes, all, all*100, joinDiagnosis(m))
 		} else {
 			t.Logf("not exact: the socket probe reported losses (%s)", losses(m))
 		}
 	}
 	return rate
+}
+
+// joinDiagnosis lists where a churn's counts went when they are not exact:
+// the byte and connection series, and the reducer's join counters.
+func joinDiagnosis(m harness.Metrics) string {
+	var sb strings.Builder
+	for _, name := range []string{"weir_tcp_bytes_total", "weir_tcp_connections_opened_total", "weir_reducer_flows_unjoined_total",
+		"weir_reducer_flow_conflicts_total", "weir_reducer_flows_held", "weir_reducer_join_window_seconds", "weir_reducer_series_folded_total"} {
+		fmt.Fprintf(&sb, "%s: %s\n", name, m.Series(name))
+	}
+	return sb.String()
 }
 
 // sockChurn makes n connections to the addresses in turn from conc

@@ -125,6 +125,9 @@ type Table struct {
 	// closing are the cookies of the sockets in closed: a late sample of
 	// one of them is the same socket, not a new one.
 	closing map[uint64]*socket
+	// vanishedClosing says that closing holds a socket that polls took for
+	// vanished (closed unseen) since it was last emptied.
+	vanishedClosing bool
 	// pressure is signalled, without blocking, when the closed sockets pass
 	// half of BufferBytes, so that a connected stream reports before the
 	// next interval instead of dropping the oldest at the cap.
@@ -321,7 +324,14 @@ func (t *Table) apply(ev probe.Event) {
 // closing now).
 func (t *Table) newConnection(ep probe.Endpoint, owner probe.Owner, c probe.Counters, live bool) *socket {
 	refused := t.isRefused(ep.Cookie)
-	_, closing := t.closing[ep.Cookie]
+	// The kernel reports a socket's close once, so a close event finds
+	// its cookie among the closing sockets only if polls took the socket
+	// for vanished first. Under churn most closes are of sockets never
+	// sampled, and the lookup missed in a map of one interval's closes.
+	closing := false
+	if live || t.vanishedClosing {
+		_, closing = t.closing[ep.Cookie]
+	}
 	if !refused && !closing {
 		// Once per socket: a refused one is not seen as new again.
 		t.m.opens.Inc()
@@ -618,6 +628,7 @@ func (t *Table) pollTCP(src Sampler) error {
 			t.m.vanished.Inc()
 			delete(t.live, s.Cookie)
 			t.close(s)
+			t.vanishedClosing = true
 		}
 	}
 	return nil
@@ -843,6 +854,7 @@ func (t *Table) Drain(c *Changes) {
 		rec.note(s, rep, entryClosed)
 	}
 	clear(t.closing)
+	t.vanishedClosing = false
 	clear(t.closed)
 	t.closed = t.closed[:0]
 	c.Closed = append(c.Closed, t.closedDropped...)

@@ -593,6 +593,44 @@ func TestVanished(t *testing.T) {
 	}
 }
 
+// TestVanishedThenClosed: a socket that polls took for vanished, whose
+// close event comes before the next report, is the same socket: its close
+// counts only what moved since its last sample, and no second connection.
+func TestVanishedThenClosed(t *testing.T) {
+	tab, reg := newTable(t, nil)
+	apply(t, tab, open(1, probe.RoleClient, 1, curl, probe.Counters{}))
+	_ = tab.Poll(samples{sample(1, curl, ctr(10, 0, 1, 0))})
+	drain(tab)
+	_ = tab.Poll(samples{}) // missed once
+	_ = tab.Poll(samples{}) // missed twice in a row: closed
+	late := closeEv(1, ctr(10, 0, 1, 0))
+	late.Endpoint = endpoint(1, probe.RoleClient, 1)
+	tab.Apply(late)
+	// A brief socket's close in the same interval is still a connection.
+	brief := closeEv(2, ctr(7, 0, 1, 0))
+	brief.Endpoint = endpoint(2, probe.RoleClient, 2)
+	tab.Apply(brief)
+	c := drain(tab)
+	if !slices.Equal(c.Closed, []uint64{1, 2}) {
+		t.Fatalf("closed %v, want [1 2]", c.Closed)
+	}
+	var sent uint64
+	for _, d := range c.Deltas {
+		sent += d.BytesSent
+	}
+	if sent != 7 {
+		t.Fatalf("%d bytes sent in the report, want the brief socket's 7 only: %+v", sent, c.Deltas)
+	}
+	for name, want := range map[string]float64{
+		"weir_collector_vanished_sockets_total": 1,
+		"weir_collector_duplicate_opens_total":  1,
+	} {
+		if got := metricValue(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
 // TestInvalidEndpoint: a socket without addresses is not tracked (the
 // reducer would refuse the batch), and is counted once.
 func TestInvalidEndpoint(t *testing.T) {
