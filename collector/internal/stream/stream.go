@@ -362,7 +362,7 @@ func (c *Client) session(ctx context.Context, ticker *time.Ticker) (up bool, err
 	if c.zstd.Load() {
 		compressor = zstdName
 	}
-	st, err := ingestv1.NewIngestServiceClient(conn).Stream(sctx, grpc.UseCompressor(compressor))
+	st, err := ingestv1.NewIngestServiceClient(conn).Stream(sctx, grpc.UseCompressor(compressor), grpc.ForceCodecV2(wireCodec{}))
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
