@@ -19,6 +19,10 @@ import (
 // up to --ack-timeout) fills it.
 const maxUnconfirmedEntries = 1 << 16
 
+// maxFreeSockets bounds the socket records kept for reuse (Table.free):
+// about one early report's worth under churn.
+const maxFreeSockets = 1 << 15
+
 // maxSpare is how many confirmed records' entries the table keeps for
 // the next drains.
 const maxSpare = 2
@@ -133,6 +137,15 @@ func (t *Table) Confirm(gen uint64) {
 	for n < len(t.unconfirmed) && t.unconfirmed[n].gen <= gen {
 		r := &t.unconfirmed[n]
 		t.nEntries -= r.size()
+		// A socket this drain reported closed is in no later record
+		// (released, it is in no later drain) nor in the table: its
+		// record can hold another socket.
+		for i := range r.entries {
+			e := &r.entries[i]
+			if e.flags&entryClosed != 0 && e.s.state == stateReleased && len(t.free) < maxFreeSockets {
+				t.free = append(t.free, e.s)
+			}
+		}
 		// The next drains reuse them: a busy node's records would
 		// otherwise be garbage every interval.
 		t.putSpare(r.entries)

@@ -147,3 +147,48 @@ func TestDrainReusesLargestSpare(t *testing.T) {
 		t.Fatalf("after small drains the next large one has capacity %d, want %d", cap(got), cap(large))
 	}
 }
+
+// TestSocketRecordsReused: the record of a socket reported closed is
+// reused once the reducer confirmed that report, never before: a closed
+// socket of a drain not confirmed is still there for a rollback.
+func TestSocketRecordsReused(t *testing.T) {
+	tab, _ := newTable(t, nil)
+	brief := func(cookie uint64, sent uint64) probe.Event {
+		ev := closeEv(cookie, ctr(sent, 0, 1, 0))
+		ev.Endpoint = endpoint(cookie, probe.RoleClient, uint16(cookie))
+		return ev
+	}
+	tab.Apply(brief(1, 10))
+	drain(tab)
+	first := tab.rec.entries[len(tab.rec.entries)-1].s
+	tab.Confirm(tab.Drains())
+	if len(tab.free) != 1 || tab.free[0] != first {
+		t.Fatalf("%d records free after the confirm, want socket 1's", len(tab.free))
+	}
+	// Socket 2 takes socket 1's record, and is itself.
+	tab.Apply(brief(2, 20))
+	c := drain(tab)
+	if len(tab.free) != 0 || len(c.Opened) != 1 || c.Opened[0].Cookie != 2 || len(c.Deltas) != 1 || c.Deltas[0].BytesSent != 20 {
+		t.Fatalf("after reuse: %d free, changes %+v", len(tab.free), c)
+	}
+	// Not confirmed: socket 2's record stays its own, and a rollback
+	// reports socket 2 again beside socket 3.
+	tab.Apply(brief(3, 30))
+	if len(tab.free) != 0 {
+		t.Fatalf("%d records free before any confirm", len(tab.free))
+	}
+	tab.Rollback()
+	tab.Resync()
+	c = drain(tab)
+	sent := map[uint64]uint64{}
+	for _, d := range c.Deltas {
+		sent[d.Cookie] += d.BytesSent
+	}
+	if len(c.Closed) != 2 || sent[2] != 20 || sent[3] != 30 {
+		t.Fatalf("after the rollback: closed %v, sent %v, want sockets 2 (20) and 3 (30)", c.Closed, sent)
+	}
+	tab.Confirm(tab.Drains())
+	if len(tab.free) != 2 {
+		t.Fatalf("%d records free after confirming both, want 2", len(tab.free))
+	}
+}
