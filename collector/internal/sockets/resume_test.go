@@ -187,6 +187,16 @@ func TestSocketRecordsReused(t *testing.T) {
 	if len(c.Closed) != 2 || sent[2] != 20 || sent[3] != 30 {
 		t.Fatalf("after the rollback: closed %v, sent %v, want sockets 2 (20) and 3 (30)", c.Closed, sent)
 	}
+	// Socket 2 was announced and closed in the drain undone, noted as
+	// one entry: it is a new connection again.
+	for _, o := range c.Opened {
+		if !o.NewConnection {
+			t.Fatalf("socket %d announced again without new_connection", o.Cookie)
+		}
+	}
+	if len(c.Opened) != 2 {
+		t.Fatalf("announced %d sockets after the rollback, want 2", len(c.Opened))
+	}
 	tab.Confirm(tab.Drains())
 	if len(tab.free) != 2 {
 		t.Fatalf("%d records free after confirming both, want 2", len(tab.free))

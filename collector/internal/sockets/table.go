@@ -99,10 +99,13 @@ type socket struct {
 	newConn    bool  // announce with new_connection: established while the probe was loaded, never announced
 	ownerDirty bool  // exposed, owner changed since the last drain
 	inFresh    bool  // in Table.fresh
-	owner      probe.Owner
-	raw        probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
-	total      totals         // counted since first seen
-	rep        totals         // total as of the last drain: the baseline of deltas
+	// announcedNew: closed, and announced as a new connection by the
+	// drain under way, whose record notes both in one entry.
+	announcedNew bool
+	owner        probe.Owner
+	raw          probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
+	total        totals         // counted since first seen
+	rep          totals         // total as of the last drain: the baseline of deltas
 }
 
 type listenKey struct {
@@ -838,7 +841,13 @@ func (t *Table) Drain(c *Changes) {
 		s.exposed = true
 		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
 		if s.newConn {
-			rec.note(s, s.rep, entryNewConn)
+			if s.state == stateClosed {
+				// Announced and closed in this drain (most sockets under
+				// churn): one entry below says both.
+				s.announcedNew = true
+			} else {
+				rec.note(s, s.rep, entryNewConn)
+			}
 		}
 		s.newConn = false
 	}
@@ -868,7 +877,12 @@ func (t *Table) Drain(c *Changes) {
 		t.drainDelta(c, s)
 		c.Closed = append(c.Closed, s.Cookie)
 		s.state = stateReleased
-		rec.note(s, rep, entryClosed)
+		f := entryClosed
+		if s.announcedNew {
+			f |= entryNewConn
+			s.announcedNew = false
+		}
+		rec.note(s, rep, f)
 	}
 	clear(t.closing)
 	t.vanishedClosing = false
