@@ -89,11 +89,17 @@ type Encoder struct {
 	procHandles handles
 	orphans     []*process
 	slots       []int32 // Changes.Deltas index by socket handle, -1 for none
-	freeSocks   []uint32
-	nat         Translator          // nil: no translations
-	netns       []uint32            // netnsOf's result
-	udp         map[uint64]*process // the process of each UDP socket (by cookie) announced with a flow
-	procSync    ProcessSyncer       // nil: the process table is not followed
+	// opened are the sockets of the report's Changes.Opened, by index,
+	// and closedNow says which of them the same report closes: those are
+	// never put in socks, which under churn held every socket for the
+	// length of one report.
+	opened    []socket
+	closedNow []bool
+	freeSocks []uint32
+	nat       Translator          // nil: no translations
+	netns     []uint32            // netnsOf's result
+	udp       map[uint64]*process // the process of each UDP socket (by cookie) announced with a flow
+	procSync  ProcessSyncer       // nil: the process table is not followed
 }
 
 // ProcessSyncer applies the process events the kernel has submitted so far
@@ -181,10 +187,21 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 		b.Sockets = make([]*ingestv1.Socket, 0, len(c.Opened))
 		addrs = make([]byte, 0, 8*len(c.Opened))
 	}
+	e.opened = slices.Grow(e.opened[:0], len(c.Opened))[:len(c.Opened)]
+	e.closedNow = slices.Grow(e.closedNow[:0], len(c.Opened))[:len(c.Opened)]
+	clear(e.closedNow)
+	for _, at := range c.ClosedOpened {
+		if at > 0 {
+			e.closedNow[at-1] = true
+		}
+	}
 	for i := range c.Opened {
 		o := &c.Opened[i]
 		s := socket{handle: e.sockHandles.get(), proc: e.ref(b, o.Owner)}
-		e.socks[o.Cookie] = s
+		e.opened[i] = s
+		if !e.closedNow[i] {
+			e.socks[o.Cookie] = s
+		}
 		ws := &wire[i]
 		ws.Handle = s.handle
 		ws.Process = handleOf(s.proc)
@@ -239,12 +256,17 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	e.udpFlows(b, c.UDP)
 
 	e.freeSocks = e.freeSocks[:0]
-	for _, cookie := range c.Closed {
-		s, ok := e.socks[cookie]
-		if !ok {
-			continue
+	for i, cookie := range c.Closed {
+		var s socket
+		if at := c.ClosedOpened[i]; at > 0 {
+			s = e.opened[at-1]
+		} else {
+			var ok bool
+			if s, ok = e.socks[cookie]; !ok {
+				continue
+			}
+			delete(e.socks, cookie)
 		}
-		delete(e.socks, cookie)
 		b.ClosedSockets = append(b.ClosedSockets, s.handle)
 		e.freeSocks = append(e.freeSocks, s.handle)
 		e.unref(s.proc)
@@ -348,7 +370,10 @@ func (e *Encoder) stats(deltas []sockets.Delta) *ingestv1.SocketStats {
 	}
 	n := 0
 	for i := range deltas {
-		if s, ok := e.socks[deltas[i].Cookie]; ok {
+		if at := deltas[i].Opened; at > 0 {
+			e.slots[e.opened[at-1].handle] = int32(i)
+			n++
+		} else if s, ok := e.socks[deltas[i].Cookie]; ok {
 			e.slots[s.handle] = int32(i)
 			n++
 		}

@@ -28,8 +28,8 @@ func TestRollback(t *testing.T) {
 	}
 	// Drain 3, lost: socket 2 closes at 40.
 	apply(t, tab, closeEv(2, ctr(40, 0, 2, 0)))
-	if c := drain(tab); len(c.Closed) != 1 {
-		t.Fatalf("drain 3 closed %v, want socket 2", c.Closed)
+	if c := drain(tab); len(c.Closed) != 1 || c.ClosedOpened[0] != 0 || c.Deltas[0].Opened != 0 {
+		t.Fatalf("drain 3 closed %v (announced at %v), deltas %+v, want socket 2, announced before", c.Closed, c.ClosedOpened, c.Deltas)
 	}
 
 	if n := tab.Rollback(); n != 2 {

@@ -102,10 +102,14 @@ type socket struct {
 	// announcedNew: closed, and announced as a new connection by the
 	// drain under way, whose record notes both in one entry.
 	announcedNew bool
-	owner        probe.Owner
-	raw          probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
-	total        totals         // counted since first seen
-	rep          totals         // total as of the last drain: the baseline of deltas
+	// openedIn and openedAt: the drain that announced the socket last, and
+	// its index in that drain's Changes.Opened plus one.
+	openedIn uint64
+	openedAt int32
+	owner    probe.Owner
+	raw      probe.Counters // the kernel's counters as last read; raw.SRTT is the last RTT read
+	total    totals         // counted since first seen
+	rep      totals         // total as of the last drain: the baseline of deltas
 }
 
 type listenKey struct {
@@ -767,7 +771,11 @@ type OwnerChange struct {
 // Delta is how far an announced socket's counters moved since the previous
 // Drain, and its smoothed RTT when last read (0 if not measured).
 type Delta struct {
-	Cookie                                                   uint64
+	Cookie uint64
+	// Opened is the socket's index in Changes.Opened plus one when this
+	// drain announces it, 0 otherwise: a consumer finds its announcement
+	// without looking the cookie up.
+	Opened                                                   int32
 	BytesSent, BytesReceived, SegmentsSent, SegmentsReceived uint64
 	Retransmits, ResetsSent, ResetsReceived                  uint64
 	SRTT                                                     time.Duration
@@ -787,6 +795,10 @@ type Changes struct {
 	// Closed are the cookies of announced sockets that closed, including
 	// those in Opened.
 	Closed []uint64
+	// ClosedOpened is, for each of Closed, its index in Opened plus one
+	// when this drain announces it (most closes under churn), 0
+	// otherwise.
+	ClosedOpened []int32
 	// Failed are the connects that failed since the previous Drain.
 	Failed []FailedConnect
 	// UDP are the UDP remotes that moved or closed since the previous
@@ -802,6 +814,7 @@ func (c *Changes) reset() {
 	c.Owners = c.Owners[:0]
 	c.Deltas = c.Deltas[:0]
 	c.Closed = c.Closed[:0]
+	c.ClosedOpened = c.ClosedOpened[:0]
 	clear(c.Failed)
 	c.Failed = c.Failed[:0]
 	clear(c.UDP)
@@ -840,6 +853,7 @@ func (t *Table) Drain(c *Changes) {
 		}
 		s.exposed = true
 		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
+		s.openedIn, s.openedAt = t.drains, int32(len(c.Opened))
 		if s.newConn {
 			if s.state == stateClosed {
 				// Announced and closed in this drain (most sockets under
@@ -876,6 +890,7 @@ func (t *Table) Drain(c *Changes) {
 		rep := s.rep
 		t.drainDelta(c, s)
 		c.Closed = append(c.Closed, s.Cookie)
+		c.ClosedOpened = append(c.ClosedOpened, t.openedAt(s))
 		s.state = stateReleased
 		f := entryClosed
 		if s.announcedNew {
@@ -889,6 +904,9 @@ func (t *Table) Drain(c *Changes) {
 	clear(t.closed)
 	t.closed = t.closed[:0]
 	c.Closed = append(c.Closed, t.closedDropped...)
+	for range t.closedDropped {
+		c.ClosedOpened = append(c.ClosedOpened, 0)
+	}
 	t.closedDropped = t.closedDropped[:0]
 	c.Failed = append(c.Failed, t.failed...)
 	clear(t.failed)
@@ -912,6 +930,7 @@ func (t *Table) drainDelta(c *Changes, s *socket) bool {
 	}
 	c.Deltas = append(c.Deltas, Delta{
 		Cookie:           s.Cookie,
+		Opened:           t.openedAt(s),
 		BytesSent:        s.total.bytesSent - s.rep.bytesSent,
 		BytesReceived:    s.total.bytesReceived - s.rep.bytesReceived,
 		SegmentsSent:     s.total.segsSent - s.rep.segsSent,
@@ -926,6 +945,15 @@ func (t *Table) drainDelta(c *Changes, s *socket) bool {
 	}
 	s.rep = s.total
 	return true
+}
+
+// openedAt is s's index in the Changes.Opened of the drain under way plus
+// one, or 0 if that drain does not announce it. t.mu is held.
+func (t *Table) openedAt(s *socket) int32 {
+	if s.openedIn != t.drains {
+		return 0
+	}
+	return s.openedAt
 }
 
 // Resync starts a new epoch: the reducer forgot every socket, so the next

@@ -426,7 +426,7 @@ func TestNewConnectionFromSample(t *testing.T) {
 	if len(c.Opened) != 1 || c.Opened[0] != want {
 		t.Fatalf("opened %+v, want %+v", c.Opened, want)
 	}
-	if want := (Delta{Cookie: 1, BytesSent: 70, BytesReceived: 60, SegmentsSent: 3, SegmentsReceived: 2}); len(c.Deltas) != 1 || c.Deltas[0] != want {
+	if want := (Delta{Cookie: 1, Opened: 1, BytesSent: 70, BytesReceived: 60, SegmentsSent: 3, SegmentsReceived: 2}); len(c.Deltas) != 1 || c.Deltas[0] != want {
 		t.Fatalf("deltas %+v, want %+v", c.Deltas, want)
 	}
 	if err := tab.Poll(samples{sample(1, curl, ctr(75, 60, 4, 2))}); err != nil {
@@ -459,11 +459,11 @@ func TestNewConnectionFromClose(t *testing.T) {
 	if len(c.Opened) != 1 || c.Opened[0] != want {
 		t.Fatalf("opened %+v, want %+v", c.Opened, want)
 	}
-	if want := (Delta{Cookie: 1, BytesSent: 300, BytesReceived: 200, SegmentsSent: 3, SegmentsReceived: 2}); len(c.Deltas) != 1 || c.Deltas[0] != want {
+	if want := (Delta{Cookie: 1, Opened: 1, BytesSent: 300, BytesReceived: 200, SegmentsSent: 3, SegmentsReceived: 2}); len(c.Deltas) != 1 || c.Deltas[0] != want {
 		t.Fatalf("deltas %+v, want %+v", c.Deltas, want)
 	}
-	if !slices.Equal(c.Closed, []uint64{1}) || tab.Live() != 0 {
-		t.Fatalf("closed %v with %d live, want [1] and none", c.Closed, tab.Live())
+	if !slices.Equal(c.Closed, []uint64{1}) || !slices.Equal(c.ClosedOpened, []int32{1}) || tab.Live() != 0 {
+		t.Fatalf("closed %v (announced at %v) with %d live, want [1] (at [1]) and none", c.Closed, c.ClosedOpened, tab.Live())
 	}
 	// Without traffic it is still a connection to tell of.
 	tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: endpoint(2, probe.RoleClient, 2), Owner: curl})
