@@ -242,3 +242,35 @@ func TestUDPNetNS(t *testing.T) {
 		t.Errorf("%v records ignored, want 2", got)
 	}
 }
+
+// TestResetAfterManyCloses: a reset found past the last recentCloses
+// closes: a socket that walks saw open is found among the closing ones; a
+// socket first seen at its close is looked for only in the queue's tail,
+// and a reset that far behind its close is counted as unreported.
+func TestResetAfterManyCloses(t *testing.T) {
+	tab, _ := newTable(t, nil)
+	final := probe.Counters{BytesAcked: 100, BytesReceived: 10}
+	sampled := endpoint(1, probe.RoleClient, 40000)
+	if err := tab.Poll(partial{probe.Sample{Endpoint: sampled, Owner: curl}}); err != nil {
+		t.Fatal(err)
+	}
+	tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: sampled, Owner: curl, Counters: final})
+	brief := endpoint(2, probe.RoleClient, 40001)
+	tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: brief, Owner: curl, Counters: final})
+	for i := range recentCloses {
+		tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: endpoint(uint64(10+i), probe.RoleClient, uint16(41000+i)), Owner: curl, Counters: final})
+	}
+	reset := final
+	reset.ResetsSent = 1
+	tab.Apply(probe.Event{Kind: probe.EventReset, Endpoint: sampled, Owner: curl, Counters: reset})
+	tab.Apply(probe.Event{Kind: probe.EventReset, Endpoint: brief, Owner: curl, Counters: reset})
+	var ch Changes
+	tab.Drain(&ch)
+	resets := map[uint64]uint64{}
+	for _, d := range ch.Deltas {
+		resets[d.Cookie] += d.ResetsSent
+	}
+	if resets[1] != 1 || resets[2] != 0 || ch.Loss.ResetsUnreported != 1 {
+		t.Fatalf("resets %v, unreported %d: want socket 1's counted and socket 2's unreported", resets, ch.Loss.ResetsUnreported)
+	}
+}

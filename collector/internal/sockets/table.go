@@ -68,7 +68,8 @@ type OwnerScanner interface {
 
 // closedEntryBytes estimates the memory of one closed socket awaiting
 // report: the socket itself, its slot in the queue, and its entry in the
-// set of closing cookies (key and map overhead, about three words).
+// set of closing cookies (key and map overhead, about three words), which
+// a socket first seen at its close does not take.
 const closedEntryBytes = int64(unsafe.Sizeof(socket{})) + 8 + 24
 
 type sockState uint8
@@ -283,12 +284,16 @@ func (t *Table) apply(ev probe.Event) {
 			if s = t.newConnection(ev.Endpoint, ev.Owner, ev.Counters, false); s == nil {
 				return
 			}
-		} else {
-			// The close carries the socket's last user, which a socket
-			// that lived less than an interval was never sampled for.
-			t.update(s, ev.Counters, ev.Owner)
-			delete(t.live, s.Cookie)
+			// No walk saw it open, and walks skip closed sockets: no late
+			// sample can come, so it is not kept among the closing
+			// (a reset after its close finds it in the queue's tail).
+			t.enqueueClosed(s)
+			return
 		}
+		// The close carries the socket's last user, which a socket that
+		// lived less than an interval was never sampled for.
+		t.update(s, ev.Counters, ev.Owner)
+		delete(t.live, s.Cookie)
 		t.close(s)
 	case probe.EventOrphan:
 		t.m.orphans.Inc()
@@ -310,6 +315,9 @@ func (t *Table) apply(ev probe.Event) {
 		// the kernel read the rest after the close, without the state
 		// that tells the FIN apart.
 		s := t.live[ev.Cookie]
+		if s == nil {
+			s = t.recentlyClosed(ev.Cookie)
+		}
 		if s == nil {
 			s = t.closing[ev.Cookie]
 		}
@@ -531,16 +539,41 @@ func delta32(cur, prev uint32) (uint32, bool) {
 func (t *Table) Pressure() <-chan struct{} { return t.pressure }
 
 // close moves a socket, no longer in the live map, to the queue of closed
-// sockets awaiting report.
+// sockets awaiting report, and among the closing ones.
 func (t *Table) close(s *socket) {
+	if t.enqueueClosed(s) {
+		t.closing[s.Cookie] = s
+	}
+}
+
+// recentCloses is how far back from the tail of the closed queue a reset
+// that follows its socket's close looks: the kernel sends it in the same
+// call that closed the socket, so only the other CPUs' events come in
+// between.
+const recentCloses = 64
+
+// recentlyClosed finds the socket of cookie among the last recentCloses
+// sockets of the closed queue.
+func (t *Table) recentlyClosed(cookie uint64) *socket {
+	for i := len(t.closed) - 1; i >= max(0, len(t.closed)-recentCloses); i-- {
+		if t.closed[i].Cookie == cookie {
+			return t.closed[i]
+		}
+	}
+	return nil
+}
+
+// enqueueClosed puts s in the queue of closed sockets awaiting report, and
+// says whether it did: a socket never reported with nothing to tell is
+// forgotten instead.
+func (t *Table) enqueueClosed(s *socket) bool {
 	if !s.exposed && !s.newConn && s.total == s.rep {
 		// Never reported and nothing to tell: forget it silently.
 		s.state = stateReleased
-		return
+		return false
 	}
 	s.state = stateClosed
 	t.closed = append(t.closed, s)
-	t.closing[s.Cookie] = s
 	if t.closedBytes() > t.cfg.BufferBytes/2 {
 		select {
 		case t.pressure <- struct{}{}:
@@ -550,6 +583,7 @@ func (t *Table) close(s *socket) {
 	for t.closedBytes() > t.cfg.BufferBytes && len(t.closed) > 0 {
 		t.dropOldest()
 	}
+	return s.state == stateClosed // not dropped at once by a tiny buffer
 }
 
 func (t *Table) dropOldest() {
