@@ -139,10 +139,10 @@ func (t *Table) Confirm(gen uint64) {
 		t.nEntries -= r.size()
 		// A socket this drain reported closed is in no later record
 		// (released, it is in no later drain) nor in the table: its
-		// record can hold another socket.
+		// record can hold another socket. (Only Rollback takes a released
+		// socket back, from drains it then forgets: none is confirmed.)
 		for i := range r.entries {
-			e := &r.entries[i]
-			if e.flags&entryClosed != 0 && e.s.state == stateReleased && len(t.free) < maxFreeSockets {
+			if e := &r.entries[i]; e.flags&entryClosed != 0 && len(t.free) < maxFreeSockets {
 				t.free = append(t.free, e.s)
 			}
 		}

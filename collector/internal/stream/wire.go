@@ -33,9 +33,10 @@ func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("stream codec: cannot marshal %T", v)
 	}
-	n := requestSize(req)
+	var plan batchPlan
+	n := requestSize(req, &plan)
 	if mem.IsBelowBufferPoolingThreshold(n) {
-		out, err := appendRequest(make([]byte, 0, n), req)
+		out, err := appendRequest(make([]byte, 0, n), req, &plan)
 		if err != nil {
 			return nil, err
 		}
@@ -43,7 +44,7 @@ func (wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	pool := mem.DefaultBufferPool()
 	buf := pool.Get(n)
-	out, err := appendRequest((*buf)[:0], req)
+	out, err := appendRequest((*buf)[:0], req, &plan)
 	if err != nil {
 		pool.Put(buf)
 		return nil, err
@@ -62,23 +63,34 @@ func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }
 
-// requestSize is the encoded size of r.
-func requestSize(r *ingestv1.StreamRequest) int {
+// requestSize is the encoded size of r; for a batch it fills plan.
+func requestSize(r *ingestv1.StreamRequest, plan *batchPlan) int {
 	if b := r.GetBatch(); b != nil {
-		return msgLen(batchSize(b))
+		*plan = planBatch(b)
+		return msgLen(plan.size)
 	}
 	return proto.Size(r)
 }
 
 // appendRequest appends r's protobuf encoding to buf, whose capacity should
-// be requestSize(r). It fails only where proto.Marshal would: a string
-// that is not UTF-8.
-func appendRequest(buf []byte, r *ingestv1.StreamRequest) ([]byte, error) {
+// be requestSize(r, plan), with the plan that filled. It fails only where
+// proto.Marshal would: a string that is not UTF-8.
+func appendRequest(buf []byte, r *ingestv1.StreamRequest, plan *batchPlan) ([]byte, error) {
 	b := r.GetBatch()
 	if b == nil {
 		return proto.MarshalOptions{}.MarshalAppend(buf, r)
 	}
-	return appendBatch(appendHeader(buf, 2, batchSize(b)), b)
+	return appendBatch(appendHeader(buf, 2, plan.size), b, plan)
+}
+
+// batchPlan holds what sizing a batch found that writing it needs again:
+// the body sizes of its packed columns, each summed once.
+type batchPlan struct {
+	size      int
+	stats     [9]int // SocketStats' columns, by field number - 1
+	statsSize int
+	closed    int
+	forgotten int
 }
 
 // msgLen is the size of a length-delimited field of tag number below 16
@@ -117,11 +129,13 @@ func packedLen[T uint32 | uint64](xs []T) int {
 	return n
 }
 
-func packedFieldLen[T uint32 | uint64](xs []T) int {
-	if len(xs) == 0 {
+// packedFieldLen is the size of a packed field of n values whose body
+// takes body bytes.
+func packedFieldLen(n, body int) int {
+	if n == 0 {
 		return 0
 	}
-	return msgLen(packedLen(xs))
+	return msgLen(body)
 }
 
 // appendVarint is protowire.AppendVarint, inlined for the one- and
@@ -161,11 +175,13 @@ func appendBool(buf []byte, num protowire.Number, v bool) []byte {
 	return append(buf, tag(num, protowire.VarintType), 1)
 }
 
-func appendPacked[T uint32 | uint64](buf []byte, num protowire.Number, xs []T) []byte {
+// appendPacked appends the packed field of xs, whose body takes body
+// bytes (packedLen).
+func appendPacked[T uint32 | uint64](buf []byte, num protowire.Number, xs []T, body int) []byte {
 	if len(xs) == 0 {
 		return buf
 	}
-	buf = appendVarint(append(buf, tag(num, protowire.BytesType)), uint64(packedLen(xs)))
+	buf = appendVarint(append(buf, tag(num, protowire.BytesType)), uint64(body))
 	for _, x := range xs {
 		buf = appendVarint(buf, uint64(x))
 	}
@@ -199,7 +215,11 @@ func appendGeneric[M proto.Message](buf []byte, num protowire.Number, ms []M) ([
 	return buf, nil
 }
 
-func batchSize(b *ingestv1.Batch) int {
+// batchSize is the encoded size of b.
+func batchSize(b *ingestv1.Batch) int { return planBatch(b).size }
+
+func planBatch(b *ingestv1.Batch) batchPlan {
+	var p batchPlan
 	n := varLen(b.Sequence)
 	if b.Time != nil {
 		n += msgLen(timeSize(b.Time))
@@ -212,10 +232,14 @@ func batchSize(b *ingestv1.Batch) int {
 		n += msgLen(ownerSize(o))
 	}
 	if b.Stats != nil {
-		n += msgLen(statsSize(b.Stats))
+		for i, col := range statsColumns(b.Stats) {
+			p.stats[i] = col.len()
+			p.statsSize += col.fieldLen(p.stats[i])
+		}
+		n += msgLen(p.statsSize)
 	}
-	n += packedFieldLen(b.ClosedSockets)
-	n += packedFieldLen(b.ForgottenProcesses)
+	p.closed, p.forgotten = packedLen(b.ClosedSockets), packedLen(b.ForgottenProcesses)
+	n += packedFieldLen(len(b.ClosedSockets), p.closed) + packedFieldLen(len(b.ForgottenProcesses), p.forgotten)
 	if b.Loss != nil {
 		n += msgLen(lossSize(b.Loss))
 	}
@@ -225,10 +249,11 @@ func batchSize(b *ingestv1.Batch) int {
 	n += genericSize(b.UdpFlows)
 	n += boolLen(b.Continued)
 	n += boolLen(b.AckWanted)
-	return n
+	p.size = n
+	return p
 }
 
-func appendBatch(buf []byte, b *ingestv1.Batch) ([]byte, error) {
+func appendBatch(buf []byte, b *ingestv1.Batch, p *batchPlan) ([]byte, error) {
 	buf = appendVar(buf, 1, b.Sequence)
 	if b.Time != nil {
 		buf = appendHeader(buf, 2, timeSize(b.Time))
@@ -252,11 +277,13 @@ func appendBatch(buf []byte, b *ingestv1.Batch) ([]byte, error) {
 		buf = appendVar(buf, 2, uint64(o.Process))
 	}
 	if b.Stats != nil {
-		buf = appendHeader(buf, 6, statsSize(b.Stats))
-		buf = appendStats(buf, b.Stats)
+		buf = appendHeader(buf, 6, p.statsSize)
+		for i, col := range statsColumns(b.Stats) {
+			buf = col.append(buf, protowire.Number(i+1), p.stats[i])
+		}
 	}
-	buf = appendPacked(buf, 7, b.ClosedSockets)
-	buf = appendPacked(buf, 8, b.ForgottenProcesses)
+	buf = appendPacked(buf, 7, b.ClosedSockets, p.closed)
+	buf = appendPacked(buf, 8, b.ForgottenProcesses, p.forgotten)
 	if b.Loss != nil {
 		buf = appendHeader(buf, 9, lossSize(b.Loss))
 		buf = appendLoss(buf, b.Loss)
@@ -340,22 +367,27 @@ func ownerSize(o *ingestv1.SocketOwner) int {
 	return varLen(uint64(o.Socket)) + varLen(uint64(o.Process))
 }
 
-func statsSize(s *ingestv1.SocketStats) int {
-	return packedFieldLen(s.HandleGaps) + packedFieldLen(s.BytesSent) + packedFieldLen(s.BytesReceived) +
-		packedFieldLen(s.SegmentsSent) + packedFieldLen(s.SegmentsReceived) + packedFieldLen(s.Retransmits) +
-		packedFieldLen(s.ResetsSent) + packedFieldLen(s.ResetsReceived) + packedFieldLen(s.SrttUs)
+// column is one packed column of SocketStats, of 32- or 64-bit values.
+type column struct {
+	u32 []uint32
+	u64 []uint64
 }
 
-func appendStats(buf []byte, s *ingestv1.SocketStats) []byte {
-	buf = appendPacked(buf, 1, s.HandleGaps)
-	buf = appendPacked(buf, 2, s.BytesSent)
-	buf = appendPacked(buf, 3, s.BytesReceived)
-	buf = appendPacked(buf, 4, s.SegmentsSent)
-	buf = appendPacked(buf, 5, s.SegmentsReceived)
-	buf = appendPacked(buf, 6, s.Retransmits)
-	buf = appendPacked(buf, 7, s.ResetsSent)
-	buf = appendPacked(buf, 8, s.ResetsReceived)
-	return appendPacked(buf, 9, s.SrttUs)
+func statsColumns(s *ingestv1.SocketStats) [9]column {
+	return [9]column{{u32: s.HandleGaps}, {u64: s.BytesSent}, {u64: s.BytesReceived}, {u64: s.SegmentsSent},
+		{u64: s.SegmentsReceived}, {u64: s.Retransmits}, {u64: s.ResetsSent}, {u64: s.ResetsReceived}, {u32: s.SrttUs}}
+}
+
+// len is the size of the column's packed body.
+func (c column) len() int { return packedLen(c.u32) + packedLen(c.u64) }
+
+func (c column) fieldLen(body int) int { return packedFieldLen(len(c.u32)+len(c.u64), body) }
+
+func (c column) append(buf []byte, num protowire.Number, body int) []byte {
+	if c.u32 != nil {
+		return appendPacked(buf, num, c.u32, body)
+	}
+	return appendPacked(buf, num, c.u64, body)
 }
 
 // lossFields are the Loss counters in field order (1 to 13).

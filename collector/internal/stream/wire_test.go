@@ -132,7 +132,7 @@ func TestWireMatchesProto(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("request %d: codec wrote %d bytes, proto.Marshal %d:\n%x\n%x", i, len(got), len(want), got, want)
 		}
-		if n := requestSize(req); n != len(got) {
+		if n := requestSize(req, new(batchPlan)); n != len(got) {
 			t.Fatalf("request %d: size %d, wrote %d", i, n, len(got))
 		}
 		var back ingestv1.StreamRequest
