@@ -85,6 +85,7 @@ type Encoder struct {
 	changes     sockets.Changes   // reused between reports
 	socks       map[uint64]socket // by cookie
 	procs       map[procKey]*process
+	lastProc    *process // the last one ref found or made, while in procs
 	sockHandles handles
 	procHandles handles
 	orphans     []*process
@@ -155,6 +156,7 @@ func (e *Encoder) Resync() {
 	clear(e.socks)
 	clear(e.udp)
 	clear(e.procs)
+	e.lastProc = nil
 	e.sockHandles.reset()
 	e.procHandles.reset()
 	clear(e.orphans)
@@ -280,6 +282,9 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 		b.ForgottenProcesses = append(b.ForgottenProcesses, p.handle)
 		e.procHandles.put(p.handle)
 		delete(e.procs, p.key)
+		if e.lastProc == p {
+			e.lastProc = nil
+		}
 	}
 	clear(e.orphans)
 	e.orphans = e.orphans[:0]
@@ -435,13 +440,19 @@ func (e *Encoder) ref(b *ingestv1.Batch, o probe.Owner) *process {
 		return nil
 	}
 	k := keyOf(o)
-	p := e.procs[k]
+	// Sockets come in runs of one owner (a client's connections, a
+	// server's accepts): the last process found is tried first.
+	p := e.lastProc
+	if p == nil || p.key != k {
+		p = e.procs[k]
+	}
 	if p == nil {
 		p = &process{key: k, handle: e.procHandles.get()}
 		e.procs[k] = p
 		b.Processes = append(b.Processes, e.describe(p.handle, o))
 	}
 	p.refs++
+	e.lastProc = p
 	return p
 }
 
