@@ -192,8 +192,8 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	e.opened = slices.Grow(e.opened[:0], len(c.Opened))[:len(c.Opened)]
 	e.closedNow = slices.Grow(e.closedNow[:0], len(c.Opened))[:len(c.Opened)]
 	clear(e.closedNow)
-	for _, at := range c.ClosedOpened {
-		if at > 0 {
+	for i := range c.Closed {
+		if at := closedOpened(c, i); at > 0 {
 			e.closedNow[at-1] = true
 		}
 	}
@@ -260,7 +260,7 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 	e.freeSocks = e.freeSocks[:0]
 	for i, cookie := range c.Closed {
 		var s socket
-		if at := c.ClosedOpened[i]; at > 0 {
+		if at := closedOpened(c, i); at > 0 {
 			s = e.opened[at-1]
 		} else {
 			var ok bool
@@ -303,6 +303,15 @@ func (e *Encoder) Report(now time.Time) *ingestv1.Batch {
 		UdpFlowsDropped:       c.Loss.UDP.FlowsDropped,
 	}
 	return b
+}
+
+// closedOpened is where in c.Opened the i-th closed socket is announced,
+// plus one; 0 when not in this report (or not said by the source).
+func closedOpened(c *sockets.Changes, i int) int32 {
+	if i < len(c.ClosedOpened) {
+		return c.ClosedOpened[i]
+	}
+	return 0
 }
 
 // udpFlows encodes the UDP deltas. A UDP socket holds a reference to its
