@@ -72,7 +72,7 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 		failedDropped: counter("weir_collector_failed_connects_dropped_total",
 			"Failed TCP connects dropped unreported because the queue of them awaiting report was full."),
 		resetsUnreported: counter("weir_collector_resets_unreported_total",
-			"RST events of sockets the collector had already reported closed; not counted."),
+			"RST events of sockets the collector had already reported closed, or of a socket first seen at its close that came after 64 later closes; not counted."),
 		otherNetNS: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_collector_netns_ignored_total",
 			Help: "Lifecycle events, samples and UDP records of sockets in network namespaces outside --netns, ignored; by source (event, sample, udp).",
