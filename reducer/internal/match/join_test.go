@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -272,5 +273,86 @@ func TestBriefEnds(t *testing.T) {
 	})
 	if n := testutil.ToFloat64(e.oneSided); n != 0 {
 		t.Errorf("%v flows counted as missing their peer", n)
+	}
+}
+
+// TestBriefReuseAcrossBatches: two brief connections on one 4-tuple of
+// one node, each end reported by its close, in every order of the four
+// closes (the cookie, taken at the close, follows it) and every split of
+// them over two batches, join end to end: each byte once, no end left
+// one-sided.
+func TestBriefReuseAcrossBatches(t *testing.T) {
+	type end struct {
+		conn   string
+		server bool
+	}
+	ends := []end{{"a", false}, {"a", true}, {"b", false}, {"b", true}}
+	var orders [][]int
+	var permute func(prefix []int, rest []int)
+	permute = func(prefix, rest []int) {
+		if len(rest) == 0 {
+			orders = append(orders, slices.Clone(prefix))
+			return
+		}
+		for i := range rest {
+			permute(append(prefix, rest[i]), slices.Concat(rest[:i], rest[i+1:]))
+		}
+	}
+	permute(nil, []int{0, 1, 2, 3})
+	for _, order := range orders {
+		for first := 1; first <= 3; first++ { // order[:first] in batch 1, the rest in batch 2
+			name := ""
+			for i, k := range order {
+				if i == first {
+					name += "|"
+				}
+				name += ends[k].conn
+				if ends[k].server {
+					name += "S"
+				} else {
+					name += "C"
+				}
+			}
+			t.Run(name, func(t *testing.T) {
+				e, c := newWindowEngine(t, 10*time.Second)
+				c.advance(time.Minute)
+				s := openSession(t, e, "node-a", 1)
+				procs := []Process{{Handle: 1, Comm: "curl"}, {Handle: 2, Comm: "nginx"}}
+				for seq, part := range [][]int{order[:first], order[first:]} {
+					b := Batch{Sequence: uint64(seq + 1)}
+					if seq == 0 {
+						b.Processes = procs
+					}
+					var st []stat
+					for _, k := range part {
+						h := uint32(k + 1)
+						pos := slices.Index(order, k)
+						var so Socket
+						if ends[k].server {
+							so = sock(h, 2, RoleServer, "198.18.0.2:80", "198.18.0.1:40000", true)
+							st = append(st, stat{h, 7, 100, 1, 2})
+						} else {
+							so = sock(h, 1, RoleClient, "198.18.0.1:40000", "198.18.0.2:80", true)
+							st = append(st, stat{h, 100, 7, 2, 1})
+						}
+						b.Sockets = append(b.Sockets, withCookie(so, uint64(11+pos)))
+						b.Closed = append(b.Closed, h)
+					}
+					slices.SortFunc(st, func(x, y stat) int { return int(x.handle) - int(y.handle) })
+					b.Stats = statsOf(st...)
+					apply(t, e, s, b)
+					c.advance(time.Second)
+				}
+				c.advance(10 * time.Second)
+				e.PublishDue()
+				sameLines(t, edgeLines(e), []string{
+					"curl/process -> nginx/process bytes=200 packets=4 opened=2 active=0",
+					"nginx/process -> curl/process bytes=14 packets=2 opened=0 active=0",
+				})
+				if n := testutil.ToFloat64(e.oneSided); n != 0 {
+					t.Errorf("%v flows counted as missing their peer", n)
+				}
+			})
+		}
 	}
 }
