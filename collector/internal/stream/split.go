@@ -49,7 +49,7 @@ const batchSlack = 512
 // repeating them counts nothing), and all but the last say that more
 // follow (continued); the caller numbers them.
 func split(b *ingestv1.Batch, maxBytes int) []*ingestv1.Batch {
-	if batchSize(b) <= maxBytes {
+	if batchSizeBound(b) <= maxBytes || batchSize(b) <= maxBytes {
 		return []*ingestv1.Batch{b}
 	}
 	s := splitter{src: b, limit: max(maxBytes-batchSlack, 1), stats: map[*ingestv1.Batch][]int{}}

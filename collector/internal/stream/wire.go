@@ -215,6 +215,38 @@ func appendGeneric[M proto.Message](buf []byte, num protowire.Number, ms []M) ([
 	return buf, nil
 }
 
+// batchSizeBound is at least batchSize(b), from the parts' counts and
+// lengths alone (every number at its widest): split takes a report that
+// fits by this bound without sizing each of its numbers, which the codec
+// does again when it writes the batch.
+func batchSizeBound(b *ingestv1.Batch) int {
+	const (
+		header = 1 + 5 // a length-delimited field's key and length
+		varint = 1 + 10
+		u32    = 1 + 5
+	)
+	n := varint + header + 2*varint // sequence, time
+	for _, s := range b.Sockets {
+		n += header + 5*u32 + 2*varint + 2 + 2*header + len(s.LocalAddr) + len(s.RemoteAddr) + 1 // + role, cookie, new_connection, addresses, netns
+		if t := s.Nat; t != nil {
+			n += header + 2*header + len(t.LocalAddr) + len(t.RemoteAddr) + 2*u32
+		}
+	}
+	n += len(b.Owners) * (header + 2*u32)
+	if st := b.Stats; st != nil {
+		n += header + 9*header + 5*(len(st.HandleGaps)+len(st.SrttUs)) +
+			10*(len(st.BytesSent)+len(st.BytesReceived)+len(st.SegmentsSent)+len(st.SegmentsReceived)+
+				len(st.Retransmits)+len(st.ResetsSent)+len(st.ResetsReceived))
+	}
+	n += 2*header + 5*(len(b.ClosedSockets)+len(b.ForgottenProcesses))
+	if b.Loss != nil {
+		n += header + 13*varint
+	}
+	n += genericSize(b.Processes) + genericSize(b.DnsFlows) + genericSize(b.DnsAnswers) +
+		genericSize(b.FailedConnects) + genericSize(b.UdpFlows)
+	return n + 4 // continued, ack_wanted
+}
+
 // batchSize is the encoded size of b.
 func batchSize(b *ingestv1.Batch) int { return planBatch(b).size }
 

@@ -135,6 +135,9 @@ func TestWireMatchesProto(t *testing.T) {
 		if n := requestSize(req, new(batchPlan)); n != len(got) {
 			t.Fatalf("request %d: size %d, wrote %d", i, n, len(got))
 		}
+		if b := req.GetBatch(); b != nil && batchSizeBound(b) < batchSize(b) {
+			t.Fatalf("request %d: bound %d under the size %d", i, batchSizeBound(b), batchSize(b))
+		}
 		var back ingestv1.StreamRequest
 		if err := (wireCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(got)}, &back); err != nil {
 			t.Fatal(err)
