@@ -100,9 +100,6 @@ type socket struct {
 	newConn    bool  // announce with new_connection: established while the probe was loaded, never announced
 	ownerDirty bool  // exposed, owner changed since the last drain
 	inFresh    bool  // in Table.fresh
-	// announcedNew: closed, and announced as a new connection by the
-	// drain under way, whose record notes both in one entry.
-	announcedNew bool
 	// openedIn and openedAt: the drain that announced the socket last, and
 	// its index in that drain's Changes.Opened plus one.
 	openedIn uint64
@@ -888,14 +885,10 @@ func (t *Table) Drain(c *Changes) {
 		s.exposed = true
 		c.Opened = append(c.Opened, Socket{Endpoint: s.Endpoint, Owner: s.owner, NewConnection: s.newConn})
 		s.openedIn, s.openedAt = t.drains, int32(len(c.Opened))
-		if s.newConn {
-			if s.state == stateClosed {
-				// Announced and closed in this drain (most sockets under
-				// churn): one entry below says both.
-				s.announcedNew = true
-			} else {
-				rec.note(s, s.rep, entryNewConn)
-			}
+		if s.newConn && s.state != stateClosed {
+			// One closed too (most sockets under churn) is noted once,
+			// with both, by the closes below.
+			rec.note(s, s.rep, entryNewConn)
 		}
 		s.newConn = false
 	}
@@ -924,12 +917,12 @@ func (t *Table) Drain(c *Changes) {
 		rep := s.rep
 		t.drainDelta(c, s)
 		c.Closed = append(c.Closed, s.Cookie)
-		c.ClosedOpened = append(c.ClosedOpened, t.openedAt(s))
+		at := t.openedAt(s)
+		c.ClosedOpened = append(c.ClosedOpened, at)
 		s.state = stateReleased
 		f := entryClosed
-		if s.announcedNew {
+		if at > 0 && c.Opened[at-1].NewConnection {
 			f |= entryNewConn
-			s.announcedNew = false
 		}
 		rec.note(s, rep, f)
 	}
