@@ -224,7 +224,4 @@ func (s *splitter) columns(p *ingestv1.Batch) {
 
 // msgSize is the encoded size of m as a repeated field's entry: its tag,
 // its length and its bytes.
-func msgSize(m proto.Message) int {
-	n := proto.Size(m)
-	return 1 + protowire.SizeVarint(uint64(n)) + n
-}
+func msgSize(m proto.Message) int { return msgLen(proto.Size(m)) }

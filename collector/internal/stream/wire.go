@@ -199,7 +199,7 @@ func appendHeader(buf []byte, num protowire.Number, n int) []byte {
 func genericSize[M proto.Message](ms []M) int {
 	n := 0
 	for _, m := range ms {
-		n += msgLen(proto.Size(m))
+		n += msgSize(m)
 	}
 	return n
 }
