@@ -37,31 +37,17 @@ func BenchmarkChurn(b *testing.B) {
 			}
 		}
 	}()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	for range 100 {
-		cp := dialPair(b, ln)
-		defer cp.close()
-	}
+	ln := churnListener(b)
 	before, err := p.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
-	conns := 0
-	for b.Loop() {
-		cp := dialPair(b, ln)
-		cp.exchange(b, 100, 100)
-		cp.close()
-		if conns++; conns%50 == 0 {
-			if err := p.Samples(func(Sample) {}); err != nil {
-				b.Fatal(err)
-			}
+	conns := churnLoop(b, ln, func() {
+		if err := p.Samples(func(Sample) {}); err != nil {
+			b.Fatal(err)
 		}
-	}
+	})
 	after, err := p.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
@@ -84,4 +70,38 @@ func BenchmarkChurn(b *testing.B) {
 	if err := <-read; !errors.Is(err, ErrClosed) {
 		b.Fatalf("ReadEvent: %v", err)
 	}
+}
+
+// churnLoop opens a loopback connection to ln, moves 100 bytes each way and
+// closes both ends, once per iteration of b.Loop, calling every50 (if not
+// nil) after each 50th connection. It returns the connections made.
+func churnLoop(b *testing.B, ln net.Listener, every50 func()) int {
+	b.Helper()
+	conns := 0
+	for b.Loop() {
+		cp := dialPair(b, ln)
+		cp.exchange(b, 100, 100)
+		cp.close()
+		if conns++; conns%50 == 0 && every50 != nil {
+			every50()
+		}
+	}
+	return conns
+}
+
+// churnListener listens on loopback, after the programs are attached (so
+// that they see the listen()), with 100 idle connections to it, all closed
+// when b ends.
+func churnListener(b *testing.B) net.Listener {
+	b.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	for range 100 {
+		cp := dialPair(b, ln)
+		b.Cleanup(cp.close)
+	}
+	return ln
 }

@@ -28,6 +28,7 @@ import (
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type event tcp ../../../bpf/tcp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type discovered tcpIter ../../../bpf/tcp_iter.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 -type udp_record udp ../../../bpf/udp.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -go-package probe -target amd64,arm64 costFloor ../../../bpf/cost_floor.c -- -I../../../bpf/headers -mcpu=v3 -Wall -Werror
 
 // Config sizes the ring buffers and turns on run-time statistics.
 type Config struct {
