@@ -36,7 +36,8 @@ build:
 	  github.com/weir-project/weir/reducer/cmd/weirctl \
 	  github.com/weir-project/weir/k8s-watcher/cmd/weir-k8s-watcher \
 	  github.com/weir-project/weir/test/cmd/flowsrv \
-	  github.com/weir-project/weir/test/cmd/flowcli
+	  github.com/weir-project/weir/test/cmd/flowcli \
+	  github.com/weir-project/weir/collector/internal/probe/floorsink
 
 ## images: OCI image tarballs of the four binaries in bin/images/<name>.tar, tagged
 #   $(IMAGE_REPO)/<name>:$(IMAGE_TAG), built with go-containerregistry (no container engine):

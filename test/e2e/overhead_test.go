@@ -120,16 +120,39 @@ type arm struct {
 	early float64
 }
 
-// run measures one window of the given load, with a freshly started
-// collector when withCollector.
-func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window time.Duration) arm {
+// watcher is what watches the load in a window.
+type watcher int
+
+const (
+	nobody    watcher = iota
+	collector         // weir-collector, with WEIR_BENCH_COLLECTOR_ARGS
+	// floorSink is the collector's programs with floorsink reading and
+	// discarding their output (see BenchmarkPrivilegedOverheadFloor).
+	floorSink
+	// floorMinimal is floorsink with cost_floor.c's floor_minimal instead.
+	floorMinimal
+)
+
+// run measures one window of the given load, watched by w, which is
+// started fresh for it.
+func (r *overheadRig) run(tb testing.TB, mode string, w watcher, window time.Duration) arm {
 	tb.Helper()
 	var col *harness.Process
 	colPort := harness.FreePort(tb)
 	schedIdle(tb, r.red.Reducer.PID()) // threads started since the last window too
-	if withCollector {
+	switch w {
+	case collector:
 		col = harness.StartCollector(tb, r.red.GRPCAddr, colPort, 5*time.Second, benchCollectorArgs()...)
-		time.Sleep(time.Second) // the programs are attached once /healthz answers; let start-up work finish
+	case floorSink, floorMinimal:
+		programs := "weir"
+		if w == floorMinimal {
+			programs = "minimal"
+		}
+		col = harness.Start(tb, "floorsink", filepath.Join(r.bin, "floorsink"), "--programs", programs, "--interval", "5s")
+		col.WaitLine(tb, "ready", 30*time.Second)
+	}
+	if col != nil {
+		time.Sleep(time.Second) // the programs are attached; let start-up work finish
 		defer col.Stop(10 * time.Second)
 	}
 	args := []string{filepath.Join(r.bin, "flowcli"), "-load", mode, "-duration", window.String(), "-warmup", "500ms"}
@@ -171,16 +194,20 @@ func (r *overheadRig) run(tb testing.TB, mode string, withCollector bool, window
 			a.kernelRun += p.RunTime.Seconds()
 		}
 		a.metricRun = -1
-		m, err := harness.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort))
-		if err != nil {
-			tb.Fatalf("collector metrics: %v", err)
+		if w == floorSink || w == floorMinimal {
+			a.dropped = sinkRingFull(tb, col)
+		} else {
+			m, err := harness.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort))
+			if err != nil {
+				tb.Fatalf("collector metrics: %v", err)
+			}
+			if _, ok := m["weir_collector_bpf_run_seconds_total"]; ok {
+				a.metricRun = m.Sum("weir_collector_bpf_run_seconds_total", nil)
+			}
+			a.bufferDropped = m.Sum("weir_collector_buffer_dropped_total", nil)
+			a.dropped = a.bufferDropped + m.Sum("weir_collector_ring_full_total", nil)
+			a.early = m.Sum("weir_collector_early_reports_total", nil)
 		}
-		if _, ok := m["weir_collector_bpf_run_seconds_total"]; ok {
-			a.metricRun = m.Sum("weir_collector_bpf_run_seconds_total", nil)
-		}
-		a.bufferDropped = m.Sum("weir_collector_buffer_dropped_total", nil)
-		a.dropped = a.bufferDropped + m.Sum("weir_collector_ring_full_total", nil)
-		a.early = m.Sum("weir_collector_early_reports_total", nil)
 	}
 	if err := cli.Wait(10 * time.Second); err != nil {
 		tb.Fatalf("flowcli: %v\n%s", err, cli.Stderr())
@@ -213,11 +240,11 @@ func (r *overheadRig) pairs(tb testing.TB, mode string, n int, window time.Durat
 	for i := range n {
 		var wo, wi arm
 		if i%2 == 0 {
-			wo = r.run(tb, mode, false, window)
-			wi = r.run(tb, mode, true, window)
+			wo = r.run(tb, mode, nobody, window)
+			wi = r.run(tb, mode, collector, window)
 		} else {
-			wi = r.run(tb, mode, true, window)
-			wo = r.run(tb, mode, false, window)
+			wi = r.run(tb, mode, collector, window)
+			wo = r.run(tb, mode, nobody, window)
 		}
 		ratios = append(ratios, wi.load.rate/wo.load.rate)
 		cpuRatios = append(cpuRatios, wo.cpuPerRequest()/wi.cpuPerRequest())
@@ -305,24 +332,7 @@ func BenchmarkPrivilegedOverhead(b *testing.B) {
 	if args := benchCollectorArgs(); len(args) > 0 {
 		b.Logf("collector flags from WEIR_BENCH_COLLECTOR_ARGS: %q", args)
 	}
-	harness.EnableBPFStats(b)
-	harness.Nice(b, -10)
-	client, server := harness.BridgedHosts(b, "p1")
-	client.Sysctl(b, "net.ipv4.ip_local_port_range", "1024 65535")
-	client.Sysctl(b, "net.ipv4.tcp_tw_reuse", "1")
-	r := &overheadRig{client: client, server: server, bin: harness.Binaries(b), servers: map[string]*harness.Process{}}
-	r.red = harness.StartWeir(b, harness.WeirOptions{NoCollector: true})
-	r.keepAlive = net.JoinHostPort(server.IPv4, "8080")
-	r.churn = net.JoinHostPort(server.IPv4, "8081")
-	r.servers["keepalive"] = harness.Start(b, "flowsrv", server.Exec(filepath.Join(r.bin, "flowsrv"), "-forever", "-listen", r.keepAlive,
-		"-request-bytes", strconv.Itoa(keepAliveBytes), "-response-bytes", strconv.Itoa(keepAliveBytes))...)
-	r.servers["keepalive"].WaitLine(b, "listening", 10*time.Second)
-	r.servers["churn"] = harness.Start(b, "flowsrv", server.Exec(filepath.Join(r.bin, "flowsrv"), "-forever", "-listen", r.churn,
-		"-request-bytes", strconv.Itoa(churnRequest), "-response-bytes", strconv.Itoa(churnResponse))...)
-	r.servers["churn"].WaitLine(b, "listening", 10*time.Second)
-	// Warm up both paths (page cache, ARP/ND, the bridge's forwarding table).
-	r.run(b, "keepalive", false, time.Second)
-	r.run(b, "churn", false, time.Second)
+	r := newOverheadRig(b)
 
 	b.ResetTimer()
 	kaRatios, kaCPU, kaWithout, kaWith := r.pairs(b, "keepalive", n, window)
@@ -397,6 +407,32 @@ func BenchmarkPrivilegedOverhead(b *testing.B) {
 		fmt.Fprintf(&sb, " %.4f/%.4f", a.kernelRun, a.metricRun)
 	}
 	b.Logf("in-kernel run time since load per window, kernel/collector metric (s):%s", sb.String())
+}
+
+// newOverheadRig sets up the overhead benchmarks' machine: BPF run-time
+// statistics on, niceness -10, the two namespaces, a reducer under
+// SCHED_IDLE, and a load server for each load, warmed up.
+func newOverheadRig(b *testing.B) *overheadRig {
+	b.Helper()
+	harness.EnableBPFStats(b)
+	harness.Nice(b, -10)
+	client, server := harness.BridgedHosts(b, "p1")
+	client.Sysctl(b, "net.ipv4.ip_local_port_range", "1024 65535")
+	client.Sysctl(b, "net.ipv4.tcp_tw_reuse", "1")
+	r := &overheadRig{client: client, server: server, bin: harness.Binaries(b), servers: map[string]*harness.Process{}}
+	r.red = harness.StartWeir(b, harness.WeirOptions{NoCollector: true})
+	r.keepAlive = net.JoinHostPort(server.IPv4, "8080")
+	r.churn = net.JoinHostPort(server.IPv4, "8081")
+	r.servers["keepalive"] = harness.Start(b, "flowsrv", server.Exec(filepath.Join(r.bin, "flowsrv"), "-forever", "-listen", r.keepAlive,
+		"-request-bytes", strconv.Itoa(keepAliveBytes), "-response-bytes", strconv.Itoa(keepAliveBytes))...)
+	r.servers["keepalive"].WaitLine(b, "listening", 10*time.Second)
+	r.servers["churn"] = harness.Start(b, "flowsrv", server.Exec(filepath.Join(r.bin, "flowsrv"), "-forever", "-listen", r.churn,
+		"-request-bytes", strconv.Itoa(churnRequest), "-response-bytes", strconv.Itoa(churnResponse))...)
+	r.servers["churn"].WaitLine(b, "listening", 10*time.Second)
+	// Warm up both paths (page cache, ARP/ND, the bridge's forwarding table).
+	r.run(b, "keepalive", nobody, time.Second)
+	r.run(b, "churn", nobody, time.Second)
+	return r
 }
 
 // collectorCost adds up the collector's process CPU and the in-kernel run

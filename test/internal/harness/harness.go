@@ -50,7 +50,8 @@ func Binaries(t testing.TB) string {
 			"github.com/weir-project/weir/collector/cmd/weir-collector",
 			"github.com/weir-project/weir/reducer/cmd/weir-reducer",
 			"github.com/weir-project/weir/test/cmd/flowsrv",
-			"github.com/weir-project/weir/test/cmd/flowcli")
+			"github.com/weir-project/weir/test/cmd/flowcli",
+			"github.com/weir-project/weir/collector/internal/probe/floorsink")
 		cmd.Dir = moduleDir()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
