@@ -10,14 +10,17 @@
  *    tracepoint and its run-time statistics cost per run, on the same
  *    state changes.
  *  - floor_minimal does only the kernel calls that any program reporting
- *    each socket's end with its owner must make, in the way tcp.c does
- *    it: socket storage created where the owner is current (connect(),
- *    listen(); BPF_F_CLONE gives an accepted socket its listener's), its
- *    lookup at the close, and one ring record of tcp.c's size at the
- *    close. It writes nothing but the cookie: no owner, endpoint or
- *    counter is read, the record is not zeroed, the socket's family is not
- *    checked, and the reader is never woken (it polls). So it is cheaper
- *    than any program that reports what weir reports.
+ *    each socket's end with its owner must make: socket storage created
+ *    where a client's owner is current (connect()), and where a listener's
+ *    is (listen(); BPF_F_CLONE gives its accepted sockets a copy, in the
+ *    kernel's clone, outside the program's run time); the storage's lookup
+ *    at the close, and one ring record of tcp.c's size at the close of
+ *    every socket, with storage or not (an accepted socket whose listener
+ *    was there before the program has none, and tcp.c creates it at
+ *    establishment). It writes nothing but the cookie: no owner, endpoint
+ *    or counter is read, the record is not zeroed, the socket's family is
+ *    not checked, and the reader is never woken (it polls). So it is
+ *    cheaper than any program that reports what weir reports.
  */
 
 #include "tcp.h"
@@ -46,10 +49,10 @@ int floor_minimal(u64 *ctx)
 		bpf_sk_storage_get(&sk_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		return 0;
 	}
-	if (newstate != TCP_CLOSE || oldstate == TCP_CLOSE || oldstate == TCP_LISTEN || !sk->sk_bpf_storage)
+	if (newstate != TCP_CLOSE || oldstate == TCP_CLOSE || oldstate == TCP_LISTEN)
 		return 0;
-	if (!bpf_sk_storage_get(&sk_states, sk, 0, 0))
-		return 0;
+	if (sk->sk_bpf_storage)
+		bpf_sk_storage_get(&sk_states, sk, 0, 0); /* a client's owner, a server's role */
 	struct event *ev = bpf_ringbuf_reserve(&floor_events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(DROP_RING_FULL);
