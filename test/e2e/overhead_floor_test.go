@@ -87,14 +87,16 @@ func BenchmarkPrivilegedOverheadFloor(b *testing.B) {
 		cpu, inKernel, _, conns := collectorCost(arms[w.w])
 		b.ReportMetric(1e9*(cpu+inKernel)/float64(conns), w.name+"-ns/conn")
 		b.ReportMetric(stateNsPerRun(b, arms[w.w]), w.name+"-bpf-ns/run")
-		var dropped float64
+		var dropped, events float64
 		for _, a := range arms[w.w] {
 			dropped += a.dropped
+			events += a.events
 		}
 		// Must be 0, as in BenchmarkPrivilegedOverhead: work dropped would
 		// flatter the figures.
 		b.ReportMetric(dropped, w.name+"-dropped")
-		b.Logf("%s: process %.3f s + in-kernel %.3f s over %d connections; %.0f events or sockets dropped", w.name, cpu, inKernel, conns, dropped)
+		b.Logf("%s: process %.3f s + in-kernel %.3f s over %d connections; %.0f events or sockets dropped; %.2f events read per connection (floorsink only)",
+			w.name, cpu, inKernel, conns, dropped, events/float64(conns))
 	}
 }
 
@@ -119,21 +121,25 @@ func stateNsPerRun(b *testing.B, arms []arm) float64 {
 	return ns / runs
 }
 
-// sinkRingFull asks floorsink for its counters and returns the events its
-// programs lost to a full ring since it started.
-func sinkRingFull(tb testing.TB, sink *harness.Process) float64 {
+// sinkStats asks floorsink for its counters since it started: the events
+// (records) it read and those its programs lost to a full ring.
+func sinkStats(tb testing.TB, sink *harness.Process) (events, ringFull float64) {
 	tb.Helper()
 	sink.Send(tb, "stats")
 	line := sink.WaitLine(tb, "stats ", 10*time.Second)
+	got := map[string]float64{}
 	for _, f := range strings.Fields(line)[1:] {
-		if v, ok := strings.CutPrefix(f, "ring_full="); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				tb.Fatalf("floorsink: %q: %v", line, err)
-			}
-			return n
+		k, v, _ := strings.Cut(f, "=")
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			tb.Fatalf("floorsink: %q: %v", line, err)
+		}
+		got[k] = n
+	}
+	for _, k := range []string{"events", "ring_full"} {
+		if _, ok := got[k]; !ok {
+			tb.Fatalf("floorsink: no %s in %q", k, line)
 		}
 	}
-	tb.Fatalf("floorsink: no ring_full in %q", line)
-	return 0
+	return got["events"], got["ring_full"]
 }

@@ -118,6 +118,9 @@ type arm struct {
 	// early are the collector's reports sent before the interval because
 	// its buffer of closed sockets passed half its cap.
 	early float64
+	// events are the events floorsink read in the window (the
+	// collector's arms leave it 0).
+	events float64
 }
 
 // watcher is what watches the load in a window.
@@ -173,9 +176,14 @@ func (r *overheadRig) run(tb testing.TB, mode string, w watcher, window time.Dur
 	srv0 := cpuOrFatal(tb, srv)
 	red0 := cpuOrFatal(tb, r.red.Reducer)
 	t0 := time.Now()
+	var events0 float64
+	sink := w == floorSink || w == floorMinimal
 	if col != nil {
 		cpu0 = cpuOrFatal(tb, col)
 		progs0 = progsOrFatal(tb, col)
+		if sink {
+			events0, _ = sinkStats(tb, col)
+		}
 	}
 	a.load = parseLoad(tb, cli.WaitLine(tb, "requests", window+30*time.Second))
 	a.loadCPU = a.load.cpu + cpuOrFatal(tb, srv) - srv0
@@ -194,8 +202,10 @@ func (r *overheadRig) run(tb testing.TB, mode string, w watcher, window time.Dur
 			a.kernelRun += p.RunTime.Seconds()
 		}
 		a.metricRun = -1
-		if w == floorSink || w == floorMinimal {
-			a.dropped = sinkRingFull(tb, col)
+		if sink {
+			var events float64
+			events, a.dropped = sinkStats(tb, col)
+			a.events = events - events0
 		} else {
 			m, err := harness.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", colPort))
 			if err != nil {
