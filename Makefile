@@ -152,17 +152,21 @@ bench: build
 	WEIR_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'FirstByteToEdge' -benchtime=8x -count=1 \
 	  github.com/weir-project/weir/test/e2e | tee -a bench/raw.txt || status=1; \
 	(cd test && $(GO) run ./kernels -bench -cache $(CACHE)/kernels) | tee -a bench/raw.txt || status=1; \
-	awk '$$1 ~ /^BenchmarkPrivilegedOverhead/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
+	awk '$$1 ~ /^BenchmarkPrivilegedOverhead-/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
 	    if (u == "ratio") p1 = $$i; if (u == "ratio-min") p1lo = $$i; if (u == "ratio-max") p1hi = $$i; \
 	    if (u == "churn-ratio") pc = $$i; if (u == "churn-ratio-min") pclo = $$i; if (u == "churn-ratio-max") pchi = $$i; \
 	    if (u == "collector-mcores") p2 = $$i; if (u == "collector-ns/request") p2ns = $$i; \
 	    if (u ~ /^bpf-ns\/run:/) { name = substr(u, 12); if (!(name in bpf)) order[++nb] = name; bpf[name] = $$i } } } \
+	  $$1 ~ /^BenchmarkPrivilegedOverheadFloor-/ { for (i = 3; i < NF; i++) { u = $$(i+1); \
+	    if (u == "floor-churn-ratio") fl = $$i; if (u == "minimal-churn-ratio") mn = $$i; \
+	    if (u == "churn-ratio") flc = $$i; if (u == "minimal-bpf-ns/run") mnns = $$i } } \
 	  $$1 ~ /^BenchmarkPrivilegedWireBytesPerUpdate/ { for (i = 3; i < NF; i++) if ($$(i+1) == "B/update") p5 = $$i } \
 	  $$1 ~ /^BenchmarkPrivilegedFirstByteToEdge/ { for (i = 3; i < NF; i++) if ($$(i+1) == "s/edge-max") p6 = $$i } \
 	  /^P[0-9]+(-[A-Za-z0-9]+)? / { k = $$1; if (k == "P5") { sub(/^P5 /, "P5-fleet "); k = "P5-fleet" } \
 	    if (!(k in pt)) pord[++np] = k; pt[k] = $$0 } \
 	  END { if (p1 != "") printf "P1 %s ratio (spread %s–%s)\n", p1, p1lo, p1hi; \
 	        if (pc != "") printf "P1-churn %s ratio (spread %s–%s)\n", pc, pclo, pchi; \
+	        if (fl != "") printf "P1-churn-floor %s ratio with the collector'"'"'s programs and nothing else, %s with floor_minimal (%s ns/run), %s with the collector in the same runs\n", fl, mn, mnns, flc; \
 	        if (p2 != "") printf "P2 %s millicores (%s ns/request)\n", p2, p2ns; \
 	        for (k = 1; k <= nb; k++) printf "bpf-ns %s %s\n", order[k], bpf[order[k]]; \
 	        for (k = 1; k <= np; k++) if (pord[k] ~ /^P[34]/) print pt[pord[k]]; \
