@@ -1,13 +1,14 @@
-// Command floorsink is a test tool, not part of weir. It loads kernel
+// Command floorsink is a test tool that weir does not ship. It loads kernel
 // programs, reads everything they produce, and throws it away: nothing is
 // kept, encoded or sent. test/e2e's BenchmarkPrivilegedOverheadFloor runs
 // it in place of the collector, to show what watching the traffic costs
 // before any work of the collector's own.
 //
 // With --programs weir (the default) it loads the collector's TCP programs
-// as weir-collector does (the default probe configuration), reads every
-// lifecycle event, and walks the sockets every --interval, as the collector
-// does. With --programs minimal it loads bpf/cost_floor.c's floor_minimal
+// as weir-collector does (the default probe configuration; not the process
+// programs, which run per fork, exec and exit, not per connection), reads
+// every lifecycle event, and walks the sockets every --interval, as the
+// collector does. With --programs minimal it loads bpf/cost_floor.c's floor_minimal
 // instead: only the socket storage and ring calls that any program
 // reporting each socket's end with its owner makes (see probe.OpenFloor).
 //
