@@ -133,6 +133,12 @@ type Table struct {
 	// vanishedClosing says that closing holds a socket that polls took for
 	// vanished (closed unseen) since it was last emptied.
 	vanishedClosing bool
+	// unfreshClosed says that closed may hold a socket never announced
+	// that is not in fresh (the bound on fresh dropped it, or Resync
+	// rebuilt fresh): Drain then looks for them through closed, which it
+	// otherwise skips (under churn closed holds every short connection of
+	// the interval, cold in memory).
+	unfreshClosed bool
 	// pressure is signalled, without blocking, when the closed sockets pass
 	// half of BufferBytes, so that a connected stream reports before the
 	// next interval instead of dropping the oldest at the cap.
@@ -432,6 +438,7 @@ func (t *Table) admit(ep probe.Endpoint, owner probe.Owner, c probe.Counters, is
 		}
 		clear(t.fresh[len(kept):])
 		t.fresh = kept
+		t.unfreshClosed = true
 	}
 	s.inFresh = true
 	t.fresh = append(t.fresh, s)
@@ -865,15 +872,20 @@ func (t *Table) Drain(c *Changes) {
 	// first seen. t.fresh is in that order; a closed socket not in it was
 	// dropped from it while reports were not made.
 	announce := t.fresh
-	for _, s := range t.closed {
-		if !s.exposed && !s.inFresh {
-			announce = append(announce, s)
+	if t.unfreshClosed {
+		for _, s := range t.closed {
+			if !s.exposed && !s.inFresh {
+				announce = append(announce, s)
+			}
 		}
+		t.unfreshClosed = false // this Drain empties closed
 	}
 	if len(announce) > len(t.fresh) {
 		slices.SortFunc(announce, cmpSeq)
 	}
 	for _, s := range announce {
+		// The sort may have moved sockets of t.fresh past its length.
+		s.inFresh = false
 		if s.exposed || s.state == stateReleased {
 			continue
 		}
@@ -891,10 +903,6 @@ func (t *Table) Drain(c *Changes) {
 			rec.note(s, s.rep, entryNewConn)
 		}
 		s.newConn = false
-	}
-	// The sort may have moved sockets of t.fresh past its length.
-	for _, s := range announce {
-		s.inFresh = false
 	}
 	clear(announce)
 	t.fresh = t.fresh[:0]
@@ -1006,6 +1014,7 @@ func (t *Table) Resync() {
 		s.inFresh = true
 		t.fresh = append(t.fresh, s)
 	}
+	t.unfreshClosed = true // the closed sockets below, announced again
 	slices.SortFunc(t.fresh, cmpSeq)
 	kept := t.closed[:0]
 	for _, s := range t.closed {

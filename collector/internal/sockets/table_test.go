@@ -726,3 +726,54 @@ weir_collector_netns_ignored_total{source="sample"} 1
 		t.Error(err)
 	}
 }
+
+// TestAnnouncesClosedDroppedFromFresh: while no report is made (the reducer
+// away), the bound on the sockets awaiting announcement drops closed ones
+// from it; those still in the buffer of closed sockets are announced at the
+// next Drain all the same, in the order they were first seen, and the
+// Drains after that find new ones as before.
+func TestAnnouncesClosedDroppedFromFresh(t *testing.T) {
+	const kept = 100
+	tab, _ := newTable(t, func(c *Config) { c.BufferBytes = kept * closedEntryBytes })
+	final := probe.Counters{BytesAcked: 200, BytesReceived: 1000}
+	closeBrief := func(cookie uint64) {
+		tab.Apply(probe.Event{Kind: probe.EventClose, Endpoint: endpoint(cookie, probe.RoleClient, uint16(cookie)), Owner: curl, Counters: final})
+	}
+	// Close sockets until the bound (2×(live+closed)+64) has just dropped
+	// some of those still buffered from fresh, and not all of them.
+	n := uint64(0)
+	for unfresh := 0; unfresh == 0 || unfresh == kept; n++ {
+		if n == 100_000 {
+			t.Fatal("the bound on fresh never dropped a buffered closed socket")
+		}
+		closeBrief(10_000 + n)
+		unfresh = 0
+		for _, s := range tab.closed {
+			if !s.inFresh {
+				unfresh++
+			}
+		}
+	}
+	c := drain(tab)
+	var opened []uint64
+	for _, o := range c.Opened {
+		opened = append(opened, o.Cookie)
+	}
+	want := make([]uint64, 0, kept)
+	for i := n - kept; i < n; i++ {
+		want = append(want, 10_000+i)
+	}
+	if !slices.Equal(opened, want) || !slices.Equal(c.Closed, want) {
+		t.Fatalf("opened %v\nclosed %v\nwant both %v", opened, c.Closed, want)
+	}
+	if c.Loss.BufferDropped != n-kept {
+		t.Fatalf("buffer dropped %d, want %d", c.Loss.BufferDropped, n-kept)
+	}
+	for i := range uint64(10) {
+		closeBrief(20_000 + i)
+	}
+	c = drain(tab)
+	if len(c.Opened) != 10 || len(c.Closed) != 10 || c.Opened[0].Cookie != 20_000 || c.Closed[9] != 20_009 {
+		t.Fatalf("second drain: opened %v, closed %v; want 20000–20009 in both", c.Opened, c.Closed)
+	}
+}
