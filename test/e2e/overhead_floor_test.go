@@ -107,12 +107,10 @@ func BenchmarkPrivilegedOverheadFloor(b *testing.B) {
 func stateNsPerRun(b *testing.B, arms []arm) float64 {
 	b.Helper()
 	var ns, runs float64
-	for _, a := range arms {
-		for name, p := range a.progs {
-			if name == "inet_sock_set_state" || name == "fentry_inet_sk_state_store" || name == "floor_minimal" {
-				ns += float64(p.RunTime.Nanoseconds())
-				runs += float64(p.RunCount)
-			}
+	for name, p := range progTotals(arms) {
+		if name == "inet_sock_set_state" || name == "fentry_inet_sk_state_store" || name == "floor_minimal" {
+			ns += float64(p.RunTime.Nanoseconds())
+			runs += float64(p.RunCount)
 		}
 	}
 	if runs == 0 {

@@ -390,16 +390,7 @@ func BenchmarkPrivilegedOverhead(b *testing.B) {
 	b.Logf("churn: collector process %.3f s + in-kernel %.3f s over %.1f s with %d connections", cpu, inKernel, wall, requests)
 
 	// bpf-ns over every window with the collector, both loads.
-	total := map[string]harness.ProgDelta{}
-	for _, a := range slices.Concat(kaWith, chWith) {
-		for name, p := range a.progs {
-			t := total[name]
-			t.Name, t.Iter = name, p.Iter
-			t.RunTime += p.RunTime
-			t.RunCount += p.RunCount
-			total[name] = t
-		}
-	}
+	total := progTotals(slices.Concat(kaWith, chWith))
 	var sb strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(total)) {
 		p := total[name]
@@ -443,6 +434,21 @@ func newOverheadRig(b *testing.B) *overheadRig {
 	r.run(b, "keepalive", nobody, time.Second)
 	r.run(b, "churn", nobody, time.Second)
 	return r
+}
+
+// progTotals adds up each program's in-kernel run time and runs over arms.
+func progTotals(arms []arm) map[string]harness.ProgDelta {
+	total := map[string]harness.ProgDelta{}
+	for _, a := range arms {
+		for name, p := range a.progs {
+			t := total[name]
+			t.Name, t.Iter = name, p.Iter
+			t.RunTime += p.RunTime
+			t.RunCount += p.RunCount
+			total[name] = t
+		}
+	}
+	return total
 }
 
 // collectorCost adds up the collector's process CPU and the in-kernel run
