@@ -19,12 +19,27 @@ import (
 //     alone.
 //
 // minimal and empty bound from below what the collector's program can
-// cost. -count N runs each N times in a row; for interleaved figures, run
-// the command N times.
+// cost. The three run in turn in three rounds, ABC, CBA, ABC, so that a
+// drift of the machine falls on all three alike (go test names the second
+// and third runs of each weir#01, weir#02, …).
 func BenchmarkChurnFloor(b *testing.B) {
-	b.Run("weir", BenchmarkChurn)
-	b.Run("minimal", func(b *testing.B) { benchChurnFloor(b, true) })
-	b.Run("empty", func(b *testing.B) { benchChurnFloor(b, false) })
+	arms := []struct {
+		name string
+		run  func(*testing.B)
+	}{
+		{"weir", BenchmarkChurn},
+		{"minimal", func(b *testing.B) { benchChurnFloor(b, true) }},
+		{"empty", func(b *testing.B) { benchChurnFloor(b, false) }},
+	}
+	for round := range 3 {
+		for i := range arms {
+			a := arms[i]
+			if round%2 == 1 {
+				a = arms[len(arms)-1-i]
+			}
+			b.Run(a.name, a.run)
+		}
+	}
 }
 
 func benchChurnFloor(b *testing.B, minimal bool) {
