@@ -870,7 +870,8 @@ func (t *Table) Drain(c *Changes) {
 
 	// Announce new sockets, live or already closed, in the order they were
 	// first seen. t.fresh is in that order; a closed socket not in it was
-	// dropped from it while reports were not made.
+	// dropped from it while reports were not made, or by Resync, which
+	// t.unfreshClosed notes.
 	announce := t.fresh
 	if t.unfreshClosed {
 		for _, s := range t.closed {
